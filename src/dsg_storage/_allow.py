@@ -1,0 +1,58 @@
+"""Which pools and dataset prefixes the caller allowed dsg-storage to change."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import attrs
+
+from ._errors import InvalidNameError, NotAllowedError
+
+ENV_VAR = "DSG_STORAGE_ALLOW"
+
+
+@attrs.frozen
+class AllowList:
+    """Pools or dataset prefixes that mutating calls may touch; empty allows nothing.
+
+    An entry ``tank`` allows every dataset of pool ``tank``; ``tank/data`` allows
+    ``tank/data`` and everything below it (not ``tank/database``).
+    """
+
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | Iterable[str] | None) -> AllowList:
+        if text is None:
+            return cls()
+        items = text.split(",") if isinstance(text, str) else list(text)
+        prefixes = []
+        for item in (i.strip().rstrip("/") for i in items):
+            if not item:
+                continue
+            if "@" in item or "#" in item or ".." in item or "//" in item or item.startswith("/"):
+                raise InvalidNameError(f"allow-list entry {item!r} is not a pool or dataset prefix")
+            prefixes.append(item)
+        return cls(tuple(prefixes))
+
+    @classmethod
+    def from_env(cls) -> AllowList:
+        return cls.parse(os.environ.get(ENV_VAR))
+
+    def __or__(self, other: AllowList) -> AllowList:
+        return AllowList(self.prefixes + tuple(p for p in other.prefixes if p not in self.prefixes))
+
+    def allows(self, dataset: str) -> bool:
+        filesystem = dataset.split("@", 1)[0].split("#", 1)[0]
+        return any(filesystem == p or filesystem.startswith(p + "/") for p in self.prefixes)
+
+    def check(self, dataset: str) -> None:
+        """Raise NotAllowedError unless ``dataset`` lies under an allowed prefix."""
+        if not self.allows(dataset):
+            allowed = ", ".join(self.prefixes) or "nothing"
+            raise NotAllowedError(
+                f"{dataset!r} is outside the allowed pools/prefixes ({allowed})",
+                dataset=dataset,
+                hint=f"allow it with --allow POOL[/PREFIX] or {ENV_VAR}",
+            )

@@ -1,0 +1,97 @@
+"""One hierarchy of errors. Each class also subclasses the builtin it means, so callers
+can catch what they already know (``FileExistsError``, ``PermissionError``...)."""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import ClassVar
+
+
+class DsgStorageError(Exception):
+    """Base of every error dsg-storage raises.
+
+    ``dataset`` names the dataset concerned (when one is), ``hint`` says what to do next.
+    """
+
+    #: errno for the classes that are also ``OSError``s; None for the others.
+    errno_code: ClassVar[int | None] = None
+
+    def __init__(self, message: str, *, dataset: str | None = None, hint: str | None = None) -> None:
+        self.message = message
+        self.dataset = dataset
+        self.hint = hint
+        if isinstance(self, OSError) and self.errno_code is not None:
+            OSError.__init__(self, self.errno_code, message)
+        else:
+            super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ZfsUnavailableError(DsgStorageError, RuntimeError):
+    """ZFS cannot be used here: libzfs_core is not installed or /dev/zfs is missing."""
+
+
+class InvalidNameError(DsgStorageError, ValueError):
+    """A dataset, repository or snapshot name is not acceptable. Nothing was touched."""
+
+
+class InvalidArgumentError(DsgStorageError, ValueError):
+    """An argument other than a name (mode, owner, path...) is not acceptable."""
+
+
+class NotAllowedError(DsgStorageError, PermissionError):
+    """The dataset lies outside every pool/prefix the caller allowed. Nothing was touched."""
+
+    errno_code = _errno.EPERM
+
+
+class ZfsError(DsgStorageError, OSError):
+    """A ZFS operation failed for a reason without a more precise class below."""
+
+    errno_code = _errno.EIO
+
+
+class DatasetNotFoundError(ZfsError, FileNotFoundError):
+    errno_code = _errno.ENOENT
+
+
+class DatasetExistsError(ZfsError, FileExistsError):
+    errno_code = _errno.EEXIST
+
+
+class DatasetBusyError(ZfsError):
+    """A dataset stayed busy (mounted and in use, held, or with dependents) after retries."""
+
+    errno_code = _errno.EBUSY
+
+
+class NoSpaceError(ZfsError):
+    """The pool or a quota ran out of space."""
+
+    errno_code = _errno.ENOSPC
+
+
+class PoolUnavailableError(ZfsError):
+    """The pool is not imported, suspended or otherwise cannot be reached."""
+
+    errno_code = _errno.ENXIO
+
+
+class RepositoryNotFoundError(DsgStorageError, FileNotFoundError):
+    """The repository's dataset does not exist."""
+
+    errno_code = _errno.ENOENT
+
+
+class TransactionError(DsgStorageError, RuntimeError):
+    """A transaction cannot proceed as asked."""
+
+
+class TransactionNotFoundError(TransactionError, LookupError):
+    """No open transaction of that id exists on the repository."""
+
+
+class TransactionStateError(TransactionError):
+    """The transaction was already committed or rolled back in this process."""

@@ -1,0 +1,133 @@
+"""Every name dsg-storage reads or writes, built and parsed in this one place.
+
+Naming scheme (``REPO`` is the repository's dataset, e.g. ``tank/data/survey``; ``TX`` is a
+transaction id such as ``20261121T071530Z-3fa2c1``, sortable by the time it began):
+
+========================================  ===============================================
+``REPO.dsg-init-TX``                      init: the dataset the caller fills (sibling)
+``REPO@dsg-base-TX``                      sync: the snapshot the workspace starts from
+``REPO.dsg-ws-TX``                        sync: the workspace clone (sibling)
+``REPO.dsg-old-TX``                       sync commit: the previous head, until destroyed
+``REPO@dsg-commit-YYYYmmddTHHMMSS.fffZ``   a commit; sorts by commit time
+========================================  ===============================================
+
+Temporary datasets are siblings of the repository (the same parent), so renames stay
+within one parent and the allow-list prefix that covers the repository's parent covers
+them too. User properties live under the ``dsg-storage:`` namespace.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+from ._errors import InvalidNameError
+
+#: ZFS_MAX_DATASET_NAME_LEN is 256 including the terminating NUL.
+MAX_NAME_LEN = 255
+PROP_PREFIX = "dsg-storage:"
+_TX_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
+_RESERVED_MARK = ".dsg-"
+_POOL_RESERVED = re.compile(r"^(mirror|raidz|draid|spare|log|c[0-9].*)$")
+# The longest suffix we add to a repository name (init/workspace/old datasets, snapshots).
+_LONGEST_SUFFIX = len(".dsg-init-") + len("20261121T071530Z-3fa2c1") + 2
+
+
+def prop(name: str) -> str:
+    """The full name of one of our user properties."""
+    return PROP_PREFIX + name
+
+
+def new_tx_id(now: datetime | None = None) -> str:
+    moment = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{moment}-{secrets.token_hex(3)}"
+
+
+def validate_tx_id(tx: str) -> str:
+    if not isinstance(tx, str) or not _TX_RE.match(tx):
+        raise InvalidNameError(f"{tx!r} is not a transaction id (expected e.g. 20261121T071530Z-3fa2c1)")
+    return tx
+
+
+def validate_repository(name: str) -> str:
+    """Return ``name`` if it can name a repository dataset; raise InvalidNameError otherwise.
+
+    Checked before any ZFS call: empty names, ``@``/``#``, ``..``, empty components
+    (``//``, leading or trailing ``/``), characters ZFS refuses, a pool root, names too long
+    for ZFS once our temporary suffixes are added, and our own reserved ``.dsg-`` marker.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError("the repository name is empty")
+    if "@" in name or "#" in name:
+        raise InvalidNameError(f"repository {name!r} contains '@' or '#': name a filesystem, not a snapshot")
+    if ".." in name:
+        raise InvalidNameError(f"repository {name!r} contains '..'")
+    components = name.split("/")
+    if any(c == "" for c in components):
+        raise InvalidNameError(f"repository {name!r} has an empty component ('//', or a leading/trailing '/')")
+    bad = [c for c in components if not _COMPONENT_RE.match(c) or c == "."]
+    if bad:
+        raise InvalidNameError(
+            f"repository {name!r}: component {bad[0]!r} has characters ZFS refuses "
+            "(allowed: letters, digits, '_', '-', '.', ':', space)"
+        )
+    pool = components[0]
+    if not pool[0].isalpha() or _POOL_RESERVED.match(pool):
+        raise InvalidNameError(f"repository {name!r}: {pool!r} is not a valid pool name")
+    if len(components) == 1:
+        raise InvalidNameError(f"repository {name!r} is a pool's root dataset; use a dataset below it")
+    if _RESERVED_MARK in name:
+        raise InvalidNameError(
+            f"repository {name!r} contains {_RESERVED_MARK!r}, reserved for dsg-storage's own datasets"
+        )
+    if len(name) + _LONGEST_SUFFIX > MAX_NAME_LEN:
+        raise InvalidNameError(
+            f"repository {name!r} is {len(name)} characters; with dsg-storage's temporary suffixes it would "
+            f"exceed ZFS's limit of {MAX_NAME_LEN} (at most {MAX_NAME_LEN - _LONGEST_SUFFIX} characters)"
+        )
+    return name
+
+
+def pool_of(dataset: str) -> str:
+    return dataset.split("/", 1)[0].split("@", 1)[0]
+
+
+def init_dataset(repo: str, tx: str) -> str:
+    return f"{repo}.dsg-init-{tx}"
+
+
+def workspace_dataset(repo: str, tx: str) -> str:
+    return f"{repo}.dsg-ws-{tx}"
+
+
+def old_dataset(repo: str, tx: str) -> str:
+    return f"{repo}.dsg-old-{tx}"
+
+
+def base_snapshot(repo: str, tx: str) -> str:
+    return f"{repo}@dsg-base-{tx}"
+
+
+def commit_snapshot(repo: str, when: datetime) -> str:
+    return f"{repo}@dsg-commit-{when.strftime('%Y%m%dT%H%M%S')}.{when.microsecond // 1000:03d}Z"
+
+
+def is_commit_snapshot(short_name: str) -> bool:
+    """``short_name`` is the part after '@'."""
+    return short_name.startswith("dsg-commit-")
+
+
+_TEMP_RE = re.compile(r"^(?P<repo>.+)\.dsg-(?P<kind>init|ws|old)-(?P<tx>\d{8}T\d{6}Z-[0-9a-f]{6})$")
+
+
+def parse_temporary(dataset: str) -> tuple[str, str, str] | None:
+    """``(repo, kind, tx)`` for one of our temporary datasets, else None."""
+    match = _TEMP_RE.match(dataset)
+    return (match["repo"], match["kind"], match["tx"]) if match else None
+
+
+def workspace_mount_path(mountpoint: str, tx: str) -> str:
+    """Where the caller works during a transaction: beside the repository's mount path."""
+    return f"{mountpoint.rstrip('/')}.dsg-tx-{tx}"

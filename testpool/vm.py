@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Real ZFS on a machine without it: build, cache and boot a small qemu VM.
+
+The image (Debian trixie, OpenZFS built by DKMS, python3-pyzfs) is built by
+``build-image.sh`` and cached outside the checkout under a key derived from every input
+of the build, so that changing the package list or the build script rebuilds it. A run
+boots the image with the checkout shared at the same path as on the host, runs one shell
+command there as root with the zfs module loaded, streams its output and returns its
+exit code. Every boot is bounded by a timeout; a hung qemu is killed and reported.
+
+Standard library only: this runs on the host, before anything is installed.
+
+    python3 testpool/vm.py build            # build the image if it is not cached
+    python3 testpool/vm.py run -- CMD...    # run CMD inside the VM
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parent
+# Bump to force a rebuild when the meaning of the image changes without its inputs changing.
+IMAGE_FORMAT = "1"
+IMAGE_INPUTS = ("build-image.sh", "guest-init.sh", "image-packages.txt")
+DEFAULT_TIMEOUT = 1800.0
+BOOT_FLAGS = (
+    # Software emulation: the paravirtual /dev/kvm here crashes stock kernels and then hangs.
+    "-accel", "tcg,thread=multi", "-cpu", "max",
+    "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+    "-nic", "none", "-no-reboot",
+)  # fmt: skip
+KERNEL_CMDLINE = "console=ttyS0 root=/dev/vda rw quiet loglevel=1 init=/sbin/dsg-init panic=-1"
+
+
+class VMError(RuntimeError):
+    """The VM could not be built, booted, or did not report an exit code."""
+
+
+class VMTimeout(VMError, TimeoutError):
+    """The VM ran past its timeout and was killed."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("DSG_VM_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dsg-storage" / "vm"
+
+
+def image_key() -> str:
+    digest = hashlib.sha256(IMAGE_FORMAT.encode())
+    digest.update(os.environ.get("DSG_VM_SUITE", "trixie").encode())
+    for name in IMAGE_INPUTS:
+        digest.update(name.encode() + b"\0" + (HERE / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_dir() -> Path:
+    return cache_root() / "images" / image_key()
+
+
+def _log(message: str) -> None:
+    print(f"[testpool] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_image() -> Path:
+    """Return the cached image, building it first when its inputs changed."""
+    image = image_dir()
+    if (image / "manifest.txt").exists():
+        return image
+    cache = cache_root()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once build the image once
+        if (image / "manifest.txt").exists():
+            return image
+        if os.geteuid() != 0:
+            raise VMError(
+                f"no VM image cached at {image} and building one needs root "
+                "(debootstrap, chroot): run this once as root"
+            )
+        missing = [t for t in ("qemu-system-x86_64", "debootstrap", "mkfs.ext4") if not shutil.which(t)]
+        if missing:
+            raise VMError(
+                f"missing host tools {', '.join(missing)}: "
+                "apt-get install --no-install-recommends qemu-system-x86 debootstrap e2fsprogs"
+            )
+        _log(f"building the VM image (first run: about 4-5 minutes) into {image}")
+        started = time.monotonic()
+        result = subprocess.run(["bash", str(HERE / "build-image.sh"), str(image), str(cache)], check=False)
+        if result.returncode != 0:
+            raise VMError(f"building the VM image failed (exit {result.returncode}); see the output above")
+        _log(f"phase image-build: {time.monotonic() - started:.1f}s")
+        _prune_old_images(keep=image)
+    return image
+
+
+def _prune_old_images(keep: Path) -> None:
+    for other in (cache_root() / "images").iterdir():
+        if other != keep and other.is_dir() and not other.name.endswith(".tmp"):
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def _guest_main(checkout: Path, command: str) -> str:
+    """The script PID 1 runs: mount the checkout, load zfs, run the command."""
+    quoted = shlex.quote(str(checkout))
+    # The guest console is a tty; colour only when our own output is one too.
+    colors = "1" if sys.stdout.isatty() else "0"
+    return f"""#!/bin/sh
+mkdir -p {quoted}
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 checkout {quoted} || exit 125
+modprobe zfs || exit 125
+echo "[testpool] phase boot: guest ready after $(cut -d' ' -f1 /proc/uptime)s of uptime" >&2
+cd {quoted} || exit 125
+export HOME=/root LANG=C.UTF-8 PYTHONPATH={quoted}/src PYTHONDONTWRITEBYTECODE=1
+export DSG_TESTPOOL_IN_VM=1 PY_COLORS={colors} TERM={"linux" if colors == "1" else "dumb"}
+exec /bin/sh -c {shlex.quote(command)} 2>&1
+"""
+
+
+def run(command: str, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = 4096, cpus: int = 2) -> int:
+    """Run ``command`` (a shell string) as root inside the VM; return its exit code."""
+    image = ensure_image()
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise VMError("qemu-system-x86_64 is missing: apt-get install --no-install-recommends qemu-system-x86")
+    with tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name:
+        ctl = Path(ctl_name)
+        (ctl / "main.sh").write_text(_guest_main(CHECKOUT, command))
+        argv = [
+            qemu, *BOOT_FLAGS,
+            "-m", str(memory_mb), "-smp", str(cpus),
+            "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
+            "-append", KERNEL_CMDLINE,
+            # snapshot=on: the image stays pristine and several VMs can share it.
+            "-drive", f"file={image / 'rootfs.ext4'},format=raw,if=virtio,snapshot=on,cache=unsafe",
+            "-virtfs", f"local,path={CHECKOUT},mount_tag=checkout,security_model=none",
+            "-virtfs", f"local,path={ctl},mount_tag=ctl,security_model=none",
+            "-serial", "stdio",
+        ]  # fmt: skip
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            _stream(proc, deadline=started + timeout)
+        except VMTimeout:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        rc_file = ctl / "rc"
+        if not rc_file.exists():
+            raise VMError(f"the VM stopped (qemu exit {proc.returncode}) without reporting the command's exit code")
+        _log(f"phase vm-total: {time.monotonic() - started:.1f}s")
+        return int(rc_file.read_text().strip())
+
+
+def _stream(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    """Copy the guest console to our stdout until qemu exits or the deadline passes."""
+    import selectors
+
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    out = sys.stdout.buffer
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VMTimeout(f"the VM ran past its timeout and was killed (pid {proc.pid})")
+            if sel.select(timeout=min(remaining, 5.0)):
+                chunk = proc.stdout.read(65536)
+                if not chunk:  # EOF: qemu exited
+                    proc.wait()
+                    return
+                out.write(chunk.replace(b"\r\n", b"\n"))
+                out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("build", help="build the image unless it is cached")
+    sub.add_parser("path", help="print where the image is (or would be) cached")
+    run_parser = sub.add_parser("run", help="run a shell command inside the VM")
+    run_parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    run_parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "build":
+            print(ensure_image())
+            return 0
+        if args.action == "path":
+            print(image_dir())
+            return 0
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            parser.error("run needs a command")
+        return run(shlex.join(command), timeout=args.timeout)
+    except VMError as exc:
+        _log(f"error: {exc}")
+        return 124 if isinstance(exc, VMTimeout) else 125
+
+
+if __name__ == "__main__":
+    sys.exit(main())

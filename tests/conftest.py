@@ -1,0 +1,1 @@
+"""Shared test configuration. Real-ZFS tests live in tests/zfs/ (marked ``zfs``)."""
