@@ -1,0 +1,156 @@
+"""``dsg-storage``: the command line other tools script against.
+
+    dsg-storage [--json] [--allow POOL[/PREFIX]] COMMAND ...
+
+Exit status: 0 success; 1 a ZFS or transaction error; 2 bad usage or input (nothing was
+touched); 3 not allowed by the allow-list; 4 repository or transaction not found;
+5 dataset busy. Errors are one line on stderr: ``dsg-storage: <reason>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from . import __version__
+from ._allow import AllowList
+from ._errors import (
+    DatasetBusyError,
+    DsgStorageError,
+    InvalidArgumentError,
+    InvalidNameError,
+    NotAllowedError,
+    RepositoryNotFoundError,
+    TransactionNotFoundError,
+)
+from ._transaction import Commit, Repository, RepositoryStatus
+
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsg-storage", description="Transactional changes to ZFS repositories.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="POOL[/PREFIX]",
+        help="pool or dataset prefix that may be changed (repeatable; adds to $DSG_STORAGE_ALLOW)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="log ZFS steps to stderr")
+    parser.add_argument("--version", action="version", version=f"dsg-storage {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("begin", help="open a transaction (init or sync, chosen automatically)")
+    p.add_argument("repo")
+    p.add_argument("--mountpoint", help="where the repository is mounted (required for init)")
+    p.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root directory")
+    p.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root directory, e.g. 0750")
+
+    p = sub.add_parser("commit", help="make a transaction's workspace the repository")
+    p.add_argument("repo")
+    p.add_argument("tx")
+    p.add_argument("-m", "--message", help="recorded on the commit snapshot")
+
+    p = sub.add_parser("rollback", help="throw a transaction's workspace away")
+    p.add_argument("repo")
+    p.add_argument("tx")
+
+    p = sub.add_parser("status", help="pending transactions, mountpoint, owner, last commit")
+    p.add_argument("repo")
+
+    p = sub.add_parser("history", help="commits, oldest first")
+    p.add_argument("repo")
+
+    p = sub.add_parser("demo", help="show a transaction on real ZFS (used by the README's first command)")
+    p.add_argument("--parent", default="dsgtest/demo", help="dataset to work under (default: dsgtest/demo)")
+    p.add_argument("--mount-dir", help="directory for the demo's mount paths (default: a new temporary one)")
+    return parser
+
+
+def _commit_json(commit: Commit | None) -> dict[str, Any] | None:
+    return None if commit is None else {**attrs.asdict(commit), "name": commit.name}
+
+
+def _status_json(status: RepositoryStatus) -> dict[str, Any]:
+    return {
+        "repository": status.repository,
+        "exists": status.exists,
+        "mountpoint": status.mountpoint,
+        "mounted_at": list(status.mounted_at),
+        "owner": status.owner,
+        "mode": status.mode,
+        "last_commit": _commit_json(status.last_commit),
+        "pending": [
+            {"tx": p.tx, "pattern": p.pattern.value, "dataset": p.dataset, "path": p.path, "begun": p.begun}
+            for p in status.pending
+        ],
+    }
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=None, sort_keys=True) if args.json else text)
+
+
+def _run(args: argparse.Namespace, allow: AllowList) -> int:
+    if args.command == "demo":
+        from ._demo import run_demo
+
+        run_demo(args.parent, args.mount_dir, allow | AllowList((args.parent,)))
+        return 0
+    repo = Repository(args.repo, allow=allow)
+    if args.command == "begin":
+        tx = repo.begin(mountpoint=args.mountpoint, owner=args.owner, mode=args.mode)
+        _emit(args, {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path},
+              f"{tx.id}\t{tx.pattern.value}\t{tx.path}")  # fmt: skip
+    elif args.command == "commit":
+        commit = repo.commit(args.tx, args.message)
+        _emit(args, _commit_json(commit), commit.snapshot)
+    elif args.command == "rollback":
+        repo.rollback(args.tx)
+        _emit(args, {"tx": args.tx, "rolled_back": True}, f"rolled back {args.tx}")
+    elif args.command == "status":
+        status = repo.status()
+        lines = [
+            f"repository:  {status.repository}{'' if status.exists else ' (does not exist)'}",
+            f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})",
+            f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
+            f"last commit: {status.last_commit.name if status.last_commit else '-'}",
+            f"pending:     {len(status.pending)}",
+            *(f"  {p.tx}\t{p.pattern.value}\t{p.path}" for p in status.pending),
+        ]
+        _emit(args, _status_json(status), "\n".join(lines))
+    elif args.command == "history":
+        commits = repo.history()
+        _emit(
+            args,
+            [_commit_json(c) for c in commits],
+            "\n".join(f"{c.name}\t{c.committed}\t{c.tx}\t{c.message or ''}".rstrip() for c in commits),
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        allow = AllowList.from_env() | AllowList.parse(args.allow)
+        return _run(args, allow)
+    except DsgStorageError as exc:
+        print(f"dsg-storage: {exc}", file=sys.stderr)
+        if isinstance(exc, InvalidNameError | InvalidArgumentError):
+            return EXIT_USAGE
+        if isinstance(exc, NotAllowedError):
+            return EXIT_NOT_ALLOWED
+        if isinstance(exc, RepositoryNotFoundError | TransactionNotFoundError):
+            return EXIT_NOT_FOUND
+        if isinstance(exc, DatasetBusyError):
+            return EXIT_BUSY
+        return EXIT_ERROR

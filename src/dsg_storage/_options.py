@@ -1,0 +1,82 @@
+"""Parsing and checking what a user says about a repository: mount path, owner, mode."""
+
+from __future__ import annotations
+
+import grp
+import os
+import posixpath
+import pwd
+
+import attrs
+
+from ._errors import InvalidArgumentError
+
+
+@attrs.frozen
+class Owner:
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"{self.uid}:{self.gid}"
+
+    @classmethod
+    def parse(cls, text: str | tuple[int, int] | Owner) -> Owner:
+        """``"1000:1000"``, ``"alice:staff"`` or ``(1000, 1000)``."""
+        if isinstance(text, Owner):
+            return text
+        if isinstance(text, tuple):
+            uid, gid = text
+            return cls(_id(uid, "uid"), _id(gid, "gid"))
+        user, sep, group = str(text).partition(":")
+        if not sep or not user or not group:
+            raise InvalidArgumentError(f"owner {text!r} is not UID:GID")
+        return cls(_lookup(user, pwd.getpwnam, "user"), _lookup(group, grp.getgrnam, "group"))
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(os.geteuid(), os.getegid())
+
+
+def _id(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32 - 1:
+        raise InvalidArgumentError(f"{what} {value!r} is not a number from 0 to 4294967294")
+    return value
+
+
+def _lookup(text: str, getter: object, what: str) -> int:
+    if text.isdigit():
+        return _id(int(text), "uid" if what == "user" else "gid")
+    try:
+        entry = getter(text)  # type: ignore[operator]
+    except KeyError:
+        raise InvalidArgumentError(f"{what} {text!r} does not exist") from None
+    return int(entry[2])
+
+
+def parse_mode(value: str | int) -> int:
+    """``"0750"``, ``"750"`` or ``0o750``: permission bits only (at most 0o7777)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        try:
+            mode = int(str(value), 8)
+        except ValueError:
+            raise InvalidArgumentError(f"mode {value!r} is not an octal number such as 0755") from None
+    if not 0 <= mode <= 0o7777:
+        raise InvalidArgumentError(f"mode {value!r} is out of range (0 to 07777)")
+    return mode
+
+
+def check_mountpoint(path: str) -> str:
+    """An absolute, normalized path that is not ``/``."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidArgumentError(f"mountpoint {path!r} is not an absolute path")
+    if "\0" in path or "\n" in path:
+        raise InvalidArgumentError(f"mountpoint {path!r} contains a NUL or newline")
+    normal = posixpath.normpath(path)
+    if normal != path.rstrip("/") or ".." in path.split("/"):
+        raise InvalidArgumentError(f"mountpoint {path!r} is not normalized (write {normal!r})")
+    if normal == "/":
+        raise InvalidArgumentError("mountpoint '/' is refused")
+    return normal

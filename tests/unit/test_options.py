@@ -1,0 +1,36 @@
+"""Owner, mode and mountpoint parsing: pure logic, no ZFS."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsg_storage import InvalidArgumentError, Owner
+from dsg_storage._options import check_mountpoint, parse_mode
+
+
+def test_owner_accepts_numbers_names_and_tuples() -> None:
+    assert Owner.parse("1000:100") == Owner(1000, 100)
+    assert Owner.parse("root:root") == Owner(0, 0)
+    assert Owner.parse((5, 6)) == Owner(5, 6)
+    assert str(Owner(1, 2)) == "1:2"
+
+
+@pytest.mark.parametrize("text", ["1000", ":1", "1:", "no-such-user-x:0", "-1:0"])
+def test_bad_owners_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        Owner.parse(text)
+
+
+def test_modes_are_octal_permission_bits() -> None:
+    assert parse_mode("0750") == parse_mode("750") == parse_mode(0o750) == 0o750
+    for bad in ("9", "rwx", "100000", -1):
+        with pytest.raises(InvalidArgumentError):
+            parse_mode(bad)
+
+
+def test_mountpoints_must_be_absolute_and_normalized() -> None:
+    assert check_mountpoint("/srv/data") == "/srv/data"
+    assert check_mountpoint("/srv/data/") == "/srv/data"
+    for bad in ("srv/data", "/", "/srv/../etc", "/srv//data", "/srv/./data"):
+        with pytest.raises(InvalidArgumentError):
+            check_mountpoint(bad)
