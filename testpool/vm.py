@@ -187,7 +187,7 @@ def _stream(proc: subprocess.Popen[bytes], deadline: float) -> None:
                 if not chunk:  # EOF: qemu exited
                     proc.wait()
                     return
-                out.write(chunk.replace(b"\r\n", b"\n"))
+                out.write(chunk.replace(b"\r", b""))  # the guest console ends lines with \r\n
                 out.flush()
 
 

@@ -1,1 +1,21 @@
 """Shared test configuration. Real-ZFS tests live in tests/zfs/ (marked ``zfs``)."""
+
+from __future__ import annotations
+
+import pytest
+
+REPORTED = ("crash_points", "random_kills")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the crash-safety counts the tests recorded (record_property)."""
+    lines = []
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for key, value in getattr(report, "user_properties", []):
+                if key in REPORTED and report.when == "call":
+                    lines.append(f"{key}: {value} ({outcome})")
+    if lines:
+        terminalreporter.section("crash safety")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

@@ -4,7 +4,8 @@
 
 Exit status: 0 success; 1 a ZFS or transaction error; 2 bad usage or input (nothing was
 touched); 3 not allowed by the allow-list; 4 repository or transaction not found;
-5 dataset busy. Errors are one line on stderr: ``dsg-storage: <reason>``.
+5 dataset or repository busy; 6 another transaction is open; 7 conflict (the repository
+changed after begin). Errors are one line on stderr: ``dsg-storage: <reason>``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ import attrs
 from . import __version__
 from ._allow import AllowList
 from ._errors import (
+    ConflictError,
     DatasetBusyError,
     DsgStorageError,
     InvalidArgumentError,
     InvalidNameError,
     NotAllowedError,
+    RepositoryBusyError,
     RepositoryNotFoundError,
+    TransactionInProgressError,
     TransactionNotFoundError,
 )
 from ._transaction import Commit, Repository, RepositoryStatus
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
+EXIT_IN_PROGRESS, EXIT_CONFLICT = 6, 7
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo")
     p.add_argument("tx")
 
+    p = sub.add_parser("abort", help="roll back an open (possibly stale) transaction")
+    p.add_argument("repo")
+    p.add_argument("tx")
+
+    p = sub.add_parser("recover", help="finish interrupted steps (also done by every changing command)")
+    p.add_argument("repo")
+
     p = sub.add_parser("status", help="pending transactions, mountpoint, owner, last commit")
     p.add_argument("repo")
 
@@ -89,9 +101,17 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
         "mode": status.mode,
         "last_commit": _commit_json(status.last_commit),
         "pending": [
-            {"tx": p.tx, "pattern": p.pattern.value, "dataset": p.dataset, "path": p.path, "begun": p.begun}
+            {
+                "tx": p.tx,
+                "pattern": p.pattern.value,
+                "state": p.state,
+                "dataset": p.dataset,
+                "path": p.path,
+                "begun": p.begun,
+            }
             for p in status.pending
         ],
+        "leftovers": list(status.leftovers),
     }
 
 
@@ -108,14 +128,18 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
     repo = Repository(args.repo, allow=allow)
     if args.command == "begin":
         tx = repo.begin(mountpoint=args.mountpoint, owner=args.owner, mode=args.mode)
-        _emit(args, {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path},
-              f"{tx.id}\t{tx.pattern.value}\t{tx.path}")  # fmt: skip
+        _emit(
+            args, {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path}, f"{tx.id}\t{tx.pattern.value}\t{tx.path}"
+        )
     elif args.command == "commit":
         commit = repo.commit(args.tx, args.message)
         _emit(args, _commit_json(commit), commit.snapshot)
-    elif args.command == "rollback":
+    elif args.command in ("rollback", "abort"):
         repo.rollback(args.tx)
         _emit(args, {"tx": args.tx, "rolled_back": True}, f"rolled back {args.tx}")
+    elif args.command == "recover":
+        actions = repo.recover()
+        _emit(args, {"repository": repo.name, "actions": actions}, "\n".join(actions) or "nothing to recover")
     elif args.command == "status":
         status = repo.status()
         lines = [
@@ -124,7 +148,8 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
             f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
             f"last commit: {status.last_commit.name if status.last_commit else '-'}",
             f"pending:     {len(status.pending)}",
-            *(f"  {p.tx}\t{p.pattern.value}\t{p.path}" for p in status.pending),
+            *(f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}\t{p.path}" for p in status.pending),
+            *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
         ]
         _emit(args, _status_json(status), "\n".join(lines))
     elif args.command == "history":
@@ -151,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_NOT_ALLOWED
         if isinstance(exc, RepositoryNotFoundError | TransactionNotFoundError):
             return EXIT_NOT_FOUND
-        if isinstance(exc, DatasetBusyError):
+        if isinstance(exc, DatasetBusyError | RepositoryBusyError):
             return EXIT_BUSY
+        if isinstance(exc, TransactionInProgressError):
+            return EXIT_IN_PROGRESS
+        if isinstance(exc, ConflictError):
+            return EXIT_CONFLICT
         return EXIT_ERROR

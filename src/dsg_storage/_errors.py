@@ -95,3 +95,20 @@ class TransactionNotFoundError(TransactionError, LookupError):
 
 class TransactionStateError(TransactionError):
     """The transaction was already committed or rolled back in this process."""
+
+
+class TransactionInProgressError(TransactionError, FileExistsError):
+    """The repository already has an open transaction (one writer per repository)."""
+
+    errno_code = _errno.EEXIST
+
+
+class ConflictError(TransactionError):
+    """The repository changed after the transaction began; committing would lose that
+    change. Nothing was changed; roll the transaction back."""
+
+
+class RepositoryBusyError(TransactionError, BlockingIOError):
+    """Another process on this host is in the middle of a step on the repository."""
+
+    errno_code = _errno.EAGAIN

@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -102,6 +103,11 @@ def _b(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def u64(value: int) -> int:
+    """nvlists hand uint64 values (GUIDs) to Lua and back as signed int64."""
+    return int(value) & 0xFFFFFFFFFFFFFFFF
+
+
 def _decode(value: Any) -> Any:
     """Channel-program results come back as nested dicts of bytes: make them str."""
     if isinstance(value, bytes):
@@ -149,8 +155,9 @@ local n = 0
 for snap in zfs.list.snapshots(argv[1]) do
     n = n + 1
     local user = {}
-    for name, value in zfs.list.user_properties(snap) do
-        if string.sub(name, 1, #argv[2]) == argv[2] then user[name] = value end
+    for name, value, source in zfs.list.user_properties(snap) do
+        -- only the snapshot's own: a snapshot also shows its dataset's user properties
+        if source == snap and string.sub(name, 1, #argv[2]) == argv[2] then user[name] = value end
     end
     out[string.format("%08d", n)] = {
         name = snap,
@@ -194,6 +201,136 @@ return {failed = ""}
 )
 
 
+# A batch of changes in one ZFS sync task (all or, for "T" ops, best effort). argv is a
+# flat list of ops: S name (snapshot) | P fs (promote, if it is a clone) | D name (destroy) | T name (try to
+# destroy; a failure is reported, not fatal) | V ds prop value (set a user property on an
+# existing dataset) | N snap prop value (set a user property on a snapshot this batch
+# creates) | U fs snapname (require fs unchanged since its snapshot) | A name (require
+# name absent). Every op that can be checked is checked first, so a refused batch changes
+# nothing. Running in syncing context, the checks see every write made before the call.
+# NOT atomic against signals: a caller killed while the program runs interrupts it after
+# any op, keeping the ops already done. Callers order ops so every prefix is recoverable.
+_BATCH = (
+    _LUA_PREAMBLE
+    + """
+local ops = {}
+local i = 1
+while i <= #argv do
+    local op = argv[i]
+    if op == "V" or op == "N" then
+        ops[#ops + 1] = {op, argv[i + 1], argv[i + 2], argv[i + 3]}
+        i = i + 4
+    elseif op == "U" then
+        ops[#ops + 1] = {op, argv[i + 1], argv[i + 2]}
+        i = i + 3
+    else
+        ops[#ops + 1] = {op, argv[i + 1]}
+        i = i + 2
+    end
+end
+for k = 1, #ops do
+    local o = ops[k]
+    local err = 0
+    if o[1] == "S" then err = zfs.check.snapshot(o[2])
+    elseif o[1] == "P" and zfs.get_prop(o[2], "origin") ~= nil then err = zfs.check.promote(o[2])
+    elseif o[1] == "D" then err = zfs.check.destroy(o[2])
+    elseif o[1] == "V" then err = zfs.check.set_prop(o[2], o[3], o[4])
+    elseif o[1] == "A" and zfs.exists(o[2]) then err = 17
+    elseif o[1] == "U" then
+        local written = zfs.get_prop(o[2], "written@" .. o[3])
+        if written ~= 0 then return {failed = k, err = 0, written = written} end
+    end
+    if err ~= 0 then return {failed = k, err = err} end
+end
+local skipped = {}
+for k = 1, #ops do
+    local o = ops[k]
+    if o[1] == "S" then assert(zfs.sync.snapshot(o[2]) == 0)
+    elseif o[1] == "P" then
+        if zfs.get_prop(o[2], "origin") ~= nil then assert(zfs.sync.promote(o[2]) == 0) end
+    elseif o[1] == "D" then assert(zfs.sync.destroy(o[2]) == 0)
+    elseif o[1] == "T" then
+        local e = zfs.sync.destroy(o[2])
+        if e ~= 0 then skipped[o[2]] = e end
+    elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0) end
+end
+return {failed = 0, skipped = skipped}
+"""
+)
+
+# A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
+# datasets), each with the user properties under our prefix and its origin.
+_FAMILY = (
+    _LUA_PREAMBLE
+    + """
+local parent, name, prefix = argv[1], argv[2], argv[3]
+local mark = name .. ".dsg-"
+local out = {}
+for child in zfs.list.children(parent) do
+    if child == name or string.sub(child, 1, #mark) == mark then
+        local props = {}
+        for prop, value in zfs.list.user_properties(child) do
+            if string.sub(prop, 1, #prefix) == prefix then props[prop] = value end
+        end
+        local origin = zfs.get_prop(child, "origin")
+        if origin ~= nil then props["origin"] = origin end
+        props["mountpoint"] = zfs.get_prop(child, "mountpoint")
+        out[child] = props
+    end
+end
+return out
+"""
+)
+
+
+@attrs.define
+class Batch:
+    """Changes to apply in one ZFS sync task (see ``Zfs.apply``)."""
+
+    ops: list[str] = attrs.Factory(list)
+    targets: list[str] = attrs.Factory(list)
+
+    def snapshot(self, name: str, props: Mapping[str, str] | None = None) -> Batch:
+        self._add(name, "S", name)
+        for key, value in (props or {}).items():
+            self.ops += ["N", name, key, value]
+        return self
+
+    def set(self, dataset: str, props: Mapping[str, str]) -> Batch:
+        for key, value in props.items():
+            self._add(dataset, "V", dataset, key, value)
+        return self
+
+    def promote(self, filesystem: str) -> Batch:
+        """Promote ``filesystem`` if it is a clone (so a repeated batch is harmless)."""
+        return self._add(filesystem, "P", filesystem)
+
+    def destroy(self, name: str, *, required: bool = True) -> Batch:
+        return self._add(name, "D" if required else "T", name)
+
+    def require_unchanged(self, filesystem: str, snapshot: str) -> Batch:
+        """Refuse the batch (DatasetChangedError) if ``filesystem`` was written after
+        ``snapshot`` (its short name)."""
+        return self._add(filesystem, "U", filesystem, snapshot)
+
+    def require_absent(self, name: str) -> Batch:
+        """Refuse the batch (DatasetExistsError) if ``name`` exists."""
+        return self._add(name, "A", name)
+
+    def _add(self, target: str, *op: str) -> Batch:
+        self.targets.append(target)
+        self.ops += op
+        return self
+
+
+class DatasetChangedError(ZfsError):
+    """A batch required a filesystem unchanged since a snapshot, and it was not."""
+
+    def __init__(self, message: str, *, dataset: str, written: int) -> None:
+        super().__init__(message, dataset=dataset)
+        self.written = written
+
+
 class _Libc:
     def __init__(self) -> None:
         self.lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -204,6 +341,10 @@ class _Libc:
         if self.lib.mount(source.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target)
+
+    def die_with_parent(self) -> None:
+        """In a child process: get SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
+        self.lib.prctl(1, signal.SIGKILL, 0, 0, 0)
 
     def umount(self, target: str) -> None:
         if self.lib.umount2(target.encode(), 0) != 0:
@@ -262,7 +403,7 @@ class Zfs:
     ) -> None:
         self.allow = allow
         self.busy_timeout = busy_timeout
-        self._sleep = sleep
+        self.sleep = sleep
         self.lzc = lzc or load_libzfs_core()
         from libzfs_core import exceptions as lzc_exceptions  # type: ignore[import-not-found,unused-ignore]
 
@@ -304,7 +445,7 @@ class Zfs:
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, DatasetBusyError)),
             stop=tenacity.stop_after_delay(self.busy_timeout),
             wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
-            sleep=self._sleep,
+            sleep=self.sleep,
             reraise=True,
         )
         try:
@@ -327,9 +468,10 @@ class Zfs:
         return bool(self._call(name, self.lzc.lzc_exists, _b(name)))
 
     def program(self, pool: str, source: str, args: Sequence[str], *, sync: bool) -> Any:
-        """Run a channel program (Lua) on ``pool``; returns its decoded return value."""
-        if sync:
-            self._check(*(a for a in args[:1]))
+        """Run a channel program (Lua) on ``pool``; returns its decoded return value.
+
+        Callers of a ``sync`` (changing) program check the allow-list for its targets.
+        """
         fn = self.lzc.lzc_channel_program if sync else self.lzc.lzc_channel_program_nosync
         params = [_b(a) for a in args]
         # pyzfs hands back the program's return value itself (already unwrapped).
@@ -351,7 +493,7 @@ class Zfs:
         snaps = [
             Snapshot(
                 name=item["name"],
-                guid=int(item["guid"]) & 0xFFFFFFFFFFFFFFFF,  # nvlists carry uint64 as int64
+                guid=u64(item["guid"]),
                 createtxg=int(item["createtxg"]),
                 creation=int(item["creation"]),
                 user_props=dict(item.get("user") or {}),
@@ -422,6 +564,41 @@ class Zfs:
                 f"{dataset}: cannot set property {result['failed']} (error {result['err']})", dataset=dataset
             )
 
+    def apply(self, batch: Batch) -> dict[str, int]:
+        """Apply ``batch`` in one ZFS sync task: all of it or, if a check fails, none of it.
+
+        Optional destroys that fail are skipped and returned as ``{name: errno}``.
+        """
+        if not batch.ops:
+            return {}
+        self._check(*batch.targets)
+        result = self.program(_names.pool_of(batch.targets[0]), _BATCH, batch.ops, sync=True) or {}
+        failed = int(result.get("failed", 0))
+        if failed:
+            code = int(result.get("err", errno.EIO))
+            target = batch.targets[failed - 1]
+            if "written" in result:
+                raise DatasetChangedError(
+                    f"{target} was written after its snapshot ({result['written']} bytes; nothing was changed)",
+                    dataset=target,
+                    written=int(result["written"]),
+                )
+            cls = {
+                errno.EEXIST: DatasetExistsError,
+                errno.ENOENT: DatasetNotFoundError,
+                errno.EBUSY: DatasetBusyError,
+                errno.ENOSPC: NoSpaceError,
+            }.get(code, ZfsError)
+            raise cls(f"{target}: {os.strerror(code)} (nothing was changed)", dataset=target)
+        return {name: int(err) for name, err in (result.get("skipped") or {}).items()}
+
+    def family(self, dataset: str) -> dict[str, dict[str, str]]:
+        """``dataset`` (if it exists) and its ``dataset.dsg-*`` siblings, with our user
+        properties, ``origin`` and ``mountpoint``; one read-only channel program."""
+        parent = dataset.rsplit("/", 1)[0]
+        raw = self.program(_names.pool_of(dataset), _FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
+        return {name: dict(props) for name, props in (raw or {}).items()}
+
     def _props(self, props: Mapping[str, str | int] | None) -> dict[bytes, bytes | int] | None:
         if not props:
             return None
@@ -437,7 +614,10 @@ class Zfs:
         try:
             self._libc.mount(dataset, path, "zfs", "zfsutil")
         except OSError as exc:
-            raise ZfsError(f"cannot mount {dataset} at {path}: {exc.strerror}", dataset=dataset) from exc
+            elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
+            detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""
+            cls = DatasetBusyError if exc.errno == errno.EBUSY else ZfsError
+            raise cls(f"cannot mount {dataset} at {path}: {exc.strerror}{detail}", dataset=dataset) from exc
 
     def unmount(self, dataset: str, path: str | None = None) -> None:
         """Unmount ``dataset`` (at ``path``, or everywhere it is mounted); retried while busy."""
@@ -469,7 +649,10 @@ class Zfs:
         if executable is None:
             raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")
         started = time.monotonic()
-        result = subprocess.run([executable, *args], capture_output=True, text=True, check=False)
+        # PDEATHSIG: if we are killed, the command dies with us instead of racing recovery.
+        result = subprocess.run(
+            [executable, *args], capture_output=True, text=True, check=False, preexec_fn=self._libc.die_with_parent
+        )
         log.debug("zfs %s: %.0f ms", " ".join(args), (time.monotonic() - started) * 1000)
         if result.returncode != 0:
             message = result.stderr.strip() or f"exit {result.returncode}"

@@ -6,11 +6,13 @@ These tests never skip. Where ZFS is missing they fail, saying how to run them
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import re
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
@@ -45,6 +47,43 @@ def _zfs_problem() -> str | None:
     return None
 
 
+# Tests share the pool; a test that exports it (a simulated reboot) needs it alone. A
+# readers-writer lock across xdist workers (flock; the turnstile keeps a waiting writer
+# from starving behind a stream of readers).
+_LOCKS = Path(os.environ.get("DSG_TEST_LOCK_DIR", "/tmp"))
+
+
+@contextmanager
+def pool_access(exclusive: bool) -> Iterator[None]:
+    turnstile = os.open(_LOCKS / "dsgtest-pool.turnstile", os.O_CREAT | os.O_RDWR, 0o600)
+    lock = os.open(_LOCKS / "dsgtest-pool.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if not exclusive:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(lock)
+        os.close(turnstile)
+
+
+@pytest.fixture(autouse=True)
+def _shared_pool(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "exclusive_pool" in request.fixturenames:
+        yield
+        return
+    with pool_access(exclusive=False):
+        yield
+
+
+@pytest.fixture
+def exclusive_pool() -> Iterator[None]:
+    """The test may export and import dsgtest: no other test runs meanwhile."""
+    with pool_access(exclusive=True):
+        yield
+
+
 @pytest.fixture(scope="session")
 def worker_root(worker_id: str, testrun_uid: str) -> Iterator[str]:
     """``dsgtest/<run>-<xdist worker>``: every dataset a worker makes lives below it.
@@ -60,9 +99,11 @@ def worker_root(worker_id: str, testrun_uid: str) -> Iterator[str]:
             pytrace=False,
         )
     root = f"{POOL}/{testrun_uid[:8]}-{worker_id}"
-    subprocess.run(["zfs", "create", "-o", "mountpoint=none", root], check=True)
+    with pool_access(exclusive=False):
+        subprocess.run(["zfs", "create", "-o", "mountpoint=none", root], check=True)
     yield root
-    _destroy_tree(root)
+    with pool_access(exclusive=False):
+        _destroy_tree(root)
 
 
 def _destroy_tree(dataset: str) -> None:

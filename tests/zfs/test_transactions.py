@@ -273,3 +273,27 @@ def test_command_line_errors_are_one_line_with_a_distinct_exit_status(sandbox: S
     bad = cli("begin", name + "@x", allow=sandbox.dataset)
     assert bad.returncode == 2
     assert sandbox.datasets() == []
+
+
+def test_a_mountpoint_inherited_from_the_parent_stays_inherited(sandbox: Sandbox) -> None:
+    """The idiomatic layout (repositories under a parent that has the mount base) needs no
+    mountpoint property of its own: commits keep it inherited, temporary mounts sit beside."""
+    parent, base = f"{sandbox.dataset}/data", sandbox.mount_dir / "data"
+    subprocess.run(["zfs", "create", "-o", f"mountpoint={base}", parent], check=True)
+    repo = Repository(f"{parent}/repo", zfs=sandbox.zfs)
+    tx = repo.begin(mountpoint=str(base / "repo"), owner=OWNER, mode="0750")
+    assert tx.path == f"{base}/repo.dsg-init-{tx.id}"
+    Path(tx.path, "a").write_text("1")
+    tx.commit()
+    for n in (2, 3):
+        with repo.begin() as tx:
+            assert tx.path == f"{base}/repo.dsg-ws-{tx.id}"
+            Path(tx.path, "a").write_text(str(n))
+    assert files(base / "repo") == {"a": "3"} and owner_mode(base / "repo") == (*OWNER, 0o750)
+    source = subprocess.run(
+        ["zfs", "get", "-H", "-o", "source", "mountpoint", repo.name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert source == f"inherited from {parent}"
+    assert zfs_mounts()[repo.name] == [str(base / "repo")]
+    assert sorted(p.name for p in base.iterdir()) == ["repo"]
+    assert len(repo.history()) == 3 and repo.pending() == []

@@ -1,0 +1,355 @@
+"""Crash safety on real ZFS: a process killed at any moment leaves every repository at its
+old or its new state once recovered, with nothing of ours left behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import (
+    ConflictError,
+    Repository,
+    TransactionInProgressError,
+)
+from dsg_storage._transaction import CRASH_ENV
+
+from .conftest import Sandbox
+from .test_transactions import OWNER, files, owner_mode
+
+OLD = {"keep.txt": "same", "change.txt": "old", "delete.txt": "bye"}
+NEW = {"keep.txt": "same", "change.txt": "new", "added.txt": "hello"}
+
+
+def make_changes(path: str) -> None:
+    Path(path, "change.txt").write_text("new")
+    Path(path, "delete.txt").unlink()
+    Path(path, "added.txt").write_text("hello")
+
+
+def fill(path: str, content: dict[str, str]) -> None:
+    for name, text in content.items():
+        Path(path, name).write_text(text)
+
+
+CHILD_LIMIT = 120.0
+
+
+def in_child(fn: Callable[[], None], crash_at: str | None = None, kill_after: float | None = None) -> str:
+    """Run ``fn`` in a forked child; return "killed" or "done".
+
+    ``crash_at`` arms the library's crash hook (SIGKILL after step k of an operation);
+    ``kill_after`` has the parent SIGKILL the child after that many seconds instead.
+    """
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            if crash_at:
+                os.environ[CRASH_ENV] = crash_at
+            fn()
+            code = 0
+        except BaseException:  # noqa: BLE001 (reported, and the exit code says it failed)
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], CHILD_LIMIT if kill_after is None else kill_after)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    assert ready or kill_after is not None, f"the child did not finish within {CHILD_LIMIT}s"
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return "killed"
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed with status {status}"
+    return "done"
+
+
+def assert_clean(sandbox: Sandbox, repo: Repository, mnt: Path, expected: list[dict[str, str] | None]) -> int:
+    """Recover, then check: the repository is at one of ``expected`` (None: absent), mounted
+    at ``mnt`` alone, owned as recorded, and nothing temporary of ours is left.
+    Returns the index of the state found."""
+    repo.recover()
+    names = sandbox.datasets()
+    leaf = repo.name.removeprefix(sandbox.dataset + "/")
+    ours = [n for n in names if n == leaf or n.startswith((leaf + "@", leaf + "."))]
+    assert not [n for n in ours if ".dsg-" in n or "@dsg-base-" in n], f"temporary datasets left: {ours}"
+    assert all(n == leaf or "@dsg-commit-" in n for n in ours), ours
+    tx_dirs = [p.name for p in sandbox.mount_dir.iterdir() if ".dsg-" in p.name]
+    assert not tx_dirs, f"workspace directories left: {tx_dirs}"
+    snapshots = [f"{sandbox.dataset}/{n}" for n in ours if "@" in n]
+    if snapshots:
+        holds = subprocess.run(["zfs", "holds", "-H", *snapshots], capture_output=True, text=True, check=True)
+        assert holds.stdout == "", f"holds left: {holds.stdout}"
+    if not repo.exists():
+        assert None in expected
+        assert not [k for k in sandbox.mounts() if k.startswith(repo.name + ".")]
+        return expected.index(None)
+    mine = {k: v for k, v in sandbox.mounts().items() if k == repo.name or k.startswith(repo.name + ".")}
+    assert mine == {repo.name: [str(mnt)]}
+    assert owner_mode(mnt) == (*OWNER, 0o750)
+    state = files(mnt)
+    assert state in expected, state
+    return expected.index(state)
+
+
+def existing(sandbox: Sandbox, name: str) -> tuple[Repository, Path]:
+    repo = Repository(f"{sandbox.dataset}/{name}", zfs=sandbox.zfs)
+    mnt = sandbox.mount_dir / name
+    with repo.begin(mountpoint=str(mnt), owner=OWNER, mode="0750") as tx:
+        fill(tx.path, OLD)
+    return repo, mnt
+
+
+def crash_every_step(
+    box: Sandbox,
+    record_property: Callable[[str, object], None],
+    label: str,
+    op: str,
+    setup: Callable[[int], tuple[Repository, Path, Callable[[], None]]],
+    expected: list[dict[str, str] | None],
+) -> None:
+    """Kill ``op`` after each of its steps in turn (fresh repository each time)."""
+    k = 0
+    while True:
+        k += 1
+        repo, mnt, action = setup(k)
+        outcome = in_child(action, crash_at=f"{op}:{k}")
+        if outcome == "done" and op == "begin":  # a finished begin leaves its transaction open
+            (pending,) = repo.pending()
+            repo.abort(pending.tx)
+        assert_clean(box, repo, mnt, expected)
+        if outcome == "done":
+            break
+        assert k < 20, "the operation never finished"
+    record_property("crash_points", f"{label}={k - 1}")
+    assert k > 2, f"{label}: only {k - 1} crash points"
+
+
+@pytest.fixture
+def box(sandbox: Sandbox) -> Sandbox:
+    return sandbox
+
+
+def test_init_begin_killed_at_every_step_leaves_nothing(box: Sandbox, record_property: Callable) -> None:
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = Repository(f"{box.dataset}/r{k}", zfs=box.zfs), box.mount_dir / f"r{k}"
+        return repo, mnt, lambda: fill(repo.begin(mountpoint=str(mnt), owner=OWNER, mode="0750").path, NEW)
+
+    crash_every_step(box, record_property, "init-begin", "begin", setup, [None])
+
+
+def test_init_commit_killed_at_every_step_completes(box: Sandbox, record_property: Callable) -> None:
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = Repository(f"{box.dataset}/r{k}", zfs=box.zfs), box.mount_dir / f"r{k}"
+        tx = repo.begin(mountpoint=str(mnt), owner=OWNER, mode="0750")
+        fill(tx.path, NEW)
+        return repo, mnt, lambda: repo.commit(tx.id, "init")
+
+    crash_every_step(box, record_property, "init-commit", "commit", setup, [NEW])
+
+
+def test_init_rollback_killed_at_every_step_leaves_nothing(box: Sandbox, record_property: Callable) -> None:
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = Repository(f"{box.dataset}/r{k}", zfs=box.zfs), box.mount_dir / f"r{k}"
+        tx = repo.begin(mountpoint=str(mnt), owner=OWNER, mode="0750")
+        fill(tx.path, NEW)
+        return repo, mnt, lambda: repo.rollback(tx.id)
+
+    crash_every_step(box, record_property, "init-rollback", "rollback", setup, [None])
+
+
+def test_sync_begin_killed_at_every_step_leaves_the_repository_as_it_was(
+    box: Sandbox, record_property: Callable
+) -> None:
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = existing(box, f"r{k}")
+        return repo, mnt, lambda: make_changes(repo.begin().path)
+
+    crash_every_step(box, record_property, "sync-begin", "begin", setup, [OLD])
+
+
+def test_sync_commit_killed_at_every_step_completes(box: Sandbox, record_property: Callable) -> None:
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = existing(box, f"r{k}")
+        tx = repo.begin()
+        make_changes(tx.path)
+        return repo, mnt, lambda: repo.commit(tx.id, "sync")
+
+    crash_every_step(box, record_property, "sync-commit", "commit", setup, [NEW])
+
+
+def test_sync_rollback_killed_at_every_step_leaves_the_repository_as_it_was(
+    box: Sandbox, record_property: Callable
+) -> None:
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = existing(box, f"r{k}")
+        tx = repo.begin()
+        make_changes(tx.path)
+        return repo, mnt, lambda: repo.rollback(tx.id)
+
+    crash_every_step(box, record_property, "sync-rollback", "rollback", setup, [OLD])
+
+
+def test_recovery_killed_midway_is_itself_recovered(box: Sandbox, record_property: Callable) -> None:
+    """A commit killed just after its commit point, then its recovery killed at each step."""
+
+    def setup(k: int) -> tuple[Repository, Path, Callable[[], None]]:
+        repo, mnt = existing(box, f"r{k}")
+        tx = repo.begin()
+        make_changes(tx.path)
+        assert in_child(lambda: repo.commit(tx.id), crash_at="commit:1") == "killed"
+        return repo, mnt, repo.recover
+
+    crash_every_step(box, record_property, "recover", "recover", setup, [NEW])
+
+
+RANDOM_KILLS = 50
+
+
+def test_random_kills_during_sync_commits_end_old_or_new(box: Sandbox, record_property: Callable) -> None:
+    repo, mnt = existing(box, "repo")
+    current = dict(OLD)
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    # How long an uninterrupted begin+write+commit takes here, to aim the kills inside it.
+    span = _timed_child(lambda: _sync_write(repo, "warmup"))
+    current = {"n": "warmup"}
+    outcomes = {"old": 0, "new": 0}
+    for run in range(RANDOM_KILLS):
+        target = {"n": str(run)}
+        in_child(lambda run=run: _sync_write(repo, str(run)), kill_after=rng.uniform(0, span * 1.2))
+        repo.recover()
+        for stale in repo.pending():  # killed while open: the user aborts it, as status tells
+            assert stale.state == "open"
+            repo.abort(stale.tx)
+        found = assert_clean(box, repo, mnt, [current, target])
+        outcomes["new" if found else "old"] += 1
+        current = [current, target][found]
+    record_property("random_kills", f"seed={seed} runs={RANDOM_KILLS} old={outcomes['old']} new={outcomes['new']}")
+
+
+def _sync_write(repo: Repository, value: str) -> None:
+    with repo.begin() as tx:
+        for name in os.listdir(tx.path):
+            os.unlink(os.path.join(tx.path, name))
+        Path(tx.path, "n").write_text(value)
+
+
+def _timed_child(fn: Callable[[], None]) -> float:
+    import time
+
+    started = time.monotonic()
+    assert in_child(fn) == "done"
+    return time.monotonic() - started
+
+
+def test_a_second_begin_is_refused_naming_the_open_transaction(box: Sandbox) -> None:
+    repo, mnt = existing(box, "repo")
+    first = repo.begin()
+    with pytest.raises(TransactionInProgressError) as info:
+        repo.begin()
+    assert first.id in str(info.value) and f"dsg-storage abort {repo.name} {first.id}" in str(info.value)
+    repo.abort(first.id)
+    with repo.begin() as second:
+        Path(second.path, "x").write_text("x")
+    assert files(mnt) == {**OLD, "x": "x"}
+
+
+def _racer(repo_name: str, allow: str, rounds: int, barrier: object, results: object, rollback_own: bool) -> None:
+    from dsg_storage import Repository  # fresh objects in the child
+
+    repo = Repository(repo_name, allow=allow, lock_timeout=30)
+    for _ in range(rounds):
+        barrier.wait()  # type: ignore[attr-defined]
+        try:
+            tx = repo.begin()
+            won = True
+        except TransactionInProgressError:
+            won = False
+        results.put(won)  # type: ignore[attr-defined]
+        barrier.wait()  # type: ignore[attr-defined]
+        if won and rollback_own:
+            tx.rollback()
+        barrier.wait()  # type: ignore[attr-defined]
+
+
+def _race(repos: list[str], allow: str, rounds: int) -> list[bool]:
+    ctx = get_context("fork")
+    barrier, results = ctx.Barrier(len(repos)), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(r, allow, rounds, barrier, results, True)) for r in repos]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(rounds * len(repos))]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return outcomes
+
+
+def test_two_processes_racing_to_begin_never_both_win(box: Sandbox) -> None:
+    repo, _ = existing(box, "repo")
+    rounds = 100
+    outcomes = _race([repo.name, repo.name], box.dataset, rounds)
+    assert outcomes.count(True) == rounds  # exactly one winner in every round
+    assert repo.pending() == []
+
+
+def test_racing_on_different_repositories_all_win(box: Sandbox) -> None:
+    a, _ = existing(box, "a")
+    b, _ = existing(box, "b")
+    rounds = 50
+    outcomes = _race([a.name, b.name], box.dataset, rounds)
+    assert outcomes == [True] * (2 * rounds)
+
+
+def test_commit_refuses_to_drop_a_change_made_after_begin(box: Sandbox) -> None:
+    repo, mnt = existing(box, "repo")
+    history = repo.history()
+    tx = repo.begin()
+    make_changes(tx.path)
+    (mnt / "written-after-begin.txt").write_text("must not be lost")
+    with pytest.raises(ConflictError, match="changed after transaction"):
+        tx.commit()
+    assert files(mnt) == {**OLD, "written-after-begin.txt": "must not be lost"}
+    assert repo.history() == history
+    tx.rollback()
+    assert files(mnt) == {**OLD, "written-after-begin.txt": "must not be lost"}
+    assert_clean(box, repo, mnt, [{**OLD, "written-after-begin.txt": "must not be lost"}])
+
+
+def export_and_import() -> None:
+    """What a reboot does to the pool: export, then import (which mounts what it can)."""
+    subprocess.run(["zpool", "export", "dsgtest"], check=True)
+    pool_py = Path(__file__).resolve().parents[2] / "testpool" / "pool.py"
+    subprocess.run([sys.executable, str(pool_py), "create"], check=True, capture_output=True)
+
+
+def test_commit_interrupted_then_pool_reimported_is_recovered(
+    exclusive_pool: None, box: Sandbox, record_property: Callable
+) -> None:
+    k = 0
+    while True:
+        k += 1
+        repo, mnt = existing(box, f"r{k}")
+        tx = repo.begin()
+        make_changes(tx.path)
+        outcome = in_child(lambda repo=repo, tx=tx: repo.commit(tx.id), crash_at=f"commit:{k}")
+        export_and_import()
+        assert_clean(box, repo, mnt, [NEW])
+        if outcome == "done":
+            break
+    record_property("crash_points", f"commit-then-reimport={k - 1}")
+    assert k > 2
