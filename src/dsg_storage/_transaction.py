@@ -11,16 +11,19 @@ new head, takes a commit snapshot and destroys the old head and the base snapsho
 Durability. Everything a transaction needs is recorded in the pool as user properties
 (``dsg-storage:*``) on its temporary dataset, so any process on any host that imports the
 pool can see it, commit it, roll it back or recover it. Its ``state`` moves
-``beginning -> open -> committing | aborting``, each change written in the same ZFS sync
-task as the step it guards (channel programs, see ``_zfs.Batch``):
+``beginning -> open -> aborting`` (rollback) or, with the dataset renamed to the
+repository's name, ``-> committed``. Each change is written in the same ZFS sync task as
+the step it guards (channel-program batches, see ``_zfs.Batch``):
 
-* ``committing`` is written together with the promote (sync) at the start of commit: that
-  is the **commit point**. A commit interrupted after it is finished (rolled forward) by
-  recovery; one interrupted before it changed nothing.
+* The **commit point** is the rename that gives the repository's name to the new content
+  (for sync, after the old head was renamed away and found unchanged since begin). A
+  commit interrupted after it is finished by recovery; one interrupted between the two
+  renames is finished too, or undone if the repository had changed since begin; one
+  interrupted earlier changed nothing.
 * ``beginning`` and ``aborting`` mark steps that recovery undoes: an interrupted begin or
   rollback is rolled back.
-* ``open`` transactions are never touched by recovery (their caller may still be
-  working); ``status`` lists them and ``abort``/``rollback`` ends them.
+* ``open`` transactions are never ended by recovery (their caller may still be working);
+  ``status`` lists them and ``abort``/``rollback`` ends them.
 
 Steps run under a per-repository lock (``_lock``), so recovery never races a live step.
 """
@@ -53,7 +56,7 @@ from ._errors import (
 from ._lock import repository_lock
 from ._names import prop
 from ._options import Owner, check_mountpoint, parse_mode
-from ._zfs import Batch, DatasetChangedError, Zfs, u64, zfs_mounts
+from ._zfs import Batch, Zfs, zfs_mounts
 
 log = logging.getLogger("dsg_storage")
 
@@ -87,7 +90,6 @@ class Phase(enum.StrEnum):
 
     BEGINNING = "beginning"
     OPEN = "open"
-    COMMITTING = "committing"
     ABORTING = "aborting"
     COMMITTED = "committed"
 
@@ -144,7 +146,6 @@ class _Record:
     owner: Owner
     mode: int
     inherits: bool
-    commit_snapshot: str
     message: str
     begun: str | None
 
@@ -160,7 +161,6 @@ class _Record:
             owner=Owner.parse(props[P_OWNER]),
             mode=parse_mode(props[P_MODE]),
             inherits=props.get(P_INHERITS) == "yes",
-            commit_snapshot=props.get(P_COMMIT_SNAPSHOT, ""),
             message=props.get(P_COMMIT_MESSAGE, ""),
             begun=props.get(P_BEGUN),
         )
@@ -185,8 +185,13 @@ def _now() -> datetime:
 
 
 def _apply_owner(path: str, owner: Owner, mode: int) -> None:
-    os.chown(path, owner.uid, owner.gid)
-    os.chmod(path, mode)
+    """Give ``path`` its owner and mode; touch nothing that is already right (a needless
+    chown would change the directory's ctime, which would look like a change to it)."""
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) != (owner.uid, owner.gid):
+        os.chown(path, owner.uid, owner.gid)
+    if st.st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
 
 
 def _remove_mount_dir(path: str) -> None:
@@ -303,11 +308,10 @@ class Repository:
 
     def transaction(self, tx: str) -> Transaction:
         """The open transaction ``tx`` (possibly begun by another process)."""
-        return Transaction(self, self._open_record(tx))
+        return Transaction(self, self._open_record(tx, self.zfs.family(self.name)))
 
-    def _open_record(self, tx: str) -> _Record:
+    def _open_record(self, tx: str, family: Mapping[str, Mapping[str, str]]) -> _Record:
         _names.validate_tx_id(tx)
-        family = self.zfs.family(self.name)
         for dataset in (self._init(tx), self._ws(tx)):
             if dataset in family:
                 record = _Record.parse(dataset, family[dataset])
@@ -342,8 +346,8 @@ class Repository:
 
         One writer per repository: raises TransactionInProgressError while another
         transaction is open. After a crash during begin, the next call on the repository
-        (or ``recover``) removes what the interrupted begin created; the repository itself
-        is never touched by begin.
+        (or ``recover``) removes what the interrupted begin created; the repository's
+        content is never touched by begin.
         """
         if mountpoint is not None:
             mountpoint = check_mountpoint(mountpoint)
@@ -354,8 +358,7 @@ class Repository:
         for name in (self.name, self._ws(tx)):
             self.zfs.allow.check(name)
         with self._lock():
-            self._recover()
-            family = self.zfs.family(self.name)
+            _, family = self._recover()
             for record in self._records(family):
                 raise TransactionInProgressError(
                     f"repository {self.name} already has an open transaction {record.tx} "
@@ -363,12 +366,13 @@ class Repository:
                     dataset=self.name,
                     hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {record.tx}'",
                 )
+            inherited = self._inherited_mountpoint(family)
             current = family.get(self.name)
             if current is None:
-                return self._begin_init(tx, mountpoint, owner_v, mode_v)
-            return self._begin_sync(tx, current, mountpoint, owner_v, mode_v)
+                return self._begin_init(tx, family, inherited, mountpoint, owner_v, mode_v)
+            return self._begin_sync(tx, current, inherited, mountpoint, owner_v, mode_v)
 
-    def _inherited_mountpoint(self) -> str | None:
+    def _inherited_mountpoint(self, family: Mapping[str, Mapping[str, str]]) -> str | None:
         """The mountpoint the repository gets by inheritance from its parent, if any.
 
         When the user's mountpoint is that one, the temporary datasets carry no local
@@ -376,7 +380,7 @@ class Repository:
         the repository's mount into place with no property to set: no ``zfs`` command.
         """
         parent, leaf = self.name.rsplit("/", 1)
-        base = (self.zfs.get_props(parent, ["mountpoint"]) or {}).get("mountpoint")
+        base = (family.get(parent) or {}).get("mountpoint")
         if not isinstance(base, str) or not base.startswith("/"):
             return None  # none or legacy
         return f"{base.rstrip('/')}/{leaf}"
@@ -387,23 +391,38 @@ class Repository:
             return f"{mountpoint.rsplit('/', 1)[0]}/{dataset.rsplit('/', 1)[1]}"
         return _names.workspace_mount_path(mountpoint, tx)
 
-    def _begin_init(self, tx: str, mountpoint: str | None, owner: Owner | None, mode: int | None) -> Transaction:
+    def _begin_init(
+        self,
+        tx: str,
+        family: Mapping[str, Mapping[str, str]],
+        inherited: str | None,
+        mountpoint: str | None,
+        owner: Owner | None,
+        mode: int | None,
+    ) -> Transaction:
         if mountpoint is None:
             raise InvalidArgumentError(
                 f"repository {self.name} does not exist yet: begin needs a mountpoint to create it",
                 dataset=self.name,
             )
         parent = self.name.rsplit("/", 1)[0]
-        if not self.zfs.exists(parent):
+        if parent not in family or not self.zfs.exists(parent):
             raise DatasetNotFoundError(f"parent dataset {parent} of {self.name} does not exist", dataset=parent)
-        record = self._new_record(tx, Pattern.INIT, self._init(tx), mountpoint, owner or Owner.current(), mode)
+        owner = owner or Owner.current()
+        record = self._new_record(tx, Pattern.INIT, self._init(tx), mountpoint, inherited, owner, mode)
         steps = _Steps("begin")
         self.zfs.create(record.dataset, self._record_props(record))
         steps.done()
         return self._open_workspace(record, steps)
 
     def _begin_sync(
-        self, tx: str, current: Mapping[str, Any], mountpoint: str | None, owner: Owner | None, mode: int | None
+        self,
+        tx: str,
+        current: Mapping[str, Any],
+        inherited: str | None,
+        mountpoint: str | None,
+        owner: Owner | None,
+        mode: int | None,
     ) -> Transaction:
         if mountpoint is None:
             repo_mountpoint = current.get("mountpoint")
@@ -415,7 +434,7 @@ class Repository:
             mountpoint = repo_mountpoint
         owner = owner or (Owner.parse(current[P_OWNER]) if P_OWNER in current else Owner.current())
         mode = mode if mode is not None else parse_mode(current.get(P_MODE, DEFAULT_MODE))
-        record = self._new_record(tx, Pattern.SYNC, self._ws(tx), mountpoint, owner, mode)
+        record = self._new_record(tx, Pattern.SYNC, self._ws(tx), mountpoint, inherited, owner, mode)
         steps = _Steps("begin")
         # The pending mark on the repository, then the base snapshot, in one sync task:
         # recovery finds an interrupted begin from the mark alone.
@@ -426,9 +445,16 @@ class Repository:
         return self._open_workspace(record, steps)
 
     def _new_record(
-        self, tx: str, pattern: Pattern, dataset: str, mountpoint: str, owner: Owner, mode: int | None
+        self,
+        tx: str,
+        pattern: Pattern,
+        dataset: str,
+        mountpoint: str,
+        inherited: str | None,
+        owner: Owner,
+        mode: int | None,
     ) -> _Record:
-        inherits = mountpoint == self._inherited_mountpoint()
+        inherits = mountpoint == inherited
         return _Record(
             tx=tx,
             pattern=pattern,
@@ -439,7 +465,6 @@ class Repository:
             owner=owner,
             mode=DEFAULT_MODE if mode is None else mode,
             inherits=inherits,
-            commit_snapshot="",
             message="",
             begun=_now().isoformat(timespec="seconds"),
         )
@@ -474,44 +499,61 @@ class Repository:
     def commit(self, tx: str, message: str | None = None) -> Commit:
         """Commit transaction ``tx`` (see ``Transaction.commit``)."""
         with self._lock():
-            self._recover()
-            record = self._open_record(tx)
+            _, family = self._recover()
+            record = self._open_record(tx, family)
             steps = _Steps("commit")
-            when = _now()
-            snapshot = _names.commit_snapshot(self.name, when)
-            # The state goes last: a program interrupted midway must not claim "committing"
-            # before the promote is done (see _zfs.Batch).
-            intent = {P_COMMIT_SNAPSHOT: snapshot, P_COMMIT_MESSAGE: message or "", P_STATE: Phase.COMMITTING.value}
-            # Unmount first: once nothing can write to the repository, the check that it is
-            # unchanged since begin and the commit point are one sync task, with no window.
-            batch = Batch()
-            if record.pattern is Pattern.INIT:
-                batch.require_absent(self.name).set(record.dataset, intent)
-            else:
-                base = self._base(record.tx).split("@", 1)[1]
-                batch.require_unchanged(self.name, base).promote(record.dataset).set(record.dataset, intent)
+            if message:  # durable before the commit point, so recovery can finish with it
+                self.zfs.apply(Batch().set(record.dataset, {P_COMMIT_MESSAGE: message}))
+                record = attrs.evolve(record, message=message)
             try:
                 self.zfs.unmount(record.dataset)
                 if record.pattern is Pattern.SYNC:
-                    self.zfs.unmount(self.name)
-                self.zfs.apply(batch)  # the commit point
-            except Exception as exc:
-                self._remount(record)  # refused before the commit point: all as it was
-                if isinstance(exc, DatasetChangedError | DatasetExistsError):
-                    raise self._refusal(record, exc) from exc
+                    self.zfs.unmount(self.name)  # from here on nobody can change it unseen
+                    self.zfs.rename(self.name, self._old(tx))
+            except Exception:
+                self._remount(record)  # nothing changed: put the mounts back
                 raise
+            if record.pattern is Pattern.SYNC:
+                steps.done()
+                self._require_unchanged(record)
+            try:
+                self.zfs.rename(record.dataset, self.name)  # the commit point
+            except DatasetExistsError as exc:  # init: someone created the repository meanwhile
+                self._remount(record)
+                raise DatasetExistsError(
+                    f"repository {self.name} was created by someone else since init transaction {tx} began",
+                    dataset=self.name,
+                    hint=f"nothing was changed; abort it with 'dsg-storage abort {self.name} {tx}'",
+                ) from exc
             steps.done()
-            record = attrs.evolve(record, phase=Phase.COMMITTING, commit_snapshot=snapshot, message=message or "")
-            self._roll_forward(record, steps)
-        ids = self.zfs.get_props(snapshot, ["guid", "createtxg", P_COMMITTED]) or {}
-        return Commit(
-            snapshot=snapshot,
-            tx=tx,
-            committed=str(ids.get(P_COMMITTED, "")),
-            message=message or None,
-            guid=u64(ids.get("guid", 0)),
-            createtxg=int(ids.get("createtxg", 0)),
-        )
+            snapshot, guid, createtxg = self._finish(attrs.evolve(record, dataset=self.name), {}, steps)
+        return Commit(snapshot, tx, self._committed_at(snapshot), message or None, guid, createtxg)
+
+    def _committed_at(self, snapshot: str) -> str:
+        return str((self.zfs.get_props(snapshot, [P_COMMITTED]) or {}).get(P_COMMITTED, ""))
+
+    def _require_unchanged(self, record: _Record) -> None:
+        """Between the two renames of a sync commit: refuse, undoing the first rename, if
+        files of the repository changed after begin.
+
+        The rename synced every earlier write, so ``written@base`` sees them all; zero
+        (the usual case) settles it at once. Mounting a filesystem also writes a little
+        metadata (after an import, or a remount by recovery), so a non-zero value is
+        confirmed file by file with ``zfs diff`` before it counts as a change."""
+        old, base = self._old(record.tx), self._base(record.tx).split("@", 1)[1]
+        key = f"written@{base}"
+        written = int((self.zfs.get_props(old, [key]) or {}).get(key, 0))
+        changes = self.zfs.changed_files(f"{old}@{base}", old) if written else []
+        if changes:
+            self.zfs.rename(old, self.name)
+            self._remount(record)
+            shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+            raise ConflictError(
+                f"repository {self.name} was changed after transaction {record.tx} began ({shown}); "
+                "committing would lose that change",
+                dataset=self.name,
+                hint=f"nothing was changed; roll back with 'dsg-storage rollback {self.name} {record.tx}'",
+            )
 
     def _remount(self, record: _Record) -> None:
         """Put the repository and the open workspace back where they were."""
@@ -519,65 +561,43 @@ class Repository:
             self._place_head()
         self.zfs.mount(record.dataset, record.path)
 
-    def _refusal(self, record: _Record, exc: Exception) -> Exception:
-        if isinstance(exc, DatasetChangedError):
-            return ConflictError(
-                f"repository {self.name} was changed after transaction {record.tx} began "
-                f"({exc.written} bytes written since its base snapshot); committing would lose that change",
-                dataset=self.name,
-                hint=f"nothing was changed; roll back with 'dsg-storage rollback {self.name} {record.tx}'",
-            )
-        return DatasetExistsError(
-            f"repository {self.name} was created by someone else since init transaction {record.tx} began",
-            dataset=self.name,
-            hint=f"nothing was changed; abort it with 'dsg-storage abort {self.name} {record.tx}'",
-        )
-
-    def _roll_forward(self, record: _Record, steps: _Steps) -> None:
-        """Finish a commit from wherever it stopped after its commit point (idempotent)."""
-        temp = record.dataset if record.dataset != self.name else None
-        if temp is not None and self.zfs.exists(temp):
-            if record.pattern is Pattern.INIT and self.zfs.exists(self.name):
-                raise DatasetExistsError(
-                    f"cannot finish init {record.tx}: {self.name} was created by someone else",
-                    dataset=self.name,
-                )
-            # Unmount first: a renamed filesystem stays mounted at its old path.
-            self.zfs.unmount(temp)
-            if record.pattern is Pattern.SYNC and self.zfs.exists(self.name):
-                self.zfs.unmount(self.name)
-                steps.done()
-                self.zfs.rename(self.name, self._old(record.tx))
-                steps.done()
-            self.zfs.rename(temp, self.name)  # the repository's name now holds the new content
-            steps.done()
+    def _finish(self, record: _Record, head: Mapping[str, str], steps: _Steps) -> tuple[str, int, int]:
+        """After the commit point (the repository's name holds the new content): mount it,
+        take the commit snapshot, retire the old head. Idempotent; returns the commit
+        snapshot with its guid and createtxg."""
         retired = [self._old(record.tx), self._base(record.tx)] if record.pattern is Pattern.SYNC else []
         self._place(record.mountpoint, record.inherits, record.owner, record.mode, retired[:1])
-        _remove_mount_dir(record.path)  # after _place: an import may have mounted the new head there
+        _remove_mount_dir(record.path)
         steps.done()
-        # Snapshot, its properties, then the state: any prefix of this is finished by recovery.
+        # Every prefix of this batch is finished by recovery: the snapshot's name first,
+        # the state last.
+        snapshot = head.get(P_COMMIT_SNAPSHOT) or _names.commit_snapshot(self.name, _now())
         commit_props = {P_TX: record.tx, P_COMMITTED: _now().isoformat(timespec="milliseconds")}
         if record.message:
             commit_props[P_MESSAGE] = record.message
-        batch = Batch()
-        if self.zfs.exists(record.commit_snapshot):  # an interrupted earlier try made it
-            batch.set(record.commit_snapshot, commit_props)
+        batch = Batch().set(self.name, {P_COMMIT_SNAPSHOT: snapshot}).promote(self.name)
+        if self.zfs.exists(snapshot):  # an interrupted earlier try made it
+            batch.set(snapshot, commit_props)
         else:
-            batch.snapshot(record.commit_snapshot, commit_props)
+            batch.snapshot(snapshot, commit_props)
         batch.set(self.name, {P_STATE: Phase.COMMITTED.value})
         for name in retired:
             batch.destroy(name, required=False)
-        left = self.zfs.apply(batch)
-        if left:
-            log.warning("commit %s: cannot destroy %s yet; 'status' lists it", record.tx, ", ".join(left))
+        result = self.zfs.apply(batch)
+        if result.skipped:
+            left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in result.skipped.items())
+            log.warning("commit %s: cannot destroy %s yet; 'status' lists it", record.tx, left)
         steps.done()
+        guid, createtxg = result.created.get(snapshot, (0, 0))
+        return snapshot, guid, createtxg
 
     def _place(self, mountpoint: str, inherits: bool, owner: Owner, mode: int, others: list[str]) -> None:
         """Mount the repository at its mountpoint, alone, with its owner and mode."""
+        mounts = zfs_mounts()
         for other in others:  # e.g. the old head, auto-mounted there by an import
-            if self.zfs.exists(other):
+            if mounts.get(other):
                 self.zfs.unmount(other)
-        for path in zfs_mounts().get(self.name, []):
+        for path in mounts.get(self.name, []):
             if path != mountpoint:  # e.g. still at the workspace path after an import
                 self.zfs.unmount(self.name, path)
         if not inherits:
@@ -591,8 +611,8 @@ class Repository:
     def rollback(self, tx: str) -> None:
         """Roll back (abort) the open transaction ``tx``; the repository is left as it was."""
         with self._lock():
-            self._recover()
-            self._abort(self._open_record(tx), _Steps("rollback"))
+            _, family = self._recover()
+            self._abort(self._open_record(tx, family), _Steps("rollback"))
 
     abort = rollback
 
@@ -602,8 +622,6 @@ class Repository:
             self.zfs.apply(Batch().set(record.dataset, {P_STATE: Phase.ABORTING.value}))
             steps.done()
         if self.zfs.exists(record.dataset):
-            if record.pattern is Pattern.SYNC:
-                self._unpromote(record)
             # The directory goes while the dataset still records its path, so that an
             # interruption here leaves something for recovery to finish from.
             self.zfs.unmount(record.dataset)
@@ -616,62 +634,69 @@ class Repository:
             self.zfs.apply(batch.set(self.name, {P_PENDING: ""}))
             steps.done()
 
-    def _unpromote(self, record: _Record) -> None:
-        """A commit interrupted inside its first sync task may have promoted the workspace
-        without reaching the commit point: give the base snapshot back to the repository."""
-        origin = (self.zfs.get_props(self.name, ["origin"]) or {}).get("origin")
-        if origin == f"{record.dataset}@{self._base(record.tx).split('@', 1)[1]}":
-            self.zfs.promote(self.name)
-
     # ------------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
         """Finish every interrupted step on this repository; return what was done.
 
-        A commit interrupted after its commit point is finished; an interrupted begin or
-        rollback is undone; open transactions are left open (remounted if needed); retired
-        datasets are destroyed when they can be; the repository is mounted at its
-        mountpoint with its owner and mode. Idempotent, and safe to run from several
-        processes at once (they take turns). Runs automatically at the start of begin,
-        commit and rollback.
+        A commit interrupted after its commit point is finished; one interrupted between
+        its two renames is finished too, unless the repository had changed since begin
+        (then the first rename is undone and the transaction stays open); an interrupted
+        begin or rollback is undone; open transactions are left open (remounted if
+        needed); retired datasets are destroyed when they can be; the repository is
+        mounted at its mountpoint with its owner and mode. Idempotent, and safe to run from
+        several processes at once (they take turns). Runs automatically at the start of
+        begin, commit and rollback.
         """
         with self._lock():
-            return self._recover()
+            return self._recover()[0]
 
-    def _recover(self) -> list[str]:
+    def _recover(self) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """Recover; return what was done and the family as it is afterwards."""
         actions: list[str] = []
         steps = _Steps("recover")
         family = self.zfs.family(self.name)
         head = family.get(self.name)
-        if head is not None and head.get(P_STATE) == Phase.COMMITTING and P_TX in head:
+        tx_on_head = (head or {}).get(P_TX)
+        if tx_on_head and head and head.get(P_STATE) != Phase.COMMITTED:
+            # The new content has the repository's name: the commit point was passed.
             record = _Record.parse(self.name, head)
-            self._roll_forward(record, steps)
+            self._finish(record, head, steps)
             actions.append(f"{record.tx}: commit finished")
         for record in self._records(family):
-            if record.phase is Phase.COMMITTING:
-                try:
-                    self._roll_forward(record, steps)
-                    actions.append(f"{record.tx}: commit finished")
-                except DatasetExistsError:
-                    self._abort(attrs.evolve(record, phase=Phase.ABORTING), steps)
-                    actions.append(f"{record.tx}: rolled back ({self.name} was created by someone else)")
-            elif record.phase in (Phase.BEGINNING, Phase.ABORTING):
+            if record.phase in (Phase.BEGINNING, Phase.ABORTING):
                 self._abort(record, steps)
-                actions.append(
-                    f"{record.tx}: interrupted {'begin' if record.phase is Phase.BEGINNING else 'rollback'} undone"
-                )
+                what = "begin" if record.phase is Phase.BEGINNING else "rollback"
+                actions.append(f"{record.tx}: interrupted {what} undone")
+            elif head is None and self._old(record.tx) in family:
+                actions.append(self._resume_between_renames(record, steps))
             elif record.path not in zfs_mounts().get(record.dataset, []):
+                if record.pattern is Pattern.SYNC:
+                    self._place_head(family)
                 self.zfs.mount(record.dataset, record.path)
                 _apply_owner(record.path, record.owner, record.mode)
                 actions.append(f"{record.tx}: open workspace remounted at {record.path}")
         if actions:
             family = self.zfs.family(self.name)
-            head = family.get(self.name)
-        actions += self._clean_leftovers(family, head)
+        actions += self._clean_leftovers(family)
+        head = family.get(self.name)
         if head is not None and head.get(P_STATE) in (None, Phase.COMMITTED) and self._place_head(family):
             actions.append(f"remounted {self.name} at {head.get(P_MOUNTPOINT) or head.get('mountpoint')}")
         for action in actions:
             log.info("recover %s: %s", self.name, action)
-        return actions
+        return actions, family
+
+    def _resume_between_renames(self, record: _Record, steps: _Steps) -> str:
+        """A sync commit stopped after renaming the repository away: finish it, or undo the
+        rename if the repository had been changed since begin (a conflict)."""
+        try:
+            self._require_unchanged(record)
+        except ConflictError:
+            return f"{record.tx}: commit not finished (repository changed since begin); transaction left open"
+        self.zfs.unmount(record.dataset)
+        self.zfs.rename(record.dataset, self.name)
+        steps.done()
+        self._finish(attrs.evolve(record, dataset=self.name), {}, steps)
+        return f"{record.tx}: commit finished"
 
     def _place_head(self, family: Mapping[str, Mapping[str, str]] | None = None) -> bool:
         """Mount the (committed) repository at its mountpoint if it is not; True if it was not."""
@@ -687,8 +712,9 @@ class Repository:
         self._place(mountpoint, head.get(P_INHERITS) == "yes", owner, mode, olds)
         return True
 
-    def _clean_leftovers(self, family: Mapping[str, Mapping[str, str]], head: Mapping[str, str] | None) -> list[str]:
+    def _clean_leftovers(self, family: Mapping[str, Mapping[str, str]]) -> list[str]:
         actions = []
+        head = family.get(self.name)
         pending = (head or {}).get(P_PENDING)
         if pending and self._ws(pending) not in family:
             # A begin that died between its base snapshot and its clone, or a rollback
@@ -696,15 +722,14 @@ class Repository:
             batch = Batch().destroy(self._base(pending), required=False).set(self.name, {P_PENDING: ""})
             self.zfs.apply(batch)
             actions.append(f"{pending}: orphaned base snapshot removed")
+        if head is None:
+            return actions  # an old head without a new one is a commit in flight, not a leftover
         for dataset in family:
             parsed = _names.parse_temporary(dataset)
             if parsed and parsed[1] == "old":
                 self.zfs.unmount(dataset)
-                batch = Batch().destroy(dataset, required=False)
-                if head is not None:
-                    batch.destroy(self._base(parsed[2]), required=False)
-                left = self.zfs.apply(batch)
-                if dataset not in left:
+                batch = Batch().destroy(dataset, required=False).destroy(self._base(parsed[2]), required=False)
+                if dataset not in self.zfs.apply(batch).skipped:
                     actions.append(f"{parsed[2]}: retired {dataset} destroyed")
         return actions
 

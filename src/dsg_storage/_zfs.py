@@ -14,10 +14,13 @@ user-property writes          pyzfs has no ``lzc_get_props``/``lzc_list``/``lzc_
 mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option, the
                               same system calls ``zfs mount`` makes; libzfs_core has no
                               mount call
-``zfs set mountpoint=``       **the only ``zfs`` command**: native properties cannot be
-                              set through libzfs_core or a channel program, and the
-                              repository's ``mountpoint`` must be a real property so it
-                              survives a reboot
+``zfs set mountpoint=``       native properties cannot be set through libzfs_core or a
+                              channel program, and the repository's ``mountpoint``
+                              must be a real property so it survives a reboot; run
+                              only when the mountpoint is not inherited
+``zfs diff``                  libzfs_core has no diff; run only when a commit finds the
+                              repository written since begin (``written@base`` > 0),
+                              to tell file changes from the metadata a mount writes
 ============================  =====================================================
 """
 
@@ -31,6 +34,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -243,9 +247,12 @@ for k = 1, #ops do
     if err ~= 0 then return {failed = k, err = err} end
 end
 local skipped = {}
+local created = {}
 for k = 1, #ops do
     local o = ops[k]
-    if o[1] == "S" then assert(zfs.sync.snapshot(o[2]) == 0)
+    if o[1] == "S" then
+        assert(zfs.sync.snapshot(o[2]) == 0)
+        created[o[2]] = {guid = zfs.get_prop(o[2], "guid"), createtxg = zfs.get_prop(o[2], "createtxg")}
     elseif o[1] == "P" then
         if zfs.get_prop(o[2], "origin") ~= nil then assert(zfs.sync.promote(o[2]) == 0) end
     elseif o[1] == "D" then assert(zfs.sync.destroy(o[2]) == 0)
@@ -254,7 +261,7 @@ for k = 1, #ops do
         if e ~= 0 then skipped[o[2]] = e end
     elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0) end
 end
-return {failed = 0, skipped = skipped}
+return {failed = 0, skipped = skipped, created = created}
 """
 )
 
@@ -269,8 +276,8 @@ local out = {}
 for child in zfs.list.children(parent) do
     if child == name or string.sub(child, 1, #mark) == mark then
         local props = {}
-        for prop, value in zfs.list.user_properties(child) do
-            if string.sub(prop, 1, #prefix) == prefix then props[prop] = value end
+        for prop, value, source in zfs.list.user_properties(child) do
+            if source == child and string.sub(prop, 1, #prefix) == prefix then props[prop] = value end
         end
         local origin = zfs.get_prop(child, "origin")
         if origin ~= nil then props["origin"] = origin end
@@ -278,9 +285,16 @@ for child in zfs.list.children(parent) do
         out[child] = props
     end
 end
+out[parent] = {mountpoint = zfs.get_prop(parent, "mountpoint")}
 return out
 """
 )
+
+
+@attrs.frozen
+class BatchResult:
+    skipped: dict[str, int]  # optional destroys that failed: name -> errno
+    created: dict[str, tuple[int, int]]  # snapshots made: name -> (guid, createtxg)
 
 
 @attrs.define
@@ -366,6 +380,18 @@ def zfs_mounts() -> dict[str, list[str]]:
             if rfields and rfields[0] == "zfs":
                 mounts.setdefault(_unescape_mountinfo(rfields[1]), []).append(_unescape_mountinfo(fields[4]))
     return mounts
+
+
+def mount_stack(path: str) -> list[str]:
+    """Sources of the ZFS mounts at exactly ``path``, bottom first."""
+    stack: list[str] = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if rfields and rfields[0] == "zfs" and _unescape_mountinfo(fields[4]) == path:
+                stack.append(_unescape_mountinfo(rfields[1]))  # mountinfo lists a stack bottom first
+    return stack
 
 
 def holders_of(path: str) -> list[str]:
@@ -564,13 +590,13 @@ class Zfs:
                 f"{dataset}: cannot set property {result['failed']} (error {result['err']})", dataset=dataset
             )
 
-    def apply(self, batch: Batch) -> dict[str, int]:
+    def apply(self, batch: Batch) -> BatchResult:
         """Apply ``batch`` in one ZFS sync task: all of it or, if a check fails, none of it.
 
-        Optional destroys that fail are skipped and returned as ``{name: errno}``.
+        Optional destroys that fail are skipped and reported in the result.
         """
         if not batch.ops:
-            return {}
+            return BatchResult({}, {})
         self._check(*batch.targets)
         result = self.program(_names.pool_of(batch.targets[0]), _BATCH, batch.ops, sync=True) or {}
         failed = int(result.get("failed", 0))
@@ -590,11 +616,18 @@ class Zfs:
                 errno.ENOSPC: NoSpaceError,
             }.get(code, ZfsError)
             raise cls(f"{target}: {os.strerror(code)} (nothing was changed)", dataset=target)
-        return {name: int(err) for name, err in (result.get("skipped") or {}).items()}
+        return BatchResult(
+            skipped={name: int(err) for name, err in (result.get("skipped") or {}).items()},
+            created={
+                name: (u64(ids.get("guid", 0)), int(ids.get("createtxg", 0)))
+                for name, ids in (result.get("created") or {}).items()
+            },
+        )
 
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
-        """``dataset`` (if it exists) and its ``dataset.dsg-*`` siblings, with our user
-        properties, ``origin`` and ``mountpoint``; one read-only channel program."""
+        """``dataset`` (if it exists) and its ``dataset.dsg-*`` siblings, with their own
+        user properties under our prefix, ``origin`` and ``mountpoint``; and the parent
+        with its ``mountpoint``. One read-only channel program."""
         parent = dataset.rsplit("/", 1)[0]
         raw = self.program(_names.pool_of(dataset), _FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
         return {name: dict(props) for name, props in (raw or {}).items()}
@@ -624,17 +657,30 @@ class Zfs:
         self._check(dataset)
         paths = [path] if path else list(reversed(zfs_mounts().get(dataset, [])))
         for target in paths:
+            # Mounts stacked on top of ours at the same path (an import mounts every
+            # dataset whose mountpoint says so): umount2 takes the top one, so lift them
+            # off first and put them back after.
+            stack = mount_stack(target)
+            above = stack[stack.index(dataset) + 1 :] if dataset in stack else []
+            for other in reversed(above):
+                self._unmount_top(other, target)
+            self._unmount_top(dataset, target)
+            for other in above:
+                self._libc.mount(other, target, "zfs", "zfsutil")
 
-            def attempt(target: str = target) -> None:
-                try:
-                    self._libc.umount(target)
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL and target not in zfs_mounts().get(dataset, []):
-                        return  # not mounted (any more): nothing to do
-                    cls = DatasetBusyError if exc.errno == errno.EBUSY else ZfsError
-                    raise cls(f"cannot unmount {dataset} from {target}: {exc.strerror}", dataset=dataset) from exc
+    def _unmount_top(self, dataset: str, target: str) -> None:
+        """Unmount the top mount at ``target`` (which is ``dataset``'s); retried while busy."""
 
-            self._retry_busy(dataset, "unmount", attempt, target)
+        def attempt() -> None:
+            try:
+                self._libc.umount(target)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and target not in zfs_mounts().get(dataset, []):
+                    return  # not mounted (any more): nothing to do
+                cls = DatasetBusyError if exc.errno == errno.EBUSY else ZfsError
+                raise cls(f"cannot unmount {dataset} from {target}: {exc.strerror}", dataset=dataset) from exc
+
+        self._retry_busy(dataset, "unmount", attempt, target)
 
     def set_mountpoint(self, dataset: str, path: str) -> None:
         """Set the native ``mountpoint`` property (the one ``zfs`` command we run).
@@ -644,7 +690,26 @@ class Zfs:
         self._check(dataset)
         self._zfs_command("set", f"mountpoint={path}", dataset)
 
-    def _zfs_command(self, *args: str) -> None:
+    def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
+        """Files changed in ``filesystem`` since ``snapshot`` (``zfs diff`` lines: "M\t/path").
+
+        ``zfs diff`` needs the filesystem mounted; an unmounted one is mounted for the
+        call at a private temporary directory nobody else writes to, then unmounted.
+        """
+        mounted = zfs_mounts().get(filesystem, [])
+        private = None if mounted else tempfile.mkdtemp(prefix="dsg-storage-diff-")
+        try:
+            if private:
+                self.mount(filesystem, private)
+            out = self._zfs_command("diff", "-H", snapshot, filesystem)
+        finally:
+            if private:
+                self.unmount(filesystem, private)
+                os.rmdir(private)
+        root = private or mounted[0]
+        return [line.replace(root, "", 1) for line in out.splitlines() if line]
+
+    def _zfs_command(self, *args: str) -> str:
         executable = shutil.which("zfs")
         if executable is None:
             raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")
@@ -658,6 +723,7 @@ class Zfs:
             message = result.stderr.strip() or f"exit {result.returncode}"
             cls = DatasetNotFoundError if "does not exist" in message else ZfsError
             raise cls(f"zfs {' '.join(args)}: {message}", dataset=args[-1])
+        return result.stdout
 
 
 def walk_mounts_under(path: str) -> Iterator[str]:
