@@ -526,11 +526,7 @@ class Repository:
                     hint=f"nothing was changed; abort it with 'dsg-storage abort {self.name} {tx}'",
                 ) from exc
             steps.done()
-            snapshot, guid, createtxg = self._finish(attrs.evolve(record, dataset=self.name), {}, steps)
-        return Commit(snapshot, tx, self._committed_at(snapshot), message or None, guid, createtxg)
-
-    def _committed_at(self, snapshot: str) -> str:
-        return str((self.zfs.get_props(snapshot, [P_COMMITTED]) or {}).get(P_COMMITTED, ""))
+            return self._finish(attrs.evolve(record, dataset=self.name), {}, steps)
 
     def _require_unchanged(self, record: _Record) -> None:
         """Between the two renames of a sync commit: refuse, undoing the first rename, if
@@ -561,10 +557,9 @@ class Repository:
             self._place_head()
         self.zfs.mount(record.dataset, record.path)
 
-    def _finish(self, record: _Record, head: Mapping[str, str], steps: _Steps) -> tuple[str, int, int]:
+    def _finish(self, record: _Record, head: Mapping[str, str], steps: _Steps) -> Commit:
         """After the commit point (the repository's name holds the new content): mount it,
-        take the commit snapshot, retire the old head. Idempotent; returns the commit
-        snapshot with its guid and createtxg."""
+        take the commit snapshot, retire the old head. Idempotent."""
         retired = [self._old(record.tx), self._base(record.tx)] if record.pattern is Pattern.SYNC else []
         self._place(record.mountpoint, record.inherits, record.owner, record.mode, retired[:1])
         _remove_mount_dir(record.path)
@@ -589,7 +584,7 @@ class Repository:
             log.warning("commit %s: cannot destroy %s yet; 'status' lists it", record.tx, left)
         steps.done()
         guid, createtxg = result.created.get(snapshot, (0, 0))
-        return snapshot, guid, createtxg
+        return Commit(snapshot, record.tx, commit_props[P_COMMITTED], record.message or None, guid, createtxg)
 
     def _place(self, mountpoint: str, inherits: bool, owner: Owner, mode: int, others: list[str]) -> None:
         """Mount the repository at its mountpoint, alone, with its owner and mode."""

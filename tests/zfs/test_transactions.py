@@ -73,7 +73,8 @@ def test_init_commit_creates_the_repository_mounted_owned_and_with_one_commit(sa
     assert zfs_prop(repo.name, "mountpoint") == str(mnt)
     assert zfs_mounts()[repo.name] == [str(mnt)]
     assert sandbox.datasets() == ["repo", commit.snapshot.removeprefix(sandbox.dataset + "/")]
-    assert [c.message for c in repo.history()] == ["first"]
+    assert repo.history() == [commit]  # what commit returned is what the pool recorded
+    assert commit.message == "first" and commit.guid > 0
     assert not Path(tx.path).exists()
 
 
