@@ -211,7 +211,9 @@ return {failed = ""}
 # existing dataset) | N snap prop value (set a user property on a snapshot this batch
 # creates) | U fs snapname (require fs unchanged since its snapshot) | A name (require
 # name absent). Every op that can be checked is checked first, so a refused batch changes
-# nothing. Running in syncing context, the checks see every write made before the call.
+# nothing; except promote, whose check walks every older snapshot (as long as the promote
+# itself) and which zfs.sync.promote checks anyway: callers put it before any op whose
+# partial effect would matter. Running in syncing context, the checks see every write made before the call.
 # NOT atomic against signals: a caller killed while the program runs interrupts it after
 # any op, keeping the ops already done. Callers order ops so every prefix is recoverable.
 _BATCH = (
@@ -236,7 +238,6 @@ for k = 1, #ops do
     local o = ops[k]
     local err = 0
     if o[1] == "S" then err = zfs.check.snapshot(o[2])
-    elseif o[1] == "P" and zfs.get_prop(o[2], "origin") ~= nil then err = zfs.check.promote(o[2])
     elseif o[1] == "D" then err = zfs.check.destroy(o[2])
     elseif o[1] == "V" then err = zfs.check.set_prop(o[2], o[3], o[4])
     elseif o[1] == "A" and zfs.exists(o[2]) then err = 17

@@ -298,3 +298,17 @@ def test_a_mountpoint_inherited_from_the_parent_stays_inherited(sandbox: Sandbox
     assert zfs_mounts()[repo.name] == [str(base / "repo")]
     assert sorted(p.name for p in base.iterdir()) == ["repo"]
     assert len(repo.history()) == 3 and repo.pending() == []
+
+
+def test_the_readme_demo_runs_and_leaves_nothing(sandbox: Sandbox) -> None:
+    parent = f"{sandbox.dataset}/demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "dsg_storage", "demo", "--parent", parent, "--mount-dir", str(sandbox.mount_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for expected in ("pattern=init", "pattern=sync", "rollback", "second version", "temporary datasets left: none"):
+        assert expected in result.stdout
+    assert sandbox.datasets() == ["demo"] and sandbox.mounts() == {}

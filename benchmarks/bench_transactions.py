@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""begin+commit through dsg-storage vs the naive way (one ``zfs`` command per step).
+
+Run against real ZFS (inside the VM when this machine has none):
+
+    ./testpool/run python3 benchmarks/bench_transactions.py [--runs 20]
+
+Both ways are timed in the same run, interleaved, on the same pool, with the same file
+writes and chown/chmod; the ratio naive/ours is printed per case. Two pool layouts:
+``inherited`` (repositories under a parent whose mountpoint gives theirs, the idiomatic
+layout) and ``explicit`` (each repository has its own mountpoint property). Then sync
+commit latency on a repository with 10 snapshots vs one with 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dsg_storage import AllowList, Repository
+from dsg_storage._zfs import Zfs
+
+ROOT = "dsgtest/bench"
+MOUNT_BASE = Path("/var/tmp/dsg-bench")
+OWNER = (1000, 1000)
+FILES = 100
+
+
+def zfs(*args: str) -> None:
+    subprocess.run(["zfs", *args], check=True, capture_output=True)
+
+
+def write_files(path: str, count: int, tag: str) -> None:
+    for n in range(count):
+        Path(path, f"f{n:03d}.txt").write_text(f"{tag} {n}\n" * 64)
+
+
+def fix_owner(path: str) -> None:
+    os.chown(path, *OWNER)
+    os.chmod(path, 0o750)
+
+
+class Layout:
+    """Where repositories live and how the naive script does each step."""
+
+    def __init__(self, name: str, inherited: bool) -> None:
+        self.name = name
+        self.inherited = inherited
+        self.parent = f"{ROOT}/{name}"
+        self.base = MOUNT_BASE / name
+        zfs("create", "-o", f"mountpoint={self.base}" if inherited else "mountpoint=none", self.parent)
+        self.counter = 0
+
+    def fresh(self, prefix: str) -> tuple[str, str]:
+        self.counter += 1
+        leaf = f"{prefix}{self.counter}"
+        return f"{self.parent}/{leaf}", str(self.base / leaf)
+
+    # ---- naive: what a shell script does, one zfs command per step ------------------
+    def naive_init(self, name: str, mnt: str, files: int) -> None:
+        tmp = f"{name}-tmp"
+        tmp_mnt = f"{mnt}-tmp"
+        if self.inherited:
+            zfs("create", tmp)  # mounted at the inherited path
+        else:
+            zfs("create", "-o", f"mountpoint={tmp_mnt}", tmp)
+        fix_owner(tmp_mnt)
+        write_files(tmp_mnt, files, "init")
+        zfs("rename", tmp, name)  # remounted at its new inherited path, or kept at tmp_mnt
+        if not self.inherited:
+            zfs("set", f"mountpoint={mnt}", name)
+        fix_owner(mnt)
+        zfs("snapshot", f"{name}@commit-{time.monotonic_ns()}")
+
+    def naive_sync(self, name: str, mnt: str, files: int, tag: str) -> None:
+        base, ws, old = f"{name}@base", f"{name}-ws", f"{name}-old"
+        ws_mnt = f"{mnt}-ws"
+        zfs("snapshot", base)
+        if self.inherited:
+            zfs("clone", base, ws)
+        else:
+            zfs("clone", "-o", f"mountpoint={ws_mnt}", base, ws)
+        fix_owner(ws_mnt)
+        write_files(ws_mnt, files, tag)
+        zfs("promote", ws)
+        zfs("rename", name, old)
+        if not self.inherited:
+            zfs("destroy", old)  # frees the mountpoint before the new head takes it
+        zfs("rename", ws, name)
+        if self.inherited:
+            zfs("destroy", old)
+        else:
+            zfs("set", f"mountpoint={mnt}", name)
+        fix_owner(mnt)
+        zfs("destroy", base)
+        zfs("snapshot", f"{name}@commit-{time.monotonic_ns()}")
+
+    # ---- ours ----------------------------------------------------------------------
+    def ours_init(self, engine: Zfs, name: str, mnt: str, files: int) -> None:
+        tx = Repository(name, zfs=engine).begin(mountpoint=mnt, owner=OWNER, mode=0o750)
+        write_files(tx.path, files, "init")
+        tx.commit()
+
+    def ours_sync(self, engine: Zfs, name: str, files: int, tag: str) -> None:
+        tx = Repository(name, zfs=engine).begin()
+        write_files(tx.path, files, tag)
+        tx.commit()
+
+
+def timed(fn: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
+
+
+def side_by_side(runs: int, ours: Callable[[int], None], naive: Callable[[int], None]) -> tuple[float, float]:
+    mine, theirs = [], []
+    for n in range(runs):  # interleaved, so drift in the machine hits both alike
+        mine.append(timed(functools.partial(ours, n)))
+        theirs.append(timed(functools.partial(naive, n)))
+    return statistics.median(mine), statistics.median(theirs)
+
+
+def report(case: str, ours_ms: float, naive_ms: float) -> None:
+    print(
+        f"{case:<34} ours {ours_ms:8.1f} ms   naive {naive_ms:8.1f} ms   ratio {naive_ms / ours_ms:5.2f}x", flush=True
+    )
+
+
+def bench_layout(layout: Layout, engine: Zfs, runs: int) -> None:
+    for files in (0, FILES):
+        label = "empty" if files == 0 else f"{files} files"
+
+        def ours_init(_: int, files: int = files) -> None:
+            layout.ours_init(engine, *layout.fresh("oi"), files)
+
+        def naive_init(_: int, files: int = files) -> None:
+            layout.naive_init(*layout.fresh("ni"), files)
+
+        report(f"{layout.name:<9} init {label}", *side_by_side(runs, ours_init, naive_init))
+
+        ours_repo, _ = layout.fresh("os")
+        layout.ours_init(engine, ours_repo, str(layout.base / ours_repo.rsplit("/", 1)[1]), files)
+        naive_repo, naive_mnt = layout.fresh("ns")
+        layout.naive_init(naive_repo, naive_mnt, files)
+        report(
+            f"{layout.name:<9} sync {label}",
+            *side_by_side(
+                runs,
+                lambda n, files=files, repo=ours_repo: layout.ours_sync(engine, repo, files, f"v{n}"),
+                lambda n, files=files, repo=naive_repo, mnt=naive_mnt: layout.naive_sync(repo, mnt, files, f"v{n}"),
+            ),
+        )
+
+
+def bulk_snapshots(name: str, count: int) -> None:
+    """``count`` snapshots of ``name`` (a channel program may snapshot a dataset only once)."""
+    import libzfs_core
+
+    for i in range(count):
+        libzfs_core.lzc_snapshot([f"{name}@bulk-{i:05d}".encode()])
+
+
+def bench_scaling(layout: Layout, engine: Zfs, runs: int) -> None:
+    repos = {}
+    for count in (10, 1000):
+        name, mnt = layout.fresh(f"snaps{count}-")
+        layout.ours_init(engine, name, mnt, 10)
+        bulk_snapshots(name, count - 1)
+        repos[count] = name
+    samples: dict[int, list[float]] = {10: [], 1000: []}
+    for n in range(runs):
+        for count, name in repos.items():
+            tx = Repository(name, zfs=engine).begin()
+            write_files(tx.path, 10, f"v{n}")
+            samples[count].append(timed(tx.commit))
+    small, large = statistics.median(samples[10]), statistics.median(samples[1000])
+    print(
+        f"sync commit, 10 vs 1,000 snapshots  {small:8.1f} ms vs {large:8.1f} ms   ratio {large / small:5.2f}x",
+        flush=True,
+    )
+    # Where the difference comes from: zfs promote moves every older snapshot to the clone.
+    import libzfs_core
+
+    promote: dict[int, list[float]] = {10: [], 1000: []}
+    for n in range(5):
+        for count, name in repos.items():
+            libzfs_core.lzc_snapshot([f"{name}@p{n}".encode()])
+            clone = f"{name}-promote{n}"
+            libzfs_core.lzc_clone(clone.encode(), f"{name}@p{n}".encode())
+            promote[count].append(timed(lambda clone=clone: libzfs_core.lzc_promote(clone.encode())))
+            libzfs_core.lzc_promote(name.encode())  # give the snapshots back
+            libzfs_core.lzc_destroy(clone.encode())
+    small, large = statistics.median(promote[10]), statistics.median(promote[1000])
+    print(
+        f"lzc_promote alone, 10 vs 1,000       {small:8.1f} ms vs {large:8.1f} ms   ratio {large / small:5.2f}x",
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per case (median reported)")
+    args = parser.parse_args()
+    subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
+    zfs("create", "-o", "mountpoint=none", ROOT)
+    engine = Zfs(AllowList((ROOT,)))
+    print(f"median of {args.runs} runs each; naive = one zfs command per step", flush=True)
+    try:
+        for layout in (Layout("inherited", True), Layout("explicit", False)):
+            bench_layout(layout, engine, args.runs)
+        bench_scaling(Layout("scaling", True), engine, args.runs)
+    finally:
+        subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
