@@ -518,13 +518,15 @@ class Repository:
                 self._require_unchanged(record)
             try:
                 self.zfs.rename(record.dataset, self.name)  # the commit point
-            except DatasetExistsError as exc:  # init: someone created the repository meanwhile
-                self._remount(record)
-                raise DatasetExistsError(
-                    f"repository {self.name} was created by someone else since init transaction {tx} began",
-                    dataset=self.name,
-                    hint=f"nothing was changed; abort it with 'dsg-storage abort {self.name} {tx}'",
-                ) from exc
+            except Exception as exc:
+                self._undo_first_rename(record)
+                if isinstance(exc, DatasetExistsError) and record.pattern is Pattern.INIT:
+                    raise DatasetExistsError(
+                        f"repository {self.name} was created by someone else since init transaction {tx} began",
+                        dataset=self.name,
+                        hint=f"nothing was changed; abort it with 'dsg-storage abort {self.name} {tx}'",
+                    ) from exc
+                raise
             steps.done()
             return self._finish(attrs.evolve(record, dataset=self.name), {}, steps)
 
@@ -538,11 +540,14 @@ class Repository:
         confirmed file by file with ``zfs diff`` before it counts as a change."""
         old, base = self._old(record.tx), self._base(record.tx).split("@", 1)[1]
         key = f"written@{base}"
-        written = int((self.zfs.get_props(old, [key]) or {}).get(key, 0))
-        changes = self.zfs.changed_files(f"{old}@{base}", old) if written else []
+        try:
+            written = int((self.zfs.get_props(old, [key]) or {}).get(key, 0))
+            changes = self.zfs.changed_files(f"{old}@{base}", old) if written else []
+        except Exception:
+            self._undo_first_rename(record)
+            raise
         if changes:
-            self.zfs.rename(old, self.name)
-            self._remount(record)
+            self._undo_first_rename(record)
             shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
             raise ConflictError(
                 f"repository {self.name} was changed after transaction {record.tx} began ({shown}); "
@@ -550,6 +555,12 @@ class Repository:
                 dataset=self.name,
                 hint=f"nothing was changed; roll back with 'dsg-storage rollback {self.name} {record.tx}'",
             )
+
+    def _undo_first_rename(self, record: _Record) -> None:
+        """Before the commit point: give the repository its name back (sync) and remount."""
+        if record.pattern is Pattern.SYNC and not self.zfs.exists(self.name):
+            self.zfs.rename(self._old(record.tx), self.name)
+        self._remount(record)
 
     def _remount(self, record: _Record) -> None:
         """Put the repository and the open workspace back where they were."""
@@ -718,7 +729,16 @@ class Repository:
             self.zfs.apply(batch)
             actions.append(f"{pending}: orphaned base snapshot removed")
         if head is None:
-            return actions  # an old head without a new one is a commit in flight, not a leftover
+            # An old head without the repository: a commit stopped between its renames. With
+            # its workspace, _resume_between_renames handled it; without (destroyed by
+            # hand), the old head is all there is: give it its name back.
+            for dataset in family:
+                parsed = _names.parse_temporary(dataset)
+                if parsed and parsed[1] == "old" and self._ws(parsed[2]) not in family:
+                    self.zfs.rename(dataset, self.name)
+                    actions.append(f"{parsed[2]}: workspace gone, old head {dataset} restored")
+                    break
+            return actions
         for dataset in family:
             parsed = _names.parse_temporary(dataset)
             if parsed and parsed[1] == "old":

@@ -274,6 +274,7 @@ _FAMILY = (
 local parent, name, prefix = argv[1], argv[2], argv[3]
 local mark = name .. ".dsg-"
 local out = {}
+if not zfs.exists(parent) then return out end
 for child in zfs.list.children(parent) do
     if child == name or string.sub(child, 1, #mark) == mark then
         local props = {}

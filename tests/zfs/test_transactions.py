@@ -190,6 +190,12 @@ def test_invalid_names_are_refused_before_any_zfs_call(sandbox: Sandbox, leaf: s
     assert sandbox.datasets() == []
 
 
+def test_init_under_a_missing_parent_names_the_parent(sandbox: Sandbox) -> None:
+    with pytest.raises(FileNotFoundError, match=f"parent dataset {sandbox.dataset}/nope"):
+        Repository(f"{sandbox.dataset}/nope/repo", zfs=sandbox.zfs).begin(mountpoint=str(sandbox.mount_dir / "r"))
+    assert sandbox.datasets() == []
+
+
 def test_init_without_mountpoint_is_refused(sandbox: Sandbox) -> None:
     with pytest.raises(InvalidArgumentError, match="needs a mountpoint"):
         Repository(f"{sandbox.dataset}/repo", zfs=sandbox.zfs).begin()
