@@ -23,6 +23,7 @@ from ._errors import (
     NoSpaceError,
     NotAllowedError,
     PoolUnavailableError,
+    QueueItemNotFoundError,
     RepositoryBusyError,
     RepositoryNotFoundError,
     TransactionError,
@@ -33,6 +34,7 @@ from ._errors import (
     ZfsUnavailableError,
 )
 from ._options import Owner
+from ._queue import Item, ItemState, Kind, Queue, RetryPolicy
 from ._transaction import (
     Commit,
     Pattern,
@@ -57,6 +59,9 @@ __all__ = [
     "DsgStorageError",
     "InvalidArgumentError",
     "InvalidNameError",
+    "Item",
+    "ItemState",
+    "Kind",
     "NoSpaceError",
     "NotAllowedError",
     "Owner",
@@ -64,10 +69,13 @@ __all__ = [
     "PendingTransaction",
     "Phase",
     "PoolUnavailableError",
+    "Queue",
+    "QueueItemNotFoundError",
     "Repository",
     "RepositoryBusyError",
     "RepositoryNotFoundError",
     "RepositoryStatus",
+    "RetryPolicy",
     "State",
     "Transaction",
     "TransactionError",

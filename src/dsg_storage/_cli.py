@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -28,12 +29,16 @@ from ._errors import (
     InvalidArgumentError,
     InvalidNameError,
     NotAllowedError,
+    PoolUnavailableError,
+    QueueItemNotFoundError,
     RepositoryBusyError,
     RepositoryNotFoundError,
     TransactionInProgressError,
     TransactionNotFoundError,
 )
+from ._queue import Item, Queue
 from ._transaction import Commit, Repository, RepositoryStatus
+from ._zfs import Zfs
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT = 6, 7
@@ -81,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="commits, oldest first")
     p.add_argument("repo")
 
+    p = sub.add_parser("snapshot", help="take a snapshot now, or queue it while the pool is away")
+    p.add_argument("repo")
+    p.add_argument("--name", help="snapshot name (default dsg-snapshot-<UTC time>)")
+    p.add_argument("--queue", action="store_true", help="if the pool is unavailable, queue the request")
+
+    p = sub.add_parser("queue", help="work that could not run yet: list, stats, flush, drop")
+    queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    queue_sub.add_parser("list", help="every item: id, kind, target, state, attempts, last error, age")
+    queue_sub.add_parser("stats", help="counts per state, age of the oldest pending item")
+    queue_sub.add_parser("flush", help="run every pending item now, due or not")
+    drop = queue_sub.add_parser("drop", help="remove an item")
+    drop.add_argument("id", type=int)
+
+    sub.add_parser("gc", help="run the queue once (the items that are due)")
+
     p = sub.add_parser("demo", help="show a transaction on real ZFS (used by the README's first command)")
     p.add_argument("--parent", default="dsgtest/demo", help="dataset to work under (default: dsgtest/demo)")
     p.add_argument("--mount-dir", help="directory for the demo's mount paths (default: a new temporary one)")
@@ -125,7 +145,11 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
 
         run_demo(args.parent, args.mount_dir, allow | AllowList((args.parent,)))
         return 0
+    if args.command in ("queue", "gc"):
+        return _run_queue(args, allow)
     repo = Repository(args.repo, allow=allow)
+    if args.command == "snapshot":
+        return _snapshot(args, repo)
     if args.command == "begin":
         tx = repo.begin(mountpoint=args.mountpoint, owner=args.owner, mode=args.mode)
         _emit(
@@ -162,6 +186,63 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
     return 0
 
 
+def _item_json(item: Item, now: float) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "kind": item.kind.value,
+        "target": item.target,
+        "state": item.state.value,
+        "attempts": item.attempts,
+        "last_error": item.last_error,
+        "age": round(item.age(now), 3),
+        "next_at": item.next_at,
+    }
+
+
+def _item_line(item: Item, now: float) -> str:
+    return (
+        f"{item.id}\t{item.state.value}\t{item.kind.value}\t{item.target}\tattempts={item.attempts}"
+        f"\tage={item.age(now):.0f}s\t{item.last_error or ''}"
+    ).rstrip()
+
+
+def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
+    with Queue() as queue:
+        now = queue.clock()
+        action = "gc" if args.command == "gc" else args.queue_command
+        if action == "list":
+            items = queue.items()
+            _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
+        elif action == "stats":
+            stats = queue.stats()
+            oldest = stats["oldest_pending_age"]
+            text = " ".join(f"{k}={v}" for k, v in stats["counts"].items())
+            _emit(args, stats, f"{text} oldest_pending_age={'-' if oldest is None else f'{oldest:.0f}s'}")
+        elif action == "drop":
+            item = queue.drop(args.id)
+            _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
+        else:  # flush or gc
+            items = queue.run(Zfs(allow), due_only=action == "gc")
+            _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
+    return 0
+
+
+def _snapshot(args: argparse.Namespace, repo: Repository) -> int:
+    now = datetime.now(UTC)
+    name = f"{repo.name}@{args.name or 'dsg-snapshot-' + now.strftime('%Y%m%dT%H%M%SZ')}"
+    try:
+        repo.snapshot(name, requested=now)
+    except PoolUnavailableError:
+        if not args.queue:
+            raise
+        with Queue() as queue:
+            item = queue.add_snapshot(name)
+            _emit(args, {"queued": _item_json(item, queue.clock())}, f"queued {name} as item {item.id}")
+        return 0
+    _emit(args, {"snapshot": name, "requested": now.isoformat(timespec="seconds")}, name)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -174,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if isinstance(exc, NotAllowedError):
             return EXIT_NOT_ALLOWED
-        if isinstance(exc, RepositoryNotFoundError | TransactionNotFoundError):
+        if isinstance(exc, RepositoryNotFoundError | TransactionNotFoundError | QueueItemNotFoundError):
             return EXIT_NOT_FOUND
         if isinstance(exc, DatasetBusyError | RepositoryBusyError):
             return EXIT_BUSY

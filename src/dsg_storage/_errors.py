@@ -112,3 +112,7 @@ class RepositoryBusyError(TransactionError, BlockingIOError):
     """Another process on this host is in the middle of a step on the repository."""
 
     errno_code = _errno.EAGAIN
+
+
+class QueueItemNotFoundError(DsgStorageError, LookupError):
+    """No queue item has that id."""

@@ -131,3 +131,11 @@ def parse_temporary(dataset: str) -> tuple[str, str, str] | None:
 def workspace_mount_path(mountpoint: str, tx: str) -> str:
     """Where the caller works during a transaction: beside the repository's mount path."""
     return f"{mountpoint.rstrip('/')}.dsg-tx-{tx}"
+
+
+_SNAPSHOT_SHORT_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+
+
+def valid_snapshot_short(short: str) -> bool:
+    """A snapshot's name after '@': characters ZFS accepts, not ours to reserve."""
+    return bool(_SNAPSHOT_SHORT_RE.match(short)) and not short.startswith(("dsg-base-", "dsg-commit-"))

@@ -34,6 +34,7 @@ import enum
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
@@ -48,6 +49,8 @@ from ._errors import (
     DatasetExistsError,
     DatasetNotFoundError,
     InvalidArgumentError,
+    InvalidNameError,
+    PoolUnavailableError,
     RepositoryNotFoundError,
     TransactionInProgressError,
     TransactionNotFoundError,
@@ -56,6 +59,7 @@ from ._errors import (
 from ._lock import repository_lock
 from ._names import prop
 from ._options import Owner, check_mountpoint, parse_mode
+from ._queue import Queue
 from ._zfs import Batch, Zfs, zfs_mounts
 
 log = logging.getLogger("dsg_storage")
@@ -219,6 +223,7 @@ class Repository:
         allow: AllowList | str | None = None,
         zfs: Zfs | None = None,
         lock_timeout: float = 10.0,
+        queue: Queue | None = None,
     ) -> None:
         self.name = _names.validate_repository(name)
         if zfs is None:
@@ -226,6 +231,22 @@ class Repository:
             zfs = Zfs(allow_list or AllowList.from_env())
         self.zfs = zfs
         self.lock_timeout = lock_timeout
+        self._queue = queue
+
+    def _defer(self, skipped: Mapping[str, int]) -> None:
+        """Queue the destroys that could not run now (see ``_queue``). Recovery also
+        retries them from the pool itself, so a queue that cannot be written loses nothing."""
+        if not skipped:
+            return
+        left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
+        try:
+            queue = self._queue = self._queue or Queue()
+            for name in skipped:
+                queue.add_destroy(name)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", self.name, left, exc)
+            return
+        log.warning("%s: cannot destroy %s yet; queued ('dsg-storage queue list')", self.name, left)
 
     def __repr__(self) -> str:
         return f"Repository({self.name!r})"
@@ -327,6 +348,19 @@ class Repository:
             dataset=self.name,
             hint=f"'dsg-storage status {self.name}' lists the open ones",
         )
+
+    def snapshot(self, name: str, *, requested: datetime | None = None) -> None:
+        """Take snapshot ``name`` (``REPO@short``) now, recording when it was requested.
+
+        Raises PoolUnavailableError when the pool is not imported (``dsg-storage snapshot
+        --queue`` then queues the request instead)."""
+        if name.split("@", 1)[0] != self.name or not _names.valid_snapshot_short(name.split("@", 1)[-1]):
+            raise InvalidNameError(f"{name!r} is not a snapshot name of {self.name} (REPO@name)")
+        pool = _names.pool_of(self.name)
+        if not self.zfs.exists(pool):
+            raise PoolUnavailableError(f"pool {pool} is not imported", dataset=self.name)
+        when = (requested or _now()).isoformat(timespec="seconds")
+        self.zfs.snapshot([name], {prop("requested"): when})
 
     # ------------------------------------------------------------------ begin
     def begin(
@@ -590,9 +624,7 @@ class Repository:
         for name in retired:
             batch.destroy(name, required=False)
         result = self.zfs.apply(batch)
-        if result.skipped:
-            left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in result.skipped.items())
-            log.warning("commit %s: cannot destroy %s yet; 'status' lists it", record.tx, left)
+        self._defer(result.skipped)
         steps.done()
         guid, createtxg = result.created.get(snapshot, (0, 0))
         return Commit(snapshot, record.tx, commit_props[P_COMMITTED], record.message or None, guid, createtxg)
@@ -637,7 +669,7 @@ class Repository:
         _remove_mount_dir(record.path)
         if record.pattern is Pattern.SYNC and self.zfs.exists(self.name):
             batch = Batch().destroy(self._base(record.tx), required=False)
-            self.zfs.apply(batch.set(self.name, {P_PENDING: ""}))
+            self._defer(self.zfs.apply(batch.set(self.name, {P_PENDING: ""})).skipped)
             steps.done()
 
     # ------------------------------------------------------------------ recovery
@@ -744,7 +776,9 @@ class Repository:
             if parsed and parsed[1] == "old":
                 self.zfs.unmount(dataset)
                 batch = Batch().destroy(dataset, required=False).destroy(self._base(parsed[2]), required=False)
-                if dataset not in self.zfs.apply(batch).skipped:
+                skipped = self.zfs.apply(batch).skipped
+                self._defer(skipped)
+                if dataset not in skipped:
                     actions.append(f"{parsed[2]}: retired {dataset} destroyed")
         return actions
 

@@ -330,11 +330,20 @@ def test_commit_refuses_to_drop_a_change_made_after_begin(box: Sandbox) -> None:
     assert_clean(box, repo, mnt, [{**OLD, "written-after-begin.txt": "must not be lost"}])
 
 
-def export_and_import() -> None:
-    """What a reboot does to the pool: export, then import (which mounts what it can)."""
+def export_pool() -> None:
     subprocess.run(["zpool", "export", "dsgtest"], check=True)
+
+
+def import_pool() -> None:
+    """Import dsgtest again from its file (which mounts what it can, as a boot does)."""
     pool_py = Path(__file__).resolve().parents[2] / "testpool" / "pool.py"
     subprocess.run([sys.executable, str(pool_py), "create"], check=True, capture_output=True)
+
+
+def export_and_import() -> None:
+    """What a reboot does to the pool."""
+    export_pool()
+    import_pool()
 
 
 def test_commit_interrupted_then_pool_reimported_is_recovered(

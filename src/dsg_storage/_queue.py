@@ -1,0 +1,298 @@
+"""A durable queue of ZFS work that cannot run now, retried with backoff.
+
+Items are destroys that a commit or rollback could not do yet (a dependent clone, a
+hold, a busy mount) and snapshots requested while their pool was away. They live in a
+local SQLite database (``$DSG_STORAGE_QUEUE``, default
+``/var/lib/dsg-storage/queue.sqlite``): a request made while the pool is exported has
+nowhere else to go, and one store keeps the order and the attempts of every item. What a
+deferred destroy is about is also visible in the pool itself (``.dsg-old-`` datasets and
+``@dsg-base-`` snapshots), which recovery retries on any host that imports it.
+
+Durability: every state change is one SQLite transaction (WAL, synchronous=FULL), so a
+process killed at any moment loses nothing. Applying an item is idempotent (a snapshot
+that already exists with the item's id, a destroy whose target is gone, count as done),
+so an item applied and then killed before being marked done is never applied twice.
+
+States: ``pending`` (due at ``next_at``) -> ``done`` | ``dead`` (a permanent error, or
+attempts exhausted; the reason is kept). Errors are classified: busy, pool unavailable
+and the like are retried with exponential backoff and jitter (tenacity's wait
+strategy); permission, invalid names and other permanent ones go to ``dead`` at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import attrs
+import tenacity
+
+from . import _names
+from ._errors import (
+    DatasetBusyError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    DsgStorageError,
+    InvalidArgumentError,
+    PoolUnavailableError,
+    QueueItemNotFoundError,
+    RepositoryBusyError,
+    ZfsError,
+)
+from ._zfs import Zfs
+
+ENV_VAR = "DSG_STORAGE_QUEUE"
+DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"
+P_QUEUE_ID, P_REQUESTED = _names.prop("queue-id"), _names.prop("requested")
+
+
+class ItemState(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class Kind(enum.StrEnum):
+    DESTROY = "destroy"
+    SNAPSHOT = "snapshot"
+
+
+@attrs.frozen
+class Item:
+    id: int
+    kind: Kind
+    target: str
+    state: ItemState
+    attempts: int
+    last_error: str | None
+    created: float  # seconds since the epoch
+    next_at: float
+    updated: float
+
+    def age(self, now: float) -> float:
+        return now - self.created
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded in attempts and delay."""
+
+    max_attempts: int = 10
+    initial: float = 1.0
+    max_delay: float = 600.0
+    jitter: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        wait = tenacity.wait_exponential(multiplier=self.initial, max=self.max_delay) + tenacity.wait_random(
+            0, self.jitter
+        )
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(wait(state))
+
+
+TRANSIENT: tuple[type[Exception], ...] = (DatasetBusyError, PoolUnavailableError, RepositoryBusyError)
+
+
+def is_transient(kind: Kind, exc: Exception) -> bool:
+    """Busy, pool away, dependents still there (for a destroy): worth retrying. Anything
+    else (not allowed, invalid name, target missing or taken) is permanent."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    if kind is Kind.DESTROY and isinstance(exc, DatasetExistsError):
+        return True  # a dependent clone or child exists: it may go away
+    return type(exc) is ZfsError and exc.errno in (errno.EBUSY, errno.EAGAIN, errno.ENXIO, errno.EIO)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created REAL NOT NULL,
+    next_at REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_due ON items (state, next_at);
+"""
+
+
+class Queue:
+    """The queue; ``clock`` and ``random`` jitter are injectable so tests never wait."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+        self.policy = policy or RetryPolicy()
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ adding
+    def add_destroy(self, target: str) -> Item:
+        """Queue the destroy of ``target`` (a filesystem or a snapshot), unless queued."""
+        return self._add(Kind.DESTROY, target, {})
+
+    def add_snapshot(self, target: str) -> Item:
+        """Queue a snapshot (full name ``dataset@name``); its request time is recorded on it."""
+        if "@" not in target:
+            raise InvalidArgumentError(f"{target!r} is not a snapshot name (dataset@name)")
+        return self._add(Kind.SNAPSHOT, target, {})
+
+    def _add(self, kind: Kind, target: str, args: dict[str, Any]) -> Item:
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM items WHERE kind = ? AND target = ? AND state = 'pending'", (kind.value, target)
+            ).fetchone()
+            if row is None:
+                cursor = db.execute(
+                    "INSERT INTO items (kind, target, args, state, created, next_at, updated) VALUES (?,?,?,?,?,?,?)",
+                    (kind.value, target, json.dumps(args), ItemState.PENDING.value, now, now, now),
+                )
+                row = (cursor.lastrowid,)
+        return self.get(int(row[0]))
+
+    # ------------------------------------------------------------------ reading
+    def get(self, item_id: int) -> Item:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise QueueItemNotFoundError(f"no queue item {item_id}", hint="'dsg-storage queue list' shows them")
+        return _item(row)
+
+    def items(self, state: ItemState | None = None) -> list[Item]:
+        if state is None:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY id").fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY id", (state.value,)
+            ).fetchall()
+        return [_item(r) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        counts = {s.value: 0 for s in ItemState}
+        for state, count in self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
+            counts[state] = count
+        oldest = self._db.execute("SELECT MIN(created) FROM items WHERE state = 'pending'").fetchone()[0]
+        return {"counts": counts, "oldest_pending_age": None if oldest is None else now - oldest}
+
+    # ------------------------------------------------------------------ steering
+    def drop(self, item_id: int) -> Item:
+        """Remove an item (any state); returns it as it was."""
+        item = self.get(item_id)
+        with self._tx() as db:
+            db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        return item
+
+    def run(self, zfs: Zfs, *, due_only: bool = True) -> list[Item]:
+        """Attempt every pending item that is due (every pending one with ``due_only``
+        off); return the items as they are afterwards. One runner at a time (a lock
+        beside the database), so two runners never apply the same item at once."""
+        with open(f"{self.path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            now = self.clock()
+            query = f"SELECT {_COLUMNS} FROM items WHERE state = 'pending'"
+            if due_only:
+                rows = self._db.execute(query + " AND next_at <= ? ORDER BY id", (now,)).fetchall()
+            else:
+                rows = self._db.execute(query + " ORDER BY id").fetchall()
+            return [self._attempt(zfs, _item(row)) for row in rows]
+
+    def _attempt(self, zfs: Zfs, item: Item) -> Item:
+        try:
+            apply_item(zfs, item)
+        except DsgStorageError as exc:
+            attempts = item.attempts + 1
+            permanent = not is_transient(item.kind, exc) or attempts >= self.policy.max_attempts
+            now = self.clock()
+            state = ItemState.DEAD if permanent else ItemState.PENDING
+            next_at = now if permanent else now + self.policy.delay(attempts)
+            reason = f"{type(exc).__name__}: {exc}"
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE items SET state = ?, attempts = ?, last_error = ?, next_at = ?, updated = ? "
+                    "WHERE id = ? AND state = 'pending'",
+                    (state.value, attempts, reason, next_at, now, item.id),
+                )
+            return self.get(item.id)
+        now = self.clock()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE items SET state = 'done', attempts = attempts + 1, updated = ? WHERE id = ? AND state = 'pending'",
+                (now, item.id),
+            )
+        return self.get(item.id)
+
+
+_COLUMNS = "id, kind, target, state, attempts, last_error, created, next_at, updated"
+
+
+def _item(row: Any) -> Item:
+    return Item(row[0], Kind(row[1]), row[2], ItemState(row[3]), row[4], row[5], row[6], row[7], row[8])
+
+
+def apply_item(zfs: Zfs, item: Item) -> None:
+    """Do what ``item`` asks, idempotently: done already counts as done."""
+    zfs.allow.check(item.target)  # before anything: never "done" for a target we may not touch
+    pool = _names.pool_of(item.target)
+    if not zfs.exists(pool):
+        raise PoolUnavailableError(f"pool {pool} is not imported", dataset=item.target)
+    if item.kind is Kind.DESTROY:
+        if zfs.exists(item.target):
+            zfs.destroy(item.target)
+        return
+    dataset = item.target.split("@", 1)[0]
+    if zfs.exists(item.target):
+        mine = (zfs.get_props(item.target, [P_QUEUE_ID]) or {}).get(P_QUEUE_ID)
+        if mine == str(item.id):
+            return  # applied before a crash could mark it done
+        raise DatasetExistsError(
+            f"snapshot {item.target} exists already (not made by queue item {item.id})", dataset=item.target
+        )
+    if not zfs.exists(dataset):
+        raise DatasetNotFoundError(f"dataset {dataset} of queued snapshot does not exist", dataset=dataset)
+    requested = datetime.fromtimestamp(item.created, UTC).isoformat(timespec="seconds")
+    zfs.snapshot([item.target], {P_QUEUE_ID: str(item.id), P_REQUESTED: requested})

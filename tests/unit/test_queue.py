@@ -1,0 +1,126 @@
+"""The queue's state machine and retry timing, with an injected clock and a fake ZFS
+(pure logic: real-ZFS behaviour is in tests/zfs/test_queue.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import AllowList, DatasetBusyError, DatasetExistsError, ItemState, NotAllowedError, Queue, RetryPolicy
+from dsg_storage._queue import Kind, is_transient
+
+
+class FakeZfs:
+    """Answers the few calls apply_item makes; fails destroys with ``error`` while set."""
+
+    def __init__(self) -> None:
+        self.allow = AllowList(("tank",))
+        self.existing = {"tank", "tank/a", "tank/a@s"}
+        self.error: Exception | None = None
+        self.destroyed: list[str] = []
+
+    def exists(self, name: str) -> bool:
+        return name in self.existing
+
+    def destroy(self, name: str) -> None:
+        if self.error:
+            raise self.error
+        self.existing.discard(name)
+        self.destroyed.append(name)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def queue(tmp_path: Path, clock: Clock) -> Queue:
+    return Queue(
+        tmp_path / "q.sqlite", policy=RetryPolicy(max_attempts=4, initial=1, max_delay=5, jitter=0), clock=clock
+    )
+
+
+def test_transient_failures_back_off_exponentially_then_succeed(queue: Queue, clock: Clock) -> None:
+    zfs = FakeZfs()
+    zfs.error = DatasetBusyError("tank/a@s: busy")
+    item = queue.add_destroy("tank/a@s")
+    (after,) = queue.run(zfs)  # type: ignore[arg-type]
+    assert (after.state, after.attempts, after.next_at) == (ItemState.PENDING, 1, clock.now + 1)
+    assert "busy" in (after.last_error or "")
+    clock.now += 0.5
+    assert queue.run(zfs) == []  # type: ignore[arg-type]  # not due yet: nothing attempted
+    clock.now += 0.5
+    (after,) = queue.run(zfs)  # type: ignore[arg-type]
+    assert (after.attempts, after.next_at) == (2, clock.now + 2)
+    zfs.error = None
+    clock.now += 2
+    (after,) = queue.run(zfs)  # type: ignore[arg-type]
+    assert (after.id, after.state, after.attempts) == (item.id, ItemState.DONE, 3)
+    assert zfs.destroyed == ["tank/a@s"]
+
+
+def test_delays_are_capped_and_attempts_bounded(queue: Queue, clock: Clock) -> None:
+    zfs = FakeZfs()
+    zfs.error = DatasetBusyError("busy")
+    queue.add_destroy("tank/a@s")
+    delays = []
+    for _ in range(4):
+        (after,) = queue.run(zfs, due_only=False)  # type: ignore[arg-type]
+        delays.append(after.next_at - clock.now)
+    assert delays[:3] == [1, 2, 4] and after.state is ItemState.DEAD
+    assert RetryPolicy(initial=1, max_delay=5, jitter=0).delay(10) == 5
+
+
+def test_jitter_stays_within_its_bound() -> None:
+    policy = RetryPolicy(initial=2, max_delay=100, jitter=1.5)
+    for attempt in (1, 2, 3):
+        assert 2 * 2 ** (attempt - 1) <= policy.delay(attempt) <= 2 * 2 ** (attempt - 1) + 1.5
+
+
+def test_permanent_errors_go_to_dead_letters_at_once(queue: Queue) -> None:
+    zfs = FakeZfs()
+    zfs.error = NotAllowedError("tank/a@s is outside the allowed pools")
+    queue.add_destroy("tank/a@s")
+    (after,) = queue.run(zfs)  # type: ignore[arg-type]
+    assert (after.state, after.attempts) == (ItemState.DEAD, 1)
+    assert "NotAllowedError" in (after.last_error or "")
+    assert queue.stats()["counts"] == {"pending": 0, "done": 0, "dead": 1}
+
+
+def test_a_dependent_clone_is_transient_for_a_destroy_only() -> None:
+    exists = DatasetExistsError("has dependent clones")
+    assert is_transient(Kind.DESTROY, exists) and not is_transient(Kind.SNAPSHOT, exists)
+
+
+def test_items_survive_reopening_and_are_not_queued_twice(tmp_path: Path, clock: Clock) -> None:
+    with Queue(tmp_path / "q.sqlite", clock=clock) as first:
+        a = first.add_destroy("tank/a@s")
+        assert first.add_destroy("tank/a@s") == a
+        first.add_snapshot("tank/a@later")
+    clock.now += 30
+    with Queue(tmp_path / "q.sqlite", clock=clock) as again:
+        assert [(i.kind, i.target) for i in again.items()] == [
+            (Kind.DESTROY, "tank/a@s"),
+            (Kind.SNAPSHOT, "tank/a@later"),
+        ]
+        assert again.stats() == {"counts": {"pending": 2, "done": 0, "dead": 0}, "oldest_pending_age": 30}
+        again.drop(a.id)
+        assert [i.target for i in again.items()] == ["tank/a@later"]
+
+
+def test_a_pool_that_is_away_keeps_the_item_pending(queue: Queue) -> None:
+    zfs = FakeZfs()
+    zfs.existing.clear()  # pool not imported
+    queue.add_snapshot("tank/a@later")
+    (after,) = queue.run(zfs)  # type: ignore[arg-type]
+    assert after.state is ItemState.PENDING and "PoolUnavailableError" in (after.last_error or "")
