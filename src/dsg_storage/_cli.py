@@ -188,6 +188,7 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
 
 def _item_json(item: Item, now: float) -> dict[str, Any]:
     return {
+        "item": item.id,
         "id": item.id,
         "kind": item.kind.value,
         "target": item.target,

@@ -98,7 +98,8 @@ def test_a_snapshot_requested_while_the_pool_is_exported_is_applied_after_import
     finally:
         import_pool()
     ran = json.loads(cli("--allow", sandbox.dataset, "queue", "flush", env=env).stdout)
-    assert [(i["id"], i["state"]) for i in ran] == [(item["id"], "done")]
+    assert [(i["item"], i["state"]) for i in ran] == [(item["item"], "done")]
+    assert set(ran[0]) >= {"item", "target", "attempts", "last_error", "age", "state"}
     requested = subprocess.run(["zfs", "get", "-H", "-o", "value", "dsg-storage:requested", f"{repo}@nightly"],
                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert requested.startswith("20") and requested.endswith("+00:00")
