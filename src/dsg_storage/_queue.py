@@ -239,7 +239,18 @@ class Queue:
                 rows = self._db.execute(query + " AND next_at <= ? ORDER BY id", (now,)).fetchall()
             else:
                 rows = self._db.execute(query + " ORDER BY id").fetchall()
-            return [self._attempt(zfs, _item(row)) for row in rows]
+            # Items can depend on each other (a snapshot is destroyable once the clone
+            # that depends on it is gone): while a pass makes progress, retry the rest.
+            results: dict[int, Item] = {}
+            remaining = [_item(row) for row in rows]
+            while remaining:
+                retry = []
+                for item in remaining:
+                    results[item.id] = after = self._attempt(zfs, item)
+                    if after.state is ItemState.PENDING:
+                        retry.append(after)
+                remaining = retry if len(retry) < len(remaining) else []
+            return [results[item_id] for item_id in sorted(results)]
 
     def _attempt(self, zfs: Zfs, item: Item) -> Item:
         try:

@@ -241,7 +241,7 @@ class Repository:
         left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
         try:
             queue = self._queue = self._queue or Queue()
-            for name in skipped:
+            for name in sorted(skipped, key=lambda n: "@" in n):  # dependents (filesystems) first
                 queue.add_destroy(name)
         except (OSError, sqlite3.Error) as exc:
             log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", self.name, left, exc)

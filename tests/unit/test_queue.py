@@ -124,3 +124,23 @@ def test_a_pool_that_is_away_keeps_the_item_pending(queue: Queue) -> None:
     queue.add_snapshot("tank/a@later")
     (after,) = queue.run(zfs)  # type: ignore[arg-type]
     assert after.state is ItemState.PENDING and "PoolUnavailableError" in (after.last_error or "")
+
+
+def test_one_run_finishes_a_chain_of_dependent_items(queue: Queue) -> None:
+    """The snapshot can go only once the clone that depends on it is gone, whatever the
+    order the items were queued in."""
+    zfs = FakeZfs()
+    zfs.existing |= {"tank/clone"}
+    original_destroy = zfs.destroy
+
+    def destroy(name: str) -> None:
+        if name == "tank/a@s" and "tank/clone" in zfs.existing:
+            raise DatasetExistsError("tank/a@s: has dependent clones")
+        original_destroy(name)
+
+    zfs.destroy = destroy  # type: ignore[method-assign]
+    queue.add_destroy("tank/a@s")
+    queue.add_destroy("tank/clone")
+    items = queue.run(zfs)  # type: ignore[arg-type]
+    assert [(i.target, i.state) for i in items] == [("tank/a@s", ItemState.DONE), ("tank/clone", ItemState.DONE)]
+    assert zfs.destroyed == ["tank/clone", "tank/a@s"]
