@@ -41,6 +41,7 @@ cleanup() {
     rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # so that the EXIT trap unmounts on a timeout too
 
 mount_into() { # TYPE SOURCE TARGET [OPTIONS]
     mkdir -p "$3"

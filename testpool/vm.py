@@ -22,6 +22,7 @@ import hashlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ CHECKOUT = HERE.parent
 IMAGE_FORMAT = "1"
 IMAGE_INPUTS = ("build-image.sh", "guest-init.sh", "image-packages.txt")
 DEFAULT_TIMEOUT = 1800.0
+BUILD_TIMEOUT = float(os.environ.get("DSG_VM_BUILD_TIMEOUT", "1800"))
 BOOT_FLAGS = (
     # Software emulation: the paravirtual /dev/kvm here crashes stock kernels and then hangs.
     "-accel", "tcg,thread=multi", "-cpu", "max",
@@ -99,9 +101,21 @@ def ensure_image() -> Path:
             )
         _log(f"building the VM image (first run: about 4-5 minutes) into {image}")
         started = time.monotonic()
-        result = subprocess.run(["bash", str(HERE / "build-image.sh"), str(image), str(cache)], check=False)
-        if result.returncode != 0:
-            raise VMError(f"building the VM image failed (exit {result.returncode}); see the output above")
+        # Its own process group, so that a build past its time limit is killed whole
+        # (debootstrap, apt and dkms run as grandchildren).
+        build = subprocess.Popen(["bash", str(HERE / "build-image.sh"), str(image), str(cache)], start_new_session=True)
+        try:
+            returncode = build.wait(timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGTERM)  # the script's trap unmounts what it mounted
+            try:
+                build.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(build.pid, signal.SIGKILL)
+                build.wait()
+            raise VMTimeout(f"building the VM image took more than {BUILD_TIMEOUT:.0f}s and was killed") from None
+        if returncode != 0:
+            raise VMError(f"building the VM image failed (exit {returncode}); see the output above")
         _log(f"phase image-build: {time.monotonic() - started:.1f}s")
         _prune_old_images(keep=image)
     return image
