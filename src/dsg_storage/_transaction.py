@@ -303,9 +303,12 @@ class Repository:
 
     def pending(self) -> list[PendingTransaction]:
         """Transactions not finished yet (open, or interrupted and awaiting recovery)."""
+        return self._pending(self.zfs.family(self.name))
+
+    def _pending(self, family: Mapping[str, Mapping[str, str]]) -> list[PendingTransaction]:
         return [
             PendingTransaction(r.tx, r.pattern, r.phase.value, r.dataset, r.path, r.begun)
-            for r in self._records(self.zfs.family(self.name))
+            for r in self._records(family)
         ]
 
     def status(self) -> RepositoryStatus:
@@ -320,10 +323,7 @@ class Repository:
             owner=(props or {}).get(P_OWNER),
             mode=(props or {}).get(P_MODE),
             last_commit=history[-1] if history else None,
-            pending=tuple(
-                PendingTransaction(r.tx, r.pattern, r.phase.value, r.dataset, r.path, r.begun)
-                for r in self._records(family)
-            ),
+            pending=tuple(self._pending(family)),
             leftovers=tuple(d for d in family if (_names.parse_temporary(d) or ("", "", ""))[1] == "old"),
         )
 

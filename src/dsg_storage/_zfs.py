@@ -99,10 +99,6 @@ class Snapshot:
         return self.name.split("@", 1)[1]
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _b(value: str | bytes) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
@@ -139,15 +135,6 @@ for i = 2, #argv do
     if value ~= nil then out[argv[i]] = value end
 end
 return {exists = 1, props = out}
-"""
-)
-
-_USER_PROPS = (
-    _LUA_PREAMBLE
-    + """
-local out = {}
-for name, value in zfs.list.user_properties(argv[1]) do out[name] = value end
-return out
 """
 )
 
@@ -189,22 +176,6 @@ return out
 )
 
 # argv = {dataset, name, value, name, value, ...}; checked first so a bad one changes nothing.
-_SET_USER_PROPS = (
-    _LUA_PREAMBLE
-    + """
-local ds = argv[1]
-for i = 2, #argv, 2 do
-    local err = zfs.check.set_prop(ds, argv[i], argv[i + 1])
-    if err ~= 0 then return {failed = argv[i], err = err} end
-end
-for i = 2, #argv, 2 do
-    assert(zfs.sync.set_prop(ds, argv[i], argv[i + 1]) == 0)
-end
-return {failed = ""}
-"""
-)
-
-
 # A batch of changes in one ZFS sync task (all or, for "T" ops, best effort). argv is a
 # flat list of ops: S name (snapshot) | P fs (promote, if it is a clone) | D name (destroy) | T name (try to
 # destroy; a failure is reported, not fatal) | V ds prop value (set a user property on an
@@ -372,28 +343,28 @@ def _unescape_mountinfo(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def zfs_mounts() -> dict[str, list[str]]:
-    """Mounted ZFS filesystems: dataset -> mount paths (several when stacked)."""
-    mounts: dict[str, list[str]] = {}
+def _zfs_mount_entries() -> Iterator[tuple[str, str]]:
+    """(dataset, mount path) of every mounted ZFS filesystem, in mountinfo order (a
+    stack of mounts at one path is listed bottom first)."""
     with open("/proc/self/mountinfo") as handle:
         for line in handle:
             left, _, right = line.partition(" - ")
             fields, rfields = left.split(), right.split()
             if rfields and rfields[0] == "zfs":
-                mounts.setdefault(_unescape_mountinfo(rfields[1]), []).append(_unescape_mountinfo(fields[4]))
+                yield _unescape_mountinfo(rfields[1]), _unescape_mountinfo(fields[4])
+
+
+def zfs_mounts() -> dict[str, list[str]]:
+    """Mounted ZFS filesystems: dataset -> mount paths (several when stacked)."""
+    mounts: dict[str, list[str]] = {}
+    for dataset, path in _zfs_mount_entries():
+        mounts.setdefault(dataset, []).append(path)
     return mounts
 
 
 def mount_stack(path: str) -> list[str]:
     """Sources of the ZFS mounts at exactly ``path``, bottom first."""
-    stack: list[str] = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if rfields and rfields[0] == "zfs" and _unescape_mountinfo(fields[4]) == path:
-                stack.append(_unescape_mountinfo(rfields[1]))  # mountinfo lists a stack bottom first
-    return stack
+    return [dataset for dataset, mounted in _zfs_mount_entries() if mounted == path]
 
 
 def holders_of(path: str) -> list[str]:
@@ -512,9 +483,6 @@ class Zfs:
             return None
         return dict(result.get("props") or {})
 
-    def user_props(self, dataset: str) -> dict[str, str]:
-        return dict(self.program(_names.pool_of(dataset), _USER_PROPS, [dataset], sync=False) or {})
-
     def snapshots(self, dataset: str, user_prefix: str = _names.PROP_PREFIX) -> list[Snapshot]:
         """Snapshots of ``dataset`` in creation order, with our user properties."""
         raw = self.program(_names.pool_of(dataset), _SNAPSHOTS, [dataset, user_prefix], sync=False) or {}
@@ -533,9 +501,6 @@ class Zfs:
     def children(self, dataset: str) -> list[str]:
         raw = self.program(_names.pool_of(dataset), _CHILDREN, [dataset], sync=False) or {}
         return [raw[k] for k in sorted(raw)]
-
-    def holds(self, snapshot: str) -> dict[str, int]:
-        return {_s(k): v for k, v in self._call(snapshot, self.lzc.lzc_get_holds, _b(snapshot)).items()}
 
     # ------------------------------------------------------------------ writes
     def create(self, name: str, props: Mapping[str, str | int] | None = None) -> None:
@@ -579,18 +544,6 @@ class Zfs:
             "destroy",
             lambda: self._call(names[0], self.lzc.lzc_destroy_snaps, [_b(n) for n in names], False),
         )
-
-    def set_user_props(self, dataset: str, props: Mapping[str, str]) -> None:
-        """Set user properties atomically (one sync task); a bad one sets none."""
-        self._check(dataset)
-        flat: list[str] = [dataset]
-        for key, value in props.items():
-            flat += [key, value]
-        result = self.program(_names.pool_of(dataset), _SET_USER_PROPS, flat, sync=True)
-        if result and result.get("failed"):
-            raise ZfsError(
-                f"{dataset}: cannot set property {result['failed']} (error {result['err']})", dataset=dataset
-            )
 
     def apply(self, batch: Batch) -> BatchResult:
         """Apply ``batch`` in one ZFS sync task: all of it or, if a check fails, none of it.
@@ -726,15 +679,3 @@ class Zfs:
             cls = DatasetNotFoundError if "does not exist" in message else ZfsError
             raise cls(f"zfs {' '.join(args)}: {message}", dataset=args[-1])
         return result.stdout
-
-
-def walk_mounts_under(path: str) -> Iterator[str]:
-    """Mount paths at or below ``path`` (any filesystem), deepest first."""
-    prefix = path.rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            mount_path = _unescape_mountinfo(line.split()[4])
-            if mount_path == path or mount_path.startswith(prefix):
-                found.append(mount_path)
-    yield from sorted(found, key=len, reverse=True)
