@@ -13,6 +13,10 @@ All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
 
 from ._allow import AllowList
 from ._errors import (
+    BundleCorruptError,
+    BundleError,
+    BundleTruncatedError,
+    BundleVersionError,
     ConflictError,
     DatasetBusyError,
     DatasetExistsError,
@@ -20,7 +24,9 @@ from ._errors import (
     DsgStorageError,
     InvalidArgumentError,
     InvalidNameError,
+    LockFileError,
     NoSpaceError,
+    NotABundleError,
     NotAllowedError,
     PoolUnavailableError,
     QueueItemNotFoundError,
@@ -51,6 +57,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllowList",
+    "BundleCorruptError",
+    "BundleError",
+    "BundleTruncatedError",
+    "BundleVersionError",
     "Commit",
     "ConflictError",
     "DatasetBusyError",
@@ -62,7 +72,9 @@ __all__ = [
     "Item",
     "ItemState",
     "Kind",
+    "LockFileError",
     "NoSpaceError",
+    "NotABundleError",
     "NotAllowedError",
     "Owner",
     "Pattern",

@@ -116,3 +116,30 @@ class RepositoryBusyError(TransactionError, BlockingIOError):
 
 class QueueItemNotFoundError(DsgStorageError, LookupError):
     """No queue item has that id."""
+
+
+class BundleError(DsgStorageError, ValueError):
+    """A bundle file cannot be used. Nothing was changed."""
+
+
+class NotABundleError(BundleError):
+    """The file is not a dsg-storage bundle (it does not start with the bundle magic)."""
+
+
+class BundleVersionError(BundleError):
+    """The bundle was made by a newer dsg-storage, in a format version this one cannot read."""
+
+
+class BundleTruncatedError(BundleError, EOFError):
+    """The bundle ends before its end: an interrupted export or copy.
+
+    MRO: BundleError, DsgStorageError, ValueError, EOFError; not an OSError, so
+    ``DsgStorageError.__init__`` takes its plain ``Exception`` branch."""
+
+
+class BundleCorruptError(BundleError):
+    """A checksum or the structure of the bundle does not match: its bytes were damaged."""
+
+
+class LockFileError(DsgStorageError, ValueError):
+    """A lock file cannot be read: not a lock file, a newer format version, bad JSON or missing fields."""
