@@ -3,16 +3,26 @@
     dsg-storage [--json] [--allow POOL[/PREFIX]] COMMAND ...
 
 Exit status: 0 success; 1 a ZFS or transaction error; 2 bad usage or input (nothing was
-touched); 3 not allowed by the allow-list; 4 repository or transaction not found;
-5 dataset or repository busy; 6 another transaction is open; 7 conflict (the repository
-changed after begin). Errors are one line on stderr: ``dsg-storage: <reason>``.
+touched); 3 not allowed by the allow-list; 4 repository, transaction, pool or file not
+found; 5 dataset or repository busy; 6 another transaction is open; 7 conflict (the
+repository changed after begin); 8 read-only (a change asked of an offline pool). Errors are one line on stderr:
+``dsg-storage: <reason>``.
+
+Read commands (``repos``, ``history``, ``ls``, ``stat``, ``cat``) work live or, with
+``--offline --search-path PATHS``, on an exported pool imported read-only for the call.
+They always show how they read: ``access: live|offline ...`` on stderr, and an
+``"access"`` field in every ``--json`` record (``"cached"``/``"cached_at"`` too when
+served from the read cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -29,19 +39,26 @@ from ._errors import (
     InvalidArgumentError,
     InvalidNameError,
     NotAllowedError,
+    PoolNotFoundError,
     PoolUnavailableError,
     QueueItemNotFoundError,
+    ReadOnlyError,
     RepositoryBusyError,
     RepositoryNotFoundError,
     TransactionInProgressError,
     TransactionNotFoundError,
 )
+from ._offline import open_offline
 from ._queue import Item, Queue
+from ._readcache import ENV as CACHE_ENV
+from ._readcache import ReadCache
+from ._reader import CachedReader, Reader, commit_to_json, open_live
 from ._transaction import Commit, Repository, RepositoryStatus
 from ._zfs import Zfs
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
-EXIT_IN_PROGRESS, EXIT_CONFLICT = 6, 7
+EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY = 6, 7, 8
+READ_COMMANDS = ("repos", "history", "ls", "stat", "cat")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
         help="pool or dataset prefix that may be changed (repeatable; adds to $DSG_STORAGE_ALLOW)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log ZFS steps to stderr")
+    parser.add_argument("--offline", action="store_true", help="read an exported pool, imported read-only for the call")
+    parser.add_argument(
+        "--search-path",
+        action="append",
+        metavar="PATHS",
+        help="with --offline: files, directories or devices to search (repeatable; colon-separated accepted)",
+    )
+    parser.add_argument("--pool", metavar="NAME|ID", help="with --offline: which pool, when the paths hold several")
+    parser.add_argument(
+        "--cache", metavar="FILE", help="read cache: live reads are recorded there ($DSG_STORAGE_CACHE)"
+    )
+    parser.add_argument(
+        "--cached", action="store_true", help="with --offline: if the pool cannot be found, serve reads from the cache"
+    )
     parser.add_argument("--version", action="version", version=f"dsg-storage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -85,6 +116,24 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="commits, oldest first")
     p.add_argument("repo")
+
+    p = sub.add_parser("repos", help="repositories at or below a dataset (default: the offline pool)")
+    p.add_argument("under", nargs="?")
+
+    p = sub.add_parser("ls", help="files of the head or of a commit")
+    p.add_argument("repo")
+    p.add_argument("path", nargs="?", default="")
+    p.add_argument("--commit", metavar="SNAPSHOT", help="a commit (short snapshot name); default: the head")
+
+    p = sub.add_parser("stat", help="one file's type, size, mode, owner and time")
+    p.add_argument("repo")
+    p.add_argument("path")
+    p.add_argument("--commit", metavar="SNAPSHOT")
+
+    p = sub.add_parser("cat", help="one file's contents to stdout")
+    p.add_argument("repo")
+    p.add_argument("path")
+    p.add_argument("--commit", metavar="SNAPSHOT")
 
     p = sub.add_parser("snapshot", help="take a snapshot now, or queue it while the pool is away")
     p.add_argument("repo")
@@ -139,7 +188,85 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=None, sort_keys=True) if args.json else text)
 
 
+def _reader(args: argparse.Namespace, allow: AllowList) -> Reader:
+    cache = ReadCache(args.cache) if (args.cache or os.environ.get(CACHE_ENV)) else None
+    if args.cached and cache is None:
+        raise InvalidArgumentError(f"--cached needs a read cache: --cache FILE or ${CACHE_ENV}")
+    if args.offline:
+        return open_offline(args.search_path, pool=args.pool, cache=cache, cached=args.cached)
+    if args.search_path or args.pool or args.cached:
+        raise InvalidArgumentError("--search-path, --pool and --cached go with --offline")
+    return open_live(allow=allow, cache=cache)
+
+
+def _access(reader: Reader, kind: str, key: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {"access": reader.mode.value}
+    if isinstance(reader, CachedReader):
+        fields.update(cached=True, cached_at=reader.taken_at(kind, key))
+    return fields
+
+
+def _run_read(args: argparse.Namespace, reader: Reader) -> int:
+    print(f"access: {reader.describe()}", file=sys.stderr)
+    if args.command == "history":
+        commits = reader.history(args.repo)
+        extra = _access(reader, "history", args.repo)
+        _emit(
+            args,
+            [{**commit_to_json(c), **extra} for c in commits],
+            "\n".join(f"{c.name}\t{c.committed}\t{c.tx}\t{c.message or ''}".rstrip() for c in commits),
+        )
+    elif args.command == "repos":
+        repos = reader.repositories(args.under)
+        extra = _access(reader, "repositories", args.under or str(reader.pool))
+        _emit(
+            args,
+            [{**attrs.asdict(r), **extra} for r in repos],
+            "\n".join(f"{r.name}\t{r.mountpoint or '-'}\t{r.commits} commits\t{r.last_commit or '-'}" for r in repos),
+        )
+    elif args.command in ("ls", "stat"):
+        entries = (
+            reader.files(args.repo, args.path, commit=args.commit)
+            if args.command == "ls"
+            else [reader.stat(args.repo, args.path, commit=args.commit)]
+        )
+        records = [{**attrs.asdict(e), "access": reader.mode.value} for e in entries]
+        _emit(
+            args,
+            records if args.command == "ls" else records[0],
+            "\n".join(f"{e.type}\t{e.mode}\t{e.uid}:{e.gid}\t{e.size}\t{e.path or '.'}" for e in entries),
+        )
+    elif args.command == "cat":
+        data = reader.read(args.repo, args.path, commit=args.commit)
+        if args.json:
+            _emit(
+                args,
+                {
+                    "access": reader.mode.value,
+                    "path": args.path,
+                    "commit": args.commit,
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "content_base64": base64.b64encode(data).decode(),
+                },
+                "",
+            )
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+    return 0
+
+
 def _run(args: argparse.Namespace, allow: AllowList) -> int:
+    if args.command in READ_COMMANDS:
+        with _reader(args, allow) as reader:
+            return _run_read(args, reader)
+    if args.offline:
+        if args.command == "status":
+            raise InvalidArgumentError("status needs a live pool; offline, use repos, history, ls, stat or cat")
+        raise ReadOnlyError(
+            f"'{args.command}' changes the pool, and --offline access is read-only: nothing was changed"
+        )
     if args.command == "demo":
         from ._demo import run_demo
 
@@ -176,13 +303,6 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
             *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
         ]
         _emit(args, _status_json(status), "\n".join(lines))
-    elif args.command == "history":
-        commits = repo.history()
-        _emit(
-            args,
-            [_commit_json(c) for c in commits],
-            "\n".join(f"{c.name}\t{c.committed}\t{c.tx}\t{c.message or ''}".rstrip() for c in commits),
-        )
     return 0
 
 
@@ -256,7 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if isinstance(exc, NotAllowedError):
             return EXIT_NOT_ALLOWED
-        if isinstance(exc, RepositoryNotFoundError | TransactionNotFoundError | QueueItemNotFoundError):
+        if isinstance(exc, ReadOnlyError):
+            return EXIT_READ_ONLY
+        if isinstance(
+            exc, RepositoryNotFoundError | TransactionNotFoundError | QueueItemNotFoundError | PoolNotFoundError
+        ):
             return EXIT_NOT_FOUND
         if isinstance(exc, DatasetBusyError | RepositoryBusyError):
             return EXIT_BUSY
@@ -265,3 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, ConflictError):
             return EXIT_CONFLICT
         return EXIT_ERROR
+    except FileNotFoundError as exc:  # a file asked of ls/stat/cat
+        print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_NOT_FOUND

@@ -79,6 +79,34 @@ class PoolUnavailableError(ZfsError):
     errno_code = _errno.ENXIO
 
 
+class ReadOnlyError(DsgStorageError, PermissionError):
+    """The pool is opened read-only (offline access): nothing may change. Nothing was changed."""
+
+    errno_code = _errno.EROFS
+
+
+class PoolNotFoundError(DsgStorageError, FileNotFoundError):
+    """No exported pool was found on the search paths. Nothing was imported."""
+
+    errno_code = _errno.ENOENT
+
+
+class PoolOpenError(DsgStorageError, OSError):
+    """A pool was found but cannot be opened (devices missing beyond its redundancy,
+    damaged, or several pools match). Nothing was left imported or mounted."""
+
+    errno_code = _errno.ENXIO
+
+
+class PoolForeignError(PoolOpenError):
+    """The pool was last used, and not exported, by another host; opening it could race
+    that host. Nothing was imported."""
+
+
+class CacheMissError(DsgStorageError, LookupError):
+    """A cached read was asked for, but the cache holds no such read."""
+
+
 class RepositoryNotFoundError(DsgStorageError, FileNotFoundError):
     """The repository's dataset does not exist."""
 

@@ -106,6 +106,11 @@ def old_dataset(repo: str, tx: str) -> str:
     return f"{repo}.dsg-old-{tx}"
 
 
+def receive_dataset(repo: str, tx: str) -> str:
+    """Where a full bundle is received before it takes the repository's name."""
+    return f"{repo}.dsg-recv-{tx}"
+
+
 def base_snapshot(repo: str, tx: str) -> str:
     return f"{repo}@dsg-base-{tx}"
 
@@ -119,7 +124,7 @@ def is_commit_snapshot(short_name: str) -> bool:
     return short_name.startswith("dsg-commit-")
 
 
-_TEMP_RE = re.compile(r"^(?P<repo>.+)\.dsg-(?P<kind>init|ws|old)-(?P<tx>\d{8}T\d{6}Z-[0-9a-f]{6})$")
+_TEMP_RE = re.compile(r"^(?P<repo>.+)\.dsg-(?P<kind>init|ws|old|recv)-(?P<tx>\d{8}T\d{6}Z-[0-9a-f]{6})$")
 
 
 def parse_temporary(dataset: str) -> tuple[str, str, str] | None:
@@ -134,6 +139,11 @@ def workspace_mount_path(mountpoint: str, tx: str) -> str:
 
 
 _SNAPSHOT_SHORT_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+
+
+def is_snapshot_short(short: str) -> bool:
+    """Characters ZFS accepts in a snapshot's name after '@' (any snapshot, ours too)."""
+    return bool(_SNAPSHOT_SHORT_RE.match(short))
 
 
 def valid_snapshot_short(short: str) -> bool:

@@ -35,7 +35,7 @@ import logging
 import os
 import signal
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -60,7 +60,7 @@ from ._lock import repository_lock
 from ._names import prop
 from ._options import Owner, check_mountpoint, parse_mode
 from ._queue import Queue
-from ._zfs import Batch, Zfs, zfs_mounts
+from ._zfs import Batch, Snapshot, Zfs, zfs_mounts
 
 log = logging.getLogger("dsg_storage")
 
@@ -112,6 +112,22 @@ class Commit:
     @property
     def name(self) -> str:
         return self.snapshot.split("@", 1)[1]
+
+
+def commits_of(snapshots: Sequence[Snapshot]) -> list[Commit]:
+    """The commit snapshots among ``snapshots`` (in their order), as Commits."""
+    return [
+        Commit(
+            snapshot=snap.name,
+            tx=snap.user_props.get(P_TX, ""),
+            committed=snap.user_props.get(P_COMMITTED, ""),
+            message=snap.user_props.get(P_MESSAGE) or None,
+            guid=snap.guid,
+            createtxg=snap.createtxg,
+        )
+        for snap in snapshots
+        if _names.is_commit_snapshot(snap.short_name)
+    ]
 
 
 @attrs.frozen
@@ -275,22 +291,7 @@ class Repository:
         """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
         if not self.exists():
             raise RepositoryNotFoundError(f"repository {self.name} does not exist", dataset=self.name)
-        commits = []
-        for snap in self.zfs.snapshots(self.name):
-            if not _names.is_commit_snapshot(snap.short_name):
-                continue
-            props = snap.user_props
-            commits.append(
-                Commit(
-                    snapshot=snap.name,
-                    tx=props.get(P_TX, ""),
-                    committed=props.get(P_COMMITTED, ""),
-                    message=props.get(P_MESSAGE) or None,
-                    guid=snap.guid,
-                    createtxg=snap.createtxg,
-                )
-            )
-        return commits
+        return commits_of(self.zfs.snapshots(self.name))
 
     def _records(self, family: Mapping[str, Mapping[str, str]]) -> list[_Record]:
         """Transactions whose temporary dataset (init or workspace) exists, oldest first."""

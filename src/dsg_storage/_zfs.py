@@ -21,20 +21,30 @@ mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option,
 ``zfs diff``                  libzfs_core has no diff; run only when a commit finds the
                               repository written since begin (``written@base`` > 0),
                               to tell file changes from the metadata a mount writes
+``zfs list -j``/``zfs get``   reads on a pool imported read-only: channel programs,
+                              even ``nosync`` ones, refuse such a pool (EROFS)
+``zpool import``/``export``   (``_zpool``) offline access: libzfs_core cannot scan
+                              devices, import or export; imports are read-only,
+                              with no cache file and nothing mounted
 ============================  =====================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
+import functools
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +64,7 @@ from ._errors import (
     InvalidNameError,
     NoSpaceError,
     PoolUnavailableError,
+    ReadOnlyError,
     ZfsError,
     ZfsUnavailableError,
 )
@@ -171,6 +182,26 @@ for child in zfs.list.children(argv[1]) do
     n = n + 1
     out[string.format("%08d", n)] = child
 end
+return out
+"""
+)
+
+# Every filesystem at or under argv[1], with its own user properties under argv[2] and
+# its mountpoint: the repository list.
+_FILESYSTEMS = (
+    _LUA_PREAMBLE
+    + """
+local out = {}
+local function visit(ds)
+    local props = {}
+    for name, value, source in zfs.list.user_properties(ds) do
+        if source == ds and string.sub(name, 1, #argv[2]) == argv[2] then props[name] = value end
+    end
+    props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
+    out[ds] = props
+    for child in zfs.list.children(ds) do visit(child) end
+end
+if zfs.exists(argv[1]) then visit(argv[1]) end
 return out
 """
 )
@@ -318,14 +349,33 @@ class DatasetChangedError(ZfsError):
         self.written = written
 
 
+def _widen_pipe(fd: int) -> None:
+    """1 MiB pipe buffer (F_SETPIPE_SZ): fewer switches between ZFS and us per MiB."""
+    with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size: keep the default
+        fcntl.fcntl(fd, 1031, 1 << 20)
+
+
+def zfs_version() -> str:
+    """The loaded ZFS kernel module's version, e.g. "2.3.9-1"."""
+    try:
+        return Path("/sys/module/zfs/version").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+class _PoolReadOnly(Exception):
+    """A channel program was refused because the pool is imported read-only."""
+
+
 class _Libc:
     def __init__(self) -> None:
         self.lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         self.lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         self.lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
-    def mount(self, source: str, target: str, fstype: str, data: str) -> None:
-        if self.lib.mount(source.encode(), target.encode(), fstype.encode(), 0, data.encode()) != 0:
+    def mount(self, source: str, target: str, fstype: str, data: str, *, readonly: bool = False) -> None:
+        flags = 1 if readonly else 0  # MS_RDONLY
+        if self.lib.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target)
 
@@ -390,6 +440,7 @@ class Zfs:
 
     ``allow`` confines every mutating call; ``busy_timeout`` bounds the retries of
     transient EBUSY (unmount, destroy); ``sleep`` is injectable so tests never wait.
+    ``read_only`` refuses every mutating call with ReadOnlyError (offline access).
     """
 
     def __init__(
@@ -399,8 +450,10 @@ class Zfs:
         busy_timeout: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
         lzc: ModuleType | None = None,
+        read_only: bool = False,
     ) -> None:
         self.allow = allow
+        self.read_only = read_only
         self.busy_timeout = busy_timeout
         self.sleep = sleep
         self.lzc = lzc or load_libzfs_core()
@@ -459,6 +512,11 @@ class Zfs:
             ) from exc
 
     def _check(self, *datasets: str) -> None:
+        if self.read_only:
+            raise ReadOnlyError(
+                f"{datasets[0] if datasets else 'the pool'} is opened read-only (offline access): nothing can change",
+                dataset=datasets[0] if datasets else None,
+            )
         for dataset in datasets:
             self.allow.check(dataset)
 
@@ -473,8 +531,13 @@ class Zfs:
         """
         fn = self.lzc.lzc_channel_program if sync else self.lzc.lzc_channel_program_nosync
         params = [_b(a) for a in args]
-        # pyzfs hands back the program's return value itself (already unwrapped).
-        return _decode(self._call(args[0] if args else pool, fn, _b(pool), _b(source), params=params))
+        try:
+            # pyzfs hands back the program's return value itself (already unwrapped).
+            return _decode(fn(_b(pool), _b(source), params=params))
+        except self._lzc_errors.ZFSError as exc:
+            if getattr(exc, "errno", None) == errno.EROFS:
+                raise _PoolReadOnly(pool) from exc
+            raise self._translate(exc, args[0] if args else pool) from exc
 
     def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None:
         """Properties of ``dataset`` (native or user) that are set; None if it does not exist."""
@@ -485,7 +548,10 @@ class Zfs:
 
     def snapshots(self, dataset: str, user_prefix: str = _names.PROP_PREFIX) -> list[Snapshot]:
         """Snapshots of ``dataset`` in creation order, with our user properties."""
-        raw = self.program(_names.pool_of(dataset), _SNAPSHOTS, [dataset, user_prefix], sync=False) or {}
+        try:
+            raw = self.program(_names.pool_of(dataset), _SNAPSHOTS, [dataset, user_prefix], sync=False) or {}
+        except _PoolReadOnly:
+            raw = self._snapshots_cli(dataset, user_prefix)
         snaps = [
             Snapshot(
                 name=item["name"],
@@ -497,6 +563,56 @@ class Zfs:
             for item in raw.values()
         ]
         return sorted(snaps, key=lambda s: s.createtxg)
+
+    def _snapshots_cli(self, dataset: str, user_prefix: str) -> dict[str, Any]:
+        listed = self._zfs_json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)
+        local = self._zfs_json("get", "-t", "snapshot", "-d", "1", "-s", "local", "all", dataset)
+        return {
+            name: {
+                **{key: info["properties"][key]["value"] for key in ("guid", "createtxg", "creation")},
+                "name": name,
+                "user": {
+                    k: v["value"]
+                    for k, v in local.get(name, {}).get("properties", {}).items()
+                    if k.startswith(user_prefix)
+                },
+            }
+            for name, info in listed.items()
+        }
+
+    def filesystems(self, under: str, user_prefix: str = _names.PROP_PREFIX) -> dict[str, dict[str, str]]:
+        """``under`` and every filesystem below it: their own user properties under
+        ``user_prefix`` and ``mountpoint`` (as the pool reports it). Empty if absent."""
+        try:
+            raw = self.program(_names.pool_of(under), _FILESYSTEMS, [under, user_prefix], sync=False) or {}
+            return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
+        except _PoolReadOnly:
+            pass
+        listed = self._zfs_json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint", under, missing_ok=True)
+        local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local", "all", under, missing_ok=True)
+        return {
+            name: {
+                **{
+                    k: str(v["value"])
+                    for k, v in local.get(name, {}).get("properties", {}).items()
+                    if k.startswith(user_prefix)
+                },
+                "mountpoint": str(info["properties"]["mountpoint"]["value"]),
+            }
+            for name, info in listed.items()
+        }
+
+    def _zfs_json(self, *args: str, missing_ok: bool = False) -> dict[str, Any]:
+        """``zfs list|get -j -p ...``: datasets by name, values as strings (not --json-int:
+        OpenZFS 2.3 clamps it at 2**63-1, which garbles GUIDs)."""
+        try:
+            out = self._zfs_command(args[0], "-j", "-p", *args[1:])
+        except DatasetNotFoundError:
+            if missing_ok:
+                return {}
+            raise
+        datasets: dict[str, Any] = json.loads(out).get("datasets") or {}
+        return datasets
 
     def children(self, dataset: str) -> list[str]:
         raw = self.program(_names.pool_of(dataset), _CHILDREN, [dataset], sync=False) or {}
@@ -534,6 +650,85 @@ class Zfs:
         for path in reversed(paths):
             self.unmount(name, path)
         self._retry_busy(name, "destroy", lambda: self._call(name, self.lzc.lzc_destroy, _b(name)), None)
+
+    def rollback(self, filesystem: str) -> None:
+        """Roll ``filesystem`` back to its latest snapshot (works while mounted)."""
+        self._check(filesystem)
+        self._call(filesystem, self.lzc.lzc_rollback, _b(filesystem))
+
+    @contextlib.contextmanager
+    def send_stream(self, snapshot: str, from_snapshot: str | None = None) -> Iterator[Callable[[int], bytes]]:
+        """The send stream of ``snapshot`` (incremental from ``from_snapshot``), as a
+        ``read(n)`` function; reads b"" at its end. lzc_send writes to a file descriptor in
+        the kernel until done, so it runs in a thread feeding a pipe. A send that fails
+        raises when the block ends (its stream just ends early)."""
+        r, w = os.pipe()
+        _widen_pipe(w)
+        failure: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                self.lzc.lzc_send(_b(snapshot), _b(from_snapshot) if from_snapshot else None, w, None)
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread below)
+                failure.append(exc)
+            finally:
+                os.close(w)
+
+        thread = threading.Thread(target=send, name="dsg-storage-send", daemon=True)
+        thread.start()
+        try:
+            yield functools.partial(os.read, r)
+        finally:
+            os.close(r)  # a reader that stopped early: the sender gets EPIPE and ends
+            thread.join()
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, self._lzc_errors.ZFSError):
+                raise self._translate(exc, snapshot) from exc
+            raise exc
+
+    @contextlib.contextmanager
+    def receive_stream(self, snapshot: str, *, force: bool = False) -> Iterator[Callable[[bytes], None]]:
+        """Receive a send stream as ``snapshot``, fed through the ``write(chunk)`` function
+        this yields. The stream lands when the block ends normally; if the block raises, the
+        stream is cut short and ZFS discards everything received (nothing is left).
+        ``force`` rolls the target back to its latest snapshot first (``zfs receive -F``)."""
+        self._check(snapshot.split("@", 1)[0])
+        r, w = os.pipe()
+        _widen_pipe(w)
+        failure: list[BaseException] = []
+
+        def receive() -> None:
+            try:
+                self.lzc.lzc_receive(_b(snapshot), r, force=force)
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread below)
+                failure.append(exc)
+            finally:
+                os.close(r)
+
+        thread = threading.Thread(target=receive, name="dsg-storage-receive", daemon=True)
+        thread.start()
+        stopped = False
+
+        def write(chunk: bytes) -> None:
+            nonlocal stopped
+            view = memoryview(chunk)
+            while view and not stopped:
+                try:
+                    view = view[os.write(w, view) :]
+                except BrokenPipeError:
+                    stopped = True  # the receive ended (failed): its error is raised below
+
+        try:
+            yield write
+        finally:
+            os.close(w)  # end of stream; after an exception, a truncated one: ZFS discards it
+            thread.join()
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, self._lzc_errors.ZFSError):
+                raise self._translate(exc, snapshot) from exc
+            raise exc
 
     def destroy_snapshots(self, names: Sequence[str]) -> None:
         if not names:
@@ -622,6 +817,24 @@ class Zfs:
             self._unmount_top(dataset, target)
             for other in above:
                 self._libc.mount(other, target, "zfs", "zfsutil")
+
+    def mount_readonly(self, source: str, path: str) -> None:
+        """Mount a filesystem or a snapshot read-only at ``path`` (an empty private
+        directory). Changes nothing in the pool, so the allow-list is not consulted."""
+        try:
+            self._libc.mount(source, path, "zfs", "zfsutil", readonly=True)
+        except OSError as exc:
+            raise ZfsError(f"cannot mount {source} read-only at {path}: {exc.strerror}", dataset=source) from exc
+
+    def release_mount(self, source: str, path: str) -> None:
+        """Unmount what ``mount_readonly`` mounted (and anything ZFS automounted below it,
+        such as a snapshot under ``.zfs``); retried while busy."""
+        nested = sorted(
+            (p for ds, p in _zfs_mount_entries() if p.startswith(path.rstrip("/") + "/")), key=len, reverse=True
+        )
+        for inner in nested:
+            self._unmount_top(source, inner)
+        self._unmount_top(source, path)
 
     def _unmount_top(self, dataset: str, target: str) -> None:
         """Unmount the top mount at ``target`` (which is ``dataset``'s); retried while busy."""

@@ -1,0 +1,63 @@
+"""Opt-in local record of live reads (repository lists, histories), served when a pool
+cannot be found and the caller asks for it, always marked with the time it was taken.
+
+After a crash: each read is stored in one SQLite transaction, so the cache holds either
+the previous or the new copy of a read, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._errors import CacheMissError
+
+ENV = "DSG_STORAGE_CACHE"
+
+
+@attrs.frozen
+class CachedRead:
+    payload: Any
+    taken_at: str  # ISO 8601, UTC
+
+
+class ReadCache:
+    """SQLite file at ``path`` (or ``$DSG_STORAGE_CACHE``) holding the last copy of each read."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        path = path or os.environ.get(ENV)
+        if not path:
+            raise CacheMissError(f"no read cache configured (pass a path or set {ENV})")
+        self.path = Path(path)
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS reads (kind TEXT, key TEXT, payload TEXT, taken_at TEXT, PRIMARY KEY (kind, key))"
+        )
+
+    def record(self, kind: str, key: str, payload: Any) -> None:
+        taken = datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds")
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO reads VALUES (?, ?, ?, ?)",
+                (kind, key, json.dumps(payload, sort_keys=True), taken),
+            )
+
+    def get(self, kind: str, key: str) -> CachedRead:
+        row = self._db.execute("SELECT payload, taken_at FROM reads WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        if row is None:
+            raise CacheMissError(f"the read cache {self.path} holds no {kind} of {key}", hint="read it live once first")
+        return CachedRead(json.loads(row[0]), row[1])
+
+    def close(self) -> None:
+        self._db.close()

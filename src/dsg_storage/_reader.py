@@ -1,0 +1,421 @@
+"""The read API, the same whether a pool is live (imported for writing) or offline
+(imported read-only by ``open_offline``): repositories, histories, files of a commit or
+of the head.
+
+    with open_live() as reader:                       # reader.mode is Mode.LIVE
+        for commit in reader.history("tank/data/survey"): ...
+        reader.read("tank/data/survey", "results.csv", commit="dsg-commit-20261121T101010123Z")
+
+Names are always the pool's own (``tank/...``), even when an offline pool had to be
+imported under a temporary name. Files of a commit are read from the snapshot mounted
+read-only at a private directory (unmounted on ``close``), never through ``.zfs``.
+
+Nothing here changes a pool: in offline mode every mutating call of a repository view
+raises ReadOnlyError before anything happens. After a crash of a reader, at most its
+private read-only mounts are left (``/tmp/dsg-storage-read-*``), which change nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat as stat_
+import tempfile
+from collections.abc import Callable
+from typing import Any, BinaryIO, Self
+
+import attrs
+
+from . import _names
+from ._allow import AllowList
+from ._errors import (
+    CacheMissError,
+    DatasetNotFoundError,
+    InvalidArgumentError,
+    ReadOnlyError,
+    RepositoryNotFoundError,
+)
+from ._readcache import ReadCache
+from ._transaction import P_MODE, P_OWNER, Commit, Repository, Transaction, commits_of
+from ._zfs import Zfs, zfs_mounts
+
+
+class Mode(enum.Enum):
+    """How a pool is being read: ``live`` (imported for writing, as usual) or
+    ``offline`` (imported read-only by us, or served from the read cache)."""
+
+    LIVE = "live"
+    OFFLINE = "offline"
+
+
+@attrs.frozen
+class FileEntry:
+    """One file of a commit or head; ``path`` is relative to the repository's root."""
+
+    path: str
+    type: str  # file, dir, symlink, other
+    size: int
+    mode: str  # permission bits, octal ("0644")
+    uid: int
+    gid: int
+    mtime_ns: int
+    target: str | None = None  # a symlink's target
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result, target: str | None) -> FileEntry:
+        kind = (
+            "dir"
+            if stat_.S_ISDIR(st.st_mode)
+            else "symlink"
+            if stat_.S_ISLNK(st.st_mode)
+            else "file"
+            if stat_.S_ISREG(st.st_mode)
+            else "other"
+        )
+        return cls(
+            path, kind, st.st_size, f"{stat_.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid, st.st_mtime_ns, target
+        )
+
+
+@attrs.frozen
+class RepositoryInfo:
+    name: str
+    mountpoint: str | None  # the property, as the pool records it
+    owner: str | None
+    mode: str | None
+    commits: int
+    last_commit: str | None  # short snapshot name
+
+
+def commit_to_json(commit: Commit) -> dict[str, Any]:
+    return {**attrs.asdict(commit), "name": commit.name}
+
+
+def _commit_from_json(data: dict[str, Any]) -> Commit:
+    return Commit(**{f.name: data[f.name] for f in attrs.fields(Commit)})
+
+
+class Reader:
+    """Reads one pool. Use ``open_live`` or ``open_offline`` to get one; ``close`` (or a
+    ``with`` block) releases its mounts and, offline, exports the pool it imported."""
+
+    cached = False
+
+    def __init__(
+        self,
+        zfs: Zfs | None,
+        *,
+        mode: Mode,
+        pool: str | None = None,
+        imported_as: str | None = None,
+        altroot: str | None = None,
+        cache: ReadCache | None = None,
+        on_close: Callable[[], None] | None = None,
+        health: str = "ONLINE",
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        self.zfs = zfs
+        self.mode = mode
+        self.pool = pool  # None: any pool (live)
+        self.imported_as = imported_as or pool
+        self.altroot = altroot
+        self.cache = cache
+        self.health = health
+        self.notes = notes  # things the user should know (degraded, temporary name...)
+        self._on_close = on_close
+        self._private: str | None = None
+        self._mounts: dict[str, str] = {}  # source -> private path
+        self.closed = False
+
+    @property
+    def read_only(self) -> bool:
+        return self.zfs is None or self.zfs.read_only
+
+    @property
+    def _zfs(self) -> Zfs:
+        if self.zfs is None:
+            raise CacheMissError("this reader serves cached reads only")
+        return self.zfs
+
+    def describe(self) -> str:
+        """One line saying how the pool is read (shown by every command)."""
+        parts = [self.mode.value]
+        if self.pool:
+            parts.append(f"pool {self.pool}")
+        if self.imported_as and self.imported_as != self.pool:
+            parts.append(f"imported read-only as {self.imported_as}")
+        elif self.mode is Mode.OFFLINE:
+            parts.append("imported read-only")
+        if self.health != "ONLINE":
+            parts.append(self.health)
+        return ", ".join(parts + list(self.notes))
+
+    # ------------------------------------------------------------------ names
+    def _incore(self, name: str) -> str:
+        """Our caller's name (on-disk pool name) -> the name ZFS knows now."""
+        name = name.rstrip("/")
+        if not name or "@" in name or "#" in name:
+            raise InvalidArgumentError(f"{name!r} is not a dataset name")
+        if self.pool is None:
+            return name
+        pool, _, rest = name.partition("/")
+        if pool != self.pool:
+            raise InvalidArgumentError(f"{name} is not on pool {self.pool}, the pool this reader has open")
+        return f"{self.imported_as}/{rest}" if rest else str(self.imported_as)
+
+    def _outside(self, name: str) -> str:
+        """The name ZFS knows -> our caller's."""
+        if self.pool is None or self.imported_as == self.pool:
+            return name
+        return str(self.pool) + name[len(str(self.imported_as)) :]
+
+    def _mountpoint(self, value: str | None) -> str | None:
+        if value and self.altroot and value.startswith(self.altroot.rstrip("/") + "/"):
+            return value[len(self.altroot.rstrip("/")) :]
+        return value
+
+    # ------------------------------------------------------------------ reads
+    def repositories(self, under: str | None = None) -> list[RepositoryInfo]:
+        """Repositories (datasets dsg-storage initialized) at or below ``under`` (default:
+        the whole pool), by name."""
+        if under is None:
+            if self.pool is None:
+                raise InvalidArgumentError("say under which dataset to list repositories")
+            under = self.pool
+        found = self._zfs.filesystems(self._incore(under))
+        if not found:
+            raise RepositoryNotFoundError(f"{under} does not exist", dataset=under)
+        repos = []
+        for name, props in sorted(found.items()):
+            if P_OWNER not in props or _names.parse_temporary(name):
+                continue
+            commits = self._history(name)
+            repos.append(
+                RepositoryInfo(
+                    name=self._outside(name),
+                    mountpoint=self._mountpoint(props.get("mountpoint")),
+                    owner=props.get(P_OWNER),
+                    mode=props.get(P_MODE),
+                    commits=len(commits),
+                    last_commit=commits[-1].name if commits else None,
+                )
+            )
+        self._record("repositories", under, [attrs.asdict(r) for r in repos])
+        return repos
+
+    def history(self, repo: str) -> list[Commit]:
+        """Commits of ``repo``, oldest first (names, GUIDs, times, our user properties)."""
+        commits = self._history(self._incore(repo))
+        self._record("history", repo, [commit_to_json(c) for c in commits])
+        return commits
+
+    def _history(self, incore: str) -> list[Commit]:
+        try:
+            snapshots = self._zfs.snapshots(incore)
+        except DatasetNotFoundError as exc:
+            raise RepositoryNotFoundError(
+                f"repository {self._outside(incore)} does not exist", dataset=self._outside(incore)
+            ) from exc
+        return [attrs.evolve(c, snapshot=self._outside(c.snapshot)) for c in commits_of(snapshots)]
+
+    def files(self, repo: str, path: str = "", *, commit: str | None = None) -> list[FileEntry]:
+        """Every file at or below ``path`` in ``commit`` (default: the head), sorted by path."""
+        root = self._root(repo, commit)
+        top = self._resolve(root, path)
+        entries = [self._entry(root, top)]
+        if entries[0].type == "dir":
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames.sort()
+                for name in sorted(dirnames + filenames):
+                    entries.append(self._entry(root, os.path.join(dirpath, name)))
+        return sorted(entries, key=lambda e: e.path)
+
+    def stat(self, repo: str, path: str, *, commit: str | None = None) -> FileEntry:
+        root = self._root(repo, commit)
+        return self._entry(root, self._resolve(root, path))
+
+    def open(self, repo: str, path: str, *, commit: str | None = None) -> BinaryIO:
+        """A read-only binary file object for one file (the caller closes it)."""
+        root = self._root(repo, commit)
+        full = self._resolve(root, path)
+        real = os.path.realpath(full)
+        if real != root and not real.startswith(root.rstrip("/") + "/"):
+            raise InvalidArgumentError(f"{path} leads outside the repository (a symlink to {real})")
+        return open(real, "rb")
+
+    def read(self, repo: str, path: str, *, commit: str | None = None) -> bytes:
+        with self.open(repo, path, commit=commit) as handle:
+            return handle.read()
+
+    def _entry(self, root: str, full: str) -> FileEntry:
+        st = os.lstat(full)
+        rel = os.path.relpath(full, root)
+        target = os.readlink(full) if stat_.S_ISLNK(st.st_mode) else None
+        return FileEntry.of("" if rel == "." else rel, st, target)
+
+    @staticmethod
+    def _resolve(root: str, path: str) -> str:
+        norm = os.path.normpath("/" + path.lstrip("/")).lstrip("/")
+        if norm.split("/")[0] == "..":
+            raise InvalidArgumentError(f"{path} leads outside the repository")
+        full = os.path.join(root, norm) if norm and norm != "." else root
+        if not os.path.lexists(full):
+            raise FileNotFoundError(2, "no such file in the repository", path)
+        return full
+
+    def _root(self, repo: str, commit: str | None) -> str:
+        """A directory showing ``repo``'s head or commit: its own mount when it is mounted
+        (live), else a private read-only mount."""
+        incore = self._incore(repo)
+        if commit is None:
+            source = incore
+            mounted = zfs_mounts().get(incore)
+            if mounted and self.mode is Mode.LIVE:
+                return mounted[0]
+        else:
+            short = commit.split("@", 1)[-1]
+            if not _names.is_snapshot_short(short):
+                raise InvalidArgumentError(f"{commit!r} is not a snapshot name")
+            source = f"{incore}@{short}"
+            if short not in {c.name for c in self._history(incore)} and not self._zfs.exists(source):
+                raise RepositoryNotFoundError(f"{repo} has no commit {short}", dataset=repo)
+        if source not in self._mounts:
+            if not self._zfs.exists(incore):
+                raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
+            self._private = self._private or tempfile.mkdtemp(prefix="dsg-storage-read-")
+            path = os.path.join(self._private, f"m{len(self._mounts)}")
+            os.mkdir(path)
+            self._zfs.mount_readonly(source, path)
+            self._mounts[source] = path
+        return self._mounts[source]
+
+    def _record(self, kind: str, key: str, payload: Any) -> None:
+        if self.cache is not None:
+            self.cache.record(kind, key, payload)
+
+    # ------------------------------------------------------------------ writes
+    def repository(self, name: str) -> RepositoryView:
+        """The repository ``name`` through this reader: its reads, and (live only) its changes."""
+        self._incore(name)
+        return RepositoryView(self, name)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Unmount what this reader mounted; offline, export the pool if we imported it."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for source, path in reversed(list(self._mounts.items())):
+                self._zfs.release_mount(source, path)
+                os.rmdir(path)
+            self._mounts.clear()
+            if self._private:
+                os.rmdir(self._private)
+        finally:
+            if self._on_close:
+                self._on_close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CachedReader(Reader):
+    """Serves repository lists and histories recorded earlier by live reads. Every result
+    was taken at ``taken_at(kind, key)``; file reads are not cached."""
+
+    cached = True
+
+    def __init__(self, cache: ReadCache, *, pool: str | None = None, reason: str = "") -> None:
+        super().__init__(None, mode=Mode.OFFLINE, pool=pool, cache=cache)
+        self.reason = reason
+        self._taken: dict[tuple[str, str], str] = {}
+
+    def describe(self) -> str:
+        return f"offline, cached reads from {self.cache.path if self.cache else '?'} ({self.reason})"
+
+    def taken_at(self, kind: str, key: str) -> str | None:
+        return self._taken.get((kind, key))
+
+    def _get(self, kind: str, key: str) -> Any:
+        assert self.cache is not None
+        found = self.cache.get(kind, key)
+        self._taken[(kind, key)] = found.taken_at
+        return found.payload
+
+    def repositories(self, under: str | None = None) -> list[RepositoryInfo]:
+        key = under or str(self.pool)
+        return [RepositoryInfo(**item) for item in self._get("repositories", key)]
+
+    def history(self, repo: str) -> list[Commit]:
+        return [_commit_from_json(item) for item in self._get("history", repo)]
+
+    def _root(self, repo: str, commit: str | None) -> str:
+        raise CacheMissError(f"file contents of {repo} are not cached (only repository lists and histories are)")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.cache:
+            self.cache.close()
+
+
+class RepositoryView:
+    """A repository seen through a Reader: reads always; changes only when live."""
+
+    def __init__(self, reader: Reader, name: str) -> None:
+        self.reader = reader
+        self.name = name
+
+    @property
+    def mode(self) -> Mode:
+        return self.reader.mode
+
+    def history(self) -> list[Commit]:
+        return self.reader.history(self.name)
+
+    def files(self, path: str = "", *, commit: str | None = None) -> list[FileEntry]:
+        return self.reader.files(self.name, path, commit=commit)
+
+    def stat(self, path: str, *, commit: str | None = None) -> FileEntry:
+        return self.reader.stat(self.name, path, commit=commit)
+
+    def read(self, path: str, *, commit: str | None = None) -> bytes:
+        return self.reader.read(self.name, path, commit=commit)
+
+    def _writable(self, what: str) -> Repository:
+        if self.reader.read_only:
+            raise ReadOnlyError(
+                f"cannot {what} {self.name}: its pool is open read-only ({self.reader.describe()})",
+                dataset=self.name,
+                hint="changes need the pool imported normally",
+            )
+        return Repository(self.name, zfs=self.reader._zfs)
+
+    def begin(self, **kwargs: Any) -> Transaction:
+        return self._writable("begin a transaction on").begin(**kwargs)
+
+    def commit(self, tx: str, message: str | None = None) -> Commit:
+        return self._writable("commit to").commit(tx, message)
+
+    def rollback(self, tx: str) -> None:
+        self._writable("roll back a transaction of").rollback(tx)
+
+    def abort(self, tx: str) -> None:
+        self._writable("abort a transaction of").rollback(tx)
+
+    def recover(self) -> list[str]:
+        return self._writable("recover").recover()
+
+    def snapshot(self, name: str) -> None:
+        """Take snapshot ``name`` (``REPO@short``)."""
+        self._writable("snapshot").snapshot(name)
+
+
+def open_live(*, allow: AllowList | str | None = None, cache: ReadCache | None = None) -> Reader:
+    """A reader of the pools imported on this host; with ``cache``, repository lists and
+    histories it reads are recorded for ``open_offline(..., cached=True)``."""
+    allow_list = allow if isinstance(allow, AllowList) else AllowList.parse(allow) if allow else AllowList.from_env()
+    return Reader(Zfs(allow_list), mode=Mode.LIVE, cache=cache)
