@@ -12,6 +12,8 @@ All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
 """
 
 from ._allow import AllowList
+from ._bundle import ImportResult, check_lock, export_bundle, import_bundle, inspect_bundle, verify_bundle, write_lock
+from ._bundle_format import BundleInfo, PartSummary
 from ._errors import (
     BundleCorruptError,
     BundleError,
@@ -44,6 +46,7 @@ from ._errors import (
     ZfsError,
     ZfsUnavailableError,
 )
+from ._lockfile import LockDiff, LockedCommit, LockFile
 from ._offline import open_offline
 from ._options import Owner
 from ._queue import Item, ItemState, Kind, Queue, RetryPolicy
@@ -67,6 +70,7 @@ __all__ = [
     "AllowList",
     "BundleCorruptError",
     "BundleError",
+    "BundleInfo",
     "BundleTruncatedError",
     "BundleVersionError",
     "CacheMissError",
@@ -78,17 +82,22 @@ __all__ = [
     "DatasetNotFoundError",
     "DsgStorageError",
     "FileEntry",
+    "ImportResult",
     "InvalidArgumentError",
     "InvalidNameError",
     "Item",
     "ItemState",
     "Kind",
+    "LockDiff",
+    "LockFile",
     "LockFileError",
+    "LockedCommit",
     "Mode",
     "NoSpaceError",
     "NotABundleError",
     "NotAllowedError",
     "Owner",
+    "PartSummary",
     "Pattern",
     "PendingTransaction",
     "Phase",
@@ -118,6 +127,12 @@ __all__ = [
     "ZfsUnavailableError",
     "__version__",
     "begin",
+    "check_lock",
+    "export_bundle",
+    "import_bundle",
+    "inspect_bundle",
     "open_live",
     "open_offline",
+    "verify_bundle",
+    "write_lock",
 ]

@@ -5,7 +5,9 @@
 Exit status: 0 success; 1 a ZFS or transaction error; 2 bad usage or input (nothing was
 touched); 3 not allowed by the allow-list; 4 repository, transaction, pool or file not
 found; 5 dataset or repository busy; 6 another transaction is open; 7 conflict (the
-repository changed after begin); 8 read-only (a change asked of an offline pool). Errors are one line on stderr:
+repository changed after begin); 8 read-only (a change asked of an offline pool);
+9 a bundle or lock file that cannot be used (damaged, truncated, newer format, wrong
+base); 10 the repository does not match the lock file. Errors are one line on stderr:
 ``dsg-storage: <reason>``.
 
 Read commands (``repos``, ``history``, ``ls``, ``stat``, ``cat``) work live or, with
@@ -31,13 +33,27 @@ from typing import Any
 import attrs
 
 from . import __version__
+from . import _lockfile as lockfile
 from ._allow import AllowList
+from ._bundle import (
+    check_lock,
+    export_bundle,
+    import_bundle,
+    inspect_bundle,
+    verify_bundle,
+    write_lock,
+    write_progress,
+)
+from ._bundle import describe as describe_bundle
+from ._bundle_format import BundleInfo
 from ._errors import (
+    BundleError,
     ConflictError,
     DatasetBusyError,
     DsgStorageError,
     InvalidArgumentError,
     InvalidNameError,
+    LockFileError,
     NotAllowedError,
     PoolNotFoundError,
     PoolUnavailableError,
@@ -57,7 +73,7 @@ from ._transaction import Commit, Repository, RepositoryStatus
 from ._zfs import Zfs
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
-EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY = 6, 7, 8
+EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
 READ_COMMANDS = ("repos", "history", "ls", "stat", "cat")
 
 
@@ -134,6 +150,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo")
     p.add_argument("path")
     p.add_argument("--commit", metavar="SNAPSHOT")
+
+    p = sub.add_parser("bundle", help="repository snapshots as a verified file: export, inspect, verify, import")
+    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    b = bundle_sub.add_parser("export", help="write a bundle (full, or incremental with --since)")
+    b.add_argument("repo")
+    b.add_argument("--snapshot", metavar="SNAP", help="last snapshot to carry (default: the latest)")
+    b.add_argument("--since", metavar="SNAP", help="make an incremental bundle from this base")
+    b.add_argument("-o", "--output", required=True, metavar="FILE")
+    b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)")
+    b.add_argument("file")
+    b = bundle_sub.add_parser("verify", help="check a bundle's structure and every checksum")
+    b.add_argument("file")
+    b = bundle_sub.add_parser("import", help="verify, then receive a bundle: all of it or nothing")
+    b.add_argument("file")
+    b.add_argument("--into", required=True, metavar="REPO")
+    b.add_argument("--mountpoint", help="for a full bundle: where the new repository is mounted")
+
+    p = sub.add_parser("lock", help="write a lock file: the repository's commits with their GUIDs")
+    p.add_argument("repo")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+
+    p = sub.add_parser("verify", help="does the repository match a lock file?")
+    p.add_argument("--lock", required=True, metavar="FILE")
+    p.add_argument("repo")
 
     p = sub.add_parser("snapshot", help="take a snapshot now, or queue it while the pool is away")
     p.add_argument("repo")
@@ -267,6 +307,10 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
         raise ReadOnlyError(
             f"'{args.command}' changes the pool, and --offline access is read-only: nothing was changed"
         )
+    if args.command == "bundle":
+        return _run_bundle(args, allow)
+    if args.command in ("lock", "verify"):
+        return _run_lock(args, allow)
     if args.command == "demo":
         from ._demo import run_demo
 
@@ -304,6 +348,78 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
         ]
         _emit(args, _status_json(status), "\n".join(lines))
     return 0
+
+
+def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
+    return {
+        "file": path,
+        "format_version": info.format_version,
+        "metadata": dict(info.metadata),
+        "parts": [
+            {"index": p.index, "size": p.size, "digest": p.digest, "offset": p.offset, **p.info} for p in info.parts
+        ],
+        "stream_bytes": info.total_size,
+        "file_size": info.file_size,
+    }
+
+
+def _run_bundle(args: argparse.Namespace, allow: AllowList) -> int:
+    action = args.bundle_command
+    if action == "export":
+        progress = None if args.json else write_progress(label="export")
+        info = export_bundle(args.repo, args.output, snapshot=args.snapshot, since=args.since, progress=progress)
+        _emit(args, _bundle_json(args.output, info), "\n".join(describe_bundle(info)))
+    elif action == "inspect":
+        info = inspect_bundle(args.file)
+        _emit(args, _bundle_json(args.file, info), "\n".join(describe_bundle(info)))
+    elif action == "verify":
+        info = verify_bundle(args.file, progress=None if args.json else write_progress(label="verify"))
+        _emit(
+            args,
+            {**_bundle_json(args.file, info), "ok": True},
+            f"{args.file}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches)",
+        )
+    else:
+        progress = None if args.json else write_progress(label="verify+import")
+        result = import_bundle(args.file, args.into, mountpoint=args.mountpoint, allow=allow, progress=progress)
+        _emit(
+            args,
+            attrs.asdict(result),
+            f"imported {result.kind} bundle into {result.repository}: {', '.join(result.snapshots)}",
+        )
+    return 0
+
+
+def _run_lock(args: argparse.Namespace, allow: AllowList) -> int:
+    repo = Repository(args.repo, allow=allow)
+    if args.command == "lock":
+        lock = write_lock(repo.name, args.output)
+        if args.output:
+            _emit(
+                args,
+                {"file": args.output, "repository": repo.name, "commits": len(lock.commits)},
+                f"{args.output}: {len(lock.commits)} commits of {repo.name}",
+            )
+        else:
+            sys.stdout.write(lockfile.dumps(lock))
+        return 0
+    diff = check_lock(args.lock, repo.name)
+    as_json = {
+        "repository": repo.name,
+        "lock": args.lock,
+        "matches": diff.matches,
+        "missing": [attrs.asdict(c) | {"guid": str(c.guid)} for c in diff.missing],
+        "extra": [attrs.asdict(c) | {"guid": str(c.guid)} for c in diff.extra],
+        "changed": [{"name": a.name, "locked_guid": str(a.guid), "actual_guid": str(b.guid)} for a, b in diff.changed],
+        "reordered": diff.reordered,
+    }
+    text = (
+        f"{repo.name} matches {args.lock}"
+        if diff.matches
+        else "\n".join([f"{repo.name} does not match {args.lock}:", *(f"  {line}" for line in diff.describe())])
+    )
+    _emit(args, as_json, text)
+    return 0 if diff.matches else EXIT_MISMATCH
 
 
 def _item_json(item: Item, now: float) -> dict[str, Any]:
@@ -378,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_NOT_ALLOWED
         if isinstance(exc, ReadOnlyError):
             return EXIT_READ_ONLY
+        if isinstance(exc, BundleError | LockFileError):
+            return EXIT_BAD_FILE
         if isinstance(
             exc, RepositoryNotFoundError | TransactionNotFoundError | QueueItemNotFoundError | PoolNotFoundError
         ):

@@ -69,6 +69,7 @@ P_MOUNTPOINT, P_OWNER, P_MODE = prop("mountpoint"), prop("owner"), prop("mode")
 P_PATH, P_BEGUN, P_INHERITS = prop("path"), prop("begun"), prop("inherits-mountpoint")
 P_COMMITTED, P_MESSAGE = prop("committed"), prop("message")
 P_STATE, P_PENDING, P_COMMIT_SNAPSHOT = prop("state"), prop("pending"), prop("commit-snapshot")
+P_IMPORT = prop("import")  # "TX BASE" on a repository while an incremental bundle lands (_bundle)
 P_COMMIT_MESSAGE = prop("commit-message")  # on the workspace between commit point and commit snapshot
 DEFAULT_MODE = 0o755
 #: Test-only: ``op:k`` (op = begin, commit, rollback, recover) kills the process with
@@ -701,6 +702,7 @@ class Repository:
             record = _Record.parse(self.name, head)
             self._finish(record, head, steps)
             actions.append(f"{record.tx}: commit finished")
+        actions += self._recover_imports(family)
         for record in self._records(family):
             if record.phase in (Phase.BEGINNING, Phase.ABORTING):
                 self._abort(record, steps)
@@ -723,6 +725,25 @@ class Repository:
         for action in actions:
             log.info("recover %s: %s", self.name, action)
         return actions, family
+
+    def _recover_imports(self, family: Mapping[str, Mapping[str, str]]) -> list[str]:
+        """Undo bundle imports a crash interrupted (see ``_bundle``): a full one left only
+        its ``.dsg-recv-`` dataset; an incremental one left its mark on the repository."""
+        actions = []
+        for dataset in family:
+            parsed = _names.parse_temporary(dataset)
+            if parsed and parsed[1] == "recv":
+                self.zfs.destroy_snapshots([s.name for s in self.zfs.snapshots(dataset)])
+                self.zfs.destroy(dataset)
+                actions.append(f"{parsed[2]}: interrupted bundle import {dataset} destroyed")
+        mark = (family.get(self.name) or {}).get(P_IMPORT)
+        if mark:
+            from ._bundle import undo_import
+
+            tx, base = mark.split(" ", 1)
+            undo_import(self.zfs, self.name, base)
+            actions.append(f"{tx}: interrupted bundle import undone (back to {base})")
+        return actions
 
     def _resume_between_renames(self, record: _Record, steps: _Steps) -> str:
         """A sync commit stopped after renaming the repository away: finish it, or undo the

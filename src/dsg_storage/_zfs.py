@@ -31,12 +31,9 @@ mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option,
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
-import functools
 import json
 import logging
 import os
@@ -44,7 +41,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -349,12 +345,6 @@ class DatasetChangedError(ZfsError):
         self.written = written
 
 
-def _widen_pipe(fd: int) -> None:
-    """1 MiB pipe buffer (F_SETPIPE_SZ): fewer switches between ZFS and us per MiB."""
-    with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size: keep the default
-        fcntl.fcntl(fd, 1031, 1 << 20)
-
-
 def zfs_version() -> str:
     """The loaded ZFS kernel module's version, e.g. "2.3.9-1"."""
     try:
@@ -656,79 +646,18 @@ class Zfs:
         self._check(filesystem)
         self._call(filesystem, self.lzc.lzc_rollback, _b(filesystem))
 
-    @contextlib.contextmanager
-    def send_stream(self, snapshot: str, from_snapshot: str | None = None) -> Iterator[Callable[[int], bytes]]:
-        """The send stream of ``snapshot`` (incremental from ``from_snapshot``), as a
-        ``read(n)`` function; reads b"" at its end. lzc_send writes to a file descriptor in
-        the kernel until done, so it runs in a thread feeding a pipe. A send that fails
-        raises when the block ends (its stream just ends early)."""
-        r, w = os.pipe()
-        _widen_pipe(w)
-        failure: list[BaseException] = []
+    def send_to(self, fd: int, snapshot: str, from_snapshot: str | None = None) -> None:
+        """Write the send stream of ``snapshot`` (incremental from ``from_snapshot``) to the
+        file ``fd`` at its current offset; ZFS writes it in the kernel, at full speed."""
+        self._call(snapshot, self.lzc.lzc_send, _b(snapshot), _b(from_snapshot) if from_snapshot else None, fd, None)
 
-        def send() -> None:
-            try:
-                self.lzc.lzc_send(_b(snapshot), _b(from_snapshot) if from_snapshot else None, w, None)
-            except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread below)
-                failure.append(exc)
-            finally:
-                os.close(w)
-
-        thread = threading.Thread(target=send, name="dsg-storage-send", daemon=True)
-        thread.start()
-        try:
-            yield functools.partial(os.read, r)
-        finally:
-            os.close(r)  # a reader that stopped early: the sender gets EPIPE and ends
-            thread.join()
-        if failure:
-            exc = failure[0]
-            if isinstance(exc, self._lzc_errors.ZFSError):
-                raise self._translate(exc, snapshot) from exc
-            raise exc
-
-    @contextlib.contextmanager
-    def receive_stream(self, snapshot: str, *, force: bool = False) -> Iterator[Callable[[bytes], None]]:
-        """Receive a send stream as ``snapshot``, fed through the ``write(chunk)`` function
-        this yields. The stream lands when the block ends normally; if the block raises, the
-        stream is cut short and ZFS discards everything received (nothing is left).
-        ``force`` rolls the target back to its latest snapshot first (``zfs receive -F``)."""
+    def receive_from(self, fd: int, snapshot: str, *, force: bool = False) -> None:
+        """Receive the send stream read from the file ``fd`` at its current offset as
+        ``snapshot``; ZFS stops at the stream's end. All or nothing: a stream that fails
+        (damaged, cut short, wrong base) leaves nothing received. ``force`` rolls the
+        target back to its latest snapshot first (``zfs receive -F``)."""
         self._check(snapshot.split("@", 1)[0])
-        r, w = os.pipe()
-        _widen_pipe(w)
-        failure: list[BaseException] = []
-
-        def receive() -> None:
-            try:
-                self.lzc.lzc_receive(_b(snapshot), r, force=force)
-            except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread below)
-                failure.append(exc)
-            finally:
-                os.close(r)
-
-        thread = threading.Thread(target=receive, name="dsg-storage-receive", daemon=True)
-        thread.start()
-        stopped = False
-
-        def write(chunk: bytes) -> None:
-            nonlocal stopped
-            view = memoryview(chunk)
-            while view and not stopped:
-                try:
-                    view = view[os.write(w, view) :]
-                except BrokenPipeError:
-                    stopped = True  # the receive ended (failed): its error is raised below
-
-        try:
-            yield write
-        finally:
-            os.close(w)  # end of stream; after an exception, a truncated one: ZFS discards it
-            thread.join()
-        if failure:
-            exc = failure[0]
-            if isinstance(exc, self._lzc_errors.ZFSError):
-                raise self._translate(exc, snapshot) from exc
-            raise exc
+        self._call(snapshot, self.lzc.lzc_receive, _b(snapshot), fd, force=force)
 
     def destroy_snapshots(self, names: Sequence[str]) -> None:
         if not names:

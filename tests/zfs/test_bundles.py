@@ -1,0 +1,270 @@
+"""Bundles and lock files on real ZFS: round trips, every bad bundle refused with the
+target untouched, imports killed midway, lock file match and mismatch."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import (
+    BundleCorruptError,
+    BundleError,
+    BundleTruncatedError,
+    BundleVersionError,
+    DatasetExistsError,
+    NotABundleError,
+    Repository,
+)
+from dsg_storage._bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
+
+from .conftest import Sandbox
+from .test_crash_safety import in_child
+from .test_transactions import owner_mode
+
+ROOT = Path(__file__).resolve().parents[2]
+OWNER = "1234:5678"
+
+
+def commit(repo: Repository, mnt: Path, content: dict[str, str | bytes], message: str) -> None:
+    with repo.begin(mountpoint=str(mnt), owner=OWNER, mode="0750") as tx:
+        for name in os.listdir(tx.path):
+            Path(tx.path, name).unlink()
+        for name, data in content.items():
+            target = Path(tx.path, name)
+            target.write_bytes(data) if isinstance(data, bytes) else target.write_text(data)
+        tx.commit(message)
+
+
+def files(path: Path | str) -> dict[str, bytes]:
+    root = Path(path)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def history(repo: Repository) -> list[tuple[str, int, str | None, str]]:
+    return [(c.name, c.guid, c.message, c.tx) for c in repo.history()]
+
+
+def state(sandbox: Sandbox, repo: Repository, mnt: Path) -> tuple[object, ...]:
+    """What a user sees of ``repo``: datasets and snapshots, history, files (or absent)."""
+    leaf = repo.name.removeprefix(sandbox.dataset + "/")
+    names = [n for n in sandbox.datasets() if n == leaf or n.startswith((leaf + "@", leaf + "."))]
+    if not repo.exists():
+        return (names, None, None)
+    return (names, history(repo), files(mnt))
+
+
+@pytest.fixture
+def source(sandbox: Sandbox) -> Repository:
+    repo = Repository(f"{sandbox.dataset}/src", allow=sandbox.allow)
+    for n in range(3):
+        commit(repo, sandbox.mount_dir / "src", {"a.txt": f"v{n}", f"only{n}.txt": "x"}, f"commit {n}")
+    return repo
+
+
+def test_full_and_incremental_round_trip(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+    full = tmp_path / "full.dsgb"
+    info = export_bundle(source.name, full)
+    assert info.metadata["type"] == "full" and len(info.parts) == 3
+    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
+    mnt = sandbox.mount_dir / "dst"
+    result = import_bundle(full, target.name, mountpoint=str(mnt), allow=sandbox.allow)
+    assert result.kind == "full" and len(result.snapshots) == 3
+    assert history(target) == history(source)  # names, GUIDs, messages, transaction ids
+    assert files(mnt) == files(sandbox.mount_dir / "src")
+    assert owner_mode(mnt) == (1234, 5678, 0o750)
+    assert sandbox.mounts()[target.name] == [str(mnt)]
+
+    since = source.history()[-1].name
+    for n in (3, 4):
+        commit(source, sandbox.mount_dir / "src", {"a.txt": f"v{n}", "big.bin": os.urandom(300_000)}, f"commit {n}")
+    incremental = tmp_path / "incr.dsgb"
+    info = export_bundle(source.name, incremental, since=since)
+    assert info.metadata["type"] == "incremental" and info.metadata["base"]["name"] == since
+    result = import_bundle(incremental, target.name, allow=sandbox.allow)
+    assert result.kind == "incremental" and len(result.snapshots) == 2
+    assert history(target) == history(source)
+    assert files(mnt) == files(sandbox.mount_dir / "src")
+    # the imported repository is an ordinary one: transactions work on it
+    commit(target, mnt, {"after.txt": "ok"}, "after import")
+    assert files(mnt) == {"after.txt": b"ok"} and len(target.history()) == 6
+    assert not [n for n in sandbox.datasets() if ".dsg-" in n]
+
+
+def corruptions(bundle: bytes) -> dict[str, bytes]:
+    middle = len(bundle) // 2
+    return {
+        "flipped byte in the metadata": bundle[:40] + bytes([bundle[40] ^ 1]) + bundle[41:],
+        "flipped byte mid-stream": bundle[:middle] + bytes([bundle[middle] ^ 0x10]) + bundle[middle + 1 :],
+        "flipped byte near the end": bundle[:-40] + bytes([bundle[-40] ^ 1]) + bundle[-39:],
+        "truncated": bundle[: len(bundle) * 2 // 3],
+        "newer format version": bundle[:8] + struct.pack(">I", 99) + bundle[12:],
+        "not a bundle": os.urandom(4096),
+    }
+
+
+EXPECTED = {
+    "flipped byte in the metadata": BundleCorruptError,
+    "flipped byte mid-stream": BundleCorruptError,
+    "flipped byte near the end": BundleCorruptError,
+    "truncated": BundleTruncatedError,
+    "newer format version": BundleVersionError,
+    "not a bundle": NotABundleError,
+}
+
+
+def test_bad_bundles_leave_the_target_unchanged(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
+    mnt = sandbox.mount_dir / "dst"
+    export_bundle(source.name, tmp_path / "full.dsgb", snapshot=source.history()[1].name)
+    import_bundle(tmp_path / "full.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
+    export_bundle(source.name, tmp_path / "incr.dsgb", since=source.history()[1].name)
+    full = (tmp_path / "full.dsgb").read_bytes()
+    incremental = (tmp_path / "incr.dsgb").read_bytes()
+    before = state(sandbox, target, mnt)
+    fresh = Repository(f"{sandbox.dataset}/fresh", allow=sandbox.allow)
+    for name, bad in [*corruptions(incremental).items()]:
+        path = tmp_path / "bad.dsgb"
+        path.write_bytes(bad)
+        with pytest.raises(EXPECTED[name]):
+            import_bundle(path, target.name, allow=sandbox.allow)
+        assert state(sandbox, target, mnt) == before, name
+    for name, bad in corruptions(full).items():
+        path = tmp_path / "bad.dsgb"
+        path.write_bytes(bad)
+        with pytest.raises(EXPECTED[name]):
+            import_bundle(path, fresh.name, mountpoint=str(sandbox.mount_dir / "fresh"), allow=sandbox.allow)
+        assert not fresh.exists() and not [n for n in sandbox.datasets() if ".dsg-" in n], name
+    # a wrong base: made from commit 0, the target's latest is commit 1
+    export_bundle(source.name, tmp_path / "old-base.dsgb", since=source.history()[0].name)
+    with pytest.raises(BundleError, match="wrong base"):
+        import_bundle(tmp_path / "old-base.dsgb", target.name, allow=sandbox.allow)
+    # a full bundle onto an existing repository
+    with pytest.raises(DatasetExistsError):
+        import_bundle(tmp_path / "full.dsgb", target.name, allow=sandbox.allow)
+    assert state(sandbox, target, mnt) == before
+    # and the good one still lands after all that
+    import_bundle(tmp_path / "incr.dsgb", target.name, allow=sandbox.allow)
+    assert history(target) == history(source)
+
+
+def test_changes_since_the_base_are_not_discarded(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
+    mnt = sandbox.mount_dir / "dst"
+    export_bundle(source.name, tmp_path / "full.dsgb", snapshot=source.history()[1].name)
+    import_bundle(tmp_path / "full.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
+    export_bundle(source.name, tmp_path / "incr.dsgb", since=source.history()[1].name)
+    (mnt / "written-outside.txt").write_text("precious")
+    from dsg_storage import ConflictError
+
+    with pytest.raises(ConflictError, match="written-outside.txt"):
+        import_bundle(tmp_path / "incr.dsgb", target.name, allow=sandbox.allow)
+    assert (mnt / "written-outside.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("kind", ["full", "incremental"])
+def test_import_killed_at_every_step_leaves_old_or_new(
+    sandbox: Sandbox, source: Repository, tmp_path: Path, kind: str, record_property: pytest.RecordProperty
+) -> None:
+    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
+    mnt = sandbox.mount_dir / "dst"
+    commits = source.history()
+    bundle = tmp_path / "b.dsgb"
+    if kind == "incremental":
+        export_bundle(source.name, tmp_path / "base.dsgb", snapshot=commits[0].name)
+        export_bundle(source.name, bundle, since=commits[0].name)
+    else:
+        export_bundle(source.name, bundle)
+    outcomes = []
+    mountpoint = str(mnt) if kind == "full" else None
+    for step in range(1, 10):
+        if kind == "incremental":
+            import_bundle(tmp_path / "base.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
+        old = state(sandbox, target, mnt)
+        run = in_child(
+            lambda: import_bundle(bundle, target.name, mountpoint=mountpoint, allow=sandbox.allow),
+            crash_at=f"import:{step}",
+        )
+        target.recover()
+        now = state(sandbox, target, mnt)
+        new_history = [(c.name, c.guid, c.message, c.tx) for c in commits]
+        if now == old:
+            outcomes.append("old")
+        else:
+            assert now[1] == new_history and now[2] == files(sandbox.mount_dir / "src"), (step, now)
+            assert sandbox.mounts()[target.name] == [str(mnt)]
+            outcomes.append("new")
+        assert not [n for n in sandbox.datasets() if ".dsg-" in n]
+        if run == "done":  # the import finished before reaching this step: all covered
+            break
+        if target.exists():
+            subprocess.run(["zfs", "destroy", "-r", target.name], check=True)
+    record_property("crash_points", f"bundle import ({kind}): {len(outcomes)} steps, {outcomes}")
+    assert outcomes[-1] == "new" and "old" in outcomes
+
+
+def test_import_killed_mid_stream_leaves_nothing(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+    commit(source, sandbox.mount_dir / "src", {"big.bin": os.urandom(24 << 20)}, "big")
+    bundle = tmp_path / "big.dsgb"
+    export_bundle(source.name, bundle)
+    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
+    mnt = sandbox.mount_dir / "dst"
+    verify_bundle(bundle)  # warm the page cache: the child's verify pass is then short
+    run = in_child(lambda: import_bundle(bundle, target.name, mountpoint=str(mnt), allow=sandbox.allow), kill_after=4.0)
+    target.recover()
+    if run == "killed":
+        assert not target.exists()
+    else:
+        assert history(target) == history(source)
+    assert not [n for n in sandbox.datasets() if ".dsg-" in n or "%" in n]
+
+
+def test_cli_bundle_inspect_verify_and_lock_files(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+
+    bundle = str(tmp_path / "b.dsgb")
+    exported = cli("bundle", "export", source.name, "-o", bundle)
+    assert exported.returncode == 0, exported.stderr
+    inspected = json.loads(cli("bundle", "inspect", bundle).stdout)
+    assert [s["name"] for s in inspected["metadata"]["snapshots"]] == [c.name for c in source.history()]
+    assert [s["guid"] for s in inspected["metadata"]["snapshots"]] == [str(c.guid) for c in source.history()]
+    assert inspected == {**inspected, "format_version": 1} and inspect_bundle(bundle).total_size > 0
+    assert json.loads(cli("bundle", "verify", bundle).stdout)["ok"] is True
+    damaged = tmp_path / "d.dsgb"
+    raw = Path(bundle).read_bytes()
+    damaged.write_bytes(raw[:500] + bytes([raw[500] ^ 4]) + raw[501:])
+    bad = cli("bundle", "verify", str(damaged))
+    assert bad.returncode == 9 and "damaged" in bad.stderr
+
+    lock = str(tmp_path / "src.lock")
+    assert cli("lock", source.name, "-o", lock).returncode == 0
+    imported = cli(
+        "bundle", "import", bundle, "--into", f"{sandbox.dataset}/copy", "--mountpoint", str(sandbox.mount_dir / "copy")
+    )
+    assert imported.returncode == 0, imported.stderr
+    match = cli("verify", "--lock", lock, f"{sandbox.dataset}/copy")
+    assert match.returncode == 0 and json.loads(match.stdout)["matches"] is True
+    commit(source, sandbox.mount_dir / "src", {"a.txt": "later"}, "later")
+    other = Repository(f"{sandbox.dataset}/other", allow=sandbox.allow)
+    commit(other, sandbox.mount_dir / "other", {"a.txt": "x"}, "unrelated")
+    later = cli("verify", "--lock", lock, source.name)
+    assert later.returncode == 10 and json.loads(later.stdout)["extra"][0]["name"] == source.history()[-1].name
+    unrelated = json.loads(cli("verify", "--lock", lock, other.name).stdout)
+    assert unrelated["matches"] is False and len(unrelated["missing"]) == 3
+    text = subprocess.run(
+        [sys.executable, "-m", "dsg_storage", "verify", "--lock", lock, source.name],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert text.returncode == 10 and "does not match" in text.stdout and "extra" in text.stdout
