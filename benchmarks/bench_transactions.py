@@ -208,15 +208,18 @@ def bench_scaling(layout: Layout, engine: Zfs, runs: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per case (median reported)")
+    parser.add_argument("--only", choices=("layouts", "scaling"), help="run one part only")
     args = parser.parse_args()
     subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
     zfs("create", "-o", "mountpoint=none", ROOT)
     engine = Zfs(AllowList((ROOT,)))
     print(f"median of {args.runs} runs each; naive = one zfs command per step", flush=True)
     try:
-        for layout in (Layout("inherited", True), Layout("explicit", False)):
-            bench_layout(layout, engine, args.runs)
-        bench_scaling(Layout("scaling", True), engine, args.runs)
+        if args.only != "scaling":
+            for layout in (Layout("inherited", True), Layout("explicit", False)):
+                bench_layout(layout, engine, args.runs)
+        if args.only != "layouts":
+            bench_scaling(Layout("scaling", True), engine, args.runs)
     finally:
         subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
     return 0

@@ -682,8 +682,10 @@ class Repository:
         its two renames is finished too, unless the repository had changed since begin
         (then the first rename is undone and the transaction stays open); an interrupted
         begin or rollback is undone; open transactions are left open (remounted if
-        needed); retired datasets are destroyed when they can be; the repository is
-        mounted at its mountpoint with its owner and mode. Idempotent, and safe to run from
+        needed); an interrupted bundle import is undone (its ``.dsg-recv-`` dataset
+        destroyed, or the repository rolled back to the import's base); retired datasets
+        are destroyed when they can be; the repository is mounted at its mountpoint with
+        its owner and mode. Idempotent, and safe to run from
         several processes at once (they take turns). Runs automatically at the start of
         begin, commit and rollback.
         """

@@ -651,6 +651,12 @@ class Zfs:
         file ``fd`` at its current offset; ZFS writes it in the kernel, at full speed."""
         self._call(snapshot, self.lzc.lzc_send, _b(snapshot), _b(from_snapshot) if from_snapshot else None, fd, None)
 
+    def send_space(self, snapshot: str, from_snapshot: str | None = None) -> int:
+        """ZFS's estimate of the size of ``snapshot``'s send stream, in bytes."""
+        return int(
+            self._call(snapshot, self.lzc.lzc_send_space, _b(snapshot), _b(from_snapshot) if from_snapshot else None)
+        )
+
     def receive_from(self, fd: int, snapshot: str, *, force: bool = False) -> None:
         """Receive the send stream read from the file ``fd`` at its current offset as
         ``snapshot``; ZFS stops at the stream's end. All or nothing: a stream that fails

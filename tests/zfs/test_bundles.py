@@ -69,11 +69,19 @@ def source(sandbox: Sandbox) -> Repository:
 
 def test_full_and_incremental_round_trip(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
     full = tmp_path / "full.dsgb"
-    info = export_bundle(source.name, full)
+    exported: list[tuple[int, int | None]] = []
+    info = export_bundle(source.name, full, progress=lambda done, total: exported.append((done, total)))
     assert info.metadata["type"] == "full" and len(info.parts) == 3
+    assert exported[-1] == (info.total_size, info.total_size)
+    assert [d for d, _ in exported] == sorted(d for d, _ in exported)
     target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
     mnt = sandbox.mount_dir / "dst"
-    result = import_bundle(full, target.name, mountpoint=str(mnt), allow=sandbox.allow)
+    imported: list[tuple[int, int | None]] = []
+    result = import_bundle(
+        full, target.name, mountpoint=str(mnt), allow=sandbox.allow, progress=lambda d, t: imported.append((d, t))
+    )
+    assert imported[-1] == (2 * info.total_size, 2 * info.total_size)  # verify pass, then receive
+    assert [d for d, _ in imported] == sorted(d for d, _ in imported)
     assert result.kind == "full" and len(result.snapshots) == 3
     assert history(target) == history(source)  # names, GUIDs, messages, transaction ids
     assert files(mnt) == files(sandbox.mount_dir / "src")
