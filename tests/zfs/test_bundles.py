@@ -17,6 +17,7 @@ from dsg_storage import (
     BundleError,
     BundleTruncatedError,
     BundleVersionError,
+    ConflictError,
     DatasetExistsError,
     NotABundleError,
     Repository,
@@ -126,12 +127,19 @@ EXPECTED = {
 }
 
 
-def test_bad_bundles_leave_the_target_unchanged(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+def copy_of_first_two_commits(sandbox: Sandbox, source: Repository, tmp_path: Path) -> tuple[Repository, Path]:
+    """``dst``: ``source`` up to its second commit, imported from ``full.dsgb``; and
+    ``incr.dsgb``, the rest of ``source`` as an incremental bundle."""
     target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
     mnt = sandbox.mount_dir / "dst"
     export_bundle(source.name, tmp_path / "full.dsgb", snapshot=source.history()[1].name)
     import_bundle(tmp_path / "full.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
     export_bundle(source.name, tmp_path / "incr.dsgb", since=source.history()[1].name)
+    return target, mnt
+
+
+def test_bad_bundles_leave_the_target_unchanged(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
+    target, mnt = copy_of_first_two_commits(sandbox, source, tmp_path)
     full = (tmp_path / "full.dsgb").read_bytes()
     incremental = (tmp_path / "incr.dsgb").read_bytes()
     before = state(sandbox, target, mnt)
@@ -162,14 +170,8 @@ def test_bad_bundles_leave_the_target_unchanged(sandbox: Sandbox, source: Reposi
 
 
 def test_changes_since_the_base_are_not_discarded(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
-    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
-    mnt = sandbox.mount_dir / "dst"
-    export_bundle(source.name, tmp_path / "full.dsgb", snapshot=source.history()[1].name)
-    import_bundle(tmp_path / "full.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
-    export_bundle(source.name, tmp_path / "incr.dsgb", since=source.history()[1].name)
+    target, mnt = copy_of_first_two_commits(sandbox, source, tmp_path)
     (mnt / "written-outside.txt").write_text("precious")
-    from dsg_storage import ConflictError
-
     with pytest.raises(ConflictError, match="written-outside.txt"):
         import_bundle(tmp_path / "incr.dsgb", target.name, allow=sandbox.allow)
     assert (mnt / "written-outside.txt").read_text() == "precious"
