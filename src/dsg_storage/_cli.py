@@ -221,6 +221,7 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
             for p in status.pending
         ],
         "leftovers": list(status.leftovers),
+        "access": "live",
     }
 
 
@@ -339,6 +340,7 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
         status = repo.status()
         lines = [
             f"repository:  {status.repository}{'' if status.exists else ' (does not exist)'}",
+            "access:      live",
             f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})",
             f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
             f"last commit: {status.last_commit.name if status.last_commit else '-'}",

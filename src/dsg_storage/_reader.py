@@ -34,6 +34,7 @@ from ._errors import (
     InvalidArgumentError,
     ReadOnlyError,
     RepositoryNotFoundError,
+    ZfsError,
 )
 from ._readcache import ReadCache
 from ._transaction import P_MODE, P_OWNER, Commit, Repository, Transaction, commits_of
@@ -212,10 +213,12 @@ class Reader:
     def _history(self, incore: str) -> list[Commit]:
         try:
             snapshots = self._zfs.snapshots(incore)
-        except DatasetNotFoundError as exc:
-            raise RepositoryNotFoundError(
-                f"repository {self._outside(incore)} does not exist", dataset=self._outside(incore)
-            ) from exc
+        except ZfsError as exc:
+            if isinstance(exc, DatasetNotFoundError) or not self._zfs.exists(incore):
+                raise RepositoryNotFoundError(
+                    f"repository {self._outside(incore)} does not exist", dataset=self._outside(incore)
+                ) from exc
+            raise
         return [attrs.evolve(c, snapshot=self._outside(c.snapshot)) for c in commits_of(snapshots)]
 
     def files(self, repo: str, path: str = "", *, commit: str | None = None) -> list[FileEntry]:

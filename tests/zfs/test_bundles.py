@@ -255,6 +255,11 @@ def test_cli_bundle_inspect_verify_and_lock_files(sandbox: Sandbox, source: Repo
     bad = cli("bundle", "verify", str(damaged))
     assert bad.returncode == 9 and "damaged" in bad.stderr
 
+    outside = cli("bundle", "import", bundle, "--into", "dsgtest/not-allowed", "--mountpoint", str(tmp_path / "x"))
+    assert outside.returncode == 3 and not Path(tmp_path / "x").exists()
+    missing = cli("bundle", "export", f"{sandbox.dataset}/nope", "-o", str(tmp_path / "nope.dsgb"))
+    assert missing.returncode == 4 and not (tmp_path / "nope.dsgb").exists()
+
     lock = str(tmp_path / "src.lock")
     assert cli("lock", source.name, "-o", lock).returncode == 0
     imported = cli(

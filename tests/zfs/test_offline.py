@@ -27,6 +27,7 @@ from dsg_storage import (
     PoolOpenError,
     ReadOnlyError,
     Repository,
+    RepositoryNotFoundError,
 )
 from dsg_storage._offline import open_offline
 from dsg_storage._readcache import ReadCache
@@ -199,6 +200,8 @@ def test_cli_shows_the_mode_and_reads_offline(exported: ExportedPool) -> None:
     assert cat.returncode == 0 and cat.stdout == b"survey commit 0\n" and b"access: offline" in cat.stderr
     missing = run("cat", "dsgtest/repos/survey", "nope.txt")
     assert missing.returncode == 4
+    no_repo = run("history", "dsgtest/repos/nope")
+    assert no_repo.returncode == 4 and "does not exist" in no_repo.stderr
 
 
 def test_degraded_mirror_opens_and_says_so(tmp_path: Path) -> None:
@@ -282,6 +285,8 @@ def test_cached_reads_when_the_pool_is_gone(sandbox: Sandbox, tmp_path: Path) ->
             tx.commit(f"c{n}")
     cache_file = tmp_path / "reads.sqlite"
     with open_live(cache=ReadCache(cache_file)) as reader:
+        with pytest.raises(RepositoryNotFoundError):
+            reader.history(f"{sandbox.dataset}/missing")
         live_history = reader.history(repo.name)
         live_repos = reader.repositories(sandbox.dataset)
     gone = str(tmp_path / "gone.img")
