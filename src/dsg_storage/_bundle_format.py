@@ -54,6 +54,11 @@ read (a disk's I/O error, or a file truncated by someone else *while* it is mapp
 size is checked before each window) raises SIGBUS, which ends the process, where a read
 would raise OSError. ``_read_digests`` is the read-based path, should that matter more.
 
+While a producer (``lzc_send``) is still writing a stream at the end of the file, the
+writer already digests its complete windows (``_DigestAhead``: woken by inotify when the
+file grows, no polling), so digesting overlaps the send and only the tail is left after
+it; at most MAX_AHEAD bytes of digests wait in memory for the stream to end.
+
 API::
 
     with open(path, "wb") as f, BundleWriter(f, {"repository": ...}) as writer:
@@ -79,14 +84,19 @@ under its final name is always whole.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import io
 import json
 import mmap
 import os
+import select
 import stat
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -241,6 +251,76 @@ def _stream_digests(fd: int, start: int, size: int) -> Generator[tuple[int, int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+MAX_AHEAD = 4 << 20  # digests held while a stream is still being written: 256 GiB of stream
+
+
+def _inotify_modify_watch(fd: int) -> int | None:
+    """An inotify descriptor that becomes readable whenever the file behind ``fd`` is
+    written (IN_MODIFY; the kernel's own writes, such as lzc_send's, count too); None
+    where inotify is unavailable."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    watch = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if watch < 0:
+        return None
+    if libc.inotify_add_watch(watch, f"/proc/self/fd/{fd}".encode(), 0x2) < 0:  # IN_MODIFY
+        os.close(watch)
+        return None
+    return watch
+
+
+class _DigestAhead:
+    """Digests a stream's complete windows while its producer is still writing it at the
+    end of the file, so the read-back pass after it has only the tail left. Woken by
+    inotify when the file grows and by the producer when it ends: no polling. Holds at
+    most MAX_AHEAD bytes of digests; past that, the pass after does the rest."""
+
+    def __init__(self, read_fd: int, start: int) -> None:
+        self.read_fd = read_fd
+        self.start = start
+        self.digests = bytearray()
+        self.done = 0  # stream bytes digested, a multiple of WINDOW_SIZE
+
+    def run(self, produce: ProduceFn, write_fd: int) -> None:
+        """``produce(write_fd)``, digesting meanwhile; raises what produce raised."""
+        watch = _inotify_modify_watch(write_fd) if os.fstat(write_fd).st_size == self.start else None
+        if watch is None:  # no inotify, or not writing at the file's end: nothing ahead
+            produce(write_fd)
+            return
+        wake_r, wake_w = os.pipe()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                produce(write_fd)
+            except BaseException as exc:  # noqa: BLE001 (re-raised below, in the caller's thread)
+                failure.append(exc)
+            finally:
+                os.write(wake_w, b"x")
+
+        thread = threading.Thread(target=work, name="dsg-bundle-produce", daemon=True)
+        thread.start()
+        try:
+            self._follow(watch, wake_r)
+        finally:
+            thread.join()
+            for fd in (watch, wake_r, wake_w):
+                os.close(fd)
+        if failure:
+            raise failure[0]
+
+    def _follow(self, watch: int, wake_r: int) -> None:
+        while len(self.digests) < MAX_AHEAD:
+            grown = os.fstat(self.read_fd).st_size - self.start
+            while grown - self.done >= WINDOW_SIZE and len(self.digests) < MAX_AHEAD:
+                self.digests += _window_digests(self.read_fd, self.start + self.done, WINDOW_SIZE)
+                self.done += WINDOW_SIZE
+            ready, _, _ = select.select([watch, wake_r], [], [])
+            if wake_r in ready:
+                return  # the producer ended: the pass after digests the tail
+            with contextlib.suppress(BlockingIOError):  # drain; events coalesce anyway
+                os.read(watch, 65536)
+
+
 # ---------------------------------------------------------------------------- writing
 class BundleWriter:
     """Writes a bundle into ``fileobj``, a regular file opened for writing at its start
@@ -318,7 +398,8 @@ class BundleWriter:
                 f"{self._name} is at byte {position}, not at byte {start} where the writer left it: "
                 "something else moved or wrote through the file"
             )
-        produce(self._fd)
+        ahead = _DigestAhead(self._read_fd, start)
+        ahead.run(produce, self._fd)
         end = os.lseek(self._fd, 0, os.SEEK_CUR)
         if end < start or os.fstat(self._fd).st_size < end:
             raise InvalidArgumentError(
@@ -332,7 +413,7 @@ class BundleWriter:
             raise OSError(f"{self._name}: a short write at byte {header_at}")
         self._structure.update(header)
         self._offset = end
-        digest = self._digest(index, start, size)
+        digest = self._digest(index, start, size, ahead)
         end_record = {"index": index, "size": size, "chunk_size": CHUNK_SIZE, "algorithm": CHUNK_ALGORITHM}
         self._record(PART_END, _encode({**end_record, "digest": digest}, "part end"))
         return PartSummary(index, json.loads(begin)["info"], size, digest, start)  # info as readers see it
@@ -381,13 +462,23 @@ class BundleWriter:
         if self._source is not None:
             self._source.close()
 
-    def _digest(self, index: int, start: int, size: int) -> str:
-        """Write the part's chunk digests record, reading the stream back; its md5 (hex)."""
+    def _digest(self, index: int, start: int, size: int, ahead: _DigestAhead) -> str:
+        """Write the part's chunk digests record: those ``ahead`` made while the stream was
+        written, then the rest, reading the stream back. Returns its md5 (hex)."""
         head = _RECORD.pack(CHUNK_DIGESTS, _chunk_count(size) * _CHUNK_DIGEST_SIZE)
         check, digest = hashlib.sha256(head), hashlib.md5(usedforsecurity=False)
         self._write(head)
+        early = bytes(ahead.digests) if ahead.done <= size else b""
+        done = ahead.done if early else 0
+        if early:
+            self._write(early)
+            check.update(early)
+            digest.update(early)
+            self._done += done
+            if self._progress is not None:
+                self._progress(self._done, self._total)
         try:
-            with closing(_stream_digests(self._read_fd, start, size)) as windows:
+            with closing(_stream_digests(self._read_fd, start + done, size - done)) as windows:
                 for _, length, digests in windows:
                     self._write(digests)
                     check.update(digests)

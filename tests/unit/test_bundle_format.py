@@ -762,3 +762,36 @@ def test_resident_memory_stays_flat_for_a_256_mib_bundle(tmp_path: Path) -> None
     before, written, verified = map(int, result.stdout.split())
     assert written - before < 40 * 1024, f"writing grew the peak RSS by {(written - before) // 1024} MiB"
     assert verified - before < 40 * 1024, f"verifying grew the peak RSS by {(verified - before) // 1024} MiB"
+
+
+def test_digests_made_while_the_stream_is_written_match_a_read_back(tmp_path: Path) -> None:
+    """How much is digested ahead depends on timing; what is, must be exact."""
+    data = os.urandom(3 * bf.WINDOW_SIZE + 12345)
+    path = tmp_path / "ahead.bin"
+    with open(path, "w+b") as handle:
+        handle.write(b"H" * 100)
+        handle.flush()
+        ahead = bf._DigestAhead(handle.fileno(), 100)
+
+        def produce(fd: int) -> None:
+            for at in range(0, len(data), MiB):
+                os.write(fd, data[at : at + MiB])
+
+        ahead.run(produce, handle.fileno())
+        assert ahead.done % bf.WINDOW_SIZE == 0 and ahead.done <= len(data)
+        expected = b"".join(
+            hashlib.md5(data[at : at + MiB], usedforsecurity=False).digest() for at in range(0, ahead.done, MiB)
+        )
+        assert bytes(ahead.digests) == expected
+
+
+def test_a_failing_producer_is_reported_after_digesting_ahead(tmp_path: Path) -> None:
+    with open(tmp_path / "f.bin", "w+b") as handle:
+        ahead = bf._DigestAhead(handle.fileno(), 0)
+
+        def produce(fd: int) -> None:
+            os.write(fd, os.urandom(MiB))
+            raise OSError(5, "the stream broke")
+
+        with pytest.raises(OSError, match="the stream broke"):
+            ahead.run(produce, handle.fileno())
