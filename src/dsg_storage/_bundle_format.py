@@ -468,24 +468,22 @@ class BundleWriter:
         head = _RECORD.pack(CHUNK_DIGESTS, _chunk_count(size) * _CHUNK_DIGEST_SIZE)
         check, digest = hashlib.sha256(head), hashlib.md5(usedforsecurity=False)
         self._write(head)
-        early = bytes(ahead.digests) if ahead.done <= size else b""
-        done = ahead.done if early else 0
-        if early:
-            self._write(early)
-            check.update(early)
-            digest.update(early)
-            self._done += done
+
+        def take(digests: bytes, length: int) -> None:
+            self._write(digests)
+            check.update(digests)
+            digest.update(digests)
+            self._done += length
             if self._progress is not None:
                 self._progress(self._done, self._total)
+
+        done = ahead.done if 0 < ahead.done <= size else 0
+        if done:
+            take(bytes(ahead.digests), done)
         try:
             with closing(_stream_digests(self._read_fd, start + done, size - done)) as windows:
                 for _, length, digests in windows:
-                    self._write(digests)
-                    check.update(digests)
-                    digest.update(digests)
-                    self._done += length
-                    if self._progress is not None:
-                        self._progress(self._done, self._total)
+                    take(digests, length)
         except _ShortRead as short:
             raise BundleTruncatedError(
                 f"{self._name} was cut short at byte {short.at} while part {index + 1} was being written"
