@@ -449,7 +449,8 @@ def test_a_flipped_byte_in_every_region_of_a_bigger_bundle(tmp_path: Path, offse
 
 
 def test_damage_messages_say_where(tmp_path: Path) -> None:
-    raw = build([b"small", os.urandom(3 * MiB + 5)])
+    # The stream ends in a byte that is no record type: read one byte short, it must say so.
+    raw = build([b"small", os.urandom(3 * MiB + 4) + b"\0"])
     offset = streams(raw)[1][0]
     path = write(tmp_path / "b.dsgb", flipped(raw, offset + 2 * MiB + 500))
     first, last = offset + 2 * MiB, offset + 3 * MiB - 1
