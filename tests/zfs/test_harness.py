@@ -77,12 +77,18 @@ def test_two_xdist_workers_do_not_collide(tmp_path: Path) -> None:
     inner = tests_dir / f"test_inner_{tmp_path.name}.py"
     seen = tmp_path / "workers"
     inner.write_text(INNER)
+    # The inner run gets its own pool-access locks. Sharing ours deadlocked: this test holds
+    # a shared lock while it waits for the inner run, an outer test waiting for the
+    # exclusive lock holds the turnstile, and the inner workers queued behind that
+    # turnstile. Our shared lock already keeps every exclusive test out meanwhile.
+    locks = tmp_path / "locks"
+    locks.mkdir()
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q", str(inner)],
             capture_output=True,
             text=True,
-            env={**__import__("os").environ, "DSG_WORKERS_SEEN": str(seen)},
+            env={**__import__("os").environ, "DSG_WORKERS_SEEN": str(seen), "DSG_TEST_LOCK_DIR": str(locks)},
             cwd=tests_dir.parent.parent,
             check=False,
         )
