@@ -280,11 +280,11 @@ class Reader:
             if not _names.is_snapshot_short(short):
                 raise InvalidArgumentError(f"{commit!r} is not a snapshot name")
             source = f"{incore}@{short}"
-            if short not in {c.name for c in self._history(incore)} and not self._zfs.exists(source):
-                raise RepositoryNotFoundError(f"{repo} has no commit {short}", dataset=repo)
-        if source not in self._mounts:
+        if source not in self._mounts:  # checked and mounted once, then every read reuses it
             if not self._zfs.exists(incore):
                 raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
+            if source != incore and not self._zfs.exists(source):
+                raise RepositoryNotFoundError(f"{repo} has no commit {source.split('@', 1)[1]}", dataset=repo)
             self._private = self._private or tempfile.mkdtemp(prefix="dsg-storage-read-")
             path = os.path.join(self._private, f"m{len(self._mounts)}")
             os.mkdir(path)
