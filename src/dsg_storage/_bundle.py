@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -59,9 +58,10 @@ from ._errors import (
     RepositoryNotFoundError,
     TransactionInProgressError,
 )
+from ._libc import libc
 from ._lock import repository_lock
 from ._lockfile import LockDiff, LockedCommit, LockFile
-from ._options import parse_mode
+from ._options import check_mountpoint, parse_mode
 from ._transaction import (
     P_IMPORT,
     P_INHERITS,
@@ -126,7 +126,7 @@ def export_bundle(
     """
     zfs = zfs or Zfs(AllowList(()))
     repo = _names.validate_repository(repo)
-    props = zfs.get_props(repo, [P_OWNER, P_MODE, P_MOUNTPOINT])
+    props = zfs.get_props(repo, [P_OWNER, P_MODE])
     if props is None:
         raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
     chain = _transferable(zfs.snapshots(repo))
@@ -161,10 +161,10 @@ def export_bundle(
     }
     output = Path(output)
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    steps = list(zip([base, *carried[:-1]], carried, strict=True))  # (from, to); from None: a full stream
     estimate = 0
     if progress is not None:
-        for prev, snap in zip([base, *carried[:-1]], carried, strict=True):
-            estimate += zfs.send_space(snap.name, prev.name if prev else None)
+        estimate = sum(zfs.send_space(snap.name, prev.name if prev else None) for prev, snap in steps)
     done = 0
 
     def send_part(snapshot: str, source: str | None, fd: int) -> None:
@@ -176,8 +176,7 @@ def export_bundle(
     try:
         with open(partial, "wb") as handle:
             with _bundle_format.BundleWriter(handle, metadata) as writer:
-                previous = base
-                for snap in carried:
+                for previous, snap in steps:
                     info = {
                         "snapshot": snap.short_name,
                         "guid": str(snap.guid),
@@ -186,7 +185,7 @@ def export_bundle(
                     }
                     source = previous.name if previous else None
                     done += writer.add_part(info, functools.partial(send_part, snap.name, source)).size
-                    previous = snap
+                written = writer.close()
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, output)
@@ -196,7 +195,7 @@ def export_bundle(
         raise
     if progress is not None:
         progress(done, done)
-    return _bundle_format.inspect(output)
+    return written
 
 
 def _offset_in(fd: int, start: int) -> int:
@@ -232,9 +231,9 @@ def _reporting(
 def _start_writeback(fd: int) -> None:
     """Start writing the file's dirty pages to disk now (sync_file_range(2), asynchronous),
     so the final fsync overlaps the digest pass instead of following it."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    if libc.sync_file_range(fd, 0, 0, 2) != 0:  # SYNC_FILE_RANGE_WRITE; a failure only costs speed
+    sync_file_range = libc().sync_file_range
+    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    if sync_file_range(fd, 0, 0, 2) != 0:  # SYNC_FILE_RANGE_WRITE; a failure only costs speed
         log.debug("sync_file_range: %s", os.strerror(ctypes.get_errno()))
 
 
@@ -281,6 +280,7 @@ def import_bundle(
     zfs = _zfs_for(allow, zfs)
     into = _names.validate_repository(into)
     zfs.allow.check(into)
+    mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
     halves = None if progress is None else (lambda done, total: progress(done, 2 * (total or 0) or None))
     info = verify_bundle(path, progress=halves)
     repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
@@ -350,18 +350,14 @@ def _import_full(
             hint="import into a new name, or import an incremental bundle",
         )
     parent = into.rsplit("/", 1)[0]
-    parent_props = zfs.get_props(parent, ["mountpoint"])
-    if parent_props is None:
+    family = zfs.family(into)
+    if parent not in family:
         raise RepositoryNotFoundError(f"parent dataset {parent} of {into} does not exist", dataset=parent)
-    inherited = None
-    if mountpoint is None:
-        parent_mp = str(parent_props.get("mountpoint", ""))
-        if not parent_mp.startswith("/"):
-            raise InvalidArgumentError(f"{into} would have no mountpoint: give one", dataset=into)
-        inherited = f"{parent_mp.rstrip('/')}/{into.rsplit('/', 1)[1]}"
-    elif not os.path.isabs(mountpoint):
-        raise InvalidArgumentError(f"mountpoint {mountpoint!r} is not an absolute path", dataset=into)
-    target = mountpoint or str(inherited)
+    inherited = repository._inherited_mountpoint(family)
+    target = mountpoint or inherited
+    if target is None:
+        raise InvalidArgumentError(f"{into} would have no mountpoint: give one", dataset=into)
+    inherits = target == inherited  # as for transactions: no local mountpoint property then
     meta = info.metadata
     temp = _names.receive_dataset(into, _names.new_tx_id())
     steps = _Steps("import")
@@ -369,20 +365,19 @@ def _import_full(
         _stream_parts(zfs, path, info, temp, steps, progress, force=False)
     except BaseException:
         if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
-            zfs.destroy_snapshots([s.name for s in zfs.snapshots(temp)])
-            zfs.destroy(temp)
+            zfs.destroy_with_snapshots(temp)
         raise
     head_props = {
         P_REPO: into,
         P_MOUNTPOINT: target,
-        P_INHERITS: "yes" if inherited else "no",
+        P_INHERITS: "yes" if inherits else "no",
         P_OWNER: str(meta.get("owner") or f"{os.getuid()}:{os.getgid()}"),
         P_MODE: f"{parse_mode(meta.get('mode') or '0755'):04o}",
         P_STATE: Phase.COMMITTED.value,
     }
     zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, info))
     steps.done()
-    if not inherited:
+    if not inherits:
         zfs.set_mountpoint(temp, target)  # mounts it there too (canmount=on)
         steps.done()
     zfs.rename(temp, into)  # the commit point

@@ -85,8 +85,6 @@ under its final name is always whole.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import io
@@ -113,6 +111,7 @@ from ._errors import (
     InvalidArgumentError,
     NotABundleError,
 )
+from ._libc import libc
 
 ProgressFn = Callable[[int, int | None], None]
 """Called with (stream bytes done, total stream bytes or None when unknown), as chunks are
@@ -258,11 +257,11 @@ def _inotify_modify_watch(fd: int) -> int | None:
     """An inotify descriptor that becomes readable whenever the file behind ``fd`` is
     written (IN_MODIFY; the kernel's own writes, such as lzc_send's, count too); None
     where inotify is unavailable."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    watch = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    lib = libc()
+    watch = int(lib.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
     if watch < 0:
         return None
-    if libc.inotify_add_watch(watch, f"/proc/self/fd/{fd}".encode(), 0x2) < 0:  # IN_MODIFY
+    if lib.inotify_add_watch(watch, f"/proc/self/fd/{fd}".encode(), 0x2) < 0:  # IN_MODIFY
         os.close(watch)
         return None
     return watch

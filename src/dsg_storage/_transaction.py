@@ -735,8 +735,7 @@ class Repository:
         for dataset in family:
             parsed = _names.parse_temporary(dataset)
             if parsed and parsed[1] == "recv":
-                self.zfs.destroy_snapshots([s.name for s in self.zfs.snapshots(dataset)])
-                self.zfs.destroy(dataset)
+                self.zfs.destroy_with_snapshots(dataset)
                 actions.append(f"{parsed[2]}: interrupted bundle import {dataset} destroyed")
         mark = (family.get(self.name) or {}).get(P_IMPORT)
         if mark:

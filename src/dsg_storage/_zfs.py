@@ -32,7 +32,6 @@ mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option,
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import logging
@@ -64,6 +63,7 @@ from ._errors import (
     ZfsError,
     ZfsUnavailableError,
 )
+from ._libc import libc
 
 log = logging.getLogger("dsg_storage")
 T = TypeVar("T")
@@ -353,13 +353,19 @@ def zfs_version() -> str:
         return "unknown"
 
 
+def _own_props(local: Mapping[str, Any], name: str, prefix: str) -> dict[str, str]:
+    """From ``zfs get -j -s local`` output: ``name``'s own properties starting with ``prefix``."""
+    found = (local.get(name) or {}).get("properties") or {}
+    return {key: str(prop["value"]) for key, prop in found.items() if key.startswith(prefix)}
+
+
 class _PoolReadOnly(Exception):
     """A channel program was refused because the pool is imported read-only."""
 
 
 class _Libc:
     def __init__(self) -> None:
-        self.lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.lib = libc()
         self.lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         self.lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
@@ -561,11 +567,7 @@ class Zfs:
             name: {
                 **{key: info["properties"][key]["value"] for key in ("guid", "createtxg", "creation")},
                 "name": name,
-                "user": {
-                    k: v["value"]
-                    for k, v in local.get(name, {}).get("properties", {}).items()
-                    if k.startswith(user_prefix)
-                },
+                "user": _own_props(local, name, user_prefix),
             }
             for name, info in listed.items()
         }
@@ -581,14 +583,7 @@ class Zfs:
         listed = self._zfs_json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint", under, missing_ok=True)
         local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local", "all", under, missing_ok=True)
         return {
-            name: {
-                **{
-                    k: str(v["value"])
-                    for k, v in local.get(name, {}).get("properties", {}).items()
-                    if k.startswith(user_prefix)
-                },
-                "mountpoint": str(info["properties"]["mountpoint"]["value"]),
-            }
+            name: {**_own_props(local, name, user_prefix), "mountpoint": str(info["properties"]["mountpoint"]["value"])}
             for name, info in listed.items()
         }
 
@@ -640,6 +635,11 @@ class Zfs:
         for path in reversed(paths):
             self.unmount(name, path)
         self._retry_busy(name, "destroy", lambda: self._call(name, self.lzc.lzc_destroy, _b(name)), None)
+
+    def destroy_with_snapshots(self, filesystem: str) -> None:
+        """Destroy ``filesystem`` and its snapshots (it must have no children)."""
+        self.destroy_snapshots([s.name for s in self.snapshots(filesystem)])
+        self.destroy(filesystem)
 
     def rollback(self, filesystem: str) -> None:
         """Roll ``filesystem`` back to its latest snapshot (works while mounted)."""
@@ -764,11 +764,10 @@ class Zfs:
     def release_mount(self, source: str, path: str) -> None:
         """Unmount what ``mount_readonly`` mounted (and anything ZFS automounted below it,
         such as a snapshot under ``.zfs``); retried while busy."""
-        nested = sorted(
-            (p for ds, p in _zfs_mount_entries() if p.startswith(path.rstrip("/") + "/")), key=len, reverse=True
-        )
-        for inner in nested:
-            self._unmount_top(source, inner)
+        below = path.rstrip("/") + "/"
+        nested = sorted(((ds, p) for ds, p in _zfs_mount_entries() if p.startswith(below)), key=lambda m: -len(m[1]))
+        for dataset, inner in nested:
+            self._unmount_top(dataset, inner)
         self._unmount_top(source, path)
 
     def _unmount_top(self, dataset: str, target: str) -> None:

@@ -1,0 +1,14 @@
+"""The C library, loaded once, for the few system calls Python's ``os`` module lacks:
+mount(2)/umount2(2) and prctl(2) (``_zfs``), sync_file_range(2) (``_bundle``) and
+inotify (``_bundle_format``)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
