@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from dsg_storage import Repository
-from dsg_storage._bundle import export_bundle, import_bundle
+from dsg_storage.transfer.bundle import export_bundle, import_bundle
 
 ROOT = "dsgtest/bench-bundles"
 WORK = Path("/var/tmp/dsg-bench-bundles")
@@ -57,7 +57,7 @@ def timed(fn: object) -> float:
 # process image (wait4's ru_maxrss would include the benchmark's own RSS from before exec).
 _MEASURE = """
 import sys
-from dsg_storage._cli import main
+from dsg_storage.cli import main
 rc = main(sys.argv[1:]) if sys.argv[1:] else 0
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]
 print("VmHWM", hwm, flush=True)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dsg_storage import AllowList, Repository
-from dsg_storage._zfs import Zfs
+from dsg_storage.zfs.boundary import Zfs
 
 ROOT = "dsgtest/bench"
 MOUNT_BASE = Path("/var/tmp/dsg-bench")

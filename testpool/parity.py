@@ -27,9 +27,9 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dsg_storage import _zpool
-from dsg_storage._offline import open_offline
-from dsg_storage._reader import Reader, commit_to_json, open_live
+from dsg_storage.read.offline import open_offline
+from dsg_storage.read.reader import Reader, commit_to_json, open_live
+from dsg_storage.zfs import zpool as _zpool
 
 
 def read_everything(reader: Reader, under: str) -> dict[str, Any]:

@@ -8,13 +8,24 @@
     # committed: /srv/survey holds results.csv; an exception in the block rolls back
 
 All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
-``python3-pyzfs``); see ``dsg_storage._zfs`` for the few things done otherwise.
+``python3-pyzfs``); see ``dsg_storage.zfs`` for the few things done otherwise.
 """
 
-from ._allow import AllowList
-from ._bundle import ImportResult, check_lock, export_bundle, import_bundle, inspect_bundle, verify_bundle, write_lock
-from ._bundle_format import BundleInfo, PartSummary
-from ._errors import (
+from ._version import __version__
+from .core.allow import AllowList
+from .core.options import Owner
+from .core.transaction import (
+    Commit,
+    Pattern,
+    PendingTransaction,
+    Phase,
+    Repository,
+    RepositoryStatus,
+    State,
+    Transaction,
+    begin,
+)
+from .errors import (
     BundleCorruptError,
     BundleError,
     BundleTruncatedError,
@@ -46,25 +57,25 @@ from ._errors import (
     ZfsError,
     ZfsUnavailableError,
 )
-from ._lockfile import LockDiff, LockedCommit, LockFile
-from ._offline import open_offline
-from ._options import Owner
-from ._queue import Item, ItemState, Kind, Queue, RetryPolicy
-from ._readcache import ReadCache
-from ._reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
-from ._transaction import (
-    Commit,
-    Pattern,
-    PendingTransaction,
-    Phase,
-    Repository,
-    RepositoryStatus,
-    State,
-    Transaction,
-    begin,
+from .queue import Item, ItemState, Kind, Queue, RetryPolicy
+from .read.cache import ReadCache
+from .read.offline import open_offline
+from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
+from .transfer.bundle import (
+    ImportResult,
+    check_lock,
+    export_bundle,
+    import_bundle,
+    inspect_bundle,
+    verify_bundle,
+    write_lock,
 )
-
-__version__ = "0.1.0"
+from .transfer.format import BundleInfo, PartSummary
+from .transfer.lockfile import LockDiff, LockedCommit, LockFile
+from .transfer.lockfile import compare as compare_lock
+from .transfer.lockfile import dumps as dump_lock
+from .transfer.lockfile import loads as load_lock
+from .transfer.lockfile import read as read_lock
 
 __all__ = [
     "AllowList",
@@ -128,11 +139,15 @@ __all__ = [
     "__version__",
     "begin",
     "check_lock",
+    "compare_lock",
+    "dump_lock",
     "export_bundle",
     "import_bundle",
     "inspect_bundle",
+    "load_lock",
     "open_live",
     "open_offline",
+    "read_lock",
     "verify_bundle",
     "write_lock",
 ]

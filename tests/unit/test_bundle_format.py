@@ -29,7 +29,7 @@ from dsg_storage import (
     InvalidArgumentError,
     NotABundleError,
 )
-from dsg_storage import _bundle_format as bf
+from dsg_storage.transfer import format as bf
 
 MiB = 1 << 20
 METADATA = {"repository": "tank/data/survey", "snapshots": ["dsg-commit-1", "dsg-commit-2"]}
@@ -727,7 +727,7 @@ def test_memory_stays_flat_for_a_64_mib_bundle(tmp_path: Path) -> None:
 
 RSS_SCRIPT = """
 import os, resource, sys
-from dsg_storage import _bundle_format as bf
+from dsg_storage.transfer import format as bf
 
 path, size = sys.argv[1], int(sys.argv[2])
 
@@ -752,7 +752,7 @@ print(before, written, rss())
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB, mapped file pages counted: Linux")
 def test_resident_memory_stays_flat_for_a_256_mib_bundle(tmp_path: Path) -> None:
     """tracemalloc does not see mapped pages; the peak resident size does (in a fresh process)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(bf.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(bf.__file__).parents[2]))
     result = subprocess.run(
         [sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "big.dsgb"), str(256 * MiB)],
         env=env,

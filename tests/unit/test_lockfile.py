@@ -12,8 +12,8 @@ import pytest
 
 import dsg_storage
 from dsg_storage import LockFileError
-from dsg_storage import _lockfile as lf
-from dsg_storage._lockfile import LockedCommit
+from dsg_storage.transfer import lockfile as lf
+from dsg_storage.transfer.lockfile import LockedCommit
 
 A = LockedCommit("dsg-commit-20261121T101010123Z", 11)
 B = LockedCommit("dsg-commit-20261122T101010123Z", 2**64 - 1)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from dsg_storage import InvalidNameError
-from dsg_storage import _names as names
+from dsg_storage.core import names
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dsg_storage import InvalidArgumentError, Owner
-from dsg_storage._options import check_mountpoint, parse_mode
+from dsg_storage.core.options import check_mountpoint, parse_mode
 
 
 def test_owner_accepts_numbers_names_and_tuples() -> None:

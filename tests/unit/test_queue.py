@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import AllowList, DatasetBusyError, DatasetExistsError, ItemState, NotAllowedError, Queue, RetryPolicy
-from dsg_storage._queue import Kind, is_transient
+from dsg_storage.queue import Kind, is_transient
 
 
 class FakeZfs:

@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from dsg_storage import AllowList
-from dsg_storage._zfs import Zfs, zfs_mounts
+from dsg_storage.zfs.boundary import Zfs, zfs_mounts
 
 POOL = "dsgtest"
 _counter = itertools.count()

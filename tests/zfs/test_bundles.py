@@ -22,7 +22,7 @@ from dsg_storage import (
     NotABundleError,
     Repository,
 )
-from dsg_storage._bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
+from dsg_storage.transfer.bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
 
 from .conftest import Sandbox
 from .test_crash_safety import in_child

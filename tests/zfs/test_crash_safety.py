@@ -21,7 +21,7 @@ from dsg_storage import (
     Repository,
     TransactionInProgressError,
 )
-from dsg_storage._transaction import CRASH_ENV
+from dsg_storage.core.transaction import CRASH_ENV
 
 from .conftest import Sandbox
 from .test_transactions import OWNER, files, owner_mode

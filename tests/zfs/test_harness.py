@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dsg_storage._zfs import zfs_mounts
+from dsg_storage.zfs.boundary import zfs_mounts
 
 from .conftest import POOL, Sandbox
 

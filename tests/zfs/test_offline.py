@@ -29,9 +29,9 @@ from dsg_storage import (
     Repository,
     RepositoryNotFoundError,
 )
-from dsg_storage._offline import open_offline
-from dsg_storage._readcache import ReadCache
-from dsg_storage._reader import Mode, open_live
+from dsg_storage.read.cache import ReadCache
+from dsg_storage.read.offline import open_offline
+from dsg_storage.read.reader import Mode, open_live
 
 from .conftest import Sandbox
 

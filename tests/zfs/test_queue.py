@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dsg_storage import ItemState, Queue, Repository, RetryPolicy
-from dsg_storage._zfs import Zfs
+from dsg_storage.zfs.boundary import Zfs
 
 from .conftest import Sandbox
 from .test_crash_safety import NEW, OLD, export_pool, fill, import_pool, in_child, make_changes

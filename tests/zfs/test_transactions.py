@@ -20,7 +20,7 @@ from dsg_storage import (
     Repository,
     State,
 )
-from dsg_storage._zfs import Zfs, zfs_mounts
+from dsg_storage.zfs.boundary import Zfs, zfs_mounts
 
 from .conftest import Sandbox
 

@@ -42,9 +42,7 @@ from typing import Any, Self
 
 import attrs
 
-from . import _names
-from ._allow import AllowList
-from ._errors import (
+from ..errors import (
     ConflictError,
     DatasetExistsError,
     DatasetNotFoundError,
@@ -56,11 +54,13 @@ from ._errors import (
     TransactionNotFoundError,
     TransactionStateError,
 )
-from ._lock import repository_lock
-from ._names import prop
-from ._options import Owner, check_mountpoint, parse_mode
-from ._queue import Queue
-from ._zfs import Batch, Snapshot, Zfs, zfs_mounts
+from ..queue import Queue
+from ..zfs.boundary import Batch, Snapshot, Zfs, zfs_mounts
+from . import names as _names
+from .allow import AllowList
+from .lock import repository_lock
+from .names import prop
+from .options import Owner, check_mountpoint, parse_mode
 
 log = logging.getLogger("dsg_storage")
 
@@ -739,7 +739,7 @@ class Repository:
                 actions.append(f"{parsed[2]}: interrupted bundle import {dataset} destroyed")
         mark = (family.get(self.name) or {}).get(P_IMPORT)
         if mark:
-            from ._bundle import undo_import
+            from ..transfer.bundle import undo_import
 
             tx, base = mark.split(" ", 1)
             undo_import(self.zfs, self.name, base)

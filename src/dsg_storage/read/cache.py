@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import CacheMissError
+from ..errors import CacheMissError
 
 ENV = "DSG_STORAGE_CACHE"
 

@@ -47,22 +47,13 @@ from typing import Any
 
 import attrs
 
-from . import _bundle_format, _lockfile, _names
-from ._allow import AllowList
-from ._bundle_format import BundleInfo, ProgressFn
-from ._errors import (
-    BundleError,
-    ConflictError,
-    DatasetExistsError,
-    InvalidArgumentError,
-    RepositoryNotFoundError,
-    TransactionInProgressError,
-)
-from ._libc import libc
-from ._lock import repository_lock
-from ._lockfile import LockDiff, LockedCommit, LockFile
-from ._options import check_mountpoint, parse_mode
-from ._transaction import (
+from .._libc import libc
+from .._version import __version__
+from ..core import names as _names
+from ..core.allow import AllowList
+from ..core.lock import repository_lock
+from ..core.options import check_mountpoint, parse_mode
+from ..core.transaction import (
     P_IMPORT,
     P_INHERITS,
     P_MODE,
@@ -74,7 +65,19 @@ from ._transaction import (
     Repository,
     _Steps,
 )
-from ._zfs import Batch, DatasetChangedError, Snapshot, Zfs, zfs_version
+from ..errors import (
+    BundleError,
+    ConflictError,
+    DatasetExistsError,
+    InvalidArgumentError,
+    RepositoryNotFoundError,
+    TransactionInProgressError,
+)
+from ..zfs.boundary import Batch, DatasetChangedError, Snapshot, Zfs, zfs_version
+from . import format as _bundle_format
+from . import lockfile as _lockfile
+from .format import BundleInfo, ProgressFn
+from .lockfile import LockDiff, LockedCommit, LockFile
 
 KIND = "dsg-storage bundle"
 log = logging.getLogger("dsg_storage")
@@ -157,7 +160,7 @@ def export_bundle(
         "mode": props.get(P_MODE),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "zfs_version": zfs_version(),
-        "dsg_storage_version": _version(),
+        "dsg_storage_version": __version__,
     }
     output = Path(output)
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
@@ -501,12 +504,6 @@ def write_progress(stream: Any = None, *, label: str = "") -> ProgressFn | None:
         stream.flush()
 
     return report
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,9 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ._allow import AllowList
-from ._transaction import Repository
-from ._zfs import Zfs
+from ..core.allow import AllowList
+from ..core.transaction import Repository
+from ..zfs.boundary import Zfs
 
 
 def _say(text: str) -> None:

@@ -22,7 +22,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 
-from ._errors import InvalidNameError
+from ..errors import InvalidNameError
 
 #: ZFS_MAX_DATASET_NAME_LEN is 256 including the terminating NUL.
 MAX_NAME_LEN = 255

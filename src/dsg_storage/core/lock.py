@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tenacity
 
-from ._errors import RepositoryBusyError
+from ..errors import RepositoryBusyError
 
 ENV_VAR = "DSG_STORAGE_LOCK_DIR"
 DEFAULT_DIR = "/run/dsg-storage/locks"

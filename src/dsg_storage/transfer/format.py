@@ -103,7 +103,8 @@ from typing import Any, BinaryIO, Self, TypeVar
 
 import attrs
 
-from ._errors import (
+from .._libc import libc
+from ..errors import (
     BundleCorruptError,
     BundleError,
     BundleTruncatedError,
@@ -111,7 +112,6 @@ from ._errors import (
     InvalidArgumentError,
     NotABundleError,
 )
-from ._libc import libc
 
 ProgressFn = Callable[[int, int | None], None]
 """Called with (stream bytes done, total stream bytes or None when unknown), as chunks are

@@ -32,21 +32,10 @@ from typing import Any
 
 import attrs
 
-from . import __version__
-from . import _lockfile as lockfile
-from ._allow import AllowList
-from ._bundle import (
-    check_lock,
-    export_bundle,
-    import_bundle,
-    inspect_bundle,
-    verify_bundle,
-    write_lock,
-    write_progress,
-)
-from ._bundle import describe as describe_bundle
-from ._bundle_format import BundleInfo
-from ._errors import (
+from .._version import __version__
+from ..core.allow import AllowList
+from ..core.transaction import Commit, Repository, RepositoryStatus
+from ..errors import (
     BundleError,
     ConflictError,
     DatasetBusyError,
@@ -64,13 +53,24 @@ from ._errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
 )
-from ._offline import open_offline
-from ._queue import Item, Queue
-from ._readcache import ENV as CACHE_ENV
-from ._readcache import ReadCache
-from ._reader import CachedReader, Reader, commit_to_json, open_live
-from ._transaction import Commit, Repository, RepositoryStatus
-from ._zfs import Zfs
+from ..queue import Item, Queue
+from ..read.cache import ENV as CACHE_ENV
+from ..read.cache import ReadCache
+from ..read.offline import open_offline
+from ..read.reader import CachedReader, Reader, commit_to_json, open_live
+from ..transfer import lockfile
+from ..transfer.bundle import (
+    check_lock,
+    export_bundle,
+    import_bundle,
+    inspect_bundle,
+    verify_bundle,
+    write_lock,
+    write_progress,
+)
+from ..transfer.bundle import describe as describe_bundle
+from ..transfer.format import BundleInfo
+from ..zfs.boundary import Zfs
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
@@ -313,7 +313,7 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
     if args.command in ("lock", "verify"):
         return _run_lock(args, allow)
     if args.command == "demo":
-        from ._demo import run_demo
+        from .demo import run_demo
 
         run_demo(args.parent, args.mount_dir, allow | AllowList((args.parent,)))
         return 0

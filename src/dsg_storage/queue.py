@@ -37,8 +37,8 @@ from typing import Any, Self
 import attrs
 import tenacity
 
-from . import _names
-from ._errors import (
+from .core import names as _names
+from .errors import (
     DatasetBusyError,
     DatasetExistsError,
     DatasetNotFoundError,
@@ -49,7 +49,7 @@ from ._errors import (
     RepositoryBusyError,
     ZfsError,
 )
-from ._zfs import Zfs
+from .zfs.boundary import Zfs
 
 ENV_VAR = "DSG_STORAGE_QUEUE"
 DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 
-from ._errors import (
+from ..errors import (
     InvalidArgumentError,
     PoolForeignError,
     PoolNotFoundError,

@@ -21,12 +21,12 @@ import secrets
 import tempfile
 from collections.abc import Sequence
 
-from . import _zpool
-from ._allow import AllowList
-from ._errors import DsgStorageError, PoolForeignError, PoolNotFoundError, PoolOpenError
-from ._readcache import ReadCache
-from ._reader import CachedReader, Mode, Reader
-from ._zfs import Zfs, zfs_mounts
+from ..core.allow import AllowList
+from ..errors import DsgStorageError, PoolForeignError, PoolNotFoundError, PoolOpenError
+from ..zfs import zpool as _zpool
+from ..zfs.boundary import Zfs, zfs_mounts
+from .cache import ReadCache
+from .reader import CachedReader, Mode, Reader
 
 log = logging.getLogger("dsg_storage")
 

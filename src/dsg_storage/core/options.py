@@ -9,7 +9,7 @@ import pwd
 
 import attrs
 
-from ._errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 
 @attrs.frozen

@@ -49,9 +49,10 @@ from typing import Any, TypeVar
 import attrs
 import tenacity
 
-from . import _names
-from ._allow import AllowList
-from ._errors import (
+from .._libc import libc
+from ..core import names as _names
+from ..core.allow import AllowList
+from ..errors import (
     DatasetBusyError,
     DatasetExistsError,
     DatasetNotFoundError,
@@ -63,7 +64,6 @@ from ._errors import (
     ZfsError,
     ZfsUnavailableError,
 )
-from ._libc import libc
 
 log = logging.getLogger("dsg_storage")
 T = TypeVar("T")

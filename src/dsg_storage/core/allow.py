@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from ._errors import InvalidNameError, NotAllowedError
+from ..errors import InvalidNameError, NotAllowedError
 
 ENV_VAR = "DSG_STORAGE_ALLOW"
 

@@ -37,7 +37,8 @@ from typing import Any, TypeGuard
 
 import attrs
 
-from ._errors import LockFileError
+from .._version import __version__
+from ..errors import LockFileError
 
 MARKER = "dsg-storage-lock"
 FORMAT_VERSION = 1
@@ -65,8 +66,6 @@ class LockFile:
 
 def make(repository: str, commits: Iterable[LockedCommit], *, now: datetime | None = None) -> LockFile:
     """A lock file of ``commits`` (oldest first), created now, by this dsg-storage."""
-    from . import __version__  # late: the package imports its modules first
-
     created = (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return LockFile(repository, created, tuple(commits), dsg_storage_version=__version__)
 

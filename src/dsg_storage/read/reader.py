@@ -26,9 +26,10 @@ from typing import Any, BinaryIO, Self
 
 import attrs
 
-from . import _names
-from ._allow import AllowList
-from ._errors import (
+from ..core import names as _names
+from ..core.allow import AllowList
+from ..core.transaction import P_MODE, P_OWNER, Commit, Repository, Transaction, commits_of
+from ..errors import (
     CacheMissError,
     DatasetNotFoundError,
     InvalidArgumentError,
@@ -36,9 +37,8 @@ from ._errors import (
     RepositoryNotFoundError,
     ZfsError,
 )
-from ._readcache import ReadCache
-from ._transaction import P_MODE, P_OWNER, Commit, Repository, Transaction, commits_of
-from ._zfs import Zfs, zfs_mounts
+from ..zfs.boundary import Zfs, zfs_mounts
+from .cache import ReadCache
 
 
 class Mode(enum.Enum):

@@ -1,0 +1,1 @@
+"""The transactional core: names and properties, records, patterns, recovery, lock."""

@@ -1,0 +1,1 @@
+"""Reading repositories, live or offline (exported pools imported read-only), with a cache."""

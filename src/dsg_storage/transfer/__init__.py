@@ -1,0 +1,1 @@
+"""Moving repositories between machines: the bundle file format, bundles, lock files."""
