@@ -12,19 +12,10 @@ All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
 """
 
 from ._version import __version__
-from .core.allow import AllowList
 from .core.options import Owner
-from .core.transaction import (
-    Commit,
-    Pattern,
-    PendingTransaction,
-    Phase,
-    Repository,
-    RepositoryStatus,
-    State,
-    Transaction,
-    begin,
-)
+from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
+from .core.repository import Repository, begin
+from .core.transaction import Transaction
 from .errors import (
     BundleCorruptError,
     BundleError,
@@ -32,6 +23,7 @@ from .errors import (
     BundleVersionError,
     CacheMissError,
     ConflictError,
+    CorruptStateError,
     DatasetBusyError,
     DatasetExistsError,
     DatasetNotFoundError,
@@ -76,6 +68,7 @@ from .transfer.lockfile import compare as compare_lock
 from .transfer.lockfile import dumps as dump_lock
 from .transfer.lockfile import loads as load_lock
 from .transfer.lockfile import read as read_lock
+from .zfs.allow import AllowList
 
 __all__ = [
     "AllowList",
@@ -88,6 +81,7 @@ __all__ = [
     "CachedReader",
     "Commit",
     "ConflictError",
+    "CorruptStateError",
     "DatasetBusyError",
     "DatasetExistsError",
     "DatasetNotFoundError",

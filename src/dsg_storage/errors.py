@@ -131,6 +131,11 @@ class TransactionInProgressError(TransactionError, FileExistsError):
     errno_code = _errno.EEXIST
 
 
+class CorruptStateError(TransactionError):
+    """The pool records a transaction state this version cannot read (a property missing
+    or malformed: written by hand, or by something else). Nothing was changed."""
+
+
 class ConflictError(TransactionError):
     """The repository changed after the transaction began; committing would lose that
     change. Nothing was changed; roll the transaction back."""

@@ -37,7 +37,7 @@ from typing import Any, Self
 import attrs
 import tenacity
 
-from .core import names as _names
+from . import names as _names
 from .errors import (
     DatasetBusyError,
     DatasetExistsError,
@@ -49,7 +49,7 @@ from .errors import (
     RepositoryBusyError,
     ZfsError,
 )
-from .zfs.boundary import Zfs
+from .zfs.port import ZfsPort
 
 ENV_VAR = "DSG_STORAGE_QUEUE"
 DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"
@@ -227,7 +227,7 @@ class Queue:
             db.execute("DELETE FROM items WHERE id = ?", (item_id,))
         return item
 
-    def run(self, zfs: Zfs, *, due_only: bool = True) -> list[Item]:
+    def run(self, zfs: ZfsPort, *, due_only: bool = True) -> list[Item]:
         """Attempt every pending item that is due (every pending one with ``due_only``
         off); return the items as they are afterwards. One runner at a time (a lock
         beside the database), so two runners never apply the same item at once."""
@@ -252,7 +252,7 @@ class Queue:
                 remaining = retry if len(retry) < len(remaining) else []
             return [results[item_id] for item_id in sorted(results)]
 
-    def _attempt(self, zfs: Zfs, item: Item) -> Item:
+    def _attempt(self, zfs: ZfsPort, item: Item) -> Item:
         try:
             apply_item(zfs, item)
         except DsgStorageError as exc:
@@ -285,7 +285,7 @@ def _item(row: Any) -> Item:
     return Item(row[0], Kind(row[1]), row[2], ItemState(row[3]), row[4], row[5], row[6], row[7], row[8])
 
 
-def apply_item(zfs: Zfs, item: Item) -> None:
+def apply_item(zfs: ZfsPort, item: Item) -> None:
     """Do what ``item`` asks, idempotently: done already counts as done."""
     zfs.allow.check(item.target)  # before anything: never "done" for a target we may not touch
     pool = _names.pool_of(item.target)

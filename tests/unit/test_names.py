@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dsg_storage import InvalidNameError
-from dsg_storage.core import names
+from dsg_storage import InvalidNameError, names
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ import attrs
 import pytest
 
 from dsg_storage import AllowList
-from dsg_storage.zfs.boundary import Zfs, zfs_mounts
+from dsg_storage.zfs.boundary import Zfs
+from dsg_storage.zfs.mounts import zfs_mounts
 
 POOL = "dsgtest"
 _counter = itertools.count()

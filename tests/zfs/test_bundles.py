@@ -25,7 +25,7 @@ from dsg_storage import (
 from dsg_storage.transfer.bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
 
 from .conftest import Sandbox
-from .test_crash_safety import in_child
+from .test_crash_safety import at_step, in_child
 from .test_transactions import owner_mode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,13 +192,14 @@ def test_import_killed_at_every_step_leaves_old_or_new(
         export_bundle(source.name, bundle)
     outcomes = []
     mountpoint = str(mnt) if kind == "full" else None
-    for step in range(1, 10):
+    for step in range(1, 40):
         if kind == "incremental":
             import_bundle(tmp_path / "base.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
         old = state(sandbox, target, mnt)
         run = in_child(
-            lambda: import_bundle(bundle, target.name, mountpoint=mountpoint, allow=sandbox.allow),
-            crash_at=f"import:{step}",
+            lambda: import_bundle(bundle, target.name, mountpoint=mountpoint, zfs=sandbox.zfs),
+            crash_at=at_step(step),
+            zfs=sandbox.zfs,
         )
         target.recover()
         now = state(sandbox, target, mnt)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
 
+import attrs
 import pytest
 
 from dsg_storage import (
@@ -21,7 +22,8 @@ from dsg_storage import (
     Repository,
     TransactionInProgressError,
 )
-from dsg_storage.core.transaction import CRASH_ENV
+from dsg_storage.zfs.boundary import Zfs
+from dsg_storage.zfs.host import Step
 
 from .conftest import Sandbox
 from .test_transactions import OWNER, files, owner_mode
@@ -44,18 +46,47 @@ def fill(path: str, content: dict[str, str]) -> None:
 CHILD_LIMIT = 120.0
 
 
-def in_child(fn: Callable[[], None], crash_at: str | None = None, kill_after: float | None = None) -> str:
+def stop_when(zfs: Zfs, crash: Callable[[Step], bool]) -> None:
+    """Make this process SIGKILL itself right after the first change ``zfs`` makes for
+    which ``crash`` is true (the boundary counts every change: pool, mounts, directories,
+    owners; step numbers count from now)."""
+    start = zfs.steps.count
+
+    def observer(step: Step) -> None:
+        if crash(attrs.evolve(step, index=step.index - start)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    zfs.steps.observer = observer
+
+
+def at_step(k: int) -> Callable[[Step], bool]:
+    return lambda step: step.index == k
+
+
+def at_commit_point(workspace: str) -> Callable[[Step], bool]:
+    """Right after the rename that gives the workspace the repository's name."""
+    return lambda step: step.op == "rename" and step.target == workspace
+
+
+def in_child(
+    fn: Callable[[], None],
+    crash_at: Callable[[Step], bool] | None = None,
+    kill_after: float | None = None,
+    zfs: Zfs | None = None,
+) -> str:
     """Run ``fn`` in a forked child; return "killed" or "done".
 
-    ``crash_at`` arms the library's crash hook (SIGKILL after step k of an operation);
-    ``kill_after`` has the parent SIGKILL the child after that many seconds instead.
+    ``crash_at`` (with ``zfs``, the boundary ``fn`` works through) kills the child right
+    after the first change it matches (``at_step(k)``: the k-th); ``kill_after`` has the
+    parent SIGKILL the child after that many seconds instead.
     """
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
         code = 1
         try:
             if crash_at:
-                os.environ[CRASH_ENV] = crash_at
+                assert zfs is not None, "crash_at needs the boundary the child works through"
+                stop_when(zfs, crash_at)
             fn()
             code = 0
         except BaseException:  # noqa: BLE001 (reported, and the exit code says it failed)
@@ -122,18 +153,29 @@ def crash_every_step(
     expected: list[dict[str, str] | None],
 ) -> None:
     """Kill ``op`` after each of its steps in turn (fresh repository each time)."""
-    k = 0
+    k, opened_when_killed = 0, []
     while True:
         k += 1
         repo, mnt, action = setup(k)
-        outcome = in_child(action, crash_at=f"{op}:{k}")
-        if outcome == "done" and op == "begin":  # a finished begin leaves its transaction open
-            (pending,) = repo.pending()
-            repo.abort(pending.tx)
+        outcome = in_child(action, crash_at=at_step(k), zfs=box.zfs)
+        if op == "begin":
+            # A finished begin leaves its transaction open. So may a begin killed right
+            # after its last change (the one that marks it open): checked below.
+            repo.recover()
+            pending = repo.pending()
+            if outcome == "done" or pending:
+                (opened,) = pending
+                assert opened.state == "open"
+                repo.abort(opened.tx)
+                if outcome == "killed":
+                    opened_when_killed.append(k)
         assert_clean(box, repo, mnt, expected)
         if outcome == "done":
             break
-        assert k < 20, "the operation never finished"
+        assert k < 40, "the operation never finished"
+    assert opened_when_killed in ([], [k - 1]), (
+        f"{label}: open after a kill before the last change: {opened_when_killed}"
+    )
     record_property("crash_points", f"{label}={k - 1}")
     assert k > 2, f"{label}: only {k - 1} crash points"
 
@@ -210,7 +252,8 @@ def test_recovery_killed_midway_is_itself_recovered(box: Sandbox, record_propert
         repo, mnt = existing(box, f"r{k}")
         tx = repo.begin()
         make_changes(tx.path)
-        assert in_child(lambda: repo.commit(tx.id), crash_at="commit:1") == "killed"
+        commit_point = at_commit_point(tx.dataset)
+        assert in_child(lambda: repo.commit(tx.id), crash_at=commit_point, zfs=box.zfs) == "killed"
         return repo, mnt, repo.recover
 
     crash_every_step(box, record_property, "recover", "recover", setup, [NEW])
@@ -355,11 +398,12 @@ def test_commit_interrupted_then_pool_reimported_is_recovered(
         repo, mnt = existing(box, f"r{k}")
         tx = repo.begin()
         make_changes(tx.path)
-        outcome = in_child(lambda repo=repo, tx=tx: repo.commit(tx.id), crash_at=f"commit:{k}")
+        outcome = in_child(lambda repo=repo, tx=tx: repo.commit(tx.id), crash_at=at_step(k), zfs=box.zfs)
         export_and_import()
         assert_clean(box, repo, mnt, [NEW])
         if outcome == "done":
             break
+        assert k < 40, "the commit never finished"
     record_property("crash_points", f"commit-then-reimport={k - 1}")
     assert k > 2
 

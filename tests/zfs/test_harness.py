@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dsg_storage.zfs.boundary import zfs_mounts
+from dsg_storage.zfs.mounts import zfs_mounts
 
 from .conftest import POOL, Sandbox
 
@@ -26,11 +26,11 @@ def test_lzc_round_trip_create_snapshot_clone_promote_rename(sandbox: Sandbox) -
     origin_mnt, clone_mnt = sandbox.mount_dir / "origin", sandbox.mount_dir / "clone"
 
     zfs.create(f"{base}/origin", {"mountpoint": str(origin_mnt)})
-    zfs.mount(f"{base}/origin", str(origin_mnt))
+    zfs.host.mount(f"{base}/origin", str(origin_mnt))
     (origin_mnt / "hello.txt").write_text("v1")
     zfs.snapshot([f"{base}/origin@s1"], {"dsg-storage:note": "first"})
     zfs.clone(f"{base}/clone", f"{base}/origin@s1", {"mountpoint": str(clone_mnt)})
-    zfs.mount(f"{base}/clone", str(clone_mnt))
+    zfs.host.mount(f"{base}/clone", str(clone_mnt))
     assert (clone_mnt / "hello.txt").read_text() == "v1"
     assert zfs.get_props(f"{base}/clone", ["origin"]) == {"origin": f"{base}/origin@s1"}
 
@@ -41,12 +41,12 @@ def test_lzc_round_trip_create_snapshot_clone_promote_rename(sandbox: Sandbox) -
     assert zfs.get_props(f"{base}/origin", ["origin"]) == {"origin": f"{base}/clone@s1"}
     assert "origin" not in (zfs.get_props(f"{base}/clone", ["origin"]) or {})
 
-    zfs.unmount(f"{base}/clone")
+    zfs.host.unmount(f"{base}/clone")
     zfs.rename(f"{base}/clone", f"{base}/renamed")
     assert not zfs.exists(f"{base}/clone") and zfs.exists(f"{base}/renamed")
     # The local mountpoint property travels with the rename.
     assert zfs.get_props(f"{base}/renamed", ["mountpoint"]) == {"mountpoint": str(clone_mnt)}
-    zfs.mount(f"{base}/renamed", str(clone_mnt))
+    zfs.host.mount(f"{base}/renamed", str(clone_mnt))
     assert zfs_mounts()[f"{base}/renamed"] == [str(clone_mnt)]
     assert (clone_mnt / "hello.txt").read_text() == "v1"
     assert sandbox.datasets() == ["origin", "renamed", "renamed@s1"]
@@ -62,7 +62,7 @@ INNER = textwrap.dedent(
         name = f"{sandbox.dataset}/repo"  # the same leaf in every test and worker
         mnt = sandbox.mount_dir / "repo"
         sandbox.zfs.create(name, {"mountpoint": str(mnt)})
-        sandbox.zfs.mount(name, str(mnt))
+        sandbox.zfs.host.mount(name, str(mnt))
         (mnt / "who").write_text(os.environ["PYTEST_XDIST_WORKER"] + str(n))
         sandbox.zfs.snapshot([name + "@s"])
         assert (mnt / "who").read_text() == os.environ["PYTEST_XDIST_WORKER"] + str(n)

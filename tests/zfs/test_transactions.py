@@ -20,7 +20,8 @@ from dsg_storage import (
     Repository,
     State,
 )
-from dsg_storage.zfs.boundary import Zfs, zfs_mounts
+from dsg_storage.zfs.boundary import Zfs
+from dsg_storage.zfs.mounts import zfs_mounts
 
 from .conftest import Sandbox
 

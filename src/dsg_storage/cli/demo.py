@@ -6,9 +6,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..core.allow import AllowList
-from ..core.transaction import Repository
-from ..zfs.boundary import Zfs
+from ..core.repository import Repository
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs
 
 
 def _say(text: str) -> None:
@@ -21,7 +21,7 @@ def _files(path: str) -> str:
 
 
 def run_demo(parent: str, mount_dir: str | None, allow: AllowList) -> None:
-    zfs = Zfs(allow)
+    zfs = open_zfs(allow)
     if not zfs.exists(parent):
         zfs.create(parent, {"mountpoint": "none"})
         _say(f"created parent dataset {parent}")
@@ -58,7 +58,7 @@ def run_demo(parent: str, mount_dir: str | None, allow: AllowList) -> None:
     _say(f"temporary datasets left: {leftovers or 'none'}; pending transactions: {len(repo.pending())}")
 
     # Leave nothing behind on a real machine: the demo repository is only for show.
-    zfs.unmount(name)
+    zfs.host.unmount(name)
     zfs.destroy_snapshots([c.snapshot for c in repo.history()])
     zfs.destroy(name)
     _say(f"removed {name}")

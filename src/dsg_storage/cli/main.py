@@ -33,8 +33,8 @@ from typing import Any
 import attrs
 
 from .._version import __version__
-from ..core.allow import AllowList
-from ..core.transaction import Commit, Repository, RepositoryStatus
+from ..core.records import Commit, RepositoryStatus
+from ..core.repository import Repository
 from ..errors import (
     BundleError,
     ConflictError,
@@ -70,7 +70,8 @@ from ..transfer.bundle import (
 )
 from ..transfer.bundle import describe as describe_bundle
 from ..transfer.format import BundleInfo
-from ..zfs.boundary import Zfs
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
@@ -221,6 +222,7 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
             for p in status.pending
         ],
         "leftovers": list(status.leftovers),
+        "recovery_note": status.recovery_note,
         "access": "live",
     }
 
@@ -347,6 +349,7 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
             f"pending:     {len(status.pending)}",
             *(f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}\t{p.path}" for p in status.pending),
             *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
+            *([f"recovery:    {status.recovery_note}"] if status.recovery_note else []),
         ]
         _emit(args, _status_json(status), "\n".join(lines))
     return 0
@@ -461,7 +464,7 @@ def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
             item = queue.drop(args.id)
             _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
         else:  # flush or gc
-            items = queue.run(Zfs(allow), due_only=action == "gc")
+            items = queue.run(open_zfs(allow), due_only=action == "gc")
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
     return 0
 

@@ -34,6 +34,14 @@ class Owner:
         return cls(_lookup(user, pwd.getpwnam, "user"), _lookup(group, grp.getgrnam, "group"))
 
     @classmethod
+    def parse_ids(cls, text: str) -> Owner:
+        """``"1000:1000"`` only (numbers, no name lookup): how the pool records an owner."""
+        uid, sep, gid = text.partition(":")
+        if not sep or not uid.isdigit() or not gid.isdigit():
+            raise InvalidArgumentError(f"owner {text!r} is not UID:GID")
+        return cls(_id(int(uid), "uid"), _id(int(gid), "gid"))
+
+    @classmethod
     def current(cls) -> Owner:
         return cls(os.geteuid(), os.getegid())
 

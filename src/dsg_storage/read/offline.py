@@ -21,10 +21,10 @@ import secrets
 import tempfile
 from collections.abc import Sequence
 
-from ..core.allow import AllowList
 from ..errors import DsgStorageError, PoolForeignError, PoolNotFoundError, PoolOpenError
 from ..zfs import zpool as _zpool
-from ..zfs.boundary import Zfs, zfs_mounts
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs
 from .cache import ReadCache
 from .reader import CachedReader, Mode, Reader
 
@@ -70,7 +70,7 @@ def _open(paths: list[str], wanted: str | None) -> Reader:
         if reals & {os.path.realpath(d) for d in live.devices} and wanted in (None, live.name, str(live.guid)):
             # Already imported here: read it as it is, never change it.
             return Reader(
-                Zfs(AllowList(()), read_only=True),
+                open_zfs(AllowList(()), read_only=True),
                 mode=Mode.LIVE,
                 pool=live.name,
                 health=live.health,
@@ -115,7 +115,7 @@ def _open(paths: list[str], wanted: str | None) -> Reader:
         _release(name, altroot)
         raise
     return Reader(
-        Zfs(AllowList(()), read_only=True),
+        open_zfs(AllowList(()), read_only=True),
         mode=Mode.OFFLINE,
         pool=target.name,
         imported_as=name,
@@ -128,14 +128,14 @@ def _open(paths: list[str], wanted: str | None) -> Reader:
 
 def _release(name: str, altroot: str) -> None:
     """Unmount everything of pool ``name`` (ours, read-only) and export it."""
-    zfs = Zfs(AllowList(()), read_only=True)
+    zfs = open_zfs(AllowList(()), read_only=True)
     mounted = sorted(
-        ((ds, p) for ds, paths in zfs_mounts().items() if ds.split("/")[0].split("@")[0] == name for p in paths),
+        ((ds, p) for ds, paths in zfs.host.mounts().items() if ds.split("/")[0].split("@")[0] == name for p in paths),
         key=lambda item: len(item[1]),
         reverse=True,
     )
     for dataset, path in mounted:
-        zfs.release_mount(dataset, path)
+        zfs.host.release_mount(dataset, path)
     _zpool.export(name)
     if os.path.isdir(altroot):
         os.rmdir(altroot)  # empty: ZFS mounted nothing there (-N); never rmtree near a pool

@@ -26,9 +26,10 @@ from typing import Any, BinaryIO, Self
 
 import attrs
 
-from ..core import names as _names
-from ..core.allow import AllowList
-from ..core.transaction import P_MODE, P_OWNER, Commit, Repository, Transaction, commits_of
+from .. import names as _names
+from ..core.records import Commit, commits_of
+from ..core.repository import Repository
+from ..core.transaction import Transaction
 from ..errors import (
     CacheMissError,
     DatasetNotFoundError,
@@ -37,7 +38,10 @@ from ..errors import (
     RepositoryNotFoundError,
     ZfsError,
 )
-from ..zfs.boundary import Zfs, zfs_mounts
+from ..names import P_MODE, P_OWNER
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs
+from ..zfs.port import ZfsPort
 from .cache import ReadCache
 
 
@@ -104,7 +108,7 @@ class Reader:
 
     def __init__(
         self,
-        zfs: Zfs | None,
+        zfs: ZfsPort | None,
         *,
         mode: Mode,
         pool: str | None = None,
@@ -133,7 +137,7 @@ class Reader:
         return self.zfs is None or self.zfs.read_only
 
     @property
-    def _zfs(self) -> Zfs:
+    def _zfs(self) -> ZfsPort:
         if self.zfs is None:
             raise CacheMissError("this reader serves cached reads only")
         return self.zfs
@@ -272,7 +276,7 @@ class Reader:
         incore = self._incore(repo)
         if commit is None:
             source = incore
-            mounted = zfs_mounts().get(incore)
+            mounted = self._zfs.host.mounts().get(incore)
             if mounted and self.mode is Mode.LIVE:
                 return mounted[0]
         else:
@@ -288,7 +292,7 @@ class Reader:
             self._private = self._private or tempfile.mkdtemp(prefix="dsg-storage-read-")
             path = os.path.join(self._private, f"m{len(self._mounts)}")
             os.mkdir(path)
-            self._zfs.mount_readonly(source, path)
+            self._zfs.host.mount_readonly(source, path)
             self._mounts[source] = path
         return self._mounts[source]
 
@@ -310,7 +314,7 @@ class Reader:
         self.closed = True
         try:
             for source, path in reversed(list(self._mounts.items())):
-                self._zfs.release_mount(source, path)
+                self._zfs.host.release_mount(source, path)
                 os.rmdir(path)
             self._mounts.clear()
             if self._private:
@@ -420,5 +424,4 @@ class RepositoryView:
 def open_live(*, allow: AllowList | str | None = None, cache: ReadCache | None = None) -> Reader:
     """A reader of the pools imported on this host; with ``cache``, repository lists and
     histories it reads are recorded for ``open_offline(..., cached=True)``."""
-    allow_list = allow if isinstance(allow, AllowList) else AllowList.parse(allow) if allow else AllowList.from_env()
-    return Reader(Zfs(allow_list), mode=Mode.LIVE, cache=cache)
+    return Reader(open_zfs(allow), mode=Mode.LIVE, cache=cache)

@@ -47,24 +47,13 @@ from typing import Any
 
 import attrs
 
+from .. import names as _names
 from .._libc import libc
 from .._version import __version__
-from ..core import names as _names
-from ..core.allow import AllowList
-from ..core.lock import repository_lock
 from ..core.options import check_mountpoint, parse_mode
-from ..core.transaction import (
-    P_IMPORT,
-    P_INHERITS,
-    P_MODE,
-    P_MOUNTPOINT,
-    P_OWNER,
-    P_REPO,
-    P_STATE,
-    Phase,
-    Repository,
-    _Steps,
-)
+from ..core.records import Phase
+from ..core.repository import Repository
+from ..core.view import observe
 from ..errors import (
     BundleError,
     ConflictError,
@@ -73,7 +62,11 @@ from ..errors import (
     RepositoryNotFoundError,
     TransactionInProgressError,
 )
-from ..zfs.boundary import Batch, DatasetChangedError, Snapshot, Zfs, zfs_version
+from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO, P_STATE
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs, zfs_version
+from ..zfs.errors import DatasetChangedError
+from ..zfs.port import Batch, Snapshot, ZfsPort
 from . import format as _bundle_format
 from . import lockfile as _lockfile
 from .format import BundleInfo, ProgressFn
@@ -89,13 +82,6 @@ class ImportResult:
     kind: str  # full | incremental
     snapshots: tuple[str, ...]  # received, short names, oldest first
     mountpoint: str | None
-
-
-def _zfs_for(allow: AllowList | str | None, zfs: Zfs | None) -> Zfs:
-    if zfs is not None:
-        return zfs
-    allow_list = allow if isinstance(allow, AllowList) else AllowList.parse(allow) if allow else AllowList.from_env()
-    return Zfs(allow_list)
 
 
 def _transferable(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
@@ -118,7 +104,7 @@ def export_bundle(
     snapshot: str | None = None,
     since: str | None = None,
     progress: ProgressFn | None = None,
-    zfs: Zfs | None = None,
+    zfs: ZfsPort | None = None,
 ) -> BundleInfo:
     """Write ``repo``'s snapshots up to ``snapshot`` (default: the latest) to ``output``:
     all of them (full bundle), or those after ``since`` (incremental bundle).
@@ -127,7 +113,7 @@ def export_bundle(
     once complete (written to a temporary name beside it, fsynced, renamed); after a
     crash at most a ``.partial`` file is left beside it. Nothing in the pool changes.
     """
-    zfs = zfs or Zfs(AllowList(()))
+    zfs = zfs or open_zfs(AllowList(()))
     repo = _names.validate_repository(repo)
     props = zfs.get_props(repo, [P_OWNER, P_MODE])
     if props is None:
@@ -268,7 +254,7 @@ def import_bundle(
     *,
     mountpoint: str | None = None,
     allow: AllowList | str | None = None,
-    zfs: Zfs | None = None,
+    zfs: ZfsPort | None = None,
     progress: ProgressFn | None = None,
     lock_timeout: float = 10.0,
 ) -> ImportResult:
@@ -280,26 +266,25 @@ def import_bundle(
     at all, also across a crash (see the module's docstring; ``recover`` finishes the
     cleanup after a crash).
     """
-    zfs = _zfs_for(allow, zfs)
+    zfs = zfs if zfs is not None else open_zfs(allow)
     into = _names.validate_repository(into)
     zfs.allow.check(into)
     mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
     halves = None if progress is None else (lambda done, total: progress(done, 2 * (total or 0) or None))
     info = verify_bundle(path, progress=halves)
     repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
-    with repository_lock(into, timeout=lock_timeout, sleep=zfs.sleep):
-        repository._recover()
+    with repository.exclusive():
+        repository.recover()
         if info.metadata["type"] == "full":
             return _import_full(zfs, repository, path, info, mountpoint, progress)
         return _import_incremental(zfs, repository, path, info, progress)
 
 
 def _stream_parts(
-    zfs: Zfs,
+    zfs: ZfsPort,
     path: str | os.PathLike[str],
     info: BundleInfo,
     target: str,
-    steps: _Steps,
     progress: ProgressFn | None,
     *,
     force: bool,
@@ -321,7 +306,6 @@ def _stream_parts(
             if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
                 raise BundleError(f"{path}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
             received.append(short)
-            steps.done()
             done += part.size
             if progress:
                 progress(done, 2 * info.total_size)
@@ -333,12 +317,12 @@ def _stream_parts(
 def _snapshot_props(batch: Batch, target: str, info: BundleInfo) -> Batch:
     for snap in info.metadata["snapshots"]:
         if snap["user_props"]:
-            batch.set(f"{target}@{snap['name']}", snap["user_props"])
+            batch = batch.set(f"{target}@{snap['name']}", snap["user_props"])
     return batch
 
 
 def _import_full(
-    zfs: Zfs,
+    zfs: ZfsPort,
     repository: Repository,
     path: str | os.PathLike[str],
     info: BundleInfo,
@@ -353,19 +337,18 @@ def _import_full(
             hint="import into a new name, or import an incremental bundle",
         )
     parent = into.rsplit("/", 1)[0]
-    family = zfs.family(into)
-    if parent not in family:
+    view = observe(zfs, into, conflicts=False)
+    if parent not in view.family:
         raise RepositoryNotFoundError(f"parent dataset {parent} of {into} does not exist", dataset=parent)
-    inherited = repository._inherited_mountpoint(family)
+    inherited = view.inherited_mountpoint()
     target = mountpoint or inherited
     if target is None:
         raise InvalidArgumentError(f"{into} would have no mountpoint: give one", dataset=into)
     inherits = target == inherited  # as for transactions: no local mountpoint property then
     meta = info.metadata
     temp = _names.receive_dataset(into, _names.new_tx_id())
-    steps = _Steps("import")
     try:
-        _stream_parts(zfs, path, info, temp, steps, progress, force=False)
+        _stream_parts(zfs, path, info, temp, progress, force=False)
     except BaseException:
         if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
             zfs.destroy_with_snapshots(temp)
@@ -379,18 +362,15 @@ def _import_full(
         P_STATE: Phase.COMMITTED.value,
     }
     zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, info))
-    steps.done()
     if not inherits:
         zfs.set_mountpoint(temp, target)  # mounts it there too (canmount=on)
-        steps.done()
     zfs.rename(temp, into)  # the commit point
-    steps.done()
-    repository._place_head()
+    repository.recover()  # mounts it where it records, owned as it records
     return ImportResult(into, "full", tuple(s["name"] for s in meta["snapshots"]), target)
 
 
 def _import_incremental(
-    zfs: Zfs, repository: Repository, path: str | os.PathLike[str], info: BundleInfo, progress: ProgressFn | None
+    zfs: ZfsPort, repository: Repository, path: str | os.PathLike[str], info: BundleInfo, progress: ProgressFn | None
 ) -> ImportResult:
     into = repository.name
     meta = info.metadata
@@ -426,21 +406,18 @@ def _import_incremental(
             hint="commit them (or roll them back) and export a bundle from the new base",
         )
     tx = _names.new_tx_id()
-    steps = _Steps("import")
     zfs.apply(Batch().set(into, {P_IMPORT: f"{tx} {latest.short_name}"}))
-    steps.done()
     try:
-        received = _stream_parts(zfs, path, info, into, steps, progress, force=True)
+        received = _stream_parts(zfs, path, info, into, progress, force=True)
         zfs.apply(_snapshot_props(Batch(), into, info).set(into, {P_IMPORT: ""}))  # the commit point
-        steps.done()
     except BaseException:
-        undo_import(zfs, into, latest.short_name)
+        repository.recover()  # the import mark is there: recovery undoes what arrived
         raise
-    repository._place_head()
+    repository.recover()
     return ImportResult(into, "incremental", tuple(received), None)
 
 
-def _changes_since(zfs: Zfs, repo: str, snap: Snapshot) -> list[str]:
+def _changes_since(zfs: ZfsPort, repo: str, snap: Snapshot) -> list[str]:
     """Files changed in ``repo`` since ``snap`` (a mount's own metadata does not count).
     The check runs in syncing context, so it sees writes not synced yet."""
     try:
@@ -450,35 +427,23 @@ def _changes_since(zfs: Zfs, repo: str, snap: Snapshot) -> list[str]:
     return []
 
 
-def undo_import(zfs: Zfs, repo: str, base: str) -> None:
-    """Put ``repo`` back as it was at snapshot ``base``: destroy the snapshots after it,
-    roll back, clear the import mark. Safe to repeat (recovery runs it after a crash)."""
-    chain = zfs.snapshots(repo)
-    names = [s.short_name for s in chain]
-    if base in names:
-        newer = [s.name for s in chain[names.index(base) + 1 :]]
-        zfs.destroy_snapshots(newer)
-        zfs.rollback(repo)
-    zfs.apply(Batch().set(repo, {P_IMPORT: ""}))
-
-
-def _locked_commits(zfs: Zfs, repo: str) -> list[LockedCommit]:
+def _locked_commits(zfs: ZfsPort, repo: str) -> list[LockedCommit]:
     return [LockedCommit(c.name, c.guid) for c in Repository(repo, zfs=zfs).history()]
 
 
-def write_lock(repo: str, path: str | os.PathLike[str] | None = None, *, zfs: Zfs | None = None) -> LockFile:
+def write_lock(repo: str, path: str | os.PathLike[str] | None = None, *, zfs: ZfsPort | None = None) -> LockFile:
     """A lock file of ``repo``'s commits (names and GUIDs, in order), written atomically to
     ``path`` when given (after a crash: the old file or the new one, whole)."""
-    zfs = zfs or Zfs(AllowList(()))
+    zfs = zfs or open_zfs(AllowList(()))
     lock = _lockfile.make(_names.validate_repository(repo), _locked_commits(zfs, repo))
     if path is not None:
         _lockfile.write(path, lock)
     return lock
 
 
-def check_lock(path: str | os.PathLike[str], repo: str, *, zfs: Zfs | None = None) -> LockDiff:
+def check_lock(path: str | os.PathLike[str], repo: str, *, zfs: ZfsPort | None = None) -> LockDiff:
     """How ``repo``'s commits differ from the lock file at ``path`` (``.matches``)."""
-    zfs = zfs or Zfs(AllowList(()))
+    zfs = zfs or open_zfs(AllowList(()))
     return _lockfile.compare(_lockfile.read(path), _locked_commits(zfs, _names.validate_repository(repo)))
 
 
@@ -536,7 +501,6 @@ __all__ = [
     "export_bundle",
     "import_bundle",
     "inspect_bundle",
-    "undo_import",
     "verify_bundle",
     "write_lock",
     "write_progress",

@@ -22,7 +22,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 
-from ..errors import InvalidNameError
+from .errors import InvalidNameError
 
 #: ZFS_MAX_DATASET_NAME_LEN is 256 including the terminating NUL.
 MAX_NAME_LEN = 255
@@ -38,6 +38,23 @@ _LONGEST_SUFFIX = len(".dsg-init-") + len("20261121T071530Z-3fa2c1") + 2
 def prop(name: str) -> str:
     """The full name of one of our user properties."""
     return PROP_PREFIX + name
+
+
+# Our user properties. On a transaction's temporary dataset (and, once it is the
+# repository, on the repository): what the transaction is and where it stands.
+P_TX, P_PATTERN, P_REPO = prop("tx"), prop("pattern"), prop("repository")
+P_MOUNTPOINT, P_OWNER, P_MODE = prop("mountpoint"), prop("owner"), prop("mode")
+P_PATH, P_BEGUN, P_INHERITS = prop("path"), prop("begun"), prop("inherits-mountpoint")
+P_STATE = prop("state")
+P_COMMIT_MESSAGE = prop("commit-message")  # on the workspace until the commit snapshot has it
+# On the repository: a sync begin's base (until its clone exists), the commit snapshot
+# a finishing commit takes, and an incremental bundle import in progress ("TX BASE").
+P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT = prop("pending"), prop("commit-snapshot"), prop("import")
+# On the repository: why recovery last rolled back a commit it could not complete.
+P_RECOVERY_NOTE = prop("recovery-note")
+# On a commit snapshot: when and by which transaction, with its message; on a snapshot
+# taken by request, when it was asked for.
+P_COMMITTED, P_MESSAGE, P_REQUESTED = prop("committed"), prop("message"), prop("requested")
 
 
 def new_tx_id(now: datetime | None = None) -> str:

@@ -37,6 +37,13 @@ class AllowList:
         return cls(tuple(prefixes))
 
     @classmethod
+    def resolve(cls, allow: AllowList | str | Iterable[str] | None) -> AllowList:
+        """``allow`` as given, parsed if a string or list; ``$DSG_STORAGE_ALLOW`` if empty."""
+        if isinstance(allow, AllowList):
+            return allow
+        return cls.parse(allow) if allow else cls.from_env()
+
+    @classmethod
     def from_env(cls) -> AllowList:
         return cls.parse(os.environ.get(ENV_VAR))
 

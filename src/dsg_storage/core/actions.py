@@ -1,0 +1,195 @@
+"""The steps the core takes, as small values: planned by pure functions (``plan``,
+``patterns``), printed by a dry run, applied one by one by ``execute``.
+
+Each action is one change through the boundary (``ZfsPort``); ``describe`` says it in
+a line, ``apply`` makes it. A ``Batch`` is one action: one ZFS sync task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import attrs
+
+from ..zfs.port import Batch, BatchResult, ZfsPort
+from .options import Owner
+
+
+class Action(Protocol):
+    def describe(self) -> str: ...
+    def apply(self, zfs: ZfsPort) -> BatchResult | None: ...
+
+
+def _frozen_props(props: Mapping[str, str | int]) -> tuple[tuple[str, str | int], ...]:
+    return tuple(sorted(props.items()))
+
+
+@attrs.frozen
+class Create:
+    dataset: str
+    props: tuple[tuple[str, str | int], ...] = attrs.field(converter=_frozen_props)
+
+    def describe(self) -> str:
+        return f"create {self.dataset}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.create(self.dataset, dict(self.props))
+
+
+@attrs.frozen
+class Clone:
+    dataset: str
+    origin: str
+    props: tuple[tuple[str, str | int], ...] = attrs.field(converter=_frozen_props)
+
+    def describe(self) -> str:
+        return f"clone {self.origin} as {self.dataset}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.clone(self.dataset, self.origin, dict(self.props))
+
+
+@attrs.frozen
+class Apply:
+    """A batch of changes in one ZFS sync task (see ``zfs.programs.Batch``)."""
+
+    batch: Batch
+
+    def describe(self) -> str:
+        return "in one sync task: " + "; ".join(self.batch.describe())
+
+    def apply(self, zfs: ZfsPort) -> BatchResult:
+        return zfs.apply(self.batch)
+
+
+@attrs.frozen
+class Rename:
+    source: str
+    target: str
+
+    def describe(self) -> str:
+        return f"rename {self.source} to {self.target}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.rename(self.source, self.target)
+
+
+@attrs.frozen
+class Destroy:
+    """Destroy a filesystem (unmounted first) and, with ``snapshots``, its snapshots."""
+
+    dataset: str
+    snapshots: bool = False
+
+    def describe(self) -> str:
+        return f"destroy {self.dataset}" + (" and its snapshots" if self.snapshots else "")
+
+    def apply(self, zfs: ZfsPort) -> None:
+        if self.snapshots:
+            zfs.destroy_with_snapshots(self.dataset)
+        else:
+            zfs.destroy(self.dataset)
+
+
+@attrs.frozen
+class DestroySnapshots:
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"destroy snapshots {', '.join(self.names)}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.destroy_snapshots(list(self.names))
+
+
+@attrs.frozen
+class Rollback:
+    filesystem: str
+
+    def describe(self) -> str:
+        return f"roll {self.filesystem} back to its latest snapshot"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.rollback(self.filesystem)
+
+
+@attrs.frozen
+class SetMountpoint:
+    dataset: str
+    path: str
+
+    def describe(self) -> str:
+        return f"set mountpoint={self.path} on {self.dataset} (zfs set, which also mounts it)"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.set_mountpoint(self.dataset, self.path)
+
+
+@attrs.frozen
+class Mount:
+    dataset: str
+    path: str
+
+    def describe(self) -> str:
+        return f"mount {self.dataset} at {self.path}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.mount(self.dataset, self.path)
+
+
+@attrs.frozen
+class Unmount:
+    dataset: str
+    path: str | None = None  # None: wherever it is mounted
+
+    def describe(self) -> str:
+        return f"unmount {self.dataset}" + (f" from {self.path}" if self.path else "")
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.unmount(self.dataset, self.path)
+
+
+@attrs.frozen
+class RemoveDir:
+    path: str
+
+    def describe(self) -> str:
+        return f"remove the empty directory {self.path}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.remove_dir(self.path)
+
+
+@attrs.frozen
+class ApplyOwner:
+    path: str
+    owner: Owner
+    mode: int
+
+    def describe(self) -> str:
+        return f"give {self.path} owner {self.owner} and mode {self.mode:04o}"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.apply_owner(self.path, self.owner.uid, self.owner.gid, self.mode)
+
+
+@attrs.frozen
+class Outcome:
+    """What applying some actions produced: destroys that had to be skipped (name ->
+    errno) and the snapshots made (name -> (guid, createtxg))."""
+
+    skipped: Mapping[str, int] = attrs.Factory(dict)
+    created: Mapping[str, tuple[int, int]] = attrs.Factory(dict)
+
+
+def execute(zfs: ZfsPort, actions: Iterable[Action]) -> Outcome:
+    """Apply ``actions`` in order; stop at the first that fails (its error propagates)."""
+    skipped: dict[str, int] = {}
+    created: dict[str, tuple[int, int]] = {}
+    for action in actions:
+        result = action.apply(zfs)
+        if result is not None:
+            skipped.update(result.skipped)
+            created.update(result.created)
+    return Outcome(skipped, created)

@@ -1,0 +1,200 @@
+"""The two transaction patterns, each saying in one place how it begins, where its
+commit point is, how it is undone and what it retires.
+
+*init* (the dataset does not exist): begin creates ``REPO.dsg-init-TX``; the commit
+point is its rename to ``REPO``; undoing it destroys it; nothing is retired.
+
+*sync* (the dataset exists): begin marks the repository ``pending``, snapshots
+``REPO@dsg-base-TX`` (one sync task) and clones it as ``REPO.dsg-ws-TX``; commit renames
+the repository away to ``REPO.dsg-old-TX`` (after which nobody can change it unseen),
+checks it is unchanged since the base, and renames the workspace to ``REPO``: the commit
+point. Undoing it before the commit point renames the old head back; undoing the
+transaction destroys the workspace and the base. The old head and the base are retired
+(destroyed) once the commit is finished.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+from .. import names
+from ..errors import DatasetExistsError, DatasetNotFoundError, DsgStorageError, InvalidArgumentError
+from ..names import P_MODE, P_OWNER, P_PENDING, P_TX
+from ..zfs.port import Batch, ZfsPort
+from .actions import Action, Apply, Clone, Create, Rename, Unmount
+from .options import Owner, parse_mode
+from .placement import place_recorded_head
+from .records import Pattern, Record
+from .view import PoolView, changes_since_base
+
+DEFAULT_MODE = 0o755
+
+
+@attrs.frozen
+class Defaults:
+    """What begin settled for a new transaction: where, owned by whom, with which mode."""
+
+    mountpoint: str
+    owner: Owner
+    mode: int
+
+
+class TransactionPattern:
+    """What init and sync have in common; each subclass fills in its differences."""
+
+    kind: ClassVar[Pattern]
+
+    def temporary(self, repo: str, tx: str) -> str:
+        """The dataset the caller fills during the transaction."""
+        raise NotImplementedError
+
+    def defaults(self, view: PoolView, mountpoint: str | None, owner: Owner | None, mode: int | None) -> Defaults:
+        """Check begin's arguments against the pool and fill in what was left out."""
+        raise NotImplementedError
+
+    def begin(self, repo: str, record: Record, props: dict[str, str | int]) -> list[Action]:
+        """Create the temporary dataset, recording ``props`` on it."""
+        raise NotImplementedError
+
+    def detach(self, repo: str, record: Record) -> list[Action]:
+        """Before the commit point: take the workspace (and the repository) off their paths."""
+        return [Unmount(record.dataset)]
+
+    def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
+        """After ``detach``: files of the repository changed since begin (a conflict)."""
+        return []
+
+    def resume(self, view: PoolView, record: Record) -> tuple[str, list[Action]]:
+        """Recovery of a commit its caller asked for (``committing``) but did not see
+        through: the next actions towards the commit point, or why it cannot be reached
+        (then ``actions`` is empty and the transaction is rolled back instead)."""
+        raise NotImplementedError
+
+    def reattach(self, view: PoolView, record: Record) -> list[Action]:
+        """Undo ``detach``'s renames (the mounts are put back by recovery's placement)."""
+        return []
+
+    def head(self, view: PoolView) -> list[Action]:
+        """While the transaction is open: what must be mounted at the repository's path."""
+        return []
+
+    def retired(self, repo: str, tx: str) -> list[str]:
+        """What a finished commit destroys (optional destroys: deferred while busy)."""
+        return []
+
+    def undo(self, view: PoolView, record: Record) -> list[Action]:
+        """Undoing the transaction, after its temporary dataset was destroyed."""
+        return []
+
+    def commit_point_failed(self, exc: DsgStorageError, repo: str, tx: str) -> DsgStorageError:
+        """The error to raise when the rename at the commit point was refused."""
+        return exc
+
+
+class Init(TransactionPattern):
+    kind = Pattern.INIT
+
+    def temporary(self, repo: str, tx: str) -> str:
+        return names.init_dataset(repo, tx)
+
+    def defaults(self, view: PoolView, mountpoint: str | None, owner: Owner | None, mode: int | None) -> Defaults:
+        repo = view.repository
+        if mountpoint is None:
+            raise InvalidArgumentError(
+                f"repository {repo} does not exist yet: begin needs a mountpoint to create it", dataset=repo
+            )
+        parent = repo.rsplit("/", 1)[0]
+        if parent not in view.family:
+            raise DatasetNotFoundError(f"parent dataset {parent} of {repo} does not exist", dataset=parent)
+        return Defaults(mountpoint, owner or Owner.current(), DEFAULT_MODE if mode is None else mode)
+
+    def begin(self, repo: str, record: Record, props: dict[str, str | int]) -> list[Action]:
+        return [Create(record.dataset, props)]
+
+    def resume(self, view: PoolView, record: Record) -> tuple[str, list[Action]]:
+        if view.head is not None:
+            return "the repository was created by someone else meanwhile", []
+        return "commit resumed", [Unmount(record.dataset), Rename(record.dataset, view.repository)]
+
+    def commit_point_failed(self, exc: DsgStorageError, repo: str, tx: str) -> DsgStorageError:
+        if isinstance(exc, DatasetExistsError):
+            return DatasetExistsError(
+                f"repository {repo} was created by someone else since init transaction {tx} began",
+                dataset=repo,
+                hint=f"nothing was changed; abort it with 'dsg-storage abort {repo} {tx}'",
+            )
+        return exc
+
+
+class Sync(TransactionPattern):
+    kind = Pattern.SYNC
+
+    def temporary(self, repo: str, tx: str) -> str:
+        return names.workspace_dataset(repo, tx)
+
+    def defaults(self, view: PoolView, mountpoint: str | None, owner: Owner | None, mode: int | None) -> Defaults:
+        head = view.head or {}
+        if mountpoint is None:
+            current = head.get("mountpoint")
+            if not isinstance(current, str) or not current.startswith("/"):
+                raise InvalidArgumentError(
+                    f"repository {view.repository} has mountpoint {current!r}: give a mountpoint",
+                    dataset=view.repository,
+                )
+            mountpoint = current
+        owner = owner or (Owner.parse_ids(head[P_OWNER]) if P_OWNER in head else Owner.current())
+        mode = mode if mode is not None else parse_mode(head.get(P_MODE, DEFAULT_MODE))
+        return Defaults(mountpoint, owner, mode)
+
+    def begin(self, repo: str, record: Record, props: dict[str, str | int]) -> list[Action]:
+        base = names.base_snapshot(repo, record.tx)
+        # The pending mark on the repository, then the base snapshot, in one sync task:
+        # recovery finds an interrupted begin from the mark alone.
+        mark = Batch().set(repo, {P_PENDING: record.tx}).snapshot(base, {P_TX: record.tx})
+        return [Apply(mark), Clone(record.dataset, base, props)]
+
+    def detach(self, repo: str, record: Record) -> list[Action]:
+        # Unmounted and renamed away, the repository cannot be changed unseen any more.
+        return [Unmount(record.dataset), Unmount(repo), Rename(repo, names.old_dataset(repo, record.tx))]
+
+    def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
+        return changes_since_base(zfs, repo, record.tx)
+
+    def resume(self, view: PoolView, record: Record) -> tuple[str, list[Action]]:
+        if view.head is not None:  # not detached yet
+            return "commit resumed: repository set aside", self.detach(view.repository, record)
+        changes = view.conflicts.get(record.tx)
+        if changes:
+            shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+            return f"the repository was changed after begin ({shown})", []
+        return "commit resumed", [Unmount(record.dataset), Rename(record.dataset, view.repository)]
+
+    def reattach(self, view: PoolView, record: Record) -> list[Action]:
+        old = names.old_dataset(view.repository, record.tx)
+        return [Rename(old, view.repository)] if view.head is None and view.exists(old) else []
+
+    def head(self, view: PoolView) -> list[Action]:
+        return place_recorded_head(view)
+
+    def retired(self, repo: str, tx: str) -> list[str]:
+        return [names.old_dataset(repo, tx), names.base_snapshot(repo, tx)]
+
+    def undo(self, view: PoolView, record: Record) -> list[Action]:
+        if view.head is None:
+            return []
+        base = names.base_snapshot(view.repository, record.tx)
+        return [Apply(Batch().destroy(base, required=False).set(view.repository, {P_PENDING: ""}))]
+
+
+PATTERNS: dict[Pattern, TransactionPattern] = {Pattern.INIT: Init(), Pattern.SYNC: Sync()}
+
+
+def pattern_of(record: Record) -> TransactionPattern:
+    return PATTERNS[record.pattern]
+
+
+def pattern_for(view: PoolView) -> TransactionPattern:
+    """The pattern a new transaction takes: init if the repository does not exist, else sync."""
+    return PATTERNS[Pattern.INIT if view.head is None else Pattern.SYNC]

@@ -1,0 +1,394 @@
+"""A repository (one ZFS dataset) and the steps that change it: begin, commit, rollback,
+recover. Each step runs under the repository's lock and starts by recovering whatever a
+crash interrupted; what a step does is planned as actions (``patterns``, ``recovery``,
+``placement``) and applied through the boundary (``actions.execute``).
+
+Durability. Everything a transaction needs is recorded in the pool as user properties
+(``dsg-storage:*``) on its temporary dataset, so any process on any host that imports the
+pool can see it, commit it, roll it back or recover it. Its ``state`` moves
+``beginning -> open -> aborting`` (rollback) or, with the dataset renamed to the
+repository's name, ``-> committed``. Each change is written in the same ZFS sync task as
+the step it guards (channel-program batches). The states recovery handles are listed in
+``recovery``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import attrs
+
+from .. import names
+from ..errors import (
+    ConflictError,
+    DsgStorageError,
+    InvalidNameError,
+    PoolUnavailableError,
+    RepositoryNotFoundError,
+    TransactionInProgressError,
+    TransactionNotFoundError,
+    TransactionStateError,
+    ZfsError,
+)
+from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_RECOVERY_NOTE, P_REQUESTED, P_STATE
+from ..queue import Queue
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs
+from ..zfs.port import Batch, ZfsPort
+from .actions import Action, Apply, ApplyOwner, Mount, Outcome, execute
+from .lock import repository_lock
+from .options import Owner, check_mountpoint, parse_mode
+from .patterns import TransactionPattern, pattern_for, pattern_of
+from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus, commits_of
+from .recovery import Step, commit_snapshot_of, finish_commit, plan_recovery, remount_workspace, undo_transaction
+from .transaction import Transaction
+from .view import PoolView, observe
+
+log = logging.getLogger("dsg_storage")
+#: Recovery applies at most this many steps in one call (each a handful of actions); a
+#: pool that still needs more is reported rather than worked on forever.
+MAX_RECOVERY_STEPS = 64
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Repository:
+    """A repository: one ZFS dataset, mounted at a path its user owns.
+
+    ``allow`` (an AllowList, or a comma-separated string) confines every change; by
+    default it comes from ``DSG_STORAGE_ALLOW`` and allows nothing when that is unset.
+    Every changing call first recovers interrupted steps (see ``recover``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        allow: AllowList | str | None = None,
+        zfs: ZfsPort | None = None,
+        lock_timeout: float = 10.0,
+        queue: Queue | None = None,
+    ) -> None:
+        self.name = names.validate_repository(name)
+        self.zfs: ZfsPort = zfs if zfs is not None else open_zfs(allow)
+        self.lock_timeout = lock_timeout
+        self._queue = queue
+        self._held = 0
+
+    def __repr__(self) -> str:
+        return f"Repository({self.name!r})"
+
+    # ------------------------------------------------------------------ reads
+    def exists(self) -> bool:
+        return self.zfs.exists(self.name)
+
+    def view(self) -> PoolView:
+        """What the pool shows about this repository now (no lock taken)."""
+        return observe(self.zfs, self.name)
+
+    def history(self) -> list[Commit]:
+        """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
+        if not self.exists():
+            raise RepositoryNotFoundError(f"repository {self.name} does not exist", dataset=self.name)
+        return commits_of(self.zfs.snapshots(self.name))
+
+    def pending(self) -> list[PendingTransaction]:
+        """Transactions not finished yet (open, or interrupted and awaiting recovery)."""
+        return _pending(self.view())
+
+    def status(self) -> RepositoryStatus:
+        view = self.view()
+        head = view.head
+        history = self.history() if head is not None else []
+        return RepositoryStatus(
+            repository=self.name,
+            exists=head is not None,
+            mountpoint=(head or {}).get("mountpoint"),
+            mounted_at=view.mounted_at(self.name),
+            owner=(head or {}).get(P_OWNER),
+            mode=(head or {}).get(P_MODE),
+            last_commit=history[-1] if history else None,
+            pending=tuple(_pending(view)),
+            leftovers=tuple(view.temporaries("old").values()),
+            recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
+        )
+
+    def transaction(self, tx: str) -> Transaction:
+        """The open transaction ``tx`` (possibly begun by another process)."""
+        return Transaction(self, self._open_record(tx, self.view()))
+
+    def _open_record(self, tx: str, view: PoolView) -> Record:
+        names.validate_tx_id(tx)
+        for record in view.records():
+            if record.tx != tx:
+                continue
+            if record.phase is not Phase.OPEN:
+                raise TransactionStateError(
+                    f"transaction {tx} on {self.name} is {record.phase.value}, not open",
+                    dataset=record.dataset,
+                    hint=f"'dsg-storage recover {self.name}' finishes it",
+                )
+            return record
+        raise TransactionNotFoundError(
+            f"no open transaction {tx} on repository {self.name}",
+            dataset=self.name,
+            hint=f"'dsg-storage status {self.name}' lists the open ones",
+        )
+
+    # ------------------------------------------------------------------ the lock
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this repository's step lock (re-entrant for this object), so that no other
+        process is in the middle of a step meanwhile; extensions that change the
+        repository (bundle import) run under it and call ``recover`` first."""
+        if self._held:
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
+        with repository_lock(self.name, timeout=self.lock_timeout):
+            self._held = 1
+            try:
+                yield
+            finally:
+                self._held = 0
+
+    def _run(self, actions: list[Action]) -> Outcome:
+        outcome = execute(self.zfs, actions)
+        self._defer(outcome.skipped)
+        return outcome
+
+    def _defer(self, skipped: Mapping[str, int]) -> None:
+        """Queue the destroys that could not run now (see ``queue``). Recovery also
+        retries them from the pool itself, so a queue that cannot be written loses nothing."""
+        if not skipped:
+            return
+        left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
+        try:
+            queue = self._queue = self._queue or Queue()
+            for name in sorted(skipped, key=lambda n: "@" in n):  # dependents (filesystems) first
+                queue.add_destroy(name)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", self.name, left, exc)
+            return
+        log.warning("%s: cannot destroy %s yet; queued ('dsg-storage queue list')", self.name, left)
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self) -> list[str]:
+        """Finish every interrupted step on this repository; return what was done.
+
+        A commit interrupted after its first step is completed, unless the repository
+        had changed since begin (then it is rolled back and ``status`` says why); an
+        interrupted begin or rollback is undone; open transactions are left open (remounted if
+        needed); an interrupted bundle import is undone (its ``.dsg-recv-`` dataset
+        destroyed, or the repository rolled back to the import's base); retired datasets
+        are destroyed when they can be; the repository is mounted at its mountpoint with
+        its owner and mode. Every state is listed in ``dsg_storage.core.recovery``.
+        Idempotent, and safe to run from several processes at once (they take turns).
+        Runs automatically at the start of begin, commit and rollback.
+        """
+        with self.exclusive():
+            done: list[str] = []
+            tried: set[Step] = set()
+            for _ in range(MAX_RECOVERY_STEPS):
+                step = next((s for s in plan_recovery(self.view()) if s not in tried), None)
+                if step is None:
+                    break
+                tried.add(step)
+                outcome = self._run(list(step.actions))
+                deferred = f" (deferred: {', '.join(outcome.skipped)} still in use)" if outcome.skipped else ""
+                done.append(step.summary + deferred)
+                log.info("recover %s: %s", self.name, done[-1])
+            else:
+                raise ZfsError(
+                    f"recovery of {self.name} did not settle after {MAX_RECOVERY_STEPS} steps: {done[-3:]}",
+                    dataset=self.name,
+                )
+            return done
+
+    def _recovered(self) -> PoolView:
+        self.recover()
+        return self.view()
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self, name: str, *, requested: datetime | None = None) -> None:
+        """Take snapshot ``name`` (``REPO@short``) now, recording when it was requested.
+
+        Raises PoolUnavailableError when the pool is not imported (``dsg-storage snapshot
+        --queue`` then queues the request instead)."""
+        if name.split("@", 1)[0] != self.name or not names.valid_snapshot_short(name.split("@", 1)[-1]):
+            raise InvalidNameError(f"{name!r} is not a snapshot name of {self.name} (REPO@name)")
+        pool = names.pool_of(self.name)
+        if not self.zfs.exists(pool):
+            raise PoolUnavailableError(f"pool {pool} is not imported", dataset=self.name)
+        when = (requested or _now()).isoformat(timespec="seconds")
+        self.zfs.snapshot([name], {P_REQUESTED: when})
+
+    # ------------------------------------------------------------------ begin
+    def begin(
+        self,
+        *,
+        mountpoint: str | None = None,
+        owner: Owner | str | tuple[int, int] | None = None,
+        mode: str | int | None = None,
+    ) -> Transaction:
+        """Open a transaction; the pattern is *init* if the dataset is missing, else *sync*.
+
+        The caller changes files under ``tx.path`` and then commits or rolls back.
+        ``mountpoint`` is required for init; for sync it defaults to the repository's
+        and, if different, moves the repository there at commit. ``owner``/``mode`` default
+        to what init recorded (init: the current user, 0755) and are applied to the root
+        of the workspace now and of the repository at commit.
+
+        One writer per repository: raises TransactionInProgressError while another
+        transaction is open. After a crash during begin, the next call on the repository
+        (or ``recover``) removes what the interrupted begin created; the repository's
+        content is never touched by begin.
+        """
+        mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
+        owner_v = Owner.parse(owner) if owner is not None else None
+        mode_v = parse_mode(mode) if mode is not None else None
+        tx = names.new_tx_id()
+        # Fail before any change if a temporary dataset would be outside the allow-list.
+        for name in (self.name, names.workspace_dataset(self.name, tx)):
+            self.zfs.allow.check(name)
+        with self.exclusive():
+            view = self._recovered()
+            for record in view.records():
+                raise TransactionInProgressError(
+                    f"repository {self.name} already has an open transaction {record.tx} "
+                    f"(begun {record.begun or 'at an unknown time'}, workspace {record.path})",
+                    dataset=self.name,
+                    hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {record.tx}'",
+                )
+            pattern = pattern_for(view)
+            record = self._new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
+            self._run(pattern.begin(self.name, record, _creation_props(record, self.name)))
+            opened = attrs.evolve(record, phase=Phase.OPEN)
+            self._run(
+                [
+                    Mount(record.dataset, record.path),
+                    ApplyOwner(record.path, record.owner, record.mode),
+                    # The last step: once the state says open, begin is over.
+                    Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
+                ]
+            )
+            return Transaction(self, opened)
+
+    def _new_record(
+        self,
+        view: PoolView,
+        pattern: TransactionPattern,
+        tx: str,
+        mountpoint: str | None,
+        owner: Owner | None,
+        mode: int | None,
+    ) -> Record:
+        settled = pattern.defaults(view, mountpoint, owner, mode)
+        dataset = pattern.temporary(self.name, tx)
+        inherits = settled.mountpoint == view.inherited_mountpoint()
+        if inherits:  # where the temporary dataset inherits its mount: beside the repository's
+            path = f"{settled.mountpoint.rsplit('/', 1)[0]}/{dataset.rsplit('/', 1)[1]}"
+        else:
+            path = names.workspace_mount_path(settled.mountpoint, tx)
+        return Record(
+            tx=tx,
+            pattern=pattern.kind,
+            phase=Phase.BEGINNING,
+            dataset=dataset,
+            path=path,
+            mountpoint=settled.mountpoint,
+            owner=settled.owner,
+            mode=settled.mode,
+            inherits=inherits,
+            message="",
+            begun=_now().isoformat(timespec="seconds"),
+        )
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, tx: str, message: str | None = None) -> Commit:
+        """Commit transaction ``tx`` (see ``Transaction.commit``)."""
+        with self.exclusive():
+            record = self._open_record(tx, self._recovered())
+            pattern = pattern_of(record)
+            # The first step records the caller's wish (and the message), so that
+            # recovery completes the commit if this process dies from here on.
+            intent = {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
+            self._run([Apply(Batch().set(record.dataset, intent))])
+            record = attrs.evolve(record, phase=Phase.COMMITTING, message=message or record.message)
+            try:
+                self._run(pattern.detach(self.name, record))
+                changes = pattern.changes(self.zfs, self.name, record)
+            except Exception:
+                self._reattach(record)  # nothing changed: put the names and mounts back
+                raise
+            if changes:
+                self._reattach(record)
+                shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+                raise ConflictError(
+                    f"repository {self.name} was changed after transaction {tx} began ({shown}); "
+                    "committing would lose that change",
+                    dataset=self.name,
+                    hint=f"nothing was changed; roll back with 'dsg-storage rollback {self.name} {tx}'",
+                )
+            try:
+                self.zfs.rename(record.dataset, self.name)  # the commit point
+            except DsgStorageError as exc:
+                self._reattach(record)
+                raise pattern.commit_point_failed(exc, self.name, tx) from exc
+            committed = attrs.evolve(record, dataset=self.name)
+            view = self.view()
+            outcome = self._run(finish_commit(view, committed))
+            snapshot = commit_snapshot_of(view)
+            guid, createtxg = outcome.created.get(snapshot, (0, 0))
+            when = view.now.isoformat(timespec="milliseconds")
+            return Commit(snapshot, tx, when, committed.message or None, guid, createtxg)
+
+    def _reattach(self, record: Record) -> None:
+        """Before the commit point, when the commit fails in front of its caller: give the
+        repository its name back, remount both, and leave the transaction open."""
+        self._run(pattern_of(record).reattach(observe(self.zfs, self.name, conflicts=False), record))
+        self._run(remount_workspace(self.view(), record))
+        self._run([Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value}))])
+
+    # ------------------------------------------------------------------ rollback
+    def rollback(self, tx: str) -> None:
+        """Roll back (abort) the open transaction ``tx``; the repository is left as it was."""
+        with self.exclusive():
+            view = self._recovered()
+            self._run(undo_transaction(view, self._open_record(tx, view)))
+
+    abort = rollback
+
+
+def _pending(view: PoolView) -> list[PendingTransaction]:
+    return [PendingTransaction(r.tx, r.pattern, r.phase.value, r.dataset, r.path, r.begun) for r in view.records()]
+
+
+def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
+    """What a temporary dataset is created with: the record, atime off (reads must not
+    count as changes in the conflict check at commit) and, unless it inherits one, a
+    local mountpoint at the workspace path."""
+    local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.path}
+    return {**local, "atime": 0, **record.props(repository)}
+
+
+def begin(
+    repository: str,
+    *,
+    mountpoint: str | None = None,
+    owner: Owner | str | tuple[int, int] | None = None,
+    mode: str | int | None = None,
+    allow: AllowList | str | None = None,
+) -> Transaction:
+    """Shorthand for ``Repository(repository, allow=allow).begin(...)``."""
+    return Repository(repository, allow=allow).begin(mountpoint=mountpoint, owner=owner, mode=mode)

@@ -1,0 +1,112 @@
+"""What the pool shows about one repository, read in one go: the input of every plan.
+
+``observe`` reads the repository's *family* (the dataset and its ``REPO.dsg-*``
+siblings with our properties, one channel program) and the mounts, plus the few facts
+that only some states need (asked for only in those states): whether a sync commit
+stopped between its two renames would lose a change, the snapshots an interrupted
+bundle import must roll back, whether a finishing commit's snapshot already exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import attrs
+
+from .. import names
+from ..names import P_COMMIT_SNAPSHOT, P_IMPORT, P_STATE, P_TX
+from ..zfs.port import ZfsPort
+from .records import Phase, Record
+
+
+@attrs.frozen
+class PoolView:
+    repository: str
+    family: Mapping[str, Mapping[str, str]]
+    mounts: Mapping[str, tuple[str, ...]]
+    now: datetime
+    #: tx -> files changed since its begin, for each sync commit stopped between its renames
+    conflicts: Mapping[str, tuple[str, ...]] = attrs.Factory(dict)
+    #: the repository's snapshots (short names, oldest first) while a bundle import is marked
+    snapshots: tuple[str, ...] = ()
+    commit_snapshot_exists: bool = False
+
+    @property
+    def head(self) -> Mapping[str, str] | None:
+        """The repository's own dataset, if it exists."""
+        return self.family.get(self.repository)
+
+    def exists(self, dataset: str) -> bool:
+        return dataset in self.family
+
+    def mounted_at(self, dataset: str) -> tuple[str, ...]:
+        return self.mounts.get(dataset, ())
+
+    def temporaries(self, kind: str) -> dict[str, str]:
+        """tx -> dataset, for our temporary datasets of ``kind`` (init, ws, old, recv)."""
+        found = {}
+        for dataset in self.family:
+            parsed = names.parse_temporary(dataset)
+            if parsed and parsed[0] == self.repository and parsed[1] == kind:
+                found[parsed[2]] = dataset
+        return dict(sorted(found.items()))
+
+    def records(self) -> list[Record]:
+        """Transactions whose temporary dataset (init or workspace) exists, oldest first."""
+        found = [
+            Record.parse(dataset, self.family[dataset])
+            for kind in ("init", "ws")
+            for dataset in self.temporaries(kind).values()
+            if P_TX in self.family[dataset]
+        ]
+        return sorted(found, key=lambda r: r.tx)
+
+    def inherited_mountpoint(self) -> str | None:
+        """The mountpoint the repository gets by inheritance from its parent, if any.
+
+        When the user's mountpoint is that one, the temporary datasets carry no local
+        mountpoint and simply inherit theirs (beside it), and the rename at commit moves
+        the repository's mount into place with no property to set: no ``zfs`` command.
+        """
+        parent, leaf = self.repository.rsplit("/", 1)
+        base = (self.family.get(parent) or {}).get("mountpoint")
+        if not isinstance(base, str) or not base.startswith("/"):
+            return None  # none or legacy
+        return f"{base.rstrip('/')}/{leaf}"
+
+
+def changes_since_base(zfs: ZfsPort, repository: str, tx: str) -> list[str]:
+    """Files of the old head (``REPO.dsg-old-TX``) changed since the transaction's base.
+
+    Runs after the rename that synced every earlier write, so ``written@base`` sees them
+    all; zero (the usual case) settles it at once. Mounting a filesystem also writes a
+    little metadata (after an import, or a remount by recovery), so a non-zero value is
+    confirmed file by file with ``zfs diff`` before it counts as a change."""
+    old, base = names.old_dataset(repository, tx), names.base_snapshot(repository, tx)
+    key = f"written@{base.split('@', 1)[1]}"
+    written = int((zfs.get_props(old, [key]) or {}).get(key, 0))
+    return zfs.changed_files(f"{old}@{base.split('@', 1)[1]}", old) if written else []
+
+
+def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True) -> PoolView:
+    """Read what the pool shows about ``repository`` now (see the module's docstring);
+    ``conflicts=False`` skips the conflict check of commits stopped between renames."""
+    family = zfs.family(repository)
+    mounts = {dataset: tuple(paths) for dataset, paths in zfs.host.mounts().items()}
+    head = family.get(repository)
+    found: dict[str, tuple[str, ...]] = {}
+    snapshots: tuple[str, ...] = ()
+    commit_snapshot_exists = False
+    if head is None and conflicts:  # a sync commit may have stopped between its renames
+        for dataset in family:
+            parsed = names.parse_temporary(dataset)
+            if parsed and parsed[1] == "old" and names.workspace_dataset(repository, parsed[2]) in family:
+                found[parsed[2]] = tuple(changes_since_base(zfs, repository, parsed[2]))
+    elif head is not None:
+        if head.get(P_IMPORT):
+            snapshots = tuple(s.short_name for s in zfs.snapshots(repository))
+        snapshot = head.get(P_COMMIT_SNAPSHOT)
+        if snapshot and head.get(P_STATE) != Phase.COMMITTED:
+            commit_snapshot_exists = zfs.exists(snapshot)
+    return PoolView(repository, family, mounts, datetime.now(UTC), found, snapshots, commit_snapshot_exists)

@@ -1,0 +1,65 @@
+"""The one map from what ZFS and the kernel report (an errno, a pyzfs exception) to
+dsg-storage's errors. Every part of the boundary translates through it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from ..errors import (
+    DatasetBusyError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    DsgStorageError,
+    InvalidNameError,
+    NoSpaceError,
+    PoolUnavailableError,
+    ZfsError,
+)
+
+_BY_ERRNO: dict[int, type[ZfsError | InvalidNameError]] = {
+    errno.ENOENT: DatasetNotFoundError,
+    errno.EEXIST: DatasetExistsError,
+    errno.EBUSY: DatasetBusyError,
+    errno.ENOSPC: NoSpaceError,
+    errno.EDQUOT: NoSpaceError,
+    errno.ENXIO: PoolUnavailableError,
+    errno.EIO: PoolUnavailableError,
+    errno.ENAMETOOLONG: InvalidNameError,
+}
+# pyzfs exception classes whose errno alone would mislead (EINVAL for a bad name...).
+_BY_PYZFS_CLASS = {
+    "NameInvalid": InvalidNameError,
+    "NameTooLong": InvalidNameError,
+    "PoolNotFound": PoolUnavailableError,
+}
+
+
+class DatasetChangedError(ZfsError):
+    """A batch required a filesystem unchanged since a snapshot, and it was not."""
+
+    def __init__(self, message: str, *, dataset: str, written: int) -> None:
+        super().__init__(message, dataset=dataset)
+        self.written = written
+
+
+def error_class(code: int | None) -> type[DsgStorageError]:
+    """The error class for an errno (ZfsError when none is more precise)."""
+    return _BY_ERRNO.get(code or 0, ZfsError)
+
+
+def from_errno(code: int | None, message: str, dataset: str | None) -> DsgStorageError:
+    """One of our errors for ``code``, saying ``message`` (the errno's text appended)."""
+    reason = os.strerror(code) if code else "unknown error"
+    return error_class(code)(f"{message}: {reason}", dataset=dataset)
+
+
+def from_pyzfs(exc: BaseException, dataset: str) -> DsgStorageError:
+    """Translate a pyzfs ``ZFSError`` raised for ``dataset``."""
+    errors: Any = getattr(exc, "errors", None)
+    if errors:  # pyzfs aggregates (SnapshotFailure...) carry one error per target
+        exc = errors[0]
+    text = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
+    cls = _BY_PYZFS_CLASS.get(type(exc).__name__) or error_class(getattr(exc, "errno", None))
+    return cls(f"{dataset}: {text}", dataset=dataset)

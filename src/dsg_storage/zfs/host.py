@@ -1,0 +1,221 @@
+"""The host side of the boundary: mounts, mount directories, owner and mode.
+
+Everything root does to the host's filesystem on a repository's behalf goes through
+``Host``: mounting and unmounting ZFS filesystems (mount(2)/umount2(2), see ``mounts``),
+creating and removing the directories they are mounted on, and giving a repository's
+root its owner and mode. Each change is a counted step (``Steps``), like every change
+``Zfs`` makes to the pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import attrs
+import tenacity
+
+from ..errors import DatasetBusyError, ReadOnlyError
+from ..zfs.allow import AllowList
+from .errors import from_errno
+from .mounts import Syscalls, holders_of, mount_stack, zfs_mount_entries, zfs_mounts
+
+log = logging.getLogger("dsg_storage")
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Step:
+    """One change made through the boundary: its number in this process, what, on what."""
+
+    index: int
+    op: str
+    target: str
+    syncs: bool  # it waited for a ZFS sync task (a TXG), i.e. it changed the pool
+
+
+@attrs.define
+class Steps:
+    """Counts the boundary's changes and tells an observer about each one.
+
+    ``observer`` is called after every change has been made (tests stop the process
+    there to simulate a crash at that step; nothing in the library sets one). ``syncs``
+    counts the changes that each cost a ZFS sync task.
+    """
+
+    observer: Callable[[Step], None] | None = None
+    count: int = 0
+    syncs: int = 0
+
+    def done(self, op: str, target: str, *, syncs: bool = False) -> None:
+        self.count += 1
+        self.syncs += syncs
+        if self.observer is not None:
+            self.observer(Step(self.count, op, target, syncs))
+
+
+@attrs.define
+class Guard:
+    """What every change is checked against first: the allow-list, read-only access."""
+
+    allow: AllowList
+    read_only: bool = False
+
+    def check(self, *datasets: str) -> None:
+        if self.read_only:
+            first = datasets[0] if datasets else None
+            raise ReadOnlyError(
+                f"{first or 'the pool'} is opened read-only (offline access): nothing can change", dataset=first
+            )
+        for dataset in datasets:
+            self.allow.check(dataset)
+
+
+def retry_busy(
+    fn: Callable[[], T],
+    *,
+    dataset: str,
+    what: str,
+    timeout: float,
+    sleep: Callable[[float], None],
+    mount_path: str | None = None,
+) -> T:
+    """Run ``fn``; while it fails with EBUSY retry with backoff, at most ``timeout`` s;
+    then say which processes hold ``mount_path``."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, DatasetBusyError)),
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_exponential(multiplier=0.02, max=0.5),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except DatasetBusyError as exc:
+        holders = holders_of(mount_path) if mount_path else []
+        held = f"; in use by {', '.join(holders)}" if holders else ""
+        raise DatasetBusyError(
+            f"cannot {what} {dataset}: still busy after {timeout:g}s{held}",
+            dataset=dataset,
+            hint="close what uses it and retry",
+        ) from exc
+
+
+class Host:
+    """Mounts and the directories under them, in dsg-storage's terms."""
+
+    def __init__(self, guard: Guard, steps: Steps, *, busy_timeout: float, sleep: Callable[[float], None]) -> None:
+        self.guard = guard
+        self.steps = steps
+        self.busy_timeout = busy_timeout
+        self.sleep = sleep
+        self.syscalls = Syscalls()
+
+    # ------------------------------------------------------------------ reads
+    def mounts(self) -> dict[str, list[str]]:
+        """Mounted ZFS filesystems: dataset -> mount paths (several when stacked)."""
+        return zfs_mounts()
+
+    def holders(self, path: str) -> list[str]:
+        return holders_of(path)
+
+    # ------------------------------------------------------------------ mounts
+    def mount(self, dataset: str, path: str) -> None:
+        """Mount ``dataset`` at ``path`` (created if missing) unless it is mounted there already."""
+        self.guard.check(dataset)
+        if path in zfs_mounts().get(dataset, []):
+            return
+        self.make_dir(path)
+        try:
+            self.syscalls.mount(dataset, path, "zfs", "zfsutil")
+        except OSError as exc:
+            elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
+            detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""
+            raise from_errno(exc.errno, f"cannot mount {dataset} at {path}{detail}", dataset) from exc
+        self.steps.done("mount", dataset)
+
+    def unmount(self, dataset: str, path: str | None = None) -> None:
+        """Unmount ``dataset`` (at ``path``, or everywhere it is mounted); retried while busy."""
+        self.guard.check(dataset)
+        paths = [path] if path else list(reversed(zfs_mounts().get(dataset, [])))
+        for target in paths:
+            # Mounts stacked on top of ours at the same path (an import mounts every
+            # dataset whose mountpoint says so): umount2 takes the top one, so lift them
+            # off first and put them back after.
+            stack = mount_stack(target)
+            above = stack[stack.index(dataset) + 1 :] if dataset in stack else []
+            for other in reversed(above):
+                self._unmount_top(other, target)
+            self._unmount_top(dataset, target)
+            for other in above:
+                self.syscalls.mount(other, target, "zfs", "zfsutil")
+                self.steps.done("mount", other)
+
+    def mount_readonly(self, source: str, path: str) -> None:
+        """Mount a filesystem or a snapshot read-only at ``path`` (an empty private
+        directory). Changes nothing in the pool, so neither checked nor counted."""
+        try:
+            self.syscalls.mount(source, path, "zfs", "zfsutil", readonly=True)
+        except OSError as exc:
+            raise from_errno(exc.errno, f"cannot mount {source} read-only at {path}", source) from exc
+
+    def release_mount(self, source: str, path: str) -> None:
+        """Unmount what ``mount_readonly`` mounted (and anything ZFS automounted below it,
+        such as a snapshot under ``.zfs``); retried while busy."""
+        below = path.rstrip("/") + "/"
+        nested = sorted(((ds, p) for ds, p in zfs_mount_entries() if p.startswith(below)), key=lambda m: -len(m[1]))
+        for dataset, inner in nested:
+            self._unmount_top(dataset, inner, counted=False)
+        self._unmount_top(source, path, counted=False)
+
+    def _unmount_top(self, dataset: str, target: str, *, counted: bool = True) -> None:
+        """Unmount the top mount at ``target`` (which is ``dataset``'s); retried while busy."""
+
+        def attempt() -> bool:
+            try:
+                self.syscalls.umount(target)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and target not in zfs_mounts().get(dataset, []):
+                    return False  # not mounted (any more): nothing to do
+                raise from_errno(exc.errno, f"cannot unmount {dataset} from {target}", dataset) from exc
+            return True
+
+        unmounted = retry_busy(
+            attempt, dataset=dataset, what="unmount", timeout=self.busy_timeout, sleep=self.sleep, mount_path=target
+        )
+        if unmounted and counted:
+            self.steps.done("unmount", dataset)
+
+    # ------------------------------------------------------------------ directories
+    def make_dir(self, path: str) -> None:
+        """Create ``path`` (and missing parents) as a mount directory, if missing."""
+        if os.path.isdir(path):
+            return
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.steps.done("mkdir", path)
+
+    def remove_dir(self, path: str) -> None:
+        """Remove the empty directory a workspace was mounted on; keep anything non-empty."""
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("left %s in place: %s", path, exc.strerror)
+            return
+        self.steps.done("rmdir", path)
+
+    def apply_owner(self, path: str, uid: int, gid: int, mode: int) -> None:
+        """Give ``path`` its owner and mode; touch nothing that is already right (a needless
+        chown would change the directory's ctime, which would look like a change to it)."""
+        st = os.stat(path)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(path, uid, gid)
+            self.steps.done("chown", path)
+        if st.st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
+            self.steps.done("chmod", path)

@@ -1,0 +1,260 @@
+"""Channel programs (Lua run by ZFS in syncing context) and the Batch of changes.
+
+Reads that would otherwise take one ioctl per dataset or a ``zfs`` process are one
+program each; every change that must land in one ZFS sync task with the state that
+guards it is a ``Batch``. pyzfs passes ``params`` as ``args["argv"]`` (a table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+def u64(value: int) -> int:
+    """nvlists hand uint64 values (GUIDs) to Lua and back as signed int64."""
+    return int(value) & 0xFFFFFFFFFFFFFFFF
+
+
+def decode(value: Any) -> Any:
+    """Channel-program results come back as nested dicts of bytes: make them str."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, dict):
+        return {decode(k): decode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [decode(v) for v in value]
+    return value
+
+
+LUA_PREAMBLE = """
+local argv = (...)["argv"]
+"""
+
+# Read properties of several datasets at once: argv = {dataset, prop, prop, ...}.
+READ_PROPS = (
+    LUA_PREAMBLE
+    + """
+local ds = argv[1]
+local out = {}
+if not zfs.exists(ds) then return {exists = 0} end
+for i = 2, #argv do
+    local value, source = zfs.get_prop(ds, argv[i])
+    if value ~= nil then out[argv[i]] = value end
+end
+return {exists = 1, props = out}
+"""
+)
+
+SNAPSHOTS = (
+    LUA_PREAMBLE
+    + """
+local out = {}
+local n = 0
+for snap in zfs.list.snapshots(argv[1]) do
+    n = n + 1
+    local user = {}
+    for name, value, source in zfs.list.user_properties(snap) do
+        -- only the snapshot's own: a snapshot also shows its dataset's user properties
+        if source == snap and string.sub(name, 1, #argv[2]) == argv[2] then user[name] = value end
+    end
+    out[string.format("%08d", n)] = {
+        name = snap,
+        guid = zfs.get_prop(snap, "guid"),
+        createtxg = zfs.get_prop(snap, "createtxg"),
+        creation = zfs.get_prop(snap, "creation"),
+        user = user,
+    }
+end
+return out
+"""
+)
+
+CHILDREN = (
+    LUA_PREAMBLE
+    + """
+local out = {}
+local n = 0
+for child in zfs.list.children(argv[1]) do
+    n = n + 1
+    out[string.format("%08d", n)] = child
+end
+return out
+"""
+)
+
+# Every filesystem at or under argv[1], with its own user properties under argv[2] and
+# its mountpoint: the repository list.
+FILESYSTEMS = (
+    LUA_PREAMBLE
+    + """
+local out = {}
+local function visit(ds)
+    local props = {}
+    for name, value, source in zfs.list.user_properties(ds) do
+        if source == ds and string.sub(name, 1, #argv[2]) == argv[2] then props[name] = value end
+    end
+    props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
+    out[ds] = props
+    for child in zfs.list.children(ds) do visit(child) end
+end
+if zfs.exists(argv[1]) then visit(argv[1]) end
+return out
+"""
+)
+
+# argv = {dataset, name, value, name, value, ...}; checked first so a bad one changes nothing.
+# A batch of changes in one ZFS sync task (all or, for "T" ops, best effort). argv is a
+# flat list of ops: S name (snapshot) | P fs (promote, if it is a clone) | D name (destroy) | T name (try to
+# destroy; a failure is reported, not fatal) | V ds prop value (set a user property on an
+# existing dataset) | N snap prop value (set a user property on a snapshot this batch
+# creates) | U fs snapname (require fs unchanged since its snapshot) | A name (require
+# name absent). Every op that can be checked is checked first, so a refused batch changes
+# nothing; except promote, whose check walks every older snapshot (as long as the promote
+# itself) and which zfs.sync.promote checks anyway: callers put it before any op whose
+# partial effect would matter. Running in syncing context, the checks see every write made before the call.
+# NOT atomic against signals: a caller killed while the program runs interrupts it after
+# any op, keeping the ops already done. Callers order ops so every prefix is recoverable.
+BATCH = (
+    LUA_PREAMBLE
+    + """
+local ops = {}
+local i = 1
+while i <= #argv do
+    local op = argv[i]
+    if op == "V" or op == "N" then
+        ops[#ops + 1] = {op, argv[i + 1], argv[i + 2], argv[i + 3]}
+        i = i + 4
+    elseif op == "U" then
+        ops[#ops + 1] = {op, argv[i + 1], argv[i + 2]}
+        i = i + 3
+    else
+        ops[#ops + 1] = {op, argv[i + 1]}
+        i = i + 2
+    end
+end
+for k = 1, #ops do
+    local o = ops[k]
+    local err = 0
+    if o[1] == "S" then err = zfs.check.snapshot(o[2])
+    elseif o[1] == "D" then err = zfs.check.destroy(o[2])
+    elseif o[1] == "V" then err = zfs.check.set_prop(o[2], o[3], o[4])
+    elseif o[1] == "A" and zfs.exists(o[2]) then err = 17
+    elseif o[1] == "U" then
+        local written = zfs.get_prop(o[2], "written@" .. o[3])
+        if written ~= 0 then return {failed = k, err = 0, written = written} end
+    end
+    if err ~= 0 then return {failed = k, err = err} end
+end
+local skipped = {}
+local created = {}
+for k = 1, #ops do
+    local o = ops[k]
+    if o[1] == "S" then
+        assert(zfs.sync.snapshot(o[2]) == 0)
+        created[o[2]] = {guid = zfs.get_prop(o[2], "guid"), createtxg = zfs.get_prop(o[2], "createtxg")}
+    elseif o[1] == "P" then
+        if zfs.get_prop(o[2], "origin") ~= nil then assert(zfs.sync.promote(o[2]) == 0) end
+    elseif o[1] == "D" then assert(zfs.sync.destroy(o[2]) == 0)
+    elseif o[1] == "T" then
+        local e = zfs.sync.destroy(o[2])
+        if e ~= 0 then skipped[o[2]] = e end
+    elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0) end
+end
+return {failed = 0, skipped = skipped, created = created}
+"""
+)
+
+# A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
+# datasets), each with the user properties under our prefix and its origin.
+FAMILY = (
+    LUA_PREAMBLE
+    + """
+local parent, name, prefix = argv[1], argv[2], argv[3]
+local mark = name .. ".dsg-"
+local out = {}
+if not zfs.exists(parent) then return out end
+for child in zfs.list.children(parent) do
+    if child == name or string.sub(child, 1, #mark) == mark then
+        local props = {}
+        for prop, value, source in zfs.list.user_properties(child) do
+            if source == child and string.sub(prop, 1, #prefix) == prefix then props[prop] = value end
+        end
+        local origin = zfs.get_prop(child, "origin")
+        if origin ~= nil then props["origin"] = origin end
+        props["mountpoint"] = zfs.get_prop(child, "mountpoint")
+        out[child] = props
+    end
+end
+out[parent] = {mountpoint = zfs.get_prop(parent, "mountpoint")}
+return out
+"""
+)
+
+
+@attrs.frozen
+class BatchResult:
+    skipped: dict[str, int]  # optional destroys that failed: name -> errno
+    created: dict[str, tuple[int, int]]  # snapshots made: name -> (guid, createtxg)
+
+
+@attrs.frozen
+class Batch:
+    """Changes to apply in one ZFS sync task (see ``Zfs.apply``): an immutable value, so
+    a plan can hold it and print it; each method returns a longer batch."""
+
+    ops: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()  # one per op, to name the one that failed
+
+    def snapshot(self, name: str, props: Mapping[str, str] | None = None) -> Batch:
+        batch = self._add(name, "S", name)
+        for key, value in (props or {}).items():
+            batch = batch._add(name, "N", name, key, value)
+        return batch
+
+    def set(self, dataset: str, props: Mapping[str, str]) -> Batch:
+        batch = self
+        for key, value in props.items():
+            batch = batch._add(dataset, "V", dataset, key, value)
+        return batch
+
+    def promote(self, filesystem: str) -> Batch:
+        """Promote ``filesystem`` if it is a clone (so a repeated batch is harmless)."""
+        return self._add(filesystem, "P", filesystem)
+
+    def destroy(self, name: str, *, required: bool = True) -> Batch:
+        return self._add(name, "D" if required else "T", name)
+
+    def require_unchanged(self, filesystem: str, snapshot: str) -> Batch:
+        """Refuse the batch (DatasetChangedError) if ``filesystem`` was written after
+        ``snapshot`` (its short name)."""
+        return self._add(filesystem, "U", filesystem, snapshot)
+
+    def require_absent(self, name: str) -> Batch:
+        """Refuse the batch (DatasetExistsError) if ``name`` exists."""
+        return self._add(name, "A", name)
+
+    def __add__(self, other: Batch) -> Batch:
+        return Batch(self.ops + other.ops, self.targets + other.targets)
+
+    def _add(self, target: str, *op: str) -> Batch:
+        return Batch(self.ops + op, (*self.targets, target))
+
+    def describe(self) -> list[str]:
+        """The batch's changes, one line each (for dry runs and logs)."""
+        words = {"S": "snapshot", "P": "promote", "D": "destroy", "T": "destroy if possible", "A": "require absent"}
+        lines, i = [], 0
+        while i < len(self.ops):
+            op = self.ops[i]
+            if op in ("V", "N"):
+                lines.append(f"set {self.ops[i + 2]}={self.ops[i + 3]!r} on {self.ops[i + 1]}")
+                i += 4
+            elif op == "U":
+                lines.append(f"require {self.ops[i + 1]} unchanged since @{self.ops[i + 2]}")
+                i += 3
+            else:
+                lines.append(f"{words[op]} {self.ops[i + 1]}")
+                i += 2
+        return lines

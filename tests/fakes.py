@@ -1,0 +1,283 @@
+"""An in-memory pool that satisfies ``ZfsPort``, for pure logic only.
+
+It models what the core's planning depends on (datasets with their user properties and
+``mountpoint``, snapshots, renames, batches, mounts) so that recovery's loop can be run to
+its end without ZFS. It claims nothing about ZFS itself: every ZFS behaviour is tested
+against a real pool in ``tests/zfs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from dsg_storage.errors import DatasetBusyError, DatasetExistsError, DatasetNotFoundError, ZfsError
+from dsg_storage.zfs.allow import AllowList
+from dsg_storage.zfs.host import Guard, Steps
+from dsg_storage.zfs.port import Batch, BatchResult, Snapshot, ZfsPort
+
+
+class FakeHost:
+    def __init__(self, pool: FakeZfs) -> None:
+        self.pool = pool
+        self.table: dict[str, list[str]] = {}
+        self.dirs: set[str] = set()
+        self.owners: dict[str, tuple[int, int, int]] = {}
+
+    def mounts(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.table.items() if v}
+
+    def holders(self, path: str) -> list[str]:
+        return []
+
+    def mount(self, dataset: str, path: str) -> None:
+        self.pool.guard.check(dataset)
+        if dataset not in self.pool.datasets:
+            raise DatasetNotFoundError(f"{dataset}: no such dataset", dataset=dataset)
+        if path in self.table.get(dataset, []):
+            return
+        self.make_dir(path)
+        self.table.setdefault(dataset, []).append(path)
+        self.pool.steps.done("mount", dataset)
+
+    def unmount(self, dataset: str, path: str | None = None) -> None:
+        self.pool.guard.check(dataset)
+        for target in [path] if path else list(self.table.get(dataset, [])):
+            if target in self.table.get(dataset, []):
+                self.table[dataset].remove(target)
+                self.pool.steps.done("unmount", dataset)
+
+    def mount_readonly(self, source: str, path: str) -> None:
+        self.table.setdefault(source, []).append(path)
+
+    def release_mount(self, source: str, path: str) -> None:
+        self.table[source].remove(path)
+
+    def make_dir(self, path: str) -> None:
+        if path not in self.dirs:
+            self.dirs.add(path)
+            self.pool.steps.done("mkdir", path)
+
+    def remove_dir(self, path: str) -> None:
+        if path in self.dirs and not any(path in paths for paths in self.table.values()):
+            self.dirs.discard(path)
+            self.pool.steps.done("rmdir", path)
+
+    def apply_owner(self, path: str, uid: int, gid: int, mode: int) -> None:
+        if self.owners.get(path) != (uid, gid, mode):
+            self.owners[path] = (uid, gid, mode)
+            self.pool.steps.done("chown", path)
+
+
+class FakeZfs:
+    """Datasets: name -> properties (ours and ``mountpoint``, ``origin``); snapshots:
+    name -> properties. ``changed`` lists files a conflict check reports per dataset;
+    ``busy`` names that optional destroys skip."""
+
+    def __init__(self, allow: Iterable[str] = ("tank",)) -> None:
+        self.guard = Guard(AllowList(tuple(allow)))
+        self._steps = Steps()
+        self.datasets: dict[str, dict[str, str]] = {}
+        self.snaps: dict[str, dict[str, str]] = {}
+        self.changed: dict[str, list[str]] = {}
+        self.busy: set[str] = set()
+        self._host = FakeHost(self)
+        self._txg = 100
+
+    # the Protocol's attributes
+    @property
+    def allow(self) -> AllowList:
+        return self.guard.allow
+
+    @property
+    def read_only(self) -> bool:
+        return False
+
+    @property
+    def host(self) -> FakeHost:
+        return self._host
+
+    @property
+    def steps(self) -> Steps:
+        return self._steps
+
+    # reads
+    def exists(self, name: str) -> bool:
+        return name in self.datasets or name in self.snaps
+
+    def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None:
+        if dataset not in self.datasets:
+            return None
+        props: dict[str, Any] = dict(self.datasets[dataset])
+        for name in names:
+            if name.startswith("written@"):
+                props[name] = 1 if self.changed.get(dataset) else 0
+        return {k: v for k, v in props.items() if k in names}
+
+    def snapshots(self, dataset: str) -> list[Snapshot]:
+        found = [(name, props) for name, props in self.snaps.items() if name.split("@")[0] == dataset]
+        found.sort(key=lambda item: int(item[1].get("createtxg", "0")))
+        return [
+            Snapshot(name, guid=i + 1, createtxg=int(p.get("createtxg", "0")), creation=0, user_props=p)
+            for i, (name, p) in enumerate(found)
+        ]
+
+    def filesystems(self, under: str) -> dict[str, dict[str, str]]:
+        return {k: dict(v) for k, v in self.datasets.items() if k == under or k.startswith(under + "/")}
+
+    def children(self, dataset: str) -> list[str]:
+        return sorted(k for k in self.datasets if k.rsplit("/", 1)[0] == dataset)
+
+    def family(self, dataset: str) -> dict[str, dict[str, str]]:
+        parent = dataset.rsplit("/", 1)[0]
+        if parent not in self.datasets:
+            return {}
+        out = {k: dict(v) for k, v in self.datasets.items() if k == dataset or k.startswith(dataset + ".dsg-")}
+        out[parent] = {"mountpoint": self.datasets[parent].get("mountpoint", "none")}
+        return out
+
+    # changes
+    def _need(self, name: str) -> None:
+        if not self.exists(name):
+            raise DatasetNotFoundError(f"{name}: no such dataset", dataset=name)
+
+    def _absent(self, name: str) -> None:
+        if self.exists(name):
+            raise DatasetExistsError(f"{name}: exists", dataset=name)
+
+    def _changed(self, op: str, target: str) -> None:
+        self._txg += 1
+        self.steps.done(op, target, syncs=True)
+
+    def create(self, name: str, props: Mapping[str, str | int] | None = None) -> None:
+        self.guard.check(name)
+        self._absent(name)
+        self.datasets[name] = {k: str(v) for k, v in (props or {}).items()}
+        self.datasets[name].setdefault("mountpoint", "none")
+        self._changed("create", name)
+
+    def snapshot(self, names: Sequence[str], props: Mapping[str, str] | None = None) -> None:
+        self.guard.check(*names)
+        for name in names:
+            self._absent(name)
+            self._need(name.split("@")[0])
+            self.snaps[name] = {**(props or {}), "createtxg": str(self._txg)}
+        self._changed("snapshot", names[0])
+
+    def clone(self, name: str, origin: str, props: Mapping[str, str | int] | None = None) -> None:
+        self.guard.check(name)
+        self._need(origin)
+        self._absent(name)
+        self.datasets[name] = {"origin": origin, "mountpoint": "none", **{k: str(v) for k, v in (props or {}).items()}}
+        self._changed("clone", name)
+
+    def promote(self, name: str) -> None:
+        self._promote(name)
+        self._changed("promote", name)
+
+    def _promote(self, name: str) -> None:
+        """As ZFS does: the origin's snapshots up to the clone's origin move to the clone,
+        and the origin becomes a clone of it."""
+        origin = self.datasets[name].pop("origin", None)
+        if origin is None:
+            return
+        source, _ = origin.split("@")
+        upto = int(self.snaps[origin].get("createtxg", "0"))
+        for snap in [s for s in self.snaps if s.split("@")[0] == source]:
+            if int(self.snaps[snap].get("createtxg", "0")) <= upto:
+                self.snaps[f"{name}@{snap.split('@')[1]}"] = self.snaps.pop(snap)
+        self.datasets[source]["origin"] = f"{name}@{origin.split('@')[1]}"
+
+    def rename(self, source: str, target: str) -> None:
+        self.guard.check(source, target)
+        self._need(source)
+        self._absent(target)
+        self.datasets[target] = self.datasets.pop(source)
+        for snap in [s for s in self.snaps if s.split("@")[0] == source]:
+            self.snaps[f"{target}@{snap.split('@')[1]}"] = self.snaps.pop(snap)
+        for props in self.datasets.values():  # ZFS tracks an origin, not its name
+            if props.get("origin", "").split("@")[0] == source:
+                props["origin"] = f"{target}@{props['origin'].split('@')[1]}"
+        if source in self.host.table:  # a renamed filesystem stays mounted where it was
+            self.host.table[target] = self.host.table.pop(source)
+        self._changed("rename", source)
+
+    def destroy(self, name: str) -> None:
+        self.guard.check(name)
+        if "@" in name:
+            self.destroy_snapshots([name])
+            return
+        self.host.unmount(name)
+        self._need(name)
+        del self.datasets[name]
+        self._changed("destroy", name)
+
+    def destroy_with_snapshots(self, filesystem: str) -> None:
+        self.destroy_snapshots([s.name for s in self.snapshots(filesystem)])
+        self.destroy(filesystem)
+
+    def destroy_snapshots(self, names: Sequence[str]) -> None:
+        if names:
+            for name in names:
+                self.snaps.pop(name, None)
+            self._changed("destroy", names[0])
+
+    def rollback(self, filesystem: str) -> None:
+        self._changed("rollback", filesystem)
+
+    def apply(self, batch: Batch) -> BatchResult:
+        if not batch.ops:
+            return BatchResult({}, {})
+        self.guard.check(*batch.targets)
+        ops, i = batch.ops, 0
+        skipped: dict[str, int] = {}
+        created: dict[str, tuple[int, int]] = {}
+        while i < len(ops):
+            op = ops[i]
+            if op in ("V", "N"):
+                name, key, value = ops[i + 1 : i + 4]
+                (self.snaps if "@" in name else self.datasets)[name][key] = value
+                i += 4
+                continue
+            name = ops[i + 1]
+            if op == "S":
+                self.snaps[name] = {"createtxg": str(self._txg)}
+                created[name] = (len(self.snaps), self._txg)
+            elif op == "P":
+                self._promote(name)
+            elif op in ("D", "T"):
+                if name in self.busy:
+                    if op == "D":
+                        raise DatasetBusyError(f"{name}: busy", dataset=name)
+                    skipped[name] = 16
+                elif "@" in name:
+                    self.snaps.pop(name, None)
+                else:
+                    self.datasets.pop(name, None)
+            else:
+                raise ZfsError(f"the fake pool does not know batch op {op}")
+            i += 2
+        self._changed("batch", batch.targets[0])
+        return BatchResult(skipped, created)
+
+    def set_mountpoint(self, dataset: str, path: str) -> None:
+        self.datasets[dataset]["mountpoint"] = path
+        self._changed("set mountpoint", dataset)
+        self.host.mount(dataset, path)
+
+    def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
+        return list(self.changed.get(filesystem, []))
+
+    # not used by the core's planning
+    def send_space(self, snapshot: str, from_snapshot: str | None = None) -> int:
+        raise ZfsError("the fake pool sends nothing")
+
+    def send_to(self, fd: int, snapshot: str, from_snapshot: str | None = None) -> None:
+        raise ZfsError("the fake pool sends nothing")
+
+    def receive_from(self, fd: int, snapshot: str, *, force: bool = False) -> None:
+        raise ZfsError("the fake pool receives nothing")
+
+
+def _satisfies_the_port(fake: FakeZfs) -> ZfsPort:
+    return fake  # mypy checks here that FakeZfs is a ZfsPort, without an ignore
