@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Our own real-ZFS fixtures come from the plugin other projects use (eat our own cooking).
+pytest_plugins = ["dsg_storage.testing"]
+
 REPORTED = ("crash_points", "random_kills")
 
 
