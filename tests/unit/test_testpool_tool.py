@@ -116,3 +116,45 @@ def test_the_wrapper_loads_the_tool_without_dsg_storage_init() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(vm.image_dir())
     assert "dsg_storage" not in result.stderr
+
+
+def test_ensure_installs_with_apt_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed: set[str] = set()
+    ran: list[list[str]] = []
+
+    def which(tool: str) -> str | None:
+        return f"/usr/bin/{tool}" if tool in installed or tool == "apt-get" else None
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        if argv[1] == "install":
+            installed.update({"qemu-system-x86_64", "debootstrap", "mkfs.ext4"})
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(hosttools.shutil, "which", which)
+    monkeypatch.setattr(hosttools.subprocess, "run", run)
+    monkeypatch.setattr(hosttools, "read_os_release", lambda: DEBIAN)
+    monkeypatch.setattr(hosttools.os, "geteuid", lambda: 0)
+    hosttools.ensure(hosttools.BUILD_TOOLS)
+    assert [argv[:2] for argv in ran] == [["apt-get", "update"], ["apt-get", "install"]]
+    assert ran[1][-3:] == ["qemu-system-x86", "debootstrap", "e2fsprogs"]
+    assert "installing the host tools the VM needs: apt-get install qemu-system-x86" in capsys.readouterr().err
+    ran.clear()
+    hosttools.ensure(hosttools.BUILD_TOOLS)  # all there now: nothing runs
+    assert ran == []
+
+
+def test_ensure_elsewhere_raises_with_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosttools.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(hosttools, "read_os_release", lambda: FEDORA)
+    with pytest.raises(hosttools.HostToolsError, match="dnf install qemu-system-x86-core"):
+        hosttools.ensure(hosttools.BOOT_TOOLS)
+
+
+def test_the_pool_command_refuses_other_pools(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pool", "create", "--pool", "tank"]) == 2
+    assert "only manages the 'dsgtest' pool" in capsys.readouterr().err
+    assert cli.main(["path"]) == 0
+    assert capsys.readouterr().out.strip() == str(vm.image_dir())

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsg-storage-testpool", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="tool_command", required=True)
     run = sub.add_parser("run", help="create the dsgtest pool and run a command (in a VM without local ZFS)")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--vm", action="store_true", help="use the VM even if local ZFS is usable")
@@ -103,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        if args.action == "build":
+        if args.tool_command == "build":
             print(vm.ensure_image())
             return 0
-        if args.action == "path":
+        if args.tool_command == "path":
             print(vm.image_dir())
             return 0
-        if args.action == "deps":
+        if args.tool_command == "deps":
             print(deps.ensure([r.resolve() for r in args.requirements], vm.cache_root()))
             return 0
-        if args.action == "pool":
+        if args.tool_command == "pool":
             return pool.run(args)
         rc = _run(args, parser)
     except (vm.VMError, hosttools.HostToolsError, deps.DepsError) as exc:
