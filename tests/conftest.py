@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+# Our own real-ZFS fixtures come from the plugin other projects use (eat our own cooking).
+pytest_plugins = ["dsg_storage.testing"]
+# Another project's tests (its own pyproject.toml); tests/zfs/test_plugin.py runs them.
+collect_ignore = ["sample_project"]
+
 REPORTED = ("crash_points", "random_kills")
 
 

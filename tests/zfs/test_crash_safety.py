@@ -379,8 +379,7 @@ def export_pool() -> None:
 
 def import_pool() -> None:
     """Import dsgtest again from its file (which mounts what it can, as a boot does)."""
-    pool_py = Path(__file__).resolve().parents[2] / "testpool" / "pool.py"
-    subprocess.run([sys.executable, str(pool_py), "create"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "dsg_storage.testpool.pool", "create"], check=True, capture_output=True)
 
 
 def export_and_import() -> None:

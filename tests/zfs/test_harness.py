@@ -85,10 +85,13 @@ def test_two_xdist_workers_do_not_collide(tmp_path: Path) -> None:
     locks.mkdir()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q", str(inner)],
+            [
+                *(sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q"),
+                *("-o", f"dsgtest_lock_dir={locks}", str(inner)),
+            ],
             capture_output=True,
             text=True,
-            env={**__import__("os").environ, "DSG_WORKERS_SEEN": str(seen), "DSG_TEST_LOCK_DIR": str(locks)},
+            env={**__import__("os").environ, "DSG_WORKERS_SEEN": str(seen)},
             cwd=tests_dir.parent.parent,
             check=False,
         )

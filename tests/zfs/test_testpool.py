@@ -1,4 +1,4 @@
-"""testpool/pool.py on real ZFS: idempotent, and it refuses what is not its own."""
+"""The dsgtest pool tool (dsg_storage.testpool.pool) on real ZFS: idempotent, and it refuses what is not its own."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-POOL_PY = Path(__file__).resolve().parents[2] / "testpool" / "pool.py"
+POOL_TOOL = ("-m", "dsg_storage.testpool.pool")
 
 
 def pool(*args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(POOL_PY), *args]
+    argv = [sys.executable, *POOL_TOOL, *args]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     return subprocess.run(argv, capture_output=True, text=True, check=False)

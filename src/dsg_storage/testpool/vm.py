@@ -1,22 +1,18 @@
-#!/usr/bin/env python3
 """Real ZFS on a machine without it: build, cache and boot a small qemu VM.
 
 The image (Debian trixie, OpenZFS built by DKMS, python3-pyzfs) is built by
-``build-image.sh`` and cached outside the checkout under a key derived from every input
-of the build, so that changing the package list or the build script rebuilds it. A run
-boots the image with the checkout shared at the same path as on the host, runs one shell
-command there as root with the zfs module loaded, streams its output and returns its
-exit code. Every boot is bounded by a timeout; a hung qemu is killed and reported.
+``image/build-image.sh`` and cached outside any checkout under a key derived from every
+input of the build, so that changing the package list or the build script rebuilds it.
+A run boots the image with a checkout shared at the same path as on the host, runs one
+shell command there as root with the zfs module loaded, streams its output and returns
+its exit code. Every boot is bounded by a timeout; a hung qemu is killed and reported.
 
-Standard library only: this runs on the host, before anything is installed.
-
-    python3 testpool/vm.py build            # build the image if it is not cached
-    python3 testpool/vm.py run -- CMD...    # run CMD inside the VM
+Standard library only: this runs on the host, before anything is installed, and it never
+imports the rest of dsg_storage (``testpool/run`` loads this package on its own).
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import os
@@ -29,8 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import hosttools
+
 HERE = Path(__file__).resolve().parent
-CHECKOUT = HERE.parent
+#: The image's inputs. Their file names and bytes are the image's cache key: never edit them.
+IMAGE_INPUT_DIR = HERE / "image"
+#: The dsg_storage package itself, copied into every guest (the plugin, the pool tool).
+PACKAGE_DIR = HERE.parent
 # Bump to force a rebuild when the meaning of the image changes without its inputs changing.
 IMAGE_FORMAT = "1"
 IMAGE_INPUTS = ("build-image.sh", "guest-init.sh", "image-packages.txt")
@@ -43,6 +44,9 @@ BOOT_FLAGS = (
     "-nic", "none", "-no-reboot",
 )  # fmt: skip
 KERNEL_CMDLINE = "console=ttyS0 root=/dev/vda rw quiet loglevel=1 init=/sbin/dsg-init panic=-1"
+#: Where the guest finds the shared dependency directory and our own package.
+GUEST_DEPS = "/run/dsg-deps"
+GUEST_PYLIB = "/ctl/pylib"
 
 
 class VMError(RuntimeError):
@@ -65,7 +69,7 @@ def image_key() -> str:
     digest = hashlib.sha256(IMAGE_FORMAT.encode())
     digest.update(os.environ.get("DSG_VM_SUITE", "trixie").encode())
     for name in IMAGE_INPUTS:
-        digest.update(name.encode() + b"\0" + (HERE / name).read_bytes())
+        digest.update(name.encode() + b"\0" + (IMAGE_INPUT_DIR / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -93,17 +97,14 @@ def ensure_image() -> Path:
                 f"no VM image cached at {image} and building one needs root "
                 "(debootstrap, chroot): run this once as root"
             )
-        missing = [t for t in ("qemu-system-x86_64", "debootstrap", "mkfs.ext4") if not shutil.which(t)]
-        if missing:
-            raise VMError(
-                f"missing host tools {', '.join(missing)}: "
-                "apt-get install --no-install-recommends qemu-system-x86 debootstrap e2fsprogs"
-            )
+        hosttools.ensure(hosttools.BUILD_TOOLS)
         _log(f"building the VM image (first run: about 4-5 minutes) into {image}")
         started = time.monotonic()
         # Its own process group, so that a build past its time limit is killed whole
         # (debootstrap, apt and dkms run as grandchildren).
-        build = subprocess.Popen(["bash", str(HERE / "build-image.sh"), str(image), str(cache)], start_new_session=True)
+        build = subprocess.Popen(
+            ["bash", str(IMAGE_INPUT_DIR / "build-image.sh"), str(image), str(cache)], start_new_session=True
+        )
         try:
             returncode = build.wait(timeout=BUILD_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -127,32 +128,62 @@ def _prune_old_images(keep: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def _guest_main(checkout: Path, command: str) -> str:
-    """The script PID 1 runs: mount the checkout, load zfs, run the command."""
+def _guest_main(checkout: Path, command: str, *, deps: bool) -> str:
+    """The script PID 1 runs: mount the checkout (and the deps), load zfs, run the command."""
     quoted = shlex.quote(str(checkout))
     # The guest console is a tty; colour only when our own output is one too.
     colors = "1" if sys.stdout.isatty() else "0"
+    mount_9p = "mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000"
+    mount_deps = f"mkdir -p {GUEST_DEPS} && {mount_9p},ro deps {GUEST_DEPS} || exit 125" if deps else ""
+    # The checkout's src/ first (its own code wins), then its dependencies, then ours.
+    pythonpath = ":".join([f"{checkout}/src", *([GUEST_DEPS] if deps else []), GUEST_PYLIB])
     return f"""#!/bin/sh
 mkdir -p {quoted}
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 checkout {quoted} || exit 125
+{mount_9p} checkout {quoted} || exit 125
+{mount_deps}
 modprobe zfs || exit 125
 echo "[testpool] phase boot: guest ready after $(cut -d' ' -f1 /proc/uptime)s of uptime" >&2
 cd {quoted} || exit 125
-export HOME=/root LANG=C.UTF-8 PYTHONPATH={quoted}/src PYTHONDONTWRITEBYTECODE=1
+export HOME=/root LANG=C.UTF-8 PYTHONPATH={shlex.quote(pythonpath)} PYTHONDONTWRITEBYTECODE=1
 export DSG_TESTPOOL_IN_VM=1 PY_COLORS={colors} TERM={"linux" if colors == "1" else "dumb"}
 exec /bin/sh -c {shlex.quote(command)} 2>&1
 """
 
 
-def run(command: str, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = 4096, cpus: int = 2) -> int:
-    """Run ``command`` (a shell string) as root inside the VM; return its exit code."""
+def run(
+    command: str,
+    *,
+    checkout: Path,
+    deps: Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mb: int = 4096,
+    cpus: int = 2,
+) -> int:
+    """Run ``command`` (a shell string) as root inside the VM, from ``checkout``; return its exit code.
+
+    ``checkout`` is shared read-write at the same path as on the host; ``deps`` (a
+    directory of unpacked wheels, see ``deps.py``) read-only, on the guest's PYTHONPATH.
+    A copy of this dsg_storage package is on it too, so the guest can create the pool and
+    load the pytest plugin whatever the checkout is.
+    """
     image = ensure_image()
-    qemu = shutil.which("qemu-system-x86_64")
+    hosttools.ensure(hosttools.BOOT_TOOLS)
+    qemu = shutil.which(hosttools.QEMU)
     if qemu is None:
-        raise VMError("qemu-system-x86_64 is missing: apt-get install --no-install-recommends qemu-system-x86")
+        raise VMError(f"{hosttools.QEMU} is missing")
+    checkout = checkout.resolve()
     with tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name:
         ctl = Path(ctl_name)
-        (ctl / "main.sh").write_text(_guest_main(CHECKOUT, command))
+        (ctl / "main.sh").write_text(_guest_main(checkout, command, deps=deps is not None))
+        shutil.copytree(PACKAGE_DIR, ctl / "pylib" / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__"))
+        shares = [("checkout", checkout, False), ("ctl", ctl, False)]
+        if deps is not None:
+            shares.append(("deps", deps.resolve(), True))
+        virtfs = [
+            arg
+            for tag, path, readonly in shares
+            for arg in ("-virtfs", f"local,path={path},mount_tag={tag},security_model=none{',readonly=on' * readonly}")
+        ]
         argv = [
             qemu, *BOOT_FLAGS,
             "-m", str(memory_mb), "-smp", str(cpus),
@@ -160,8 +191,7 @@ def run(command: str, *, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = 4096
             "-append", KERNEL_CMDLINE,
             # snapshot=on: the image stays pristine and several VMs can share it.
             "-drive", f"file={image / 'rootfs.ext4'},format=raw,if=virtio,snapshot=on,cache=unsafe",
-            "-virtfs", f"local,path={CHECKOUT},mount_tag=checkout,security_model=none",
-            "-virtfs", f"local,path={ctl},mount_tag=ctl,security_model=none",
+            *virtfs,
             "-serial", "stdio",
         ]  # fmt: skip
         started = time.monotonic()
@@ -203,32 +233,3 @@ def _stream(proc: subprocess.Popen[bytes], deadline: float) -> None:
                     return
                 out.write(chunk.replace(b"\r", b""))  # the guest console ends lines with \r\n
                 out.flush()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("build", help="build the image unless it is cached")
-    sub.add_parser("path", help="print where the image is (or would be) cached")
-    run_parser = sub.add_parser("run", help="run a shell command inside the VM")
-    run_parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    run_parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "build":
-            print(ensure_image())
-            return 0
-        if args.action == "path":
-            print(image_dir())
-            return 0
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
-        if not command:
-            parser.error("run needs a command")
-        return run(shlex.join(command), timeout=args.timeout)
-    except VMError as exc:
-        _log(f"error: {exc}")
-        return 124 if isinstance(exc, VMTimeout) else 125
-
-
-if __name__ == "__main__":
-    sys.exit(main())

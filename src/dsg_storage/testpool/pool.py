@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Create and destroy the file-backed ``dsgtest`` pool that the real-ZFS tests use.
 
 Runs wherever ZFS runs (a Linux host with OpenZFS, or inside the test VM), as root.
@@ -6,9 +5,11 @@ Idempotent: ``create`` on an existing dsgtest pool backed by our file does nothi
 ``destroy`` of a missing pool does nothing. It refuses to touch any other pool, and a
 backing file that exists but does not hold a dsgtest pool is never overwritten.
 
-    python3 testpool/pool.py create  [--file F] [--size 1G] [--mount-base DIR]
-    python3 testpool/pool.py destroy [--file F] [--keep-file]
-    python3 testpool/pool.py status
+    dsg-storage-testpool pool create  [--file F] [--size 1G] [--mount-base DIR]
+    dsg-storage-testpool pool destroy [--file F] [--keep-file]
+    dsg-storage-testpool pool status
+
+(also ``python3 -m dsg_storage.testpool.pool ...``).
 
 Defaults come from DSG_TESTPOOL_FILE, DSG_TESTPOOL_SIZE and DSG_TESTPOOL_MOUNT_BASE.
 """
@@ -39,7 +40,7 @@ def parse_size(text: str) -> int:
     if not match:
         raise PoolError(f"size {text!r} is not a number with an optional K/M/G/T suffix")
     number, unit = int(match.group(1)), match.group(2).upper()
-    size = number * 1024 ** " KMGT".index(unit or " ")
+    size = number << (10 * " KMGT".index(unit or " "))
     if size < 64 * 1024**2:
         raise PoolError(f"size {text!r} is below 64M, the smallest pool ZFS creates")
     return size
@@ -48,7 +49,9 @@ def parse_size(text: str) -> int:
 def _zfs_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise PoolError(f"'{name}' not found: ZFS is not installed here (use testpool/run, which brings a VM)")
+        raise PoolError(
+            f"'{name}' not found: ZFS is not installed here (use 'dsg-storage-testpool run', which brings a VM)"
+        )
     return path
 
 
@@ -127,8 +130,7 @@ def destroy(backing: Path, keep_file: bool) -> str:
     return f"pool {POOL} destroyed" if vdevs is not None else f"pool {POOL} does not exist"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("create", "destroy", "status"))
     parser.add_argument("--pool", default=POOL, help=f"must be {POOL}: this tool manages no other pool")
     parser.add_argument("--file", type=Path, default=Path(os.environ.get("DSG_TESTPOOL_FILE", DEFAULT_FILE)))
@@ -137,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         "--mount-base", type=Path, default=Path(os.environ.get("DSG_TESTPOOL_MOUNT_BASE", DEFAULT_MOUNT_BASE))
     )
     parser.add_argument("--keep-file", action="store_true", help="destroy: keep the backing file")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         if args.pool != POOL:
             raise PoolError(f"refusing pool {args.pool!r}: testpool only manages the {POOL!r} pool")

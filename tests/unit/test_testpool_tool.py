@@ -1,0 +1,160 @@
+"""The VM runner's decisions, on the host: host tools, guest dependencies, the image key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsg_storage.testpool import cli, deps, hosttools, vm
+
+DEBIAN = {"ID": "debian", "VERSION_ID": "12"}
+UBUNTU = {"ID": "ubuntu", "ID_LIKE": "debian"}
+FEDORA = {"ID": "fedora"}
+
+
+def test_root_on_debian_or_ubuntu_installs_the_missing_tools_with_apt() -> None:
+    for os_release in (DEBIAN, UBUNTU):
+        decision = hosttools.plan(["qemu-system-x86_64", "mkfs.ext4"], os_release, euid=0, has_apt=True)
+        assert decision == hosttools.Install(("qemu-system-x86", "e2fsprogs"))
+        assert isinstance(decision, hosttools.Install)
+        assert decision.commands()[0] == ["apt-get", "update", "-q"]
+        assert decision.commands()[1][:2] == ["apt-get", "install"]
+        assert decision.commands()[1][-2:] == ["qemu-system-x86", "e2fsprogs"]
+
+
+def test_nothing_missing_means_nothing_to_do() -> None:
+    assert hosttools.plan([], DEBIAN, euid=0, has_apt=True) is None
+
+
+def test_elsewhere_the_message_is_the_exact_command() -> None:
+    not_root = hosttools.plan(["debootstrap"], DEBIAN, euid=1000, has_apt=True)
+    assert not_root == hosttools.Refuse(
+        "missing host tools debootstrap: sudo apt-get install --no-install-recommends debootstrap"
+    )
+    fedora = hosttools.plan(list(hosttools.BUILD_TOOLS), FEDORA, euid=0, has_apt=False)
+    assert isinstance(fedora, hosttools.Refuse)
+    assert fedora.message.endswith(": dnf install qemu-system-x86-core debootstrap e2fsprogs")
+    unknown = hosttools.plan(["qemu-system-x86_64"], {"ID": "plan9"}, euid=0, has_apt=False)
+    assert isinstance(unknown, hosttools.Refuse) and "qemu-system-x86_64" in unknown.message
+
+
+def test_os_release_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "os-release"
+    path.write_text('PRETTY_NAME="Ubuntu 24.04 LTS"\nID=ubuntu\nID_LIKE=debian\n# comment\n\n')
+    assert hosttools.read_os_release(path) == {"PRETTY_NAME": "Ubuntu 24.04 LTS", "ID": "ubuntu", "ID_LIKE": "debian"}
+    assert hosttools.read_os_release(tmp_path / "missing") == {}
+
+
+def test_guest_dependencies_are_binary_wheels_for_the_guest_python(tmp_path: Path) -> None:
+    argv = deps.pip_argv("python3", tmp_path / "t", [Path("req.txt")])
+    assert argv[:4] == ["python3", "-m", "pip", "install"]
+    assert ["--target", str(tmp_path / "t")] == argv[argv.index("--target") : argv.index("--target") + 2]
+    assert "--only-binary=:all:" in argv
+    assert argv[argv.index("--python-version") + 1] == "3.13"
+    assert argv[argv.index("--abi") + 1] == "cp313"
+    assert argv[argv.index("--platform") + 1] == "manylinux2014_x86_64"
+    assert argv[-2:] == ["-r", "req.txt"]
+    assert "--platform" not in deps.pip_argv("python3", tmp_path, [], guest=False)
+
+
+def test_the_dependency_cache_follows_the_requirements(tmp_path: Path) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text("attrs\n")
+    first = deps.cache_key([req])
+    assert deps.cache_key([req]) == first and deps.cache_key([req], guest=False) != first
+    req.write_text("attrs==23.1\n")
+    assert deps.cache_key([req]) != first
+
+
+def test_a_failed_fetch_leaves_no_directory(tmp_path: Path) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text("surely-no-such-package-exists-here==0\n")
+    failing = tmp_path / "python"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(deps.DepsError, match="could not fetch"):
+        deps.ensure([req], tmp_path / "cache", python=str(failing))
+    assert list((tmp_path / "cache" / "deps").iterdir()) == []
+    with pytest.raises(deps.DepsError, match="does not exist"):
+        deps.ensure([tmp_path / "nope.txt"], tmp_path / "cache")
+
+
+def test_the_image_key_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The image's inputs moved into the package; the cached image must still be found."""
+    monkeypatch.delenv("DSG_VM_SUITE", raising=False)
+    assert vm.image_key() == "08fa00af740c50d0"
+
+
+def test_the_guest_mounts_the_checkout_and_puts_its_src_first() -> None:
+    script = vm._guest_main(Path("/home/u/proj"), "python3 -m pytest", deps=True)
+    assert "checkout /home/u/proj || exit 125" in script
+    assert "deps /run/dsg-deps" in script
+    assert "PYTHONPATH=/home/u/proj/src:/run/dsg-deps:/ctl/pylib" in script
+    assert "deps /run/dsg-deps" not in vm._guest_main(Path("/p"), "true", deps=False)
+
+
+def test_local_without_zfs_is_a_setup_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "local_zfs_usable", lambda: False)
+    assert cli.main(["run", "--local", "--", "true"]) == cli.EXIT_SETUP
+    assert "--local needs /dev/zfs and root" in capsys.readouterr().err
+
+
+def test_the_wrapper_loads_the_tool_without_dsg_storage_init() -> None:
+    """testpool/run must work with a bare python3 (no attrs, no tenacity yet)."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-I", str(root / "testpool" / "run"), "--tool", "path"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(vm.image_dir())
+    assert "dsg_storage" not in result.stderr
+
+
+def test_ensure_installs_with_apt_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed: set[str] = set()
+    ran: list[list[str]] = []
+
+    def which(tool: str) -> str | None:
+        return f"/usr/bin/{tool}" if tool in installed or tool == "apt-get" else None
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        if argv[1] == "install":
+            installed.update({"qemu-system-x86_64", "debootstrap", "mkfs.ext4"})
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(hosttools.shutil, "which", which)
+    monkeypatch.setattr(hosttools.subprocess, "run", run)
+    monkeypatch.setattr(hosttools, "read_os_release", lambda: DEBIAN)
+    monkeypatch.setattr(hosttools.os, "geteuid", lambda: 0)
+    hosttools.ensure(hosttools.BUILD_TOOLS)
+    assert [argv[:2] for argv in ran] == [["apt-get", "update"], ["apt-get", "install"]]
+    assert ran[1][-3:] == ["qemu-system-x86", "debootstrap", "e2fsprogs"]
+    assert "installing the host tools the VM needs: apt-get install qemu-system-x86" in capsys.readouterr().err
+    ran.clear()
+    hosttools.ensure(hosttools.BUILD_TOOLS)  # all there now: nothing runs
+    assert ran == []
+
+
+def test_ensure_elsewhere_raises_with_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosttools.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(hosttools, "read_os_release", lambda: FEDORA)
+    with pytest.raises(hosttools.HostToolsError, match="dnf install qemu-system-x86-core"):
+        hosttools.ensure(hosttools.BOOT_TOOLS)
+
+
+def test_the_pool_command_refuses_other_pools(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pool", "create", "--pool", "tank"]) == 2
+    assert "only manages the 'dsgtest' pool" in capsys.readouterr().err
+    assert cli.main(["path"]) == 0
+    assert capsys.readouterr().out.strip() == str(vm.image_dir())
