@@ -23,12 +23,24 @@ class FakeHost:
         self.table: dict[str, list[str]] = {}
         self.dirs: set[str] = set()
         self.owners: dict[str, tuple[int, int, int]] = {}
+        self.frozen: set[str] = set()
 
     def mounts(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.table.items() if v}
 
-    def holders(self, path: str) -> list[str]:
+    def holders(self, path: str, *, writing: bool = False) -> list[str]:
         return []
+
+    def orphaned_reader_mounts(self) -> list[tuple[str, str]]:
+        return []
+
+    def freeze(self, dataset: str, path: str, *, wait: float = 0.0) -> None:
+        self.frozen.add(path)
+        self.pool.steps.done("freeze", dataset)
+
+    def thaw(self, dataset: str, path: str) -> None:
+        self.frozen.discard(path)
+        self.pool.steps.done("thaw", dataset)
 
     def mount(self, dataset: str, path: str) -> None:
         self.pool.guard.check(dataset)
@@ -40,11 +52,12 @@ class FakeHost:
         self.table.setdefault(dataset, []).append(path)
         self.pool.steps.done("mount", dataset)
 
-    def unmount(self, dataset: str, path: str | None = None) -> None:
+    def unmount(self, dataset: str, path: str | None = None, *, lazy: bool = False) -> None:
         self.pool.guard.check(dataset)
         for target in [path] if path else list(self.table.get(dataset, [])):
             if target in self.table.get(dataset, []):
                 self.table[dataset].remove(target)
+                self.frozen.discard(target)
                 self.pool.steps.done("unmount", dataset)
 
     def mount_readonly(self, source: str, path: str) -> None:
@@ -243,7 +256,7 @@ class FakeZfs:
             if op == "S":
                 self.snaps[name] = {"createtxg": str(self._txg)}
                 created[name] = (len(self.snaps), self._txg)
-            elif op == "P":
+            elif op in ("P", "Q"):  # the fake's snapshots are never held: promote always works
                 self._promote(name)
             elif op in ("D", "T"):
                 if name in self.busy:

@@ -49,7 +49,7 @@ from .errors import (
     RepositoryBusyError,
     ZfsError,
 )
-from .zfs.port import ZfsPort
+from .zfs.port import Batch, ZfsPort
 
 ENV_VAR = "DSG_STORAGE_QUEUE"
 DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"
@@ -292,6 +292,14 @@ def apply_item(zfs: ZfsPort, item: Item) -> None:
     if not zfs.exists(pool):
         raise PoolUnavailableError(f"pool {pool} is not imported", dataset=item.target)
     if item.kind is Kind.DESTROY:
+        retired = _names.parse_temporary(item.target)
+        if retired and retired[1] == "old" and zfs.exists(item.target):
+            # An old head keeps the history until the repository is promoted, which a
+            # reader holding one of its snapshots refused at commit: try it first.
+            for source, path in zfs.host.orphaned_reader_mounts():
+                if source.split("@")[0] == item.target:
+                    zfs.host.release_mount(source, path)
+            zfs.apply(Batch().promote(retired[0], required=False))
         if zfs.exists(item.target):
             zfs.destroy(item.target)
         return

@@ -120,7 +120,7 @@ def test_sync_commit_past_its_commit_point_is_finished() -> None:
     assert then[0] == f"{TX}: retired {OLD} destroyed"  # planned too, not needed once the batch ran
     assert step == [
         f"{TX}: commit finished",
-        f"unmount {OLD}",
+        f"detach {OLD} (readers keep it)",
         f"unmount {REPO} from {WS_PATH}",
         f"set mountpoint={MNT} on {REPO} (zfs set, which also mounts it)",
         f"mount {REPO} at {MNT}",
@@ -128,7 +128,7 @@ def test_sync_commit_past_its_commit_point_is_finished() -> None:
         f"remove the empty directory {WS_PATH}",
         (
             "in one sync task: "
-            f"set dsg-storage:commit-snapshot={COMMIT!r} on {REPO}; promote {REPO}; snapshot {COMMIT}; "
+            f"set dsg-storage:commit-snapshot={COMMIT!r} on {REPO}; promote if possible {REPO}; snapshot {COMMIT}; "
             f"set dsg-storage:tx={TX!r} on {COMMIT}; "
             f"set dsg-storage:committed='2026-12-01T12:00:00.123+00:00' on {COMMIT}; "
             f"set dsg-storage:message='weekly' on {COMMIT}; "
@@ -143,7 +143,7 @@ def test_a_commit_whose_snapshot_was_taken_completes_it_instead_of_taking_anothe
     family = {REPO: tx_props(pattern="init", **{P_COMMIT_SNAPSHOT: taken, "mountpoint": MNT})}
     (step,) = plan(view(family, {REPO: (MNT,)}, commit_snapshot_exists=True))
     assert step[-1] == (
-        f"in one sync task: set dsg-storage:commit-snapshot={taken!r} on {REPO}; promote {REPO}; "
+        f"in one sync task: set dsg-storage:commit-snapshot={taken!r} on {REPO}; promote if possible {REPO}; "
         f"set dsg-storage:tx={TX!r} on {taken}; "
         f"set dsg-storage:committed='2026-12-01T12:00:00.123+00:00' on {taken}; "
         f"set dsg-storage:state='committed' on {REPO}"
@@ -236,7 +236,7 @@ def test_a_sync_commit_killed_before_setting_the_repository_aside_is_taken_on() 
         [
             f"{TX}: commit resumed: repository set aside",
             f"unmount {WS}",
-            f"unmount {REPO}",
+            f"remount {REPO} at {MNT} read-only",
             f"rename {REPO} to {OLD}",
         ]
     ]
@@ -332,8 +332,8 @@ def test_retired_old_heads_are_unmounted_and_destroyed() -> None:
     (step,) = plan(view({REPO: committed_head(), OLD: committed_head()}, {REPO: (MNT,), OLD: ("/x",)}))
     assert step == [
         f"{TX}: retired {OLD} destroyed",
-        f"unmount {OLD}",
-        f"in one sync task: destroy if possible {OLD}; destroy if possible {BASE}",
+        f"detach {OLD} (readers keep it)",
+        f"in one sync task: promote if possible {REPO}; destroy if possible {OLD}; destroy if possible {BASE}",
     ]
 
 

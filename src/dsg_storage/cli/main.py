@@ -115,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("commit", help="make a transaction's workspace the repository")
     p.add_argument("repo")
     p.add_argument("tx")
+    p.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="wait this long for a process writing in the repository to finish (default: refuse at once)",
+    )
     p.add_argument("-m", "--message", help="recorded on the commit snapshot")
 
     p = sub.add_parser("rollback", help="throw a transaction's workspace away")
@@ -127,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recover", help="finish interrupted steps (also done by every changing command)")
     p.add_argument("repo")
+    p.add_argument(
+        "--abort-stale",
+        metavar="AGE",
+        type=_duration,
+        help="also roll back open transactions older than AGE (seconds, or 90m, 12h, 7d) that nobody uses",
+    )
 
     p = sub.add_parser("status", help="pending transactions, mountpoint, owner, last commit")
     p.add_argument("repo")
@@ -197,6 +210,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``3600``, ``90m``, ``12h``, ``7d``: seconds."""
+    unit = text[-1:] if text[-1:] in _UNITS else "s"
+    number = text[:-1] if text[-1:] in _UNITS else text
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)")
+    return value
+
+
 def _commit_json(commit: Commit | None) -> dict[str, Any] | None:
     return None if commit is None else {**attrs.asdict(commit), "name": commit.name}
 
@@ -218,6 +247,8 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
                 "dataset": p.dataset,
                 "path": p.path,
                 "begun": p.begun,
+                "age": p.age,
+                "in_use": list(p.in_use),
             }
             for p in status.pending
         ],
@@ -330,13 +361,13 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
             args, {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path}, f"{tx.id}\t{tx.pattern.value}\t{tx.path}"
         )
     elif args.command == "commit":
-        commit = repo.commit(args.tx, args.message)
+        commit = repo.commit(args.tx, args.message, wait=args.wait)
         _emit(args, _commit_json(commit), commit.snapshot)
     elif args.command in ("rollback", "abort"):
         repo.rollback(args.tx)
         _emit(args, {"tx": args.tx, "rolled_back": True}, f"rolled back {args.tx}")
     elif args.command == "recover":
-        actions = repo.recover()
+        actions = repo.recover(abort_stale=args.abort_stale)
         _emit(args, {"repository": repo.name, "actions": actions}, "\n".join(actions) or "nothing to recover")
     elif args.command == "status":
         status = repo.status()
@@ -347,7 +378,13 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
             f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
             f"last commit: {status.last_commit.name if status.last_commit else '-'}",
             f"pending:     {len(status.pending)}",
-            *(f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}\t{p.path}" for p in status.pending),
+            *(
+                f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}"
+                + (f" ({p.age:.0f}s ago)" if p.age is not None else "")
+                + f"\t{p.path}"
+                + (f"\tin use by {', '.join(p.in_use)}" if p.in_use else "")
+                for p in status.pending
+            ),
             *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
             *([f"recovery:    {status.recovery_note}"] if status.recovery_note else []),
         ]

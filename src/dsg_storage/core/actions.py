@@ -142,12 +142,55 @@ class Mount:
 class Unmount:
     dataset: str
     path: str | None = None  # None: wherever it is mounted
+    lazy: bool = False  # detach: whoever still reads in it goes on reading
 
     def describe(self) -> str:
-        return f"unmount {self.dataset}" + (f" from {self.path}" if self.path else "")
+        where = f" from {self.path}" if self.path else ""
+        return f"detach {self.dataset}{where} (readers keep it)" if self.lazy else f"unmount {self.dataset}{where}"
 
     def apply(self, zfs: ZfsPort) -> None:
-        zfs.host.unmount(self.dataset, self.path)
+        zfs.host.unmount(self.dataset, self.path, lazy=self.lazy)
+
+
+@attrs.frozen
+class Freeze:
+    """Remount read-only: nobody writes any more; readers read on. A writer refuses it."""
+
+    dataset: str
+    path: str
+    wait: float = 0.0
+
+    def describe(self) -> str:
+        return f"remount {self.dataset} at {self.path} read-only"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.freeze(self.dataset, self.path, wait=self.wait)
+
+
+@attrs.frozen
+class Thaw:
+    dataset: str
+    path: str
+
+    def describe(self) -> str:
+        return f"remount {self.dataset} at {self.path} read-write"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.thaw(self.dataset, self.path)
+
+
+@attrs.frozen
+class ReleaseMount:
+    """Take away a read-only mount a reader that died left behind."""
+
+    source: str
+    path: str
+
+    def describe(self) -> str:
+        return f"unmount {self.source} from {self.path} (left by a reader that is gone)"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.host.release_mount(self.source, self.path)
 
 
 @attrs.frozen

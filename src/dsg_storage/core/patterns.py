@@ -23,7 +23,7 @@ from .. import names
 from ..errors import DatasetExistsError, DatasetNotFoundError, DsgStorageError, InvalidArgumentError
 from ..names import P_MODE, P_OWNER, P_PENDING, P_TX
 from ..zfs.port import Batch, ZfsPort
-from .actions import Action, Apply, Clone, Create, Rename, Unmount
+from .actions import Action, Apply, Clone, Create, Freeze, Rename, Thaw, Unmount
 from .options import Owner, parse_mode
 from .placement import place_recorded_head
 from .records import Pattern, Record
@@ -58,8 +58,9 @@ class TransactionPattern:
         """Create the temporary dataset, recording ``props`` on it."""
         raise NotImplementedError
 
-    def detach(self, repo: str, record: Record) -> list[Action]:
-        """Before the commit point: take the workspace (and the repository) off their paths."""
+    def detach(self, view: PoolView, record: Record, wait: float = 0.0) -> list[Action]:
+        """Before the commit point: take the workspace off its path and stop every
+        change to the repository (``wait``: how long a writer may take to finish)."""
         return [Unmount(record.dataset)]
 
     def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
@@ -155,16 +156,19 @@ class Sync(TransactionPattern):
         mark = Batch().set(repo, {P_PENDING: record.tx}).snapshot(base, {P_TX: record.tx})
         return [Apply(mark), Clone(record.dataset, base, props)]
 
-    def detach(self, repo: str, record: Record) -> list[Action]:
-        # Unmounted and renamed away, the repository cannot be changed unseen any more.
-        return [Unmount(record.dataset), Unmount(repo), Rename(repo, names.old_dataset(repo, record.tx))]
+    def detach(self, view: PoolView, record: Record, wait: float = 0.0) -> list[Action]:
+        # Read-only and renamed away, the repository cannot be changed unseen any more;
+        # it stays mounted, so readers in it never block the commit (a writer does).
+        repo = view.repository
+        freeze: list[Action] = [Freeze(repo, path, wait) for path in view.mounted_at(repo)]
+        return [Unmount(record.dataset), *freeze, Rename(repo, names.old_dataset(repo, record.tx))]
 
     def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
         return changes_since_base(zfs, repo, record.tx)
 
     def resume(self, view: PoolView, record: Record) -> tuple[str, list[Action]]:
         if view.head is not None:  # not detached yet
-            return "commit resumed: repository set aside", self.detach(view.repository, record)
+            return "commit resumed: repository set aside", self.detach(view, record)
         changes = view.conflicts.get(record.tx)
         if changes:
             shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
@@ -173,7 +177,10 @@ class Sync(TransactionPattern):
 
     def reattach(self, view: PoolView, record: Record) -> list[Action]:
         old = names.old_dataset(view.repository, record.tx)
-        return [Rename(old, view.repository)] if view.head is None and view.exists(old) else []
+        if view.head is not None or not view.exists(old):
+            return []
+        thaw: list[Action] = [Thaw(view.repository, path) for path in view.mounted_at(old)]
+        return [Rename(old, view.repository), *thaw]
 
     def head(self, view: PoolView) -> list[Action]:
         return place_recorded_head(view)

@@ -21,12 +21,12 @@ def place_head(
 ) -> list[Action]:
     """Mount the repository at ``mountpoint``, alone, with its owner and mode.
 
-    ``others`` (e.g. the old head, which an import auto-mounts at the same path) are
-    unmounted first. Without an inherited mountpoint the ``mountpoint`` property is set
+    ``others`` (old heads: still mounted there after a commit, or auto-mounted by an
+    import) are detached first: whoever still reads in them goes on reading. Without an inherited mountpoint the ``mountpoint`` property is set
     (``zfs set``, which mounts it), so the repository is mounted there after a reboot too.
     """
     repo = view.repository
-    actions: list[Action] = [Unmount(other) for other in others if view.mounted_at(other)]
+    actions: list[Action] = [Unmount(other, lazy=True) for other in others if view.mounted_at(other)]
     # e.g. still mounted at the workspace path after an import
     actions += [Unmount(repo, path) for path in view.mounted_at(repo) if path != mountpoint]
     if not inherits and (view.head or {}).get("mountpoint") != mountpoint:

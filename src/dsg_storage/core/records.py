@@ -160,6 +160,8 @@ class PendingTransaction:
     dataset: str
     path: str
     begun: str | None
+    age: float | None = None  # seconds since begin, when the begin time is known
+    in_use: tuple[str, ...] = ()  # processes with their cwd or files in the workspace
 
 
 @attrs.frozen

@@ -38,8 +38,10 @@ The states recovery handles, in the order it handles them (``plan_recovery``):
       after destroying the workspace): destroy the base, clear the mark.
    b. **Old head without repository or workspace** (the workspace was destroyed by hand):
       give the old head the repository's name back.
-   c. **Retired old heads** (``REPO.dsg-old-TX`` beside the repository): unmount and
-      destroy them with their bases; what is still busy is deferred to the queue.
+   c. **Retired old heads** (``REPO.dsg-old-TX`` beside the repository): release the
+      snapshot mounts a dead reader left on them, detach them (readers still in them go
+      on reading), finish the promote a held snapshot refused at commit, and destroy them
+      with their bases; what is still in use is deferred to the queue.
 6. **Repository not mounted where it records** (after an import or a reboot): place it.
 """
 
@@ -61,7 +63,19 @@ from ..names import (
     P_TX,
 )
 from ..zfs.port import Batch
-from .actions import Action, Apply, ApplyOwner, Destroy, DestroySnapshots, Mount, RemoveDir, Rename, Rollback, Unmount
+from .actions import (
+    Action,
+    Apply,
+    ApplyOwner,
+    Destroy,
+    DestroySnapshots,
+    Mount,
+    ReleaseMount,
+    RemoveDir,
+    Rename,
+    Rollback,
+    Unmount,
+)
 from .patterns import pattern_of
 from .placement import place_head, place_recorded_head
 from .records import Phase, Record
@@ -95,7 +109,9 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     props = {P_TX: record.tx, P_COMMITTED: view.now.isoformat(timespec="milliseconds")}
     if record.message:
         props[P_MESSAGE] = record.message
-    batch = Batch().set(repo, {P_COMMIT_SNAPSHOT: snapshot}).promote(repo)
+    # The promote hands the history over to the new head; a snapshot of the old head
+    # that a reader has mounted refuses it, and then it (and the retiring) waits.
+    batch = Batch().set(repo, {P_COMMIT_SNAPSHOT: snapshot}).promote(repo, required=False)
     batch = batch.set(snapshot, props) if view.commit_snapshot_exists else batch.snapshot(snapshot, props)
     batch = batch.set(repo, {P_STATE: Phase.COMMITTED.value})
     for name in retired:
@@ -223,6 +239,8 @@ def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[Step]:
                 break
         return steps
     for tx, old in olds.items():  # 5c
-        batch = Batch().destroy(old, required=False).destroy(names.base_snapshot(repo, tx), required=False)
-        steps.append(Step(f"{tx}: retired {old} destroyed", [Unmount(old), Apply(batch)]))
+        batch = Batch().promote(repo, required=False)  # if a held snapshot refused it at commit
+        batch = batch.destroy(old, required=False).destroy(names.base_snapshot(repo, tx), required=False)
+        released = [ReleaseMount(source, path) for source, path in view.orphaned_mounts if source.startswith(old)]
+        steps.append(Step(f"{tx}: retired {old} destroyed", [*released, Unmount(old, lazy=True), Apply(batch)]))
     return steps

@@ -39,8 +39,9 @@ from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_RECOVERY_NOTE, P_REQUES
 from ..queue import Queue
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
-from ..zfs.port import Batch, ZfsPort
+from ..zfs.port import Batch, HostPort, ZfsPort
 from .actions import Action, Apply, ApplyOwner, Mount, Outcome, execute
+from .history import lineage
 from .lock import repository_lock
 from .options import Owner, check_mountpoint, parse_mode
 from .patterns import TransactionPattern, pattern_for, pattern_of
@@ -97,11 +98,12 @@ class Repository:
         """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
         if not self.exists():
             raise RepositoryNotFoundError(f"repository {self.name} does not exist", dataset=self.name)
-        return commits_of(self.zfs.snapshots(self.name))
+        # Named as the repository's, also while an old head still keeps some (see lineage).
+        return [attrs.evolve(c, snapshot=f"{self.name}@{c.name}") for c in commits_of(lineage(self.zfs, self.name))]
 
     def pending(self) -> list[PendingTransaction]:
         """Transactions not finished yet (open, or interrupted and awaiting recovery)."""
-        return _pending(self.view())
+        return _pending(self.view(), self.zfs.host)
 
     def status(self) -> RepositoryStatus:
         view = self.view()
@@ -115,7 +117,7 @@ class Repository:
             owner=(head or {}).get(P_OWNER),
             mode=(head or {}).get(P_MODE),
             last_commit=history[-1] if history else None,
-            pending=tuple(_pending(view)),
+            pending=tuple(_pending(view, self.zfs.host)),
             leftovers=tuple(view.temporaries("old").values()),
             recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
         )
@@ -173,9 +175,12 @@ class Repository:
         if not skipped:
             return
         left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
+        # A promote a held snapshot refused (the repository's own name) is not queued: the
+        # queued destroy of the old head does it first.
+        destroys = sorted((name for name in skipped if name != self.name), key=lambda n: "@" in n)
         try:
             queue = self._queue = self._queue or Queue()
-            for name in sorted(skipped, key=lambda n: "@" in n):  # dependents (filesystems) first
+            for name in destroys:  # dependents (filesystems) first
                 queue.add_destroy(name)
         except (OSError, sqlite3.Error) as exc:
             log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", self.name, left, exc)
@@ -183,8 +188,12 @@ class Repository:
         log.warning("%s: cannot destroy %s yet; queued ('dsg-storage queue list')", self.name, left)
 
     # ------------------------------------------------------------------ recovery
-    def recover(self) -> list[str]:
+    def recover(self, *, abort_stale: float | None = None) -> list[str]:
         """Finish every interrupted step on this repository; return what was done.
+
+        ``abort_stale`` (seconds): also roll back open transactions begun at least that
+        long ago whose workspace nobody uses (a caller that died between begin and
+        commit); recovery never ends an open transaction otherwise (for cron jobs).
 
         A commit interrupted after its first step is completed, unless the repository
         had changed since begin (then it is rolled back and ``status`` says why); an
@@ -213,7 +222,24 @@ class Repository:
                     f"recovery of {self.name} did not settle after {MAX_RECOVERY_STEPS} steps: {done[-3:]}",
                     dataset=self.name,
                 )
+            if abort_stale is not None:
+                done += self._abort_stale(abort_stale)
             return done
+
+    def _abort_stale(self, older_than: float) -> list[str]:
+        view, done = self.view(), []
+        for record in view.records():
+            age = _age(record.begun, view.now)
+            if record.phase is not Phase.OPEN or age is None or age < older_than:
+                continue
+            users = self.zfs.host.holders(record.path)
+            if users:
+                done.append(f"{record.tx}: stale ({age:.0f}s old) but in use by {', '.join(users)}; left open")
+                continue
+            self._run(undo_transaction(view, record))
+            done.append(f"{record.tx}: stale open transaction (begun {record.begun}, {age:.0f}s ago) rolled back")
+            log.warning("recover %s: %s", self.name, done[-1])
+        return done
 
     def _recovered(self) -> PoolView:
         self.recover()
@@ -315,10 +341,11 @@ class Repository:
         )
 
     # ------------------------------------------------------------------ commit
-    def commit(self, tx: str, message: str | None = None) -> Commit:
+    def commit(self, tx: str, message: str | None = None, *, wait: float = 0.0) -> Commit:
         """Commit transaction ``tx`` (see ``Transaction.commit``)."""
         with self.exclusive():
-            record = self._open_record(tx, self._recovered())
+            view = self._recovered()
+            record = self._open_record(tx, view)
             pattern = pattern_of(record)
             # The first step records the caller's wish (and the message), so that
             # recovery completes the commit if this process dies from here on.
@@ -326,7 +353,7 @@ class Repository:
             self._run([Apply(Batch().set(record.dataset, intent))])
             record = attrs.evolve(record, phase=Phase.COMMITTING, message=message or record.message)
             try:
-                self._run(pattern.detach(self.name, record))
+                self._run(pattern.detach(view, record, wait))
                 changes = pattern.changes(self.zfs, self.name, record)
             except Exception:
                 self._reattach(record)  # nothing changed: put the names and mounts back
@@ -370,8 +397,27 @@ class Repository:
     abort = rollback
 
 
-def _pending(view: PoolView) -> list[PendingTransaction]:
-    return [PendingTransaction(r.tx, r.pattern, r.phase.value, r.dataset, r.path, r.begun) for r in view.records()]
+def _age(begun: str | None, now: datetime) -> float | None:
+    try:
+        return (now - datetime.fromisoformat(begun)).total_seconds() if begun else None
+    except ValueError:
+        return None  # written by hand: unknown
+
+
+def _pending(view: PoolView, host: HostPort) -> list[PendingTransaction]:
+    return [
+        PendingTransaction(
+            r.tx,
+            r.pattern,
+            r.phase.value,
+            r.dataset,
+            r.path,
+            r.begun,
+            age=_age(r.begun, view.now),
+            in_use=tuple(host.holders(r.path)),
+        )
+        for r in view.records()
+    ]
 
 
 def _creation_props(record: Record, repository: str) -> dict[str, str | int]:

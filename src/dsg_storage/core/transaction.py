@@ -16,7 +16,7 @@ class Committer(Protocol):
 
     name: str
 
-    def commit(self, tx: str, message: str | None = None) -> Commit: ...
+    def commit(self, tx: str, message: str | None = None, *, wait: float = 0.0) -> Commit: ...
     def rollback(self, tx: str) -> None: ...
 
 
@@ -60,20 +60,26 @@ class Transaction:
         if self.state is not State.OPEN:
             raise TransactionStateError(f"transaction {self.id} is already {self.state.value}", dataset=self.dataset)
 
-    def commit(self, message: str | None = None) -> Commit:
+    def commit(self, message: str | None = None, *, wait: float = 0.0) -> Commit:
         """Make the workspace the repository and record a commit snapshot.
 
         Afterwards the repository's dataset holds the workspace's files, is mounted at its
         mountpoint (the ``mountpoint`` property, so it stays right after a reboot) and is
-        owned as recorded; the temporary datasets and snapshots are gone. Raises
-        ConflictError, changing nothing, if the repository was written after begin.
+        owned as recorded; the temporary datasets and snapshots are gone, or queued for
+        when the readers still using the old content let go. Readers (a shell in the
+        repository, a file open for reading, a browsed ``.zfs/snapshot``) never block it:
+        they keep what they had. A process with a file open for writing does (it would
+        lose what it writes): DatasetBusyError naming it, after waiting at most ``wait``
+        seconds for it to close. Raises ConflictError, changing nothing, if the
+        repository was written after begin.
 
-        After a crash: if the commit point was reached (the repository's name holds the
-        workspace), the next call on the repository, or ``recover``, finishes the commit;
-        otherwise the transaction is still open, unchanged.
+        After a crash: the first step records that the commit was asked for, so the next
+        call on the repository, or ``recover``, completes it (or, if the repository was
+        changed since begin, rolls it back and says why in ``status``); a killed commit
+        never leaves its transaction open.
         """
         self._require_open()
-        commit = self.repository.commit(self.id, message)
+        commit = self.repository.commit(self.id, message, wait=wait)
         self.state = State.COMMITTED
         return commit
 

@@ -31,6 +31,8 @@ class PoolView:
     #: the repository's snapshots (short names, oldest first) while a bundle import is marked
     snapshots: tuple[str, ...] = ()
     commit_snapshot_exists: bool = False
+    #: (source, path): snapshot mounts of this repository's datasets left by dead readers
+    orphaned_mounts: tuple[tuple[str, str], ...] = ()
 
     @property
     def head(self) -> Mapping[str, str] | None:

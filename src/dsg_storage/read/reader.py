@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Self
 import attrs
 
 from .. import names as _names
+from ..core.history import find_snapshot, lineage
 from ..core.records import Commit, commits_of
 from ..core.repository import Repository
 from ..core.transaction import Transaction
@@ -41,6 +42,7 @@ from ..errors import (
 from ..names import P_MODE, P_OWNER
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
+from ..zfs.mounts import reader_dir_prefix
 from ..zfs.port import ZfsPort
 from .cache import ReadCache
 
@@ -130,6 +132,7 @@ class Reader:
         self._on_close = on_close
         self._private: str | None = None
         self._mounts: dict[str, str] = {}  # source -> private path
+        self._sources: dict[str, str] = {}  # source -> the snapshot mounted for it
         self.closed = False
 
     @property
@@ -216,14 +219,15 @@ class Reader:
 
     def _history(self, incore: str) -> list[Commit]:
         try:
-            snapshots = self._zfs.snapshots(incore)
+            snapshots = lineage(self._zfs, incore)
         except ZfsError as exc:
             if isinstance(exc, DatasetNotFoundError) or not self._zfs.exists(incore):
                 raise RepositoryNotFoundError(
                     f"repository {self._outside(incore)} does not exist", dataset=self._outside(incore)
                 ) from exc
             raise
-        return [attrs.evolve(c, snapshot=self._outside(c.snapshot)) for c in commits_of(snapshots)]
+        # Named as the repository's, also while an old head still keeps some (see lineage).
+        return [attrs.evolve(c, snapshot=self._outside(f"{incore}@{c.name}")) for c in commits_of(snapshots)]
 
     def files(self, repo: str, path: str = "", *, commit: str | None = None) -> list[FileEntry]:
         """Every file at or below ``path`` in ``commit`` (default: the head), sorted by path."""
@@ -287,13 +291,18 @@ class Reader:
         if source not in self._mounts:  # checked and mounted once, then every read reuses it
             if not self._zfs.exists(incore):
                 raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
+            real = source
             if source != incore and not self._zfs.exists(source):
-                raise RepositoryNotFoundError(f"{repo} has no commit {source.split('@', 1)[1]}", dataset=repo)
-            self._private = self._private or tempfile.mkdtemp(prefix="dsg-storage-read-")
+                # an old head may keep it until a promote is done (see core.history)
+                real = find_snapshot(self._zfs, incore, source.split("@", 1)[1]) or ""
+                if not real:
+                    raise RepositoryNotFoundError(f"{repo} has no commit {source.split('@', 1)[1]}", dataset=repo)
+            self._private = self._private or tempfile.mkdtemp(prefix=reader_dir_prefix())
             path = os.path.join(self._private, f"m{len(self._mounts)}")
             os.mkdir(path)
-            self._zfs.host.mount_readonly(source, path)
+            self._zfs.host.mount_readonly(real, path)
             self._mounts[source] = path
+            self._sources[source] = real
         return self._mounts[source]
 
     def _record(self, kind: str, key: str, payload: Any) -> None:
@@ -314,7 +323,7 @@ class Reader:
         self.closed = True
         try:
             for source, path in reversed(list(self._mounts.items())):
-                self._zfs.host.release_mount(source, path)
+                self._zfs.host.release_mount(self._sources.get(source, source), path)
                 os.rmdir(path)
             self._mounts.clear()
             if self._private:

@@ -50,6 +50,7 @@ import attrs
 from .. import names as _names
 from .._libc import libc
 from .._version import __version__
+from ..core.history import lineage
 from ..core.options import check_mountpoint, parse_mode
 from ..core.records import Phase
 from ..core.repository import Repository
@@ -118,7 +119,7 @@ def export_bundle(
     props = zfs.get_props(repo, [P_OWNER, P_MODE])
     if props is None:
         raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
-    chain = _transferable(zfs.snapshots(repo))
+    chain = _transferable(lineage(zfs, repo))
     if not chain:
         raise InvalidArgumentError(f"{repo} has no snapshot to export", dataset=repo)
     last = _pick(chain, snapshot, "--snapshot", repo) if snapshot else len(chain) - 1
@@ -381,7 +382,7 @@ def _import_incremental(
         )
     if repository.pending():
         raise TransactionInProgressError(f"{into} has an open transaction: finish it first", dataset=into)
-    chain = _transferable(zfs.snapshots(into))
+    chain = _transferable(lineage(zfs, into))
     base_guid = int(meta["base"]["guid"])
     latest = chain[-1] if chain else None
     if latest is None or latest.guid != base_guid:

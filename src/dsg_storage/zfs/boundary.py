@@ -216,18 +216,28 @@ class Zfs:
 
     def filesystems(self, under: str, user_prefix: str = _names.PROP_PREFIX) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it: their own user properties under
-        ``user_prefix`` and ``mountpoint`` (as the pool reports it). Empty if absent."""
+        ``user_prefix``, ``mountpoint`` (as the pool reports it) and, for a clone,
+        ``origin``. Empty if absent."""
         try:
             raw = self.program(_names.pool_of(under), programs.FILESYSTEMS, [under, user_prefix], sync=False) or {}
             return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
         except _PoolReadOnly:
             pass
-        listed = self._zfs_json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint", under, missing_ok=True)
+        listed = self._zfs_json(
+            "list", "-r", "-t", "filesystem", "-o", "name,mountpoint,origin", under, missing_ok=True
+        )
         local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local", "all", under, missing_ok=True)
-        return {
-            name: {**_own_props(local, name, user_prefix), "mountpoint": str(info["properties"]["mountpoint"]["value"])}
-            for name, info in listed.items()
-        }
+        found = {}
+        for name, info in listed.items():
+            props = {
+                **_own_props(local, name, user_prefix),
+                "mountpoint": str(info["properties"]["mountpoint"]["value"]),
+            }
+            origin = str(info["properties"]["origin"]["value"])
+            if origin not in ("", "-"):
+                props["origin"] = origin
+            found[name] = props
+        return found
 
     def _zfs_json(self, *args: str, missing_ok: bool = False) -> dict[str, Any]:
         """``zfs list|get -j -p ...``: datasets by name, values as strings (not --json-int:

@@ -22,7 +22,7 @@ import tenacity
 from ..errors import DatasetBusyError, ReadOnlyError
 from ..zfs.allow import AllowList
 from .errors import from_errno
-from .mounts import Syscalls, holders_of, mount_stack, zfs_mount_entries, zfs_mounts
+from .mounts import Syscalls, holders_of, mount_stack, orphaned_reader_mounts, zfs_mount_entries, zfs_mounts
 
 log = logging.getLogger("dsg_storage")
 T = TypeVar("T")
@@ -120,8 +120,11 @@ class Host:
         """Mounted ZFS filesystems: dataset -> mount paths (several when stacked)."""
         return zfs_mounts()
 
-    def holders(self, path: str) -> list[str]:
-        return holders_of(path)
+    def holders(self, path: str, *, writing: bool = False) -> list[str]:
+        return holders_of(path, writing=writing)
+
+    def orphaned_reader_mounts(self) -> list[tuple[str, str]]:
+        return orphaned_reader_mounts()
 
     # ------------------------------------------------------------------ mounts
     def mount(self, dataset: str, path: str) -> None:
@@ -138,10 +141,20 @@ class Host:
             raise from_errno(exc.errno, f"cannot mount {dataset} at {path}{detail}", dataset) from exc
         self.steps.done("mount", dataset)
 
-    def unmount(self, dataset: str, path: str | None = None) -> None:
-        """Unmount ``dataset`` (at ``path``, or everywhere it is mounted); retried while busy."""
+    def unmount(self, dataset: str, path: str | None = None, *, lazy: bool = False) -> None:
+        """Unmount ``dataset`` (at ``path``, or everywhere it is mounted); retried while busy.
+
+        ``lazy`` detaches it from its path at once instead: processes that still have a
+        directory or file open in it keep reading what they read, until they let go
+        (then the kernel unmounts it); it is never busy."""
         self.guard.check(dataset)
         paths = [path] if path else list(reversed(zfs_mounts().get(dataset, [])))
+        if lazy:
+            for target in paths:
+                if target in zfs_mounts().get(dataset, []):
+                    self.syscalls.umount(target, lazy=True)
+                    self.steps.done("detach", dataset)
+            return
         for target in paths:
             # Mounts stacked on top of ours at the same path (an import mounts every
             # dataset whose mountpoint says so): umount2 takes the top one, so lift them
@@ -154,6 +167,39 @@ class Host:
             for other in above:
                 self.syscalls.mount(other, target, "zfs", "zfsutil")
                 self.steps.done("mount", other)
+
+    def freeze(self, dataset: str, path: str, *, wait: float = 0.0) -> None:
+        """Remount ``dataset`` at ``path`` read-only, so that nothing changes it from now
+        on while readers go on reading. Refused (DatasetBusyError naming them) while a
+        process has a file there open for writing, retried for at most ``wait`` seconds."""
+        self.guard.check(dataset)
+
+        def attempt() -> None:
+            try:
+                self.syscalls.remount(path, readonly=True)
+            except OSError as exc:
+                raise from_errno(exc.errno, f"cannot make {dataset} at {path} read-only", dataset) from exc
+
+        try:
+            retry_busy(attempt, dataset=dataset, what="freeze", timeout=wait, sleep=self.sleep)
+        except DatasetBusyError as exc:
+            writers = holders_of(path, writing=True)
+            raise DatasetBusyError(
+                f"{dataset} at {path} is open for writing by {', '.join(writers) or 'a process'}: "
+                "what it writes after the commit would be lost",
+                dataset=dataset,
+                hint="close it and retry, or give the commit time to wait for it (--wait SECONDS)",
+            ) from exc
+        self.steps.done("freeze", dataset)
+
+    def thaw(self, dataset: str, path: str) -> None:
+        """Make ``dataset`` at ``path`` writable again (undo ``freeze``)."""
+        self.guard.check(dataset)
+        try:
+            self.syscalls.remount(path, readonly=False)
+        except OSError as exc:
+            raise from_errno(exc.errno, f"cannot make {dataset} at {path} writable again", dataset) from exc
+        self.steps.done("thaw", dataset)
 
     def mount_readonly(self, source: str, path: str) -> None:
         """Mount a filesystem or a snapshot read-only at ``path`` (an empty private

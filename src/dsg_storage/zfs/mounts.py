@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 from .._libc import libc
+
+MS_RDONLY, MS_REMOUNT = 1, 32
+MNT_DETACH = 2
 
 
 class Syscalls:
@@ -29,8 +33,21 @@ class Syscalls:
         """In a child process: get SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
         self.lib.prctl(1, signal.SIGKILL, 0, 0, 0)
 
-    def umount(self, target: str) -> None:
-        if self.lib.umount2(target.encode(), 0) != 0:
+    def umount(self, target: str, *, lazy: bool = False) -> None:
+        """umount2(2); ``lazy`` (MNT_DETACH) takes the mount off its path at once, and
+        the filesystem stays reachable for whoever still has a directory or file open in
+        it, until the last of them lets go."""
+        if self.lib.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), target)
+
+    def remount(self, target: str, *, readonly: bool) -> None:
+        """Remount the filesystem at ``target`` read-only or read-write, keeping its other
+        options (the kernel refuses read-only with EBUSY while a file is open for writing)."""
+        flags = MS_REMOUNT | (MS_RDONLY if readonly else 0)
+        # ZFS re-reads its mount options on a remount: say ro/rw there too, or its
+        # readonly property (off) would win over the flag.
+        if self.lib.mount(None, target.encode(), None, flags, b"ro" if readonly else b"rw") != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target)
 
@@ -63,19 +80,49 @@ def mount_stack(path: str) -> list[str]:
     return [dataset for dataset, mounted in zfs_mount_entries() if mounted == path]
 
 
-def holders_of(path: str) -> list[str]:
-    """Processes whose cwd, root or open files are at or under ``path`` ("pid (comm)")."""
+#: Where a Reader mounts what it reads privately: the reader's pid is in the name, so
+#: that what a killed reader left behind can be told from what a live one uses.
+READER_DIR_PREFIX = "dsg-storage-read-"
+_READER_DIR = re.compile(rf"/{READER_DIR_PREFIX}(\d+)-[^/]+/")
+
+
+def reader_dir_prefix() -> str:
+    return f"{READER_DIR_PREFIX}{os.getpid()}-"
+
+
+def orphaned_reader_mounts() -> list[tuple[str, str]]:
+    """(source, path) of the read-only mounts of Readers whose process is gone."""
+    found = []
+    for source, path in zfs_mount_entries():
+        match = _READER_DIR.search(path)
+        if match and not os.path.exists(f"/proc/{match[1]}"):
+            found.append((source, path))
+    return found
+
+
+def holders_of(path: str, *, writing: bool = False) -> list[str]:
+    """Processes whose cwd, root or open files are at or under ``path`` ("pid (comm)");
+    with ``writing``, only those with a file there open for writing."""
     found = []
     prefix = path.rstrip("/") + "/"
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            links = [entry / "cwd", entry / "root", *(entry / "fd").iterdir()]
-            targets = [os.readlink(link) for link in links]
+            fds = list((entry / "fd").iterdir())
+            links = fds if writing else [entry / "cwd", entry / "root", *fds]
+            targets = [(link, os.readlink(link)) for link in links]
             comm = (entry / "comm").read_text().strip()
+            inside = [link for link, t in targets if t == path or t.startswith(prefix)]
+            if writing:
+                inside = [link for link in inside if _open_for_writing(entry, link.name)]
         except OSError:
             continue  # the process ended or is not ours to inspect
-        if any(t == path or t.startswith(prefix) for t in targets):
+        if inside:
             found.append(f"{entry.name} ({comm})")
     return found
+
+
+def _open_for_writing(process: Path, fd: str) -> bool:
+    flags = next(line for line in (process / "fdinfo" / fd).read_text().splitlines() if line.startswith("flags:"))
+    return int(flags.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY

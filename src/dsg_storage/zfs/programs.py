@@ -85,8 +85,8 @@ return out
 """
 )
 
-# Every filesystem at or under argv[1], with its own user properties under argv[2] and
-# its mountpoint: the repository list.
+# Every filesystem at or under argv[1], with its own user properties under argv[2], its
+# mountpoint and (for a clone) its origin: the repository list.
 FILESYSTEMS = (
     LUA_PREAMBLE
     + """
@@ -97,6 +97,8 @@ local function visit(ds)
         if source == ds and string.sub(name, 1, #argv[2]) == argv[2] then props[name] = value end
     end
     props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
+    local origin = zfs.get_prop(ds, "origin")
+    if origin ~= nil then props["origin"] = origin end
     out[ds] = props
     for child in zfs.list.children(ds) do visit(child) end
 end
@@ -107,7 +109,8 @@ return out
 
 # argv = {dataset, name, value, name, value, ...}; checked first so a bad one changes nothing.
 # A batch of changes in one ZFS sync task (all or, for "T" ops, best effort). argv is a
-# flat list of ops: S name (snapshot) | P fs (promote, if it is a clone) | D name (destroy) | T name (try to
+# flat list of ops: S name (snapshot) | P fs (promote, if it is a clone) | Q fs (try to promote;
+# a refusal is reported, not fatal) | D name (destroy) | T name (try to
 # destroy; a failure is reported, not fatal) | V ds prop value (set a user property on an
 # existing dataset) | N snap prop value (set a user property on a snapshot this batch
 # creates) | U fs snapname (require fs unchanged since its snapshot) | A name (require
@@ -157,6 +160,11 @@ for k = 1, #ops do
         created[o[2]] = {guid = zfs.get_prop(o[2], "guid"), createtxg = zfs.get_prop(o[2], "createtxg")}
     elseif o[1] == "P" then
         if zfs.get_prop(o[2], "origin") ~= nil then assert(zfs.sync.promote(o[2]) == 0) end
+    elseif o[1] == "Q" then
+        if zfs.get_prop(o[2], "origin") ~= nil then
+            local e = zfs.sync.promote(o[2])
+            if e ~= 0 then skipped[o[2]] = e end
+        end
     elseif o[1] == "D" then assert(zfs.sync.destroy(o[2]) == 0)
     elseif o[1] == "T" then
         local e = zfs.sync.destroy(o[2])
@@ -220,9 +228,11 @@ class Batch:
             batch = batch._add(dataset, "V", dataset, key, value)
         return batch
 
-    def promote(self, filesystem: str) -> Batch:
-        """Promote ``filesystem`` if it is a clone (so a repeated batch is harmless)."""
-        return self._add(filesystem, "P", filesystem)
+    def promote(self, filesystem: str, *, required: bool = True) -> Batch:
+        """Promote ``filesystem`` if it is a clone (so a repeated batch is harmless);
+        not ``required``: a refusal (a snapshot it would take over is mounted, i.e. held)
+        is reported in the result's ``skipped`` instead of failing the batch."""
+        return self._add(filesystem, "P" if required else "Q", filesystem)
 
     def destroy(self, name: str, *, required: bool = True) -> Batch:
         return self._add(name, "D" if required else "T", name)
@@ -244,7 +254,14 @@ class Batch:
 
     def describe(self) -> list[str]:
         """The batch's changes, one line each (for dry runs and logs)."""
-        words = {"S": "snapshot", "P": "promote", "D": "destroy", "T": "destroy if possible", "A": "require absent"}
+        words = {
+            "S": "snapshot",
+            "P": "promote",
+            "Q": "promote if possible",
+            "D": "destroy",
+            "T": "destroy if possible",
+            "A": "require absent",
+        }
         lines, i = [], 0
         while i < len(self.ops):
             op = self.ops[i]

@@ -1,0 +1,35 @@
+"""A repository's snapshots in the order of its history, across a promote still due.
+
+A sync commit makes the workspace (a clone of ``REPO@dsg-base-TX``) the repository and
+promotes it, which hands the older snapshots over from the old head. When a reader holds
+one of them (a mounted snapshot), ZFS refuses the promote; it is done later (recovery,
+the queue) and meanwhile the older part of the history still lives on
+``REPO.dsg-old-TX``, the repository's origin. ``lineage`` reads through that origin, so
+history, reads of old commits and bundle exports see the whole history either way.
+"""
+
+from __future__ import annotations
+
+from .. import names
+from ..zfs.port import Snapshot, ZfsPort
+
+
+def lineage(zfs: ZfsPort, repository: str) -> list[Snapshot]:
+    """Snapshots of ``repository``, oldest first, preceded by those of an old head it is
+    still a clone of (up to its origin)."""
+    own = zfs.snapshots(repository)
+    origin = (zfs.filesystems(repository).get(repository) or {}).get("origin", "")
+    source = origin.split("@", 1)[0]
+    parsed = names.parse_temporary(source)
+    if not parsed or parsed[0] != repository or parsed[1] != "old":
+        return own
+    earlier = zfs.snapshots(source)
+    upto = next((s.createtxg for s in earlier if s.name == origin), None)
+    if upto is None:
+        return own
+    return [s for s in earlier if s.createtxg <= upto] + own
+
+
+def find_snapshot(zfs: ZfsPort, repository: str, short: str) -> str | None:
+    """The full name of ``repository``'s snapshot ``short`` wherever its history keeps it."""
+    return next((s.name for s in lineage(zfs, repository) if s.short_name == short), None)
