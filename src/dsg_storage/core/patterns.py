@@ -26,7 +26,7 @@ from ..zfs.port import Batch, ZfsPort
 from .actions import Action, Apply, Clone, Create, Freeze, Rename, Thaw, Unmount
 from .options import Owner, parse_mode
 from .placement import place_recorded_head
-from .records import Pattern, Record
+from .records import Pattern, Phase, Record
 from .view import PoolView, changes_since_base
 
 DEFAULT_MODE = 0o755
@@ -193,6 +193,38 @@ class Sync(TransactionPattern):
             return []
         base = names.base_snapshot(view.repository, record.tx)
         return [Apply(Batch().destroy(base, required=False).set(view.repository, {P_PENDING: ""}))]
+
+
+def new_record(
+    view: PoolView,
+    pattern: TransactionPattern,
+    tx: str,
+    mountpoint: str | None,
+    owner: Owner | None,
+    mode: int | None,
+) -> Record:
+    """A new transaction's record: ``pattern``'s defaults settled, its dataset, where the
+    caller works (beside the repository's path, or where an inherited mountpoint puts it)."""
+    settled = pattern.defaults(view, mountpoint, owner, mode)
+    dataset = pattern.temporary(view.repository, tx)
+    inherits = settled.mountpoint == view.inherited_mountpoint()
+    if inherits:  # where the temporary dataset inherits its mount: beside the repository's
+        path = f"{settled.mountpoint.rsplit('/', 1)[0]}/{dataset.rsplit('/', 1)[1]}"
+    else:
+        path = names.workspace_mount_path(settled.mountpoint, tx)
+    return Record(
+        tx=tx,
+        pattern=pattern.kind,
+        phase=Phase.BEGINNING,
+        dataset=dataset,
+        path=path,
+        mountpoint=settled.mountpoint,
+        owner=settled.owner,
+        mode=settled.mode,
+        inherits=inherits,
+        message="",
+        begun=view.now.isoformat(timespec="seconds"),
+    )
 
 
 PATTERNS: dict[Pattern, TransactionPattern] = {Pattern.INIT: Init(), Pattern.SYNC: Sync()}

@@ -44,7 +44,7 @@ from .actions import Action, Apply, ApplyOwner, Mount, Outcome, execute
 from .history import lineage
 from .lock import repository_lock
 from .options import Owner, check_mountpoint, parse_mode
-from .patterns import TransactionPattern, pattern_for, pattern_of
+from .patterns import new_record, pattern_for, pattern_of
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus, commits_of
 from .recovery import Step, commit_snapshot_of, finish_commit, plan_recovery, remount_workspace, undo_transaction
 from .transaction import Transaction
@@ -297,7 +297,7 @@ class Repository:
                     hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {record.tx}'",
                 )
             pattern = pattern_for(view)
-            record = self._new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
+            record = new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
             self._run(pattern.begin(self.name, record, _creation_props(record, self.name)))
             opened = attrs.evolve(record, phase=Phase.OPEN)
             self._run(
@@ -309,36 +309,6 @@ class Repository:
                 ]
             )
             return Transaction(self, opened)
-
-    def _new_record(
-        self,
-        view: PoolView,
-        pattern: TransactionPattern,
-        tx: str,
-        mountpoint: str | None,
-        owner: Owner | None,
-        mode: int | None,
-    ) -> Record:
-        settled = pattern.defaults(view, mountpoint, owner, mode)
-        dataset = pattern.temporary(self.name, tx)
-        inherits = settled.mountpoint == view.inherited_mountpoint()
-        if inherits:  # where the temporary dataset inherits its mount: beside the repository's
-            path = f"{settled.mountpoint.rsplit('/', 1)[0]}/{dataset.rsplit('/', 1)[1]}"
-        else:
-            path = names.workspace_mount_path(settled.mountpoint, tx)
-        return Record(
-            tx=tx,
-            pattern=pattern.kind,
-            phase=Phase.BEGINNING,
-            dataset=dataset,
-            path=path,
-            mountpoint=settled.mountpoint,
-            owner=settled.owner,
-            mode=settled.mode,
-            inherits=inherits,
-            message="",
-            begun=_now().isoformat(timespec="seconds"),
-        )
 
     # ------------------------------------------------------------------ commit
     def commit(self, tx: str, message: str | None = None, *, wait: float = 0.0) -> Commit:
