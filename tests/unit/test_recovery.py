@@ -337,6 +337,12 @@ def test_retired_old_heads_are_unmounted_and_destroyed() -> None:
     ]
 
 
+def test_a_dead_readers_snapshot_mounts_are_released_before_the_old_head_retires() -> None:
+    held = (f"{OLD}@dsg-commit-1", "/tmp/dsg-storage-read-4242-x/m0")
+    (step,) = plan(view({REPO: committed_head(), OLD: committed_head()}, {REPO: (MNT,)}, orphaned_mounts=(held,)))
+    assert step[1] == f"unmount {held[0]} from {held[1]} (left by a reader that is gone)"
+
+
 # ---------------------------------------------------------------- 6: placement
 def test_a_repository_mounted_at_the_workspace_path_after_an_import_is_moved_home() -> None:
     (step,) = plan(view({REPO: committed_head()}, {REPO: (WS_PATH,)}))

@@ -170,6 +170,8 @@ def crash_every_step(
                 if outcome == "killed":
                     opened_when_killed.append(k)
         assert_clean(box, repo, mnt, expected)
+        if op == "commit":
+            assert repo.pending() == [], f"{label}: a killed commit left its transaction open (step {k})"
         if outcome == "done":
             break
         assert k < 40, "the operation never finished"
@@ -282,6 +284,27 @@ def test_random_kills_during_sync_commits_end_old_or_new(box: Sandbox, record_pr
         outcomes["new" if found else "old"] += 1
         current = [current, target][found]
     record_property("random_kills", f"seed={seed} runs={RANDOM_KILLS} old={outcomes['old']} new={outcomes['new']}")
+
+
+def test_random_kills_of_sync_commits_always_complete_them(box: Sandbox, record_property: Callable) -> None:
+    """A commit killed at a random moment (an OOM kill, a timeout) is completed by
+    recovery: no transaction is ever left open, and a new begin works at once."""
+    repo, mnt = existing(box, "repo")
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    tx = repo.begin()
+    Path(tx.path, "n").write_text("warmup")
+    span = _timed_child(lambda: repo.commit(tx.id))
+    killed = 0
+    for run in range(RANDOM_KILLS):
+        tx = repo.begin()
+        Path(tx.path, "n").write_text(str(run))
+        outcome = in_child(lambda tx=tx: repo.commit(tx.id), kill_after=rng.uniform(0, span * 1.2))
+        killed += outcome == "killed"
+        repo.recover()
+        assert repo.pending() == [], f"run {run} (seed {seed}): the killed commit stayed open"
+        assert_clean(box, repo, mnt, [{**OLD, "n": str(run)}])
+    record_property("random_kills", f"commits seed={seed} runs={RANDOM_KILLS} killed={killed} all completed")
 
 
 def _sync_write(repo: Repository, value: str) -> None:

@@ -94,9 +94,10 @@ def test_a_shell_browsing_a_snapshot_does_not_block(sandbox: Sandbox) -> None:
 
 
 READER = """
-import sys, time
+import signal, sys, time
 from dsg_storage import open_live
 reader = open_live(allow=sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: (reader.close(), sys.exit(0)))  # it closes when asked
 data = reader.read(sys.argv[2], "f.txt", commit=sys.argv[3])
 print(data.decode(), flush=True)
 time.sleep(600)

@@ -111,4 +111,7 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True) -> PoolVie
         snapshot = head.get(P_COMMIT_SNAPSHOT)
         if snapshot and head.get(P_STATE) != Phase.COMMITTED:
             commit_snapshot_exists = zfs.exists(snapshot)
-    return PoolView(repository, family, mounts, datetime.now(UTC), found, snapshots, commit_snapshot_exists)
+    orphans = tuple(
+        (source, path) for source, path in zfs.host.orphaned_reader_mounts() if source.split("@")[0] in family
+    )
+    return PoolView(repository, family, mounts, datetime.now(UTC), found, snapshots, commit_snapshot_exists, orphans)
