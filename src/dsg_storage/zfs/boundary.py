@@ -264,6 +264,26 @@ return {failed = 0, skipped = skipped, created = created}
 """
 )
 
+# What keeps each snapshot of argv[1] from being destroyed: its holds (userrefs) and the
+# clones made from it (anywhere in the pool). Read-only; for retention.
+_SNAPSHOT_GUARDS = (
+    _LUA_PREAMBLE
+    + """
+local out = {}
+for snap in zfs.list.snapshots(argv[1]) do
+    local clones = {}
+    local n = 0
+    for clone in zfs.list.clones(snap) do
+        n = n + 1
+        clones[string.format("%08d", n)] = clone
+    end
+    out[snap] = {userrefs = zfs.get_prop(snap, "userrefs"), clones = clones}
+end
+return out
+"""
+)
+
+
 # A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
 # datasets), each with the user properties under our prefix and its origin.
 _FAMILY = (
@@ -716,6 +736,15 @@ class Zfs:
         parent = dataset.rsplit("/", 1)[0]
         raw = self.program(_names.pool_of(dataset), _FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
         return {name: dict(props) for name, props in (raw or {}).items()}
+
+    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
+        """For each snapshot of ``dataset``: (number of holds, clones made from it). One
+        read-only channel program."""
+        raw = self.program(_names.pool_of(dataset), _SNAPSHOT_GUARDS, [dataset], sync=False) or {}
+        return {
+            name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
+            for name, info in raw.items()
+        }
 
     def _props(self, props: Mapping[str, str | int] | None) -> dict[bytes, bytes | int] | None:
         if not props:
