@@ -62,7 +62,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--zedlet-dir", metavar="DIR", help="install the zedlet there (ZED's: /etc/zfs/zed.d)")
     p.add_argument("--systemd-dir", metavar="DIR", help="install the units there (e.g. /etc/systemd/system)")
     p.add_argument("--print", action="store_true", help="print the files instead of installing them")
-    p.add_argument("--command", metavar="ARGV", help="the dsg-storage command the hooks run (default: this one)")
+    p.add_argument("--command", dest="hook_command", metavar="ARGV", help="the dsg-storage command the hooks run (default: this one)")
 
     p = sub.add_parser("cache", help="the read cache: stats, clear")
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
@@ -150,7 +150,7 @@ def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
 def _install_hooks(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
     import shlex
 
-    command = shlex.split(args.command) if args.command else hooks.default_command()
+    command = shlex.split(args.hook_command) if args.hook_command else hooks.default_command()
     env = hooks.carried_env(os.environ, ",".join(allow.prefixes) or None)
     files = hooks.render(command, env)
     if args.print or not (args.zedlet_dir or args.systemd_dir):
