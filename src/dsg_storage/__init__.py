@@ -14,6 +14,9 @@ All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
 from ._version import __version__
 from .core.allow import AllowList
 from .core.options import Owner
+from .core.prune import PruneResult, mark_keep, prune
+from .core.retention import Policy
+from .core.retention import plan as plan_retention
 from .core.transaction import (
     Commit,
     Pattern,
@@ -39,6 +42,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidNameError,
     LockFileError,
+    MetricsUnavailableError,
     NoSpaceError,
     NotABundleError,
     NotAllowedError,
@@ -104,6 +108,7 @@ __all__ = [
     "LockFile",
     "LockFileError",
     "LockedCommit",
+    "MetricsUnavailableError",
     "Mode",
     "NoSpaceError",
     "NotABundleError",
@@ -113,10 +118,12 @@ __all__ = [
     "Pattern",
     "PendingTransaction",
     "Phase",
+    "Policy",
     "PoolForeignError",
     "PoolNotFoundError",
     "PoolOpenError",
     "PoolUnavailableError",
+    "PruneResult",
     "Queue",
     "QueueFullError",
     "QueueItemNotFoundError",
@@ -147,8 +154,11 @@ __all__ = [
     "import_bundle",
     "inspect_bundle",
     "load_lock",
+    "mark_keep",
     "open_live",
     "open_offline",
+    "plan_retention",
+    "prune",
     "read_lock",
     "verify_bundle",
     "write_lock",

@@ -62,7 +62,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--zedlet-dir", metavar="DIR", help="install the zedlet there (ZED's: /etc/zfs/zed.d)")
     p.add_argument("--systemd-dir", metavar="DIR", help="install the units there (e.g. /etc/systemd/system)")
     p.add_argument("--print", action="store_true", help="print the files instead of installing them")
-    p.add_argument("--command", dest="hook_command", metavar="ARGV", help="the dsg-storage command the hooks run (default: this one)")
+    p.add_argument(
+        "--command",
+        dest="hook_command",
+        metavar="ARGV",
+        help="the dsg-storage command the hooks run (default: this one)",
+    )
 
     p = sub.add_parser("cache", help="the read cache: stats, clear")
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
