@@ -265,6 +265,15 @@ class Queue:
             db.execute("DELETE FROM items WHERE id = ?", (item_id,))
         return item
 
+    def due(self, *, due_only: bool = True, pool: str | None = None) -> list[Item]:
+        """The items ``run`` would attempt now, in order (a dry run: nothing changes)."""
+        query = f"SELECT {_COLUMNS} FROM items WHERE state = 'pending'"
+        if due_only:
+            rows = self._db.execute(query + " AND next_at <= ? ORDER BY id", (self.clock(),)).fetchall()
+        else:
+            rows = self._db.execute(query + " ORDER BY id").fetchall()
+        return [item for item in map(_item, rows) if pool is None or _names.pool_of(item.target) == pool]
+
     def run(self, zfs: Zfs, *, due_only: bool = True, pool: str | None = None) -> list[Item]:
         """Attempt every pending item that is due (every pending one with ``due_only``
         off), only those on ``pool`` if given; return the items as they are afterwards.
@@ -272,18 +281,10 @@ class Queue:
         the same item at once."""
         with open(f"{self.path}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            now = self.clock()
-            query = f"SELECT {_COLUMNS} FROM items WHERE state = 'pending'"
-            if due_only:
-                rows = self._db.execute(query + " AND next_at <= ? ORDER BY id", (now,)).fetchall()
-            else:
-                rows = self._db.execute(query + " ORDER BY id").fetchall()
             # Items can depend on each other (a snapshot is destroyable once the clone
             # that depends on it is gone): while a pass makes progress, retry the rest.
             results: dict[int, Item] = {}
-            remaining = [_item(row) for row in rows]
-            if pool is not None:
-                remaining = [item for item in remaining if _names.pool_of(item.target) == pool]
+            remaining = self.due(due_only=due_only, pool=pool)
             while remaining:
                 retry = []
                 for item in remaining:

@@ -188,3 +188,28 @@ def test_run_for_one_pool_leaves_the_others_pending(tmp_path: Path) -> None:
     (item,) = queue.run(FakeZfs(), pool="tank")  # type: ignore[arg-type]
     assert (item.target, item.state) == ("tank/a@s", ItemState.DONE)
     assert [i.target for i in queue.items(ItemState.PENDING)] == ["other/b@s"]
+
+
+def test_queue_flush_dry_run_lists_the_steps_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from dsg_storage.cli.main import main
+
+    path = tmp_path / "q.sqlite"
+    monkeypatch.setenv("DSG_STORAGE_QUEUE", str(path))
+    with Queue(path) as queue:
+        queue.add_snapshot("tank/a@nightly")
+        queue.add_destroy("other/b@s")
+        before = queue.items()
+    assert main(["--json", "queue", "flush", "--dry-run", "--pool", "tank"]) == 0
+    (step,) = json.loads(capsys.readouterr().out)
+    assert (step["step"], step["state"], step["attempts"]) == ("snapshot tank/a@nightly", "pending", 0)
+    assert main(["queue", "flush", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "would snapshot tank/a@nightly (item 1)",
+        "would destroy other/b@s (item 2)",
+    ]
+    with Queue(path) as queue:
+        assert queue.items() == before

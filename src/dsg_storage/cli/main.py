@@ -192,11 +192,13 @@ def _parser() -> argparse.ArgumentParser:
     flush.add_argument(
         "--pool", dest="queue_pool", help="only the items of this pool (the zedlet runs this when a pool is imported)"
     )
+    flush.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
     drop = queue_sub.add_parser("drop", help="remove an item")
     drop.add_argument("id", type=int)
 
     p = sub.add_parser("gc", help="run the queue once (the items that are due)")
     p.add_argument("--pool", dest="queue_pool", help="only the items of this pool")
+    p.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
     operations.add_parsers(sub)
 
     p = sub.add_parser("demo", help="show a transaction on real ZFS (used by the README's first command)")
@@ -479,6 +481,10 @@ def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
         elif action == "drop":
             item = queue.drop(args.id)
             _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
+        elif args.dry_run:  # flush or gc, planned only
+            items = queue.due(due_only=action == "gc", pool=args.queue_pool)
+            steps = [{**_item_json(i, now), "step": f"{i.kind.value} {i.target}"} for i in items]
+            _emit(args, steps, "\n".join(f"would {s['step']} (item {s['id']})" for s in steps) or "nothing to do")
         else:  # flush or gc
             items = queue.run(Zfs(allow), due_only=action == "gc", pool=args.queue_pool)
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
