@@ -57,3 +57,14 @@ def test_a_missing_textfile_directory_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidArgumentError, match="not a directory"):
         write_textfile(facts(), tmp_path / "missing")
+
+
+def test_without_prometheus_client_metrics_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from dsg_storage import MetricsUnavailableError
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # makes the import fail
+    with pytest.raises(MetricsUnavailableError, match="prometheus_client") as caught:
+        render(facts())
+    assert "dsg-storage[metrics]" in str(caught.value) and "python3-prometheus-client" in str(caught.value)
