@@ -57,9 +57,12 @@ def test_a_repository_received_with_zfs_send_R_is_recognized_by_status_and_histo
         (first.name, first.guid, "commit 0"),
         (second.name, second.guid, "commit 1"),
     ]
+    assert all(c["freshness"] == "fresh" and c["tx"] and c["committed"] for c in history)  # type: ignore[union-attr]
     status = cli(sandbox, "status", target)
     assert status["exists"] is True and status["pending"] == [] and status["leftovers"] == []  # type: ignore[index]
     assert status["last_commit"]["name"] == second.name and status["owner"] == "1234:5678"  # type: ignore[index]
+    repos = cli(sandbox, "repos", f"{sandbox.dataset}/there")
+    assert [(r["name"], r["commits"], r["owner"]) for r in repos] == [(target, 2, "1234:5678")]  # type: ignore[union-attr]
     received = [n for n in sandbox.datasets() if n.startswith("there/")]
     assert received == ["there/survey", f"there/survey@{first.name}", f"there/survey@{second.name}"]
     open_tx.rollback()

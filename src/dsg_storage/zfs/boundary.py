@@ -154,8 +154,11 @@ for snap in zfs.list.snapshots(argv[1]) do
     n = n + 1
     local user = {}
     for name, value, source in zfs.list.user_properties(snap) do
-        -- only the snapshot's own: a snapshot also shows its dataset's user properties
-        if source == snap and string.sub(name, 1, #argv[2]) == argv[2] then user[name] = value end
+        -- only the snapshot's own (set here, or received with it: "$recvd"); a snapshot
+        -- also shows its dataset's user properties
+        if (source == snap or source == "$recvd") and string.sub(name, 1, #argv[2]) == argv[2] then
+            user[name] = value
+        end
     end
     out[string.format("%08d", n)] = {
         name = snap,
@@ -191,7 +194,9 @@ local out = {}
 local function visit(ds)
     local props = {}
     for name, value, source in zfs.list.user_properties(ds) do
-        if source == ds and string.sub(name, 1, #argv[2]) == argv[2] then props[name] = value end
+        if (source == ds or source == "$recvd") and string.sub(name, 1, #argv[2]) == argv[2] then
+            props[name] = value
+        end
     end
     props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
     out[ds] = props
@@ -297,7 +302,9 @@ for child in zfs.list.children(parent) do
     if child == name or string.sub(child, 1, #mark) == mark then
         local props = {}
         for prop, value, source in zfs.list.user_properties(child) do
-            if source == child and string.sub(prop, 1, #prefix) == prefix then props[prop] = value end
+            if (source == child or source == "$recvd") and string.sub(prop, 1, #prefix) == prefix then
+                props[prop] = value
+            end
         end
         local origin = zfs.get_prop(child, "origin")
         if origin ~= nil then props["origin"] = origin end
@@ -582,7 +589,7 @@ class Zfs:
 
     def _snapshots_cli(self, dataset: str, user_prefix: str) -> dict[str, Any]:
         listed = self._zfs_json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)
-        local = self._zfs_json("get", "-t", "snapshot", "-d", "1", "-s", "local", "all", dataset)
+        local = self._zfs_json("get", "-t", "snapshot", "-d", "1", "-s", "local,received", "all", dataset)
         return {
             name: {
                 **{key: info["properties"][key]["value"] for key in ("guid", "createtxg", "creation")},
@@ -601,7 +608,7 @@ class Zfs:
         except _PoolReadOnly:
             pass
         listed = self._zfs_json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint", under, missing_ok=True)
-        local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local", "all", under, missing_ok=True)
+        local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local,received", "all", under, missing_ok=True)
         return {
             name: {**_own_props(local, name, user_prefix), "mountpoint": str(info["properties"]["mountpoint"]["value"])}
             for name, info in listed.items()
