@@ -50,7 +50,9 @@ def test_a_repository_received_with_zfs_send_R_is_recognized_by_status_and_histo
     # snapshot, newer than the commit, and the workspace, a sibling, stay behind).
     target = f"{sandbox.dataset}/there/survey"
     send_receive(["-R", first.snapshot], ["-u", "-x", "mountpoint", target])
-    send_receive(["-I", first.snapshot, second.snapshot], ["-u", target])
+    # Later runs send incrementally, with properties (-p): without them the new commit
+    # arrives without its message, time and transaction id.
+    send_receive(["-p", "-I", first.snapshot, second.snapshot], ["-u", "-x", "mountpoint", target])
 
     history = cli(sandbox, "history", target)
     assert [(c["name"], c["guid"], c["message"]) for c in history] == [  # type: ignore[union-attr]
