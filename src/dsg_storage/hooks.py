@@ -57,8 +57,9 @@ class HookFile:
 
 def default_command() -> list[str]:
     """``dsg-storage`` as found on PATH, else this interpreter running the package."""
+    # abspath, not realpath: a venv's python is a symlink whose target lacks the venv.
     found = shutil.which("dsg-storage")
-    return [os.path.realpath(found)] if found else [os.path.realpath(sys.executable), "-m", "dsg_storage"]
+    return [os.path.abspath(found)] if found else [os.path.abspath(sys.executable), "-m", "dsg_storage"]
 
 
 def carried_env(environ: Mapping[str, str], allow: str | None = None) -> dict[str, str]:

@@ -123,3 +123,14 @@ def test_install_hooks_command_prints_or_installs(tmp_path: Path, capsys: pytest
         == 0
     )
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted([ZEDLET, SERVICE, TIMER])
+
+
+def test_the_default_command_keeps_a_venv_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dsg_storage import hooks
+
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    monkeypatch.setattr(hooks.shutil, "which", lambda name: None)
+    monkeypatch.setattr(hooks.sys, "executable", str(venv_python))
+    assert hooks.default_command() == [str(venv_python), "-m", "dsg_storage"]
