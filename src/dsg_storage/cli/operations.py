@@ -96,9 +96,9 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
 
 
 def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
-    repo = Repository(args.repo, allow=allow)
     rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
-    policy = Policy(**rules) if any(rules.values()) else None
+    policy = Policy(**rules) if any(rules.values()) else None  # checked before any ZFS call
+    repo = Repository(args.repo, allow=allow)
     if args.save_policy:
         if policy is None:
             raise InvalidArgumentError("--save-policy needs --keep-* rules to save")
