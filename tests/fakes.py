@@ -149,6 +149,13 @@ class FakeZfs:
         out[parent] = {"mountpoint": self.datasets[parent].get("mountpoint", "none")}
         return out
 
+    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
+        clones: dict[str, list[str]] = {}
+        for name, props in self.datasets.items():
+            if "origin" in props:
+                clones.setdefault(props["origin"], []).append(name)
+        return {s.name: (0, clones.get(s.name, [])) for s in self.snapshots(dataset)}
+
     # changes
     def _need(self, name: str) -> None:
         if not self.exists(name):

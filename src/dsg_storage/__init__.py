@@ -13,8 +13,11 @@ All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
 
 from ._version import __version__
 from .core.options import Owner
+from .core.prune import PruneResult, mark_keep, prune
 from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
 from .core.repository import Repository, begin
+from .core.retention import Policy
+from .core.retention import plan as plan_retention
 from .core.transaction import Transaction
 from .errors import (
     BundleCorruptError,
@@ -31,6 +34,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidNameError,
     LockFileError,
+    MetricsUnavailableError,
     NoSpaceError,
     NotABundleError,
     NotAllowedError,
@@ -38,6 +42,7 @@ from .errors import (
     PoolNotFoundError,
     PoolOpenError,
     PoolUnavailableError,
+    QueueFullError,
     QueueItemNotFoundError,
     ReadOnlyError,
     RepositoryBusyError,
@@ -97,6 +102,7 @@ __all__ = [
     "LockFile",
     "LockFileError",
     "LockedCommit",
+    "MetricsUnavailableError",
     "Mode",
     "NoSpaceError",
     "NotABundleError",
@@ -106,11 +112,14 @@ __all__ = [
     "Pattern",
     "PendingTransaction",
     "Phase",
+    "Policy",
     "PoolForeignError",
     "PoolNotFoundError",
     "PoolOpenError",
     "PoolUnavailableError",
+    "PruneResult",
     "Queue",
+    "QueueFullError",
     "QueueItemNotFoundError",
     "ReadCache",
     "ReadOnlyError",
@@ -139,8 +148,11 @@ __all__ = [
     "import_bundle",
     "inspect_bundle",
     "load_lock",
+    "mark_keep",
     "open_live",
     "open_offline",
+    "plan_retention",
+    "prune",
     "read_lock",
     "verify_bundle",
     "write_lock",

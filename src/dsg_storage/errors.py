@@ -151,6 +151,17 @@ class QueueItemNotFoundError(DsgStorageError, LookupError):
     """No queue item has that id."""
 
 
+class QueueFullError(DsgStorageError, OSError):
+    """The queue holds its maximum of pending items: the new work was refused, not
+    queued, and nothing queued before was dropped."""
+
+    errno_code = _errno.ENOSPC
+
+
+class MetricsUnavailableError(DsgStorageError, RuntimeError):
+    """Metrics were asked for, but the prometheus_client package is not installed."""
+
+
 class BundleError(DsgStorageError, ValueError):
     """A bundle file cannot be used. Nothing was changed."""
 

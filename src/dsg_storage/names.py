@@ -52,6 +52,8 @@ P_COMMIT_MESSAGE = prop("commit-message")  # on the workspace until the commit s
 P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT = prop("pending"), prop("commit-snapshot"), prop("import")
 # On the repository: why recovery last rolled back a commit it could not complete.
 P_RECOVERY_NOTE = prop("recovery-note")
+# Retention: the policy stored on a repository, and the mark on a commit to keep.
+P_RETENTION, P_KEEP = prop("retention"), prop("keep")
 # On a commit snapshot: when and by which transaction, with its message; on a snapshot
 # taken by request, when it was asked for.
 P_COMMITTED, P_MESSAGE, P_REQUESTED = prop("committed"), prop("message"), prop("requested")

@@ -13,6 +13,11 @@ process killed at any moment loses nothing. Applying an item is idempotent (a sn
 that already exists with the item's id, a destroy whose target is gone, count as done),
 so an item applied and then killed before being marked done is never applied twice.
 
+Bounded: at most ``max_pending`` items are pending (``$DSG_STORAGE_QUEUE_MAX_PENDING``,
+default 10000). When the queue is full, new work is refused with QueueFullError (nothing
+is dropped to make room); an item already pending is not added twice, so asking again
+for it is never refused.
+
 States: ``pending`` (due at ``next_at``) -> ``done`` | ``dead`` (a permanent error, or
 attempts exhausted; the reason is kept). Errors are classified: busy, pool unavailable
 and the like are retried with exponential backoff and jitter (tenacity's wait
@@ -45,6 +50,7 @@ from .errors import (
     DsgStorageError,
     InvalidArgumentError,
     PoolUnavailableError,
+    QueueFullError,
     QueueItemNotFoundError,
     RepositoryBusyError,
     ZfsError,
@@ -53,6 +59,8 @@ from .zfs.port import Batch, ZfsPort
 
 ENV_VAR = "DSG_STORAGE_QUEUE"
 DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"
+MAX_PENDING_ENV = "DSG_STORAGE_QUEUE_MAX_PENDING"
+DEFAULT_MAX_PENDING = 10_000
 P_QUEUE_ID, P_REQUESTED = _names.prop("queue-id"), _names.prop("requested")
 
 
@@ -132,8 +140,20 @@ CREATE INDEX IF NOT EXISTS items_due ON items (state, next_at);
 """
 
 
+def _max_pending_from_env() -> int:
+    text = os.environ.get(MAX_PENDING_ENV)
+    if not text:
+        return DEFAULT_MAX_PENDING
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 10**9:
+        raise InvalidArgumentError(f"${MAX_PENDING_ENV} must be a whole number from 1 to 10**9, not {text!r}")
+    return int(text)
+
+
 class Queue:
-    """The queue; ``clock`` and ``random`` jitter are injectable so tests never wait."""
+    """The queue; ``clock`` and ``random`` jitter are injectable so tests never wait.
+
+    ``max_pending`` bounds the pending items (default ``$DSG_STORAGE_QUEUE_MAX_PENDING``
+    or 10000)."""
 
     def __init__(
         self,
@@ -141,9 +161,13 @@ class Queue:
         *,
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        max_pending: int | None = None,
     ) -> None:
         self.path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
         self.policy = policy or RetryPolicy()
+        self.max_pending = _max_pending_from_env() if max_pending is None else max_pending
+        if self.max_pending < 1:
+            raise InvalidArgumentError(f"max_pending must be at least 1, not {self.max_pending}")
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -188,6 +212,14 @@ class Queue:
                 "SELECT id FROM items WHERE kind = ? AND target = ? AND state = 'pending'", (kind.value, target)
             ).fetchone()
             if row is None:
+                (pending,) = db.execute("SELECT COUNT(*) FROM items WHERE state = 'pending'").fetchone()
+                if pending >= self.max_pending:
+                    raise QueueFullError(
+                        f"the queue {self.path} is full ({pending} pending items, at most {self.max_pending}): "
+                        f"{kind.value} {target} was not queued",
+                        dataset=target,
+                        hint=f"run 'dsg-storage queue flush', drop dead work, or raise ${MAX_PENDING_ENV}",
+                    )
                 cursor = db.execute(
                     "INSERT INTO items (kind, target, args, state, created, next_at, updated) VALUES (?,?,?,?,?,?,?)",
                     (kind.value, target, json.dumps(args), ItemState.PENDING.value, now, now, now),
@@ -217,7 +249,13 @@ class Queue:
         for state, count in self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
             counts[state] = count
         oldest = self._db.execute("SELECT MIN(created) FROM items WHERE state = 'pending'").fetchone()[0]
-        return {"counts": counts, "oldest_pending_age": None if oldest is None else now - oldest}
+        return {
+            "counts": counts,
+            "oldest_pending_age": None if oldest is None else now - oldest,
+            "oldest_pending_created": oldest,
+            "max_pending": self.max_pending,
+            "free": max(0, self.max_pending - counts[ItemState.PENDING.value]),
+        }
 
     # ------------------------------------------------------------------ steering
     def drop(self, item_id: int) -> Item:
@@ -227,22 +265,26 @@ class Queue:
             db.execute("DELETE FROM items WHERE id = ?", (item_id,))
         return item
 
-    def run(self, zfs: ZfsPort, *, due_only: bool = True) -> list[Item]:
+    def due(self, *, due_only: bool = True, pool: str | None = None) -> list[Item]:
+        """The items ``run`` would attempt now, in order (a dry run: nothing changes)."""
+        query = f"SELECT {_COLUMNS} FROM items WHERE state = 'pending'"
+        if due_only:
+            rows = self._db.execute(query + " AND next_at <= ? ORDER BY id", (self.clock(),)).fetchall()
+        else:
+            rows = self._db.execute(query + " ORDER BY id").fetchall()
+        return [item for item in map(_item, rows) if pool is None or _names.pool_of(item.target) == pool]
+
+    def run(self, zfs: ZfsPort, *, due_only: bool = True, pool: str | None = None) -> list[Item]:
         """Attempt every pending item that is due (every pending one with ``due_only``
-        off); return the items as they are afterwards. One runner at a time (a lock
-        beside the database), so two runners never apply the same item at once."""
+        off), only those on ``pool`` if given; return the items as they are afterwards.
+        One runner at a time (a lock beside the database), so two runners never apply
+        the same item at once."""
         with open(f"{self.path}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            now = self.clock()
-            query = f"SELECT {_COLUMNS} FROM items WHERE state = 'pending'"
-            if due_only:
-                rows = self._db.execute(query + " AND next_at <= ? ORDER BY id", (now,)).fetchall()
-            else:
-                rows = self._db.execute(query + " ORDER BY id").fetchall()
             # Items can depend on each other (a snapshot is destroyable once the clone
             # that depends on it is gone): while a pass makes progress, retry the rest.
             results: dict[int, Item] = {}
-            remaining = [_item(row) for row in rows]
+            remaining = self.due(due_only=due_only, pool=pool)
             while remaining:
                 retry = []
                 for item in remaining:

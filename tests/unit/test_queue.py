@@ -113,7 +113,10 @@ def test_items_survive_reopening_and_are_not_queued_twice(tmp_path: Path, clock:
             (Kind.DESTROY, "tank/a@s"),
             (Kind.SNAPSHOT, "tank/a@later"),
         ]
-        assert again.stats() == {"counts": {"pending": 2, "done": 0, "dead": 0}, "oldest_pending_age": 30}
+        assert {k: v for k, v in again.stats().items() if k in ("counts", "oldest_pending_age")} == {
+            "counts": {"pending": 2, "done": 0, "dead": 0},
+            "oldest_pending_age": 30,
+        }
         again.drop(a.id)
         assert [i.target for i in again.items()] == ["tank/a@later"]
 
@@ -144,3 +147,69 @@ def test_one_run_finishes_a_chain_of_dependent_items(queue: Queue) -> None:
     items = queue.run(zfs)  # type: ignore[arg-type]
     assert [(i.target, i.state) for i in items] == [("tank/a@s", ItemState.DONE), ("tank/clone", ItemState.DONE)]
     assert zfs.destroyed == ["tank/clone", "tank/a@s"]
+
+
+def test_a_full_queue_refuses_new_work_and_drops_nothing(tmp_path: Path) -> None:
+    from dsg_storage import QueueFullError
+
+    queue = Queue(tmp_path / "q.sqlite", max_pending=2)
+    queue.add_destroy("tank/a@1")
+    queue.add_destroy("tank/a@2")
+    assert queue.add_destroy("tank/a@1").target == "tank/a@1"  # already pending: not refused
+    with pytest.raises(QueueFullError, match="full .2 pending items, at most 2.") as caught:
+        queue.add_snapshot("tank/a@3")
+    assert caught.value.errno == 28 and "queue flush" in str(caught.value)
+    assert [i.target for i in queue.items()] == ["tank/a@1", "tank/a@2"]  # nothing dropped
+    stats = queue.stats()
+    assert (stats["max_pending"], stats["free"], stats["counts"]["pending"]) == (2, 0, 2)
+    # once an item is done, there is room again
+    zfs = FakeZfs()
+    zfs.existing.add("tank/a@1")
+    queue.run(zfs)  # type: ignore[arg-type]
+    assert queue.stats()["free"] >= 1
+    queue.add_snapshot("tank/a@3")
+
+
+def test_the_bound_comes_from_the_environment_and_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsg_storage import InvalidArgumentError
+
+    monkeypatch.setenv("DSG_STORAGE_QUEUE_MAX_PENDING", "5")
+    assert Queue(tmp_path / "q.sqlite").stats()["max_pending"] == 5
+    for bad in ("0", "-1", "lots", "٣"):
+        monkeypatch.setenv("DSG_STORAGE_QUEUE_MAX_PENDING", bad)
+        with pytest.raises(InvalidArgumentError):
+            Queue(tmp_path / "q.sqlite")
+
+
+def test_run_for_one_pool_leaves_the_others_pending(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q.sqlite")
+    queue.add_destroy("tank/a@s")
+    queue.add_destroy("other/b@s")
+    (item,) = queue.run(FakeZfs(), pool="tank")  # type: ignore[arg-type]
+    assert (item.target, item.state) == ("tank/a@s", ItemState.DONE)
+    assert [i.target for i in queue.items(ItemState.PENDING)] == ["other/b@s"]
+
+
+def test_queue_flush_dry_run_lists_the_steps_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from dsg_storage.cli.main import main
+
+    path = tmp_path / "q.sqlite"
+    monkeypatch.setenv("DSG_STORAGE_QUEUE", str(path))
+    with Queue(path) as queue:
+        queue.add_snapshot("tank/a@nightly")
+        queue.add_destroy("other/b@s")
+        before = queue.items()
+    assert main(["--json", "queue", "flush", "--dry-run", "--pool", "tank"]) == 0
+    (step,) = json.loads(capsys.readouterr().out)
+    assert (step["step"], step["state"], step["attempts"]) == ("snapshot tank/a@nightly", "pending", 0)
+    assert main(["queue", "flush", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "would snapshot tank/a@nightly (item 1)",
+        "would destroy other/b@s (item 2)",
+    ]
+    with Queue(path) as queue:
+        assert queue.items() == before

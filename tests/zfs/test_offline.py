@@ -192,6 +192,7 @@ def test_cli_shows_the_mode_and_reads_offline(exported: ExportedPool) -> None:
     assert "access: offline" in history.stderr
     commits = json.loads(history.stdout)
     assert [c["access"] for c in commits] == ["offline", "offline"]
+    assert [(c["freshness"], c["age"]) for c in commits] == [("offline", 0.0), ("offline", 0.0)]
     listing = json.loads(run("ls", "dsgtest/repos/survey", "sub", "--commit", commits[0]["name"]).stdout)
     assert [e["path"] for e in listing] == ["sub", "sub/data.bin"] and listing[0]["access"] == "offline"
     cat = subprocess.run(
@@ -324,3 +325,5 @@ def test_cached_reads_when_the_pool_is_gone(sandbox: Sandbox, tmp_path: Path) ->
     records = json.loads(result.stdout)
     assert [r["message"] for r in records] == ["c0", "c1"]
     assert all(r["cached"] is True and r["cached_at"] and r["access"] == "offline" for r in records)
+    assert all(r["freshness"] == "cached" and 0 <= r["age"] < 600 for r in records)
+    assert "cached: taken at " in result.stderr and "s ago" in result.stderr

@@ -156,7 +156,7 @@ def test_a_queue_runner_killed_at_random_never_loses_or_doubles_an_item(
     assert [(i.id, i.state) for i in items] == [(i, ItemState.DONE) for i in ids]
     snapshots = sorted(d.split("@")[1] for d in sandbox.datasets() if d.startswith("data@"))
     expected = sorted(
-        [f"r99-{n}" for n in range(PER_ROUND)] + [f"r{r:02d}-{n}" for r in range(KILLS) for n in range(PER_ROUND)]
+        [f"r99-{n}" for n in range(PER_ROUND)] + [f"r{r:02d}-{n}" for r in range(rounds) for n in range(PER_ROUND)]
     )
     assert snapshots == expected  # each exactly once
     queue_ids = subprocess.run(["zfs", "get", "-H", "-o", "value", "-r", "-t", "snapshot", "dsg-storage:queue-id",

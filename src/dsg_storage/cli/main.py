@@ -7,7 +7,8 @@ touched); 3 not allowed by the allow-list; 4 repository, transaction, pool or fi
 found; 5 dataset or repository busy; 6 another transaction is open; 7 conflict (the
 repository changed after begin); 8 read-only (a change asked of an offline pool);
 9 a bundle or lock file that cannot be used (damaged, truncated, newer format, wrong
-base); 10 the repository does not match the lock file. Errors are one line on stderr:
+base); 10 the repository does not match the lock file; 11 the queue is full (the new
+work was refused, nothing was dropped). Errors are one line on stderr:
 ``dsg-storage: <reason>``.
 
 Read commands (``repos``, ``history``, ``ls``, ``stat``, ``cat``) work live or, with
@@ -46,6 +47,7 @@ from ..errors import (
     NotAllowedError,
     PoolNotFoundError,
     PoolUnavailableError,
+    QueueFullError,
     QueueItemNotFoundError,
     ReadOnlyError,
     RepositoryBusyError,
@@ -72,9 +74,11 @@ from ..transfer.bundle import describe as describe_bundle
 from ..transfer.format import BundleInfo
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
+from . import operations
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
+EXIT_QUEUE_FULL = 11
 READ_COMMANDS = ("repos", "history", "ls", "stat", "cat")
 
 
@@ -198,11 +202,18 @@ def _parser() -> argparse.ArgumentParser:
     queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     queue_sub.add_parser("list", help="every item: id, kind, target, state, attempts, last error, age")
     queue_sub.add_parser("stats", help="counts per state, age of the oldest pending item")
-    queue_sub.add_parser("flush", help="run every pending item now, due or not")
+    flush = queue_sub.add_parser("flush", help="run every pending item now, due or not")
+    flush.add_argument(
+        "--pool", dest="queue_pool", help="only the items of this pool (the zedlet runs this when a pool is imported)"
+    )
+    flush.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
     drop = queue_sub.add_parser("drop", help="remove an item")
     drop.add_argument("id", type=int)
 
-    sub.add_parser("gc", help="run the queue once (the items that are due)")
+    p = sub.add_parser("gc", help="run the queue once (the items that are due)")
+    p.add_argument("--pool", dest="queue_pool", help="only the items of this pool")
+    p.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
+    operations.add_parsers(sub)
 
     p = sub.add_parser("demo", help="show a transaction on real ZFS (used by the README's first command)")
     p.add_argument("--parent", default="dsgtest/demo", help="dataset to work under (default: dsgtest/demo)")
@@ -274,9 +285,11 @@ def _reader(args: argparse.Namespace, allow: AllowList) -> Reader:
 
 
 def _access(reader: Reader, kind: str, key: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {"access": reader.mode.value}
+    freshness, age = reader.freshness(kind, key)
+    fields: dict[str, Any] = {"access": reader.mode.value, "freshness": freshness, "age": round(age, 3)}
     if isinstance(reader, CachedReader):
         fields.update(cached=True, cached_at=reader.taken_at(kind, key))
+        print(f"cached: taken at {fields['cached_at']}, {age:.0f}s ago", file=sys.stderr)
     return fields
 
 
@@ -304,7 +317,8 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
             if args.command == "ls"
             else [reader.stat(args.repo, args.path, commit=args.commit)]
         )
-        records = [{**attrs.asdict(e), "access": reader.mode.value} for e in entries]
+        fresh = reader.freshness("files", args.repo)[0]
+        records = [{**attrs.asdict(e), "access": reader.mode.value, "freshness": fresh, "age": 0.0} for e in entries]
         _emit(
             args,
             records if args.command == "ls" else records[0],
@@ -352,6 +366,8 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
         return 0
     if args.command in ("queue", "gc"):
         return _run_queue(args, allow)
+    if args.command in operations.COMMANDS:
+        return operations.run(args, allow, _emit)
     repo = Repository(args.repo, allow=allow)
     if args.command == "snapshot":
         return _snapshot(args, repo)
@@ -496,12 +512,21 @@ def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
             stats = queue.stats()
             oldest = stats["oldest_pending_age"]
             text = " ".join(f"{k}={v}" for k, v in stats["counts"].items())
-            _emit(args, stats, f"{text} oldest_pending_age={'-' if oldest is None else f'{oldest:.0f}s'}")
+            _emit(
+                args,
+                stats,
+                f"{text} oldest_pending_age={'-' if oldest is None else f'{oldest:.0f}s'} "
+                f"max_pending={stats['max_pending']} free={stats['free']}",
+            )
         elif action == "drop":
             item = queue.drop(args.id)
             _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
+        elif args.dry_run:  # flush or gc, planned only
+            items = queue.due(due_only=action == "gc", pool=args.queue_pool)
+            steps = [{**_item_json(i, now), "step": f"{i.kind.value} {i.target}"} for i in items]
+            _emit(args, steps, "\n".join(f"would {s['step']} (item {s['id']})" for s in steps) or "nothing to do")
         else:  # flush or gc
-            items = queue.run(open_zfs(allow), due_only=action == "gc")
+            items = queue.run(open_zfs(allow), due_only=action == "gc", pool=args.queue_pool)
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
     return 0
 
@@ -548,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_IN_PROGRESS
         if isinstance(exc, ConflictError):
             return EXIT_CONFLICT
+        if isinstance(exc, QueueFullError):
+            return EXIT_QUEUE_FULL
         return EXIT_ERROR
     except FileNotFoundError as exc:  # a file asked of ls/stat/cat
         print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..names import prop
 from ..zfs.allow import AllowList
-from ..zfs.boundary import Zfs
+from ..zfs.boundary import Zfs, open_zfs
 from ..zfs.port import Batch
 
 log = logging.getLogger("dsg_storage")
@@ -118,7 +118,7 @@ class ZFSOperations:
         self.pool_name = pool_name
         self.repo_name = repo_name
         self.mount_path = check_mountpoint(mount_path)
-        reader = zfs or Zfs(AllowList())
+        reader = zfs or open_zfs(AllowList(()))
         pool_props = reader.get_props(pool_name, ["mountpoint"]) if reader.exists(pool_name) else None
         pool_mountpoint = (pool_props or {}).get("mountpoint")
         self.dataset_name = dataset_for(
@@ -127,7 +127,7 @@ class ZFSOperations:
         if zfs is None:
             parent = self.dataset_name.rsplit("/", 1)[0]
             allowed = allow if isinstance(allow, AllowList) else AllowList.parse(allow or parent)
-            zfs = Zfs(allowed)
+            zfs = open_zfs(allowed)
         self.repository = Repository(self.dataset_name, zfs=zfs, lock_timeout=lock_timeout)
 
     def __repr__(self) -> str:

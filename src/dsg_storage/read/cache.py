@@ -1,6 +1,10 @@
 """Opt-in local record of live reads (repository lists, histories), served when a pool
 cannot be found and the caller asks for it, always marked with the time it was taken.
 
+Bounded: one copy per read (kind and key), so the cache grows with the number of
+repositories, not with time; ``stats`` shows what it holds and ``clear`` empties it.
+Every answer served from it says its age (``CachedRead.age``).
+
 After a crash: each read is stored in one SQLite transaction, so the cache holds either
 the previous or the new copy of a read, never half of one.
 """
@@ -27,6 +31,30 @@ ENV = "DSG_STORAGE_CACHE"
 class CachedRead:
     payload: Any
     taken_at: str  # ISO 8601, UTC
+
+    def age(self, now: float) -> float:
+        """Seconds since the read was taken (``now``: seconds since the epoch)."""
+        return age_of(self.taken_at, now)
+
+
+def age_of(taken_at: str, now: float) -> float:
+    """Seconds from ``taken_at`` (ISO 8601) to ``now``; never negative."""
+    try:
+        taken = datetime.fromisoformat(taken_at)
+    except (TypeError, ValueError):
+        raise CacheMissError(
+            f"the read cache holds an unreadable time {taken_at!r}", hint="dsg-storage cache clear"
+        ) from None
+    return max(0.0, now - taken.timestamp())
+
+
+@attrs.frozen
+class CacheStats:
+    path: str
+    entries: dict[str, int]  # kind -> number of reads held
+    oldest: str | None  # taken_at of the oldest read held
+    newest: str | None
+    file_bytes: int  # the database and its write-ahead log
 
 
 class ReadCache:
@@ -58,6 +86,22 @@ class ReadCache:
         if row is None:
             raise CacheMissError(f"the read cache {self.path} holds no {kind} of {key}", hint="read it live once first")
         return CachedRead(json.loads(row[0]), row[1])
+
+    def stats(self) -> CacheStats:
+        entries = dict(self._db.execute("SELECT kind, COUNT(*) FROM reads GROUP BY kind ORDER BY kind").fetchall())
+        oldest, newest = self._db.execute("SELECT MIN(taken_at), MAX(taken_at) FROM reads").fetchone()
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return CacheStats(str(self.path), entries, oldest, newest, size)
+
+    def clear(self, kind: str | None = None) -> int:
+        """Forget every read (of ``kind`` only, if given); returns how many were held."""
+        with self._db:
+            if kind is None:
+                cursor = self._db.execute("DELETE FROM reads")
+            else:
+                cursor = self._db.execute("DELETE FROM reads WHERE kind = ?", (kind,))
+        self._db.execute("VACUUM")  # give the space back: clearing is how the cache shrinks
+        return int(cursor.rowcount)
 
     def close(self) -> None:
         self._db.close()

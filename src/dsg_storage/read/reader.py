@@ -44,7 +44,7 @@ from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.mounts import reader_dir_prefix
 from ..zfs.port import ZfsPort
-from .cache import ReadCache
+from .cache import ReadCache, age_of
 
 
 class Mode(enum.Enum):
@@ -305,6 +305,13 @@ class Reader:
             self._sources[source] = real
         return self._mounts[source]
 
+    def freshness(self, kind: str, key: str) -> tuple[str, float]:
+        """How fresh this reader's answer to a ``kind`` ("history", "repositories") read
+        of ``key`` is: ``("fresh", 0.0)`` read live now, ``("offline", 0.0)`` read now
+        from a pool imported read-only, ``("cached", age)`` served from the read cache,
+        ``age`` seconds after it was taken."""
+        return ("fresh" if self.mode is Mode.LIVE else "offline", 0.0)
+
     def _record(self, kind: str, key: str, payload: Any) -> None:
         if self.cache is not None:
             self.cache.record(kind, key, payload)
@@ -355,6 +362,11 @@ class CachedReader(Reader):
 
     def taken_at(self, kind: str, key: str) -> str | None:
         return self._taken.get((kind, key))
+
+    def freshness(self, kind: str, key: str) -> tuple[str, float]:
+        taken = self._taken.get((kind, key))
+        now = self.cache.clock() if self.cache else 0.0
+        return ("cached", age_of(taken, now) if taken else 0.0)
 
     def _get(self, kind: str, key: str) -> Any:
         assert self.cache is not None

@@ -42,7 +42,7 @@ import pytest
 from ..core.repository import Repository
 from ..errors import ZfsUnavailableError
 from ..zfs.allow import AllowList
-from ..zfs.boundary import Zfs, load_libzfs_core
+from ..zfs.boundary import Zfs, load_libzfs_core, open_zfs
 from ..zfs.mounts import zfs_mounts
 
 POOL = "dsgtest"
@@ -223,7 +223,7 @@ def zfs_sandbox(dsgtest_pool: TestPool, request: pytest.FixtureRequest, tmp_path
     dataset = f"{dsgtest_pool.root}/{leaf}"
     subprocess.run(["zfs", "create", "-o", "mountpoint=none", dataset], check=True)
     allow = AllowList((dataset,))
-    box = Sandbox(dataset=dataset, mount_dir=tmp_path, allow=allow, zfs=Zfs(allow))
+    box = Sandbox(dataset=dataset, mount_dir=tmp_path, allow=allow, zfs=open_zfs(allow))
     yield box
     _destroy_tree(dataset)
 

@@ -204,7 +204,7 @@ class Zfs:
 
     def _snapshots_cli(self, dataset: str, user_prefix: str) -> dict[str, Any]:
         listed = self._zfs_json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)
-        local = self._zfs_json("get", "-t", "snapshot", "-d", "1", "-s", "local", "all", dataset)
+        local = self._zfs_json("get", "-t", "snapshot", "-d", "1", "-s", "local,received", "all", dataset)
         return {
             name: {
                 **{key: info["properties"][key]["value"] for key in ("guid", "createtxg", "creation")},
@@ -226,7 +226,7 @@ class Zfs:
         listed = self._zfs_json(
             "list", "-r", "-t", "filesystem", "-o", "name,mountpoint,origin", under, missing_ok=True
         )
-        local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local", "all", under, missing_ok=True)
+        local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local,received", "all", under, missing_ok=True)
         found = {}
         for name, info in listed.items():
             props = {
@@ -254,6 +254,15 @@ class Zfs:
     def children(self, dataset: str) -> list[str]:
         raw = self.program(_names.pool_of(dataset), programs.CHILDREN, [dataset], sync=False) or {}
         return [raw[k] for k in sorted(raw)]
+
+    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
+        """For each snapshot of ``dataset``: (number of holds, clones made from it). One
+        read-only channel program."""
+        raw = self.program(_names.pool_of(dataset), programs.SNAPSHOT_GUARDS, [dataset], sync=False) or {}
+        return {
+            name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
+            for name, info in raw.items()
+        }
 
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
         """``dataset`` (if it exists) and its ``dataset.dsg-*`` siblings, with their own

@@ -57,8 +57,11 @@ for snap in zfs.list.snapshots(argv[1]) do
     n = n + 1
     local user = {}
     for name, value, source in zfs.list.user_properties(snap) do
-        -- only the snapshot's own: a snapshot also shows its dataset's user properties
-        if source == snap and string.sub(name, 1, #argv[2]) == argv[2] then user[name] = value end
+        -- only the snapshot's own (set here, or received with it: "$recvd"); a snapshot
+        -- also shows its dataset's user properties
+        if (source == snap or source == "$recvd") and string.sub(name, 1, #argv[2]) == argv[2] then
+            user[name] = value
+        end
     end
     out[string.format("%08d", n)] = {
         name = snap,
@@ -94,7 +97,9 @@ local out = {}
 local function visit(ds)
     local props = {}
     for name, value, source in zfs.list.user_properties(ds) do
-        if source == ds and string.sub(name, 1, #argv[2]) == argv[2] then props[name] = value end
+        if (source == ds or source == "$recvd") and string.sub(name, 1, #argv[2]) == argv[2] then
+            props[name] = value
+        end
     end
     props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
     local origin = zfs.get_prop(ds, "origin")
@@ -175,6 +180,26 @@ return {failed = 0, skipped = skipped, created = created}
 """
 )
 
+# What keeps each snapshot of argv[1] from being destroyed: its holds (userrefs) and the
+# clones made from it (anywhere in the pool). Read-only; for retention.
+SNAPSHOT_GUARDS = (
+    LUA_PREAMBLE
+    + """
+local out = {}
+for snap in zfs.list.snapshots(argv[1]) do
+    local clones = {}
+    local n = 0
+    for clone in zfs.list.clones(snap) do
+        n = n + 1
+        clones[string.format("%08d", n)] = clone
+    end
+    out[snap] = {userrefs = zfs.get_prop(snap, "userrefs"), clones = clones}
+end
+return out
+"""
+)
+
+
 # A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
 # datasets), each with the user properties under our prefix and its origin.
 FAMILY = (
@@ -188,7 +213,9 @@ for child in zfs.list.children(parent) do
     if child == name or string.sub(child, 1, #mark) == mark then
         local props = {}
         for prop, value, source in zfs.list.user_properties(child) do
-            if source == child and string.sub(prop, 1, #prefix) == prefix then props[prop] = value end
+            if (source == child or source == "$recvd") and string.sub(prop, 1, #prefix) == prefix then
+                props[prop] = value
+            end
         end
         local origin = zfs.get_prop(child, "origin")
         if origin ~= nil then props["origin"] = origin end

@@ -1,0 +1,192 @@
+"""Commands for running dsg-storage for years: ``prune``, ``keep``, ``metrics``,
+``install-hooks`` and ``cache``. ``main`` adds their parsers and hands them their args."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .. import hooks, metrics
+from ..core.prune import PruneResult, mark_keep, prune, save_policy
+from ..core.repository import Repository
+from ..core.retention import PERIODS, Policy
+from ..errors import InvalidArgumentError
+from ..queue import Queue
+from ..read.cache import ENV as CACHE_ENV
+from ..read.cache import ReadCache
+from ..zfs.allow import AllowList
+from ..zfs.boundary import open_zfs
+
+COMMANDS = ("prune", "keep", "metrics", "install-hooks", "cache")
+Emit = Callable[[argparse.Namespace, Any, str], None]
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("prune", help="destroy commits a retention policy lets go (--dry-run: only show)")
+    p.add_argument("repo")
+    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="the newest N commits")
+    for period in PERIODS:
+        p.add_argument(
+            f"--keep-{period}",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"the newest commit of each of N {period} periods (UTC)",
+        )
+    p.add_argument("--save-policy", action="store_true", help="store these rules on the repository for later prunes")
+    p.add_argument("--dry-run", action="store_true", help="show what would be destroyed; change nothing")
+
+    p = sub.add_parser("keep", help="mark a commit so that prune never destroys it (--remove: unmark)")
+    p.add_argument("repo")
+    p.add_argument("commit", help="the commit's snapshot name (after '@')")
+    p.add_argument("--remove", action="store_true")
+
+    p = sub.add_parser("metrics", help="Prometheus metrics: queue, open transactions, latest commits")
+    p.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="DATASET",
+        help="repositories at or below it (repeatable; default: the allow-list)",
+    )
+    p.add_argument(
+        "--textfile", metavar="DIR", help="write DIR/dsg_storage.prom atomically (node_exporter) instead of printing"
+    )
+
+    p = sub.add_parser("install-hooks", help="install (or --print) the ZED zedlet and systemd units that run the queue")
+    p.add_argument("--zedlet-dir", metavar="DIR", help="install the zedlet there (ZED's: /etc/zfs/zed.d)")
+    p.add_argument("--systemd-dir", metavar="DIR", help="install the units there (e.g. /etc/systemd/system)")
+    p.add_argument("--print", action="store_true", help="print the files instead of installing them")
+    p.add_argument(
+        "--command",
+        dest="hook_command",
+        metavar="ARGV",
+        help="the dsg-storage command the hooks run (default: this one)",
+    )
+
+    p = sub.add_parser("cache", help="the read cache: stats, clear")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache_sub.add_parser("stats", help="reads held per kind, oldest and newest, file size")
+    clear = cache_sub.add_parser("clear", help="forget cached reads")
+    clear.add_argument("--kind", choices=("history", "repositories"), help="only this kind")
+
+
+def run(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+    if args.command == "prune":
+        return _prune(args, allow, emit)
+    if args.command == "keep":
+        repo = Repository(args.repo, allow=allow)
+        name = mark_keep(repo, args.commit, keep=not args.remove)
+        emit(
+            args,
+            {"snapshot": name, "keep": not args.remove},
+            f"{name}: {'unmarked' if args.remove else 'kept by every prune'}",
+        )
+        return 0
+    if args.command == "metrics":
+        return _metrics(args, allow, emit)
+    if args.command == "install-hooks":
+        return _install_hooks(args, allow, emit)
+    return _cache(args, emit)
+
+
+def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+    rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
+    policy = Policy(**rules) if any(rules.values()) else None  # checked before any ZFS call
+    repo = Repository(args.repo, allow=allow)
+    if args.save_policy:
+        if policy is None:
+            raise InvalidArgumentError("--save-policy needs --keep-* rules to save")
+        if not args.dry_run:
+            save_policy(repo, policy)
+    result = prune(repo, policy, dry_run=args.dry_run)
+    emit(args, _prune_json(result), "\n".join(_prune_lines(result)))
+    return 0
+
+
+def _prune_json(result: PruneResult) -> dict[str, Any]:
+    return {
+        "repository": result.repository,
+        "dry_run": result.dry_run,
+        "policy": result.plan.policy.as_dict(),
+        "keep": [
+            {"snapshot": d.snapshot, "committed": d.committed, "reasons": list(d.reasons)} for d in result.plan.keep
+        ],
+        "destroy": result.plan.destroy,
+        "destroyed": list(result.destroyed),
+        "skipped": dict(result.skipped),
+        "steps": list(result.steps),
+    }
+
+
+def _prune_lines(result: PruneResult) -> list[str]:
+    lines = [f"policy: {result.plan.policy.format()}"]
+    for decision in result.plan.decisions:
+        if decision.keep:
+            lines.append(f"keep\t{decision.snapshot}\t{', '.join(decision.reasons)}")
+        elif result.dry_run:
+            lines.append(f"would destroy\t{decision.snapshot}")
+        elif decision.snapshot in result.skipped:
+            lines.append(f"skipped\t{decision.snapshot}\t{result.skipped[decision.snapshot]}")
+        else:
+            lines.append(f"destroyed\t{decision.snapshot}")
+    return lines
+
+
+def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+    under = args.under or list(allow.prefixes)
+    if not under:
+        raise InvalidArgumentError("say which repositories to report: --under DATASET, --allow or $DSG_STORAGE_ALLOW")
+    with Queue() as queue:
+        facts = metrics.gather(queue, open_zfs(allow), under)
+    if args.textfile:
+        path = metrics.write_textfile(facts, args.textfile)
+        emit(args, {"file": path}, path)
+    else:
+        sys.stdout.write(metrics.render(facts))
+    return 0
+
+
+def _install_hooks(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+    import shlex
+
+    command = shlex.split(args.hook_command) if args.hook_command else hooks.default_command()
+    env = hooks.carried_env(os.environ, ",".join(allow.prefixes) or None)
+    files = hooks.render(command, env)
+    if args.print or not (args.zedlet_dir or args.systemd_dir):
+        if args.json:
+            emit(args, [attrs.asdict(f) for f in files], "")
+        else:
+            for hook in files:
+                print(f"# ---- {hook.name} ({hook.kind}, mode {hook.mode:o})\n{hook.content}")
+        return 0
+    written = hooks.install(files, zedlet_dir=args.zedlet_dir, systemd_dir=args.systemd_dir)
+    emit(args, {"installed": written}, "\n".join(written))
+    return 0
+
+
+def _cache(args: argparse.Namespace, emit: Emit) -> int:
+    path = args.cache or os.environ.get(CACHE_ENV)
+    if not path:
+        raise InvalidArgumentError(f"which read cache? --cache FILE or ${CACHE_ENV}")
+    cache = ReadCache(path)
+    try:
+        if args.cache_command == "stats":
+            stats = cache.stats()
+            kinds = " ".join(f"{k}={v}" for k, v in stats.entries.items()) or "empty"
+            emit(
+                args,
+                attrs.asdict(stats),
+                f"{stats.path}: {kinds}; oldest {stats.oldest or '-'}, newest {stats.newest or '-'}; {stats.file_bytes} bytes",
+            )
+        else:
+            count = cache.clear(args.kind)
+            emit(args, {"path": str(cache.path), "cleared": count}, f"{cache.path}: {count} cached reads cleared")
+    finally:
+        cache.close()
+    return 0

@@ -1,0 +1,69 @@
+"""The read cache: what it holds, its ages, clearing it (SQLite only, no ZFS)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import CacheMissError
+from dsg_storage.cli.main import main
+from dsg_storage.read.cache import ReadCache, age_of
+from dsg_storage.read.reader import CachedReader
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stats_and_clear(tmp_path: Path) -> None:
+    clock = Clock(1_800_000_000.0)
+    cache = ReadCache(tmp_path / "c.sqlite", clock=clock)
+    assert cache.stats().entries == {} and cache.stats().oldest is None
+    cache.record("history", "tank/a", [])
+    clock.now += 60
+    cache.record("history", "tank/b", [])
+    cache.record("repositories", "tank", [])
+    stats = cache.stats()
+    assert stats.entries == {"history": 2, "repositories": 1}
+    assert stats.oldest == "2027-01-15T08:00:00+00:00" and stats.newest == "2027-01-15T08:01:00+00:00"
+    assert stats.file_bytes > 0
+    cache.record("history", "tank/a", [1])  # one copy per read: replaced, not added
+    assert cache.stats().entries == {"history": 2, "repositories": 1}
+    assert cache.clear("repositories") == 1
+    assert cache.clear() == 2 and cache.stats().entries == {}
+
+
+def test_every_cached_answer_says_its_age(tmp_path: Path) -> None:
+    clock = Clock(1_800_000_000.0)
+    cache = ReadCache(tmp_path / "c.sqlite", clock=clock)
+    cache.record("history", "tank/a", [])
+    clock.now += 90
+    assert cache.get("history", "tank/a").age(clock.now) == 90
+    reader = CachedReader(cache, pool="tank", reason="test")
+    assert reader.history("tank/a") == []
+    assert reader.freshness("history", "tank/a") == ("cached", 90.0)
+    assert age_of("2027-01-15T08:00:00+00:00", 1_700_000_000.0) == 0.0  # a clock behind: never negative
+
+
+def test_an_unreadable_time_in_the_cache_is_a_clear_error(tmp_path: Path) -> None:
+    cache = ReadCache(tmp_path / "c.sqlite")
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        db.execute("INSERT INTO reads VALUES ('history', 'tank/a', '[]', 'not a time')")
+    with pytest.raises(CacheMissError, match="unreadable time"):
+        cache.get("history", "tank/a").age(0)
+
+
+def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "c.sqlite")
+    ReadCache(path).record("history", "tank/a", [])
+    assert main(["--json", "--cache", path, "cache", "stats"]) == 0
+    assert '"entries": {"history": 1}' in capsys.readouterr().out
+    assert main(["--cache", path, "cache", "clear"]) == 0
+    assert "1 cached reads cleared" in capsys.readouterr().out
+    assert main(["cache", "stats"]) == 2  # no cache named

@@ -1,0 +1,70 @@
+"""Replication with ZFS's own tools: a repository sent with ``zfs send -R`` (what zrepl
+and syncoid do underneath) is recognized by ``status`` and ``history`` on the other side,
+and our temporary snapshots and datasets do not travel with it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dsg_storage import Repository
+
+from .conftest import Sandbox
+from .test_transactions import OWNER
+
+
+def send_receive(send: list[str], receive: list[str]) -> None:
+    sender = subprocess.Popen(["zfs", "send", *send], stdout=subprocess.PIPE)
+    received = subprocess.run(["zfs", "receive", *receive], stdin=sender.stdout, capture_output=True, check=False)
+    assert sender.stdout is not None
+    sender.stdout.close()
+    assert sender.wait() == 0 and received.returncode == 0, received.stderr
+
+
+def cli(sandbox: Sandbox, *args: str) -> object:
+    out = subprocess.run(
+        [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_repository_received_with_zfs_send_R_is_recognized_by_status_and_history(sandbox: Sandbox) -> None:
+    source = Repository(f"{sandbox.dataset}/here/survey", zfs=sandbox.zfs)
+    sandbox.zfs.create(f"{sandbox.dataset}/here", {"mountpoint": "none"})
+    sandbox.zfs.create(f"{sandbox.dataset}/there", {"mountpoint": "none"})
+    for n in range(2):
+        tx = source.begin(mountpoint=str(sandbox.mount_dir / "survey"), owner=OWNER, mode="0750")
+        Path(tx.path, f"{n}.txt").write_text(str(n))
+        tx.commit(f"commit {n}")
+    first, second = source.history()
+    open_tx = source.begin()  # an open transaction: a @dsg-base- snapshot and a .dsg-ws- sibling
+    Path(open_tx.path, "wip.txt").write_text("not committed")
+
+    # A full replication up to the latest commit, as syncoid's first run does (the base
+    # snapshot, newer than the commit, and the workspace, a sibling, stay behind).
+    target = f"{sandbox.dataset}/there/survey"
+    send_receive(["-R", first.snapshot], ["-u", "-x", "mountpoint", target])
+    # Later runs send incrementally, with properties (-p): without them the new commit
+    # arrives without its message, time and transaction id.
+    send_receive(["-p", "-I", first.snapshot, second.snapshot], ["-u", "-x", "mountpoint", target])
+
+    history = cli(sandbox, "history", target)
+    assert [(c["name"], c["guid"], c["message"]) for c in history] == [  # type: ignore[union-attr]
+        (first.name, first.guid, "commit 0"),
+        (second.name, second.guid, "commit 1"),
+    ]
+    assert all(c["freshness"] == "fresh" and c["tx"] and c["committed"] for c in history)  # type: ignore[union-attr]
+    status = cli(sandbox, "status", target)
+    assert status["exists"] is True and status["pending"] == [] and status["leftovers"] == []  # type: ignore[index]
+    assert status["last_commit"]["name"] == second.name and status["owner"] == "1234:5678"  # type: ignore[index]
+    repos = cli(sandbox, "repos", f"{sandbox.dataset}/there")
+    assert [(r["name"], r["commits"], r["owner"]) for r in repos] == [(target, 2, "1234:5678")]  # type: ignore[union-attr]
+    received = [n for n in sandbox.datasets() if n.startswith("there/")]
+    assert received == ["there/survey", f"there/survey@{first.name}", f"there/survey@{second.name}"]
+    open_tx.rollback()
