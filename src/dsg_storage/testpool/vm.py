@@ -85,6 +85,7 @@ def ensure_image() -> Path:
     """Return the cached image, building it first when its inputs changed."""
     image = image_dir()
     if (image / "manifest.txt").exists():
+        os.utime(image / "manifest.txt")  # in use: not pruned by a build for other inputs
         return image
     cache = cache_root()
     cache.mkdir(parents=True, exist_ok=True)
@@ -122,9 +123,18 @@ def ensure_image() -> Path:
     return image
 
 
+#: Images unused this long are removed when another is built (checkouts of other
+#: branches, or other projects, may share the cache and use another image meanwhile).
+PRUNE_UNUSED_AFTER = 3 * 86400.0
+
+
 def _prune_old_images(keep: Path) -> None:
     for other in (cache_root() / "images").iterdir():
-        if other != keep and other.is_dir() and not other.name.endswith(".tmp"):
+        if other == keep or not other.is_dir() or other.name.endswith(".tmp"):
+            continue
+        manifest = other / "manifest.txt"
+        used = manifest.stat().st_mtime if manifest.exists() else 0.0
+        if time.time() - used > PRUNE_UNUSED_AFTER:
             shutil.rmtree(other, ignore_errors=True)
 
 

@@ -106,6 +106,11 @@ mkdir -p "$moddir"
 cp "$modcache"/*.ko* "$moddir/"
 in_root depmod -a "$kver"
 in_root zgenhostid -f >/dev/null
+# The ZFS event daemon, unpacked rather than installed: its package depends on zfs-dkms,
+# which is purged above once the module is built.
+in_root sh -c 'cd /var/cache/apt/archives && { ls zfs-zed_*.deb >/dev/null 2>&1 || apt-get download -q zfs-zed; } && dpkg-deb -x "$(ls zfs-zed_*.deb | tail -n 1)" /' >>"$work/apt.log" 2>&1 \
+    || { tail -n 20 "$work/apt.log" >&2; exit 1; }
+[ -x "$root/usr/sbin/zed" ] || { echo "build-image.sh: zed is missing from the image" >&2; exit 1; }
 stage modules
 
 # --- boot files and root filesystem ----------------------------------------------------
