@@ -47,6 +47,11 @@ class NotAllowedError(DsgStorageError, PermissionError):
     errno_code = _errno.EPERM
 
 
+class UnsafePathError(NotAllowedError):
+    """A path root would act on leads through a symbolic link, out of the directory it
+    must stay beneath, or through a directory someone else controls. Nothing was touched."""
+
+
 class ZfsError(DsgStorageError, OSError):
     """A ZFS operation failed for a reason without a more precise class below."""
 
