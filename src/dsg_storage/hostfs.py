@@ -521,4 +521,3 @@ class OutputFile:
             self.publish()
         else:
             self.discard()
-

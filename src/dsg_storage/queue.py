@@ -3,7 +3,8 @@
 Items are destroys that a commit or rollback could not do yet (a dependent clone, a
 hold, a busy mount) and snapshots requested while their pool was away. They live in a
 local SQLite database (``$DSG_STORAGE_QUEUE``, default
-``/var/lib/dsg-storage/queue.sqlite``): a request made while the pool is exported has
+``/var/lib/dsg-storage/queue.sqlite``; mode 0600 in a directory only its user can
+change, ``hostfs.private_dir``): a request made while the pool is exported has
 nowhere else to go, and one store keeps the order and the attempts of every item. What a
 deferred destroy is about is also visible in the pool itself (``.dsg-old-`` datasets and
 ``@dsg-base-`` snapshots), which recovery retries on any host that imports it.
@@ -37,6 +38,7 @@ from typing import Any, Self
 import attrs
 import tenacity
 
+from . import hostfs
 from .core import names as _names
 from .errors import (
     DatasetBusyError,
@@ -145,7 +147,9 @@ class Queue:
         self.path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
         self.policy = policy or RetryPolicy()
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A directory only we can change, a 0600 file: SQLite then opens it (and its -wal
+        # and -shm, which it creates with the database's mode) by a name nobody can redirect.
+        self.path = Path(hostfs.private_path(self.path))
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -231,7 +235,12 @@ class Queue:
         """Attempt every pending item that is due (every pending one with ``due_only``
         off); return the items as they are afterwards. One runner at a time (a lock
         beside the database), so two runners never apply the same item at once."""
-        with open(f"{self.path}.lock", "w") as lock:
+        dirfd = hostfs.private_dir(str(self.path.parent))
+        try:
+            lock_fd = hostfs.private_file(dirfd, f"{self.path.name}.lock")
+        finally:
+            os.close(dirfd)
+        with os.fdopen(lock_fd, "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             now = self.clock()
             query = f"SELECT {_COLUMNS} FROM items WHERE state = 'pending'"

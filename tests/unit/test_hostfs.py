@@ -203,9 +203,8 @@ def test_output_file_replaces_only_when_asked_and_never_through_a_link(tmp_path:
     with hostfs.OutputFile(target, replace=False) as out:
         os.write(out.fd, b"one")
     assert target.read_text() == "one"
-    with pytest.raises(FileExistsError):
-        with hostfs.OutputFile(target, replace=False) as out:
-            os.write(out.fd, b"two")
+    with pytest.raises(FileExistsError), hostfs.OutputFile(target, replace=False) as out:
+        os.write(out.fd, b"two")
     assert target.read_text() == "one"
     victim = tmp_path / "victim"
     victim.write_text("precious")
@@ -220,9 +219,8 @@ def test_output_file_replaces_only_when_asked_and_never_through_a_link(tmp_path:
 
 
 def test_output_file_discards_its_partial_on_failure(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with hostfs.OutputFile(tmp_path / "out"):
-            raise RuntimeError("export failed")
+    with pytest.raises(RuntimeError), hostfs.OutputFile(tmp_path / "out"):
+        raise RuntimeError("export failed")
     assert list(tmp_path.iterdir()) == []
 
 
