@@ -10,6 +10,9 @@ from ..core.allow import AllowList
 from ..core.transaction import Repository
 from ..zfs.boundary import Zfs
 
+#: The only pool in which ``dsg-storage demo`` adds its ``--parent`` to the allow-list.
+DEMO_POOL = "dsgtest"
+
 
 def _say(text: str) -> None:
     print(text, flush=True)
