@@ -9,8 +9,8 @@ again: a directory swapped for a symlink after the check changes nothing.
   optionally checking who owns each directory on the way (``trusted_uids``).
 - ``check_mount_parent``: the parent of a mountpoint, refused unless every directory
   from ``/`` to it is root's and writable by nobody else (see ``docs/archive/0008``).
-- ``make_mount_dir``, ``mount_at``, ``verify_dataset_root``, ``chown_root``,
-  ``remove_mount_dir``: mounting a dataset onto a checked directory through
+- ``make_mount_dir``, ``mount_at``, ``open_mounted_root``, ``verify_dataset_root``,
+  ``chown_root``, ``remove_mount_dir``: mounting a dataset onto a checked directory through
   ``/proc/self/fd/N`` and giving its root an owner.
 - ``private_dir`` / ``private_file``: state files (locks, queue, cache) in a directory
   only the current user can change, mode 0600.
@@ -286,6 +286,23 @@ def verify_dataset_root(fd: int, dataset: str) -> os.stat_result:
     if up.st_dev == st.st_dev and up.st_ino != st.st_ino:
         raise UnsafePathError(f"the directory to give an owner is inside {dataset}, not its root")
     return st
+
+
+def open_mounted_root(parent_fd: int, name: str, dataset: str) -> int:
+    """After ``mount_at``: a descriptor for the root of ``dataset`` mounted on ``name`` of
+    ``parent_fd`` (the descriptor ``mount_at`` was given still shows the directory under
+    the mount). Looked up without following a link, and verified (``verify_dataset_root``)."""
+    _single(name)
+    try:
+        fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except OSError as exc:
+        raise _translate(exc, name, name, parent_fd) from None
+    try:
+        verify_dataset_root(fd, dataset)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def chown_root(fd: int, dataset: str, uid: int, gid: int, mode: int) -> None:

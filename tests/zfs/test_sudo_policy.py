@@ -312,7 +312,11 @@ def test_mount_at_mounts_through_the_descriptor_not_the_path(box: Box) -> None:
         hostfs.mount_at(box.dataset, dirfd)
         assert zfs_mounts()[box.dataset] == [str(elsewhere)]
         assert os.path.ismount(elsewhere) and not os.path.ismount(victim_dir)
-        root = os.open(elsewhere, os.O_RDONLY | os.O_DIRECTORY)
+        with pytest.raises(UnsafePathError, match="symbolic link"):
+            hostfs.open_mounted_root(parent_fd, name, box.dataset)  # the swapped-in link
+        moved_fd = hostfs.open_dir(str(MNT))
+        root = hostfs.open_mounted_root(moved_fd, elsewhere.name, box.dataset)
+        os.close(moved_fd)
         try:
             hostfs.chown_root(root, box.dataset, USER, USER, 0o750)
             with pytest.raises(UnsafePathError):
