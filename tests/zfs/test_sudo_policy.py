@@ -23,7 +23,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from dsg_storage import hostfs
+from dsg_storage import AllowList, hostfs
 from dsg_storage.core.options import Owner
 from dsg_storage.errors import NotAllowedError, UnsafePathError
 from dsg_storage.policy import DEFAULT_PATH, Policy
@@ -120,7 +120,8 @@ def cli(*args: str, sudo: bool = True, env: dict[str, str] | None = None) -> sub
 
 def refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
     assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
-    assert result.stderr.startswith("dsg-storage: ") and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dsg-storage: ") and "Traceback" not in result.stderr, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
 
@@ -163,7 +164,7 @@ def test_a_mountpoint_outside_the_policy_such_as_etc_is_refused(box: Box) -> Non
     after = os.stat("/etc")
     assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode) == (0, before.st_mode)
     assert not box.exists() and "/etc" not in [p for ps in zfs_mounts().values() for p in ps]
-    assert not any(n.startswith(box.dataset) for n in Zfs().children(PARENT))
+    assert not any(n.startswith(box.dataset) for n in Zfs(AllowList()).children(PARENT))
 
 
 def test_an_owner_other_than_the_invoking_user_is_refused(box: Box) -> None:
@@ -192,7 +193,7 @@ def test_steering_variables_are_ignored_under_sudo(box: Box, tmp_path: Path) -> 
         env={"DSG_STORAGE_LOCK_DIR": str(lock_dir), "DSG_STORAGE_CRASH_AT": "begin:1", "TMPDIR": str(USER_OUT)},
     )
     assert result.returncode == 0, result.stderr  # not killed by the crash hook
-    assert "ignoring DSG_STORAGE_CRASH_AT, DSG_STORAGE_LOCK_DIR, TMPDIR" in result.stderr
+    assert "dsg-storage: run through sudo, ignoring DSG_STORAGE_CRASH_AT, DSG_STORAGE_LOCK_DIR, TMPDIR" in result.stderr
     assert not lock_dir.exists()
     assert cli("rollback", box.dataset, json.loads(result.stdout)["tx"]).returncode == 0
 
@@ -286,10 +287,10 @@ def test_reads_never_follow_a_link_planted_in_the_repository(box: Box) -> None:
 def test_properties_that_steer_root_are_checked_against_the_policy(box: Box) -> None:
     make_repo(box)
     policy = Policy.load(DEFAULT_PATH, invoker=Owner(USER, USER))
-    props = Zfs().get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner", "dsg-storage:mode"]) or {}
+    props = Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner", "dsg-storage:mode"]) or {}
     policy.check_repository_props(box.dataset, props)
     subprocess.run(["zfs", "set", "dsg-storage:mountpoint=/etc", box.dataset], check=True)
-    props = Zfs().get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner"]) or {}
+    props = Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner"]) or {}
     with pytest.raises(NotAllowedError, match="dsg-storage:mountpoint"):
         policy.check_repository_props(box.dataset, props)
 

@@ -78,8 +78,6 @@ from ..transfer.format import BundleInfo
 from ..zfs.boundary import Zfs
 from .sudo import Invocation
 
-log = logging.getLogger("dsg_storage.cli")
-
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
 READ_COMMANDS = ("repos", "history", "ls", "stat", "cat")
@@ -538,8 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         inv = Invocation.from_environment(os.environ)
-        if inv.ignored:
-            log.warning("run through sudo: ignoring %s", ", ".join(inv.ignored))
+        if inv.ignored:  # said once, on stderr, so a caller relying on them learns why
+            print(f"dsg-storage: run through sudo, ignoring {', '.join(inv.ignored)}", file=sys.stderr)
         allow = inv.allow(AllowList.parse(args.allow))
         return _run(args, allow, inv)
     except DsgStorageError as exc:
