@@ -42,6 +42,7 @@ from .errors import (
     NoSpaceError,
     NotABundleError,
     NotAllowedError,
+    PolicyError,
     PoolForeignError,
     PoolNotFoundError,
     PoolOpenError,
@@ -54,9 +55,11 @@ from .errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
     TransactionStateError,
+    UnsafePathError,
     ZfsError,
     ZfsUnavailableError,
 )
+from .policy import Policy, check_repository_props
 from .queue import Item, ItemState, Kind, Queue, RetryPolicy
 from .read.cache import ReadCache
 from .read.offline import open_offline
@@ -112,6 +115,8 @@ __all__ = [
     "Pattern",
     "PendingTransaction",
     "Phase",
+    "Policy",
+    "PolicyError",
     "PoolForeignError",
     "PoolNotFoundError",
     "PoolOpenError",
@@ -134,11 +139,13 @@ __all__ = [
     "TransactionInProgressError",
     "TransactionNotFoundError",
     "TransactionStateError",
+    "UnsafePathError",
     "ZfsError",
     "ZfsUnavailableError",
     "__version__",
     "begin",
     "check_lock",
+    "check_repository_props",
     "compare_lock",
     "dump_lock",
     "export_bundle",

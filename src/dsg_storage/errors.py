@@ -52,6 +52,11 @@ class UnsafePathError(NotAllowedError):
     must stay beneath, or through a directory someone else controls. Nothing was touched."""
 
 
+class PolicyError(NotAllowedError):
+    """The sudo policy file is missing where one is required, unsafe (not root's,
+    writable by others, reached through a link) or malformed. Nothing was done."""
+
+
 class ZfsError(DsgStorageError, OSError):
     """A ZFS operation failed for a reason without a more precise class below."""
 

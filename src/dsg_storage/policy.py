@@ -38,7 +38,9 @@ from . import hostfs
 from .core.allow import AllowList
 from .core.names import prop
 from .core.options import Owner, check_mountpoint, parse_mode
-from .errors import DsgStorageError, InvalidArgumentError, NotAllowedError, UnsafePathError
+from .errors import DsgStorageError, InvalidArgumentError, NotAllowedError, PolicyError, UnsafePathError
+
+__all__ = ["DEFAULT_PATH", "EXAMPLE", "Policy", "PolicyError", "check_repository_props", "invoker_from_env"]
 
 DEFAULT_PATH = "/etc/dsg-storage/policy.toml"
 INVOKER = "invoker"
@@ -61,11 +63,6 @@ allow = ["invoker"]
 [output]
 under = ["/home"]
 """
-
-
-class PolicyError(NotAllowedError):
-    """The policy file is missing where one is required, unsafe (not root's, writable by
-    others, reached through a link) or malformed. Nothing was done."""
 
 
 def _strings(value: list[Any], where: str) -> tuple[str, ...]:

@@ -287,7 +287,10 @@ def test_reads_never_follow_a_link_planted_in_the_repository(box: Box) -> None:
 def test_properties_that_steer_root_are_checked_against_the_policy(box: Box) -> None:
     make_repo(box)
     policy = Policy.load(DEFAULT_PATH, invoker=Owner(USER, USER))
-    props = Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner", "dsg-storage:mode"]) or {}
+    props = (
+        Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner", "dsg-storage:mode"])
+        or {}
+    )
     policy.check_repository_props(box.dataset, props)
     subprocess.run(["zfs", "set", "dsg-storage:mountpoint=/etc", box.dataset], check=True)
     props = Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner"]) or {}

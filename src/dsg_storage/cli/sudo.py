@@ -13,6 +13,8 @@ Under sudo:
 - files the command writes are created as the invoking user, beneath the policy's
   ``[output] under``, never through a link, never replacing a file without ``--force``;
 - files it reads (bundles, lock files) are opened as the invoking user.
+
+Nothing here changes state; a crash leaves only what the command itself left.
 """
 
 from __future__ import annotations
