@@ -231,10 +231,13 @@ class Queue:
             db.execute("DELETE FROM items WHERE id = ?", (item_id,))
         return item
 
-    def run(self, zfs: Zfs, *, due_only: bool = True) -> list[Item]:
+    def run(self, zfs: Zfs, *, due_only: bool = True, only_allowed: bool = False) -> list[Item]:
         """Attempt every pending item that is due (every pending one with ``due_only``
         off); return the items as they are afterwards. One runner at a time (a lock
-        beside the database), so two runners never apply the same item at once."""
+        beside the database), so two runners never apply the same item at once.
+
+        With ``only_allowed``, items outside ``zfs.allow`` are left alone (pending) instead
+        of being attempted and marked dead: a caller through sudo runs only its own."""
         dirfd = hostfs.private_dir(str(self.path.parent))
         try:
             lock_fd = hostfs.private_file(dirfd, f"{self.path.name}.lock")
@@ -252,6 +255,8 @@ class Queue:
             # that depends on it is gone): while a pass makes progress, retry the rest.
             results: dict[int, Item] = {}
             remaining = [_item(row) for row in rows]
+            if only_allowed:
+                remaining = [item for item in remaining if zfs.allow.allows(item.target)]
             while remaining:
                 retry = []
                 for item in remaining:

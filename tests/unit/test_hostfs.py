@@ -249,3 +249,36 @@ def test_output_file_as_the_invoking_user_is_theirs_and_only_where_they_may_writ
     (home / "etc").symlink_to(tmp_path)
     with pytest.raises(UnsafePathError):
         hostfs.OutputFile(home / "etc" / "x", owner=(NOBODY, NOBODY)).open()
+
+
+def test_state_file_modes_in_a_queue_and_a_cache(tmp_path: Path) -> None:
+    from dsg_storage import Queue, ReadCache
+
+    with Queue(tmp_path / "state" / "q.sqlite") as queue:
+        queue.add_snapshot("tank/a@s")
+    cache = ReadCache(tmp_path / "cache" / "c.sqlite")
+    cache.record("history", "tank/a", [])
+    cache.close()
+    for path in (tmp_path / "state", tmp_path / "cache"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        for file in path.iterdir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePathError):
+        Queue(tmp_path / "link" / "q.sqlite")
+
+
+def test_a_planted_link_at_a_repository_lock_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsg_storage.core.lock import ENV_VAR, repository_lock
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "locks"))
+    with repository_lock("tank/a"):
+        pass
+    assert stat.S_IMODE((tmp_path / "locks" / "tank%a.lock").stat().st_mode) == 0o600
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    (tmp_path / "locks" / "tank%b.lock").symlink_to(victim)
+    with pytest.raises(UnsafePathError), repository_lock("tank/b"):
+        pass
+    assert victim.read_text() == "x"

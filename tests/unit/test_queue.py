@@ -144,3 +144,14 @@ def test_one_run_finishes_a_chain_of_dependent_items(queue: Queue) -> None:
     items = queue.run(zfs)  # type: ignore[arg-type]
     assert [(i.target, i.state) for i in items] == [("tank/a@s", ItemState.DONE), ("tank/clone", ItemState.DONE)]
     assert zfs.destroyed == ["tank/clone", "tank/a@s"]
+
+
+def test_a_runner_limited_to_its_allow_list_leaves_other_items_pending(queue: Queue) -> None:
+    """Through sudo, gc runs only the caller's items: others are not attempted, not killed."""
+    zfs = FakeZfs()
+    zfs.allow = AllowList(("tank/a",))
+    zfs.existing |= {"tank/b", "tank/b@s"}
+    mine, theirs = queue.add_destroy("tank/a@s"), queue.add_destroy("tank/b@s")
+    (after,) = queue.run(zfs, only_allowed=True)  # type: ignore[arg-type]
+    assert (after.id, after.state) == (mine.id, ItemState.DONE)
+    assert queue.get(theirs.id).state is ItemState.PENDING and queue.get(theirs.id).attempts == 0

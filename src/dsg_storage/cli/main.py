@@ -510,7 +510,7 @@ def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> i
             item = queue.drop(args.id)
             _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
         else:  # flush or gc
-            items = queue.run(Zfs(allow), due_only=action == "gc")
+            items = queue.run(Zfs(allow), due_only=action == "gc", only_allowed=inv.sudo)
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
     return 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Iterator, MutableMapping
 
 import attrs
@@ -139,6 +140,8 @@ class Invocation:
         except OSError as exc:
             raise InvalidArgumentError(f"{path}: {exc.strerror}") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or worse
+                raise InvalidArgumentError(f"{path} is not a regular file")
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
