@@ -330,11 +330,14 @@ def remove_mount_dir(parent_fd: int, name: str) -> bool:
 
 
 # ---------------------------------------------------------------------- state files
-def private_dir(path: str) -> int:
+def private_dir(path: str, *, narrow: bool = True) -> int:
     """A descriptor for directory ``path``, created (mode 0700, missing parents too) if
     missing, refused unless every directory above it is the current user's or root's and
-    writable by nobody else (sticky ones excepted), and it itself is the current user's;
-    its mode is narrowed to 0700 if it was wider."""
+    writable by nobody else (sticky ones excepted), and it itself is the current user's.
+    An existing one wider than 0700 is narrowed to 0700 (state directories of our own,
+    e.g. a ``/var/lib/dsg-storage`` an older version made 0755); with ``narrow`` off (a
+    directory the user chose, such as their home for a cache) it is left as it is, and
+    refused only if group or others may write to it."""
     me = os.geteuid()
     parts = _components(_absolute(path))
     trusted = {0, me}
@@ -357,8 +360,10 @@ def private_dir(path: str) -> int:
             if last:
                 if st.st_uid != me:
                     raise UnsafePathError(f"{where} is owned by uid {st.st_uid}, not by uid {me}")
-                if stat.S_IMODE(st.st_mode) & 0o077:
+                if narrow and stat.S_IMODE(st.st_mode) & 0o077:
                     os.fchmod(current, 0o700)
+                elif _is_writable_by_others(st):
+                    raise UnsafePathError(f"{where} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
             else:
                 _check_dir(st, where, trusted, last=False)
         result, current = current, -1
@@ -390,13 +395,13 @@ def private_file(dirfd: int, name: str, flags: int = os.O_RDWR) -> int:
     return fd
 
 
-def private_path(path: str | os.PathLike[str]) -> str:
+def private_path(path: str | os.PathLike[str], *, narrow: bool = True) -> str:
     """For libraries that open by name (SQLite): check/create the directory of ``path``
     with ``private_dir``, create the file with ``private_file``, and return the path.
     Only the current user (and root) can change that directory, so the name stays ours."""
     full = os.path.abspath(os.fspath(path))
     parent, name = posixpath.split(full)
-    dirfd = private_dir(parent)
+    dirfd = private_dir(parent, narrow=narrow)
     try:
         os.close(private_file(dirfd, name))
     finally:

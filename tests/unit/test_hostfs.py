@@ -259,6 +259,13 @@ def test_state_file_modes_in_a_queue_and_a_cache(tmp_path: Path) -> None:
     cache = ReadCache(tmp_path / "cache" / "c.sqlite")
     cache.record("history", "tank/a", [])
     cache.close()
+    (tmp_path / "home").mkdir(mode=0o755)
+    ReadCache(tmp_path / "home" / "c.sqlite").close()
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o755  # a user's own place keeps its mode
+    assert stat.S_IMODE((tmp_path / "home" / "c.sqlite").stat().st_mode) == 0o600
+    (tmp_path / "home").chmod(0o777)
+    with pytest.raises(UnsafePathError, match="writable by others"):
+        ReadCache(tmp_path / "home" / "d.sqlite")
     for path in (tmp_path / "state", tmp_path / "cache"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
         for file in path.iterdir():

@@ -34,7 +34,8 @@ class CachedRead:
 class ReadCache:
     """SQLite file at ``path`` (or ``$DSG_STORAGE_CACHE``) holding the last copy of each read.
 
-    The file is 0600 in a directory only its user can change (``hostfs.private_path``).
+    The file is 0600 in a directory only its user can change (``hostfs.private_path``;
+    the directory's mode is checked, not changed).
     With ``owner`` (uid, gid), every access runs as that user (``hostfs.as_user``): under
     sudo the cache is the invoking user's file, in a place they can write, never root's."""
 
@@ -51,7 +52,7 @@ class ReadCache:
         self.clock = clock
         self.owner = owner
         with self._as_owner():
-            self.path = Path(hostfs.private_path(path))
+            self.path = Path(hostfs.private_path(path, narrow=False))  # a place the user chose: keep its mode
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
