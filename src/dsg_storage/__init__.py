@@ -16,7 +16,7 @@ from .core.options import Owner
 from .core.prune import PruneResult, mark_keep, prune
 from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
 from .core.repository import Repository, begin
-from .core.retention import Policy
+from .core.retention import Policy as RetentionPolicy
 from .core.retention import plan as plan_retention
 from .core.transaction import Transaction
 from .errors import (
@@ -38,6 +38,7 @@ from .errors import (
     NoSpaceError,
     NotABundleError,
     NotAllowedError,
+    PolicyError,
     PoolForeignError,
     PoolNotFoundError,
     PoolOpenError,
@@ -51,9 +52,11 @@ from .errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
     TransactionStateError,
+    UnsafePathError,
     ZfsError,
     ZfsUnavailableError,
 )
+from .policy import Policy, check_repository_props
 from .queue import Item, ItemState, Kind, Queue, RetryPolicy
 from .read.cache import ReadCache
 from .read.offline import open_offline
@@ -113,6 +116,7 @@ __all__ = [
     "PendingTransaction",
     "Phase",
     "Policy",
+    "PolicyError",
     "PoolForeignError",
     "PoolNotFoundError",
     "PoolOpenError",
@@ -130,6 +134,7 @@ __all__ = [
     "RepositoryNotFoundError",
     "RepositoryStatus",
     "RepositoryView",
+    "RetentionPolicy",
     "RetryPolicy",
     "State",
     "Transaction",
@@ -137,11 +142,13 @@ __all__ = [
     "TransactionInProgressError",
     "TransactionNotFoundError",
     "TransactionStateError",
+    "UnsafePathError",
     "ZfsError",
     "ZfsUnavailableError",
     "__version__",
     "begin",
     "check_lock",
+    "check_repository_props",
     "compare_lock",
     "dump_lock",
     "export_bundle",

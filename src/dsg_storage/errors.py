@@ -47,6 +47,16 @@ class NotAllowedError(DsgStorageError, PermissionError):
     errno_code = _errno.EPERM
 
 
+class UnsafePathError(NotAllowedError):
+    """A path root would act on leads through a symbolic link, out of the directory it
+    must stay beneath, or through a directory someone else controls. Nothing was touched."""
+
+
+class PolicyError(NotAllowedError):
+    """The sudo policy file is missing where one is required, unsafe (not root's,
+    writable by others, reached through a link) or malformed. Nothing was done."""
+
+
 class ZfsError(DsgStorageError, OSError):
     """A ZFS operation failed for a reason without a more precise class below."""
 

@@ -3,7 +3,8 @@
 Items are destroys that a commit or rollback could not do yet (a dependent clone, a
 hold, a busy mount) and snapshots requested while their pool was away. They live in a
 local SQLite database (``$DSG_STORAGE_QUEUE``, default
-``/var/lib/dsg-storage/queue.sqlite``): a request made while the pool is exported has
+``/var/lib/dsg-storage/queue.sqlite``; mode 0600 in a directory only its user can
+change, ``hostfs.private_dir``): a request made while the pool is exported has
 nowhere else to go, and one store keeps the order and the attempts of every item. What a
 deferred destroy is about is also visible in the pool itself (``.dsg-old-`` datasets and
 ``@dsg-base-`` snapshots), which recovery retries on any host that imports it.
@@ -42,6 +43,7 @@ from typing import Any, Self
 import attrs
 import tenacity
 
+from . import hostfs
 from . import names as _names
 from .errors import (
     DatasetBusyError,
@@ -169,7 +171,9 @@ class Queue:
         if self.max_pending < 1:
             raise InvalidArgumentError(f"max_pending must be at least 1, not {self.max_pending}")
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A directory only we can change, a 0600 file: SQLite then opens it (and its -wal
+        # and -shm, which it creates with the database's mode) by a name nobody can redirect.
+        self.path = Path(hostfs.private_path(self.path))
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -274,17 +278,29 @@ class Queue:
             rows = self._db.execute(query + " ORDER BY id").fetchall()
         return [item for item in map(_item, rows) if pool is None or _names.pool_of(item.target) == pool]
 
-    def run(self, zfs: ZfsPort, *, due_only: bool = True, pool: str | None = None) -> list[Item]:
+    def run(
+        self, zfs: ZfsPort, *, due_only: bool = True, pool: str | None = None, only_allowed: bool = False
+    ) -> list[Item]:
         """Attempt every pending item that is due (every pending one with ``due_only``
         off), only those on ``pool`` if given; return the items as they are afterwards.
         One runner at a time (a lock beside the database), so two runners never apply
-        the same item at once."""
-        with open(f"{self.path}.lock", "w") as lock:
+        the same item at once.
+
+        With ``only_allowed``, items outside ``zfs.allow`` are left alone (pending) instead
+        of being attempted and marked dead: a caller through sudo runs only its own."""
+        dirfd = hostfs.private_dir(str(self.path.parent))
+        try:
+            lock_fd = hostfs.private_file(dirfd, f"{self.path.name}.lock")
+        finally:
+            os.close(dirfd)
+        with os.fdopen(lock_fd, "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             # Items can depend on each other (a snapshot is destroyable once the clone
             # that depends on it is gone): while a pass makes progress, retry the rest.
             results: dict[int, Item] = {}
             remaining = self.due(due_only=due_only, pool=pool)
+            if only_allowed:
+                remaining = [item for item in remaining if zfs.allow.allows(item.target)]
             while remaining:
                 retry = []
                 for item in remaining:

@@ -213,3 +213,14 @@ def test_queue_flush_dry_run_lists_the_steps_and_changes_nothing(
     ]
     with Queue(path) as queue:
         assert queue.items() == before
+
+
+def test_a_runner_limited_to_its_allow_list_leaves_other_items_pending(queue: Queue) -> None:
+    """Through sudo, gc runs only the caller's items: others are not attempted, not killed."""
+    zfs = FakeZfs()
+    zfs.allow = AllowList(("tank/a",))
+    zfs.existing |= {"tank/b", "tank/b@s"}
+    mine, theirs = queue.add_destroy("tank/a@s"), queue.add_destroy("tank/b@s")
+    (after,) = queue.run(zfs, only_allowed=True)  # type: ignore[arg-type]
+    assert (after.id, after.state) == (mine.id, ItemState.DONE)
+    assert queue.get(theirs.id).state is ItemState.PENDING and queue.get(theirs.id).attempts == 0

@@ -10,6 +10,9 @@ from ..core.repository import Repository
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 
+#: The only pool in which ``dsg-storage demo`` adds its ``--parent`` to the allow-list.
+DEMO_POOL = "dsgtest"
+
 
 def _say(text: str) -> None:
     print(text, flush=True)

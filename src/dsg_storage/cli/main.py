@@ -16,6 +16,11 @@ Read commands (``repos``, ``history``, ``ls``, ``stat``, ``cat``) work live or, 
 They always show how they read: ``access: live|offline ...`` on stderr, and an
 ``"access"`` field in every ``--json`` record (``"cached"``/``"cached_at"`` too when
 served from the read cache).
+
+Run through sudo (``SUDO_UID`` set), every command needs the root-owned policy file
+``/etc/dsg-storage/policy.toml`` and stays inside it (``cli/sudo.py``): ``--allow`` only
+narrows it, ``DSG_STORAGE_*`` variables are ignored, output files are written as the
+invoking user and replace nothing without ``--force``. A refusal is exit status 3.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from ..transfer.format import BundleInfo
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from . import operations
+from .sudo import Invocation
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
@@ -176,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--snapshot", metavar="SNAP", help="last snapshot to carry (default: the latest)")
     b.add_argument("--since", metavar="SNAP", help="make an incremental bundle from this base")
     b.add_argument("-o", "--output", required=True, metavar="FILE")
+    b.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
     b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)")
     b.add_argument("file")
     b = bundle_sub.add_parser("verify", help="check a bundle's structure and every checksum")
@@ -188,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lock", help="write a lock file: the repository's commits with their GUIDs")
     p.add_argument("repo")
     p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    p.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
 
     p = sub.add_parser("verify", help="does the repository match a lock file?")
     p.add_argument("--lock", required=True, metavar="FILE")
@@ -273,8 +281,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=None, sort_keys=True) if args.json else text)
 
 
-def _reader(args: argparse.Namespace, allow: AllowList) -> Reader:
-    cache = ReadCache(args.cache) if (args.cache or os.environ.get(CACHE_ENV)) else None
+def _reader(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> Reader:
+    cache_path = inv.cache_path(args.cache or os.environ.get(CACHE_ENV))
+    cache = ReadCache(cache_path, owner=inv.cache_owner) if cache_path else None
     if args.cached and cache is None:
         raise InvalidArgumentError(f"--cached needs a read cache: --cache FILE or ${CACHE_ENV}")
     if args.offline:
@@ -345,9 +354,25 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, allow: AllowList) -> int:
+def _check_sudo(args: argparse.Namespace, inv: Invocation) -> None:
+    """Under sudo: what the policy forbids outright, and every dataset named on the command line."""
+    if not inv.sudo:
+        return
+    if args.offline:
+        inv.refuse("--offline (it imports pools from files the caller names)")
+    if args.command == "demo":
+        inv.refuse("demo (it creates and chowns datasets of its own)")
+    if args.command == "repos" and not args.under:
+        raise InvalidArgumentError("say under which dataset to list repositories")
+    for name in (getattr(args, "repo", None), getattr(args, "into", None), getattr(args, "under", None)):
+        inv.check_dataset(name)
+
+
+def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = None) -> int:
+    inv = inv or Invocation()
+    _check_sudo(args, inv)
     if args.command in READ_COMMANDS:
-        with _reader(args, allow) as reader:
+        with _reader(args, allow, inv) as reader:
             return _run_read(args, reader)
     if args.offline:
         if args.command == "status":
@@ -356,23 +381,27 @@ def _run(args: argparse.Namespace, allow: AllowList) -> int:
             f"'{args.command}' changes the pool, and --offline access is read-only: nothing was changed"
         )
     if args.command == "bundle":
-        return _run_bundle(args, allow)
+        return _run_bundle(args, allow, inv)
     if args.command in ("lock", "verify"):
-        return _run_lock(args, allow)
+        return _run_lock(args, allow, inv)
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import DEMO_POOL, run_demo
 
-        run_demo(args.parent, args.mount_dir, allow | AllowList((args.parent,)))
+        # The demo may add its own parent to the allow-list only inside the test pool.
+        own = AllowList((args.parent,)) if args.parent.split("/", 1)[0] == DEMO_POOL else AllowList()
+        run_demo(args.parent, args.mount_dir, allow | own)
         return 0
     if args.command in ("queue", "gc"):
-        return _run_queue(args, allow)
+        return _run_queue(args, allow, inv)
     if args.command in operations.COMMANDS:
-        return operations.run(args, allow, _emit)
+        return operations.run(args, allow, _emit, inv)
     repo = Repository(args.repo, allow=allow)
     if args.command == "snapshot":
         return _snapshot(args, repo)
     if args.command == "begin":
-        tx = repo.begin(mountpoint=args.mountpoint, owner=args.owner, mode=args.mode)
+        mountpoint = inv.mountpoint(args.mountpoint)
+        owner = inv.owner(args.owner, creating=args.mountpoint is not None)
+        tx = repo.begin(mountpoint=mountpoint, owner=owner, mode=args.mode)
         _emit(
             args, {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path}, f"{tx.id}\t{tx.pattern.value}\t{tx.path}"
         )
@@ -421,17 +450,25 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
     }
 
 
-def _run_bundle(args: argparse.Namespace, allow: AllowList) -> int:
+def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
     action = args.bundle_command
     if action == "export":
         progress = None if args.json else write_progress(label="export")
-        info = export_bundle(args.repo, args.output, snapshot=args.snapshot, since=args.since, progress=progress)
+        output = inv.output(args.output, force=args.force)
+        info = export_bundle(args.repo, output, snapshot=args.snapshot, since=args.since, progress=progress)
         _emit(args, _bundle_json(args.output, info), "\n".join(describe_bundle(info)))
-    elif action == "inspect":
-        info = inspect_bundle(args.file)
+        return 0
+    with inv.input(args.file) as path:
+        return _run_bundle_file(args, allow, inv, path)
+
+
+def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation, path: str) -> int:
+    action = args.bundle_command
+    if action == "inspect":
+        info = inspect_bundle(path)
         _emit(args, _bundle_json(args.file, info), "\n".join(describe_bundle(info)))
     elif action == "verify":
-        info = verify_bundle(args.file, progress=None if args.json else write_progress(label="verify"))
+        info = verify_bundle(path, progress=None if args.json else write_progress(label="verify"))
         _emit(
             args,
             {**_bundle_json(args.file, info), "ok": True},
@@ -439,7 +476,12 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList) -> int:
         )
     else:
         progress = None if args.json else write_progress(label="verify+import")
-        result = import_bundle(args.file, args.into, mountpoint=args.mountpoint, allow=allow, progress=progress)
+        mountpoint = inv.mountpoint(args.mountpoint)
+        if inv.sudo:  # the owner a full bundle carries is the bundle maker's word: check it
+            owner = inspect_bundle(path).metadata.get("owner")
+            if isinstance(owner, str) and args.mountpoint:
+                inv.owner(owner, creating=True)
+        result = import_bundle(path, args.into, mountpoint=mountpoint, allow=allow, progress=progress)
         _emit(
             args,
             attrs.asdict(result),
@@ -448,10 +490,15 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList) -> int:
     return 0
 
 
-def _run_lock(args: argparse.Namespace, allow: AllowList) -> int:
+def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
     repo = Repository(args.repo, allow=allow)
     if args.command == "lock":
-        lock = write_lock(repo.name, args.output)
+        if args.output and inv.sudo:
+            lock = write_lock(repo.name)
+            with inv.output(args.output, force=args.force) as out:
+                os.write(out.fd, lockfile.dumps(lock).encode())
+        else:
+            lock = write_lock(repo.name, args.output)
         if args.output:
             _emit(
                 args,
@@ -461,7 +508,8 @@ def _run_lock(args: argparse.Namespace, allow: AllowList) -> int:
         else:
             sys.stdout.write(lockfile.dumps(lock))
         return 0
-    diff = check_lock(args.lock, repo.name)
+    with inv.input(args.lock) as path:
+        diff = check_lock(path, repo.name)
     as_json = {
         "repository": repo.name,
         "lock": args.lock,
@@ -501,7 +549,7 @@ def _item_line(item: Item, now: float) -> str:
     ).rstrip()
 
 
-def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
+def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
     with Queue() as queue:
         now = queue.clock()
         action = "gc" if args.command == "gc" else args.queue_command
@@ -519,6 +567,7 @@ def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
                 f"max_pending={stats['max_pending']} free={stats['free']}",
             )
         elif action == "drop":
+            inv.check_dataset(queue.get(args.id).target)
             item = queue.drop(args.id)
             _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
         elif args.dry_run:  # flush or gc, planned only
@@ -526,7 +575,7 @@ def _run_queue(args: argparse.Namespace, allow: AllowList) -> int:
             steps = [{**_item_json(i, now), "step": f"{i.kind.value} {i.target}"} for i in items]
             _emit(args, steps, "\n".join(f"would {s['step']} (item {s['id']})" for s in steps) or "nothing to do")
         else:  # flush or gc
-            items = queue.run(open_zfs(allow), due_only=action == "gc", pool=args.queue_pool)
+            items = queue.run(open_zfs(allow), due_only=action == "gc", pool=args.queue_pool, only_allowed=inv.sudo)
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
     return 0
 
@@ -551,8 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
-        allow = AllowList.from_env() | AllowList.parse(args.allow)
-        return _run(args, allow)
+        inv = Invocation.from_environment(os.environ)
+        if inv.ignored:  # said once, on stderr, so a caller relying on them learns why
+            print(f"dsg-storage: run through sudo, ignoring {', '.join(inv.ignored)}", file=sys.stderr)
+        allow = inv.allow(AllowList.parse(args.allow))
+        return _run(args, allow, inv)
     except DsgStorageError as exc:
         print(f"dsg-storage: {exc}", file=sys.stderr)
         if isinstance(exc, InvalidNameError | InvalidArgumentError):
@@ -579,3 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:  # a file asked of ls/stat/cat
         print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except FileExistsError as exc:  # an output file, through sudo without --force
+        print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionError as exc:  # an output file the invoking user may not write
+        print(f"dsg-storage: {exc.filename}: {exc.strerror} (as the invoking user)", file=sys.stderr)
+        return EXIT_NOT_ALLOWED

@@ -15,12 +15,13 @@ from .. import hooks, metrics
 from ..core.prune import PruneResult, mark_keep, prune, save_policy
 from ..core.repository import Repository
 from ..core.retention import PERIODS, Policy
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NotAllowedError
 from ..queue import Queue
 from ..read.cache import ENV as CACHE_ENV
 from ..read.cache import ReadCache
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
+from .sudo import Invocation
 
 COMMANDS = ("prune", "keep", "metrics", "install-hooks", "cache")
 Emit = Callable[[argparse.Namespace, Any, str], None]
@@ -76,7 +77,11 @@ def add_parsers(sub: Any) -> None:
     clear.add_argument("--kind", choices=("history", "repositories"), help="only this kind")
 
 
-def run(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Invocation) -> int:
+    if inv.sudo and args.command in ("install-hooks", "cache"):
+        # Hooks are programs root runs later, the cache a file of root's: neither is the
+        # caller's to write through sudo (the policy grants transactions on repositories).
+        raise NotAllowedError(f"'{args.command}' is not available through sudo: run it as root")
     if args.command == "prune":
         return _prune(args, allow, emit)
     if args.command == "keep":

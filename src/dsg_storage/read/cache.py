@@ -11,6 +11,7 @@ the previous or the new copy of a read, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from .. import hostfs
 from ..errors import CacheMissError
 
 ENV = "DSG_STORAGE_CACHE"
@@ -58,31 +60,50 @@ class CacheStats:
 
 
 class ReadCache:
-    """SQLite file at ``path`` (or ``$DSG_STORAGE_CACHE``) holding the last copy of each read."""
+    """SQLite file at ``path`` (or ``$DSG_STORAGE_CACHE``) holding the last copy of each read.
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    The file is 0600 in a directory only its user can change (``hostfs.private_path``;
+    the directory's mode is checked, not changed).
+    With ``owner`` (uid, gid), every access runs as that user (``hostfs.as_user``): under
+    sudo the cache is the invoking user's file, in a place they can write, never root's."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         path = path or os.environ.get(ENV)
         if not path:
             raise CacheMissError(f"no read cache configured (pass a path or set {ENV})")
-        self.path = Path(path)
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS reads (kind TEXT, key TEXT, payload TEXT, taken_at TEXT, PRIMARY KEY (kind, key))"
-        )
+        self.owner = owner
+        with self._as_owner():
+            self.path = Path(hostfs.private_path(path, narrow=False))  # a place the user chose: keep its mode
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS reads "
+                "(kind TEXT, key TEXT, payload TEXT, taken_at TEXT, PRIMARY KEY (kind, key))"
+            )
+
+    def _as_owner(self) -> contextlib.AbstractContextManager[None]:
+        return hostfs.as_user(*self.owner) if self.owner else contextlib.nullcontext()
 
     def record(self, kind: str, key: str, payload: Any) -> None:
         taken = datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds")
-        with self._db:
+        with self._as_owner(), self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO reads VALUES (?, ?, ?, ?)",
                 (kind, key, json.dumps(payload, sort_keys=True), taken),
             )
 
     def get(self, kind: str, key: str) -> CachedRead:
-        row = self._db.execute("SELECT payload, taken_at FROM reads WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        with self._as_owner():
+            row = self._db.execute(
+                "SELECT payload, taken_at FROM reads WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
         if row is None:
             raise CacheMissError(f"the read cache {self.path} holds no {kind} of {key}", hint="read it live once first")
         return CachedRead(json.loads(row[0]), row[1])
@@ -104,4 +125,5 @@ class ReadCache:
         return int(cursor.rowcount)
 
     def close(self) -> None:
-        self._db.close()
+        with self._as_owner():
+            self._db.close()

@@ -17,15 +17,17 @@ private read-only mounts are left (``/tmp/dsg-storage-read-*``), which change no
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import stat as stat_
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Self
 
 import attrs
 
+from .. import hostfs
 from .. import names as _names
 from ..core.history import find_snapshot, lineage
 from ..core.records import Commit, commits_of
@@ -37,6 +39,7 @@ from ..errors import (
     InvalidArgumentError,
     ReadOnlyError,
     RepositoryNotFoundError,
+    UnsafePathError,
     ZfsError,
 )
 from ..names import P_MODE, P_OWNER
@@ -92,6 +95,18 @@ class RepositoryInfo:
     mode: str | None
     commits: int
     last_commit: str | None  # short snapshot name
+
+
+def _entry_at(dirfd: int, name: str, rel: str) -> FileEntry:
+    """The entry ``name`` of ``dirfd`` ("" for the directory itself), never following a link."""
+    st = os.stat(name or ".", dir_fd=dirfd, follow_symlinks=False)
+    target = os.readlink(name, dir_fd=dirfd) if name and stat_.S_ISLNK(st.st_mode) else None
+    return FileEntry.of(rel, st, target)
+
+
+def _open_root(path: str) -> int:
+    """A private mount directory we made (mkdtemp, 0700): nobody else could have swapped it."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def commit_to_json(commit: Commit) -> dict[str, Any]:
@@ -230,49 +245,95 @@ class Reader:
         return [attrs.evolve(c, snapshot=self._outside(f"{incore}@{c.name}")) for c in commits_of(snapshots)]
 
     def files(self, repo: str, path: str = "", *, commit: str | None = None) -> list[FileEntry]:
-        """Every file at or below ``path`` in ``commit`` (default: the head), sorted by path."""
-        root = self._root(repo, commit)
-        top = self._resolve(root, path)
-        entries = [self._entry(root, top)]
-        if entries[0].type == "dir":
-            for dirpath, dirnames, filenames in os.walk(top):
-                dirnames.sort()
-                for name in sorted(dirnames + filenames):
-                    entries.append(self._entry(root, os.path.join(dirpath, name)))
+        """Every file at or below ``path`` in ``commit`` (default: the head), sorted by path.
+        Nothing outside the repository is looked at: no symbolic link is followed."""
+        with self._beneath(repo, commit, path) as (parent, name, rel):
+            entries = [_entry_at(parent, name, rel)]
+            if entries[0].type == "dir":
+                top = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    # fwalk never follows a link and opens each directory it descends into
+                    # relative to its parent's descriptor, checking it is the one it listed.
+                    for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+                        dirnames.sort()
+                        for child in sorted(dirnames + filenames):
+                            child_rel = os.path.normpath(os.path.join(rel, dirpath, child))
+                            entries.append(_entry_at(dirfd, child, child_rel))
+                finally:
+                    os.close(top)
         return sorted(entries, key=lambda e: e.path)
 
     def stat(self, repo: str, path: str, *, commit: str | None = None) -> FileEntry:
-        root = self._root(repo, commit)
-        return self._entry(root, self._resolve(root, path))
+        """One file's entry; a symbolic link is reported as the link itself (lstat)."""
+        with self._beneath(repo, commit, path) as (parent, name, rel):
+            return _entry_at(parent, name, rel)
 
     def open(self, repo: str, path: str, *, commit: str | None = None) -> BinaryIO:
-        """A read-only binary file object for one file (the caller closes it)."""
-        root = self._root(repo, commit)
-        full = self._resolve(root, path)
-        real = os.path.realpath(full)
-        if real != root and not real.startswith(root.rstrip("/") + "/"):
-            raise InvalidArgumentError(f"{path} leads outside the repository (a symlink to {real})")
-        return open(real, "rb")
+        """A read-only binary file object for one regular file (the caller closes it),
+        opened beneath the repository's root without following any link, and read
+        through the very descriptor that was checked."""
+        with self._beneath(repo, commit, path) as (parent, name, _rel):
+            if not name:
+                raise InvalidArgumentError(f"{path or '.'} is a directory, not a file")
+            try:
+                probe = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            except FileNotFoundError:
+                raise FileNotFoundError(2, "no such file in the repository", path) from None
+            try:
+                st = os.fstat(probe)
+                if stat_.S_ISLNK(st.st_mode):
+                    raise InvalidArgumentError(
+                        f"{path} is a symbolic link to {os.readlink(name, dir_fd=parent)!r}: "
+                        "cat reads regular files only ('stat' shows the link)"
+                    )
+                if not stat_.S_ISREG(st.st_mode):
+                    raise InvalidArgumentError(f"{path} is not a regular file")
+                # Reopen the checked inode itself (never a name that could have changed).
+                fd = os.open(f"/proc/self/fd/{probe}", os.O_RDONLY | os.O_CLOEXEC)
+            finally:
+                os.close(probe)
+        return os.fdopen(fd, "rb")
 
     def read(self, repo: str, path: str, *, commit: str | None = None) -> bytes:
         with self.open(repo, path, commit=commit) as handle:
             return handle.read()
 
-    def _entry(self, root: str, full: str) -> FileEntry:
-        st = os.lstat(full)
-        rel = os.path.relpath(full, root)
-        target = os.readlink(full) if stat_.S_ISLNK(st.st_mode) else None
-        return FileEntry.of("" if rel == "." else rel, st, target)
-
-    @staticmethod
-    def _resolve(root: str, path: str) -> str:
+    @contextlib.contextmanager
+    def _beneath(self, repo: str, commit: str | None, path: str) -> Iterator[tuple[int, str, str]]:
+        """(descriptor of the directory holding ``path``, its last component or "" for the
+        root, the normalized relative path), resolved beneath the repository's root."""
+        if ".." in path.split("/"):
+            raise InvalidArgumentError(f"{path} leads outside the repository ('..' is not accepted)")
         norm = os.path.normpath("/" + path.lstrip("/")).lstrip("/")
-        if norm.split("/")[0] == "..":
-            raise InvalidArgumentError(f"{path} leads outside the repository")
-        full = os.path.join(root, norm) if norm and norm != "." else root
-        if not os.path.lexists(full):
-            raise FileNotFoundError(2, "no such file in the repository", path)
-        return full
+        norm = "" if norm in ("", ".") else norm
+        root = self._root(repo, commit)
+        # The head's own mount path may lie under directories its owner controls: reach it
+        # without links and check it is the dataset's root before reading anything below.
+        rootfd = hostfs.open_dir(root) if root not in self._mounts.values() else _open_root(root)
+        try:
+            source = self._incore(repo) if commit is None else f"{self._incore(repo)}@{commit.split('@', 1)[-1]}"
+            try:
+                hostfs.verify_dataset_root(rootfd, source)
+            except UnsafePathError as exc:
+                raise InvalidArgumentError(f"{root} is not {repo}'s root any more: {exc.message}") from None
+            dirname, name = os.path.split(norm)
+            try:
+                parent = hostfs.open_beneath(rootfd, dirname, os.O_RDONLY | os.O_DIRECTORY, base=repo)
+            except UnsafePathError as exc:
+                raise InvalidArgumentError(f"{path}: {exc.message} (links are not followed)") from None
+            except (FileNotFoundError, NotADirectoryError):
+                raise FileNotFoundError(2, "no such file in the repository", path) from None
+            try:
+                if name:
+                    try:
+                        os.stat(name, dir_fd=parent, follow_symlinks=False)
+                    except FileNotFoundError:
+                        raise FileNotFoundError(2, "no such file in the repository", path) from None
+                yield parent, name, norm
+            finally:
+                os.close(parent)
+        finally:
+            os.close(rootfd)
 
     def _root(self, repo: str, commit: str | None) -> str:
         """A directory showing ``repo``'s head or commit: its own mount when it is mounted

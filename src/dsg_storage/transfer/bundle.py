@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -63,6 +62,7 @@ from ..errors import (
     RepositoryNotFoundError,
     TransactionInProgressError,
 )
+from ..hostfs import OutputFile
 from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO, P_STATE
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs, zfs_version
@@ -100,7 +100,7 @@ def _pick(chain: list[Snapshot], short: str, what: str, repo: str) -> int:
 
 def export_bundle(
     repo: str,
-    output: str | os.PathLike[str],
+    output: str | os.PathLike[str] | OutputFile,
     *,
     snapshot: str | None = None,
     since: str | None = None,
@@ -113,6 +113,8 @@ def export_bundle(
     Streams: memory stays flat whatever the size. The file appears under its name only
     once complete (written to a temporary name beside it, fsynced, renamed); after a
     crash at most a ``.partial`` file is left beside it. Nothing in the pool changes.
+    ``output`` may be a ``hostfs.OutputFile`` (the CLI's, under sudo: written as the
+    invoking user, not replacing an existing file unless asked).
     """
     zfs = zfs or open_zfs(AllowList(()))
     repo = _names.validate_repository(repo)
@@ -149,8 +151,9 @@ def export_bundle(
         "zfs_version": zfs_version(),
         "dsg_storage_version": __version__,
     }
-    output = Path(output)
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    # The partial file is created O_EXCL|O_NOFOLLOW under a random name beside the
+    # target (hostfs.OutputFile): a planted link or a guessed name redirects nothing.
+    out = output if isinstance(output, OutputFile) else OutputFile(output)
     steps = list(zip([base, *carried[:-1]], carried, strict=True))  # (from, to); from None: a full stream
     estimate = 0
     if progress is not None:
@@ -164,7 +167,8 @@ def export_bundle(
         _start_writeback(fd)
 
     try:
-        with open(partial, "wb") as handle:
+        fd = out.open()
+        with open(fd, "wb", closefd=False) as handle:
             with _bundle_format.BundleWriter(handle, metadata) as writer:
                 for previous, snap in steps:
                     info = {
@@ -177,11 +181,9 @@ def export_bundle(
                     done += writer.add_part(info, functools.partial(send_part, snap.name, source)).size
                 written = writer.close()
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, output)
-        _fsync_dir(output.parent)
+        out.publish()  # fsync, rename onto the target, fsync the directory
     except BaseException:
-        partial.unlink(missing_ok=True)
+        out.discard()
         raise
     if progress is not None:
         progress(done, done)
@@ -470,14 +472,6 @@ def write_progress(stream: Any = None, *, label: str = "") -> ProgressFn | None:
         stream.flush()
 
     return report
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe(info: BundleInfo) -> list[str]:

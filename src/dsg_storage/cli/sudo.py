@@ -1,0 +1,151 @@
+"""What changes when the CLI runs through sudo (``SUDO_UID`` set).
+
+Deciding only: ``Invocation.from_environment`` says who invoked us and under which
+policy; the command code in ``main`` asks it before acting. Without ``SUDO_UID`` it is
+``Invocation()``: no policy, and the CLI behaves exactly as before (flags and
+``DSG_STORAGE_*`` variables steer it), because the caller is root itself or a user
+without privileges of their own.
+
+Under sudo:
+- the policy file (``/etc/dsg-storage/policy.toml``) is required for every command;
+- ``DSG_STORAGE_*`` variables and ``TMPDIR``/``TMP``/``TEMP`` are dropped from the
+  environment before anything reads them (locks, queue, cache, test hooks);
+- files the command writes are created as the invoking user, beneath the policy's
+  ``[output] under``, never through a link, never replacing a file without ``--force``;
+- files it reads (bundles, lock files) are opened as the invoking user.
+
+Nothing here changes state; a crash leaves only what the command itself left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Iterator, MutableMapping
+
+import attrs
+
+from .. import hostfs
+from ..core.options import Owner
+from ..errors import InvalidArgumentError, NotAllowedError
+from ..policy import DEFAULT_PATH, EXAMPLE, Policy, PolicyError, invoker_from_env
+from ..zfs.allow import AllowList
+
+log = logging.getLogger(__name__)
+IGNORED_PREFIX = "DSG_STORAGE_"
+IGNORED = ("TMPDIR", "TMP", "TEMP")
+
+
+@attrs.frozen
+class Invocation:
+    """Who runs the command: ``invoker`` (the user behind sudo) and their ``policy``;
+    both None when not run through sudo."""
+
+    invoker: Owner | None = None
+    policy: Policy | None = None
+    ignored: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls, environ: MutableMapping[str, str], *, policy_path: str = DEFAULT_PATH) -> Invocation:
+        """Read ``SUDO_UID``/``SUDO_GID``; under sudo, drop the variables that would steer
+        us (from ``environ`` itself, so nothing later reads them) and load the policy."""
+        invoker = invoker_from_env(environ)
+        if invoker is None:
+            return cls()
+        ignored = tuple(sorted(k for k in environ if k.startswith(IGNORED_PREFIX) or k in IGNORED))
+        for key in ignored:
+            del environ[key]
+        try:
+            policy = Policy.load(policy_path, invoker=invoker)
+        except FileNotFoundError:
+            raise PolicyError(
+                f"run through sudo (by uid {invoker.uid}), dsg-storage needs the policy file {policy_path}, "
+                "saying which datasets, mountpoints, owners and output directories the caller may use; "
+                f"nothing was done. As root, write it (owned by root, mode 0644), for example: {EXAMPLE!r}",
+                hint="see 'Granting dsg-storage to a sync user' in the README",
+            ) from None
+        return cls(invoker, policy, ignored)
+
+    @property
+    def sudo(self) -> bool:
+        return self.invoker is not None
+
+    def allow(self, caller: AllowList) -> AllowList:
+        """The allow-list in force: the caller's (and ``$DSG_STORAGE_ALLOW``) without sudo;
+        under sudo, the policy's, narrowed by ``--allow``."""
+        if self.policy is None:
+            return AllowList.from_env() | caller
+        return self.policy.narrowed(caller).allow_list()
+
+    def check_dataset(self, name: str | None) -> None:
+        if self.policy is not None and name:
+            self.policy.check_dataset(name)
+
+    def mountpoint(self, path: str | None) -> str | None:
+        """Under sudo: ``path`` must lie beneath the policy's directories, and its parent
+        must exist and be root's all the way up (``hostfs.check_mount_parent``)."""
+        if self.policy is None or path is None:
+            return path
+        normal = self.policy.check_mountpoint(path)
+        try:
+            fd, _ = hostfs.check_mount_parent(normal)
+        except FileNotFoundError:
+            raise NotAllowedError(
+                f"the directory above mountpoint {normal} does not exist", hint="ask the administrator to create it"
+            ) from None
+        os.close(fd)
+        return normal
+
+    def owner(self, owner: str | None, *, creating: bool) -> str | None:
+        """Under sudo: the owner to give (default, when creating: the invoking user), checked."""
+        if self.policy is None:
+            return owner
+        if owner is None:
+            return str(self.invoker) if creating else None
+        return str(self.policy.check_owner(owner))
+
+    def output(self, path: str, *, force: bool) -> hostfs.OutputFile:
+        """The file to write for ``-o``: as today without sudo (replaced if it exists);
+        under sudo, checked against ``[output] under`` and written as the invoking user."""
+        if self.policy is None or self.invoker is None:
+            return hostfs.OutputFile(path)
+        full = self.policy.check_output(path)
+        return hostfs.OutputFile(full, replace=force, owner=(self.invoker.uid, self.invoker.gid))
+
+    def cache_path(self, path: str | None) -> str | None:
+        if self.policy is None or path is None:
+            return path
+        return self.policy.check_output(path)
+
+    @property
+    def cache_owner(self) -> tuple[int, int] | None:
+        return (self.invoker.uid, self.invoker.gid) if self.invoker is not None else None
+
+    @contextlib.contextmanager
+    def input(self, path: str) -> Iterator[str]:
+        """A path to read ``path`` by: itself without sudo; under sudo, ``/proc/self/fd/N``
+        of a descriptor opened as the invoking user, so root reads only what they could."""
+        if self.invoker is None:
+            yield path
+            return
+        try:
+            with hostfs.as_user(self.invoker.uid, self.invoker.gid):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise
+        except PermissionError:
+            raise NotAllowedError(f"{path}: the invoking user (uid {self.invoker.uid}) may not read it") from None
+        except OSError as exc:
+            raise InvalidArgumentError(f"{path}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or worse
+                raise InvalidArgumentError(f"{path} is not a regular file")
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+
+    def refuse(self, what: str) -> None:
+        if self.sudo:
+            raise NotAllowedError(f"{what} is not available through sudo")

@@ -1,0 +1,77 @@
+"""The CLI through sudo, in what needs no pool: the policy is required, environment
+variables that would steer root are dropped, output paths are checked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import AllowList
+from dsg_storage.cli.main import EXIT_NOT_ALLOWED, main
+from dsg_storage.cli.sudo import Invocation
+from dsg_storage.errors import NotAllowedError
+from dsg_storage.policy import DEFAULT_PATH
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a trusted policy file must be root's")
+
+
+def test_without_sudo_nothing_changes() -> None:
+    env = {"DSG_STORAGE_ALLOW": "tank/a"}
+    inv = Invocation.from_environment(env)
+    assert not inv.sudo and inv.policy is None and env == {"DSG_STORAGE_ALLOW": "tank/a"}
+    assert inv.owner("0:0", creating=True) == "0:0"
+    assert inv.mountpoint("/etc") == "/etc"
+
+
+@pytest.mark.skipif(os.path.exists(DEFAULT_PATH), reason=f"{DEFAULT_PATH} exists on this machine")
+def test_under_sudo_every_command_needs_the_policy_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SUDO_UID", "65534")
+    monkeypatch.setenv("SUDO_GID", "65534")
+    for argv in (["--allow", "tank", "begin", "tank/x", "--mountpoint", "/etc"], ["history", "tank/x"]):
+        assert main(argv) == EXIT_NOT_ALLOWED
+        err = capsys.readouterr().err
+        assert DEFAULT_PATH in err and "nothing was done" in err and "[datasets]" in err
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> str:
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        '[datasets]\nallow = ["tank/data"]\n[mountpoints]\nunder = ["/srv/repos"]\n[output]\nunder = ["/home/u"]\n'
+    )
+    path.chmod(0o644)
+    return str(path)
+
+
+@needs_root
+def test_under_sudo_steering_variables_are_dropped_and_flags_only_narrow(policy_file: str) -> None:
+    env = {
+        "SUDO_UID": "65534",
+        "SUDO_GID": "65534",
+        "DSG_STORAGE_ALLOW": "tank",
+        "DSG_STORAGE_LOCK_DIR": "/tmp/x",
+        "DSG_STORAGE_CRASH_AT": "commit:1",
+        "TMPDIR": "/home/u",
+        "PATH": "/usr/bin",
+    }
+    inv = Invocation.from_environment(env, policy_path=policy_file)
+    assert inv.sudo and set(env) == {"SUDO_UID", "SUDO_GID", "PATH"}
+    assert "DSG_STORAGE_ALLOW" in inv.ignored and "TMPDIR" in inv.ignored
+    assert inv.allow(AllowList(("tank",))) == AllowList(("tank/data",))
+    assert inv.allow(AllowList(("tank/data/one",))) == AllowList(("tank/data/one",))
+    assert inv.allow(AllowList()) == AllowList(("tank/data",))
+    assert inv.owner(None, creating=True) == "65534:65534"
+    with pytest.raises(NotAllowedError):
+        inv.owner("0:0", creating=True)
+    with pytest.raises(NotAllowedError):
+        inv.mountpoint("/etc")
+    with pytest.raises(NotAllowedError):
+        inv.output("/etc/ld.so.preload", force=True)
+    with pytest.raises(NotAllowedError):
+        inv.cache_path("/var/lib/dsg-storage/queue.sqlite")
+    out = inv.output("/home/u/b.dsgb", force=False)
+    assert out.owner == (65534, 65534) and out.replace is False

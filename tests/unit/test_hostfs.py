@@ -1,0 +1,291 @@
+"""hostfs on the host: planted symlinks, swapped directories, foreign owners (run as root
+for the ownership cases; each case runs through openat2 and through the O_NOFOLLOW walk)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import hostfs
+from dsg_storage.errors import UnsafePathError
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership cases need root (they run in CI as root)")
+
+
+@pytest.fixture(params=["openat2", "walk"], autouse=True)
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(hostfs, "_openat2_missing", request.param == "walk")
+    yield request.param
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """tmp/a/b/file, tmp/secret, tmp/a/up -> .., tmp/a/abs -> tmp/secret, tmp/a/link -> b"""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "file").write_text("inside\n")
+    (tmp_path / "secret").write_text("outside\n")
+    (tmp_path / "a" / "up").symlink_to("..")
+    (tmp_path / "a" / "abs").symlink_to(tmp_path / "secret")
+    (tmp_path / "a" / "link").symlink_to("b")
+    return tmp_path
+
+
+def read_fd(fd: int) -> str:
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read().decode()
+
+
+def test_open_beneath_reads_a_file_inside(tree: Path) -> None:
+    root = os.open(tree / "a", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert read_fd(hostfs.open_beneath(root, "b/file")) == "inside\n"
+    finally:
+        os.close(root)
+
+
+@pytest.mark.parametrize("path", ["up/secret", "abs", "link/file", "../secret", "b/../../secret"])
+def test_open_beneath_refuses_links_and_dotdot(tree: Path, path: str) -> None:
+    root = os.open(tree / "a", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(UnsafePathError):
+            os.close(hostfs.open_beneath(root, path))
+    finally:
+        os.close(root)
+
+
+def test_open_beneath_o_path_of_a_link_is_refused_not_followed(tree: Path) -> None:
+    root = os.open(tree / "a", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(UnsafePathError, match="symbolic link"):
+            hostfs.open_beneath(root, "abs", os.O_PATH)
+    finally:
+        os.close(root)
+
+
+def test_open_dir_refuses_a_symlink_anywhere(tree: Path) -> None:
+    os.close(hostfs.open_dir(str(tree / "a" / "b")))
+    with pytest.raises(UnsafePathError):
+        hostfs.open_dir(str(tree / "a" / "link"))
+    (tree / "via").symlink_to(tree / "a")
+    with pytest.raises(UnsafePathError):
+        hostfs.open_dir(str(tree / "via" / "b"))
+
+
+def test_open_dir_missing_is_file_not_found(tree: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        hostfs.open_dir(str(tree / "nope" / "x"))
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_changes_nothing(tree: Path) -> None:
+    """The fd keeps pointing at the checked directory: mkdir lands there, not in the link's target."""
+    parent = tree / "mnt"
+    parent.mkdir()
+    fd = hostfs.open_dir(str(parent))
+    try:
+        os.rename(parent, tree / "moved")
+        (tree / "etc").mkdir()
+        parent.symlink_to(tree / "etc")
+        os.close(hostfs.make_mount_dir(fd, "repo"))
+    finally:
+        os.close(fd)
+    assert (tree / "moved" / "repo").is_dir()
+    assert list((tree / "etc").iterdir()) == []
+
+
+def test_make_mount_dir_refuses_a_planted_link(tree: Path) -> None:
+    fd = hostfs.open_dir(str(tree))
+    try:
+        (tree / "repo").symlink_to(tree / "a")
+        with pytest.raises(UnsafePathError):
+            hostfs.make_mount_dir(fd, "repo")
+        with pytest.raises(UnsafePathError):
+            hostfs.remove_mount_dir(fd, "repo")
+        assert (tree / "repo").is_symlink()
+        os.close(hostfs.make_mount_dir(fd, "new"))
+        assert hostfs.remove_mount_dir(fd, "new") is True
+        assert hostfs.remove_mount_dir(fd, "new") is False
+    finally:
+        os.close(fd)
+
+
+@needs_root
+def test_check_mount_parent_trusts_only_roots_directories(tmp_path: Path) -> None:
+    base = tmp_path / "srv"
+    base.mkdir(mode=0o755)
+    fd, name = hostfs.check_mount_parent(str(base / "repo"))
+    os.close(fd)
+    assert name == "repo"
+
+    users = base / "alice"
+    users.mkdir()
+    os.chown(users, NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+        hostfs.check_mount_parent(str(users / "repo"))
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+        hostfs.check_mount_parent(str(users / "deeper" / "repo"))
+
+    shared = base / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UnsafePathError, match="writable by others"):
+        hostfs.check_mount_parent(str(shared / "repo"))
+
+    sticky = base / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "rootsdir").mkdir(mode=0o755)
+    with pytest.raises(UnsafePathError, match="writable by others"):
+        hostfs.check_mount_parent(str(sticky / "repo"))  # anyone may plant 'repo' there
+    os.close(hostfs.check_mount_parent(str(sticky / "rootsdir" / "repo"))[0])  # passing through is fine
+
+
+def test_chown_root_refuses_a_directory_that_is_not_zfs(tmp_path: Path) -> None:
+    fd = hostfs.open_dir(str(tmp_path))
+    try:
+        with pytest.raises(UnsafePathError, match="not a ZFS filesystem"):
+            hostfs.chown_root(fd, "tank/x", 0, 0, 0o755)
+        assert hostfs.fs_magic(fd) != hostfs.ZFS_SUPER_MAGIC
+    finally:
+        os.close(fd)
+
+
+def test_private_dir_creates_0700_and_narrows_a_wider_one(tmp_path: Path) -> None:
+    os.close(hostfs.private_dir(str(tmp_path / "x" / "locks")))
+    assert stat.S_IMODE((tmp_path / "x" / "locks").stat().st_mode) == 0o700
+    (tmp_path / "wide").mkdir(mode=0o755)
+    os.close(hostfs.private_dir(str(tmp_path / "wide")))
+    assert stat.S_IMODE((tmp_path / "wide").stat().st_mode) == 0o700
+
+
+def test_private_dir_refuses_a_link_and_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(UnsafePathError):
+        hostfs.private_dir(str(tmp_path / "link"))
+    with pytest.raises(UnsafePathError):
+        hostfs.private_dir(str(tmp_path / "link" / "locks"))
+    if os.geteuid() == 0:
+        (tmp_path / "theirs").mkdir()
+        os.chown(tmp_path / "theirs", NOBODY, NOBODY)
+        with pytest.raises(UnsafePathError):
+            hostfs.private_dir(str(tmp_path / "theirs"))
+        with pytest.raises(UnsafePathError):
+            hostfs.private_dir(str(tmp_path / "theirs" / "locks"))
+
+
+def test_private_file_is_0600_and_never_a_link_or_a_hard_link(tmp_path: Path) -> None:
+    dirfd = hostfs.private_dir(str(tmp_path / "state"))
+    try:
+        os.close(hostfs.private_file(dirfd, "a.lock"))
+        assert stat.S_IMODE((tmp_path / "state" / "a.lock").stat().st_mode) == 0o600
+        os.close(hostfs.private_file(dirfd, "a.lock"))  # opening it again is fine
+        (tmp_path / "victim").write_text("x")
+        (tmp_path / "state" / "b.lock").symlink_to(tmp_path / "victim")
+        with pytest.raises(UnsafePathError):
+            hostfs.private_file(dirfd, "b.lock")
+        os.link(tmp_path / "victim", tmp_path / "state" / "c.lock")
+        with pytest.raises(UnsafePathError):
+            hostfs.private_file(dirfd, "c.lock")
+        assert (tmp_path / "victim").read_text() == "x"
+    finally:
+        os.close(dirfd)
+
+
+def test_output_file_replaces_only_when_asked_and_never_through_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with hostfs.OutputFile(target, replace=False) as out:
+        os.write(out.fd, b"one")
+    assert target.read_text() == "one"
+    with pytest.raises(FileExistsError), hostfs.OutputFile(target, replace=False) as out:
+        os.write(out.fd, b"two")
+    assert target.read_text() == "one"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "link.txt"
+    link.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        hostfs.OutputFile(link, replace=False).open()
+    with hostfs.OutputFile(link) as out:  # replace: the link itself is replaced
+        os.write(out.fd, b"new")
+    assert victim.read_text() == "precious" and not link.is_symlink() and link.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "out.txt", "victim"]
+
+
+def test_output_file_discards_its_partial_on_failure(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), hostfs.OutputFile(tmp_path / "out"):
+        raise RuntimeError("export failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A directory others can traverse (pytest's tmp_path is under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="dsg-hostfs-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@needs_root
+def test_output_file_as_the_invoking_user_is_theirs_and_only_where_they_may_write(world_tmp: Path) -> None:
+    tmp_path = world_tmp
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    with hostfs.OutputFile(home / "b.dsgb", replace=False, owner=(NOBODY, NOBODY)) as out:
+        os.write(out.fd, b"data")
+    st = (home / "b.dsgb").stat()
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    assert os.geteuid() == 0 and os.getegid() == 0
+    with pytest.raises(PermissionError):
+        hostfs.OutputFile(tmp_path / "roots.txt", owner=(NOBODY, NOBODY)).open()
+    (home / "etc").symlink_to(tmp_path)
+    with pytest.raises(UnsafePathError):
+        hostfs.OutputFile(home / "etc" / "x", owner=(NOBODY, NOBODY)).open()
+
+
+def test_state_file_modes_in_a_queue_and_a_cache(tmp_path: Path) -> None:
+    from dsg_storage import Queue, ReadCache
+
+    with Queue(tmp_path / "state" / "q.sqlite") as queue:
+        queue.add_snapshot("tank/a@s")
+    cache = ReadCache(tmp_path / "cache" / "c.sqlite")
+    cache.record("history", "tank/a", [])
+    cache.close()
+    (tmp_path / "home").mkdir(mode=0o755)
+    ReadCache(tmp_path / "home" / "c.sqlite").close()
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o755  # a user's own place keeps its mode
+    assert stat.S_IMODE((tmp_path / "home" / "c.sqlite").stat().st_mode) == 0o600
+    (tmp_path / "home").chmod(0o777)
+    with pytest.raises(UnsafePathError, match="writable by others"):
+        ReadCache(tmp_path / "home" / "d.sqlite")
+    for path in (tmp_path / "state", tmp_path / "cache"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        for file in path.iterdir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePathError):
+        Queue(tmp_path / "link" / "q.sqlite")
+
+
+def test_a_planted_link_at_a_repository_lock_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsg_storage.core.lock import ENV_VAR, repository_lock
+
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "locks"))
+    with repository_lock("tank/a"):
+        pass
+    assert stat.S_IMODE((tmp_path / "locks" / "tank%a.lock").stat().st_mode) == 0o600
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    (tmp_path / "locks" / "tank%b.lock").symlink_to(victim)
+    with pytest.raises(UnsafePathError), repository_lock("tank/b"):
+        pass
+    assert victim.read_text() == "x"

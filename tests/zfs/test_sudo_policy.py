@@ -1,0 +1,350 @@
+"""``sudo dsg-storage`` on real ZFS: every attack of issue #14 tried as a sync user would,
+through the CLI (``python3 -m dsg_storage`` with ``SUDO_UID``/``SUDO_GID`` of the
+unprivileged uid 65534), and the hostfs primitives the core mounts and chowns with.
+
+The policy lives where sudo callers find it, ``/etc/dsg-storage/policy.toml`` (the CLI
+takes no other path through sudo, by design); these tests write it once and refuse to
+run if a different one is there. It allows only ``dsgtest/sudo-policy`` and directories
+under ``/var/tmp/dsg-sudo-policy``. Other tests are unaffected: without ``SUDO_UID`` the
+CLI never reads it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from dsg_storage import AllowList, hostfs
+from dsg_storage.core.options import Owner
+from dsg_storage.errors import NotAllowedError, UnsafePathError
+from dsg_storage.policy import DEFAULT_PATH, Policy
+from dsg_storage.zfs.boundary import Zfs
+from dsg_storage.zfs.mounts import zfs_mounts
+
+from .conftest import POOL
+
+USER = 65534
+PARENT = f"{POOL}/sudo-policy"
+BASE = Path("/var/tmp/dsg-sudo-policy")
+MNT, OUT = BASE / "mnt", BASE / "out"
+USER_MNT, USER_OUT = MNT / f"u{USER}", OUT / f"u{USER}"
+VICTIM = BASE / "victim"  # a root file that must never change
+POLICY = f"""\
+version = 1
+[datasets]
+allow = ["{PARENT}"]
+[mountpoints]
+under = ["{MNT}"]
+[owners]
+allow = ["invoker"]
+[output]
+under = ["{OUT}"]
+"""
+
+
+@pytest.fixture(scope="session")
+def sudo_setup() -> None:
+    """The policy file, the directories it names, the parent dataset (once per VM)."""
+    with open("/tmp/dsg-sudo-policy.setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        policy = Path(DEFAULT_PATH)
+        if policy.exists() and policy.read_text() != POLICY:
+            pytest.fail(f"{DEFAULT_PATH} exists with other content: these tests will not replace it", pytrace=False)
+        for directory in (policy.parent, BASE, MNT, OUT):
+            directory.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(directory, 0o755)
+        for directory in (USER_MNT, USER_OUT):
+            directory.mkdir(exist_ok=True)
+            os.chown(directory, USER, USER)
+        if not policy.exists():
+            tmp = policy.with_suffix(".tmp")
+            tmp.write_text(POLICY)
+            tmp.chmod(0o644)
+            tmp.rename(policy)
+        VICTIM.write_text("root's\n")
+        if subprocess.run(["zfs", "list", PARENT], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["zfs", "create", "-o", "mountpoint=none", PARENT], check=True)
+
+
+@attrs.frozen
+class Box:
+    dataset: str  # a repository name inside the policy
+    leaf: str
+
+    @property
+    def mnt(self) -> Path:
+        return MNT / self.leaf
+
+    def exists(self, name: str | None = None) -> bool:
+        return subprocess.run(["zfs", "list", name or self.dataset], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture
+def box(sudo_setup: None, worker_id: str, request: pytest.FixtureRequest) -> Iterator[Box]:
+    leaf = f"{worker_id}-" + re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:50]
+    b = Box(f"{PARENT}/{leaf}", leaf)
+    yield b
+    for dataset, paths in zfs_mounts().items():
+        if dataset.startswith(b.dataset):
+            for path in paths:
+                subprocess.run(["umount", path], check=False)
+    if b.exists():
+        subprocess.run(["zfs", "destroy", "-r", "-f", b.dataset], check=True)
+    for path in MNT.glob(f"{leaf}*"):
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+    assert VICTIM.read_text() == "root's\n"
+
+
+def cli(*args: str, sudo: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **(env or {})}
+    if sudo:
+        environ.update(SUDO_UID=str(USER), SUDO_GID=str(USER), SUDO_USER="nobody")
+    return subprocess.run(
+        [sys.executable, "-m", "dsg_storage", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+    )
+
+
+def refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dsg-storage: ") and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def make_repo(box: Box, files: dict[str, str] | None = None) -> str:
+    """A committed repository owned by the invoking user, made through sudo as they would."""
+    begun = cli("--json", "begin", box.dataset, "--mountpoint", str(box.mnt))
+    assert begun.returncode == 0, begun.stderr
+    tx = json.loads(begun.stdout)
+    for rel, text in (files or {"a.txt": "alpha\n"}).items():
+        Path(tx["path"], rel).write_text(text)
+    done = cli("commit", box.dataset, tx["tx"], "-m", "first")
+    assert done.returncode == 0, done.stderr
+    return str(tx["tx"])
+
+
+# ---------------------------------------------------------------------- what may be changed
+def test_a_repository_through_sudo_is_owned_by_the_invoking_user(box: Box) -> None:
+    make_repo(box)
+    st = box.mnt.stat()
+    assert (st.st_uid, st.st_gid) == (USER, USER)
+    assert (box.mnt / "a.txt").read_text() == "alpha\n"
+    assert zfs_mounts()[box.dataset] == [str(box.mnt)]
+
+
+def test_allow_and_the_environment_cannot_widen_the_policy(box: Box) -> None:
+    outside = f"{POOL}/not-in-policy-{box.leaf}"
+    for result in (
+        cli("--allow", POOL, "begin", outside, "--mountpoint", str(MNT / f"{box.leaf}-x")),
+        cli("begin", outside, "--mountpoint", str(MNT / f"{box.leaf}-x"), env={"DSG_STORAGE_ALLOW": POOL}),
+    ):
+        refused(result, outside, DEFAULT_PATH)
+    assert not box.exists(outside) and not box.exists(f"{outside}.dsg-init-x")
+    assert not (MNT / f"{box.leaf}-x").exists()
+
+
+def test_a_mountpoint_outside_the_policy_such_as_etc_is_refused(box: Box) -> None:
+    before = os.stat("/etc")
+    refused(cli("begin", box.dataset, "--mountpoint", "/etc", "--owner", f"{USER}:{USER}"), "/etc", "mountpoints")
+    after = os.stat("/etc")
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode) == (0, before.st_mode)
+    assert not box.exists() and "/etc" not in [p for ps in zfs_mounts().values() for p in ps]
+    assert not any(n.startswith(box.dataset) for n in Zfs(AllowList()).children(PARENT))
+
+
+def test_an_owner_other_than_the_invoking_user_is_refused(box: Box) -> None:
+    refused(cli("begin", box.dataset, "--mountpoint", str(box.mnt), "--owner", "0:0"), "owner 0:0")
+    assert not box.exists() and not box.mnt.exists()
+
+
+def test_a_mountpoint_under_a_directory_the_caller_owns_is_refused(box: Box) -> None:
+    """Its owner could swap it for a link to /etc while it is unmounted (or before a reboot)."""
+    refused(cli("begin", box.dataset, "--mountpoint", str(USER_MNT / box.leaf)), f"owned by uid {USER}")
+    link = USER_MNT / f"{box.leaf}-etc"
+    link.symlink_to("/etc")
+    os.lchown(link, USER, USER)
+    refused(cli("begin", box.dataset, "--mountpoint", str(link / "x")))
+    assert not box.exists() and not Path("/etc/x").exists()
+
+
+def test_steering_variables_are_ignored_under_sudo(box: Box, tmp_path: Path) -> None:
+    lock_dir = USER_OUT / f"{box.leaf}-locks"
+    result = cli(
+        "--json",
+        "begin",
+        box.dataset,
+        "--mountpoint",
+        str(box.mnt),
+        env={"DSG_STORAGE_LOCK_DIR": str(lock_dir), "DSG_STORAGE_CRASH_AT": "begin:1", "TMPDIR": str(USER_OUT)},
+    )
+    assert result.returncode == 0, result.stderr  # not killed by the crash hook
+    assert "dsg-storage: run through sudo, ignoring DSG_STORAGE_CRASH_AT, DSG_STORAGE_LOCK_DIR, TMPDIR" in result.stderr
+    assert not lock_dir.exists()
+    assert cli("rollback", box.dataset, json.loads(result.stdout)["tx"]).returncode == 0
+
+
+def test_demo_never_widens_the_allow_list_outside_dsgtest() -> None:
+    refused(cli("demo", "--parent", "tank/demo", sudo=False), "tank/demo")
+    refused(cli("demo"), "not available through sudo")
+
+
+# ---------------------------------------------------------------------- files written as root
+def test_output_files_stay_where_the_policy_says_and_are_the_invoking_users(box: Box) -> None:
+    make_repo(box)
+    for target in ("/etc/ld.so.preload", str(VICTIM)):
+        refused(cli("bundle", "export", box.dataset, "-o", target), "outside the directories")
+        refused(cli("lock", box.dataset, "-o", target), "outside the directories")
+    assert not Path("/etc/ld.so.preload").exists()
+
+    bundle = USER_OUT / f"{box.leaf}.dsgb"
+    # Planted links at names a partial file might take redirect nothing: its name is random.
+    for pid in range(os.getpid(), os.getpid() + 50):
+        (USER_OUT / f".{bundle.name}.partial-{pid}").symlink_to(VICTIM)
+    assert cli("bundle", "export", box.dataset, "-o", str(bundle)).returncode == 0
+    st = bundle.stat()
+    assert (st.st_uid, st.st_gid) == (USER, USER)
+    assert cli("bundle", "verify", str(bundle)).returncode == 0
+
+    again = cli("bundle", "export", box.dataset, "-o", str(bundle))
+    assert again.returncode == 2 and "--force" in again.stderr
+    link = USER_OUT / f"{box.leaf}-link.dsgb"
+    link.symlink_to(VICTIM)
+    os.lchown(link, USER, USER)
+    assert cli("bundle", "export", box.dataset, "-o", str(link)).returncode == 2
+    assert cli("bundle", "export", box.dataset, "-o", str(link), "--force").returncode == 0
+    assert not link.is_symlink() and link.stat().st_uid == USER  # the link was replaced, not followed
+
+    lock = USER_OUT / f"{box.leaf}.lock"
+    assert cli("lock", box.dataset, "-o", str(lock)).returncode == 0
+    assert lock.stat().st_uid == USER
+    assert cli("lock", box.dataset, "-o", str(lock)).returncode == 2
+    assert cli("verify", "--lock", str(lock), box.dataset).returncode == 0
+    for planted in USER_OUT.glob(f".{bundle.name}.partial-*"):
+        assert planted.is_symlink()
+        planted.unlink()
+
+
+def test_files_root_could_read_but_the_caller_cannot_are_refused(box: Box) -> None:
+    make_repo(box)
+    secret = BASE / f"{box.leaf}-secret.dsgb"
+    secret.write_text("not for the sync user")
+    secret.chmod(0o600)
+    refused(cli("bundle", "inspect", str(secret)), "may not read it")
+    refused(cli("verify", "--lock", str(secret), box.dataset), "may not read it")
+
+
+def test_the_read_cache_is_the_invoking_users_file_in_an_allowed_place(box: Box) -> None:
+    make_repo(box)
+    refused(cli("--cache", str(BASE / "cache.sqlite"), "history", box.dataset), "outside the directories")
+    assert not (BASE / "cache.sqlite").exists()
+    cache = USER_OUT / f"{box.leaf}-cache.sqlite"
+    result = cli("--cache", str(cache), "history", box.dataset)
+    assert result.returncode == 0, result.stderr
+    st = cache.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (USER, 0o600)
+
+
+# ---------------------------------------------------------------------- reads stay inside
+def test_reads_never_follow_a_link_planted_in_the_repository(box: Box) -> None:
+    tx = cli("--json", "begin", box.dataset, "--mountpoint", str(box.mnt))
+    path = json.loads(tx.stdout)["path"]
+    os.symlink("/etc", Path(path, "link"))
+    os.symlink("/etc/shadow", Path(path, "shadow"))
+    Path(path, "ok.txt").write_text("fine\n")
+    assert cli("commit", box.dataset, json.loads(tx.stdout)["tx"]).returncode == 0
+
+    shadow = os.stat("/etc/shadow")
+    for command in ("stat", "cat"):
+        result = cli("--json", command, box.dataset, "link/shadow")
+        assert result.returncode == 2, result
+        assert "symbolic link" in result.stderr and str(shadow.st_size) not in result.stdout
+    linked = json.loads(cli("--json", "stat", box.dataset, "shadow").stdout)
+    assert (linked["type"], linked["target"]) == ("symlink", "/etc/shadow")  # the link itself
+    assert cli("cat", box.dataset, "shadow").returncode == 2
+    listed = {e["path"]: e for e in json.loads(cli("--json", "ls", box.dataset).stdout)}
+    assert listed["link"]["type"] == "symlink" and not any(p.startswith("link/") for p in listed)
+    assert cli("cat", box.dataset, "ok.txt").stdout == "fine\n"
+    assert cli("cat", box.dataset, "../../etc/passwd").returncode == 2
+    refused(cli("stat", f"{POOL}/elsewhere", "x"), "outside what")
+
+
+# ---------------------------------------------------------------------- pool properties
+def test_properties_that_steer_root_are_checked_against_the_policy(box: Box) -> None:
+    make_repo(box)
+    policy = Policy.load(DEFAULT_PATH, invoker=Owner(USER, USER))
+    props = (
+        Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner", "dsg-storage:mode"])
+        or {}
+    )
+    policy.check_repository_props(box.dataset, props)
+    subprocess.run(["zfs", "set", "dsg-storage:mountpoint=/etc", box.dataset], check=True)
+    props = Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner"]) or {}
+    with pytest.raises(NotAllowedError, match="dsg-storage:mountpoint"):
+        policy.check_repository_props(box.dataset, props)
+
+
+# ---------------------------------------------------------------------- hostfs on ZFS
+def test_mount_at_mounts_through_the_descriptor_not_the_path(box: Box) -> None:
+    """The directory is swapped for a link to a root directory after it was opened: the
+    dataset lands on the directory that was checked, never on the link's target."""
+    subprocess.run(["zfs", "create", "-o", "mountpoint=none", box.dataset], check=True)
+    target = MNT / f"{box.leaf}-m"
+    target.mkdir()
+    elsewhere = MNT / f"{box.leaf}-moved"
+    victim_dir = BASE / f"{box.leaf}-etc"
+    victim_dir.mkdir()
+    parent_fd, name = hostfs.check_mount_parent(str(target))
+    dirfd = hostfs.make_mount_dir(parent_fd, name)
+    try:
+        target.rename(elsewhere)
+        target.symlink_to(victim_dir)
+        hostfs.mount_at(box.dataset, dirfd)
+        assert zfs_mounts()[box.dataset] == [str(elsewhere)]
+        assert os.path.ismount(elsewhere) and not os.path.ismount(victim_dir)
+        with pytest.raises(UnsafePathError, match="symbolic link"):
+            hostfs.open_mounted_root(parent_fd, name, box.dataset)  # the swapped-in link
+        moved_fd = hostfs.open_dir(str(MNT))
+        root = hostfs.open_mounted_root(moved_fd, elsewhere.name, box.dataset)
+        os.close(moved_fd)
+        try:
+            hostfs.chown_root(root, box.dataset, USER, USER, 0o750)
+            with pytest.raises(UnsafePathError):
+                hostfs.chown_root(dirfd, box.dataset, 0, 0, 0o755)  # the directory under the mount
+            os.mkdir("sub", dir_fd=root)
+            sub = os.open("sub", os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+            with pytest.raises(UnsafePathError, match="not its root"):
+                hostfs.chown_root(sub, box.dataset, 0, 0, 0o755)
+            os.close(sub)
+            with pytest.raises(UnsafePathError):
+                hostfs.chown_root(root, f"{box.dataset}-other", 0, 0, 0o755)
+        finally:
+            os.close(root)
+        st = elsewhere.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (USER, USER, 0o750)
+        assert victim_dir.stat().st_uid == 0 and list(victim_dir.iterdir()) == []
+        subprocess.run(["umount", str(elsewhere)], check=True)
+        assert hostfs.remove_mount_dir(parent_fd, elsewhere.name)
+        with pytest.raises(UnsafePathError):
+            hostfs.remove_mount_dir(parent_fd, name)  # the link: left alone
+        assert target.is_symlink() and victim_dir.is_dir()
+    finally:
+        os.close(dirfd)
+        os.close(parent_fd)
+        target.unlink(missing_ok=True)
+        victim_dir.rmdir()
