@@ -76,7 +76,7 @@ class FakeHost:
             self.dirs.discard(path)
             self.pool.steps.done("rmdir", path)
 
-    def apply_owner(self, path: str, uid: int, gid: int, mode: int) -> None:
+    def apply_owner(self, dataset: str, path: str, uid: int, gid: int, mode: int) -> None:
         if self.owners.get(path) != (uid, gid, mode):
             self.owners[path] = (uid, gid, mode)
             self.pool.steps.done("chown", path)

@@ -395,7 +395,7 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = No
         return _run_queue(args, allow, inv)
     if args.command in operations.COMMANDS:
         return operations.run(args, allow, _emit, inv)
-    repo = Repository(args.repo, allow=allow)
+    repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.command == "snapshot":
         return _snapshot(args, repo)
     if args.command == "begin":
@@ -491,7 +491,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation
 
 
 def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
-    repo = Repository(args.repo, allow=allow)
+    repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.command == "lock":
         if args.output and inv.sudo:
             lock = write_lock(repo.name)

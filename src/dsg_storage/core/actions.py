@@ -206,15 +206,18 @@ class RemoveDir:
 
 @attrs.frozen
 class ApplyOwner:
+    """Give the root of ``dataset``, mounted at ``path``, its owner and mode."""
+
     path: str
     owner: Owner
     mode: int
+    dataset: str
 
     def describe(self) -> str:
         return f"give {self.path} owner {self.owner} and mode {self.mode:04o}"
 
     def apply(self, zfs: ZfsPort) -> None:
-        zfs.host.apply_owner(self.path, self.owner.uid, self.owner.gid, self.mode)
+        zfs.host.apply_owner(self.dataset, self.path, self.owner.uid, self.owner.gid, self.mode)
 
 
 @attrs.frozen

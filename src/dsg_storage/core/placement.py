@@ -33,7 +33,7 @@ def place_head(
         actions.append(SetMountpoint(repo, mountpoint))
     if mountpoint not in view.mounted_at(repo):
         actions.append(Mount(repo, mountpoint))
-    actions.append(ApplyOwner(mountpoint, owner, mode))
+    actions.append(ApplyOwner(mountpoint, owner, mode, repo))
     return actions
 
 

@@ -145,7 +145,7 @@ def remount_workspace(view: PoolView, record: Record) -> list[Action]:
     return [
         *pattern_of(record).head(view),
         Mount(record.dataset, record.path),
-        ApplyOwner(record.path, record.owner, record.mode),
+        ApplyOwner(record.path, record.owner, record.mode, record.dataset),
     ]
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -60,11 +61,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class PoolPropertyPolicy(Protocol):
+    """What a repository asks of a policy (``dsg_storage.Policy``) before acting on the
+    properties that steer root (mount paths, owner, mode) as read from the pool."""
+
+    def check_repository_props(self, dataset: str, props: Mapping[str, str]) -> None: ...
+
+
 class Repository:
     """A repository: one ZFS dataset, mounted at a path its user owns.
 
     ``allow`` (an AllowList, or a comma-separated string) confines every change; by
     default it comes from ``DSG_STORAGE_ALLOW`` and allows nothing when that is unset.
+    ``policy`` (the sudo policy) checks every property read from the pool that would
+    steer where root mounts or what it chowns, before anything acts on it.
     Every changing call first recovers interrupted steps (see ``recover``).
     """
 
@@ -76,8 +86,10 @@ class Repository:
         zfs: ZfsPort | None = None,
         lock_timeout: float = 10.0,
         queue: Queue | None = None,
+        policy: PoolPropertyPolicy | None = None,
     ) -> None:
         self.name = names.validate_repository(name)
+        self.policy = policy
         self.zfs: ZfsPort = zfs if zfs is not None else open_zfs(allow)
         self.lock_timeout = lock_timeout
         self._queue = queue
@@ -91,8 +103,14 @@ class Repository:
         return self.zfs.exists(self.name)
 
     def view(self) -> PoolView:
-        """What the pool shows about this repository now (no lock taken)."""
-        return observe(self.zfs, self.name)
+        """What the pool shows about this repository now (no lock taken), checked
+        against the policy when there is one."""
+        view = observe(self.zfs, self.name)
+        if self.policy is not None:
+            for dataset, props in view.family.items():
+                if dataset == self.name or dataset.startswith(self.name + ".dsg-"):
+                    self.policy.check_repository_props(dataset, props)
+        return view
 
     def history(self) -> list[Commit]:
         """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
@@ -303,7 +321,7 @@ class Repository:
             self._run(
                 [
                     Mount(record.dataset, record.path),
-                    ApplyOwner(record.path, record.owner, record.mode),
+                    ApplyOwner(record.path, record.owner, record.mode, record.dataset),
                     # The last step: once the state says open, begin is over.
                     Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
                 ]

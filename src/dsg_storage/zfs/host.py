@@ -9,18 +9,20 @@ root its owner and mode. Each change is a counted step (``Steps``), like every c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import attrs
 import tenacity
 
+from .. import hostfs
 from ..errors import DatasetBusyError, ReadOnlyError
-from ..zfs.allow import AllowList
+from .allow import AllowList
 from .errors import from_errno
 from .mounts import Syscalls, holders_of, mount_stack, orphaned_reader_mounts, zfs_mount_entries, zfs_mounts
 
@@ -132,14 +134,35 @@ class Host:
         self.guard.check(dataset)
         if path in zfs_mounts().get(dataset, []):
             return
-        self.make_dir(path)
-        try:
-            self.syscalls.mount(dataset, path, "zfs", "zfsutil")
-        except OSError as exc:
-            elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
-            detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""
-            raise from_errno(exc.errno, f"cannot mount {dataset} at {path}{detail}", dataset) from exc
+        # Reached without following a link and mounted on through its descriptor: a path
+        # swapped for a link meanwhile changes nothing.
+        with self._parent(path) as (parent_fd, name):
+            created = not _exists_at(parent_fd, name)
+            dirfd = hostfs.make_mount_dir(parent_fd, name)
+            if created:
+                self.steps.done("mkdir", path)
+            try:
+                hostfs.mount_at(dataset, dirfd, "zfsutil")
+            except OSError as exc:
+                elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
+                detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""
+                raise from_errno(exc.errno, f"cannot mount {dataset} at {path}{detail}", dataset) from exc
+            finally:
+                os.close(dirfd)
         self.steps.done("mount", dataset)
+
+    @contextlib.contextmanager
+    def _parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """A descriptor of ``path``'s parent (created if missing), reached without
+        following a link, and the last component."""
+        parent, name = os.path.split(path.rstrip("/"))
+        if not os.path.isdir(parent):
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        fd = hostfs.open_dir(parent)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
 
     def unmount(self, dataset: str, path: str | None = None, *, lazy: bool = False) -> None:
         """Unmount ``dataset`` (at ``path``, or everywhere it is mounted); retried while busy.
@@ -238,30 +261,51 @@ class Host:
 
     # ------------------------------------------------------------------ directories
     def make_dir(self, path: str) -> None:
-        """Create ``path`` (and missing parents) as a mount directory, if missing."""
-        if os.path.isdir(path):
-            return
-        Path(path).mkdir(parents=True, exist_ok=True)
+        """Create ``path`` as a mount directory, if missing (never through a link)."""
+        with self._parent(path) as (parent_fd, name):
+            if _exists_at(parent_fd, name):
+                return
+            os.close(hostfs.make_mount_dir(parent_fd, name))
         self.steps.done("mkdir", path)
 
     def remove_dir(self, path: str) -> None:
         """Remove the empty directory a workspace was mounted on; keep anything non-empty."""
+        parent, name = os.path.split(path.rstrip("/"))
         try:
-            os.rmdir(path)
+            fd = hostfs.open_dir(parent)
         except FileNotFoundError:
             return
+        try:
+            if not hostfs.remove_mount_dir(fd, name):
+                return
         except OSError as exc:
-            log.warning("left %s in place: %s", path, exc.strerror)
+            log.warning("left %s in place: %s", path, exc.strerror or exc)
             return
+        finally:
+            os.close(fd)
         self.steps.done("rmdir", path)
 
-    def apply_owner(self, path: str, uid: int, gid: int, mode: int) -> None:
-        """Give ``path`` its owner and mode; touch nothing that is already right (a needless
-        chown would change the directory's ctime, which would look like a change to it)."""
-        st = os.stat(path)
+    def apply_owner(self, dataset: str, path: str, uid: int, gid: int, mode: int) -> None:
+        """Give the root of ``dataset`` mounted at ``path`` its owner and mode, through a
+        descriptor checked to be that root (never a link, never a directory inside it);
+        touch nothing that is already right (a needless chown would change the
+        directory's ctime, which would look like a change to it)."""
+        with self._parent(path) as (parent_fd, name):
+            root = hostfs.open_mounted_root(parent_fd, name, dataset)
+            try:
+                st = os.fstat(root)
+                hostfs.chown_root(root, dataset, uid, gid, mode)
+            finally:
+                os.close(root)
         if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(path, uid, gid)
             self.steps.done("chown", path)
         if st.st_mode & 0o7777 != mode:
-            os.chmod(path, mode)
             self.steps.done("chmod", path)
+
+
+def _exists_at(dirfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
