@@ -122,7 +122,7 @@ def test_sync_commit_past_its_commit_point_is_finished() -> None:
         f"{TX}: commit finished",
         f"detach {OLD} (readers keep it)",
         f"unmount {REPO} from {WS_PATH}",
-        f"set mountpoint={MNT} on {REPO} (zfs set, which also mounts it)",
+        f"set mountpoint={MNT} on {REPO} (zfs set -u: the property, not the mount)",
         f"mount {REPO} at {MNT}",
         OWNED,
         f"remove the empty directory {WS_PATH}",
@@ -351,7 +351,7 @@ def test_a_repository_mounted_at_the_workspace_path_after_an_import_is_moved_hom
 
 def test_a_repository_whose_mountpoint_property_differs_gets_it_set() -> None:
     (step,) = plan(view({REPO: committed_head(mountpoint="/old/place")}))
-    assert step[1] == f"set mountpoint={MNT} on {REPO} (zfs set, which also mounts it)"
+    assert step[1] == f"set mountpoint={MNT} on {REPO} (zfs set -u: the property, not the mount)"
 
 
 # ---------------------------------------------------------------- hostile properties

@@ -120,7 +120,7 @@ class SetMountpoint:
     path: str
 
     def describe(self) -> str:
-        return f"set mountpoint={self.path} on {self.dataset} (zfs set, which also mounts it)"
+        return f"set mountpoint={self.path} on {self.dataset} (zfs set -u: the property, not the mount)"
 
     def apply(self, zfs: ZfsPort) -> None:
         zfs.set_mountpoint(self.dataset, self.path)

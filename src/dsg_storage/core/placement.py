@@ -22,8 +22,9 @@ def place_head(
     """Mount the repository at ``mountpoint``, alone, with its owner and mode.
 
     ``others`` (old heads: still mounted there after a commit, or auto-mounted by an
-    import) are detached first: whoever still reads in them goes on reading. Without an inherited mountpoint the ``mountpoint`` property is set
-    (``zfs set``, which mounts it), so the repository is mounted there after a reboot too.
+    import) are detached first: whoever still reads in them goes on reading. Without an
+    inherited mountpoint the ``mountpoint`` property is set too (only the property), so
+    the repository is mounted there after a reboot as well.
     """
     repo = view.repository
     actions: list[Action] = [Unmount(other, lazy=True) for other in others if view.mounted_at(other)]

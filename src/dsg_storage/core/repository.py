@@ -18,9 +18,9 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping
-from typing import Protocol
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Protocol
 
 import attrs
 

@@ -366,7 +366,7 @@ def _import_full(
     }
     zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, info))
     if not inherits:
-        zfs.set_mountpoint(temp, target)  # mounts it there too (canmount=on)
+        zfs.set_mountpoint(temp, target)  # the property only: recover() below mounts it
     zfs.rename(temp, into)  # the commit point
     repository.recover()  # mounts it where it records, owned as it records
     return ImportResult(into, "full", tuple(s["name"] for s in meta["snapshots"]), target)

@@ -388,10 +388,12 @@ class Zfs:
     def set_mountpoint(self, dataset: str, path: str) -> None:
         """Set the native ``mountpoint`` property (the one ``zfs`` command of the commit path).
 
-        ``zfs set`` also mounts the dataset there when its canmount is on.
+        ``-u``: the property only. Without it ``zfs set`` would also (re)mount the dataset
+        at ``path`` by path, following a link planted there; ``Host.mount`` mounts it
+        through a checked descriptor instead.
         """
         self.guard.check(dataset)
-        self._zfs_command("set", f"mountpoint={path}", dataset)
+        self._zfs_command("set", "-u", f"mountpoint={path}", dataset)
         self.steps.done("set mountpoint", dataset, syncs=True)
 
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
