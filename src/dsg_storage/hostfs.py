@@ -8,7 +8,7 @@ again: a directory swapped for a symlink after the check changes nothing.
 - ``open_dir`` / ``open_beneath``: a descriptor for a path with no symlink in it,
   optionally checking who owns each directory on the way (``trusted_uids``).
 - ``check_mount_parent``: the parent of a mountpoint, refused unless every directory
-  from ``/`` to it is root's and writable by nobody else (see ``docs/archive/0008``).
+  from ``/`` to it is root's and writable by nobody else (see ``docs/archive/0011-sudo-policy.md``).
 - ``make_mount_dir``, ``mount_at``, ``open_mounted_root``, ``verify_dataset_root``,
   ``chown_root``, ``remove_mount_dir``: mounting a dataset onto a checked directory through
   ``/proc/self/fd/N`` and giving its root an owner.
@@ -210,7 +210,7 @@ def check_mount_parent(mountpoint: str, *, trusted_uids: Collection[int] = (0,))
     unless every directory from ``/`` to the parent is owned by a trusted uid (root) and
     writable by nobody else. Then nobody but root can swap the mountpoint or the
     workspace path beside it, now or at a later remount by path (``zfs mount -a`` at boot
-    follows links); see ``docs/archive/0008-sudo-policy.md``."""
+    follows links); see ``docs/archive/0011-sudo-policy.md``."""
     normal = _absolute(mountpoint)
     parent, name = posixpath.split(normal)
     if not name:
