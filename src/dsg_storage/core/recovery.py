@@ -219,9 +219,9 @@ def _resume_commit(view: PoolView, record: Record) -> Step:
         return Step(f"{record.tx}: {what}", actions)
     reattach = pattern.reattach(view, record)
     note = f"{view.now.isoformat(timespec='seconds')} {record.tx}: commit rolled back by recovery: {what}"
-    mark = Batch().set(record.dataset, {P_STATE: Phase.ABORTING.value})
-    if view.head is not None or reattach:  # the repository is ours to annotate
-        mark = mark.set(view.repository, {P_RECOVERY_NOTE: note})
+    # A commit is refused only with the repository there (init: someone created it) or
+    # coming back (sync: ``reattach`` renames the old head back), so the note has a home.
+    mark = Batch().set(record.dataset, {P_STATE: Phase.ABORTING.value}).set(view.repository, {P_RECOVERY_NOTE: note})
     return Step(f"{record.tx}: commit rolled back ({what})", [*reattach, Apply(mark)])
 
 
