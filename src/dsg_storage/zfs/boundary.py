@@ -18,6 +18,8 @@ mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option,
                               channel program, and the repository's ``mountpoint``
                               must be a real property so it survives a reboot; run
                               only when the mountpoint is not inherited
+``zfs set setuid=off``        the same, for a bundle import: what is received from
+``devices=off``               somebody else never honours setuid bits or devices
 ``zfs diff``                  libzfs_core has no diff; run only when a commit finds the
                               repository written since begin (``written@base`` > 0),
                               to tell file changes from the metadata a mount writes
@@ -74,6 +76,14 @@ INSTALL_HINT = (
 )
 # canmount is an index property: the kernel takes its numeric value.
 CANMOUNT_ON, CANMOUNT_NOAUTO = 1, 2
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+# A dataset's properties that ``zfs mount`` turns into mount(2) flags: the value that sets the flag.
+_MOUNT_FLAG_PROPS = {
+    "setuid": ("off", MS_NOSUID),
+    "devices": ("off", MS_NODEV),
+    "exec": ("off", MS_NOEXEC),
+    "readonly": ("on", MS_RDONLY),
+}
 
 
 def load_libzfs_core() -> ModuleType:
@@ -369,8 +379,10 @@ class _Libc:
         self.lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         self.lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
-    def mount(self, source: str, target: str, fstype: str, data: str, *, readonly: bool = False) -> None:
-        flags = 1 if readonly else 0  # MS_RDONLY
+    def mount(
+        self, source: str, target: str, fstype: str, data: str, *, readonly: bool = False, flags: int = 0
+    ) -> None:
+        flags |= MS_RDONLY if readonly else 0
         if self.lib.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target)
@@ -730,12 +742,30 @@ class Zfs:
             return
         Path(path).mkdir(parents=True, exist_ok=True)
         try:
-            self._libc.mount(dataset, path, "zfs", "zfsutil")
+            self._libc.mount(dataset, path, "zfs", "zfsutil", flags=self.mount_flags(dataset))
         except OSError as exc:
             elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
             detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""
             cls = DatasetBusyError if exc.errno == errno.EBUSY else ZfsError
             raise cls(f"cannot mount {dataset} at {path}: {exc.strerror}{detail}", dataset=dataset) from exc
+
+    def mount_flags(self, dataset: str) -> int:
+        """The mount(2) flags ``dataset``'s setuid, devices, exec and readonly properties
+        ask for, as ``zfs mount`` derives them (mount(2) itself ignores the properties:
+        without these flags a dataset with ``setuid=off`` would still honour setuid bits)."""
+        props = self.get_props(dataset, list(_MOUNT_FLAG_PROPS)) or {}
+        flags = 0
+        for prop, (value, flag) in _MOUNT_FLAG_PROPS.items():
+            # A channel program reports an index property as its name or its number.
+            if str(props.get(prop)) in (value, "0" if value == "off" else "1"):
+                flags |= flag
+        return flags
+
+    def set_native_props(self, dataset: str, props: Mapping[str, str]) -> None:
+        """Set native properties (``zfs set``: libzfs_core and channel programs cannot),
+        e.g. ``{"setuid": "off", "devices": "off"}`` on a received repository."""
+        self._check(dataset)
+        self._zfs_command("set", *(f"{key}={value}" for key, value in props.items()), dataset)
 
     def unmount(self, dataset: str, path: str | None = None) -> None:
         """Unmount ``dataset`` (at ``path``, or everywhere it is mounted); retried while busy."""
@@ -751,13 +781,13 @@ class Zfs:
                 self._unmount_top(other, target)
             self._unmount_top(dataset, target)
             for other in above:
-                self._libc.mount(other, target, "zfs", "zfsutil")
+                self._libc.mount(other, target, "zfs", "zfsutil", flags=self.mount_flags(other))
 
     def mount_readonly(self, source: str, path: str) -> None:
         """Mount a filesystem or a snapshot read-only at ``path`` (an empty private
         directory). Changes nothing in the pool, so the allow-list is not consulted."""
         try:
-            self._libc.mount(source, path, "zfs", "zfsutil", readonly=True)
+            self._libc.mount(source, path, "zfs", "zfsutil", readonly=True, flags=MS_NOSUID | MS_NODEV)
         except OSError as exc:
             raise ZfsError(f"cannot mount {source} read-only at {path}: {exc.strerror}", dataset=source) from exc
 
