@@ -971,7 +971,9 @@ def open_checked(path: str | os.PathLike[str], *, what: str = "bundle") -> Binar
         if not stat.S_ISREG(mode):
             raise BundleError(f"{name} is not a regular file (a {_file_kind(mode)}); a {what} is a regular file")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return os.fdopen(fd, "rb")
+        f = os.fdopen(fd, "rb")
+        f.raw.name = name  # type: ignore[attr-defined]  # (FileIO's name is settable) for messages
+        return f
     except BaseException:
         os.close(fd)
         raise
@@ -1004,6 +1006,7 @@ def _opened(source: Source) -> Iterator[tuple[BinaryIO, str]]:
 def _open(f: BinaryIO, name: str) -> tuple[_Reader, int, dict[str, Any]]:
     """Header, footer and trailer (kept in the reader, or the reason it failed), metadata."""
     r = _Reader(f, name, os.fstat(f.fileno()).st_size)
+    f.seek(0)  # an open file may have been read before (every pass starts from its start)
     version = r.header()
     r.probe_tail()  # first: it tells whether running out of data means truncation
     r.seek(_HEADER.size)
