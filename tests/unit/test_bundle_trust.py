@@ -276,7 +276,12 @@ def test_checking_any_crafted_64_mib_bundle_stays_under_100_mib(
     for case, path in crafted_64_mib(tmp_path).items():
         assert path.stat().st_size > 60 << 20, case
         run = subprocess.run(
-            [sys.executable, "-c", _MEMORY_CHILD, str(path)], capture_output=True, text=True, env=env, timeout=300
+            [sys.executable, "-c", _MEMORY_CHILD, str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         assert run.returncode == 0, run.stderr
         rss, outcome = run.stdout.split(" ", 1)
