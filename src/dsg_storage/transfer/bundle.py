@@ -92,12 +92,17 @@ from ..core.transaction import (
 from ..errors import (
     BundleError,
     ConflictError,
+    DatasetBusyError,
     DatasetExistsError,
     DsgStorageError,
     InvalidArgumentError,
     LockFileError,
+    NoSpaceError,
+    NotAllowedError,
+    PoolUnavailableError,
     RepositoryNotFoundError,
     TransactionInProgressError,
+    ZfsError,
 )
 from ..zfs.boundary import Batch, DatasetChangedError, Snapshot, Zfs, u64, zfs_version
 from . import format as _bundle_format
@@ -596,8 +601,15 @@ def _stream_parts(
         snapshot = f"{target}@{expected.name}"
         os.lseek(fd, part.offset, os.SEEK_SET)
         position = functools.partial(_offset_in, fd, part.offset)
-        with _reporting(progress, position, done, 2 * info.total_size):
-            zfs.receive_from(fd, snapshot, force=False)
+        try:
+            with _reporting(progress, position, done, 2 * info.total_size):
+                zfs.receive_from(fd, snapshot, force=False)
+        except (NoSpaceError, PoolUnavailableError, DatasetBusyError, NotAllowedError):
+            raise  # the pool's condition, not the stream's
+        except ZfsError as exc:  # every check passed, yet ZFS finds the stream wrong
+            raise BundleError(
+                f"{f.name}: ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed"
+            ) from exc
         end = os.lseek(fd, 0, os.SEEK_CUR)
         if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
             raise BundleError(f"{f.name}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
