@@ -402,3 +402,23 @@ def test_an_audit_log_that_is_a_link_or_others_writable_is_refused(tmp_path: Pat
         loose.chmod(0o666)
         with pytest.raises(InvalidArgumentError, match="not root's alone"):
             AuditLog(str(loose)).check()
+
+
+def test_a_bundle_others_could_change_is_refused(tmp_path: Path) -> None:
+    from dsg_storage.transfer.bundle import _check_private
+
+    path = good(tmp_path)
+    path.chmod(0o644)
+    with bf.open_checked(path) as f:
+        _check_private(f, str(path))  # the importer's own, private: fine
+    path.chmod(0o664)
+    with bf.open_checked(path) as f, pytest.raises(BundleError, match="writable by its group or by others"):
+        _check_private(f, str(path))
+    path.chmod(0o644)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+        with bf.open_checked(path) as f, pytest.raises(BundleError, match="belongs to uid 65534"):
+            _check_private(f, str(path))
+        os.chown(path, 0, 0)
+    with open(path, "r+b"), bf.open_checked(path) as f, pytest.raises(BundleError, match="open for writing"):
+        _check_private(f, str(path))
