@@ -61,12 +61,17 @@ from .queue import Item, ItemState, Kind, Queue, RetryPolicy
 from .read.cache import ReadCache
 from .read.offline import open_offline
 from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
+from .transfer.audit import AuditLog
 from .transfer.bundle import (
+    CheckedBundle,
+    ExportedBundle,
     ImportResult,
+    check_bundle,
     check_lock,
     export_bundle,
     import_bundle,
     inspect_bundle,
+    read_lock_checked,
     verify_bundle,
     write_lock,
 )
@@ -76,9 +81,11 @@ from .transfer.lockfile import compare as compare_lock
 from .transfer.lockfile import dumps as dump_lock
 from .transfer.lockfile import loads as load_lock
 from .transfer.lockfile import read as read_lock
+from .transfer.signing import Signature
 
 __all__ = [
     "AllowList",
+    "AuditLog",
     "BundleCorruptError",
     "BundleError",
     "BundleInfo",
@@ -86,12 +93,14 @@ __all__ = [
     "BundleVersionError",
     "CacheMissError",
     "CachedReader",
+    "CheckedBundle",
     "Commit",
     "ConflictError",
     "DatasetBusyError",
     "DatasetExistsError",
     "DatasetNotFoundError",
     "DsgStorageError",
+    "ExportedBundle",
     "FileEntry",
     "ImportResult",
     "InvalidArgumentError",
@@ -128,6 +137,7 @@ __all__ = [
     "RepositoryStatus",
     "RepositoryView",
     "RetryPolicy",
+    "Signature",
     "State",
     "Transaction",
     "TransactionError",
@@ -138,6 +148,7 @@ __all__ = [
     "ZfsUnavailableError",
     "__version__",
     "begin",
+    "check_bundle",
     "check_lock",
     "compare_lock",
     "dump_lock",
@@ -148,6 +159,7 @@ __all__ = [
     "open_live",
     "open_offline",
     "read_lock",
+    "read_lock_checked",
     "verify_bundle",
     "write_lock",
 ]
