@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dsg_storage import BundleError, DatasetBusyError, Repository
+from dsg_storage import BundleError, ConflictError, DatasetBusyError, Repository
 from dsg_storage.transfer.bundle import export_bundle, import_bundle
 from dsg_storage.zfs.boundary import Zfs, zfs_mounts
 from tests import craft
@@ -46,7 +46,14 @@ def plant_privileges(repo: Repository, mnt: Path) -> None:
         os.chown(shell, 0, 0)
         os.chmod(shell, 0o4755)
         os.mknod(Path(tx.path, "zero"), stat.S_IFCHR | 0o666, os.makedev(1, 5))
+        os.chmod(Path(tx.path, "zero"), 0o666)  # (mknod honours the umask)
         tx.commit("privileges")
+
+
+def reachable_by_nobody(path: Path) -> None:
+    """Let anyone traverse the directories down to ``path`` (pytest makes its own 0700)."""
+    for parent in [path, *path.parents]:
+        parent.chmod(parent.stat().st_mode | 0o111)
 
 
 def euid_as_nobody(mnt: Path) -> str:
@@ -57,7 +64,8 @@ def euid_as_nobody(mnt: Path) -> str:
 
 
 def device_opens_as_nobody(mnt: Path) -> bool:
-    run = subprocess.run([*NOBODY, "head", "-c", "1", str(mnt / "zero")], capture_output=True, check=False)
+    run = subprocess.run([*NOBODY, "head", "-c", "1", str(mnt / "zero")], capture_output=True, text=True, check=False)
+    assert run.returncode == 0 or "Permission denied" in run.stderr, run.stderr  # refused, not missing
     return run.returncode == 0
 
 
@@ -80,6 +88,7 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
     src_mnt = sandbox.mount_dir / "src"
     base = source.history()[-1].name
     plant_privileges(source, src_mnt)
+    reachable_by_nobody(sandbox.mount_dir)
     # the control: where setuid is honoured, the planted shell is root for anyone
     assert euid_as_nobody(src_mnt) == "0" and device_opens_as_nobody(src_mnt)
 
@@ -94,6 +103,8 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
     assert not device_opens_as_nobody(mnt)
     with pytest.raises(PermissionError):
         (mnt / "zero").open("rb")  # not even root opens a device on a nodev mount
+    with (src_mnt / "zero").open("rb") as control:
+        assert control.read(1) == b"\0"
     assert {"nosuid", "nodev"} <= mount_options(target.name)
     assert (zfs_get("setuid", target.name), zfs_get("devices", target.name)) == ("off", "off")
     # owner and mode are the importer's (the invoking user, 0755), not the bundle's
@@ -177,13 +188,25 @@ def test_no_write_is_lost_during_an_incremental_import(sandbox: Sandbox, source:
         if total and done > total / 2:  # the second half: the receive (the first is the check)
             mounted_during.append(target.name in zfs_mounts())
 
+    # unmounted for the whole import: no write can come in after the check and be lost
+    import_bundle(
+        tmp_path / "incr.dsgb", target.name, allow=sandbox.allow, progress=progress, audit_log=audit_log(tmp_path)
+    )
+    assert mounted_during and not any(mounted_during)
+    assert sandbox.mounts()[target.name] == [str(mnt)]
+    assert history(target) == history(source) and files(mnt) == files(sandbox.mount_dir / "src")
+
     # a writer holding a file open: the import cannot unmount, so it refuses and changes nothing
+    since = source.history()[-1].name
+    commit(source, sandbox.mount_dir / "src", {"a.txt": "later"}, "later")
+    export_bundle(source.name, tmp_path / "later.dsgb", since=since, audit_log=audit_log(tmp_path))
+    before = history(target)
     with open(mnt / "being-written.txt", "w") as writer:
         writer.write("first half ")
         writer.flush()
         with pytest.raises(DatasetBusyError):
             import_bundle(
-                tmp_path / "incr.dsgb",
+                tmp_path / "later.dsgb",
                 target.name,
                 allow=sandbox.allow,
                 zfs=Zfs(sandbox.allow, busy_timeout=0.5),
@@ -191,14 +214,11 @@ def test_no_write_is_lost_during_an_incremental_import(sandbox: Sandbox, source:
             )
         writer.write("second half")
     assert (mnt / "being-written.txt").read_text() == "first half second half"
-    (mnt / "being-written.txt").unlink()
-    # with nobody writing: unmounted for the whole import, so no write can come in and be lost
-    import_bundle(
-        tmp_path / "incr.dsgb", target.name, allow=sandbox.allow, progress=progress, audit_log=audit_log(tmp_path)
-    )
-    assert mounted_during and not any(mounted_during)
-    assert sandbox.mounts()[target.name] == [str(mnt)]
-    assert history(target) == history(source) and files(mnt) == files(sandbox.mount_dir / "src")
+    assert history(target) == before
+    # and that write is a change the next import will not discard
+    with pytest.raises(ConflictError, match="being-written.txt"):
+        import_bundle(tmp_path / "later.dsgb", target.name, allow=sandbox.allow, audit_log=audit_log(tmp_path))
+    assert (mnt / "being-written.txt").read_text() == "first half second half"
 
 
 def test_bundles_others_could_change_are_refused(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:

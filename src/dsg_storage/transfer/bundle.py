@@ -87,6 +87,7 @@ from ..core.transaction import (
     P_STATE,
     Phase,
     Repository,
+    _apply_owner,
     _Steps,
 )
 from ..errors import (
@@ -680,6 +681,7 @@ def _import_full(
     steps.done()
     if not inherits:
         zfs.set_mountpoint(temp, target)  # mounts it there too (canmount=on), nosuid,nodev by the props
+        _apply_owner(target, owner, mode_v)  # the importer's, not the stream's (mounted: _place_head won't)
         steps.done()
     zfs.rename(temp, into)  # the commit point
     steps.done()
@@ -767,11 +769,16 @@ def _import_incremental(
 
 def _changes_since(zfs: Zfs, repo: str, snap: Snapshot) -> list[str]:
     """Files changed in ``repo`` since ``snap`` (a mount's own metadata does not count).
-    The check runs in syncing context, so it sees writes not synced yet."""
+    The check runs in syncing context, so it sees writes not synced yet.
+
+    The root directory's own change (``M /``) does not count either: the importer's owner
+    and mode are applied to it on every mount, and whatever else changes it (an entry
+    added or removed) shows as a line of that entry; the root's metadata is what the
+    import sets anyway, so nothing is lost with it."""
     try:
         zfs.apply(Batch().require_unchanged(repo, snap.short_name))
     except DatasetChangedError:
-        return zfs.changed_files(snap.name, repo)
+        return [line for line in zfs.changed_files(snap.name, repo) if line.split("\t")[-1] not in ("/", "")]
     return []
 
 
