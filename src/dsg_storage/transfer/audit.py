@@ -2,11 +2,14 @@
 
 Air-gapped package managers keep one; so do we. Each line says who (the invoking user,
 the one behind sudo when there is one), when, what (``export`` or ``import``), the
-file and its sha256, its signer, the source repository the bundle records, the target
-and the result (``ok``, or the error)::
+file and its digests (``structure_sha256``, the trailer's hash that with the chunk
+digests identifies every byte, always; ``sha256`` of the whole file when a signature was
+made or checked: it costs a pass of its own), its signer, the source repository the
+bundle records, the target and the result (``ok``, or the error)::
 
     {"action": "import", "file": "/media/usb/week.dsgb", "into": "vault/survey",
      "result": "ok", "sha256": "9f2c...", "signer": "alice@field-office", "size": 123,
+     "structure_sha256": "41d0...",
      "source_repository": "tank/data/survey", "time": "2026-12-01T19:10:00Z",
      "uid": 0, "user": "bob"}
 

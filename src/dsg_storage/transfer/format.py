@@ -180,6 +180,9 @@ class BundleInfo:
     parts: tuple[PartSummary, ...]
     total_size: int  # stream bytes, all parts
     file_size: int
+    # The trailer's hash of everything but the stream bytes (the chunk digests included):
+    # with the parts' digests it identifies the whole file, at no cost to compute.
+    structure_sha256: str = ""
 
 
 def _chunk_count(size: int) -> int:
@@ -456,7 +459,9 @@ class BundleWriter:
         if os.fstat(self._fd).st_size > self._offset:  # an older, longer file; or a producer wrote past its end
             os.ftruncate(self._fd, self._offset)
         self._release()
-        self._info = BundleInfo(FORMAT_VERSION, self._metadata, tuple(self._parts), total, self._offset)
+        self._info = BundleInfo(
+            FORMAT_VERSION, self._metadata, tuple(self._parts), total, self._offset, self._structure.hexdigest()
+        )
         return self._info
 
     def _check_open(self) -> None:
@@ -872,7 +877,7 @@ def _finish(
         raise r.corrupt(f"the footer points at byte {offset} but the trailer is at byte {start}")
     if r.offset != r.size:
         raise r.corrupt(f"{r.size - r.offset} unexpected bytes follow the footer")
-    return BundleInfo(version, metadata, trailer.parts, trailer.total_size, r.size)
+    return BundleInfo(version, metadata, trailer.parts, trailer.total_size, r.size, trailer.structure_sha256)
 
 
 def _chunk_error(r: _Reader, part: _Part, chunk: int) -> BundleCorruptError:
@@ -1038,7 +1043,7 @@ def inspect(source: Source) -> BundleInfo:
             _walk(r, version, metadata)  # for a precise error; failing that, the tail's own
             assert r.tail_error is not None
             raise r.tail_error
-        return BundleInfo(version, metadata, r.trailer.parts, r.trailer.total_size, r.size)
+        return BundleInfo(version, metadata, r.trailer.parts, r.trailer.total_size, r.size, r.trailer.structure_sha256)
 
 
 def verify(source: Source, *, progress: ProgressFn | None = None, expect: BundleInfo | None = None) -> BundleInfo:
