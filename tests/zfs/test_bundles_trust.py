@@ -39,8 +39,9 @@ def audit_log(tmp_path: Path) -> str:
 
 
 def plant_privileges(repo: Repository, mnt: Path) -> None:
-    """A commit holding a setuid-root copy of bash and a device node anyone may open."""
-    with repo.begin(mountpoint=str(mnt)) as tx:
+    """A commit holding a setuid-root copy of bash and a device node anyone may open (in a
+    root directory anyone may enter)."""
+    with repo.begin(mountpoint=str(mnt), mode="0755") as tx:
         shell = Path(tx.path, "rootshell")
         shell.write_bytes(Path("/bin/bash").read_bytes())
         os.chown(shell, 0, 0)
@@ -123,7 +124,7 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
         mountpoint=str(other_mnt),
         allow=sandbox.allow,
         owner="1000:1000",
-        mode="0700",
+        mode="0711",
         audit_log=audit_log(tmp_path),
     )
     subprocess.run(["zfs", "inherit", "setuid", other.name], check=True)  # as if it were made here
@@ -132,7 +133,7 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
     assert euid_as_nobody(other_mnt) == "65534" and not device_opens_as_nobody(other_mnt)
     assert {"nosuid", "nodev"} <= mount_options(other.name)
     st = os.stat(other_mnt)
-    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o700)  # kept from the first import
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o711)  # kept from the first import
 
 
 def send(sandbox: Sandbox, snapshot: str, source: str | None, directory: Path) -> bytes:
