@@ -130,6 +130,7 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
     subprocess.run(["zfs", "inherit", "setuid", other.name], check=True)  # as if it were made here
     subprocess.run(["zfs", "inherit", "devices", other.name], check=True)
     import_bundle(tmp_path / "incr.dsgb", other.name, allow=sandbox.allow, audit_log=audit_log(tmp_path))
+    assert (zfs_get("setuid", other.name), zfs_get("devices", other.name)) == ("off", "off")
     assert euid_as_nobody(other_mnt) == "65534" and not device_opens_as_nobody(other_mnt)
     assert {"nosuid", "nodev"} <= mount_options(other.name)
     st = os.stat(other_mnt)
