@@ -430,7 +430,22 @@ def _check_open_bundle(
     begins = [sendstream.parse_begin(_pread(fd, p.offset, p.size), f"{name}: part {p.index + 1}") for p in info.parts]
     sendstream.check_chain(meta, begins, name)
     signature_file = signing.signature_path(name)
-    want_digest = digest or (allowed_signers is not None and signature_file.exists())
+    signed = signing.read_signature(signature_file, BundleError)  # read once, before the long pass
+
+    def check_signature(sha256: str | None) -> Signature:
+        return signing.check(
+            lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), info.file_size),
+            signed,
+            signature_file,
+            allowed_signers,
+            require=require_signature,
+            error=BundleError,
+            what=name,
+        )
+
+    if signed is None:
+        check_signature(None)  # unsigned, and a signature is required: refused before the long pass
+    want_digest = digest or (allowed_signers is not None and signed is not None)
     sha256 = None
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="dsg-bundle-sha256") as pool:
@@ -441,15 +456,7 @@ def _check_open_bundle(
             stop.set()  # the digest is not needed any more: do not wait for it to finish
             raise
         sha256 = hashing.result() if hashing is not None else None
-    signature = signing.check(
-        lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), info.file_size),
-        signature_file,
-        allowed_signers,
-        require=require_signature,
-        error=BundleError,
-        what=name,
-    )
-    return CheckedBundle(info, meta, sha256, signature)
+    return CheckedBundle(info, meta, sha256, check_signature(sha256))
 
 
 def _pread(fd: int, offset: int, size: int) -> bytes:
@@ -838,9 +845,11 @@ def read_lock_checked(
     ``allowed_signers`` when given (refused if absent when ``require_signature``) on the
     very bytes then parsed."""
     data = _lockfile.read_bytes(path)
+    signature_file = signing.signature_path(path)
     signature = signing.check(
         lambda: signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data)),
-        signing.signature_path(path),
+        signing.read_signature(signature_file, LockFileError),
+        signature_file,
         allowed_signers,
         require=require_signature,
         error=LockFileError,

@@ -161,6 +161,7 @@ def verify(
 
 def check(
     message_fn: Callable[[], bytes],
+    signature: bytes | None,
     signature_file: str | os.PathLike[str],
     allowed_signers: str | os.PathLike[str] | None,
     *,
@@ -168,12 +169,12 @@ def check(
     error: type[DsgStorageError],
     what: str,
 ) -> Signature:
-    """The policy: no ``.sig`` is refused only when ``require``; a ``.sig`` is checked when
-    an allowed-signers file is given (then a bad one is always refused). ``message_fn()``
-    gives the signed message (called only when a signature is checked)."""
+    """The policy, for ``signature`` (``read_signature``'s; None: there is none): a missing
+    one is refused only when ``require``; one is checked when an allowed-signers file is
+    given (then a bad one is always refused). ``message_fn()`` gives the signed message
+    (called only when a signature is checked, so an unsigned file is decided at once)."""
     if require and allowed_signers is None:
         raise InvalidArgumentError("requiring a signature needs an allowed-signers file (--allowed-signers)")
-    signature = read_signature(signature_file, error)
     if signature is None:
         if require:
             raise error(f"{what} is not signed (no {os.fspath(signature_file)}), and a signature is required")
