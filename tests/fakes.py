@@ -285,6 +285,10 @@ class FakeZfs:
         self._changed("set mountpoint", dataset)
         self.host.mount(dataset, path)
 
+    def set_native_props(self, dataset: str, props: Mapping[str, str]) -> None:
+        self.datasets[dataset].update(props)
+        self._changed("set", dataset)
+
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
         return list(self.changed.get(filesystem, []))
 

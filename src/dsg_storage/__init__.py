@@ -61,12 +61,17 @@ from .queue import Item, ItemState, Kind, Queue, RetryPolicy
 from .read.cache import ReadCache
 from .read.offline import open_offline
 from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
+from .transfer.audit import AuditLog
 from .transfer.bundle import (
+    CheckedBundle,
+    ExportedBundle,
     ImportResult,
+    check_bundle,
     check_lock,
     export_bundle,
     import_bundle,
     inspect_bundle,
+    read_lock_checked,
     verify_bundle,
     write_lock,
 )
@@ -76,10 +81,12 @@ from .transfer.lockfile import compare as compare_lock
 from .transfer.lockfile import dumps as dump_lock
 from .transfer.lockfile import loads as load_lock
 from .transfer.lockfile import read as read_lock
+from .transfer.signing import Signature
 from .zfs.allow import AllowList
 
 __all__ = [
     "AllowList",
+    "AuditLog",
     "BundleCorruptError",
     "BundleError",
     "BundleInfo",
@@ -87,6 +94,7 @@ __all__ = [
     "BundleVersionError",
     "CacheMissError",
     "CachedReader",
+    "CheckedBundle",
     "Commit",
     "ConflictError",
     "CorruptStateError",
@@ -94,6 +102,7 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "DsgStorageError",
+    "ExportedBundle",
     "FileEntry",
     "ImportResult",
     "InvalidArgumentError",
@@ -136,6 +145,7 @@ __all__ = [
     "RepositoryView",
     "RetentionPolicy",
     "RetryPolicy",
+    "Signature",
     "State",
     "Transaction",
     "TransactionError",
@@ -147,6 +157,7 @@ __all__ = [
     "ZfsUnavailableError",
     "__version__",
     "begin",
+    "check_bundle",
     "check_lock",
     "check_repository_props",
     "compare_lock",
@@ -161,6 +172,7 @@ __all__ = [
     "plan_retention",
     "prune",
     "read_lock",
+    "read_lock_checked",
     "verify_bundle",
     "write_lock",
 ]

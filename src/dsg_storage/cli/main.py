@@ -66,17 +66,20 @@ from ..read.cache import ReadCache
 from ..read.offline import open_offline
 from ..read.reader import CachedReader, Reader, commit_to_json, open_live
 from ..transfer import lockfile
+from ..transfer.audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from ..transfer.bundle import (
-    check_lock,
+    check_bundle,
+    describe_signature,
     export_bundle,
     import_bundle,
     inspect_bundle,
-    verify_bundle,
+    read_lock_checked,
     write_lock,
     write_progress,
 )
 from ..transfer.bundle import describe as describe_bundle
 from ..transfer.format import BundleInfo
+from ..transfer.signing import Signature
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from . import operations
@@ -183,23 +186,32 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--since", metavar="SNAP", help="make an incremental bundle from this base")
     b.add_argument("-o", "--output", required=True, metavar="FILE")
     b.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
+    _sign_arguments(b)
+    _audit_argument(b)
     b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)")
     b.add_argument("file")
-    b = bundle_sub.add_parser("verify", help="check a bundle's structure and every checksum")
+    b = bundle_sub.add_parser("verify", help="check a bundle's structure, streams, checksums and signature")
     b.add_argument("file")
+    _signature_arguments(b)
     b = bundle_sub.add_parser("import", help="verify, then receive a bundle: all of it or nothing")
     b.add_argument("file")
     b.add_argument("--into", required=True, metavar="REPO")
     b.add_argument("--mountpoint", help="for a full bundle: where the new repository is mounted")
+    b.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root (default: the invoking user)")
+    b.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root (default: 0755)")
+    _signature_arguments(b)
+    _audit_argument(b)
 
     p = sub.add_parser("lock", help="write a lock file: the repository's commits with their GUIDs")
     p.add_argument("repo")
     p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     p.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
+    _sign_arguments(p)
 
     p = sub.add_parser("verify", help="does the repository match a lock file?")
     p.add_argument("--lock", required=True, metavar="FILE")
     p.add_argument("repo")
+    _signature_arguments(p)
 
     p = sub.add_parser("snapshot", help="take a snapshot now, or queue it while the pool is away")
     p.add_argument("repo")
@@ -243,6 +255,23 @@ def _duration(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)")
     return value
+
+
+def _sign_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sign", metavar="KEY", help="sign with this OpenSSH private key (signature in FILE.sig)")
+
+
+def _signature_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allowed-signers", metavar="FILE", help="check FILE.sig against this OpenSSH allowed-signers file")
+    p.add_argument("--require-signature", action="store_true", help="refuse a file without a good signature (exit 9)")
+
+
+def _audit_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audit-log", metavar="FILE", default=DEFAULT_AUDIT_LOG, help=f"default: {DEFAULT_AUDIT_LOG}")
+
+
+def _signature_json(signature: Signature) -> dict[str, Any]:
+    return {"signature": attrs.asdict(signature), "signer": signature.signer}
 
 
 def _commit_json(commit: Commit | None) -> dict[str, Any] | None:
@@ -364,6 +393,15 @@ def _check_sudo(args: argparse.Namespace, inv: Invocation) -> None:
         inv.refuse("demo (it creates and chowns datasets of its own)")
     if args.command == "repos" and not args.under:
         raise InvalidArgumentError("say under which dataset to list repositories")
+    # Files root would read or write by a path the caller names: a key root signs with
+    # (its own, say), the trust anchors of signatures, an audit log anywhere.
+    for flag, given in (
+        ("--sign", getattr(args, "sign", None)),
+        ("--allowed-signers", getattr(args, "allowed_signers", None)),
+        ("--audit-log", getattr(args, "audit_log", DEFAULT_AUDIT_LOG) != DEFAULT_AUDIT_LOG),
+    ):
+        if given:
+            inv.refuse(f"{flag} (root would read or write a file the caller names)")
     for name in (getattr(args, "repo", None), getattr(args, "into", None), getattr(args, "under", None)):
         inv.check_dataset(name)
 
@@ -442,8 +480,10 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
         "file": path,
         "format_version": info.format_version,
         "metadata": dict(info.metadata),
+        # the fixed fields last: a part's info (the author's) cannot override what the reader found
         "parts": [
-            {"index": p.index, "size": p.size, "digest": p.digest, "offset": p.offset, **p.info} for p in info.parts
+            {**p.info, "info": dict(p.info), "index": p.index, "size": p.size, "digest": p.digest, "offset": p.offset}
+            for p in info.parts
         ],
         "stream_bytes": info.total_size,
         "file_size": info.file_size,
@@ -455,8 +495,24 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> 
     if action == "export":
         progress = None if args.json else write_progress(label="export")
         output = inv.output(args.output, force=args.force)
-        info = export_bundle(args.repo, output, snapshot=args.snapshot, since=args.since, progress=progress)
-        _emit(args, _bundle_json(args.output, info), "\n".join(describe_bundle(info)))
+        exported = export_bundle(
+            args.repo,
+            output,
+            snapshot=args.snapshot,
+            since=args.since,
+            progress=progress,
+            sign=args.sign,
+            audit_log=args.audit_log,
+        )
+        _emit(
+            args,
+            {
+                **_bundle_json(args.output, exported),
+                "sha256": exported.sha256,
+                "signature_file": exported.signature_file,
+            },
+            "\n".join(describe_bundle(exported)),
+        )
         return 0
     with inv.input(args.file) as path:
         return _run_bundle_file(args, allow, inv, path)
@@ -468,24 +524,46 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation
         info = inspect_bundle(path)
         _emit(args, _bundle_json(args.file, info), "\n".join(describe_bundle(info)))
     elif action == "verify":
-        info = verify_bundle(path, progress=None if args.json else write_progress(label="verify"))
+        checked = check_bundle(
+            path,
+            progress=None if args.json else write_progress(label="verify"),
+            allowed_signers=args.allowed_signers,
+            require_signature=args.require_signature or inv.signatures_required,
+        )
+        info = checked.info
         _emit(
             args,
-            {**_bundle_json(args.file, info), "ok": True},
-            f"{args.file}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches)",
+            {
+                **_bundle_json(args.file, info),
+                "ok": True,
+                "sha256": checked.sha256,
+                **_signature_json(checked.signature),
+            },
+            f"{args.file}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches, "
+            f"each stream is the snapshot it claims); signature: {describe_signature(checked.signature)}",
         )
     else:
         progress = None if args.json else write_progress(label="verify+import")
         mountpoint = inv.mountpoint(args.mountpoint)
-        if inv.sudo:  # the owner a full bundle carries is the bundle maker's word: check it
-            owner = inspect_bundle(path).metadata.get("owner")
-            if isinstance(owner, str) and args.mountpoint:
-                inv.owner(owner, creating=True)
-        result = import_bundle(path, args.into, mountpoint=mountpoint, allow=allow, progress=progress)
+        if inv.sudo:  # the owner given for the new repository is checked like begin's
+            inv.owner(args.owner or str(inv.invoker), creating=True)
+        result = import_bundle(
+            path,
+            args.into,
+            mountpoint=mountpoint,
+            allow=allow,
+            progress=progress,
+            owner=args.owner,
+            mode=args.mode,
+            allowed_signers=args.allowed_signers,
+            require_signature=args.require_signature or inv.signatures_required,
+            audit_log=args.audit_log,
+        )
+        signed = f", signed by {result.signer}" if result.signer else ""
         _emit(
             args,
             attrs.asdict(result),
-            f"imported {result.kind} bundle into {result.repository}: {', '.join(result.snapshots)}",
+            f"imported {result.kind} bundle into {result.repository}: {', '.join(result.snapshots)}{signed}",
         )
     return 0
 
@@ -498,18 +576,28 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> in
             with inv.output(args.output, force=args.force) as out:
                 os.write(out.fd, lockfile.dumps(lock).encode())
         else:
-            lock = write_lock(repo.name, args.output)
+            lock = write_lock(repo.name, args.output, sign=args.sign)
         if args.output:
             _emit(
                 args,
-                {"file": args.output, "repository": repo.name, "commits": len(lock.commits)},
+                {
+                    "file": args.output,
+                    "repository": repo.name,
+                    "commits": len(lock.commits),
+                    "signature_file": f"{args.output}.sig" if args.sign else None,
+                },
                 f"{args.output}: {len(lock.commits)} commits of {repo.name}",
             )
         else:
             sys.stdout.write(lockfile.dumps(lock))
         return 0
     with inv.input(args.lock) as path:
-        diff = check_lock(path, repo.name)
+        lock, signature = read_lock_checked(
+            path,
+            allowed_signers=args.allowed_signers,
+            require_signature=args.require_signature or inv.signatures_required,
+        )
+    diff = lockfile.compare(lock, [lockfile.LockedCommit(c.name, c.guid) for c in repo.history()])
     as_json = {
         "repository": repo.name,
         "lock": args.lock,
@@ -518,11 +606,13 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> in
         "extra": [attrs.asdict(c) | {"guid": str(c.guid)} for c in diff.extra],
         "changed": [{"name": a.name, "locked_guid": str(a.guid), "actual_guid": str(b.guid)} for a, b in diff.changed],
         "reordered": diff.reordered,
+        **_signature_json(signature),
     }
+    signed = f" (signed by {signature.signer})" if signature.signer else ""
     text = (
-        f"{repo.name} matches {args.lock}"
+        f"{repo.name} matches {args.lock}{signed}"
         if diff.matches
-        else "\n".join([f"{repo.name} does not match {args.lock}:", *(f"  {line}" for line in diff.describe())])
+        else "\n".join([f"{repo.name} does not match {args.lock}{signed}:", *(f"  {line}" for line in diff.describe())])
     )
     _emit(args, as_json, text)
     return 0 if diff.matches else EXIT_MISMATCH

@@ -72,6 +72,11 @@ class Invocation:
     def sudo(self) -> bool:
         return self.invoker is not None
 
+    @property
+    def signatures_required(self) -> bool:
+        """The policy's ``[bundles] require_signed``: bundles and lock files must be signed."""
+        return self.policy is not None and self.policy.require_signed_bundles
+
     def allow(self, caller: AllowList) -> AllowList:
         """The allow-list in force: the caller's (and ``$DSG_STORAGE_ALLOW``) without sudo;
         under sudo, the policy's, narrowed by ``--allow``."""

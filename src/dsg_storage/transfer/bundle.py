@@ -24,23 +24,47 @@ Landing, all or nothing:
   point. A failure, or recovery after a crash, while the mark is there destroys the
   snapshots received and rolls the repository back to the base.
 
-Every bundle is verified completely before anything changes. ZFS then reads each stream
-straight from the file (no copy through this process); a file changed after the
-verification is caught by the record check before the receive, or by ZFS's own stream
-checksums during it (all or nothing, as above).
+A bundle comes from somebody else and is imported as root, so nothing in it is trusted
+that was not checked, and nothing of its author's gives privilege:
+
+* **one file, one check**: the file is opened once (a regular file, not a link); a file
+  that someone other than root or the importer could write is refused (they could
+  change it between the check and the receive), and so is one open for writing
+  elsewhere (a read lease cannot be had). Every check and ZFS's receive read that
+  same open file.
+* **checked against itself**: the metadata against its schema (``metadata``), each
+  part's info against the metadata, each stream's BEGIN record against both
+  (``sendstream``: the snapshot, its GUID, full or incremental from which GUID), then
+  every byte against its digest; after each part is received, the snapshot's GUID
+  against the one expected.
+* **signed** (``signing``): with an allowed-signers file a signature is checked (and,
+  when required, must be there); it covers the sha256 of every byte of the file.
+* **harmless**: received repositories carry ``setuid=off`` and ``devices=off``, set
+  before they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode
+  are the importer's (``owner``, ``mode``; default the invoking user and 0755), the
+  bundle's are only shown.
+* **no write lost**: an incremental import unmounts the repository first, then checks
+  it has no changes since the base, rolls back to the base explicitly (a mount's own
+  metadata writes) and receives without ``force``; it is mounted again at the end.
+* **audited** (``audit``): every export and import appends a line to the audit log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import functools
+import hashlib
 import logging
 import os
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,17 +74,24 @@ from .. import names as _names
 from .._libc import libc
 from .._version import __version__
 from ..core.history import lineage
-from ..core.options import check_mountpoint, parse_mode
+from ..core.options import Owner, check_mountpoint, parse_mode
 from ..core.records import Phase
 from ..core.repository import Repository
 from ..core.view import observe
 from ..errors import (
     BundleError,
     ConflictError,
+    DatasetBusyError,
     DatasetExistsError,
+    DsgStorageError,
     InvalidArgumentError,
+    LockFileError,
+    NoSpaceError,
+    NotAllowedError,
+    PoolUnavailableError,
     RepositoryNotFoundError,
     TransactionInProgressError,
+    ZfsError,
 )
 from ..hostfs import OutputFile
 from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO, P_STATE
@@ -68,13 +99,22 @@ from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs, zfs_version
 from ..zfs.errors import DatasetChangedError
 from ..zfs.port import Batch, Snapshot, ZfsPort
+from ..zfs.programs import u64
 from . import format as _bundle_format
 from . import lockfile as _lockfile
+from . import metadata as _metadata
+from . import sendstream, signing
+from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
+from .audit import AuditLog
 from .format import BundleInfo, ProgressFn
 from .lockfile import LockDiff, LockedCommit, LockFile
+from .metadata import BundleMetadata
+from .signing import Signature
 
-KIND = "dsg-storage bundle"
 log = logging.getLogger("dsg_storage")
+SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
+DEFAULT_MODE = 0o755
+_DIGEST_PIECE = 1 << 20
 
 
 @attrs.frozen
@@ -83,6 +123,30 @@ class ImportResult:
     kind: str  # full | incremental
     snapshots: tuple[str, ...]  # received, short names, oldest first
     mountpoint: str | None
+    owner: str = ""  # UID:GID given to the repository's root (the importer's choice)
+    mode: str = ""
+    sha256: str | None = None  # of the whole bundle file, when a signature was checked
+    signer: str | None = None  # the principal whose signature was checked, if one was
+
+
+@attrs.frozen
+class CheckedBundle:
+    """A bundle checked whole: its parts, its typed metadata, the sha256 of the file (when
+    computed) and how it was signed."""
+
+    info: BundleInfo
+    metadata: BundleMetadata
+    sha256: str | None
+    signature: Signature
+
+
+@attrs.frozen
+class ExportedBundle(BundleInfo):
+    """What ``export_bundle`` wrote: the bundle, and when signed the sha256 of the file and
+    its signature file (else None)."""
+
+    sha256: str | None = None
+    signature_file: str | None = None
 
 
 def _transferable(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
@@ -106,17 +170,62 @@ def export_bundle(
     since: str | None = None,
     progress: ProgressFn | None = None,
     zfs: ZfsPort | None = None,
-) -> BundleInfo:
+    sign: str | os.PathLike[str] | None = None,
+    audit_log: str | os.PathLike[str] = DEFAULT_AUDIT_LOG,
+) -> ExportedBundle:
     """Write ``repo``'s snapshots up to ``snapshot`` (default: the latest) to ``output``:
-    all of them (full bundle), or those after ``since`` (incremental bundle).
+    all of them (full bundle), or those after ``since`` (incremental bundle). With
+    ``sign`` (an OpenSSH private key file), write the signature to ``output.sig``.
 
     Streams: memory stays flat whatever the size. The file appears under its name only
-    once complete (written to a temporary name beside it, fsynced, renamed); after a
-    crash at most a ``.partial`` file is left beside it. Nothing in the pool changes.
-    ``output`` may be a ``hostfs.OutputFile`` (the CLI's, under sudo: written as the
-    invoking user, not replacing an existing file unless asked).
+    once complete (written to a temporary name beside it, fsynced, renamed), its
+    signature just before it; after a crash at most a ``.partial`` file is left beside
+    it. Nothing in the pool changes. Appends the export to the audit log. ``output``
+    may be a ``hostfs.OutputFile`` (the CLI's, under sudo: written as the invoking user,
+    never replacing a file unless asked).
     """
-    zfs = zfs or open_zfs(AllowList(()))
+    audit = AuditLog(os.fspath(audit_log))
+    audit.check()
+    out = output if isinstance(output, OutputFile) else OutputFile(output)
+    record: dict[str, Any] = {"action": "export", "file": out.path, "source_repository": repo}
+    try:
+        exported = _export(repo, out, snapshot, since, progress, zfs or open_zfs(AllowList(())), sign)
+    except BaseException as exc:
+        _audit_failure(audit, record, exc)
+        raise
+    audit.append(
+        {
+            **record,
+            "result": "ok",
+            "sha256": exported.sha256,
+            "structure_sha256": exported.structure_sha256,
+            "size": exported.file_size,
+            "signer": os.fspath(sign) if sign else None,
+            "snapshots": [s.name for s in _metadata.parse(exported.metadata, out.path).snapshots],
+        }
+    )
+    return exported
+
+
+def _audit_failure(audit: AuditLog, record: dict[str, Any], exc: BaseException) -> None:
+    """Log an operation that failed; a failure to log is noted on the original error."""
+    result = f"error: {type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "interrupted"
+    try:
+        audit.append({**record, "result": result})
+    except (OSError, DsgStorageError) as log_exc:  # the operation's own error is the one to raise
+        log.error("cannot append to the audit log %s: %s", audit.path, log_exc)
+        exc.add_note(f"(and the audit log {audit.path} could not be written: {log_exc})")
+
+
+def _export(
+    repo: str,
+    out: OutputFile,
+    snapshot: str | None,
+    since: str | None,
+    progress: ProgressFn | None,
+    zfs: ZfsPort,
+    sign: str | os.PathLike[str] | None,
+) -> ExportedBundle:
     repo = _names.validate_repository(repo)
     props = zfs.get_props(repo, [P_OWNER, P_MODE])
     if props is None:
@@ -130,30 +239,19 @@ def export_bundle(
         raise InvalidArgumentError(f"--since {since} is not older than {chain[last].short_name}", dataset=repo)
     base = chain[first - 1] if since else None
     carried = chain[first : last + 1]
-    metadata = {
-        "kind": KIND,
-        "type": "incremental" if base else "full",
-        "repository": repo,
-        "base": {"name": base.short_name, "guid": str(base.guid)} if base else None,
-        "snapshots": [
-            {
-                "name": s.short_name,
-                "guid": str(s.guid),
-                "createtxg": s.createtxg,
-                "creation": s.creation,
-                "user_props": dict(s.user_props),
-            }
-            for s in carried
-        ],
-        "owner": props.get(P_OWNER),
-        "mode": props.get(P_MODE),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "zfs_version": zfs_version(),
-        "dsg_storage_version": __version__,
-    }
-    # The partial file is created O_EXCL|O_NOFOLLOW under a random name beside the
-    # target (hostfs.OutputFile): a planted link or a guessed name redirects nothing.
-    out = output if isinstance(output, OutputFile) else OutputFile(output)
+    meta = BundleMetadata(
+        type="incremental" if base else "full",
+        repository=repo,
+        base=_metadata.BaseRecord(base.short_name, base.guid) if base else None,
+        snapshots=tuple(
+            _metadata.SnapshotRecord(s.short_name, s.guid, s.createtxg, s.creation, dict(s.user_props)) for s in carried
+        ),
+        owner=props.get(P_OWNER),
+        mode=props.get(P_MODE),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        zfs_version=zfs_version(),
+        dsg_storage_version=__version__,
+    )
     steps = list(zip([base, *carried[:-1]], carried, strict=True))  # (from, to); from None: a full stream
     estimate = 0
     if progress is not None:
@@ -166,28 +264,57 @@ def export_bundle(
             zfs.send_to(fd, snapshot, source)
         _start_writeback(fd)
 
+    # The partial file is created O_EXCL|O_NOFOLLOW under a random name beside the
+    # target (hostfs.OutputFile): a planted link or a guessed name redirects nothing.
+    signature_file = signing.signature_path(out.path)
     try:
-        fd = out.open()
-        with open(fd, "wb", closefd=False) as handle:
-            with _bundle_format.BundleWriter(handle, metadata) as writer:
-                for previous, snap in steps:
-                    info = {
-                        "snapshot": snap.short_name,
-                        "guid": str(snap.guid),
-                        "from": previous.short_name if previous else None,
-                        "from_guid": str(previous.guid) if previous else None,
-                    }
+        with open(out.open(), "w+b", closefd=False) as handle:
+            with _bundle_format.BundleWriter(handle, meta.to_json()) as writer:
+                for (previous, snap), info in zip(steps, meta.parts(), strict=True):
                     source = previous.name if previous else None
-                    done += writer.add_part(info, functools.partial(send_part, snap.name, source)).size
+                    done += writer.add_part(info.to_json(), functools.partial(send_part, snap.name, source)).size
                 written = writer.close()
             handle.flush()
+            # A whole extra pass (sha256 runs at 61 MiB/s a core without SHA-NI): only to sign.
+            digest = _file_sha256(handle.fileno()) if sign is not None else None
+        if sign is not None and digest is not None:  # the signature first: never an unsigned bundle by mistake
+            signing.write_signature(
+                signature_file, signing.sign(sign, signing.manifest("bundle", digest, written.file_size))
+            )
+        else:
+            signature_file.unlink(missing_ok=True)  # a stale one would not match this bundle
         out.publish()  # fsync, rename onto the target, fsync the directory
     except BaseException:
         out.discard()
         raise
     if progress is not None:
         progress(done, done)
-    return written
+    return ExportedBundle(
+        written.format_version,
+        written.metadata,
+        written.parts,
+        written.total_size,
+        written.file_size,
+        written.structure_sha256,
+        sha256=digest,
+        signature_file=str(signature_file) if sign is not None else None,
+    )
+
+
+def _file_sha256(fd: int, stop: threading.Event | None = None) -> str:
+    """The sha256 of the whole file behind ``fd``, read with pread (the offset is left
+    alone); ``stop`` ends it early (the result is then meaningless)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_DIGEST_PIECE)
+    offset = 0
+    with memoryview(buffer) as view:
+        while stop is None or not stop.is_set():
+            got = os.preadv(fd, [view], offset)
+            if not got:
+                break
+            digest.update(view[:got])  # releases the GIL: runs beside the digest pass
+            offset += got
+    return digest.hexdigest()
 
 
 def _offset_in(fd: int, start: int) -> int:
@@ -230,25 +357,137 @@ def _start_writeback(fd: int) -> None:
 
 
 def inspect_bundle(path: str | os.PathLike[str]) -> BundleInfo:
-    """What a bundle holds (metadata, parts, sizes), reading only its ends; no pool needed."""
-    info = _bundle_format.inspect(path)
-    _check_kind(info, path)
-    return info
+    """What a bundle holds (metadata, parts, sizes), reading only its ends; no pool needed.
+    The metadata and the parts' info are checked against the schema; the streams are not
+    read (``verify_bundle`` does)."""
+    with _bundle_format.open_checked(path) as f:
+        info = _bundle_format.inspect(f)
+        _check_claims(info, os.fspath(path))
+        return info
 
 
-def verify_bundle(path: str | os.PathLike[str], *, progress: ProgressFn | None = None) -> BundleInfo:
-    """Check a bundle's structure and every checksum (one pass); raises a BundleError."""
-    info = _bundle_format.verify(path, progress=progress)
-    _check_kind(info, path)
-    return info
+def verify_bundle(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressFn | None = None,
+    allowed_signers: str | os.PathLike[str] | None = None,
+    require_signature: bool = False,
+) -> BundleInfo:
+    """Check a bundle whole (``check_bundle``); raises a BundleError."""
+    return check_bundle(
+        path, progress=progress, allowed_signers=allowed_signers, require_signature=require_signature
+    ).info
 
 
-def _check_kind(info: BundleInfo, path: str | os.PathLike[str]) -> None:
-    meta = info.metadata
-    if meta.get("kind") != KIND or meta.get("type") not in ("full", "incremental"):
-        raise BundleError(f"{path} is a bundle file but not a repository bundle (kind {meta.get('kind')!r})")
-    if len(info.parts) != len(meta.get("snapshots") or ()):
-        raise BundleError(f"{path}: {len(info.parts)} streams for {len(meta['snapshots'])} snapshots")
+def check_bundle(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressFn | None = None,
+    allowed_signers: str | os.PathLike[str] | None = None,
+    require_signature: bool = False,
+    digest: bool = False,
+) -> CheckedBundle:
+    """Check a bundle whole: the metadata against its schema, the parts' info against
+    the metadata, each stream's BEGIN record against both (the chain of snapshots and
+    GUIDs), every byte against its digest, and its signature (``PATH.sig``) against
+    ``allowed_signers`` if given (refused if absent when ``require_signature``). Memory
+    stays bounded whatever the file holds. Computes the file's sha256 when a signature
+    is checked or ``digest`` is asked."""
+    with _bundle_format.open_checked(path) as f:
+        return _check_open_bundle(f, os.fspath(path), progress, allowed_signers, require_signature, digest)
+
+
+def _check_claims(info: BundleInfo, name: str) -> BundleMetadata:
+    meta = _metadata.parse(info.metadata, name)
+    _metadata.check_parts(meta, [p.info for p in info.parts], name)
+    return meta
+
+
+def _check_open_bundle(
+    f: Any,
+    name: str,
+    progress: ProgressFn | None,
+    allowed_signers: str | os.PathLike[str] | None,
+    require_signature: bool,
+    digest: bool,
+) -> CheckedBundle:
+    if require_signature and allowed_signers is None:
+        raise InvalidArgumentError("requiring a signature needs an allowed-signers file (--allowed-signers)")
+    info = _bundle_format.inspect(f)  # the ends: cheap, refuses lies before the long pass
+    meta = _check_claims(info, name)
+    fd = f.fileno()
+    begins = [sendstream.parse_begin(_pread(fd, p.offset, p.size), f"{name}: part {p.index + 1}") for p in info.parts]
+    sendstream.check_chain(meta, begins, name)
+    signature_file = signing.signature_path(name)
+    signed = signing.read_signature(signature_file, BundleError)  # read once, before the long pass
+
+    def check_signature(sha256: str | None) -> Signature:
+        return signing.check(
+            lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), info.file_size),
+            signed,
+            signature_file,
+            allowed_signers,
+            require=require_signature,
+            error=BundleError,
+            what=name,
+        )
+
+    if signed is None:
+        check_signature(None)  # unsigned, and a signature is required: refused before the long pass
+    want_digest = digest or (allowed_signers is not None and signed is not None)
+    sha256 = None
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="dsg-bundle-sha256") as pool:
+        hashing = pool.submit(_file_sha256, fd, stop) if want_digest else None
+        try:
+            _bundle_format.verify(f, progress=progress, expect=info)
+        except BaseException:
+            stop.set()  # the digest is not needed any more: do not wait for it to finish
+            raise
+        sha256 = hashing.result() if hashing is not None else None
+    return CheckedBundle(info, meta, sha256, check_signature(sha256))
+
+
+def _pread(fd: int, offset: int, size: int) -> bytes:
+    return os.pread(fd, min(size, sendstream.RECORD_SIZE), offset)
+
+
+def _check_private(f: Any, name: str) -> None:
+    """Refuse a bundle that someone other than root or the importer could change while it
+    is imported: they could swap its bytes between the check and the receive."""
+    fd = f.fileno()
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()):
+        raise BundleError(
+            f"{name} belongs to uid {st.st_uid}, who could change it while it is imported",
+            hint="copy it to a directory of your own first (cp), and import the copy",
+        )
+    if st.st_mode & 0o022:
+        raise BundleError(
+            f"{name} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "who could change it while it is imported",
+            hint=f"chmod go-w {name}, or import a copy of your own",
+        )
+    # A read lease is granted only when nobody has the file open for writing: a writer
+    # that opened it before its mode was tightened is caught here.
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EBUSY):
+            raise BundleError(f"{name} is open for writing by another process; import it once that is done") from None
+        log.debug("no read lease on %s (%s): the owner and mode checks stand alone", name, exc.strerror)
+        return
+    fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+
+
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+
+
+def default_owner() -> Owner:
+    """The invoking user: the one behind sudo when root runs through sudo."""
+    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit() and os.environ.get("SUDO_GID", "").isdigit():
+        return Owner(int(os.environ["SUDO_UID"]), int(os.environ["SUDO_GID"]))
+    return Owner(os.getuid(), os.getgid())
 
 
 def import_bundle(
@@ -260,76 +499,144 @@ def import_bundle(
     zfs: ZfsPort | None = None,
     progress: ProgressFn | None = None,
     lock_timeout: float = 10.0,
+    owner: str | Owner | None = None,
+    mode: str | int | None = None,
+    allowed_signers: str | os.PathLike[str] | None = None,
+    require_signature: bool = False,
+    audit_log: str | os.PathLike[str] = DEFAULT_AUDIT_LOG,
 ) -> ImportResult:
     """Receive a bundle into repository ``into``: a full bundle creates it (refused if it
     exists; ``mountpoint`` as for an init, required unless inherited), an incremental one
     applies onto the base it was made from.
 
-    Verifies the whole bundle first: a bad one changes nothing. Lands completely or not
-    at all, also across a crash (see the module's docstring; ``recover`` finishes the
-    cleanup after a crash).
+    Checks the whole bundle first (``check_bundle``; signatures as there): a bad one
+    changes nothing. The repository's root gets ``owner`` and ``mode`` (default: the
+    invoking user, 0755; for an incremental bundle, the repository's own unless given);
+    the bundle's are never applied. Received repositories carry ``setuid=off`` and
+    ``devices=off``. Lands completely or not at all, also across a crash (see the
+    module's docstring; ``recover`` finishes the cleanup after a crash). Appends the
+    import and its result to the audit log.
     """
+    audit = AuditLog(os.fspath(audit_log))
+    audit.check()
+    record: dict[str, Any] = {"action": "import", "file": os.path.abspath(path), "into": into}
+    try:
+        result = _import(
+            path,
+            into,
+            mountpoint,
+            allow,
+            zfs,
+            progress,
+            lock_timeout,
+            owner,
+            mode,
+            allowed_signers,
+            require_signature,
+            record,
+        )
+    except BaseException as exc:
+        _audit_failure(audit, record, exc)
+        raise
+    audit.append({**record, "result": "ok", "snapshots": list(result.snapshots)})
+    return result
+
+
+def _import(
+    path: str | os.PathLike[str],
+    into: str,
+    mountpoint: str | None,
+    allow: AllowList | str | None,
+    zfs: ZfsPort | None,
+    progress: ProgressFn | None,
+    lock_timeout: float,
+    owner: str | Owner | None,
+    mode: str | int | None,
+    allowed_signers: str | os.PathLike[str] | None,
+    require_signature: bool,
+    record: dict[str, Any],
+) -> ImportResult:
     zfs = zfs if zfs is not None else open_zfs(allow)
     into = _names.validate_repository(into)
     zfs.allow.check(into)
     mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
+    owner_v = Owner.parse(owner) if owner is not None else None
+    mode_v = parse_mode(mode) if mode is not None else None
     halves = None if progress is None else (lambda done, total: progress(done, 2 * (total or 0) or None))
-    info = verify_bundle(path, progress=halves)
-    repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
-    with repository.exclusive():
-        repository.recover()
-        if info.metadata["type"] == "full":
-            return _import_full(zfs, repository, path, info, mountpoint, progress)
-        return _import_incremental(zfs, repository, path, info, progress)
+    name = os.fspath(path)
+    with _bundle_format.open_checked(path) as f:
+        _check_private(f, name)
+        checked = _check_open_bundle(f, name, halves, allowed_signers, require_signature, False)
+        record.update(
+            sha256=checked.sha256,
+            structure_sha256=checked.info.structure_sha256,
+            size=checked.info.file_size,
+            signer=checked.signature.signer,
+            signature=checked.signature.status,
+            source_repository=checked.metadata.repository,
+        )
+        repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
+        with repository.exclusive():
+            repository.recover()
+            if checked.metadata.type == "full":
+                result = _import_full(
+                    zfs, repository, f, checked, mountpoint, owner_v or default_owner(), mode_v, progress
+                )
+            else:
+                result = _import_incremental(zfs, repository, f, checked, owner_v, mode_v, progress)
+    return attrs.evolve(result, sha256=checked.sha256, signer=checked.signature.signer)
 
 
-def _stream_parts(
-    zfs: ZfsPort,
-    path: str | os.PathLike[str],
-    info: BundleInfo,
-    target: str,
-    progress: ProgressFn | None,
-    *,
-    force: bool,
-) -> list[str]:
-    """Receive every part of the (verified) bundle into ``target``, in order, ZFS reading
-    each stream straight from the file."""
+def _stream_parts(zfs: ZfsPort, f: Any, checked: CheckedBundle, target: str, progress: ProgressFn | None) -> list[str]:
+    """Receive every part of the (checked) bundle into ``target``, in order, without
+    force, ZFS reading each stream straight from the open file; after each, the received
+    snapshot's GUID must be the one the bundle promised."""
+    info = checked.info
     received = []
     done = info.total_size  # the verify pass was the first half of the progress
-    parts = _bundle_format.part_ranges(path, expect=info)  # raises if the file changed since verify
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for part in parts:
-            short = part.info["snapshot"]
-            os.lseek(fd, part.offset, os.SEEK_SET)
-            position = functools.partial(_offset_in, fd, part.offset)
+    parts = _bundle_format.part_ranges(f, expect=info)  # raises if the file changed since it was checked
+    fd = f.fileno()
+    for part, expected in zip(parts, checked.metadata.snapshots, strict=True):
+        snapshot = f"{target}@{expected.name}"
+        os.lseek(fd, part.offset, os.SEEK_SET)
+        position = functools.partial(_offset_in, fd, part.offset)
+        try:
             with _reporting(progress, position, done, 2 * info.total_size):
-                zfs.receive_from(fd, f"{target}@{short}", force=force)
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
-                raise BundleError(f"{path}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
-            received.append(short)
-            done += part.size
-            if progress:
-                progress(done, 2 * info.total_size)
-    finally:
-        os.close(fd)
+                zfs.receive_from(fd, snapshot, force=False)
+        except (NoSpaceError, PoolUnavailableError, DatasetBusyError, NotAllowedError):
+            raise  # the pool's condition, not the stream's
+        except ZfsError as exc:  # every check passed, yet ZFS finds the stream wrong
+            raise BundleError(
+                f"{f.name}: ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed"
+            ) from exc
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
+            raise BundleError(f"{f.name}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
+        guid = u64(int((zfs.get_props(snapshot, ["guid"]) or {}).get("guid", 0)))
+        if guid != expected.guid:
+            raise BundleError(f"{f.name}: part {part.index + 1} made {snapshot} with GUID {guid}, not {expected.guid}")
+        received.append(expected.name)
+        done += part.size
+        if progress:
+            progress(done, 2 * info.total_size)
     return received
 
 
-def _snapshot_props(batch: Batch, target: str, info: BundleInfo) -> Batch:
-    for snap in info.metadata["snapshots"]:
-        if snap["user_props"]:
-            batch = batch.set(f"{target}@{snap['name']}", snap["user_props"])
+def _snapshot_props(batch: Batch, target: str, meta: BundleMetadata) -> Batch:
+    for snap in meta.snapshots:
+        if snap.user_props:
+            batch = batch.set(f"{target}@{snap.name}", snap.user_props)
     return batch
 
 
 def _import_full(
     zfs: ZfsPort,
     repository: Repository,
-    path: str | os.PathLike[str],
-    info: BundleInfo,
+    f: Any,
+    checked: CheckedBundle,
     mountpoint: str | None,
+    owner: Owner,
+    mode: int | None,
     progress: ProgressFn | None,
 ) -> ImportResult:
     into = repository.name
@@ -348,10 +655,12 @@ def _import_full(
     if target is None:
         raise InvalidArgumentError(f"{into} would have no mountpoint: give one", dataset=into)
     inherits = target == inherited  # as for transactions: no local mountpoint property then
-    meta = info.metadata
+    meta = checked.metadata
     temp = _names.receive_dataset(into, _names.new_tx_id())
+    mode_v = DEFAULT_MODE if mode is None else mode
     try:
-        _stream_parts(zfs, path, info, temp, progress, force=False)
+        _stream_parts(zfs, f, checked, temp, progress)
+        zfs.set_native_props(temp, SAFE_PROPS)  # before it is ever mounted
     except BaseException:
         if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
             zfs.destroy_with_snapshots(temp)
@@ -360,73 +669,104 @@ def _import_full(
         P_REPO: into,
         P_MOUNTPOINT: target,
         P_INHERITS: "yes" if inherits else "no",
-        P_OWNER: str(meta.get("owner") or f"{os.getuid()}:{os.getgid()}"),
-        P_MODE: f"{parse_mode(meta.get('mode') or '0755'):04o}",
+        P_OWNER: str(owner),
+        P_MODE: f"{mode_v:04o}",
         P_STATE: Phase.COMMITTED.value,
     }
-    zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, info))
+    zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, meta))
     if not inherits:
         zfs.set_mountpoint(temp, target)  # the property only: recover() below mounts it
     zfs.rename(temp, into)  # the commit point
-    repository.recover()  # mounts it where it records, owned as it records
-    return ImportResult(into, "full", tuple(s["name"] for s in meta["snapshots"]), target)
+    repository.recover()  # mounted where it records (nosuid,nodev by its props), the importer's owner
+    return ImportResult(into, "full", tuple(s.name for s in meta.snapshots), target, str(owner), f"{mode_v:04o}")
 
 
 def _import_incremental(
-    zfs: ZfsPort, repository: Repository, path: str | os.PathLike[str], info: BundleInfo, progress: ProgressFn | None
+    zfs: ZfsPort,
+    repository: Repository,
+    f: Any,
+    checked: CheckedBundle,
+    owner: Owner | None,
+    mode: int | None,
+    progress: ProgressFn | None,
 ) -> ImportResult:
     into = repository.name
-    meta = info.metadata
+    meta = checked.metadata
+    assert meta.base is not None  # the schema: an incremental bundle has a base
     if not zfs.exists(into):
         raise RepositoryNotFoundError(
-            f"repository {into} does not exist: an incremental bundle applies onto its base {meta['base']['name']}",
+            f"repository {into} does not exist: an incremental bundle applies onto its base {meta.base.name}",
             dataset=into,
         )
     if repository.pending():
         raise TransactionInProgressError(f"{into} has an open transaction: finish it first", dataset=into)
     chain = _transferable(lineage(zfs, into))
-    base_guid = int(meta["base"]["guid"])
     latest = chain[-1] if chain else None
-    if latest is None or latest.guid != base_guid:
+    if latest is None or latest.guid != meta.base.guid:
         have = f"{latest.short_name} (guid {latest.guid})" if latest else "no snapshot"
-        where = next((s.short_name for s in chain if s.guid == base_guid), None)
+        where = next((s.short_name for s in chain if s.guid == meta.base.guid), None)
         detail = f"; {where} is there but is not the latest" if where else ""
         raise BundleError(
-            f"wrong base: the bundle applies onto {meta['base']['name']} (guid {base_guid}); "
+            f"wrong base: the bundle applies onto {meta.base.name} (guid {meta.base.guid}); "
             f"{into}'s latest snapshot is {have}{detail}. Nothing was changed",
         )
     names = {s.short_name for s in chain}
-    clash = [s["name"] for s in meta["snapshots"] if s["name"] in names]
+    clash = [s.name for s in meta.snapshots if s.name in names]
     if clash:
         raise BundleError(f"{into} already has snapshot(s) {', '.join(clash)}. Nothing was changed")
-    changed = _changes_since(zfs, into, latest)
-    if changed:
-        raise ConflictError(
-            f"{into} has changes since {latest.short_name} that the import would discard: "
-            + ", ".join(changed[:5])
-            + (" ..." if len(changed) > 5 else ""),
-            dataset=into,
-            hint="commit them (or roll them back) and export a bundle from the new base",
-        )
-    tx = _names.new_tx_id()
-    zfs.apply(Batch().set(into, {P_IMPORT: f"{tx} {latest.short_name}"}))
+    head = zfs.get_props(into, [P_OWNER, P_MODE]) or {}
+    # Unmounted for the whole import, so nothing can be written after the change check
+    # below and then lost to the rollback or the receive; mounted again at the end.
+    zfs.host.unmount(into)
     try:
-        received = _stream_parts(zfs, path, info, into, progress, force=True)
-        zfs.apply(_snapshot_props(Batch(), into, info).set(into, {P_IMPORT: ""}))  # the commit point
-    except BaseException:
-        repository.recover()  # the import mark is there: recovery undoes what arrived
-        raise
-    repository.recover()
-    return ImportResult(into, "incremental", tuple(received), None)
+        changed = _changes_since(zfs, into, latest)
+        if changed:
+            raise ConflictError(
+                f"{into} has changes since {latest.short_name} that the import would discard: "
+                + ", ".join(changed[:5])
+                + (" ..." if len(changed) > 5 else ""),
+                dataset=into,
+                hint="commit them (or roll them back) and export a bundle from the new base",
+            )
+        zfs.set_native_props(into, SAFE_PROPS)  # before the author's content can be mounted
+        tx = _names.new_tx_id()
+        zfs.apply(Batch().set(into, {P_IMPORT: f"{tx} {latest.short_name}"}))
+        new_head = {}
+        if owner is not None:
+            new_head[P_OWNER] = str(owner)
+        if mode is not None:
+            new_head[P_MODE] = f"{mode:04o}"
+        try:
+            zfs.rollback(into)  # to the base, explicitly: what a mount's own metadata wrote
+            received = _stream_parts(zfs, f, checked, into, progress)
+            zfs.apply(_snapshot_props(Batch(), into, meta).set(into, {**new_head, P_IMPORT: ""}))  # the commit point
+        except BaseException:
+            repository.recover()  # the import mark is there: recovery undoes what arrived
+            raise
+    finally:
+        repository.recover()  # mounted again where it records, with its owner and mode
+    return ImportResult(
+        into,
+        "incremental",
+        tuple(received),
+        None,
+        new_head.get(P_OWNER, str(head.get(P_OWNER, ""))),
+        new_head.get(P_MODE, str(head.get(P_MODE, ""))),
+    )
 
 
 def _changes_since(zfs: ZfsPort, repo: str, snap: Snapshot) -> list[str]:
     """Files changed in ``repo`` since ``snap`` (a mount's own metadata does not count).
-    The check runs in syncing context, so it sees writes not synced yet."""
+    The check runs in syncing context, so it sees writes not synced yet.
+
+    The root directory's own change (``M /``) does not count either: the importer's owner
+    and mode are applied to it on every mount, and whatever else changes it (an entry
+    added or removed) shows as a line of that entry; the root's metadata is what the
+    import sets anyway, so nothing is lost with it."""
     try:
         zfs.apply(Batch().require_unchanged(repo, snap.short_name))
     except DatasetChangedError:
-        return zfs.changed_files(snap.name, repo)
+        return [line for line in zfs.changed_files(snap.name, repo) if line.split("\t")[-1] not in ("/", "")]
     return []
 
 
@@ -434,20 +774,67 @@ def _locked_commits(zfs: ZfsPort, repo: str) -> list[LockedCommit]:
     return [LockedCommit(c.name, c.guid) for c in Repository(repo, zfs=zfs).history()]
 
 
-def write_lock(repo: str, path: str | os.PathLike[str] | None = None, *, zfs: ZfsPort | None = None) -> LockFile:
+def write_lock(
+    repo: str,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    zfs: ZfsPort | None = None,
+    sign: str | os.PathLike[str] | None = None,
+) -> LockFile:
     """A lock file of ``repo``'s commits (names and GUIDs, in order), written atomically to
-    ``path`` when given (after a crash: the old file or the new one, whole)."""
+    ``path`` when given (after a crash: the old file or the new one, whole); with
+    ``sign`` (an OpenSSH private key file), signed in ``path.sig``, written first."""
     zfs = zfs or open_zfs(AllowList(()))
     lock = _lockfile.make(_names.validate_repository(repo), _locked_commits(zfs, repo))
+    if sign is not None and path is None:
+        raise InvalidArgumentError("a signed lock file needs a file to go to (-o FILE)")
     if path is not None:
+        data = _lockfile.dumps(lock).encode()
+        signature_file = signing.signature_path(path)
+        if sign is not None:
+            manifest = signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data))
+            signing.write_signature(signature_file, signing.sign(sign, manifest))
+        else:
+            signature_file.unlink(missing_ok=True)  # a stale one would not match this lock file
         _lockfile.write(path, lock)
     return lock
 
 
-def check_lock(path: str | os.PathLike[str], repo: str, *, zfs: ZfsPort | None = None) -> LockDiff:
+def read_lock_checked(
+    path: str | os.PathLike[str],
+    *,
+    allowed_signers: str | os.PathLike[str] | None = None,
+    require_signature: bool = False,
+) -> tuple[LockFile, Signature]:
+    """Read a lock file once, check its signature (``PATH.sig``) against
+    ``allowed_signers`` when given (refused if absent when ``require_signature``) on the
+    very bytes then parsed."""
+    data = _lockfile.read_bytes(path)
+    signature_file = signing.signature_path(path)
+    signature = signing.check(
+        lambda: signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data)),
+        signing.read_signature(signature_file, LockFileError),
+        signature_file,
+        allowed_signers,
+        require=require_signature,
+        error=LockFileError,
+        what=os.fspath(path),
+    )
+    return _lockfile.loads_bytes(data, source=os.fspath(path)), signature
+
+
+def check_lock(
+    path: str | os.PathLike[str],
+    repo: str,
+    *,
+    zfs: ZfsPort | None = None,
+    allowed_signers: str | os.PathLike[str] | None = None,
+    require_signature: bool = False,
+) -> LockDiff:
     """How ``repo``'s commits differ from the lock file at ``path`` (``.matches``)."""
     zfs = zfs or open_zfs(AllowList(()))
-    return _lockfile.compare(_lockfile.read(path), _locked_commits(zfs, _names.validate_repository(repo)))
+    lock, _ = read_lock_checked(path, allowed_signers=allowed_signers, require_signature=require_signature)
+    return _lockfile.compare(lock, _locked_commits(zfs, _names.validate_repository(repo)))
 
 
 def write_progress(stream: Any = None, *, label: str = "") -> ProgressFn | None:
@@ -474,28 +861,45 @@ def write_progress(stream: Any = None, *, label: str = "") -> ProgressFn | None:
     return report
 
 
-def describe(info: BundleInfo) -> list[str]:
-    """Human lines for ``bundle inspect``."""
-    meta = info.metadata
+def describe(info: BundleInfo, signature: Signature | None = None) -> list[str]:
+    """Human lines for ``bundle inspect`` (of a bundle whose claims were checked)."""
+    meta = _metadata.parse(info.metadata, "the bundle")
+    base = f"{meta.base.name} (guid {meta.base.guid})" if meta.base else "-"
     lines = [
-        f"bundle:      format {info.format_version}, {meta['type']}, {info.file_size:,} bytes",
-        f"repository:  {meta['repository']} (owner {meta.get('owner')}, mode {meta.get('mode')})",
-        f"base:        {meta['base']['name']} (guid {meta['base']['guid']})" if meta.get("base") else "base:        -",
-        f"created:     {meta['created']} by dsg-storage {meta['dsg_storage_version']}, ZFS {meta['zfs_version']}",
-        f"snapshots:   {len(meta['snapshots'])}",
+        f"bundle:      format {info.format_version}, {meta.type}, {info.file_size:,} bytes",
+        f"repository:  {meta.repository}",
+        f"recorded:    owner {meta.owner or '-'}, mode {meta.mode or '-'} (shown only: an import applies its own)",
+        f"base:        {base}",
+        f"created:     {meta.created} by dsg-storage {meta.dsg_storage_version}, ZFS {meta.zfs_version}",
+        f"snapshots:   {len(meta.snapshots)}",
     ]
-    for snap, part in zip(meta["snapshots"], info.parts, strict=True):
-        lines.append(f"  {snap['name']}\tguid {snap['guid']}\t{part.size:,} bytes\tdigest {part.digest}")
+    if signature is not None:
+        lines.append(f"signature:   {describe_signature(signature)}")
+    for snap, part in zip(meta.snapshots, info.parts, strict=True):
+        lines.append(f"  {snap.name}\tguid {snap.guid}\t{part.size:,} bytes\tdigest {part.digest}")
     return lines
 
 
+def describe_signature(signature: Signature) -> str:
+    if signature.status == "good":
+        return f"good, by {signature.signer} ({signature.key or 'key'})"
+    if signature.status == "unchecked":
+        return "present, not checked (no --allowed-signers)"
+    return "none"
+
+
 __all__ = [
+    "CheckedBundle",
+    "ExportedBundle",
     "ImportResult",
+    "check_bundle",
     "check_lock",
+    "default_owner",
     "describe",
     "export_bundle",
     "import_bundle",
     "inspect_bundle",
+    "read_lock_checked",
     "verify_bundle",
     "write_lock",
     "write_progress",

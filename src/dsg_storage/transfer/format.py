@@ -85,6 +85,7 @@ under its final name is always whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -99,7 +100,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from typing import Any, BinaryIO, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeAlias, TypeVar
 
 import attrs
 
@@ -112,6 +113,7 @@ from ..errors import (
     InvalidArgumentError,
     NotABundleError,
 )
+from . import safejson
 
 ProgressFn = Callable[[int, int | None], None]
 """Called with (stream bytes done, total stream bytes or None when unknown), as chunks are
@@ -128,7 +130,13 @@ CHUNK_SIZE = 1 << 20
 CHUNK_ALGORITHM = "md5"
 WINDOW_SIZE = 8 * CHUNK_SIZE  # mapped at once per worker; a multiple of CHUNK_SIZE
 DIGEST_WORKERS = 2
-MAX_JSON_SIZE = 16 << 20
+MAX_JSON_SIZE = 16 << 20  # the metadata and the trailer
+MAX_PART_RECORD = 64 << 10  # a part's begin and end records: a part's info is small
+MAX_PARTS = 100_000
+
+Source: TypeAlias = str | os.PathLike[str] | BinaryIO
+"""A bundle's path, or a file already opened (``open_checked``): reading through one open
+file lets every pass read the same bytes, whatever happens to the name meanwhile."""
 
 METADATA, PART_BEGIN, STREAM, CHUNK_DIGESTS, PART_END, TRAILER = b"M", b"B", b"S", b"D", b"E", b"T"
 _KIND = {
@@ -172,6 +180,9 @@ class BundleInfo:
     parts: tuple[PartSummary, ...]
     total_size: int  # stream bytes, all parts
     file_size: int
+    # The trailer's hash of everything but the stream bytes (the chunk digests included):
+    # with the parts' digests it identifies the whole file, at no cost to compute.
+    structure_sha256: str = ""
 
 
 def _chunk_count(size: int) -> int:
@@ -448,7 +459,9 @@ class BundleWriter:
         if os.fstat(self._fd).st_size > self._offset:  # an older, longer file; or a producer wrote past its end
             os.ftruncate(self._fd, self._offset)
         self._release()
-        self._info = BundleInfo(FORMAT_VERSION, self._metadata, tuple(self._parts), total, self._offset)
+        self._info = BundleInfo(
+            FORMAT_VERSION, self._metadata, tuple(self._parts), total, self._offset, self._structure.hexdigest()
+        )
         return self._info
 
     def _check_open(self) -> None:
@@ -568,14 +581,14 @@ class _Part:
     digests (the D record's payload)."""
 
     index: int
-    info: dict[str, Any]
+    info: Mapping[str, Any] | None  # None: not kept (the trailer could not be read first)
     offset: int
     size: int
     digests_at: int
     digest: str
 
     def summary(self) -> PartSummary:
-        return PartSummary(self.index, self.info, self.size, self.digest, self.offset)
+        return PartSummary(self.index, self.info, self.size, self.digest, self.offset)  # type: ignore[arg-type]
 
 
 class _Reader:
@@ -673,8 +686,9 @@ class _Reader:
         """Read the next JSON record, checked: (type, payload, its offset)."""
         rtype, length, start, head = self.head(allowed, what)
         kind = _KIND[rtype]
-        if length > MAX_JSON_SIZE:
-            raise self.corrupt(f"the {kind} at byte {start} claims {length} bytes, more than its limit {MAX_JSON_SIZE}")
+        limit = MAX_PART_RECORD if rtype in (PART_BEGIN, PART_END) else MAX_JSON_SIZE
+        if length > limit:
+            raise self.corrupt(f"the {kind} at byte {start} claims {length} bytes, more than its limit {limit}")
         bound = self.trailer_bound if rtype == TRAILER else self.bound
         if start + _OVERHEAD + length > bound:
             raise self.overrun(kind, start, length, bound)
@@ -688,9 +702,9 @@ class _Reader:
 
     def json(self, payload: bytes, start: int, kind: bytes) -> dict[str, Any]:
         try:
-            value = json.loads(payload)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise self.corrupt(f"the {_KIND[kind]} at byte {start} is not valid JSON ({exc})") from None
+            value = safejson.loads(payload, max_size=MAX_JSON_SIZE)
+        except safejson.JsonLimitError as exc:
+            raise self.corrupt(f"the {_KIND[kind]} at byte {start} cannot be read: {exc}") from None
         if not isinstance(value, dict):
             raise self.corrupt(f"the {_KIND[kind]} at byte {start} is not a JSON object")
         return value
@@ -773,11 +787,23 @@ def _walk(r: _Reader, version: int, metadata: dict[str, Any]) -> tuple[BundleInf
         rtype, payload, start = r.record((PART_BEGIN, TRAILER), "a part begin record or the trailer")
         if rtype == TRAILER:
             return _finish(r, payload, start, version, metadata, parts), parts
+        if index >= MAX_PARTS:
+            raise r.corrupt(f"it holds more than {MAX_PARTS} parts, the limit")
         begin = r.json(payload, start, PART_BEGIN)
         if r.field(begin, "index", int, "part begin record") != index:
             raise r.corrupt(f"the part begin record at byte {start} is numbered {begin['index']}, not {index}")
         r.where = f"part {index + 1}"
-        parts.append(_read_part(r, index, r.field(begin, "info", dict, "part begin record")))
+        part = _read_part(r, index, r.field(begin, "info", dict, "part begin record"))
+        if r.trailer is not None:  # compare each part as it is read: nothing piles up
+            if index >= len(r.trailer.parts):
+                raise r.corrupt(f"part {index + 1} is not in the trailer, which lists {len(r.trailer.parts)} parts")
+            listed = r.trailer.parts[index]
+            if part.summary() != listed:
+                raise r.corrupt(f"the trailer's entry for part {index + 1} does not match the part")
+            part = attrs.evolve(part, info=listed.info)  # one copy of the info, the trailer's
+        else:  # the walk is only after a precise error: keep no info, memory stays small
+            part = attrs.evolve(part, info=None)
+        parts.append(part)
 
 
 def _read_part(r: _Reader, index: int, info: dict[str, Any]) -> _Part:
@@ -832,7 +858,8 @@ def _finish(
         raise r.corrupt(f"a trailer record is at byte {start} but the footer points at byte {r.trailer.offset}")
     trailer = r.parse_trailer(payload, start)
     for found, listed in zip(parts, trailer.parts, strict=False):
-        if found.summary() != listed:
+        unkept = found.info is None  # compare all but the info then
+        if (found.summary() if not unkept else attrs.evolve(found.summary(), info=listed.info)) != listed:
             raise r.corrupt(f"its entry for part {found.index + 1} does not match the part")
     if len(trailer.parts) != len(parts):
         raise r.corrupt(f"it lists {len(trailer.parts)} parts but the bundle holds {len(parts)}")
@@ -850,7 +877,7 @@ def _finish(
         raise r.corrupt(f"the footer points at byte {offset} but the trailer is at byte {start}")
     if r.offset != r.size:
         raise r.corrupt(f"{r.size - r.offset} unexpected bytes follow the footer")
-    return BundleInfo(version, metadata, trailer.parts, trailer.total_size, r.size)
+    return BundleInfo(version, metadata, trailer.parts, trailer.total_size, r.size, trailer.structure_sha256)
 
 
 def _chunk_error(r: _Reader, part: _Part, chunk: int) -> BundleCorruptError:
@@ -932,9 +959,62 @@ class _Streamer:
             yield pending
 
 
-def _open(f: BinaryIO, path: str | os.PathLike[str]) -> tuple[_Reader, int, dict[str, Any]]:
+def open_checked(path: str | os.PathLike[str], *, what: str = "bundle") -> BinaryIO:
+    """Open ``path`` for reading, refusing what is not a regular file (a FIFO would hang a
+    reader, a device would never end) and a symbolic link as the last component (root
+    reads the file a user names: it reads that file, not where a link points). Raises
+    ``BundleError``; ``FileNotFoundError`` for a missing file."""
+    name = os.fspath(path)
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer would block forever; cleared below.
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BundleError(f"{name} is a symbolic link; give the {what} file itself") from None
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise BundleError(f"{name} cannot be opened: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise BundleError(f"{name} is not a regular file (a {_file_kind(mode)}); a {what} is a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        f = os.fdopen(fd, "rb")
+        f.raw.name = name  # type: ignore[attr-defined]  # (FileIO's name is settable) for messages
+        return f
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+@contextlib.contextmanager
+def _opened(source: Source) -> Iterator[tuple[BinaryIO, str]]:
+    """The open file behind ``source`` and its name; a path is opened (and closed after)."""
+    if isinstance(source, str | os.PathLike):
+        with open_checked(source) as f:
+            yield f, os.fspath(source)
+        return
+    mode = os.fstat(source.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{getattr(source, 'name', 'the bundle')} is not a regular file (a {_file_kind(mode)})")
+    yield source, str(getattr(source, "name", "the bundle"))
+
+
+def _open(f: BinaryIO, name: str) -> tuple[_Reader, int, dict[str, Any]]:
     """Header, footer and trailer (kept in the reader, or the reason it failed), metadata."""
-    r = _Reader(f, os.fspath(path), os.fstat(f.fileno()).st_size)
+    r = _Reader(f, name, os.fstat(f.fileno()).st_size)
+    f.seek(0)  # an open file may have been read before (every pass starts from its start)
     version = r.header()
     r.probe_tail()  # first: it tells whether running out of data means truncation
     r.seek(_HEADER.size)
@@ -943,11 +1023,9 @@ def _open(f: BinaryIO, path: str | os.PathLike[str]) -> tuple[_Reader, int, dict
     return r, version, r.json(payload, start, METADATA)
 
 
-def _structure(
-    f: BinaryIO, path: str | os.PathLike[str], expect: BundleInfo | None = None
-) -> tuple[_Reader, BundleInfo, list[_Part]]:
+def _structure(f: BinaryIO, name: str, expect: BundleInfo | None = None) -> tuple[_Reader, BundleInfo, list[_Part]]:
     """The first pass, whole; with ``expect``, refuse a bundle that differs from it."""
-    r, version, metadata = _open(f, path)
+    r, version, metadata = _open(f, name)
     info, parts = _walk(r, version, metadata)
     if r.tail_error is not None:  # the walk found the footer sound: the file changed meanwhile
         raise r.tail_error
@@ -956,41 +1034,42 @@ def _structure(
     return r, info, parts
 
 
-def inspect(path: str | os.PathLike[str]) -> BundleInfo:
+def inspect(source: Source) -> BundleInfo:
     """Header, metadata and trailer, each checked against its own checksum, without reading
     the rest. Cheap whatever the size; says nothing of the streams (``verify`` does)."""
-    with open(path, "rb") as f:
-        r, version, metadata = _open(f, path)
+    with _opened(source) as (f, name):
+        r, version, metadata = _open(f, name)
         if r.trailer is None:
             _walk(r, version, metadata)  # for a precise error; failing that, the tail's own
             assert r.tail_error is not None
             raise r.tail_error
-        return BundleInfo(version, metadata, r.trailer.parts, r.trailer.total_size, r.size)
+        return BundleInfo(version, metadata, r.trailer.parts, r.trailer.total_size, r.size, r.trailer.structure_sha256)
 
 
-def verify(path: str | os.PathLike[str], *, progress: ProgressFn | None = None) -> BundleInfo:
+def verify(source: Source, *, progress: ProgressFn | None = None, expect: BundleInfo | None = None) -> BundleInfo:
     """Read every byte once: structure, every record's checksum, every chunk's digest,
     each part's size and digest, the structure hash, the footer. Raises on the first
-    problem (a damaged record or a truncation before reading any stream)."""
-    with open(path, "rb") as f:
-        r, info, parts = _structure(f, path)
+    problem (a damaged record or a truncation before reading any stream). With ``expect``
+    (from ``inspect`` of the same file), a bundle that differs from it is refused."""
+    with _opened(source) as (f, name):
+        r, info, parts = _structure(f, name, expect)
         done = 0
         for part in parts:
             done = _check_stream(r, part, progress, done, info.total_size)
         return info
 
 
-def part_ranges(path: str | os.PathLike[str], *, expect: BundleInfo | None = None) -> list[PartSummary]:
+def part_ranges(source: Source, *, expect: BundleInfo | None = None) -> list[PartSummary]:
     """The parts, with the file offset and size of each stream, for a receiver to read
     straight from the file. Reads and checks every record again but no stream byte, so
     call it after ``verify``, passing what that returned as ``expect``: a bundle that
     differs from it raises ``BundleError`` ("changed since it was verified")."""
-    with open(path, "rb") as f:
-        return list(_structure(f, path, expect)[1].parts)
+    with _opened(source) as (f, name):
+        return list(_structure(f, name, expect)[1].parts)
 
 
 def iter_parts(
-    path: str | os.PathLike[str], *, progress: ProgressFn | None = None, expect: BundleInfo | None = None
+    source: Source, *, progress: ProgressFn | None = None, expect: BundleInfo | None = None
 ) -> Iterator[tuple[PartSummary, Iterator[bytes]]]:
     """Yield each part's summary (from the trailer) and an iterator over its stream's chunks.
 
@@ -1003,8 +1082,8 @@ def iter_parts(
     (and checks) the rest. With ``expect`` (from an earlier ``inspect`` or ``verify``), a
     bundle whose metadata or parts differ from it raises ``BundleError`` before the first part.
     """
-    with open(path, "rb") as f:
-        r, info, parts = _structure(f, path, expect)
+    with _opened(source) as (f, name):
+        r, info, parts = _structure(f, name, expect)
         streamer = _Streamer(r, progress, info.total_size)
         for summary, part in zip(info.parts, parts, strict=True):
             chunks = streamer.chunks(part)

@@ -25,6 +25,7 @@ new one, whole. A crash before the rename may leave a ``.NAME.*.tmp`` file besid
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -39,6 +40,7 @@ import attrs
 
 from .._version import __version__
 from ..errors import LockFileError
+from . import safejson
 
 MARKER = "dsg-storage-lock"
 FORMAT_VERSION = 1
@@ -86,9 +88,14 @@ def dumps(lock: LockFile) -> str:
 def loads(text: str, *, source: str = "lock file") -> LockFile:
     """Parse a lock file; ``source`` names it in error messages."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LockFileError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        doc = safejson.loads(text.encode(), max_size=MAX_SIZE)
+    except safejson.JsonLimitError as exc:
+        bad = exc.decode_error
+        if bad is not None:
+            raise LockFileError(
+                f"{source} is not valid JSON: {bad.msg} at line {bad.lineno}, column {bad.colno}"
+            ) from None
+        raise LockFileError(f"{source} cannot be read: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != MARKER:
         raise LockFileError(f'{source} is not a dsg-storage lock file (it lacks "format": "{MARKER}")')
     version = doc.get("format_version")
@@ -166,13 +173,41 @@ def write(path: str | os.PathLike[str], lock: LockFile) -> None:
         os.close(dir_fd)
 
 
+MAX_SIZE = 16 << 20  # about 150,000 commits
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A lock file's bytes, read once: a regular file (not a FIFO, a device or a link) of at
+    most MAX_SIZE bytes. A missing one raises ``FileNotFoundError``, a bad one ``LockFileError``."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        detail = "it is a symbolic link; give the file itself" if exc.errno == errno.ELOOP else exc.strerror
+        raise LockFileError(f"{name} cannot be opened: {detail}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LockFileError(f"{name} is not a regular file; a lock file is one")
+        data = f.read(MAX_SIZE + 1)
+    if len(data) > MAX_SIZE:
+        raise LockFileError(f"{name} is larger than {MAX_SIZE} bytes, the limit for a lock file")
+    return data
+
+
+def loads_bytes(data: bytes, *, source: str = "lock file") -> LockFile:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LockFileError(f"{source} is not a dsg-storage lock file (not UTF-8 text)") from None
+    return loads(text, source=source)
+
+
 def read(path: str | os.PathLike[str]) -> LockFile:
     """Read a lock file; a missing one raises ``FileNotFoundError``, a bad one ``LockFileError``."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LockFileError(f"{os.fspath(path)} is not a dsg-storage lock file (not UTF-8 text)") from None
-    return loads(text, source=os.fspath(path))
+    return loads_bytes(read_bytes(path), source=os.fspath(path))
 
 
 @attrs.frozen

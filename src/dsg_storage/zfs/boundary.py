@@ -20,6 +20,8 @@ mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option,
                               channel program, and the repository's ``mountpoint``
                               must be a real property so it survives a reboot; run
                               only when the mountpoint is not inherited
+``zfs set setuid=off``        the same, for a bundle import: what is received from
+``devices=off``               somebody else never honours setuid bits or devices
 ``zfs diff``                  libzfs_core has no diff; run only when a commit finds the
                               repository written since begin (``written@base`` > 0),
                               to tell file changes from the metadata a mount writes
@@ -52,6 +54,7 @@ from ..zfs.allow import AllowList
 from . import programs
 from .errors import DatasetChangedError, from_errno, from_pyzfs
 from .host import Guard, Host, Step, Steps, retry_busy
+from .mounts import MOUNT_FLAG_PROPS
 from .port import Snapshot
 from .programs import Batch, BatchResult, u64
 
@@ -136,7 +139,7 @@ class Zfs:
         from libzfs_core import exceptions as lzc_exceptions  # type: ignore[import-not-found,unused-ignore]
 
         self._lzc_errors = lzc_exceptions
-        self.host = Host(self.guard, self.steps, busy_timeout=busy_timeout, sleep=sleep)
+        self.host = Host(self.guard, self.steps, busy_timeout=busy_timeout, sleep=sleep, flags_of=self.mount_flags)
 
     @property
     def allow(self) -> AllowList:
@@ -395,6 +398,28 @@ class Zfs:
         self.guard.check(dataset)
         self._zfs_command("set", "-u", f"mountpoint={path}", dataset)
         self.steps.done("set mountpoint", dataset, syncs=True)
+
+    def set_native_props(self, dataset: str, props: Mapping[str, str]) -> None:
+        """Set native properties (``zfs set``: libzfs_core and channel programs cannot),
+        e.g. ``{"setuid": "off", "devices": "off"}`` on a received repository."""
+        self.guard.check(dataset)
+        self._zfs_command("set", *(f"{key}={value}" for key, value in props.items()), dataset)
+        self.steps.done("set", dataset, syncs=True)
+
+    def mount_flags(self, dataset: str) -> int:
+        """The mount(2) flags ``dataset``'s setuid, devices, exec and readonly properties
+        ask for, as ``zfs mount`` derives them (mount(2) itself ignores the properties:
+        without these flags a dataset with ``setuid=off`` would still honour setuid bits)."""
+        try:
+            props = self.get_props(dataset, list(MOUNT_FLAG_PROPS)) or {}
+        except _PoolReadOnly:  # offline: read-only mounts get nosuid,nodev anyway
+            return 0
+        flags = 0
+        for prop, (value, flag) in MOUNT_FLAG_PROPS.items():
+            # A channel program reports an index property as its name or its number.
+            if str(props.get(prop)) in (value, "0" if value == "off" else "1"):
+                flags |= flag
+        return flags
 
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
         """Files changed in ``filesystem`` since ``snapshot`` (``zfs diff`` lines: "M\t/path").

@@ -24,7 +24,16 @@ from .. import hostfs
 from ..errors import DatasetBusyError, ReadOnlyError
 from .allow import AllowList
 from .errors import from_errno
-from .mounts import Syscalls, holders_of, mount_stack, orphaned_reader_mounts, zfs_mount_entries, zfs_mounts
+from .mounts import (
+    MS_NODEV,
+    MS_NOSUID,
+    Syscalls,
+    holders_of,
+    mount_stack,
+    orphaned_reader_mounts,
+    zfs_mount_entries,
+    zfs_mounts,
+)
 
 log = logging.getLogger("dsg_storage")
 T = TypeVar("T")
@@ -110,8 +119,17 @@ def retry_busy(
 class Host:
     """Mounts and the directories under them, in dsg-storage's terms."""
 
-    def __init__(self, guard: Guard, steps: Steps, *, busy_timeout: float, sleep: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        steps: Steps,
+        *,
+        busy_timeout: float,
+        sleep: Callable[[float], None],
+        flags_of: Callable[[str], int] = lambda dataset: 0,
+    ) -> None:
         self.guard = guard
+        self.flags_of = flags_of  # the mount flags a dataset's properties ask for (nosuid...)
         self.steps = steps
         self.busy_timeout = busy_timeout
         self.sleep = sleep
@@ -142,7 +160,7 @@ class Host:
             if created:
                 self.steps.done("mkdir", path)
             try:
-                hostfs.mount_at(dataset, dirfd, "zfsutil")
+                hostfs.mount_at(dataset, dirfd, "zfsutil", self.flags_of(dataset))
             except OSError as exc:
                 elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
                 detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""
@@ -188,7 +206,7 @@ class Host:
                 self._unmount_top(other, target)
             self._unmount_top(dataset, target)
             for other in above:
-                self.syscalls.mount(other, target, "zfs", "zfsutil")
+                self.syscalls.mount(other, target, "zfs", "zfsutil", flags=self.flags_of(other))
                 self.steps.done("mount", other)
 
     def freeze(self, dataset: str, path: str, *, wait: float = 0.0) -> None:
@@ -199,7 +217,7 @@ class Host:
 
         def attempt() -> None:
             try:
-                self.syscalls.remount(path, readonly=True)
+                self.syscalls.remount(path, readonly=True, flags=self.flags_of(dataset))
             except OSError as exc:
                 raise from_errno(exc.errno, f"cannot make {dataset} at {path} read-only", dataset) from exc
 
@@ -219,7 +237,7 @@ class Host:
         """Make ``dataset`` at ``path`` writable again (undo ``freeze``)."""
         self.guard.check(dataset)
         try:
-            self.syscalls.remount(path, readonly=False)
+            self.syscalls.remount(path, readonly=False, flags=self.flags_of(dataset))
         except OSError as exc:
             raise from_errno(exc.errno, f"cannot make {dataset} at {path} writable again", dataset) from exc
         self.steps.done("thaw", dataset)
@@ -228,7 +246,7 @@ class Host:
         """Mount a filesystem or a snapshot read-only at ``path`` (an empty private
         directory). Changes nothing in the pool, so neither checked nor counted."""
         try:
-            self.syscalls.mount(source, path, "zfs", "zfsutil", readonly=True)
+            self.syscalls.mount(source, path, "zfs", "zfsutil", readonly=True, flags=MS_NOSUID | MS_NODEV)
         except OSError as exc:
             raise from_errno(exc.errno, f"cannot mount {source} read-only at {path}", source) from exc
 

@@ -13,8 +13,15 @@ from pathlib import Path
 
 from .._libc import libc
 
-MS_RDONLY, MS_REMOUNT = 1, 32
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MNT_DETACH = 2
+# A dataset's properties that ``zfs mount`` turns into mount(2) flags: the value that sets the flag.
+MOUNT_FLAG_PROPS = {
+    "setuid": ("off", MS_NOSUID),
+    "devices": ("off", MS_NODEV),
+    "exec": ("off", MS_NOEXEC),
+    "readonly": ("on", MS_RDONLY),
+}
 
 
 class Syscalls:
@@ -23,8 +30,10 @@ class Syscalls:
         self.lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         self.lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
-    def mount(self, source: str, target: str, fstype: str, data: str, *, readonly: bool = False) -> None:
-        flags = 1 if readonly else 0  # MS_RDONLY
+    def mount(
+        self, source: str, target: str, fstype: str, data: str, *, readonly: bool = False, flags: int = 0
+    ) -> None:
+        flags |= MS_RDONLY if readonly else 0
         if self.lib.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target)
@@ -41,10 +50,11 @@ class Syscalls:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target)
 
-    def remount(self, target: str, *, readonly: bool) -> None:
-        """Remount the filesystem at ``target`` read-only or read-write, keeping its other
-        options (the kernel refuses read-only with EBUSY while a file is open for writing)."""
-        flags = MS_REMOUNT | (MS_RDONLY if readonly else 0)
+    def remount(self, target: str, *, readonly: bool, flags: int = 0) -> None:
+        """Remount the filesystem at ``target`` read-only or read-write (the kernel refuses
+        read-only with EBUSY while a file is open for writing). A remount sets the mount's
+        flags anew: ``flags`` are the ones to keep (nosuid, nodev...)."""
+        flags = MS_REMOUNT | (flags & ~MS_RDONLY) | (MS_RDONLY if readonly else 0)
         # ZFS re-reads its mount options on a remount: say ro/rw there too, or its
         # readonly property (off) would win over the flag.
         if self.lib.mount(None, target.encode(), None, flags, b"ro" if readonly else b"rw") != 0:

@@ -1,0 +1,75 @@
+"""JSON from files somebody else wrote, parsed with bounded memory and depth.
+
+``json.loads`` trusts its input's shape: 16 MiB of ``[[],[],...]`` becomes four million
+lists (about 400 MB), and deep nesting raises ``RecursionError``. ``loads`` refuses such
+input before parsing, by counting in the raw bytes (C speed, no allocation) the
+characters that open a container (``[``, ``{``) and those that separate items (``,``).
+Counting them inside strings too only overcounts: a document within the limits is never
+refused for its strings' punctuation unless it holds hundreds of thousands of them.
+After parsing, nesting deeper than ``max_depth`` is refused too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_CONTAINERS = 50_000  # lists and objects: an empty one costs ~64 bytes parsed
+MAX_ITEMS = 500_000  # separators: a float item costs ~32 bytes parsed
+MAX_DEPTH = 32
+
+
+class JsonLimitError(ValueError):
+    """The document is not JSON, or exceeds a limit; the message says which.
+    ``decode_error`` is the parser's error when the document is not JSON."""
+
+    def __init__(self, message: str, decode_error: json.JSONDecodeError | None = None) -> None:
+        super().__init__(message)
+        self.decode_error = decode_error
+
+
+def loads(
+    data: bytes,
+    *,
+    max_size: int,
+    max_containers: int = MAX_CONTAINERS,
+    max_items: int = MAX_ITEMS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """Parse ``data`` (UTF-8 JSON) or raise ``JsonLimitError`` saying what is wrong."""
+    if len(data) > max_size:
+        raise JsonLimitError(f"it takes {len(data)} bytes, more than its limit of {max_size}")
+    containers = data.count(b"[") + data.count(b"{")
+    if containers > max_containers:
+        raise JsonLimitError(f"it holds {containers} lists or objects, more than the limit of {max_containers}")
+    items = data.count(b",")
+    if items > max_items:
+        raise JsonLimitError(f"it holds {items} items, more than the limit of {max_items}")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise JsonLimitError(f"it is nested more than {max_depth} levels deep") from None
+    except json.JSONDecodeError as exc:
+        raise JsonLimitError(f"it is not valid JSON ({exc})", exc) from None
+    except ValueError as exc:  # UnicodeDecodeError
+        raise JsonLimitError(f"it is not valid JSON ({exc})") from None
+    if depth(value, max_depth) > max_depth:
+        raise JsonLimitError(f"it is nested more than {max_depth} levels deep")
+    return value
+
+
+def depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed value (a scalar is 0), counted up to ``limit + 1``;
+    iterative, so any depth the parser accepted is measured without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level) for child in children if isinstance(child, dict | list))
+    return deepest
