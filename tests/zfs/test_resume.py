@@ -13,10 +13,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,10 @@ def own_pool(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def zed(tmp_path: Path) -> Iterator[Path]:
-    """ZED running with a private zedlet directory, pid file and state file."""
+def zed(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """ZED running with a private zedlet directory, pid file and state file; and how to
+    make it read that directory again (ZED scans it at start and on SIGHUP, so an
+    installation is followed by a reload, as ``systemctl reload zfs-zed`` does)."""
     executable = shutil.which("zed")
     assert executable, (
         "zed is missing in this VM image: testpool/build-image.sh purges zfs-dkms after building the "
@@ -71,10 +74,16 @@ def zed(tmp_path: Path) -> Iterator[Path]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    zed_log = tmp_path / "zed.log"
+
+    def reload() -> None:
+        daemon.send_signal(signal.SIGHUP)
+        wait_for("zed registered the zedlet", lambda: "pool_import-dsg-storage.sh" in zed_log.read_text(), 30)
+
     try:
         wait_for("zed wrote its pid file", lambda: pid_file.exists() or daemon.poll() is not None, 30)
-        assert daemon.poll() is None, f"zed exited: {(tmp_path / 'zed.log').read_text()}"
-        yield zedlets
+        assert daemon.poll() is None, f"zed exited: {zed_log.read_text()}"
+        yield zedlets, reload
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
@@ -101,7 +110,7 @@ def pool_import_events(pool: str) -> list[int]:
 
 
 def queue_snapshot_while_away(
-    pool: str, zedlets: Path, tmp_path: Path
+    pool: str, zedlets: Path, tmp_path: Path, installed_hook: Callable[[], None] = lambda: None
 ) -> tuple[Repository, dict[str, str], list[str], int]:
     env = {
         **os.environ,
@@ -112,6 +121,7 @@ def queue_snapshot_while_away(
     installed = run(*cli, "install-hooks", "--zedlet-dir", str(zedlets), env=env)
     assert installed.returncode == 0, installed.stderr
     assert json.loads(installed.stdout)["installed"] == [str(zedlets / "pool_import-dsg-storage.sh")]
+    installed_hook()
     repo = Repository(f"{pool}/survey", allow=pool)
     with repo.begin(mountpoint=str(tmp_path / "survey"), owner=OWNER, mode="0750") as tx:
         Path(tx.path, "a.txt").write_text("a")
@@ -145,9 +155,10 @@ def assert_applied_by_the_hook(repo: Repository, env: dict[str, str], cli: list[
 
 
 def test_a_snapshot_queued_while_the_pool_is_exported_is_taken_on_import_by_zed(
-    own_pool: str, zed: Path, tmp_path: Path
+    own_pool: str, zed: tuple[Path, Callable[[], None]], tmp_path: Path
 ) -> None:
-    repo, env, cli, item_id = queue_snapshot_while_away(own_pool, zed, tmp_path)
+    zedlets, reload = zed
+    repo, env, cli, item_id = queue_snapshot_while_away(own_pool, zedlets, tmp_path, reload)
     assert_applied_by_the_hook(repo, env, cli, item_id, f"zed log: {tmp_path / 'zed.log'}")
 
 
