@@ -228,8 +228,10 @@ def test_import_killed_mid_stream_leaves_nothing(sandbox: Sandbox, source: Repos
     verify_bundle(bundle)  # warm the page cache: the child's verify pass is then short
     run = in_child(lambda: import_bundle(bundle, target.name, mountpoint=str(mnt), allow=sandbox.allow), kill_after=4.0)
     target.recover()
-    if run == "killed":
-        assert not target.exists()
+    # All or nothing: a kill before the import's commit point (its rename) leaves no
+    # repository; one after it (the remount and the audit line still to come) the whole.
+    if run == "killed" and not target.exists():
+        pass
     else:
         assert history(target) == history(source)
     assert not [n for n in sandbox.datasets() if ".dsg-" in n or "%" in n]

@@ -92,6 +92,7 @@ import io
 import json
 import mmap
 import os
+import re
 import select
 import stat
 import struct
@@ -959,15 +960,21 @@ class _Streamer:
             yield pending
 
 
+_HANDED_OVER = re.compile(r"/proc/self/fd/[0-9]+")
+
+
 def open_checked(path: str | os.PathLike[str], *, what: str = "bundle") -> BinaryIO:
     """Open ``path`` for reading, refusing what is not a regular file (a FIFO would hang a
     reader, a device would never end) and a symbolic link as the last component (root
     reads the file a user names: it reads that file, not where a link points). Raises
     ``BundleError``; ``FileNotFoundError`` for a missing file."""
     name = os.fspath(path)
+    # A descriptor handed over as /proc/self/fd/N (the CLI under sudo opens the user's
+    # file as the user) is a link by nature: it is the file already opened, not a path.
+    nofollow = 0 if _HANDED_OVER.fullmatch(name) else os.O_NOFOLLOW
     try:
         # O_NONBLOCK: opening a FIFO with no writer would block forever; cleared below.
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(name, os.O_RDONLY | nofollow | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise BundleError(f"{name} is a symbolic link; give the {what} file itself") from None

@@ -180,8 +180,10 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """A lock file's bytes, read once: a regular file (not a FIFO, a device or a link) of at
     most MAX_SIZE bytes. A missing one raises ``FileNotFoundError``, a bad one ``LockFileError``."""
     name = os.fspath(path)
+    # /proc/self/fd/N: a descriptor the CLI opened as the invoking user (under sudo).
+    nofollow = 0 if re.fullmatch(r"/proc/self/fd/[0-9]+", name) else os.O_NOFOLLOW
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(name, os.O_RDONLY | nofollow | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         raise
     except OSError as exc:

@@ -190,21 +190,21 @@ class Host:
         (then the kernel unmounts it); it is never busy."""
         self.guard.check(dataset)
         paths = [path] if path else list(reversed(zfs_mounts().get(dataset, [])))
-        if lazy:
-            for target in paths:
-                if target in zfs_mounts().get(dataset, []):
-                    self.syscalls.umount(target, lazy=True)
-                    self.steps.done("detach", dataset)
-            return
         for target in paths:
             # Mounts stacked on top of ours at the same path (an import mounts every
-            # dataset whose mountpoint says so): umount2 takes the top one, so lift them
-            # off first and put them back after.
+            # dataset whose mountpoint says so): umount2 takes the top one, lazy or not,
+            # so lift them off first and put them back after.
             stack = mount_stack(target)
-            above = stack[stack.index(dataset) + 1 :] if dataset in stack else []
+            if dataset not in stack:
+                continue
+            above = stack[stack.index(dataset) + 1 :]
             for other in reversed(above):
                 self._unmount_top(other, target)
-            self._unmount_top(dataset, target)
+            if lazy:
+                self.syscalls.umount(target, lazy=True)
+                self.steps.done("detach", dataset)
+            else:
+                self._unmount_top(dataset, target)
             for other in above:
                 self.syscalls.mount(other, target, "zfs", "zfsutil", flags=self.flags_of(other))
                 self.steps.done("mount", other)
