@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -57,37 +56,33 @@ def own_pool(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def zed(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
-    """ZED running with a private zedlet directory, pid file and state file; and how to
-    make it read that directory again (ZED scans it at start and on SIGHUP, so an
-    installation is followed by a reload, as ``systemctl reload zfs-zed`` does)."""
+    """A private zedlet directory, and how to start ZED on it (with its own pid and state
+    files) once the zedlet is installed: ZED reads its zedlet directory when it starts
+    (and on SIGHUP), so an installation is followed by a (re)start, as in the README."""
     executable = shutil.which("zed")
-    assert executable, (
-        "zed is missing in this VM image: testpool/build-image.sh purges zfs-dkms after building the "
-        "module, and apt removes zfs-zed with it (zfs-zed depends on zfs-modules | zfs-dkms)"
-    )
+    assert executable, "zed is missing in this VM image (testpool's build unpacks zfs-zed after the DKMS build)"
     zedlets = tmp_path / "zed.d"
     zedlets.mkdir()
-    pid_file = tmp_path / "zed.pid"
-    log = open(tmp_path / "zed.log", "w")  # noqa: SIM115 (closed below)
-    daemon = subprocess.Popen(
-        [executable, "-F", "-v", "-d", str(zedlets), "-p", str(pid_file), "-s", str(tmp_path / "zed.state")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    zed_log = tmp_path / "zed.log"
+    pid_file, zed_log = tmp_path / "zed.pid", tmp_path / "zed.log"
+    started: list[subprocess.Popen[bytes]] = []
 
-    def reload() -> None:
-        daemon.send_signal(signal.SIGHUP)
-        wait_for("zed registered the zedlet", lambda: "pool_import-dsg-storage.sh" in zed_log.read_text(), 30)
-
-    try:
+    def start() -> None:
+        with open(zed_log, "w") as log:
+            daemon = subprocess.Popen(
+                [executable, "-F", "-v", "-d", str(zedlets), "-p", str(pid_file), "-s", str(tmp_path / "zed.state")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(daemon)
         wait_for("zed wrote its pid file", lambda: pid_file.exists() or daemon.poll() is not None, 30)
         assert daemon.poll() is None, f"zed exited: {zed_log.read_text()}"
-        yield zedlets, reload
+
+    try:
+        yield zedlets, start
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
-        log.close()
+        for daemon in started:
+            daemon.terminate()
+            daemon.wait(timeout=30)
 
 
 # What ZED gives a zedlet (zed(8)): the event's fields as ZEVENT_*, its PATH, nothing else.
@@ -157,8 +152,8 @@ def assert_applied_by_the_hook(repo: Repository, env: dict[str, str], cli: list[
 def test_a_snapshot_queued_while_the_pool_is_exported_is_taken_on_import_by_zed(
     own_pool: str, zed: tuple[Path, Callable[[], None]], tmp_path: Path
 ) -> None:
-    zedlets, reload = zed
-    repo, env, cli, item_id = queue_snapshot_while_away(own_pool, zedlets, tmp_path, reload)
+    zedlets, start_zed = zed
+    repo, env, cli, item_id = queue_snapshot_while_away(own_pool, zedlets, tmp_path, start_zed)
     assert_applied_by_the_hook(repo, env, cli, item_id, f"zed log: {tmp_path / 'zed.log'}")
 
 
