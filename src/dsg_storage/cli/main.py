@@ -124,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mountpoint", help="where the repository is mounted (required for init)")
     p.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root directory")
     p.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root directory, e.g. 0750")
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
 
     p = sub.add_parser("commit", help="make a transaction's workspace the repository")
     p.add_argument("repo")
@@ -136,14 +137,17 @@ def _parser() -> argparse.ArgumentParser:
         help="wait this long for a process writing in the repository to finish (default: refuse at once)",
     )
     p.add_argument("-m", "--message", help="recorded on the commit snapshot")
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
 
     p = sub.add_parser("rollback", help="throw a transaction's workspace away")
     p.add_argument("repo")
     p.add_argument("tx")
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
 
     p = sub.add_parser("abort", help="roll back an open (possibly stale) transaction")
     p.add_argument("repo")
     p.add_argument("tx")
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
 
     p = sub.add_parser("recover", help="finish interrupted steps (also done by every changing command)")
     p.add_argument("repo")
@@ -153,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_duration,
         help="also roll back open transactions older than AGE (seconds, or 90m, 12h, 7d) that nobody uses",
     )
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
 
     p = sub.add_parser("status", help="pending transactions, mountpoint, owner, last commit")
     p.add_argument("repo")
@@ -201,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root (default: 0755)")
     _signature_arguments(b)
     _audit_argument(b)
+    b.add_argument(
+        "--dry-run", action="store_true", help="check the bundle, print what it would receive; change nothing"
+    )
 
     p = sub.add_parser("lock", help="write a lock file: the repository's commits with their GUIDs")
     p.add_argument("repo")
@@ -217,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("repo")
     p.add_argument("--name", help="snapshot name (default dsg-snapshot-<UTC time>)")
     p.add_argument("--queue", action="store_true", help="if the pool is unavailable, queue the request")
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
 
     p = sub.add_parser("queue", help="work that could not run yet: list, stats, flush, drop")
     queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -434,6 +443,8 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = No
     if args.command in operations.COMMANDS:
         return operations.run(args, allow, _emit, inv)
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
+    if getattr(args, "dry_run", False) and args.command in DRY_RUNS:
+        return _dry_run(args, repo, inv)
     if args.command == "snapshot":
         return _snapshot(args, repo)
     if args.command == "begin":
@@ -542,6 +553,17 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation
             f"{args.file}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches, "
             f"each stream is the snapshot it claims); signature: {describe_signature(checked.signature)}",
         )
+    elif getattr(args, "dry_run", False):
+        checked = check_bundle(
+            path,
+            progress=None,
+            allowed_signers=args.allowed_signers,
+            require_signature=args.require_signature or inv.signatures_required,
+        )
+        meta = checked.info.metadata
+        target = args.into if meta.get("type") == "incremental" else f"{args.into} (via a temporary dataset)"
+        steps = [f"receive {s['name']} into {target}" for s in meta.get("snapshots") or []]
+        _emit(args, steps, "\n".join(steps))
     else:
         progress = None if args.json else write_progress(label="verify+import")
         mountpoint = inv.mountpoint(args.mountpoint)
@@ -667,6 +689,27 @@ def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> i
         else:  # flush or gc
             items = queue.run(open_zfs(allow), due_only=action == "gc", pool=args.queue_pool, only_allowed=inv.sudo)
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
+    return 0
+
+
+DRY_RUNS = ("begin", "commit", "rollback", "abort", "recover", "snapshot")
+
+
+def _dry_run(args: argparse.Namespace, repo: Repository, inv: Invocation) -> int:
+    """``--dry-run``: the steps the command would take now, changing nothing."""
+    if args.command == "snapshot":
+        steps = [f"snapshot {repo.name}@{args.name or 'dsg-snapshot-<UTC time>'}"]
+    elif args.command == "begin":
+        mountpoint = inv.mountpoint(args.mountpoint)
+        owner = inv.owner(args.owner, creating=args.mountpoint is not None)
+        steps = repo.plan("begin", mountpoint=mountpoint, owner=owner, mode=args.mode)
+    elif args.command == "commit":
+        steps = repo.plan("commit", args.tx, message=args.message)
+    elif args.command in ("rollback", "abort"):
+        steps = repo.plan("rollback", args.tx)
+    else:
+        steps = repo.plan("recover")
+    _emit(args, steps, "\n".join(steps) or "nothing to do")
     return 0
 
 

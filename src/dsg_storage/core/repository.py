@@ -41,7 +41,7 @@ from ..queue import Queue
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.port import Batch, HostPort, ZfsPort
-from .actions import Action, Apply, ApplyOwner, Mount, Outcome, execute
+from .actions import Action, Apply, ApplyOwner, Mount, Outcome, Rename, execute
 from .history import lineage
 from .lock import repository_lock
 from .options import Owner, check_mountpoint, parse_mode
@@ -262,6 +262,55 @@ class Repository:
     def _recovered(self) -> PoolView:
         self.recover()
         return self.view()
+
+    # ------------------------------------------------------------------ dry runs
+    def plan(
+        self,
+        operation: str,
+        tx: str | None = None,
+        *,
+        mountpoint: str | None = None,
+        owner: Owner | str | tuple[int, int] | None = None,
+        mode: str | int | None = None,
+        message: str | None = None,
+    ) -> list[str]:
+        """What ``operation`` (begin, commit, rollback, recover) would do now, one line per
+        step, from what the pool shows: a dry run, which changes nothing. Recovery's
+        steps come first (every changing call recovers first); the plan of the operation
+        itself assumes they succeed."""
+        view = self.view()
+        lines = [line for step in plan_recovery(view) for line in step.describe()]
+        if operation == "recover":
+            return lines
+        if operation == "begin":
+            for open_record in view.records():
+                raise TransactionInProgressError(
+                    f"repository {self.name} already has an open transaction {open_record.tx}", dataset=self.name
+                )
+            tx = names.new_tx_id()
+            pattern = pattern_for(view)
+            owner_v = Owner.parse(owner) if owner is not None else None
+            mode_v = parse_mode(mode) if mode is not None else None
+            checked = check_mountpoint(mountpoint) if mountpoint is not None else None
+            record = new_record(view, pattern, tx, checked, owner_v, mode_v)
+            actions: list[Action] = [
+                *pattern.begin(self.name, record, _creation_props(record, self.name)),
+                Mount(record.dataset, record.path),
+                ApplyOwner(record.path, record.owner, record.mode, record.dataset),
+                Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
+            ]
+            return [*lines, f"begin ({pattern.kind.value}): a new transaction", *(f"  {a.describe()}" for a in actions)]
+        record = self._open_record(names.validate_tx_id(tx or ""), view)
+        if operation == "rollback":
+            return [*lines, f"{record.tx}: roll back", *(f"  {a.describe()}" for a in undo_transaction(view, record))]
+        intent = {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
+        actions = [
+            Apply(Batch().set(record.dataset, intent)),
+            *pattern_of(record).detach(view, record),
+            Rename(record.dataset, self.name),
+        ]
+        finish = f"{record.tx}: then finish: mount {self.name} at {record.mountpoint}, take the commit snapshot"
+        return [*lines, f"{record.tx}: commit", *(f"  {a.describe()}" for a in actions), finish]
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self, name: str, *, requested: datetime | None = None) -> None:
