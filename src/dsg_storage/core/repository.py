@@ -293,19 +293,13 @@ class Repository:
             mode_v = parse_mode(mode) if mode is not None else None
             checked = check_mountpoint(mountpoint) if mountpoint is not None else None
             record = new_record(view, pattern, tx, checked, owner_v, mode_v)
-            actions: list[Action] = [
-                *pattern.begin(self.name, record, _creation_props(record, self.name)),
-                Mount(record.dataset, record.path),
-                ApplyOwner(record.path, record.owner, record.mode, record.dataset),
-                Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
-            ]
+            actions = [*pattern.begin(self.name, record, _creation_props(record, self.name)), *_opening(record)]
             return [*lines, f"begin ({pattern.kind.value}): a new transaction", *(f"  {a.describe()}" for a in actions)]
         record = self._open_record(names.validate_tx_id(tx or ""), view)
         if operation == "rollback":
             return [*lines, f"{record.tx}: roll back", *(f"  {a.describe()}" for a in undo_transaction(view, record))]
-        intent = {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
         actions = [
-            Apply(Batch().set(record.dataset, intent)),
+            _intent(record, message),
             *pattern_of(record).detach(view, record),
             Rename(record.dataset, self.name),
         ]
@@ -367,14 +361,7 @@ class Repository:
             record = new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
             self._run(pattern.begin(self.name, record, _creation_props(record, self.name)))
             opened = attrs.evolve(record, phase=Phase.OPEN)
-            self._run(
-                [
-                    Mount(record.dataset, record.path),
-                    ApplyOwner(record.path, record.owner, record.mode, record.dataset),
-                    # The last step: once the state says open, begin is over.
-                    Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
-                ]
-            )
+            self._run(_opening(record))
             return Transaction(self, opened)
 
     # ------------------------------------------------------------------ commit
@@ -386,8 +373,7 @@ class Repository:
             pattern = pattern_of(record)
             # The first step records the caller's wish (and the message), so that
             # recovery completes the commit if this process dies from here on.
-            intent = {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
-            self._run([Apply(Batch().set(record.dataset, intent))])
+            self._run([_intent(record, message)])
             record = attrs.evolve(record, phase=Phase.COMMITTING, message=message or record.message)
             try:
                 self._run(pattern.detach(view, record, wait))
@@ -455,6 +441,25 @@ def _pending(view: PoolView, host: HostPort) -> list[PendingTransaction]:
         )
         for r in view.records()
     ]
+
+
+def _opening(record: Record) -> list[Action]:
+    """The end of begin: the workspace mounted at its path with its owner and mode, and,
+    as the last step (once the state says open, begin is over), the state ``open``."""
+    return [
+        Mount(record.dataset, record.path),
+        ApplyOwner(record.path, record.owner, record.mode, record.dataset),
+        Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
+    ]
+
+
+def _intent(record: Record, message: str | None) -> Action:
+    """Commit's first step: the caller's wish (and the message), recorded in the pool."""
+    return Apply(
+        Batch().set(
+            record.dataset, {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
+        )
+    )
 
 
 def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
