@@ -259,6 +259,10 @@ class FakeZfs:
                 (self.snaps if "@" in name else self.datasets)[name][key] = value
                 i += 4
                 continue
+            if op == "I":  # back to the parent's (the fake has no inheritance: gone)
+                self.datasets[ops[i + 1]].pop(ops[i + 2], None)
+                i += 3
+                continue
             name = ops[i + 1]
             if op == "S":
                 self.snaps[name] = {"createtxg": str(self._txg)}

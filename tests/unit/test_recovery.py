@@ -48,7 +48,9 @@ COMMIT = f"{REPO}@dsg-commit-20261201T120000.123Z"
 
 
 def tx_props(pattern: str = "sync", state: str = "open", **extra: str) -> dict[str, str]:
-    """What begin records on a temporary dataset (the values 0.1.0 writes)."""
+    """What begin records on a temporary dataset: since 0.3 (#15) it carries the
+    repository's own mountpoint (and zoned=on, not read by the planner) from its creation;
+    ``legacy_props`` is what earlier versions wrote."""
     return {
         P_STATE: state,
         P_INHERITS: "no",
@@ -60,9 +62,15 @@ def tx_props(pattern: str = "sync", state: str = "open", **extra: str) -> dict[s
         P_OWNER: "1000:1000",
         P_MODE: "0750",
         P_BEGUN: "2026-11-21T07:15:30+00:00",
-        "mountpoint": WS_PATH,
+        "mountpoint": MNT,
         **extra,
     }
+
+
+def legacy_props(**extra: str) -> dict[str, str]:
+    """A temporary dataset as 0.1 and 0.2 created it: mounted by its own property at the
+    workspace path (commit then sets the mountpoint property)."""
+    return tx_props(**{"mountpoint": WS_PATH, **extra})
 
 
 def committed_head(**extra: str) -> dict[str, str]:
@@ -122,7 +130,6 @@ def test_sync_commit_past_its_commit_point_is_finished() -> None:
         f"{TX}: commit finished",
         f"detach {OLD} (readers keep it)",
         f"unmount {REPO} from {WS_PATH}",
-        f"set mountpoint={MNT} on {REPO} (zfs set -u: the property, not the mount)",
         f"mount {REPO} at {MNT}",
         OWNED,
         f"remove the empty directory {WS_PATH}",
@@ -132,9 +139,22 @@ def test_sync_commit_past_its_commit_point_is_finished() -> None:
             f"set dsg-storage:tx={TX!r} on {COMMIT}; "
             f"set dsg-storage:committed='2026-12-01T12:00:00.123+00:00' on {COMMIT}; "
             f"set dsg-storage:message='weekly' on {COMMIT}; "
+            f"inherit zoned on {REPO} (clear its local value); "
             f"set dsg-storage:state='committed' on {REPO}; "
             f"destroy if possible {OLD}; destroy if possible {BASE}"
         ),
+    ]
+
+
+def test_a_commit_begun_by_0_2_sets_the_mountpoint_property_when_finished() -> None:
+    """Its workspace was created with the workspace path as its mountpoint: finishing
+    sets the repository's (the property only) before mounting it."""
+    family = {REPO: legacy_props(), OLD: committed_head()}
+    step, _ = plan(view(family, {OLD: (MNT,), REPO: (WS_PATH,)}))
+    assert step[2:5] == [
+        f"unmount {REPO} from {WS_PATH}",
+        f"set mountpoint={MNT} on {REPO} (zfs set -u: the property, not the mount)",
+        f"mount {REPO} at {MNT}",
     ]
 
 
@@ -146,6 +166,7 @@ def test_a_commit_whose_snapshot_was_taken_completes_it_instead_of_taking_anothe
         f"in one sync task: set dsg-storage:commit-snapshot={taken!r} on {REPO}; promote if possible {REPO}; "
         f"set dsg-storage:tx={TX!r} on {taken}; "
         f"set dsg-storage:committed='2026-12-01T12:00:00.123+00:00' on {taken}; "
+        f"inherit zoned on {REPO} (clear its local value); "
         f"set dsg-storage:state='committed' on {REPO}"
     )
     assert f"mount {REPO} at {MNT}" not in step  # already there
@@ -204,6 +225,20 @@ def test_an_interrupted_init_begin_is_undone() -> None:
             f"destroy {INIT}",
         ]
     ]
+
+
+def test_an_open_transaction_whose_begin_the_lock_file_names_is_undone() -> None:
+    """Created in state open, but its begin died before its last step (core.lock)."""
+    family = {REPO: committed_head(**{P_PENDING: TX}), WS: tx_props()}
+    (step,) = plan(view(family, {REPO: (MNT,)}, unfinished_begin=TX))
+    assert step[0] == f"{TX}: interrupted begin undone"
+    assert f"destroy {WS}" in step
+
+
+def test_an_open_transaction_the_lock_file_does_not_name_is_kept() -> None:
+    family = {REPO: committed_head(**{P_PENDING: TX}), WS: tx_props()}
+    (step,) = plan(view(family, {REPO: (MNT,)}, unfinished_begin="20261121T071530Z-000000"))
+    assert step[0] == f"{TX}: open workspace remounted at {WS_PATH}"
 
 
 def test_an_interrupted_sync_rollback_also_removes_the_base_and_the_pending_mark() -> None:
@@ -460,6 +495,45 @@ def test_recovery_of_every_step_of_a_fake_sync_commit_ends_old_or_new(pool: Fake
         if finished:
             break
     assert k > 5
+
+
+def test_a_begin_stopped_after_any_change_is_undone_and_a_finished_one_stays_open(
+    pool: FakeZfs, tmp_path: Path
+) -> None:
+    """The pool records the transaction as open from its first sync task on; the lock
+    file's note is what tells recovery that the begin never finished."""
+
+    class Stop(BaseException):
+        pass
+
+    k = 0
+    while True:
+        k += 1
+        fake = FakeZfs()
+        fake.datasets["tank/data"] = {"mountpoint": "/tank/data"}
+        repo = Repository(REPO, zfs=fake, queue=Queue(tmp_path / f"q{k}.sqlite"))
+        with repo.begin(mountpoint=MNT, owner="1000:1000", mode="0750"):
+            pass
+        before = fake.steps.count
+
+        def stop(step: BoundaryStep, at: int = before + k) -> None:
+            if step.index == at:
+                raise Stop
+
+        fake.steps.observer = stop
+        try:
+            tx = repo.begin()
+            finished = True
+        except Stop:
+            finished = False
+        fake.steps.observer = None
+        repo.recover()
+        if finished:
+            assert [p.tx for p in repo.pending()] == [tx.id]
+            break
+        assert repo.pending() == [], f"a begin stopped after change {k} left its transaction"
+        assert set(fake.datasets) == {"tank/data", REPO} and fake.host.mounts() == {REPO: [MNT]}
+    assert k > 2
 
 
 def test_an_owner_given_by_name_is_recorded_as_numbers() -> None:

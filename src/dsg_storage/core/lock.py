@@ -11,6 +11,13 @@ The directory is checked to be only the current user's to change (``hostfs.priva
 created 0700, every directory above it root's or ours and writable by nobody else) and
 each lock file is opened through it without following a link, mode 0600: nobody else can
 redirect a lock root takes onto another file.
+
+While a begin runs, the lock file also names its transaction (``begin TX``). The pool
+records a new transaction as open from the sync task that creates it (begin needs no
+further one); a name left in the file by a process that died tells the next step that
+this open transaction's begin never finished, so recovery undoes it. The note lives in
+``/run`` and does not outlive a reboot: after a power cut during a begin, its
+transaction is left open (``status`` shows it, ``recover --abort-stale`` ends it).
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from pathlib import Path
 
 import tenacity
 
-from .. import hostfs
-from ..errors import RepositoryBusyError
+from .. import hostfs, names
+from ..errors import CorruptStateError, InvalidNameError, RepositoryBusyError
 
 ENV_VAR = "DSG_STORAGE_LOCK_DIR"
 DEFAULT_DIR = "/run/dsg-storage/locks"
@@ -51,10 +58,49 @@ def _open_lock(repository: str) -> int:
         os.close(dirfd)
 
 
+#: A note is one short line; anything longer was not written by us.
+_NOTE_LIMIT = 128
+
+
+class HeldLock:
+    """A repository's step lock, held; its file notes the begin under way, if any."""
+
+    def __init__(self, fd: int, repository: str) -> None:
+        self._fd = fd
+        self.repository = repository
+
+    def note_begin(self, tx: str) -> None:
+        """Before begin's first change: name its transaction (no fsync: only a process
+        that dies must leave the note; a reboot may take it)."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"begin {names.validate_tx_id(tx)}\n".encode(), 0)
+
+    def clear(self) -> None:
+        """After begin's last change, or once recovery has undone an unfinished begin."""
+        os.ftruncate(self._fd, 0)
+
+    def unfinished_begin(self) -> str | None:
+        """The transaction of a begin whose process died before it finished, if any."""
+        raw = os.pread(self._fd, _NOTE_LIMIT + 1, 0)
+        if not raw:
+            return None
+        word, _, tx = raw.decode("ascii", "replace").rstrip("\n").partition(" ")
+        try:
+            if word != "begin" or len(raw) > _NOTE_LIMIT:
+                raise ValueError("not a note dsg-storage writes")
+            return names.validate_tx_id(tx)
+        except (ValueError, InvalidNameError) as exc:
+            raise CorruptStateError(
+                f"the lock file {lock_path(self.repository)} holds {raw[:40]!r}: {exc}",
+                dataset=self.repository,
+                hint="it was not written by dsg-storage; remove it (no step may be running)",
+            ) from exc
+
+
 @contextmanager
 def repository_lock(
     repository: str, *, timeout: float = 10.0, sleep: Callable[[float], None] = time.sleep
-) -> Iterator[None]:
+) -> Iterator[HeldLock]:
     """Hold the repository's step lock; wait at most ``timeout`` seconds for it."""
     fd = _open_lock(repository)
     try:
@@ -73,6 +119,6 @@ def repository_lock(
                 dataset=repository,
                 hint="retry when it is done",
             ) from None
-        yield
+        yield HeldLock(fd, repository)
     finally:
         os.close(fd)  # releases the lock

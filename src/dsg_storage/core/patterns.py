@@ -215,7 +215,7 @@ def new_record(
     return Record(
         tx=tx,
         pattern=pattern.kind,
-        phase=Phase.BEGINNING,
+        phase=Phase.OPEN,
         dataset=dataset,
         path=path,
         mountpoint=settled.mountpoint,

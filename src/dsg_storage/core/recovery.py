@@ -16,8 +16,10 @@ The states recovery handles, in the order it handles them (``plan_recovery``):
 3. **Interrupted incremental bundle import.** The repository carries the import mark
    ``TX BASE``: destroy the snapshots received after ``BASE``, roll back, clear the mark.
 4. For each transaction whose temporary dataset exists (oldest first):
-   a. **Interrupted begin or rollback** (``beginning``/``aborting``): undo it: destroy the
-      temporary dataset and its directory (sync: the base snapshot and pending mark too).
+   a. **Interrupted begin or rollback** (``aborting``; a begin: the step lock's file
+      still names its transaction, see ``core.lock``, or ``beginning`` as 0.2 recorded
+      it): undo it: destroy the temporary dataset and its directory (sync: the base
+      snapshot and pending mark too).
    b. **Commit asked for, not finished** (``committing``: commit records it in its first
       step, so the caller's wish survives the caller): take it to its commit point
       (init: rename the dataset to ``REPO``; sync: set the repository aside as
@@ -113,6 +115,8 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     # that a reader has mounted refuses it, and then it (and the retiring) waits.
     batch = Batch().set(repo, {P_COMMIT_SNAPSHOT: snapshot}).promote(repo, required=False)
     batch = batch.set(snapshot, props) if view.commit_snapshot_exists else batch.snapshot(snapshot, props)
+    if not record.inherits:  # mountable where it records from now on (see _creation_props)
+        batch = batch.inherit(repo, "zoned")
     batch = batch.set(repo, {P_STATE: Phase.COMMITTED.value})
     for name in retired:
         batch = batch.destroy(name, required=False)
@@ -190,8 +194,11 @@ def plan_recovery(view: PoolView) -> list[Step]:
 
 def _transaction_steps(view: PoolView, record: Record, olds: Mapping[str, str]) -> list[Step]:
     repo = view.repository
-    if record.phase in (Phase.BEGINNING, Phase.ABORTING):  # 4a
-        what = "begin" if record.phase is Phase.BEGINNING else "rollback"
+    unfinished_begin = record.phase is Phase.BEGINNING or (
+        record.phase is Phase.OPEN and record.tx == view.unfinished_begin
+    )
+    if unfinished_begin or record.phase is Phase.ABORTING:  # 4a
+        what = "begin" if unfinished_begin else "rollback"
         return [Step(f"{record.tx}: interrupted {what} undone", undo_transaction(view, record))]
     if record.phase is Phase.COMMITTING:  # 4b
         return [_resume_commit(view, record)]

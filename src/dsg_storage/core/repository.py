@@ -43,7 +43,7 @@ from ..zfs.boundary import open_zfs
 from ..zfs.port import Batch, HostPort, ZfsPort
 from .actions import Action, Apply, ApplyOwner, Mount, Outcome, Rename, execute
 from .history import lineage
-from .lock import repository_lock
+from .lock import HeldLock, repository_lock
 from .options import Owner, check_mountpoint, parse_mode
 from .patterns import new_record, pattern_for, pattern_of
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus, commits_of
@@ -94,6 +94,7 @@ class Repository:
         self.lock_timeout = lock_timeout
         self._queue = queue
         self._held = 0
+        self._lock: HeldLock | None = None
 
     def __repr__(self) -> str:
         return f"Repository({self.name!r})"
@@ -105,7 +106,8 @@ class Repository:
     def view(self) -> PoolView:
         """What the pool shows about this repository now (no lock taken), checked
         against the policy when there is one."""
-        view = observe(self.zfs, self.name)
+        unfinished = self._lock.unfinished_begin() if self._lock is not None else None
+        view = observe(self.zfs, self.name, unfinished_begin=unfinished)
         if self.policy is not None:
             for dataset, props in view.family.items():
                 if dataset == self.name or dataset.startswith(self.name + ".dsg-"):
@@ -175,12 +177,12 @@ class Repository:
             finally:
                 self._held -= 1
             return
-        with repository_lock(self.name, timeout=self.lock_timeout):
-            self._held = 1
+        with repository_lock(self.name, timeout=self.lock_timeout) as held:
+            self._held, self._lock = 1, held
             try:
                 yield
             finally:
-                self._held = 0
+                self._held, self._lock = 0, None
 
     def _run(self, actions: list[Action]) -> Outcome:
         outcome = execute(self.zfs, actions)
@@ -240,9 +242,19 @@ class Repository:
                     f"recovery of {self.name} did not settle after {MAX_RECOVERY_STEPS} steps: {done[-3:]}",
                     dataset=self.name,
                 )
+            self._forget_finished_begin()
             if abort_stale is not None:
                 done += self._abort_stale(abort_stale)
             return done
+
+    def _forget_finished_begin(self) -> None:
+        """Clear the lock file's note of a dead begin once its transaction is undone
+        (or was never created)."""
+        if self._lock is None:
+            return
+        tx = self._lock.unfinished_begin()
+        if tx is not None and tx not in {record.tx for record in self.view().records()}:
+            self._lock.clear()
 
     def _abort_stale(self, older_than: float) -> list[str]:
         view, done = self.view(), []
@@ -277,7 +289,21 @@ class Repository:
         """What ``operation`` (begin, commit, rollback, recover) would do now, one line per
         step, from what the pool shows: a dry run, which changes nothing. Recovery's
         steps come first (every changing call recovers first); the plan of the operation
-        itself assumes they succeed."""
+        itself assumes they succeed. Takes the step lock for a moment (a step under way
+        would otherwise look interrupted)."""
+        with self.exclusive():
+            return self._plan(operation, tx, mountpoint=mountpoint, owner=owner, mode=mode, message=message)
+
+    def _plan(
+        self,
+        operation: str,
+        tx: str | None,
+        *,
+        mountpoint: str | None,
+        owner: Owner | str | tuple[int, int] | None,
+        mode: str | int | None,
+        message: str | None,
+    ) -> list[str]:
         view = self.view()
         lines = [line for step in plan_recovery(view) for line in step.describe()]
         if operation == "recover":
@@ -338,8 +364,9 @@ class Repository:
 
         One writer per repository: raises TransactionInProgressError while another
         transaction is open. After a crash during begin, the next call on the repository
-        (or ``recover``) removes what the interrupted begin created; the repository's
-        content is never touched by begin.
+        (or ``recover``) removes what the interrupted begin created (after a reboot in
+        the middle of a begin, its transaction is left open instead: see
+        ``core.lock``); the repository's content is never touched by begin.
         """
         mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
         owner_v = Owner.parse(owner) if owner is not None else None
@@ -359,10 +386,14 @@ class Repository:
                 )
             pattern = pattern_for(view)
             record = new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
+            assert self._lock is not None  # held: exclusive()
+            # The pool records the transaction as open from its first sync task on; until
+            # begin's last step the lock file says it is not finished (see ``core.lock``).
+            self._lock.note_begin(tx)
             self._run(pattern.begin(self.name, record, _creation_props(record, self.name)))
-            opened = attrs.evolve(record, phase=Phase.OPEN)
             self._run(_opening(record))
-            return Transaction(self, opened)
+            self._lock.clear()
+            return Transaction(self, record)
 
     # ------------------------------------------------------------------ commit
     def commit(self, tx: str, message: str | None = None, *, wait: float = 0.0) -> Commit:
@@ -444,13 +475,9 @@ def _pending(view: PoolView, host: HostPort) -> list[PendingTransaction]:
 
 
 def _opening(record: Record) -> list[Action]:
-    """The end of begin: the workspace mounted at its path with its owner and mode, and,
-    as the last step (once the state says open, begin is over), the state ``open``."""
-    return [
-        Mount(record.dataset, record.path),
-        ApplyOwner(record.path, record.owner, record.mode, record.dataset),
-        Apply(Batch().set(record.dataset, {P_STATE: Phase.OPEN.value})),
-    ]
+    """The end of begin: the workspace mounted at its path with its owner and mode (no
+    sync task: the dataset was created in state ``open``)."""
+    return [Mount(record.dataset, record.path), ApplyOwner(record.path, record.owner, record.mode, record.dataset)]
 
 
 def _intent(record: Record, message: str | None) -> Action:
@@ -464,9 +491,16 @@ def _intent(record: Record, message: str | None) -> Action:
 
 def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
     """What a temporary dataset is created with: the record, atime off (reads must not
-    count as changes in the conflict check at commit) and, unless it inherits one, a
-    local mountpoint at the workspace path."""
-    local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.path}
+    count as changes in the conflict check at commit) and, unless it inherits one, the
+    repository's own mountpoint, so that commit has no native property to set (libzfs_core
+    cannot set one; ``zfs set`` costs a process and a walk of every snapshot).
+
+    ``zoned=on`` keeps a dataset with that mountpoint from being mounted there before it
+    is the repository: ``zfs mount -a`` and ``zpool import`` skip zoned datasets, while our
+    own mount(2) puts the workspace at its path. Commit's last sync task clears it
+    (``zfs.sync.inherit``: zoned is inheritable, unlike ``canmount``); see
+    docs/archive/0012-explicit-mountpoints.md."""
+    local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.mountpoint, "zoned": 1}
     return {**local, "atime": 0, **record.props(repository)}
 
 

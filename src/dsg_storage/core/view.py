@@ -33,6 +33,8 @@ class PoolView:
     commit_snapshot_exists: bool = False
     #: (source, path): snapshot mounts of this repository's datasets left by dead readers
     orphaned_mounts: tuple[tuple[str, str], ...] = ()
+    #: the transaction whose begin died before its last step (the lock file's note)
+    unfinished_begin: str | None = None
 
     @property
     def head(self) -> Mapping[str, str] | None:
@@ -91,9 +93,10 @@ def changes_since_base(zfs: ZfsPort, repository: str, tx: str) -> list[str]:
     return zfs.changed_files(f"{old}@{base.split('@', 1)[1]}", old) if written else []
 
 
-def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True) -> PoolView:
+def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished_begin: str | None = None) -> PoolView:
     """Read what the pool shows about ``repository`` now (see the module's docstring);
-    ``conflicts=False`` skips the conflict check of commits stopped between renames."""
+    ``conflicts=False`` skips the conflict check of commits stopped between renames;
+    ``unfinished_begin`` is what the step lock's file notes (``core.lock``)."""
     family = zfs.family(repository)
     mounts = {dataset: tuple(paths) for dataset, paths in zfs.host.mounts().items()}
     head = family.get(repository)
@@ -114,4 +117,14 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True) -> PoolVie
     orphans = tuple(
         (source, path) for source, path in zfs.host.orphaned_reader_mounts() if source.split("@")[0] in family
     )
-    return PoolView(repository, family, mounts, datetime.now(UTC), found, snapshots, commit_snapshot_exists, orphans)
+    return PoolView(
+        repository,
+        family,
+        mounts,
+        datetime.now(UTC),
+        found,
+        snapshots,
+        commit_snapshot_exists,
+        orphans,
+        unfinished_begin,
+    )

@@ -119,7 +119,7 @@ return out
 # destroy; a failure is reported, not fatal) | V ds prop value (set a user property on an
 # existing dataset) | N snap prop value (set a user property on a snapshot this batch
 # creates) | U fs snapname (require fs unchanged since its snapshot) | A name (require
-# name absent). Every op that can be checked is checked first, so a refused batch changes
+# name absent) | I ds prop (clear a local inheritable native property: zfs.sync.inherit). Every op that can be checked is checked first, so a refused batch changes
 # nothing; except promote, whose check walks every older snapshot (as long as the promote
 # itself) and which zfs.sync.promote checks anyway: callers put it before any op whose
 # partial effect would matter. Running in syncing context, the checks see every write made before the call.
@@ -135,7 +135,7 @@ while i <= #argv do
     if op == "V" or op == "N" then
         ops[#ops + 1] = {op, argv[i + 1], argv[i + 2], argv[i + 3]}
         i = i + 4
-    elseif op == "U" then
+    elseif op == "U" or op == "I" then
         ops[#ops + 1] = {op, argv[i + 1], argv[i + 2]}
         i = i + 3
     else
@@ -149,6 +149,7 @@ for k = 1, #ops do
     if o[1] == "S" then err = zfs.check.snapshot(o[2])
     elseif o[1] == "D" then err = zfs.check.destroy(o[2])
     elseif o[1] == "V" then err = zfs.check.set_prop(o[2], o[3], o[4])
+    elseif o[1] == "I" then err = zfs.check.inherit(o[2], o[3])
     elseif o[1] == "A" and zfs.exists(o[2]) then err = 17
     elseif o[1] == "U" then
         local written = zfs.get_prop(o[2], "written@" .. o[3])
@@ -174,7 +175,8 @@ for k = 1, #ops do
     elseif o[1] == "T" then
         local e = zfs.sync.destroy(o[2])
         if e ~= 0 then skipped[o[2]] = e end
-    elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0) end
+    elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0)
+    elseif o[1] == "I" then assert(zfs.sync.inherit(o[2], o[3]) == 0) end
 end
 return {failed = 0, skipped = skipped, created = created}
 """
@@ -264,6 +266,11 @@ class Batch:
     def destroy(self, name: str, *, required: bool = True) -> Batch:
         return self._add(name, "D" if required else "T", name)
 
+    def inherit(self, dataset: str, prop: str) -> Batch:
+        """Clear ``dataset``'s local value of the inheritable native property ``prop``
+        (``zfs inherit``: the one native-property change a channel program can make)."""
+        return self._add(dataset, "I", dataset, prop)
+
     def require_unchanged(self, filesystem: str, snapshot: str) -> Batch:
         """Refuse the batch (DatasetChangedError) if ``filesystem`` was written after
         ``snapshot`` (its short name)."""
@@ -297,6 +304,9 @@ class Batch:
                 i += 4
             elif op == "U":
                 lines.append(f"require {self.ops[i + 1]} unchanged since @{self.ops[i + 2]}")
+                i += 3
+            elif op == "I":
+                lines.append(f"inherit {self.ops[i + 2]} on {self.ops[i + 1]} (clear its local value)")
                 i += 3
             else:
                 lines.append(f"{words[op]} {self.ops[i + 1]}")
