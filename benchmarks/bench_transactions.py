@@ -8,8 +8,10 @@ Run against real ZFS (inside the VM when this machine has none):
 Both ways are timed in the same run, interleaved, on the same pool, with the same file
 writes and chown/chmod; the ratio naive/ours is printed per case. Two pool layouts:
 ``inherited`` (repositories under a parent whose mountpoint gives theirs, the idiomatic
-layout) and ``explicit`` (each repository has its own mountpoint property). Then sync
-commit latency on a repository with 10 snapshots vs one with 1,000.
+layout) and ``explicit`` (each repository has its own mountpoint property); each row also
+shows the sync tasks our begin+commit cost (the boundary counts them) against the naive
+way's ``zfs`` commands. Then sync commit latency at 10, 100 and 1,000 snapshots in both
+layouts, with the commit's last sync task (the promote's) and lzc_promote alone.
 """
 
 from __future__ import annotations
@@ -68,39 +70,39 @@ class Layout:
         tmp = f"{name}-tmp"
         tmp_mnt = f"{mnt}-tmp"
         if self.inherited:
-            zfs("create", tmp)  # mounted at the inherited path
+            zfs_counted("create", tmp)  # mounted at the inherited path
         else:
-            zfs("create", "-o", f"mountpoint={tmp_mnt}", tmp)
+            zfs_counted("create", "-o", f"mountpoint={tmp_mnt}", tmp)
         fix_owner(tmp_mnt)
         write_files(tmp_mnt, files, "init")
-        zfs("rename", tmp, name)  # remounted at its new inherited path, or kept at tmp_mnt
+        zfs_counted("rename", tmp, name)  # remounted at its new inherited path, or kept at tmp_mnt
         if not self.inherited:
-            zfs("set", f"mountpoint={mnt}", name)
+            zfs_counted("set", f"mountpoint={mnt}", name)
         fix_owner(mnt)
-        zfs("snapshot", f"{name}@commit-{time.monotonic_ns()}")
+        zfs_counted("snapshot", f"{name}@commit-{time.monotonic_ns()}")
 
     def naive_sync(self, name: str, mnt: str, files: int, tag: str) -> None:
         base, ws, old = f"{name}@base", f"{name}-ws", f"{name}-old"
         ws_mnt = f"{mnt}-ws"
-        zfs("snapshot", base)
+        zfs_counted("snapshot", base)
         if self.inherited:
-            zfs("clone", base, ws)
+            zfs_counted("clone", base, ws)
         else:
-            zfs("clone", "-o", f"mountpoint={ws_mnt}", base, ws)
+            zfs_counted("clone", "-o", f"mountpoint={ws_mnt}", base, ws)
         fix_owner(ws_mnt)
         write_files(ws_mnt, files, tag)
-        zfs("promote", ws)
-        zfs("rename", name, old)
+        zfs_counted("promote", ws)
+        zfs_counted("rename", name, old)
         if not self.inherited:
-            zfs("destroy", old)  # frees the mountpoint before the new head takes it
-        zfs("rename", ws, name)
+            zfs_counted("destroy", old)  # frees the mountpoint before the new head takes it
+        zfs_counted("rename", ws, name)
         if self.inherited:
-            zfs("destroy", old)
+            zfs_counted("destroy", old)
         else:
-            zfs("set", f"mountpoint={mnt}", name)
+            zfs_counted("set", f"mountpoint={mnt}", name)
         fix_owner(mnt)
-        zfs("destroy", base)
-        zfs("snapshot", f"{name}@commit-{time.monotonic_ns()}")
+        zfs_counted("destroy", base)
+        zfs_counted("snapshot", f"{name}@commit-{time.monotonic_ns()}")
 
     # ---- ours ----------------------------------------------------------------------
     def ours_init(self, engine: Zfs, name: str, mnt: str, files: int) -> None:
@@ -128,36 +130,68 @@ def side_by_side(runs: int, ours: Callable[[int], None], naive: Callable[[int], 
     return statistics.median(mine), statistics.median(theirs)
 
 
-def report(case: str, ours_ms: float, naive_ms: float) -> None:
+def report(case: str, ours_ms: float, naive_ms: float, syncs: int, commands: int) -> None:
     print(
-        f"{case:<34} ours {ours_ms:8.1f} ms   naive {naive_ms:8.1f} ms   ratio {naive_ms / ours_ms:5.2f}x", flush=True
+        f"{case:<26} ours {ours_ms:8.1f} ms   naive {naive_ms:8.1f} ms   ratio {naive_ms / ours_ms:5.2f}x"
+        f"   sync tasks ours {syncs} / naive {commands} zfs commands",
+        flush=True,
     )
 
 
+class Counted:
+    """How many sync tasks one call of ``fn`` cost through ``engine`` (the boundary counts
+    them), and how many ``zfs`` commands the naive way ran."""
+
+    def __init__(self, engine: Zfs) -> None:
+        self.engine = engine
+        self.syncs = 0
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        before = self.engine.steps.syncs
+        fn()
+        self.syncs = self.engine.steps.syncs - before
+
+
+COMMANDS = 0
+
+
+def zfs_counted(*args: str) -> None:
+    global COMMANDS
+    COMMANDS += 1
+    zfs(*args)
+
+
 def bench_layout(layout: Layout, engine: Zfs, runs: int) -> None:
+    count = Counted(engine)
     for files in (0, FILES):
         label = "empty" if files == 0 else f"{files} files"
 
         def ours_init(_: int, files: int = files) -> None:
-            layout.ours_init(engine, *layout.fresh("oi"), files)
+            count(lambda: layout.ours_init(engine, *layout.fresh("oi"), files))
 
         def naive_init(_: int, files: int = files) -> None:
+            global COMMANDS
+            COMMANDS = 0
             layout.naive_init(*layout.fresh("ni"), files)
 
-        report(f"{layout.name:<9} init {label}", *side_by_side(runs, ours_init, naive_init))
+        timings = side_by_side(runs, ours_init, naive_init)
+        report(f"{layout.name:<9} init {label}", *timings, count.syncs, COMMANDS)
 
         ours_repo, _ = layout.fresh("os")
         layout.ours_init(engine, ours_repo, str(layout.base / ours_repo.rsplit("/", 1)[1]), files)
         naive_repo, naive_mnt = layout.fresh("ns")
         layout.naive_init(naive_repo, naive_mnt, files)
-        report(
-            f"{layout.name:<9} sync {label}",
-            *side_by_side(
-                runs,
-                lambda n, files=files, repo=ours_repo: layout.ours_sync(engine, repo, files, f"v{n}"),
-                lambda n, files=files, repo=naive_repo, mnt=naive_mnt: layout.naive_sync(repo, mnt, files, f"v{n}"),
-            ),
-        )
+
+        def ours_sync(n: int, files: int = files, repo: str = ours_repo) -> None:
+            count(lambda: layout.ours_sync(engine, repo, files, f"v{n}"))
+
+        def naive_sync(n: int, files: int = files, repo: str = naive_repo, mnt: str = naive_mnt) -> None:
+            global COMMANDS
+            COMMANDS = 0
+            layout.naive_sync(repo, mnt, files, f"v{n}")
+
+        timings = side_by_side(runs, ours_sync, naive_sync)
+        report(f"{layout.name:<9} sync {label}", *timings, count.syncs, COMMANDS)
 
 
 def bulk_snapshots(name: str, count: int) -> None:
@@ -168,28 +202,37 @@ def bulk_snapshots(name: str, count: int) -> None:
         libzfs_core.lzc_snapshot([f"{name}@bulk-{i:05d}".encode()])
 
 
+HISTORY = (10, 100, 1000)
+
+
 def bench_scaling(layout: Layout, engine: Zfs, runs: int) -> None:
+    """Sync commit latency by history size; the commit's last sync task (the one with the
+    promote, which moves every older snapshot) timed apart, and lzc_promote alone."""
+    import libzfs_core
+
     repos = {}
-    for count in (10, 1000):
+    for count in HISTORY:
         name, mnt = layout.fresh(f"snaps{count}-")
         layout.ours_init(engine, name, mnt, 10)
         bulk_snapshots(name, count - 1)
         repos[count] = name
-    samples: dict[int, list[float]] = {10: [], 1000: []}
+    commit: dict[int, list[float]] = {c: [] for c in HISTORY}
+    last_task: dict[int, list[float]] = {c: [] for c in HISTORY}
+    marks: list[tuple[float, str]] = []
     for n in range(runs):
         for count, name in repos.items():
             tx = Repository(name, zfs=engine).begin()
             write_files(tx.path, 10, f"v{n}")
-            samples[count].append(timed(tx.commit))
-    small, large = statistics.median(samples[10]), statistics.median(samples[1000])
-    print(
-        f"sync commit, 10 vs 1,000 snapshots  {small:8.1f} ms vs {large:8.1f} ms   ratio {large / small:5.2f}x",
-        flush=True,
-    )
-    # Where the difference comes from: zfs promote moves every older snapshot to the clone.
-    import libzfs_core
-
-    promote: dict[int, list[float]] = {10: [], 1000: []}
+            marks.clear()
+            engine.steps.observer = lambda step: marks.append((time.perf_counter(), step.op))
+            started = time.perf_counter()
+            tx.commit()
+            commit[count].append((time.perf_counter() - started) * 1000)
+            engine.steps.observer = None
+            (end, op), (previous, _) = marks[-1], marks[-2]
+            assert op == "batch", marks
+            last_task[count].append((end - previous) * 1000)
+    promote: dict[int, list[float]] = {c: [] for c in HISTORY}
     for n in range(5):
         for count, name in repos.items():
             libzfs_core.lzc_snapshot([f"{name}@p{n}".encode()])
@@ -198,11 +241,15 @@ def bench_scaling(layout: Layout, engine: Zfs, runs: int) -> None:
             promote[count].append(timed(lambda clone=clone: libzfs_core.lzc_promote(clone.encode())))
             libzfs_core.lzc_promote(name.encode())  # give the snapshots back
             libzfs_core.lzc_destroy(clone.encode())
-    small, large = statistics.median(promote[10]), statistics.median(promote[1000])
-    print(
-        f"lzc_promote alone, 10 vs 1,000       {small:8.1f} ms vs {large:8.1f} ms   ratio {large / small:5.2f}x",
-        flush=True,
-    )
+    small = statistics.median(commit[HISTORY[0]])
+    for count in HISTORY:
+        total = statistics.median(commit[count])
+        print(
+            f"{layout.name:<9} sync commit, {count:>5} snapshots {total:8.1f} ms ({total / small:5.2f}x of 10)"
+            f"   last sync task (promote) {statistics.median(last_task[count]):7.1f} ms"
+            f"   lzc_promote alone {statistics.median(promote[count]):7.1f} ms",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -219,7 +266,8 @@ def main() -> int:
             for layout in (Layout("inherited", True), Layout("explicit", False)):
                 bench_layout(layout, engine, args.runs)
         if args.only != "layouts":
-            bench_scaling(Layout("scaling", True), engine, args.runs)
+            for layout in (Layout("scaling-inherited", True), Layout("scaling-explicit", False)):
+                bench_scaling(layout, engine, max(3, args.runs // 2))
     finally:
         subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
     return 0

@@ -48,7 +48,7 @@ COMMIT = f"{REPO}@dsg-commit-20261201T120000.123Z"
 
 
 def tx_props(pattern: str = "sync", state: str = "open", **extra: str) -> dict[str, str]:
-    """What begin records on a temporary dataset: since 0.3 (#15) it carries the
+    """What begin records on a temporary dataset: since #15 it carries the
     repository's own mountpoint (and zoned=on, not read by the planner) from its creation;
     ``legacy_props`` is what earlier versions wrote."""
     return {
@@ -68,7 +68,7 @@ def tx_props(pattern: str = "sync", state: str = "open", **extra: str) -> dict[s
 
 
 def legacy_props(**extra: str) -> dict[str, str]:
-    """A temporary dataset as 0.1 and 0.2 created it: mounted by its own property at the
+    """A temporary dataset as earlier versions created it: mounted by its own property at the
     workspace path (commit then sets the mountpoint property)."""
     return tx_props(**{"mountpoint": WS_PATH, **extra})
 

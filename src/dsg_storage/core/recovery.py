@@ -17,9 +17,9 @@ The states recovery handles, in the order it handles them (``plan_recovery``):
    ``TX BASE``: destroy the snapshots received after ``BASE``, roll back, clear the mark.
 4. For each transaction whose temporary dataset exists (oldest first):
    a. **Interrupted begin or rollback** (``aborting``; a begin: the step lock's file
-      still names its transaction, see ``core.lock``, or ``beginning`` as 0.2 recorded
-      it): undo it: destroy the temporary dataset and its directory (sync: the base
-      snapshot and pending mark too).
+      still names its transaction, see ``core.lock``, or ``beginning``, as earlier
+      versions recorded it): undo it: destroy the temporary dataset and its directory
+      (sync: the base snapshot and pending mark too).
    b. **Commit asked for, not finished** (``committing``: commit records it in its first
       step, so the caller's wish survives the caller): take it to its commit point
       (init: rename the dataset to ``REPO``; sync: set the repository aside as

@@ -16,10 +16,13 @@ user-property writes          pyzfs has no ``lzc_get_props``/``lzc_list``/``lzc_
 mount / unmount               mount(2) / umount2(2) with the ``zfsutil`` option, the
                               same system calls ``zfs mount`` makes; libzfs_core has no
                               mount call
-``zfs set mountpoint=``       native properties cannot be set through libzfs_core or a
-                              channel program, and the repository's ``mountpoint``
-                              must be a real property so it survives a reboot; run
-                              only when the mountpoint is not inherited
+native properties            given at creation (``lzc_create``/``lzc_clone`` props) or
+                              cleared by a channel program (``zfs.sync.inherit``, for
+                              inheritable ones such as ``zoned``): a transaction needs
+                              nothing else (docs/archive/0012)
+``zfs set -u mountpoint=``    libzfs_core cannot set a native property; run only for a
+                              bundle import's target and for a transaction begun by
+                              an earlier version (its workspace had its own path)
 ``zfs set setuid=off``        the same, for a bundle import: what is received from
 ``devices=off``               somebody else never honours setuid bits or devices
 ``zfs diff``                  libzfs_core has no diff; run only when a commit finds the
