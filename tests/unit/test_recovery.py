@@ -546,3 +546,27 @@ def test_steps_are_values_so_recovery_can_tell_it_tried_one() -> None:
     b = plan_recovery(view({OLD: committed_head()}))
     assert a == b and isinstance(a[0], Step) and len({*a, *b}) == 1
     assert a[0].describe() == [f"{TX}: workspace gone, old head {OLD} restored", f"  rename {OLD} to {REPO}"]
+
+
+def test_a_commit_refused_after_its_promote_keeps_the_history_and_rolls_back_cleanly(
+    pool: FakeZfs, tmp_path: Path
+) -> None:
+    """Commit promotes the workspace in its first sync task (so that renaming the
+    repository away does not cost a check of every snapshot); when it is then refused,
+    history still reads through the workspace, and a rollback hands it back."""
+    from dsg_storage import ConflictError
+
+    repo = repository(pool, tmp_path)
+    with repo.begin(mountpoint=MNT, owner="1000:1000", mode="0750"):
+        pass
+    history = [c.name for c in repo.history()]
+    tx = repo.begin()
+    pool.changed[f"{REPO}.dsg-old-{tx.id}"] = ["M\t/late.txt"]  # written after begin: refused
+    with pytest.raises(ConflictError):
+        tx.commit("refused")
+    assert pool.datasets[REPO]["origin"] == f"{tx.dataset}@dsg-base-{tx.id}"  # promoted, then refused
+    assert [c.name for c in repo.history()] == history
+    tx.rollback()
+    assert set(pool.datasets) == {"tank/data", REPO} and "origin" not in pool.datasets[REPO]
+    assert [c.name for c in repo.history()] == history
+    assert [s.short_name for s in pool.snapshots(REPO)] == history

@@ -1,10 +1,11 @@
 """A repository's snapshots in the order of its history, across a promote still due.
 
-A sync commit makes the workspace (a clone of ``REPO@dsg-base-TX``) the repository and
-promotes it, which hands the older snapshots over from the old head. When a reader holds
-one of them (a mounted snapshot), ZFS refuses the promote; it is done later (recovery,
-the queue) and meanwhile the older part of the history still lives on
-``REPO.dsg-old-TX``, the repository's origin. ``lineage`` reads through that origin, so
+A sync commit promotes the workspace (a clone of ``REPO@dsg-base-TX``), which hands the
+older snapshots over from the repository, and makes it the repository. When a reader
+holds one of them (a mounted snapshot), ZFS refuses the promote; it is done later
+(recovery, the queue) and meanwhile the older part of the history still lives on
+``REPO.dsg-old-TX``, the repository's origin. A commit refused after its promote leaves
+the repository a clone of its open workspace until the transaction ends. ``lineage`` reads through that origin, so
 history, reads of old commits and bundle exports see the whole history either way.
 """
 
@@ -15,13 +16,14 @@ from ..zfs.port import Snapshot, ZfsPort
 
 
 def lineage(zfs: ZfsPort, repository: str) -> list[Snapshot]:
-    """Snapshots of ``repository``, oldest first, preceded by those of an old head it is
-    still a clone of (up to its origin)."""
+    """Snapshots of ``repository``, oldest first, preceded by those of an old head (or,
+    after a commit that failed past its promote, of the open workspace) it is still a
+    clone of, up to its origin."""
     own = zfs.snapshots(repository)
     origin = (zfs.filesystems(repository).get(repository) or {}).get("origin", "")
     source = origin.split("@", 1)[0]
     parsed = names.parse_temporary(source)
-    if not parsed or parsed[0] != repository or parsed[1] != "old":
+    if not parsed or parsed[0] != repository or parsed[1] not in ("old", "ws"):
         return own
     earlier = zfs.snapshots(source)
     upto = next((s.createtxg for s in earlier if s.name == origin), None)

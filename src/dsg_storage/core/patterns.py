@@ -5,8 +5,9 @@ commit point is, how it is undone and what it retires.
 point is its rename to ``REPO``; undoing it destroys it; nothing is retired.
 
 *sync* (the dataset exists): begin marks the repository ``pending``, snapshots
-``REPO@dsg-base-TX`` (one sync task) and clones it as ``REPO.dsg-ws-TX``; commit renames
-the repository away to ``REPO.dsg-old-TX`` (after which nobody can change it unseen),
+``REPO@dsg-base-TX`` (one sync task) and clones it as ``REPO.dsg-ws-TX``; commit
+promotes the workspace with its intent (the history moves to it), renames the repository
+away to ``REPO.dsg-old-TX`` (after which nobody can change it unseen),
 checks it is unchanged since the base, and renames the workspace to ``REPO``: the commit
 point. Undoing it before the commit point renames the old head back; undoing the
 transaction destroys the workspace and the base. The old head and the base are retired
@@ -65,6 +66,14 @@ class TransactionPattern:
 
     def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
         """After ``detach``: files of the repository changed since begin (a conflict)."""
+        return []
+
+    def first_of_commit(self, record: Record) -> Batch:
+        """What goes into commit's first sync task beside the intent."""
+        return Batch()
+
+    def before_destroy(self, view: PoolView, record: Record) -> list[Action]:
+        """Undoing the transaction, before its temporary dataset is destroyed."""
         return []
 
     def resume(self, view: PoolView, record: Record) -> tuple[str, list[Action]]:
@@ -165,6 +174,21 @@ class Sync(TransactionPattern):
 
     def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
         return changes_since_base(zfs, repo, record.tx)
+
+    def first_of_commit(self, record: Record) -> Batch:
+        # The history moves to the workspace now, before the repository is renamed away:
+        # ZFS checks every snapshot's new name when a dataset gets a longer name (O(history)
+        # for REPO -> REPO.dsg-old-TX), not when it gets a shorter one (ws -> REPO). A
+        # reader's held snapshot refuses it; then the commit's last batch promotes.
+        return Batch().promote(record.dataset, required=False)
+
+    def before_destroy(self, view: PoolView, record: Record) -> list[Action]:
+        # A commit that promoted the workspace and then failed leaves the repository a
+        # clone of it: the history goes back to the repository first.
+        origin = (view.head or {}).get("origin", "")
+        if origin.startswith(record.dataset + "@"):
+            return [Apply(Batch().promote(view.repository))]
+        return []
 
     def resume(self, view: PoolView, record: Record) -> tuple[str, list[Action]]:
         if view.head is not None:  # not detached yet

@@ -138,7 +138,12 @@ def undo_transaction(view: PoolView, record: Record) -> list[Action]:
     if view.exists(record.dataset):
         # The directory goes while the dataset still records its path, so that an
         # interruption here leaves something for recovery to finish from.
-        actions += [Unmount(record.dataset), RemoveDir(record.path), Destroy(record.dataset)]
+        actions += [
+            *pattern_of(record).before_destroy(view, record),
+            Unmount(record.dataset),
+            RemoveDir(record.path),
+            Destroy(record.dataset),
+        ]
     else:
         actions.append(RemoveDir(record.path))
     return actions + pattern_of(record).undo(view, record)

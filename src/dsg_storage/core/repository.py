@@ -195,9 +195,10 @@ class Repository:
         if not skipped:
             return
         left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
-        # A promote a held snapshot refused (the repository's own name) is not queued: the
-        # queued destroy of the old head does it first.
-        destroys = sorted((name for name in skipped if name != self.name), key=lambda n: "@" in n)
+        # A promote a held snapshot refused (of the repository, or of a workspace at the
+        # start of its commit) is not queued: the commit's last batch or the queued
+        # destroy of the old head does it.
+        destroys = sorted((name for name in skipped if _retired(self.name, name)), key=lambda n: "@" in n)
         try:
             queue = self._queue = self._queue or Queue()
             for name in destroys:  # dependents (filesystems) first
@@ -451,6 +452,13 @@ class Repository:
     abort = rollback
 
 
+def _retired(repository: str, name: str) -> bool:
+    """Whether a skipped change was the destroy of something retired (an old head or a
+    snapshot), not a promote."""
+    parsed = names.parse_temporary(name)
+    return "@" in name or (parsed is not None and parsed[0] == repository and parsed[1] == "old")
+
+
 def _age(begun: str | None, now: datetime) -> float | None:
     try:
         return (now - datetime.fromisoformat(begun)).total_seconds() if begun else None
@@ -481,12 +489,12 @@ def _opening(record: Record) -> list[Action]:
 
 
 def _intent(record: Record, message: str | None) -> Action:
-    """Commit's first step: the caller's wish (and the message), recorded in the pool."""
-    return Apply(
-        Batch().set(
-            record.dataset, {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
-        )
+    """Commit's first step: the caller's wish (and the message), recorded in the pool,
+    and in the same sync task what the pattern does first (sync: the promote)."""
+    wish = Batch().set(
+        record.dataset, {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
     )
+    return Apply(wish + pattern_of(record).first_of_commit(record))
 
 
 def _creation_props(record: Record, repository: str) -> dict[str, str | int]:

@@ -87,10 +87,13 @@ def changes_since_base(zfs: ZfsPort, repository: str, tx: str) -> list[str]:
     all; zero (the usual case) settles it at once. Mounting a filesystem also writes a
     little metadata (after an import, or a remount by recovery), so a non-zero value is
     confirmed file by file with ``zfs diff`` before it counts as a change."""
-    old, base = names.old_dataset(repository, tx), names.base_snapshot(repository, tx)
-    key = f"written@{base.split('@', 1)[1]}"
+    old, short = names.old_dataset(repository, tx), names.base_snapshot(repository, tx).split("@", 1)[1]
+    # Where the base is: on the old head, or on the workspace once commit promoted it
+    # (the old head is then a clone of it).
+    holder = old if zfs.exists(f"{old}@{short}") else names.workspace_dataset(repository, tx)
+    key = f"written@{holder}@{short}"
     written = int((zfs.get_props(old, [key]) or {}).get(key, 0))
-    return zfs.changed_files(f"{old}@{base.split('@', 1)[1]}", old) if written else []
+    return zfs.changed_files(f"{holder}@{short}", old) if written else []
 
 
 def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished_begin: str | None = None) -> PoolView:
