@@ -227,10 +227,20 @@ class Repository:
         Runs automatically at the start of begin, commit and rollback.
         """
         with self.exclusive():
+            done, _ = self._recover()
+            if abort_stale is not None:
+                done += self._abort_stale(abort_stale)
+            return done
+
+    def _recover(self) -> tuple[list[str], PoolView]:
+        """``recover``'s loop; also returns the view it ended with (what the pool shows
+        now: nothing was changed after it was read)."""
+        with self.exclusive():
             done: list[str] = []
             tried: set[Step] = set()
             for _ in range(MAX_RECOVERY_STEPS):
-                step = next((s for s in plan_recovery(self.view()) if s not in tried), None)
+                view = self.view()
+                step = next((s for s in plan_recovery(view) if s not in tried), None)
                 if step is None:
                     break
                 tried.add(step)
@@ -243,19 +253,11 @@ class Repository:
                     f"recovery of {self.name} did not settle after {MAX_RECOVERY_STEPS} steps: {done[-3:]}",
                     dataset=self.name,
                 )
-            self._forget_finished_begin()
-            if abort_stale is not None:
-                done += self._abort_stale(abort_stale)
-            return done
-
-    def _forget_finished_begin(self) -> None:
-        """Clear the lock file's note of a dead begin once its transaction is undone
-        (or was never created)."""
-        if self._lock is None:
-            return
-        tx = self._lock.unfinished_begin()
-        if tx is not None and tx not in {record.tx for record in self.view().records()}:
-            self._lock.clear()
+            if view.unfinished_begin is not None and view.unfinished_begin not in {r.tx for r in view.records()}:
+                assert self._lock is not None  # held: exclusive()
+                self._lock.clear()  # that begin's transaction is undone (or never was created)
+                view = attrs.evolve(view, unfinished_begin=None)
+            return done, view
 
     def _abort_stale(self, older_than: float) -> list[str]:
         view, done = self.view(), []
@@ -273,8 +275,7 @@ class Repository:
         return done
 
     def _recovered(self) -> PoolView:
-        self.recover()
-        return self.view()
+        return self._recover()[1]
 
     # ------------------------------------------------------------------ dry runs
     def plan(
