@@ -22,6 +22,7 @@ from dsg_storage.zfs.port import Batch
 
 from .conftest import Sandbox
 from .test_crash_safety import in_child
+from .test_dry_run import pool_state as dry_run_state
 from .test_transactions import OWNER, files
 
 START = datetime(2026, 1, 1, 12, tzinfo=UTC)  # a Thursday
@@ -133,13 +134,8 @@ def test_a_hold_taken_after_the_plan_is_skipped_not_forced(sandbox: Sandbox) -> 
 def test_dry_run_changes_nothing_and_lists_the_steps(sandbox: Sandbox) -> None:
     repo, history = make_repo(sandbox)
 
-    def pool_state() -> str:
-        return subprocess.run(
-            ["zfs", "get", "-H", "-r", "-t", "all", "-o", "name,property,value", "all", sandbox.dataset],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+    def pool_state() -> tuple[list[str], dict[str, list[str]], list[str]]:
+        return dry_run_state(sandbox)  # every property but space accounting, which moves with the pool
 
     before = pool_state()
     cli = [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, "prune", repo.name]

@@ -38,6 +38,7 @@ native properties            given at creation (``lzc_create``/``lzc_clone`` pro
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -427,21 +428,29 @@ class Zfs:
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
         """Files changed in ``filesystem`` since ``snapshot`` (``zfs diff`` lines: "M\t/path").
 
-        ``zfs diff`` needs the filesystem mounted; an unmounted one is mounted for the
-        call at a private temporary directory nobody else writes to, then unmounted.
+        ``zfs diff`` needs the filesystem mounted, and the snapshot's own filesystem too
+        (it reads the snapshot through ``.zfs``; for a clone, ``snapshot`` may be its
+        origin); an unmounted one is mounted for the call at a private temporary
+        directory nobody else writes to, then unmounted.
         """
-        mounted = self.host.mounts().get(filesystem, [])
-        private = None if mounted else tempfile.mkdtemp(prefix="dsg-storage-diff-")
-        try:
-            if private:
-                self.host.mount_readonly(filesystem, private)
+        with contextlib.ExitStack() as stack:
+            roots = {
+                fs: self._mounted_for_diff(stack, fs) for fs in dict.fromkeys((filesystem, snapshot.split("@")[0]))
+            }
             out = self._zfs_command("diff", "-H", snapshot, filesystem)
-        finally:
-            if private:
-                self.host.release_mount(filesystem, private)
-                os.rmdir(private)
-        root = private or mounted[0]
-        return [line.replace(root, "", 1) for line in out.splitlines() if line]
+        return [line.replace(roots[filesystem], "", 1) for line in out.splitlines() if line]
+
+    def _mounted_for_diff(self, stack: contextlib.ExitStack, filesystem: str) -> str:
+        """Where ``filesystem`` is mounted, mounting it privately (read-only) until
+        ``stack`` closes if it is not."""
+        mounted = self.host.mounts().get(filesystem, [])
+        if mounted:
+            return mounted[0]
+        private = tempfile.mkdtemp(prefix="dsg-storage-diff-")
+        stack.callback(os.rmdir, private)
+        self.host.mount_readonly(filesystem, private)
+        stack.callback(self.host.release_mount, filesystem, private)
+        return private
 
     def _zfs_command(self, *args: str) -> str:
         executable = shutil.which("zfs")
