@@ -9,16 +9,17 @@
 
 All ZFS work goes through libzfs_core (module ``libzfs_core``, OS package
 ``python3-pyzfs``); see ``dsg_storage.zfs`` for the few things done otherwise.
+
+Importing the package is cheap: the names below load their modules when first used
+(PEP 562 ``__getattr__``), so a command or a script pays only for what it touches.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .core.options import Owner
-from .core.prune import PruneResult, mark_keep, prune
-from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
-from .core.repository import Repository, begin
-from .core.retention import Policy as RetentionPolicy
-from .core.retention import plan as plan_retention
-from .core.transaction import Transaction
 from .errors import (
     BundleCorruptError,
     BundleError,
@@ -56,33 +57,115 @@ from .errors import (
     ZfsError,
     ZfsUnavailableError,
 )
-from .policy import Policy, check_repository_props
-from .queue import Item, ItemState, Kind, Queue, RetryPolicy
-from .read.cache import ReadCache
-from .read.offline import open_offline
-from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
-from .transfer.audit import AuditLog
-from .transfer.bundle import (
-    CheckedBundle,
-    ExportedBundle,
-    ImportResult,
-    check_bundle,
-    check_lock,
-    export_bundle,
-    import_bundle,
-    inspect_bundle,
-    read_lock_checked,
-    verify_bundle,
-    write_lock,
-)
-from .transfer.format import BundleInfo, PartSummary
-from .transfer.lockfile import LockDiff, LockedCommit, LockFile
-from .transfer.lockfile import compare as compare_lock
-from .transfer.lockfile import dumps as dump_lock
-from .transfer.lockfile import loads as load_lock
-from .transfer.lockfile import read as read_lock
-from .transfer.signing import Signature
-from .zfs.allow import AllowList
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
+    from .core.options import Owner
+    from .core.prune import PruneResult, mark_keep, prune
+    from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
+    from .core.repository import Repository, begin
+    from .core.retention import Policy as RetentionPolicy
+    from .core.retention import plan as plan_retention
+    from .core.transaction import Transaction
+    from .policy import Policy, check_repository_props
+    from .queue import Item, ItemState, Kind, Queue, RetryPolicy
+    from .read.cache import ReadCache
+    from .read.offline import open_offline
+    from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
+    from .transfer.audit import AuditLog
+    from .transfer.bundle import (
+        CheckedBundle,
+        ExportedBundle,
+        ImportResult,
+        check_bundle,
+        check_lock,
+        export_bundle,
+        import_bundle,
+        inspect_bundle,
+        read_lock_checked,
+        verify_bundle,
+        write_lock,
+    )
+    from .transfer.format import BundleInfo, PartSummary
+    from .transfer.lockfile import LockDiff, LockedCommit, LockFile
+    from .transfer.lockfile import compare as compare_lock
+    from .transfer.lockfile import dumps as dump_lock
+    from .transfer.lockfile import loads as load_lock
+    from .transfer.lockfile import read as read_lock
+    from .transfer.signing import Signature
+    from .zfs.allow import AllowList
+
+#: Public name -> (module, attribute): imported on first access, then kept in globals().
+_LAZY: dict[str, tuple[str, str]] = {
+    "Owner": (".core.options", "Owner"),
+    "PruneResult": (".core.prune", "PruneResult"),
+    "mark_keep": (".core.prune", "mark_keep"),
+    "prune": (".core.prune", "prune"),
+    "Commit": (".core.records", "Commit"),
+    "Pattern": (".core.records", "Pattern"),
+    "PendingTransaction": (".core.records", "PendingTransaction"),
+    "Phase": (".core.records", "Phase"),
+    "RepositoryStatus": (".core.records", "RepositoryStatus"),
+    "State": (".core.records", "State"),
+    "Repository": (".core.repository", "Repository"),
+    "begin": (".core.repository", "begin"),
+    "RetentionPolicy": (".core.retention", "Policy"),
+    "plan_retention": (".core.retention", "plan"),
+    "Transaction": (".core.transaction", "Transaction"),
+    "Policy": (".policy", "Policy"),
+    "check_repository_props": (".policy", "check_repository_props"),
+    "Item": (".queue", "Item"),
+    "ItemState": (".queue", "ItemState"),
+    "Kind": (".queue", "Kind"),
+    "Queue": (".queue", "Queue"),
+    "RetryPolicy": (".queue", "RetryPolicy"),
+    "ReadCache": (".read.cache", "ReadCache"),
+    "open_offline": (".read.offline", "open_offline"),
+    "CachedReader": (".read.reader", "CachedReader"),
+    "FileEntry": (".read.reader", "FileEntry"),
+    "Mode": (".read.reader", "Mode"),
+    "Reader": (".read.reader", "Reader"),
+    "RepositoryInfo": (".read.reader", "RepositoryInfo"),
+    "RepositoryView": (".read.reader", "RepositoryView"),
+    "open_live": (".read.reader", "open_live"),
+    "AuditLog": (".transfer.audit", "AuditLog"),
+    "CheckedBundle": (".transfer.bundle", "CheckedBundle"),
+    "ExportedBundle": (".transfer.bundle", "ExportedBundle"),
+    "ImportResult": (".transfer.bundle", "ImportResult"),
+    "check_bundle": (".transfer.bundle", "check_bundle"),
+    "check_lock": (".transfer.bundle", "check_lock"),
+    "export_bundle": (".transfer.bundle", "export_bundle"),
+    "import_bundle": (".transfer.bundle", "import_bundle"),
+    "inspect_bundle": (".transfer.bundle", "inspect_bundle"),
+    "read_lock_checked": (".transfer.bundle", "read_lock_checked"),
+    "verify_bundle": (".transfer.bundle", "verify_bundle"),
+    "write_lock": (".transfer.bundle", "write_lock"),
+    "BundleInfo": (".transfer.format", "BundleInfo"),
+    "PartSummary": (".transfer.format", "PartSummary"),
+    "LockDiff": (".transfer.lockfile", "LockDiff"),
+    "LockedCommit": (".transfer.lockfile", "LockedCommit"),
+    "LockFile": (".transfer.lockfile", "LockFile"),
+    "compare_lock": (".transfer.lockfile", "compare"),
+    "dump_lock": (".transfer.lockfile", "dumps"),
+    "load_lock": (".transfer.lockfile", "loads"),
+    "read_lock": (".transfer.lockfile", "read"),
+    "Signature": (".transfer.signing", "Signature"),
+    "AllowList": (".zfs.allow", "AllowList"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AllowList",

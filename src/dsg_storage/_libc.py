@@ -5,10 +5,11 @@ inotify (``_bundle_format``)."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def libc() -> ctypes.CDLL:
+    import ctypes.util  # here: it imports subprocess and shutil, which most commands never need
+
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

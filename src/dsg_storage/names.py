@@ -19,7 +19,6 @@ them too. User properties live under the ``dsg-storage:`` namespace.
 from __future__ import annotations
 
 import re
-import secrets
 from datetime import UTC, datetime
 
 from .errors import InvalidNameError
@@ -61,6 +60,8 @@ P_COMMITTED, P_MESSAGE, P_REQUESTED = prop("committed"), prop("message"), prop("
 
 def new_tx_id(now: datetime | None = None) -> str:
     moment = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    import secrets  # here: its hashlib/hmac/random imports are paid only by new transactions
+
     return f"{moment}-{secrets.token_hex(3)}"
 
 

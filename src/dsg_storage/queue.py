@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import attrs
-import tenacity
 
 from . import hostfs
 from . import names as _names
@@ -104,6 +103,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        import tenacity  # here: listing the queue or its stats never waits
+
         wait = tenacity.wait_exponential(multiplier=self.initial, max=self.max_delay) + tenacity.wait_random(
             0, self.jitter
         )

@@ -26,21 +26,14 @@ invoking user and replace nothing without ``--force``. A refusal is exit status 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
-
-import attrs
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..core.records import Commit, RepositoryStatus
-from ..core.repository import Repository
 from ..errors import (
     BundleError,
     ConflictError,
@@ -60,30 +53,20 @@ from ..errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
 )
-from ..queue import Item, Queue
-from ..read.cache import ENV as CACHE_ENV
-from ..read.cache import ReadCache
-from ..read.offline import open_offline
-from ..read.reader import CachedReader, Reader, commit_to_json, open_live
-from ..transfer import lockfile
-from ..transfer.audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
-from ..transfer.bundle import (
-    check_bundle,
-    describe_signature,
-    export_bundle,
-    import_bundle,
-    inspect_bundle,
-    read_lock_checked,
-    write_lock,
-    write_progress,
-)
-from ..transfer.bundle import describe as describe_bundle
-from ..transfer.format import BundleInfo
-from ..transfer.signing import Signature
-from ..zfs.allow import AllowList
-from ..zfs.boundary import open_zfs
 from . import operations
-from .sudo import Invocation
+
+# Start-up cost: argument parsing needs nothing but the above; every command imports what
+# it uses inside its function, so `--version` or `queue stats` never loads libzfs_core,
+# the bundle code or the core (see the README's "Start-up cost").
+if TYPE_CHECKING:
+    from ..core.records import Commit, RepositoryStatus
+    from ..core.repository import Repository
+    from ..queue import Item
+    from ..read.reader import Reader
+    from ..transfer.format import BundleInfo
+    from ..transfer.signing import Signature
+    from ..zfs.allow import AllowList
+    from .sudo import Invocation
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
@@ -275,15 +258,38 @@ def _signature_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-signature", action="store_true", help="refuse a file without a good signature (exit 9)")
 
 
+class _AuditLogHelp(argparse.HelpFormatter):
+    """Shows ``--audit-log``'s default, read from ``transfer.audit`` only when help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "audit_log":
+            from ..transfer.audit import DEFAULT_PATH
+
+            return f"default: {DEFAULT_PATH}"
+        return action.help
+
+
 def _audit_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--audit-log", metavar="FILE", default=DEFAULT_AUDIT_LOG, help=f"default: {DEFAULT_AUDIT_LOG}")
+    # None stands for the default (``transfer.audit.DEFAULT_PATH``), resolved by _audit_log.
+    p.formatter_class = _AuditLogHelp
+    p.add_argument("--audit-log", metavar="FILE", help="default: the audit log's standard path")
+
+
+def _audit_log(args: argparse.Namespace) -> str:
+    from ..transfer.audit import DEFAULT_PATH
+
+    return str(getattr(args, "audit_log", None) or DEFAULT_PATH)
 
 
 def _signature_json(signature: Signature) -> dict[str, Any]:
+    import attrs
+
     return {"signature": attrs.asdict(signature), "signer": signature.signer}
 
 
 def _commit_json(commit: Commit | None) -> dict[str, Any] | None:
+    import attrs
+
     return None if commit is None else {**attrs.asdict(commit), "name": commit.name}
 
 
@@ -320,6 +326,11 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _reader(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> Reader:
+    from ..read.cache import ENV as CACHE_ENV
+    from ..read.cache import ReadCache
+    from ..read.offline import open_offline
+    from ..read.reader import open_live
+
     cache_path = inv.cache_path(args.cache or os.environ.get(CACHE_ENV))
     cache = ReadCache(cache_path, owner=inv.cache_owner) if cache_path else None
     if args.cached and cache is None:
@@ -332,6 +343,8 @@ def _reader(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> Read
 
 
 def _access(reader: Reader, kind: str, key: str) -> dict[str, Any]:
+    from ..read.reader import CachedReader
+
     freshness, age = reader.freshness(kind, key)
     fields: dict[str, Any] = {"access": reader.mode.value, "freshness": freshness, "age": round(age, 3)}
     if isinstance(reader, CachedReader):
@@ -341,6 +354,10 @@ def _access(reader: Reader, kind: str, key: str) -> dict[str, Any]:
 
 
 def _run_read(args: argparse.Namespace, reader: Reader) -> int:
+    import attrs
+
+    from ..read.reader import commit_to_json
+
     print(f"access: {reader.describe()}", file=sys.stderr)
     if args.command == "history":
         commits = reader.history(args.repo)
@@ -374,6 +391,9 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
     elif args.command == "cat":
         data = reader.read(args.repo, args.path, commit=args.commit)
         if args.json:
+            import base64
+            import hashlib
+
             _emit(
                 args,
                 {
@@ -407,7 +427,7 @@ def _check_sudo(args: argparse.Namespace, inv: Invocation) -> None:
     for flag, given in (
         ("--sign", getattr(args, "sign", None)),
         ("--allowed-signers", getattr(args, "allowed_signers", None)),
-        ("--audit-log", getattr(args, "audit_log", DEFAULT_AUDIT_LOG) != DEFAULT_AUDIT_LOG),
+        ("--audit-log", getattr(args, "audit_log", None) not in (None, _audit_log(args))),  # given, not the default
     ):
         if given:
             inv.refuse(f"{flag} (root would read or write a file the caller names)")
@@ -416,7 +436,10 @@ def _check_sudo(args: argparse.Namespace, inv: Invocation) -> None:
 
 
 def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = None) -> int:
-    inv = inv or Invocation()
+    if inv is None:
+        from .sudo import Invocation
+
+        inv = Invocation()
     _check_sudo(args, inv)
     if args.command in READ_COMMANDS:
         with _reader(args, allow, inv) as reader:
@@ -432,6 +455,7 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = No
     if args.command in ("lock", "verify"):
         return _run_lock(args, allow, inv)
     if args.command == "demo":
+        from ..zfs.allow import AllowList
         from .demo import DEMO_POOL, run_demo
 
         # The demo may add its own parent to the allow-list only inside the test pool.
@@ -442,6 +466,8 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = No
         return _run_queue(args, allow, inv)
     if args.command in operations.COMMANDS:
         return operations.run(args, allow, _emit, inv)
+    from ..core.repository import Repository
+
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if getattr(args, "dry_run", False) and args.command in DRY_RUNS:
         return _dry_run(args, repo, inv)
@@ -502,6 +528,9 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
 
 
 def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
+    from ..transfer.bundle import describe as describe_bundle
+    from ..transfer.bundle import export_bundle, write_progress
+
     action = args.bundle_command
     if action == "export":
         progress = None if args.json else write_progress(label="export")
@@ -513,7 +542,7 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> 
             since=args.since,
             progress=progress,
             sign=args.sign,
-            audit_log=args.audit_log,
+            audit_log=_audit_log(args),
         )
         _emit(
             args,
@@ -530,6 +559,11 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> 
 
 
 def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation, path: str) -> int:
+    import attrs
+
+    from ..transfer.bundle import check_bundle, describe_signature, import_bundle, inspect_bundle, write_progress
+    from ..transfer.bundle import describe as describe_bundle
+
     action = args.bundle_command
     if action == "inspect":
         info = inspect_bundle(path)
@@ -579,7 +613,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation
             mode=args.mode,
             allowed_signers=args.allowed_signers,
             require_signature=args.require_signature or inv.signatures_required,
-            audit_log=args.audit_log,
+            audit_log=_audit_log(args),
         )
         signed = f", signed by {result.signer}" if result.signer else ""
         _emit(
@@ -591,6 +625,12 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation
 
 
 def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
+    import attrs
+
+    from ..core.repository import Repository
+    from ..transfer import lockfile
+    from ..transfer.bundle import read_lock_checked, write_lock
+
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.command == "lock":
         if args.output and inv.sudo:
@@ -662,6 +702,8 @@ def _item_line(item: Item, now: float) -> str:
 
 
 def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
+    from ..queue import Queue
+
     with Queue() as queue:
         now = queue.clock()
         action = "gc" if args.command == "gc" else args.queue_command
@@ -687,6 +729,8 @@ def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> i
             steps = [{**_item_json(i, now), "step": f"{i.kind.value} {i.target}"} for i in items]
             _emit(args, steps, "\n".join(f"would {s['step']} (item {s['id']})" for s in steps) or "nothing to do")
         else:  # flush or gc
+            from ..zfs.boundary import open_zfs
+
             items = queue.run(open_zfs(allow), due_only=action == "gc", pool=args.queue_pool, only_allowed=inv.sudo)
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
     return 0
@@ -714,6 +758,10 @@ def _dry_run(args: argparse.Namespace, repo: Repository, inv: Invocation) -> int
 
 
 def _snapshot(args: argparse.Namespace, repo: Repository) -> int:
+    from datetime import UTC, datetime
+
+    from ..queue import Queue
+
     now = datetime.now(UTC)
     name = f"{repo.name}@{args.name or 'dsg-snapshot-' + now.strftime('%Y%m%dT%H%M%SZ')}"
     try:
@@ -733,6 +781,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
+        from ..zfs.allow import AllowList
+        from .sudo import Invocation
+
         inv = Invocation.from_environment(os.environ)
         if inv.ignored:  # said once, on stderr, so a caller relying on them learns why
             print(f"dsg-storage: run through sudo, ignoring {', '.join(inv.ignored)}", file=sys.stderr)

@@ -7,21 +7,16 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from .. import hooks, metrics
-from ..core.prune import PruneResult, mark_keep, prune, save_policy
-from ..core.repository import Repository
-from ..core.retention import PERIODS, Policy
+from ..core.retention import PERIODS  # for the parser: the retention rules are light (no ZFS)
 from ..errors import InvalidArgumentError, NotAllowedError
-from ..queue import Queue
-from ..read.cache import ENV as CACHE_ENV
-from ..read.cache import ReadCache
-from ..zfs.allow import AllowList
-from ..zfs.boundary import open_zfs
-from .sudo import Invocation
+
+# Each command imports what it uses inside its function (see main.py).
+if TYPE_CHECKING:
+    from ..core.prune import PruneResult
+    from ..zfs.allow import AllowList
+    from .sudo import Invocation
 
 COMMANDS = ("prune", "keep", "metrics", "install-hooks", "cache")
 Emit = Callable[[argparse.Namespace, Any, str], None]
@@ -85,6 +80,9 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Invocation)
     if args.command == "prune":
         return _prune(args, allow, emit)
     if args.command == "keep":
+        from ..core.prune import mark_keep
+        from ..core.repository import Repository
+
         repo = Repository(args.repo, allow=allow)
         name = mark_keep(repo, args.commit, keep=not args.remove)
         emit(
@@ -101,6 +99,10 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Invocation)
 
 
 def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+    from ..core.prune import prune, save_policy
+    from ..core.repository import Repository
+    from ..core.retention import Policy
+
     rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
     policy = Policy(**rules) if any(rules.values()) else None  # checked before any ZFS call
     repo = Repository(args.repo, allow=allow)
@@ -147,6 +149,10 @@ def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
     under = args.under or list(allow.prefixes)
     if not under:
         raise InvalidArgumentError("say which repositories to report: --under DATASET, --allow or $DSG_STORAGE_ALLOW")
+    from .. import metrics
+    from ..queue import Queue
+    from ..zfs.boundary import open_zfs
+
     with Queue() as queue:
         facts = metrics.gather(queue, open_zfs(allow), under)
     if args.textfile:
@@ -159,6 +165,10 @@ def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
 
 def _install_hooks(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
     import shlex
+
+    import attrs
+
+    from .. import hooks
 
     command = shlex.split(args.hook_command) if args.hook_command else hooks.default_command()
     env = hooks.carried_env(os.environ, ",".join(allow.prefixes) or None)
@@ -176,6 +186,11 @@ def _install_hooks(args: argparse.Namespace, allow: AllowList, emit: Emit) -> in
 
 
 def _cache(args: argparse.Namespace, emit: Emit) -> int:
+    import attrs
+
+    from ..read.cache import ENV as CACHE_ENV
+    from ..read.cache import ReadCache
+
     path = args.cache or os.environ.get(CACHE_ENV)
     if not path:
         raise InvalidArgumentError(f"which read cache? --cache FILE or ${CACHE_ENV}")

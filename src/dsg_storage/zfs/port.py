@@ -7,13 +7,15 @@ fake, so code above the boundary can be exercised without ZFS wherever it is pur
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from .allow import AllowList
-from .host import Steps
 from .programs import Batch, BatchResult
+
+if TYPE_CHECKING:  # annotations only: host.py brings tenacity and the mount code
+    from .allow import AllowList
+    from .host import Steps
 
 __all__ = ["Batch", "BatchResult", "HostPort", "Snapshot", "ZfsPort"]
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""How long ``dsg-storage`` takes to start, next to what it cannot be faster than.
+
+Run against real ZFS (inside the VM when this machine has none):
+
+    ./testpool/run python3 benchmarks/bench_cli.py [--runs 7]
+
+Every command is a fresh process, timed from spawn to exit; all of them run interleaved
+(one round runs each once), so drift in the machine hits them alike, and the medians are
+printed side by side with their ratio to the baseline each one is held to:
+
+- ``--version`` and ``queue stats`` against ``python3 -c pass`` (target 1.5x): they need
+  no ZFS, so nothing but the interpreter should be paid for;
+- ``status REPO`` against ``python3 -c "import libzfs_core"`` (target 1.2x): the
+  bindings' own import is the floor of any command that talks to ZFS; ``zfs list REPO``
+  is shown beside it.
+
+``dsg-storage`` is the console script when one is on PATH, else a script with the body
+pip writes for ``[project.scripts]`` (the checkout's ``src`` is then on PYTHONPATH).
+Bytecode: an installed package has its ``.pyc`` files, a checkout run with
+PYTHONDONTWRITEBYTECODE (as in the test VM) compiles every module on every start. The
+commands run with PYTHONPYCACHEPREFIX set to a temporary directory, filled by one
+untimed round, so that what is timed is an installed package's start; ``--no-bytecode``
+times compiling from source instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dsg_storage import AllowList, Repository
+
+ROOT = "dsgtest/bench-cli"
+REPO = f"{ROOT}/repo"
+MOUNT = Path("/var/tmp/dsg-bench-cli")
+
+#: What pip writes for ``dsg-storage = "dsg_storage.cli:main"``.
+CONSOLE_SCRIPT = """\
+import re
+import sys
+from dsg_storage.cli import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def zfs(*args: str) -> None:
+    subprocess.run(["zfs", *args], check=True, capture_output=True)
+
+
+def console_script(tmp: Path) -> list[str]:
+    installed = shutil.which("dsg-storage")
+    if installed:
+        return [installed]
+    script = tmp / "dsg-storage"
+    script.write_text(CONSOLE_SCRIPT)
+    return [sys.executable, str(script)]
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.decode(errors='replace').strip()}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="timed rounds (median reported)")
+    parser.add_argument("--no-bytecode", action="store_true", help="compile every module on every start")
+    args = parser.parse_args()
+
+    subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
+    zfs("create", "-o", "mountpoint=none", ROOT)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dsg-bench-cli-") as tmpdir:
+            tmp = Path(tmpdir)
+            repo = Repository(REPO, allow=AllowList((ROOT,)))
+            with repo.begin(mountpoint=str(MOUNT), owner=(0, 0), mode=0o755) as tx:
+                Path(tx.path, "data.txt").write_text("benchmark\n")
+            env = {**os.environ, "DSG_STORAGE_QUEUE": str(tmp / "queue" / "queue.sqlite")}
+            env.pop("DSG_STORAGE_ALLOW", None)
+            if not args.no_bytecode:
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
+                env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+            py = sys.executable
+            cli = console_script(tmp)
+            cases = {
+                "python3 -c pass": [py, "-c", "pass"],
+                "python3 -c 'import libzfs_core'": [py, "-c", "import libzfs_core"],
+                "zfs list REPO": ["zfs", "list", REPO],
+                "dsg-storage --version": [*cli, "--version"],
+                "dsg-storage queue stats": [*cli, "queue", "stats"],
+                "dsg-storage status REPO": [*cli, "status", REPO],
+                "dsg-storage --json status REPO": [*cli, "--json", "status", REPO],
+            }
+            for argv in cases.values():  # untimed: fills the bytecode cache, creates the queue
+                run_once(argv, env)
+            samples: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(args.runs):
+                for name, argv in cases.items():
+                    samples[name].append(run_once(argv, env))
+    finally:
+        subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
+
+    ms = {name: statistics.median(values) for name, values in samples.items()}
+    baseline = {
+        "dsg-storage --version": ("python3 -c pass", 1.5),
+        "dsg-storage queue stats": ("python3 -c pass", 1.5),
+        "dsg-storage status REPO": ("python3 -c 'import libzfs_core'", 1.2),
+        "dsg-storage --json status REPO": ("python3 -c 'import libzfs_core'", 1.2),
+    }
+    bytecode = "compiled from source each start" if args.no_bytecode else "bytecode cached"
+    print(f"median of {args.runs} interleaved runs, ms ({bytecode}; {sys.executable} {sys.version.split()[0]})")
+    print(f"{'command':<34} {'median':>8}  {'vs':<34} {'ratio':>6}  {'target':>6}")
+    for name, value in ms.items():
+        if name in baseline:
+            base, target = baseline[name]
+            ratio = value / ms[base]
+            verdict = "ok" if ratio <= target else "OVER"
+            print(f"{name:<34} {value:8.1f}  {base:<34} {ratio:5.2f}x  {target:5.1f}x {verdict}")
+        else:
+            print(f"{name:<34} {value:8.1f}")
+    status = ms["dsg-storage status REPO"]
+    print(f"{'':<34} {'':>8}  {'zfs list REPO':<34} {status / ms['zfs list REPO']:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
