@@ -27,6 +27,7 @@ strategy); permission, invalid names and other permanent ones go to ``dead`` at 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import fcntl
@@ -39,8 +40,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
-
-import attrs
 
 from . import hostfs
 from . import names as _names
@@ -76,7 +75,9 @@ class Kind(enum.StrEnum):
     SNAPSHOT = "snapshot"
 
 
-@attrs.frozen
+# dataclasses, not attrs, here: ``dsg-storage queue stats``/``list`` load only this module,
+# and attrs' import alone is more than the command's start-up budget (#15).
+@dataclasses.dataclass(frozen=True, slots=True)
 class Item:
     id: int
     kind: Kind
@@ -92,7 +93,7 @@ class Item:
         return now - self.created
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff with jitter, bounded in attempts and delay."""
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.retention import PERIODS  # for the parser: the retention rules are light (no ZFS)
+from ..core.periods import PERIODS  # for the parser, without the retention rules
 from ..errors import InvalidArgumentError, NotAllowedError
 
 # Each command imports what it uses inside its function (see main.py).

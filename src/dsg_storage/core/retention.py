@@ -24,9 +24,8 @@ from datetime import UTC, datetime
 import attrs
 
 from ..errors import InvalidArgumentError
+from .periods import PERIODS  # bucket kinds, in the order reasons are listed
 
-#: Bucket kinds, in the order reasons are listed.
-PERIODS: tuple[str, ...] = ("hourly", "daily", "weekly", "monthly", "yearly")
 #: Bound on any count (and on the stored property): a policy read from a pool is untrusted.
 MAX_COUNT = 1_000_000
 MAX_POLICY_TEXT = 200
