@@ -33,6 +33,9 @@ def seen(sandbox: Sandbox, repo: Repository, mnt: Path) -> tuple[object, ...]:
         text=True,
         check=True,
     ).stdout
+    # An import mark cleared by recovery stays as an empty local value ("" is no mark,
+    # like unset): compare what it means, not how ZFS stores it.
+    props = props.replace(f"{P_IMPORT}\t\tlocal", f"{P_IMPORT}\t-\t-")
     return (sandbox.datasets(), sandbox.mounts(), history(repo), props, files(mnt))
 
 
