@@ -14,8 +14,10 @@ comparison, since ours also writes or reads a file) and the pipeline the issue n
 ``patterned`` (1 GiB repeating a random 4 KiB block, which lz4 stores in ~1/30 of its
 size; the streams, sent uncompressed, are the full 1 GiB). Receiving compressible data
 is cheap for ZFS, so that case shows the verification pass at its most visible. Throughput is stream bytes per second; the ratio ours/plain is printed (target
->= 0.8). Our import includes its verification pass (a bundle is verified before anything
-changes). Peak memory is the maximum resident set size of a ``dsg-storage bundle
+>= 0.8). Our import includes its verification: every byte checked before the commit
+point, the records before anything changes, the stream bytes while ZFS receives them
+(docs/archive/0006-bundles.md). A summary at the end puts both cases side by side.
+Peak memory is the maximum resident set size of a ``dsg-storage bundle
 export`` / ``bundle import`` process (a whole Python interpreter included), taken from
 wait4(2).
 """
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import attrs
 
 from dsg_storage import Repository
 from dsg_storage.transfer.bundle import export_bundle, import_bundle
@@ -85,7 +89,20 @@ def grow_pool(needed_mib: int) -> None:
         run("zpool", "online", "-e", "dsgtest", str(pool_file))
 
 
-def measure(name: str, size_mib: int, rounds: int, compressible: bool) -> tuple[Repository, Path]:
+@attrs.frozen
+class Rates:
+    """One case's medians, stream MiB/s."""
+
+    case: str
+    stream_mib: float
+    send: float
+    export: float
+    receive: float
+    imported: float
+    piped: float
+
+
+def measure(name: str, size_mib: int, rounds: int, compressible: bool) -> tuple[Repository, Path, Rates]:
     """Export and import both ways, interleaved; print the throughput table."""
     repo = Repository(f"{ROOT}/{name}", allow=ROOT)
     with repo.begin(mountpoint=str(WORK / "mnt" / name)) as tx, open(Path(tx.path, "data.bin"), "wb") as out:
@@ -130,7 +147,23 @@ def measure(name: str, size_mib: int, rounds: int, compressible: bool) -> tuple[
         f"import {rate(ours_in) / pipe:.2f}, export then import {both / pipe:.2f}",
         flush=True,
     )
-    return repo, bundle
+    rates = Rates(kind, size / MiB, rate(plain_out), rate(ours_out), rate(plain_in), rate(ours_in), pipe)
+    return repo, bundle, rates
+
+
+def summary(cases: list[Rates], peak: str) -> None:
+    """Both cases side by side: what the issue's targets (>= 0.8x) are about."""
+    print(f"\nsummary (medians, stream MiB/s; {peak})", flush=True)
+    print(
+        f"  {'case':32} {'send>file':>10} {'export':>8} {'ratio':>6}"
+        f" {'receive<file':>13} {'import':>8} {'ratio':>6} {'send|recv':>10}"
+    )
+    for c in cases:
+        print(
+            f"  {c.case:32} {c.send:10.1f} {c.export:8.1f} {c.export / c.send:6.2f}"
+            f" {c.receive:13.1f} {c.imported:8.1f} {c.imported / c.receive:6.2f} {c.piped:10.1f}",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -145,22 +178,23 @@ def main() -> int:
     try:
         # The compressible case first: its pool needs little disk, and the VM's disk must
         # hold the pool's file, one plain stream and one bundle at a time.
-        repo, bundle = measure("patterned", args.size_mib, args.rounds, compressible=True)
+        repo, bundle, patterned = measure("patterned", args.size_mib, args.rounds, compressible=True)
         cli = ["--allow", ROOT]
         export_peak = peak_rss_mib([*cli, "bundle", "export", repo.name, "-o", str(bundle)])
         import_peak = peak_rss_mib(
             [*cli, "bundle", "import", str(bundle), "--into", f"{ROOT}/mem", "--mountpoint", str(WORK / "mem")]
         )
         baseline = peak_rss_mib([])
-        print(
+        peak = (
             f"peak RSS, {bundle.stat().st_size / MiB:,.0f} MiB bundle: export {export_peak:.1f} MiB, "
-            f"import {import_peak:.1f} MiB (interpreter and imports alone: {baseline:.1f} MiB; target < 100 MiB)",
-            flush=True,
+            f"import {import_peak:.1f} MiB (interpreter and imports alone: {baseline:.1f} MiB; target < 100 MiB)"
         )
+        print(peak, flush=True)
         bundle.unlink()
         run("zfs", "destroy", "-r", repo.name)
         run("zfs", "destroy", "-r", f"{ROOT}/mem")
-        measure("random", args.random_mib, args.rounds, compressible=False)
+        random_rates = measure("random", args.random_mib, args.rounds, compressible=False)[2]
+        summary([patterned, random_rates], peak)
     finally:
         subprocess.run(["zfs", "destroy", "-r", ROOT], check=False)
         for leftover in WORK.glob("*.dsgb"):

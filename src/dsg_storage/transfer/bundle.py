@@ -34,11 +34,14 @@ that was not checked, and nothing of its author's gives privilege:
   same open file.
 * **checked against itself**: the metadata against its schema (``metadata``), each
   part's info against the metadata, each stream's BEGIN record against both
-  (``sendstream``: the snapshot, its GUID, full or incremental from which GUID), then
-  every byte against its digest; after each part is received, the snapshot's GUID
-  against the one expected.
+  (``sendstream``: the snapshot, its GUID, full or incremental from which GUID) and
+  every record (the chunk digests included), all before ZFS reads a byte; then every
+  stream byte against its digest, on a thread while ZFS receives (the commit point
+  waits for it; a mismatch undoes what arrived, as any failure does); after each part
+  is received, the snapshot's GUID against the one expected.
 * **signed** (``signing``): with an allowed-signers file a signature is checked (and,
-  when required, must be there); it covers the sha256 of every byte of the file.
+  when required, must be there); it covers the sha256 of every byte of the file, so
+  then every byte is checked before ZFS reads one.
 * **harmless**: received repositories carry ``setuid=off`` and ``devices=off``, set
   before they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode
   are the importer's (``owner``, ``mode``; default the invoking user and 0755), the
@@ -64,9 +67,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import attrs
 
@@ -106,7 +109,7 @@ from . import metadata as _metadata
 from . import sendstream, signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from .audit import AuditLog
-from .format import BundleInfo, ProgressFn
+from .format import BundleInfo, CheckedRecords, ProgressFn
 from .lockfile import LockDiff, LockedCommit, LockFile
 from .metadata import BundleMetadata
 from .signing import Signature
@@ -403,14 +406,40 @@ def _check_claims(info: BundleInfo, name: str) -> BundleMetadata:
     return meta
 
 
-def _check_open_bundle(
-    f: Any,
-    name: str,
-    progress: ProgressFn | None,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    digest: bool,
-) -> CheckedBundle:
+@attrs.frozen
+class _Claims:
+    """What is checked of a bundle before its long pass: its ends, its typed metadata, the
+    parts against it, each stream's BEGIN record against the chain, and the presence of a
+    signature (``signed``, the raw signature file, or None) where one is required."""
+
+    info: BundleInfo
+    metadata: BundleMetadata
+    signed: bytes | None
+    signature_file: Any
+    allowed_signers: str | os.PathLike[str] | None
+    require_signature: bool
+    name: str
+
+    @property
+    def signature_checked(self) -> bool:
+        """Whether the signature is checked: its message, the file's sha256, then needs every byte."""
+        return self.allowed_signers is not None and self.signed is not None
+
+    def signature(self, fd: int, sha256: str | None) -> Signature:
+        return signing.check(
+            lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), self.info.file_size),
+            self.signed,
+            self.signature_file,
+            self.allowed_signers,
+            require=self.require_signature,
+            error=BundleError,
+            what=self.name,
+        )
+
+
+def _check_claims_first(
+    f: Any, name: str, allowed_signers: str | os.PathLike[str] | None, require_signature: bool
+) -> _Claims:
     if require_signature and allowed_signers is None:
         raise InvalidArgumentError("requiring a signature needs an allowed-signers file (--allowed-signers)")
     info = _bundle_format.inspect(f)  # the ends: cheap, refuses lies before the long pass
@@ -420,32 +449,64 @@ def _check_open_bundle(
     sendstream.check_chain(meta, begins, name)
     signature_file = signing.signature_path(name)
     signed = signing.read_signature(signature_file, BundleError)  # read once, before the long pass
-
-    def check_signature(sha256: str | None) -> Signature:
-        return signing.check(
-            lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), info.file_size),
-            signed,
-            signature_file,
-            allowed_signers,
-            require=require_signature,
-            error=BundleError,
-            what=name,
-        )
-
+    claims = _Claims(info, meta, signed, signature_file, allowed_signers, require_signature, name)
     if signed is None:
-        check_signature(None)  # unsigned, and a signature is required: refused before the long pass
-    want_digest = digest or (allowed_signers is not None and signed is not None)
+        claims.signature(fd, None)  # unsigned, and a signature is required: refused before the long pass
+    return claims
+
+
+def _check_open_bundle(
+    f: Any,
+    name: str,
+    progress: ProgressFn | None,
+    allowed_signers: str | os.PathLike[str] | None,
+    require_signature: bool,
+    digest: bool,
+) -> CheckedBundle:
+    return _check_whole(f, _check_claims_first(f, name, allowed_signers, require_signature), progress, digest)
+
+
+def _check_whole(f: Any, claims: _Claims, progress: ProgressFn | None, digest: bool) -> CheckedBundle:
+    """Every byte checked (and the file's sha256, beside it on a thread, when the
+    signature is checked or ``digest`` asked), then the signature."""
+    fd = f.fileno()
+    want_digest = digest or claims.signature_checked
     sha256 = None
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="dsg-bundle-sha256") as pool:
         hashing = pool.submit(_file_sha256, fd, stop) if want_digest else None
         try:
-            _bundle_format.verify(f, progress=progress, expect=info)
+            _bundle_format.verify(f, progress=progress, expect=claims.info)
         except BaseException:
             stop.set()  # the digest is not needed any more: do not wait for it to finish
             raise
         sha256 = hashing.result() if hashing is not None else None
-    return CheckedBundle(info, meta, sha256, check_signature(sha256))
+    return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256))
+
+
+def _check_for_import(
+    f: Any,
+    name: str,
+    progress: ProgressFn | None,
+    allowed_signers: str | os.PathLike[str] | None,
+    require_signature: bool,
+) -> tuple[CheckedBundle, bool]:
+    """What must hold before ZFS reads a byte of the bundle, and whether the streams' bytes
+    are still to be checked (while they are received: ``_StreamChecks``).
+
+    Always first: the claims (``_check_claims_first``) and every record, the chunk
+    digests included (``check_records``: cheap). A signature that is checked covers the
+    sha256 of every byte of the file, streams included, and the signed manifest names
+    nothing smaller (not the chunk digests), so it can only be checked after a full
+    pass: then everything is checked first, as ``check_bundle`` does, and an unsigned or
+    wrongly signed bundle never reaches ZFS. Otherwise (no signature checked) the chunk
+    digests prove nothing that the structure does not already claim, so the stream
+    bytes are checked as they are received and the commit point waits for them."""
+    claims = _check_claims_first(f, name, allowed_signers, require_signature)
+    if claims.signature_checked:
+        return _check_whole(f, claims, progress, False), False
+    _bundle_format.check_records(f, expect=claims.info)  # structural damage: refused before any change
+    return CheckedBundle(claims.info, claims.metadata, None, claims.signature(f.fileno(), None)), True
 
 
 def _pread(fd: int, offset: int, size: int) -> bytes:
@@ -509,8 +570,10 @@ def import_bundle(
     exists; ``mountpoint`` as for an init, required unless inherited), an incremental one
     applies onto the base it was made from.
 
-    Checks the whole bundle first (``check_bundle``; signatures as there): a bad one
-    changes nothing. The repository's root gets ``owner`` and ``mode`` (default: the
+    Checks the bundle as ``check_bundle`` does (signatures as there): a bad one changes
+    nothing. Its claims and records are checked before anything changes; its stream
+    bytes while ZFS receives them (all of them first when a signature is checked), and
+    a mismatch undoes what arrived before the commit point. The repository's root gets ``owner`` and ``mode`` (default: the
     invoking user, 0755; for an incremental bundle, the repository's own unless given);
     the bundle's are never applied. Received repositories carry ``setuid=off`` and
     ``devices=off``. Lands completely or not at all, also across a crash (see the
@@ -562,11 +625,13 @@ def _import(
     mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
     owner_v = Owner.parse(owner) if owner is not None else None
     mode_v = parse_mode(mode) if mode is not None else None
-    halves = None if progress is None else (lambda done, total: progress(done, 2 * (total or 0) or None))
+    passes = _Passes(progress) if progress is not None else None
     name = os.fspath(path)
     with _bundle_format.open_checked(path) as f:
         _check_private(f, name)
-        checked = _check_open_bundle(f, name, halves, allowed_signers, require_signature, False)
+        checked, streams_unchecked = _check_for_import(
+            f, name, passes.checked if passes else None, allowed_signers, require_signature
+        )
         record.update(
             sha256=checked.sha256,
             structure_sha256=checked.info.structure_sha256,
@@ -578,47 +643,130 @@ def _import(
         repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
         with repository.exclusive():
             repository.recover()
+            receive = functools.partial(_stream_parts, zfs, f, checked, streams_unchecked, passes)
             if checked.metadata.type == "full":
-                result = _import_full(
-                    zfs, repository, f, checked, mountpoint, owner_v or default_owner(), mode_v, progress
-                )
+                result = _import_full(zfs, repository, receive, checked, mountpoint, owner_v or default_owner(), mode_v)
             else:
-                result = _import_incremental(zfs, repository, f, checked, owner_v, mode_v, progress)
+                result = _import_incremental(zfs, repository, receive, checked, owner_v, mode_v)
     return attrs.evolve(result, sha256=checked.sha256, signer=checked.signature.signer)
 
 
-def _stream_parts(zfs: ZfsPort, f: Any, checked: CheckedBundle, target: str, progress: ProgressFn | None) -> list[str]:
-    """Receive every part of the (checked) bundle into ``target``, in order, without
-    force, ZFS reading each stream straight from the open file; after each, the received
-    snapshot's GUID must be the one the bundle promised."""
+class _Passes:
+    """An import's progress: stream bytes checked plus stream bytes received, of twice the
+    stream bytes. The two passes may run at once, on different threads: each reports its
+    own count, and the sum goes out under a lock, so it never goes backwards."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._checked = self._received = 0
+
+    def checked(self, done: int, total: int | None) -> None:
+        with self._lock:
+            self._checked = done
+            self._emit(total)
+
+    def received(self, done: int, total: int | None) -> None:
+        with self._lock:
+            self._received = done
+            self._emit(total)
+
+    def _emit(self, total: int | None) -> None:
+        self._progress(self._checked + self._received, 2 * total if total else None)
+
+
+class _StreamChecks:
+    """The check of every part's stream against its chunk digests, on a thread of its own,
+    part by part in order, while ZFS receives the parts from the same open file: the
+    check reads through pread and mmap (the offset ZFS reads from is left alone), and
+    whichever of the two reads a page second finds it in the page cache. Memory stays as
+    ``verify``'s: two mapped windows. Nothing waits on a timer: each part's check is a
+    future, waited for when its result matters (``through``)."""
+
+    def __init__(self, records: CheckedRecords | None, progress: ProgressFn | None) -> None:
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dsg-bundle-verify")
+        self._parts: list[Future[int]] = []
+        if records is None:  # every stream was checked already
+            return
+        before = 0
+        for index, part in enumerate(records.info.parts):
+            self._parts.append(
+                self._pool.submit(records.check_stream, index, progress=progress, done=before, stop=self._stop)
+            )
+            before += part.size
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()  # on the way out after a failure: the rest is not needed
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def failed_yet(self) -> None:
+        """Raise the error of the first part found bad so far, if any (waits for nothing)."""
+        for part in self._parts:
+            if not part.done():
+                return
+            part.result()
+
+    def through(self, index: int) -> None:
+        """Wait until parts 0 to ``index`` are checked; raise the first one's error."""
+        for part in self._parts[: index + 1]:
+            part.result()
+
+
+def _stream_parts(
+    zfs: ZfsPort,
+    f: Any,
+    checked: CheckedBundle,
+    streams_unchecked: bool,
+    passes: _Passes | None,
+    target: str,
+) -> list[str]:
+    """Receive every part of the bundle into ``target``, in order, without force, ZFS
+    reading each stream straight from the open file; after each, the received snapshot's
+    GUID must be the one the bundle promised. With ``streams_unchecked``, the streams'
+    bytes are checked meanwhile (``_StreamChecks``), and this returns only once every
+    one of them was found good: the caller's commit point comes after. Raises what the
+    check found (``BundleCorruptError`` naming the chunk, even when ZFS refused the
+    damaged stream first); the caller undoes what arrived."""
     info = checked.info
     received = []
-    done = info.total_size  # the verify pass was the first half of the progress
-    parts = _bundle_format.part_ranges(f, expect=info)  # raises if the file changed since it was checked
+    done = 0
+    records = _bundle_format.check_records(f, expect=info)  # raises if the file changed since it was checked
     fd = f.fileno()
-    for part, expected in zip(parts, checked.metadata.snapshots, strict=True):
-        snapshot = f"{target}@{expected.name}"
-        os.lseek(fd, part.offset, os.SEEK_SET)
-        position = functools.partial(_offset_in, fd, part.offset)
-        try:
-            with _reporting(progress, position, done, 2 * info.total_size):
-                zfs.receive_from(fd, snapshot, force=False)
-        except (NoSpaceError, PoolUnavailableError, DatasetBusyError, NotAllowedError):
-            raise  # the pool's condition, not the stream's
-        except ZfsError as exc:  # every check passed, yet ZFS finds the stream wrong
-            raise BundleError(
-                f"{f.name}: ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed"
-            ) from exc
-        end = os.lseek(fd, 0, os.SEEK_CUR)
-        if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
-            raise BundleError(f"{f.name}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
-        guid = u64(int((zfs.get_props(snapshot, ["guid"]) or {}).get("guid", 0)))
-        if guid != expected.guid:
-            raise BundleError(f"{f.name}: part {part.index + 1} made {snapshot} with GUID {guid}, not {expected.guid}")
-        received.append(expected.name)
-        done += part.size
-        if progress:
-            progress(done, 2 * info.total_size)
+    with _StreamChecks(records if streams_unchecked else None, passes.checked if passes else None) as checks:
+        for part, expected in zip(records.info.parts, checked.metadata.snapshots, strict=True):
+            checks.failed_yet()  # a part found bad: receive no more
+            snapshot = f"{target}@{expected.name}"
+            os.lseek(fd, part.offset, os.SEEK_SET)
+            position = functools.partial(_offset_in, fd, part.offset)
+            try:
+                with _reporting(passes.received if passes else None, position, done, info.total_size):
+                    zfs.receive_from(fd, snapshot, force=False)
+            except (NoSpaceError, PoolUnavailableError, DatasetBusyError, NotAllowedError):
+                raise  # the pool's condition, not the stream's
+            except ZfsError as exc:
+                checks.through(part.index)  # a damaged stream: the check's error names the chunk
+                raise BundleError(
+                    f"{f.name}: ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed"
+                ) from exc
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
+                checks.through(part.index)
+                raise BundleError(f"{f.name}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
+            guid = u64(int((zfs.get_props(snapshot, ["guid"]) or {}).get("guid", 0)))
+            if guid != expected.guid:
+                checks.through(part.index)
+                raise BundleError(
+                    f"{f.name}: part {part.index + 1} made {snapshot} with GUID {guid}, not {expected.guid}"
+                )
+            received.append(expected.name)
+            done += part.size
+            if passes:
+                passes.received(done, info.total_size)
+        checks.through(len(records.info.parts) - 1)  # every byte found good before the commit point
     return received
 
 
@@ -632,12 +780,11 @@ def _snapshot_props(batch: Batch, target: str, meta: BundleMetadata) -> Batch:
 def _import_full(
     zfs: ZfsPort,
     repository: Repository,
-    f: Any,
+    receive: Callable[[str], list[str]],
     checked: CheckedBundle,
     mountpoint: str | None,
     owner: Owner,
     mode: int | None,
-    progress: ProgressFn | None,
 ) -> ImportResult:
     into = repository.name
     if zfs.exists(into):
@@ -659,7 +806,7 @@ def _import_full(
     temp = _names.receive_dataset(into, _names.new_tx_id())
     mode_v = DEFAULT_MODE if mode is None else mode
     try:
-        _stream_parts(zfs, f, checked, temp, progress)
+        receive(temp)  # returns once every byte was found good
         zfs.set_native_props(temp, SAFE_PROPS)  # before it is ever mounted
     except BaseException:
         if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
@@ -684,11 +831,10 @@ def _import_full(
 def _import_incremental(
     zfs: ZfsPort,
     repository: Repository,
-    f: Any,
+    receive: Callable[[str], list[str]],
     checked: CheckedBundle,
     owner: Owner | None,
     mode: int | None,
-    progress: ProgressFn | None,
 ) -> ImportResult:
     into = repository.name
     meta = checked.metadata
@@ -738,7 +884,7 @@ def _import_incremental(
             new_head[P_MODE] = f"{mode:04o}"
         try:
             zfs.rollback(into)  # to the base, explicitly: what a mount's own metadata wrote
-            received = _stream_parts(zfs, f, checked, into, progress)
+            received = receive(into)  # returns once every byte was found good
             zfs.apply(_snapshot_props(Batch(), into, meta).set(into, {**new_head, P_IMPORT: ""}))  # the commit point
         except BaseException:
             repository.recover()  # the import mark is there: recovery undoes what arrived

@@ -70,6 +70,8 @@ API::
     verify(path) -> BundleInfo    # one full pass over every byte
     for part in part_ranges(path, expect=info):   # after verify: where each stream lies
         os.lseek(fd, part.offset, os.SEEK_SET); lzc_receive(snap, fd)  # reads part.size bytes
+    records = check_records(f, expect=info)       # or: every record now, each stream
+    records.check_stream(i)                       # later, beside a receiver (pread, mmap)
     for part, chunks in iter_parts(path):         # or the bytes, each chunk checked
         for chunk in chunks: ...  # feed a receiver; a BundleError means abort it
 
@@ -891,14 +893,29 @@ def _changed_digests(r: _Reader, part: _Part) -> BundleCorruptError:
     return r.corrupt(f"the chunk digests of part {part.index + 1} changed while the part was being read")
 
 
-def _check_stream(r: _Reader, part: _Part, progress: ProgressFn | None, done: int, total: int) -> int:
+class StreamCheckStopped(Exception):
+    """A stream's check ended early because its caller asked it to (``stop``): it proved
+    nothing about the stream."""
+
+
+def _check_stream(
+    r: _Reader,
+    part: _Part,
+    progress: ProgressFn | None,
+    done: int,
+    total: int,
+    stop: threading.Event | None = None,
+) -> int:
     """Digest a part's stream (windows, on threads) against its chunk digests; the stream
-    bytes done after it."""
+    bytes done after it. Reads only through pread and mmap: the descriptor's offset is
+    left alone. ``stop`` set ends it at the next window (``StreamCheckStopped``)."""
     r.where = f"part {part.index + 1}"
     digest = hashlib.md5(usedforsecurity=False)  # of the digests compared against, in case they changed
     try:
         with closing(_stream_digests(r.fd, part.offset, part.size)) as windows:
             for at, length, found in windows:
+                if stop is not None and stop.is_set():
+                    raise StreamCheckStopped(f"the check of part {part.index + 1} was stopped")
                 first = at // CHUNK_SIZE
                 expected = r.pread(part.digests_at + first * _CHUNK_DIGEST_SIZE, len(found))
                 digest.update(expected)
@@ -1059,11 +1076,47 @@ def verify(source: Source, *, progress: ProgressFn | None = None, expect: Bundle
     problem (a damaged record or a truncation before reading any stream). With ``expect``
     (from ``inspect`` of the same file), a bundle that differs from it is refused."""
     with _opened(source) as (f, name):
-        r, info, parts = _structure(f, name, expect)
+        checked = _check_records(f, name, expect)
         done = 0
-        for part in parts:
-            done = _check_stream(r, part, progress, done, info.total_size)
-        return info
+        for index in range(len(checked.info.parts)):
+            done = checked.check_stream(index, progress=progress, done=done)
+        return checked.info
+
+
+@attrs.frozen(eq=False)
+class CheckedRecords:
+    """A bundle whose every record was checked (``check_records``: the first half of
+    ``verify``), its streams not yet. ``check_stream(i)`` is the second half for part
+    ``i``: it reads the stream only through pread and mmap, never moving the open file's
+    offset, so it may run on a thread of its own while a receiver (``lzc_receive``) reads
+    the same open file from that offset. Valid while that file stays open."""
+
+    info: BundleInfo
+    _reader: _Reader
+    _parts: tuple[_Part, ...]
+
+    def check_stream(
+        self, index: int, *, progress: ProgressFn | None = None, done: int = 0, stop: threading.Event | None = None
+    ) -> int:
+        """Check part ``index``'s stream against its chunk digests (``BundleCorruptError``
+        naming the chunk, ``BundleTruncatedError``); ``progress`` gets ``done`` plus the
+        part's bytes checked so far, which it returns at the end. ``stop`` set ends it
+        early with ``StreamCheckStopped``."""
+        return _check_stream(self._reader, self._parts[index], progress, done, self.info.total_size, stop)
+
+
+def _check_records(f: BinaryIO, name: str, expect: BundleInfo | None) -> CheckedRecords:
+    r, info, parts = _structure(f, name, expect)
+    return CheckedRecords(info, r, tuple(parts))
+
+
+def check_records(source: BinaryIO, *, expect: BundleInfo | None = None) -> CheckedRecords:
+    """Check every record of the open bundle ``source`` (header, metadata, each part's
+    records and chunk digests, the structure hash, trailer and footer) but no stream
+    byte: cheap whatever the size. With ``expect``, a bundle that differs from it raises
+    ``BundleError``. The streams are then checked with ``CheckedRecords.check_stream``."""
+    with _opened(source) as (f, name):
+        return _check_records(f, name, expect)
 
 
 def part_ranges(source: Source, *, expect: BundleInfo | None = None) -> list[PartSummary]:
