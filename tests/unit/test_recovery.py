@@ -7,6 +7,7 @@ without ZFS. The last tests run recovery's loop to its end on an in-memory pool.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -459,34 +460,47 @@ def test_a_destroy_that_stays_busy_is_deferred_once_not_retried_forever(pool: Fa
     assert [item.target for item in queue.items()] == [OLD]
 
 
+class Stop(BaseException):  # as a kill: no handler of the library runs
+    pass
+
+
+def initialised(tmp_path: Path, k: int) -> tuple[FakeZfs, Repository]:
+    """A fresh fake pool with one committed repository."""
+    fake = FakeZfs()
+    fake.datasets["tank/data"] = {"mountpoint": "/tank/data"}
+    repo = Repository(REPO, zfs=fake, queue=Queue(tmp_path / f"q{k}.sqlite"))
+    with repo.begin(mountpoint=MNT, owner="1000:1000", mode="0750"):
+        pass
+    return fake, repo
+
+
+def stopped_after(fake: FakeZfs, k: int, operation: Callable[[], object]) -> bool:
+    """Run ``operation``, stopping it right after its k-th change; True if it finished."""
+    at = fake.steps.count + k
+
+    def stop(step: BoundaryStep) -> None:
+        if step.index == at:
+            raise Stop
+
+    fake.steps.observer = stop
+    try:
+        operation()
+        return True
+    except Stop:
+        return False
+    finally:
+        fake.steps.observer = None
+
+
 def test_recovery_of_every_step_of_a_fake_sync_commit_ends_old_or_new(pool: FakeZfs, tmp_path: Path) -> None:
     """Stop a commit after each of its changes (on the fake pool), recover, and check the
     commit was completed: its first change records that the caller asked for it."""
-
-    class Stop(BaseException):  # as a kill: no handler of the library runs
-        pass
-
     k = 0
     while True:
         k += 1
-        fake = FakeZfs()
-        fake.datasets["tank/data"] = {"mountpoint": "/tank/data"}
-        repo = Repository(REPO, zfs=fake, queue=Queue(tmp_path / f"q{k}.sqlite"))
-        with repo.begin(mountpoint=MNT, owner="1000:1000", mode="0750"):
-            pass  # init: the repository exists now
+        fake, repo = initialised(tmp_path, k)
         tx = repo.begin()
-
-        def stop(step: BoundaryStep, at: int = fake.steps.count + k) -> None:
-            if step.index == at:
-                raise Stop
-
-        fake.steps.observer = stop
-        try:
-            repo.commit(tx.id, "m")
-            finished = True
-        except Stop:
-            finished = False
-        fake.steps.observer = None
+        finished = stopped_after(fake, k, lambda repo=repo, tx=tx: repo.commit(tx.id, "m"))
         repo.recover()
         assert repo.pending() == []  # a killed commit never stays open
         assert set(fake.datasets) == {"tank/data", REPO}
@@ -502,34 +516,15 @@ def test_a_begin_stopped_after_any_change_is_undone_and_a_finished_one_stays_ope
 ) -> None:
     """The pool records the transaction as open from its first sync task on; the lock
     file's note is what tells recovery that the begin never finished."""
-
-    class Stop(BaseException):
-        pass
-
     k = 0
     while True:
         k += 1
-        fake = FakeZfs()
-        fake.datasets["tank/data"] = {"mountpoint": "/tank/data"}
-        repo = Repository(REPO, zfs=fake, queue=Queue(tmp_path / f"q{k}.sqlite"))
-        with repo.begin(mountpoint=MNT, owner="1000:1000", mode="0750"):
-            pass
-        before = fake.steps.count
-
-        def stop(step: BoundaryStep, at: int = before + k) -> None:
-            if step.index == at:
-                raise Stop
-
-        fake.steps.observer = stop
-        try:
-            tx = repo.begin()
-            finished = True
-        except Stop:
-            finished = False
-        fake.steps.observer = None
+        fake, repo = initialised(tmp_path, k)
+        begun: list[str] = []
+        finished = stopped_after(fake, k, lambda repo=repo, begun=begun: begun.append(repo.begin().id))
         repo.recover()
         if finished:
-            assert [p.tx for p in repo.pending()] == [tx.id]
+            assert [p.tx for p in repo.pending()] == begun
             break
         assert repo.pending() == [], f"a begin stopped after change {k} left its transaction"
         assert set(fake.datasets) == {"tank/data", REPO} and fake.host.mounts() == {REPO: [MNT]}
