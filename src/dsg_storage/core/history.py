@@ -5,8 +5,9 @@ older snapshots over from the repository, and makes it the repository. When a re
 holds one of them (a mounted snapshot), ZFS refuses the promote; it is done later
 (recovery, the queue) and meanwhile the older part of the history still lives on
 ``REPO.dsg-old-TX``, the repository's origin. A commit refused after its promote leaves
-the repository a clone of its open workspace until the transaction ends. ``lineage`` reads through that origin, so
-history, reads of old commits and bundle exports see the whole history either way.
+the repository a clone of its open workspace until the transaction ends. ``lineage``
+reads through that origin, so history, reads of old commits and bundle exports see the
+whole history either way.
 """
 
 from __future__ import annotations

@@ -294,45 +294,41 @@ class Repository:
         itself assumes they succeed. Takes the step lock for a moment (a step under way
         would otherwise look interrupted)."""
         with self.exclusive():
-            return self._plan(operation, tx, mountpoint=mountpoint, owner=owner, mode=mode, message=message)
-
-    def _plan(
-        self,
-        operation: str,
-        tx: str | None,
-        *,
-        mountpoint: str | None,
-        owner: Owner | str | tuple[int, int] | None,
-        mode: str | int | None,
-        message: str | None,
-    ) -> list[str]:
-        view = self.view()
-        lines = [line for step in plan_recovery(view) for line in step.describe()]
-        if operation == "recover":
-            return lines
-        if operation == "begin":
-            for open_record in view.records():
-                raise TransactionInProgressError(
-                    f"repository {self.name} already has an open transaction {open_record.tx}", dataset=self.name
-                )
-            tx = names.new_tx_id()
-            pattern = pattern_for(view)
-            owner_v = Owner.parse(owner) if owner is not None else None
-            mode_v = parse_mode(mode) if mode is not None else None
-            checked = check_mountpoint(mountpoint) if mountpoint is not None else None
-            record = new_record(view, pattern, tx, checked, owner_v, mode_v)
-            actions = [*pattern.begin(self.name, record, _creation_props(record, self.name)), *_opening(record)]
-            return [*lines, f"begin ({pattern.kind.value}): a new transaction", *(f"  {a.describe()}" for a in actions)]
-        record = self._open_record(names.validate_tx_id(tx or ""), view)
-        if operation == "rollback":
-            return [*lines, f"{record.tx}: roll back", *(f"  {a.describe()}" for a in undo_transaction(view, record))]
-        actions = [
-            _intent(record, message),
-            *pattern_of(record).detach(view, record),
-            Rename(record.dataset, self.name),
-        ]
-        finish = f"{record.tx}: then finish: mount {self.name} at {record.mountpoint}, take the commit snapshot"
-        return [*lines, f"{record.tx}: commit", *(f"  {a.describe()}" for a in actions), finish]
+            view = self.view()
+            lines = [line for step in plan_recovery(view) for line in step.describe()]
+            if operation == "recover":
+                return lines
+            if operation == "begin":
+                for open_record in view.records():
+                    raise TransactionInProgressError(
+                        f"repository {self.name} already has an open transaction {open_record.tx}", dataset=self.name
+                    )
+                tx = names.new_tx_id()
+                pattern = pattern_for(view)
+                owner_v = Owner.parse(owner) if owner is not None else None
+                mode_v = parse_mode(mode) if mode is not None else None
+                checked = check_mountpoint(mountpoint) if mountpoint is not None else None
+                record = new_record(view, pattern, tx, checked, owner_v, mode_v)
+                actions = [*pattern.begin(self.name, record, _creation_props(record, self.name)), *_opening(record)]
+                return [
+                    *lines,
+                    f"begin ({pattern.kind.value}): a new transaction",
+                    *(f"  {a.describe()}" for a in actions),
+                ]
+            record = self._open_record(names.validate_tx_id(tx or ""), view)
+            if operation == "rollback":
+                return [
+                    *lines,
+                    f"{record.tx}: roll back",
+                    *(f"  {a.describe()}" for a in undo_transaction(view, record)),
+                ]
+            actions = [
+                _intent(record, message),
+                *pattern_of(record).detach(view, record),
+                Rename(record.dataset, self.name),
+            ]
+            finish = f"{record.tx}: then finish: mount {self.name} at {record.mountpoint}, take the commit snapshot"
+            return [*lines, f"{record.tx}: commit", *(f"  {a.describe()}" for a in actions), finish]
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self, name: str, *, requested: datetime | None = None) -> None:
