@@ -16,9 +16,6 @@ Importing the package is cheap: the names below load their modules when first us
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
 from .errors import (
     BundleCorruptError,
@@ -58,7 +55,12 @@ from .errors import (
     ZfsUnavailableError,
 )
 
+# Not typing.TYPE_CHECKING: importing typing alone costs more than the rest of this
+# module, and `dsg-storage --version` needs nothing else (type checkers know the name).
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
+    from typing import Any
+
     from .core.options import Owner
     from .core.prune import PruneResult, mark_keep, prune
     from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
@@ -158,6 +160,8 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    import importlib
+
     value = getattr(importlib.import_module(module, __name__), attr)
     globals()[name] = value  # the next access is a plain lookup
     return value

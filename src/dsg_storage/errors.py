@@ -4,7 +4,10 @@ can catch what they already know (``FileExistsError``, ``PermissionError``...)."
 from __future__ import annotations
 
 import errno as _errno
-from typing import ClassVar
+
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class DsgStorageError(Exception):

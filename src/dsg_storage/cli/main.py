@@ -25,15 +25,9 @@ invoking user and replace nothing without ``--force``. A refusal is exit status 
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from .._version import __version__
 from ..errors import (
     BundleError,
     ConflictError,
@@ -53,12 +47,18 @@ from ..errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
 )
-from . import operations
 
-# Start-up cost: argument parsing needs nothing but the above; every command imports what
-# it uses inside its function, so `--version` or `queue stats` never loads libzfs_core,
-# the bundle code or the core (see the README's "Start-up cost").
+# Start-up cost: importing this module costs next to nothing; `main` answers `--version`
+# before anything else is imported, argparse and logging come next, and every command
+# imports what it uses inside its function, so `queue stats` never loads libzfs_core, the
+# bundle code or the core (see the README's "Start-up cost"). Not typing.TYPE_CHECKING:
+# see dsg_storage/__init__.py.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
+
     from ..core.records import Commit, RepositoryStatus
     from ..core.repository import Repository
     from ..queue import Item
@@ -72,207 +72,6 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
 EXIT_QUEUE_FULL = 11
 READ_COMMANDS = ("repos", "history", "ls", "stat", "cat")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dsg-storage", description="Transactional changes to ZFS repositories.")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument(
-        "--allow",
-        action="append",
-        default=[],
-        metavar="POOL[/PREFIX]",
-        help="pool or dataset prefix that may be changed (repeatable; adds to $DSG_STORAGE_ALLOW)",
-    )
-    parser.add_argument("--verbose", "-v", action="store_true", help="log ZFS steps to stderr")
-    parser.add_argument("--offline", action="store_true", help="read an exported pool, imported read-only for the call")
-    parser.add_argument(
-        "--search-path",
-        action="append",
-        metavar="PATHS",
-        help="with --offline: files, directories or devices to search (repeatable; colon-separated accepted)",
-    )
-    parser.add_argument("--pool", metavar="NAME|ID", help="with --offline: which pool, when the paths hold several")
-    parser.add_argument(
-        "--cache", metavar="FILE", help="read cache: live reads are recorded there ($DSG_STORAGE_CACHE)"
-    )
-    parser.add_argument(
-        "--cached", action="store_true", help="with --offline: if the pool cannot be found, serve reads from the cache"
-    )
-    parser.add_argument("--version", action="version", version=f"dsg-storage {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("begin", help="open a transaction (init or sync, chosen automatically)")
-    p.add_argument("repo")
-    p.add_argument("--mountpoint", help="where the repository is mounted (required for init)")
-    p.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root directory")
-    p.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root directory, e.g. 0750")
-    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
-
-    p = sub.add_parser("commit", help="make a transaction's workspace the repository")
-    p.add_argument("repo")
-    p.add_argument("tx")
-    p.add_argument(
-        "--wait",
-        metavar="SECONDS",
-        type=float,
-        default=0.0,
-        help="wait this long for a process writing in the repository to finish (default: refuse at once)",
-    )
-    p.add_argument("-m", "--message", help="recorded on the commit snapshot")
-    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
-
-    p = sub.add_parser("rollback", help="throw a transaction's workspace away")
-    p.add_argument("repo")
-    p.add_argument("tx")
-    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
-
-    p = sub.add_parser("abort", help="roll back an open (possibly stale) transaction")
-    p.add_argument("repo")
-    p.add_argument("tx")
-    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
-
-    p = sub.add_parser("recover", help="finish interrupted steps (also done by every changing command)")
-    p.add_argument("repo")
-    p.add_argument(
-        "--abort-stale",
-        metavar="AGE",
-        type=_duration,
-        help="also roll back open transactions older than AGE (seconds, or 90m, 12h, 7d) that nobody uses",
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
-
-    p = sub.add_parser("status", help="pending transactions, mountpoint, owner, last commit")
-    p.add_argument("repo")
-
-    p = sub.add_parser("history", help="commits, oldest first")
-    p.add_argument("repo")
-
-    p = sub.add_parser("repos", help="repositories at or below a dataset (default: the offline pool)")
-    p.add_argument("under", nargs="?")
-
-    p = sub.add_parser("ls", help="files of the head or of a commit")
-    p.add_argument("repo")
-    p.add_argument("path", nargs="?", default="")
-    p.add_argument("--commit", metavar="SNAPSHOT", help="a commit (short snapshot name); default: the head")
-
-    p = sub.add_parser("stat", help="one file's type, size, mode, owner and time")
-    p.add_argument("repo")
-    p.add_argument("path")
-    p.add_argument("--commit", metavar="SNAPSHOT")
-
-    p = sub.add_parser("cat", help="one file's contents to stdout")
-    p.add_argument("repo")
-    p.add_argument("path")
-    p.add_argument("--commit", metavar="SNAPSHOT")
-
-    p = sub.add_parser("bundle", help="repository snapshots as a verified file: export, inspect, verify, import")
-    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
-    b = bundle_sub.add_parser("export", help="write a bundle (full, or incremental with --since)")
-    b.add_argument("repo")
-    b.add_argument("--snapshot", metavar="SNAP", help="last snapshot to carry (default: the latest)")
-    b.add_argument("--since", metavar="SNAP", help="make an incremental bundle from this base")
-    b.add_argument("-o", "--output", required=True, metavar="FILE")
-    b.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
-    _sign_arguments(b)
-    _audit_argument(b)
-    b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)")
-    b.add_argument("file")
-    b = bundle_sub.add_parser("verify", help="check a bundle's structure, streams, checksums and signature")
-    b.add_argument("file")
-    _signature_arguments(b)
-    b = bundle_sub.add_parser("import", help="verify, then receive a bundle: all of it or nothing")
-    b.add_argument("file")
-    b.add_argument("--into", required=True, metavar="REPO")
-    b.add_argument("--mountpoint", help="for a full bundle: where the new repository is mounted")
-    b.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root (default: the invoking user)")
-    b.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root (default: 0755)")
-    _signature_arguments(b)
-    _audit_argument(b)
-    b.add_argument(
-        "--dry-run", action="store_true", help="check the bundle, print what it would receive; change nothing"
-    )
-
-    p = sub.add_parser("lock", help="write a lock file: the repository's commits with their GUIDs")
-    p.add_argument("repo")
-    p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
-    p.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
-    _sign_arguments(p)
-
-    p = sub.add_parser("verify", help="does the repository match a lock file?")
-    p.add_argument("--lock", required=True, metavar="FILE")
-    p.add_argument("repo")
-    _signature_arguments(p)
-
-    p = sub.add_parser("snapshot", help="take a snapshot now, or queue it while the pool is away")
-    p.add_argument("repo")
-    p.add_argument("--name", help="snapshot name (default dsg-snapshot-<UTC time>)")
-    p.add_argument("--queue", action="store_true", help="if the pool is unavailable, queue the request")
-    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
-
-    p = sub.add_parser("queue", help="work that could not run yet: list, stats, flush, drop")
-    queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
-    queue_sub.add_parser("list", help="every item: id, kind, target, state, attempts, last error, age")
-    queue_sub.add_parser("stats", help="counts per state, age of the oldest pending item")
-    flush = queue_sub.add_parser("flush", help="run every pending item now, due or not")
-    flush.add_argument(
-        "--pool", dest="queue_pool", help="only the items of this pool (the zedlet runs this when a pool is imported)"
-    )
-    flush.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
-    drop = queue_sub.add_parser("drop", help="remove an item")
-    drop.add_argument("id", type=int)
-
-    p = sub.add_parser("gc", help="run the queue once (the items that are due)")
-    p.add_argument("--pool", dest="queue_pool", help="only the items of this pool")
-    p.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
-    operations.add_parsers(sub)
-
-    p = sub.add_parser("demo", help="show a transaction on real ZFS (used by the README's first command)")
-    p.add_argument("--parent", default="dsgtest/demo", help="dataset to work under (default: dsgtest/demo)")
-    p.add_argument("--mount-dir", help="directory for the demo's mount paths (default: a new temporary one)")
-    return parser
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> float:
-    """``3600``, ``90m``, ``12h``, ``7d``: seconds."""
-    unit = text[-1:] if text[-1:] in _UNITS else "s"
-    number = text[:-1] if text[-1:] in _UNITS else text
-    try:
-        value = float(number) * _UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)")
-    return value
-
-
-def _sign_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sign", metavar="KEY", help="sign with this OpenSSH private key (signature in FILE.sig)")
-
-
-def _signature_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allowed-signers", metavar="FILE", help="check FILE.sig against this OpenSSH allowed-signers file")
-    p.add_argument("--require-signature", action="store_true", help="refuse a file without a good signature (exit 9)")
-
-
-class _AuditLogHelp(argparse.HelpFormatter):
-    """Shows ``--audit-log``'s default, read from ``transfer.audit`` only when help is printed."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.dest == "audit_log":
-            from ..transfer.audit import DEFAULT_PATH
-
-            return f"default: {DEFAULT_PATH}"
-        return action.help
-
-
-def _audit_argument(p: argparse.ArgumentParser) -> None:
-    # None stands for the default (``transfer.audit.DEFAULT_PATH``), resolved by _audit_log.
-    p.formatter_class = _AuditLogHelp
-    p.add_argument("--audit-log", metavar="FILE", help="default: the audit log's standard path")
 
 
 def _audit_log(args: argparse.Namespace) -> str:
@@ -322,6 +121,8 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    import json
+
     print(json.dumps(data, indent=None, sort_keys=True) if args.json else text)
 
 
@@ -464,6 +265,8 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = No
         return 0
     if args.command in ("queue", "gc"):
         return _run_queue(args, allow, inv)
+    from . import operations
+
     if args.command in operations.COMMANDS:
         return operations.run(args, allow, _emit, inv)
     from ..core.repository import Repository
@@ -778,7 +581,18 @@ def _snapshot(args: argparse.Namespace, repo: Repository) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; returns its exit status (the module's docstring lists them)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # what argparse's version action prints, without argparse
+        from .._version import __version__
+
+        print(f"dsg-storage {__version__}")
+        return 0
+    import logging
+
+    from .parser import parse
+
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         from ..zfs.allow import AllowList

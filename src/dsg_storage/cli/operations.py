@@ -1,12 +1,11 @@
 """Commands for running dsg-storage for years: ``prune``, ``keep``, ``metrics``,
-``install-hooks`` and ``cache``. ``main`` adds their parsers and hands them their args."""
+``install-hooks`` and ``cache``. ``main`` hands them their args (``parser`` has their
+arguments)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.periods import PERIODS  # for the parser, without the retention rules
@@ -14,62 +13,16 @@ from ..errors import InvalidArgumentError, NotAllowedError
 
 # Each command imports what it uses inside its function (see main.py).
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
     from ..core.prune import PruneResult
     from ..zfs.allow import AllowList
     from .sudo import Invocation
 
 COMMANDS = ("prune", "keep", "metrics", "install-hooks", "cache")
-Emit = Callable[[argparse.Namespace, Any, str], None]
-
-
-def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("prune", help="destroy commits a retention policy lets go (--dry-run: only show)")
-    p.add_argument("repo")
-    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="the newest N commits")
-    for period in PERIODS:
-        p.add_argument(
-            f"--keep-{period}",
-            type=int,
-            default=0,
-            metavar="N",
-            help=f"the newest commit of each of N {period} periods (UTC)",
-        )
-    p.add_argument("--save-policy", action="store_true", help="store these rules on the repository for later prunes")
-    p.add_argument("--dry-run", action="store_true", help="show what would be destroyed; change nothing")
-
-    p = sub.add_parser("keep", help="mark a commit so that prune never destroys it (--remove: unmark)")
-    p.add_argument("repo")
-    p.add_argument("commit", help="the commit's snapshot name (after '@')")
-    p.add_argument("--remove", action="store_true")
-
-    p = sub.add_parser("metrics", help="Prometheus metrics: queue, open transactions, latest commits")
-    p.add_argument(
-        "--under",
-        action="append",
-        default=[],
-        metavar="DATASET",
-        help="repositories at or below it (repeatable; default: the allow-list)",
-    )
-    p.add_argument(
-        "--textfile", metavar="DIR", help="write DIR/dsg_storage.prom atomically (node_exporter) instead of printing"
-    )
-
-    p = sub.add_parser("install-hooks", help="install (or --print) the ZED zedlet and systemd units that run the queue")
-    p.add_argument("--zedlet-dir", metavar="DIR", help="install the zedlet there (ZED's: /etc/zfs/zed.d)")
-    p.add_argument("--systemd-dir", metavar="DIR", help="install the units there (e.g. /etc/systemd/system)")
-    p.add_argument("--print", action="store_true", help="print the files instead of installing them")
-    p.add_argument(
-        "--command",
-        dest="hook_command",
-        metavar="ARGV",
-        help="the dsg-storage command the hooks run (default: this one)",
-    )
-
-    p = sub.add_parser("cache", help="the read cache: stats, clear")
-    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    cache_sub.add_parser("stats", help="reads held per kind, oldest and newest, file size")
-    clear = cache_sub.add_parser("clear", help="forget cached reads")
-    clear.add_argument("--kind", choices=("history", "repositories"), help="only this kind")
+if TYPE_CHECKING:
+    Emit = Callable[[argparse.Namespace, Any, str], None]
 
 
 def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Invocation) -> int:

@@ -1,0 +1,339 @@
+"""The command line's grammar: global options, and each command's arguments in a function
+of its own, listed in ``COMMANDS`` (in the order ``--help`` shows them).
+
+``parse`` builds only what the call needs. Every command is registered with its name and
+help, so ``--help`` and the errors for an unknown command read as always, but only the
+command being run gets its arguments: argparse builds a help formatter for every
+argument it adds, and under emulation building all of them cost ~100 ms per call. When
+the command cannot be told from the arguments with certainty (an abbreviated or unknown
+option before it, ``--help``), everything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from .._version import __version__
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+#: Global options that take a value (``--opt VALUE``): what ``command_in`` skips over.
+_VALUED = ("--allow", "--search-path", "--pool", "--cache")
+_FLAGS = ("--json", "--verbose", "-v", "--offline", "--cached")
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    return build(command_in(argv)).parse_args(argv)
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs, when that is certain without argparse; else None."""
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUED:
+            next(args, None)
+        elif arg in _FLAGS or arg.split("=", 1)[0] in _VALUED and "=" in arg:
+            continue
+        elif arg == "--":
+            arg = next(args, "")
+            return arg if arg in COMMANDS else None
+        else:
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, that command's arguments and no other's."""
+    parser = argparse.ArgumentParser(prog="dsg-storage", description="Transactional changes to ZFS repositories.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="POOL[/PREFIX]",
+        help="pool or dataset prefix that may be changed (repeatable; adds to $DSG_STORAGE_ALLOW)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="log ZFS steps to stderr")
+    parser.add_argument("--offline", action="store_true", help="read an exported pool, imported read-only for the call")
+    parser.add_argument(
+        "--search-path",
+        action="append",
+        metavar="PATHS",
+        help="with --offline: files, directories or devices to search (repeatable; colon-separated accepted)",
+    )
+    parser.add_argument("--pool", metavar="NAME|ID", help="with --offline: which pool, when the paths hold several")
+    parser.add_argument(
+        "--cache", metavar="FILE", help="read cache: live reads are recorded there ($DSG_STORAGE_CACHE)"
+    )
+    parser.add_argument(
+        "--cached", action="store_true", help="with --offline: if the pool cannot be found, serve reads from the cache"
+    )
+    parser.add_argument("--version", action="version", version=f"dsg-storage {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help, arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help)
+        if only is None or only == name:
+            arguments(p)
+    return parser
+
+
+# ------------------------------------------------------------------------------ commands
+def _dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="print the steps it would take; change nothing")
+
+
+def _repo_tx(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("tx")
+    _dry_run(p)
+
+
+def _begin(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("--mountpoint", help="where the repository is mounted (required for init)")
+    p.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root directory")
+    p.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root directory, e.g. 0750")
+    _dry_run(p)
+
+
+def _commit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("tx")
+    p.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="wait this long for a process writing in the repository to finish (default: refuse at once)",
+    )
+    p.add_argument("-m", "--message", help="recorded on the commit snapshot")
+    _dry_run(p)
+
+
+def _recover(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument(
+        "--abort-stale",
+        metavar="AGE",
+        type=duration,
+        help="also roll back open transactions older than AGE (seconds, or 90m, 12h, 7d) that nobody uses",
+    )
+    _dry_run(p)
+
+
+def _repo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+
+
+def _repos(p: argparse.ArgumentParser) -> None:
+    p.add_argument("under", nargs="?")
+
+
+def _ls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("path", nargs="?", default="")
+    p.add_argument("--commit", metavar="SNAPSHOT", help="a commit (short snapshot name); default: the head")
+
+
+def _stat(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("path")
+    p.add_argument("--commit", metavar="SNAPSHOT")
+
+
+def _bundle(p: argparse.ArgumentParser) -> None:
+    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    b = bundle_sub.add_parser("export", help="write a bundle (full, or incremental with --since)")
+    b.add_argument("repo")
+    b.add_argument("--snapshot", metavar="SNAP", help="last snapshot to carry (default: the latest)")
+    b.add_argument("--since", metavar="SNAP", help="make an incremental bundle from this base")
+    b.add_argument("-o", "--output", required=True, metavar="FILE")
+    b.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
+    _sign_arguments(b)
+    _audit_argument(b)
+    b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)")
+    b.add_argument("file")
+    b = bundle_sub.add_parser("verify", help="check a bundle's structure, streams, checksums and signature")
+    b.add_argument("file")
+    _signature_arguments(b)
+    b = bundle_sub.add_parser("import", help="verify, then receive a bundle: all of it or nothing")
+    b.add_argument("file")
+    b.add_argument("--into", required=True, metavar="REPO")
+    b.add_argument("--mountpoint", help="for a full bundle: where the new repository is mounted")
+    b.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root (default: the invoking user)")
+    b.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root (default: 0755)")
+    _signature_arguments(b)
+    _audit_argument(b)
+    b.add_argument(
+        "--dry-run", action="store_true", help="check the bundle, print what it would receive; change nothing"
+    )
+
+
+def _lock(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    p.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
+    _sign_arguments(p)
+
+
+def _verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock", required=True, metavar="FILE")
+    p.add_argument("repo")
+    _signature_arguments(p)
+
+
+def _snapshot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("--name", help="snapshot name (default dsg-snapshot-<UTC time>)")
+    p.add_argument("--queue", action="store_true", help="if the pool is unavailable, queue the request")
+    _dry_run(p)
+
+
+def _queue(p: argparse.ArgumentParser) -> None:
+    queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    queue_sub.add_parser("list", help="every item: id, kind, target, state, attempts, last error, age")
+    queue_sub.add_parser("stats", help="counts per state, age of the oldest pending item")
+    flush = queue_sub.add_parser("flush", help="run every pending item now, due or not")
+    flush.add_argument(
+        "--pool", dest="queue_pool", help="only the items of this pool (the zedlet runs this when a pool is imported)"
+    )
+    flush.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
+    drop = queue_sub.add_parser("drop", help="remove an item")
+    drop.add_argument("id", type=int)
+
+
+def _gc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", dest="queue_pool", help="only the items of this pool")
+    p.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
+
+
+def _prune(p: argparse.ArgumentParser) -> None:
+    from ..core.periods import PERIODS  # the periods alone, without the retention rules
+
+    p.add_argument("repo")
+    p.add_argument("--keep-last", type=int, default=0, metavar="N", help="the newest N commits")
+    for period in PERIODS:
+        p.add_argument(
+            f"--keep-{period}",
+            type=int,
+            default=0,
+            metavar="N",
+            help=f"the newest commit of each of N {period} periods (UTC)",
+        )
+    p.add_argument("--save-policy", action="store_true", help="store these rules on the repository for later prunes")
+    p.add_argument("--dry-run", action="store_true", help="show what would be destroyed; change nothing")
+
+
+def _keep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo")
+    p.add_argument("commit", help="the commit's snapshot name (after '@')")
+    p.add_argument("--remove", action="store_true")
+
+
+def _metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="DATASET",
+        help="repositories at or below it (repeatable; default: the allow-list)",
+    )
+    p.add_argument(
+        "--textfile", metavar="DIR", help="write DIR/dsg_storage.prom atomically (node_exporter) instead of printing"
+    )
+
+
+def _install_hooks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zedlet-dir", metavar="DIR", help="install the zedlet there (ZED's: /etc/zfs/zed.d)")
+    p.add_argument("--systemd-dir", metavar="DIR", help="install the units there (e.g. /etc/systemd/system)")
+    p.add_argument("--print", action="store_true", help="print the files instead of installing them")
+    p.add_argument(
+        "--command",
+        dest="hook_command",
+        metavar="ARGV",
+        help="the dsg-storage command the hooks run (default: this one)",
+    )
+
+
+def _cache(p: argparse.ArgumentParser) -> None:
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache_sub.add_parser("stats", help="reads held per kind, oldest and newest, file size")
+    clear = cache_sub.add_parser("clear", help="forget cached reads")
+    clear.add_argument("--kind", choices=("history", "repositories"), help="only this kind")
+
+
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parent", default="dsgtest/demo", help="dataset to work under (default: dsgtest/demo)")
+    p.add_argument("--mount-dir", help="directory for the demo's mount paths (default: a new temporary one)")
+
+
+#: Command -> (its help, what adds its arguments), in the order ``--help`` lists them.
+COMMANDS: dict[str, tuple[str, Arguments]] = {
+    "begin": ("open a transaction (init or sync, chosen automatically)", _begin),
+    "commit": ("make a transaction's workspace the repository", _commit),
+    "rollback": ("throw a transaction's workspace away", _repo_tx),
+    "abort": ("roll back an open (possibly stale) transaction", _repo_tx),
+    "recover": ("finish interrupted steps (also done by every changing command)", _recover),
+    "status": ("pending transactions, mountpoint, owner, last commit", _repo),
+    "history": ("commits, oldest first", _repo),
+    "repos": ("repositories at or below a dataset (default: the offline pool)", _repos),
+    "ls": ("files of the head or of a commit", _ls),
+    "stat": ("one file's type, size, mode, owner and time", _stat),
+    "cat": ("one file's contents to stdout", _stat),
+    "bundle": ("repository snapshots as a verified file: export, inspect, verify, import", _bundle),
+    "lock": ("write a lock file: the repository's commits with their GUIDs", _lock),
+    "verify": ("does the repository match a lock file?", _verify),
+    "snapshot": ("take a snapshot now, or queue it while the pool is away", _snapshot),
+    "queue": ("work that could not run yet: list, stats, flush, drop", _queue),
+    "gc": ("run the queue once (the items that are due)", _gc),
+    "prune": ("destroy commits a retention policy lets go (--dry-run: only show)", _prune),
+    "keep": ("mark a commit so that prune never destroys it (--remove: unmark)", _keep),
+    "metrics": ("Prometheus metrics: queue, open transactions, latest commits", _metrics),
+    "install-hooks": ("install (or --print) the ZED zedlet and systemd units that run the queue", _install_hooks),
+    "cache": ("the read cache: stats, clear", _cache),
+    "demo": ("show a transaction on real ZFS (used by the README's first command)", _demo),
+}
+
+
+# ------------------------------------------------------------------------------ helpers
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """``3600``, ``90m``, ``12h``, ``7d``: seconds."""
+    unit = text[-1:] if text[-1:] in _UNITS else "s"
+    number = text[:-1] if text[-1:] in _UNITS else text
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age (seconds, or e.g. 90m, 12h, 7d)")
+    return value
+
+
+def _sign_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sign", metavar="KEY", help="sign with this OpenSSH private key (signature in FILE.sig)")
+
+
+def _signature_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allowed-signers", metavar="FILE", help="check FILE.sig against this OpenSSH allowed-signers file")
+    p.add_argument("--require-signature", action="store_true", help="refuse a file without a good signature (exit 9)")
+
+
+class _AuditLogHelp(argparse.HelpFormatter):
+    """Shows ``--audit-log``'s default, read from ``transfer.audit`` only when help is printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "audit_log":
+            from ..transfer.audit import DEFAULT_PATH
+
+            return f"default: {DEFAULT_PATH}"
+        return action.help
+
+
+def _audit_argument(p: argparse.ArgumentParser) -> None:
+    # None stands for the default (``transfer.audit.DEFAULT_PATH``), resolved by main's _audit_log.
+    p.formatter_class = _AuditLogHelp
+    p.add_argument("--audit-log", metavar="FILE", help="default: the audit log's standard path")
