@@ -28,10 +28,12 @@ import ctypes
 import errno
 import os
 import posixpath
-import secrets
 import stat
 from collections.abc import Collection, Iterator
-from typing import Self
+
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from typing import Self
 
 from ._libc import libc
 from .errors import InvalidArgumentError, UnsafePathError
@@ -493,7 +495,7 @@ class OutputFile:
             if not self.replace and _lexists(name, self._dirfd):
                 self._close_dir()
                 raise FileExistsError(errno.EEXIST, "exists already (--force replaces it)", self.path)
-            self._partial = f".{name}.partial-{secrets.token_hex(4)}"
+            self._partial = f".{name}.partial-{os.urandom(4).hex()}"
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self.fd = os.open(self._partial, flags, self.mode, dir_fd=self._dirfd)
             os.fchmod(self.fd, self.mode)  # not narrowed by the umask

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
 
 from . import hostfs
 from . import names as _names
@@ -55,7 +54,14 @@ from .errors import (
     RepositoryBusyError,
     ZfsError,
 )
-from .zfs.port import Batch, ZfsPort
+
+# Not typing.TYPE_CHECKING (see dsg_storage/__init__.py); ZfsPort is only a type here, and
+# its module loads attrs, which `queue stats` and `queue list` have no use for.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Self
+
+    from .zfs.port import ZfsPort
 
 ENV_VAR = "DSG_STORAGE_QUEUE"
 DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"
@@ -359,6 +365,8 @@ def apply_item(zfs: ZfsPort, item: Item) -> None:
             for source, path in zfs.host.orphaned_reader_mounts():
                 if source.split("@")[0] == item.target:
                     zfs.host.release_mount(source, path)
+            from .zfs.programs import Batch
+
             zfs.apply(Batch().promote(retired[0], required=False))
         if zfs.exists(item.target):
             zfs.destroy(item.target)

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from ..transfer.format import BundleInfo
     from ..transfer.signing import Signature
     from ..zfs.allow import AllowList
-    from .sudo import Invocation
+    from .invocation import Caller
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
@@ -126,7 +126,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=None, sort_keys=True) if args.json else text)
 
 
-def _reader(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> Reader:
+def _reader(args: argparse.Namespace, allow: AllowList, inv: Caller) -> Reader:
     from ..read.cache import ENV as CACHE_ENV
     from ..read.cache import ReadCache
     from ..read.offline import open_offline
@@ -213,7 +213,7 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
     return 0
 
 
-def _check_sudo(args: argparse.Namespace, inv: Invocation) -> None:
+def _check_sudo(args: argparse.Namespace, inv: Caller) -> None:
     """Under sudo: what the policy forbids outright, and every dataset named on the command line."""
     if not inv.sudo:
         return
@@ -236,11 +236,11 @@ def _check_sudo(args: argparse.Namespace, inv: Invocation) -> None:
         inv.check_dataset(name)
 
 
-def _run(args: argparse.Namespace, allow: AllowList, inv: Invocation | None = None) -> int:
+def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) -> int:
     if inv is None:
-        from .sudo import Invocation
+        from .invocation import Direct
 
-        inv = Invocation()
+        inv = Direct()
     _check_sudo(args, inv)
     if args.command in READ_COMMANDS:
         with _reader(args, allow, inv) as reader:
@@ -330,7 +330,7 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
     }
 
 
-def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
+def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     from ..transfer.bundle import describe as describe_bundle
     from ..transfer.bundle import export_bundle, write_progress
 
@@ -361,7 +361,7 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> 
         return _run_bundle_file(args, allow, inv, path)
 
 
-def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation, path: str) -> int:
+def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, path: str) -> int:
     import attrs
 
     from ..transfer.bundle import check_bundle, describe_signature, import_bundle, inspect_bundle, write_progress
@@ -427,7 +427,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Invocation
     return 0
 
 
-def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
+def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     import attrs
 
     from ..core.repository import Repository
@@ -504,7 +504,7 @@ def _item_line(item: Item, now: float) -> str:
     ).rstrip()
 
 
-def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> int:
+def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     from ..queue import Queue
 
     with Queue() as queue:
@@ -542,7 +542,7 @@ def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Invocation) -> i
 DRY_RUNS = ("begin", "commit", "rollback", "abort", "recover", "snapshot")
 
 
-def _dry_run(args: argparse.Namespace, repo: Repository, inv: Invocation) -> int:
+def _dry_run(args: argparse.Namespace, repo: Repository, inv: Caller) -> int:
     """``--dry-run``: the steps the command would take now, changing nothing."""
     if args.command == "snapshot":
         steps = [f"snapshot {repo.name}@{args.name or 'dsg-snapshot-<UTC time>'}"]
@@ -596,9 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         from ..zfs.allow import AllowList
-        from .sudo import Invocation
+        from .invocation import invocation
 
-        inv = Invocation.from_environment(os.environ)
+        inv = invocation(os.environ)
         if inv.ignored:  # said once, on stderr, so a caller relying on them learns why
             print(f"dsg-storage: run through sudo, ignoring {', '.join(inv.ignored)}", file=sys.stderr)
         allow = inv.allow(AllowList.parse(args.allow))

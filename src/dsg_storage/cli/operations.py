@@ -18,14 +18,14 @@ if TYPE_CHECKING:
 
     from ..core.prune import PruneResult
     from ..zfs.allow import AllowList
-    from .sudo import Invocation
+    from .invocation import Caller
 
 COMMANDS = ("prune", "keep", "metrics", "install-hooks", "cache")
 if TYPE_CHECKING:
     Emit = Callable[[argparse.Namespace, Any, str], None]
 
 
-def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Invocation) -> int:
+def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
     if inv.sudo and args.command in ("install-hooks", "cache"):
         # Hooks are programs root runs later, the cache a file of root's: neither is the
         # caller's to write through sudo (the policy grants transactions on repositories).

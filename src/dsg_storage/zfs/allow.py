@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterable
 
-import attrs
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 from ..errors import InvalidNameError, NotAllowedError
 
 ENV_VAR = "DSG_STORAGE_ALLOW"
 
 
-@attrs.frozen
+# A dataclass, not attrs: every command builds one, `queue stats` included, which loads
+# neither attrs nor typing (README "Start-up cost").
+@dataclasses.dataclass(frozen=True, slots=True)
 class AllowList:
     """Pools or dataset prefixes that mutating calls may touch; empty allows nothing.
 

@@ -1,0 +1,70 @@
+"""Who runs the command, and so what it may do: ``invocation(environ)``.
+
+Two variants with the same questions: ``Direct`` (root itself, or a user without
+privileges of their own: flags and ``DSG_STORAGE_*`` variables steer the command and
+nothing is narrowed) and ``sudo.Invocation`` (run through sudo, ``SUDO_UID`` set: the
+policy decides). ``Direct`` needs nothing of the policy's machinery, so a command that
+touches no ZFS (``queue stats``) pays for none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, MutableMapping
+
+from .. import hostfs
+from ..zfs.allow import AllowList
+
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from .sudo import Invocation
+
+    Caller: TypeAlias = "Direct | Invocation"  # what every command asks before it acts
+
+
+def invocation(environ: MutableMapping[str, str]) -> Caller:
+    """``sudo.Invocation.from_environment`` when run through sudo, else ``Direct()``."""
+    if "SUDO_UID" not in environ:
+        return Direct()
+    from .sudo import Invocation
+
+    return Invocation.from_environment(environ)
+
+
+class Direct:
+    """Not run through sudo: what the caller asks is what is done."""
+
+    invoker = None
+    policy = None
+    ignored: tuple[str, ...] = ()
+    sudo = False
+    signatures_required = False
+    cache_owner = None
+
+    def allow(self, caller: AllowList) -> AllowList:
+        """The caller's allow-list (``--allow``) and ``$DSG_STORAGE_ALLOW``."""
+        return AllowList.from_env() | caller
+
+    def check_dataset(self, name: str | None) -> None:
+        pass
+
+    def mountpoint(self, path: str | None) -> str | None:
+        return path
+
+    def owner(self, owner: str | None, *, creating: bool) -> str | None:
+        return owner
+
+    def output(self, path: str, *, force: bool) -> hostfs.OutputFile:
+        return hostfs.OutputFile(path)
+
+    def cache_path(self, path: str | None) -> str | None:
+        return path
+
+    @contextlib.contextmanager
+    def input(self, path: str) -> Iterator[str]:
+        yield path
+
+    def refuse(self, what: str) -> None:
+        pass
