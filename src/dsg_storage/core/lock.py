@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import tenacity
-
 from .. import hostfs, names
 from ..errors import CorruptStateError, InvalidNameError, RepositoryBusyError
 
@@ -102,6 +100,8 @@ def repository_lock(
     repository: str, *, timeout: float = 10.0, sleep: Callable[[float], None] = time.sleep
 ) -> Iterator[HeldLock]:
     """Hold the repository's step lock; wait at most ``timeout`` seconds for it."""
+    import tenacity  # here: reads (status, history) never lock, and need not load it
+
     fd = _open_lock(repository)
     try:
         retrying = tenacity.Retrying(

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -37,7 +36,6 @@ from ..errors import (
     ZfsError,
 )
 from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_RECOVERY_NOTE, P_REQUESTED, P_STATE
-from ..queue import Queue
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.port import Batch, HostPort, ZfsPort
@@ -50,6 +48,9 @@ from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
 from .recovery import Step, commit_snapshot_of, finish_commit, plan_recovery, remount_workspace, undo_transaction
 from .transaction import Transaction
 from .view import PoolView, observe
+
+if TYPE_CHECKING:
+    from ..queue import Queue
 
 log = logging.getLogger("dsg_storage")
 #: Recovery applies at most this many steps in one call (each a handful of actions); a
@@ -199,6 +200,10 @@ class Repository:
         # start of its commit) is not queued: the commit's last batch or the queued
         # destroy of the old head does it.
         destroys = sorted((name for name in skipped if _retired(self.name, name)), key=lambda n: "@" in n)
+        import sqlite3  # here, as the queue: only a commit that must defer a destroy opens it
+
+        from ..queue import Queue
+
         try:
             queue = self._queue = self._queue or Queue()
             for name in destroys:  # dependents (filesystems) first

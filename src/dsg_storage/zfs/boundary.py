@@ -40,12 +40,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -255,6 +251,8 @@ class Zfs:
             if missing_ok:
                 return {}
             raise
+        import json
+
         datasets: dict[str, Any] = json.loads(out).get("datasets") or {}
         return datasets
 
@@ -446,6 +444,8 @@ class Zfs:
         mounted = self.host.mounts().get(filesystem, [])
         if mounted:
             return mounted[0]
+        import tempfile
+
         private = tempfile.mkdtemp(prefix="dsg-storage-diff-")
         stack.callback(os.rmdir, private)
         self.host.mount_readonly(filesystem, private)
@@ -453,6 +453,10 @@ class Zfs:
         return private
 
     def _zfs_command(self, *args: str) -> str:
+        # Imported here: only the few zfs commands (docstring above) need them, no read does.
+        import shutil
+        import subprocess
+
         executable = shutil.which("zfs")
         if executable is None:
             raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import attrs
-import tenacity
 
 from .. import hostfs
 from ..errors import DatasetBusyError, ReadOnlyError
@@ -97,6 +96,8 @@ def retry_busy(
 ) -> T:
     """Run ``fn``; while it fails with EBUSY retry with backoff, at most ``timeout`` s;
     then say which processes hold ``mount_path``."""
+    import tenacity  # here: reads (status, history) never retry, and need not load it
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(lambda e: isinstance(e, DatasetBusyError)),
         stop=tenacity.stop_after_delay(timeout),
