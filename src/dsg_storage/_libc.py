@@ -10,6 +10,8 @@ import functools
 
 @functools.cache
 def libc() -> ctypes.CDLL:
-    import ctypes.util  # here: it imports subprocess and shutil, which most commands never need
-
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # dlopen(NULL): the symbols the interpreter is already linked with, the C library's
+    # among them. Not ctypes.util.find_library("c"): it runs `ldconfig -p` in a child
+    # process (and imports subprocess and shutil), which under emulation cost every
+    # command that talks to ZFS ~50 ms before its first system call.
+    return ctypes.CDLL(None, use_errno=True)

@@ -269,6 +269,8 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
 
     if args.command in operations.COMMANDS:
         return operations.run(args, allow, _emit, inv)
+    if args.command == "status":
+        return _status(args, allow, inv)
     from ..core.repository import Repository
 
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
@@ -292,26 +294,34 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
     elif args.command == "recover":
         actions = repo.recover(abort_stale=args.abort_stale)
         _emit(args, {"repository": repo.name, "actions": actions}, "\n".join(actions) or "nothing to recover")
-    elif args.command == "status":
-        status = repo.status()
-        lines = [
-            f"repository:  {status.repository}{'' if status.exists else ' (does not exist)'}",
-            "access:      live",
-            f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})",
-            f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
-            f"last commit: {status.last_commit.name if status.last_commit else '-'}",
-            f"pending:     {len(status.pending)}",
-            *(
-                f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}"
-                + (f" ({p.age:.0f}s ago)" if p.age is not None else "")
-                + f"\t{p.path}"
-                + (f"\tin use by {', '.join(p.in_use)}" if p.in_use else "")
-                for p in status.pending
-            ),
-            *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
-            *([f"recovery:    {status.recovery_note}"] if status.recovery_note else []),
-        ]
-        _emit(args, _status_json(status), "\n".join(lines))
+    return 0
+
+
+def _status(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
+    # core.status, not Repository: a read needs none of the transaction machinery.
+    from .. import names
+    from ..core.status import status as read_status
+    from ..zfs.boundary import open_zfs
+
+    status = read_status(open_zfs(allow), names.validate_repository(args.repo), inv.policy)
+    lines = [
+        f"repository:  {status.repository}{'' if status.exists else ' (does not exist)'}",
+        "access:      live",
+        f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})",
+        f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
+        f"last commit: {status.last_commit.name if status.last_commit else '-'}",
+        f"pending:     {len(status.pending)}",
+        *(
+            f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}"
+            + (f" ({p.age:.0f}s ago)" if p.age is not None else "")
+            + f"\t{p.path}"
+            + (f"\tin use by {', '.join(p.in_use)}" if p.in_use else "")
+            for p in status.pending
+        ),
+        *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
+        *([f"recovery:    {status.recovery_note}"] if status.recovery_note else []),
+    ]
+    _emit(args, _status_json(status), "\n".join(lines))
     return 0
 
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -29,23 +29,23 @@ from ..errors import (
     DsgStorageError,
     InvalidNameError,
     PoolUnavailableError,
-    RepositoryNotFoundError,
     TransactionInProgressError,
     TransactionNotFoundError,
     TransactionStateError,
     ZfsError,
 )
-from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_RECOVERY_NOTE, P_REQUESTED, P_STATE
+from ..names import P_COMMIT_MESSAGE, P_REQUESTED, P_STATE
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
-from ..zfs.port import Batch, HostPort, ZfsPort
+from ..zfs.port import Batch, ZfsPort
+from . import status
 from .actions import Action, Apply, ApplyOwner, Mount, Outcome, Rename, execute
-from .history import lineage
 from .lock import HeldLock, repository_lock
 from .options import Owner, check_mountpoint, parse_mode
 from .patterns import new_record, pattern_for, pattern_of
-from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus, commits_of
+from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
 from .recovery import Step, commit_snapshot_of, finish_commit, plan_recovery, remount_workspace, undo_transaction
+from .status import PoolPropertyPolicy
 from .transaction import Transaction
 from .view import PoolView, observe
 
@@ -60,13 +60,6 @@ MAX_RECOVERY_STEPS = 64
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class PoolPropertyPolicy(Protocol):
-    """What a repository asks of a policy (``dsg_storage.Policy``) before acting on the
-    properties that steer root (mount paths, owner, mode) as read from the pool."""
-
-    def check_repository_props(self, dataset: str, props: Mapping[str, str]) -> None: ...
 
 
 class Repository:
@@ -108,40 +101,19 @@ class Repository:
         """What the pool shows about this repository now (no lock taken), checked
         against the policy when there is one."""
         unfinished = self._lock.unfinished_begin() if self._lock is not None else None
-        view = observe(self.zfs, self.name, unfinished_begin=unfinished)
-        if self.policy is not None:
-            for dataset, props in view.family.items():
-                if dataset == self.name or dataset.startswith(self.name + ".dsg-"):
-                    self.policy.check_repository_props(dataset, props)
-        return view
+        return status.view(self.zfs, self.name, self.policy, unfinished_begin=unfinished)
 
     def history(self) -> list[Commit]:
         """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
-        if not self.exists():
-            raise RepositoryNotFoundError(f"repository {self.name} does not exist", dataset=self.name)
-        # Named as the repository's, also while an old head still keeps some (see lineage).
-        return [attrs.evolve(c, snapshot=f"{self.name}@{c.name}") for c in commits_of(lineage(self.zfs, self.name))]
+        return status.history(self.zfs, self.name)
 
     def pending(self) -> list[PendingTransaction]:
         """Transactions not finished yet (open, or interrupted and awaiting recovery)."""
-        return _pending(self.view(), self.zfs.host)
+        return status.pending(self.view(), self.zfs.host)
 
     def status(self) -> RepositoryStatus:
-        view = self.view()
-        head = view.head
-        history = self.history() if head is not None else []
-        return RepositoryStatus(
-            repository=self.name,
-            exists=head is not None,
-            mountpoint=(head or {}).get("mountpoint"),
-            mounted_at=view.mounted_at(self.name),
-            owner=(head or {}).get(P_OWNER),
-            mode=(head or {}).get(P_MODE),
-            last_commit=history[-1] if history else None,
-            pending=tuple(_pending(view, self.zfs.host)),
-            leftovers=tuple(view.temporaries("old").values()),
-            recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
-        )
+        """Mountpoint, owner, mode, last commit, pending transactions (``core.status``)."""
+        return status.status(self.zfs, self.name, self.policy)
 
     def transaction(self, tx: str) -> Transaction:
         """The open transaction ``tx`` (possibly begun by another process)."""
@@ -267,7 +239,7 @@ class Repository:
     def _abort_stale(self, older_than: float) -> list[str]:
         view, done = self.view(), []
         for record in view.records():
-            age = _age(record.begun, view.now)
+            age = status.age(record.begun, view.now)
             if record.phase is not Phase.OPEN or age is None or age < older_than:
                 continue
             users = self.zfs.host.holders(record.path)
@@ -459,29 +431,6 @@ def _retired(repository: str, name: str) -> bool:
     snapshot), not a promote."""
     parsed = names.parse_temporary(name)
     return "@" in name or (parsed is not None and parsed[0] == repository and parsed[1] == "old")
-
-
-def _age(begun: str | None, now: datetime) -> float | None:
-    try:
-        return (now - datetime.fromisoformat(begun)).total_seconds() if begun else None
-    except ValueError:
-        return None  # written by hand: unknown
-
-
-def _pending(view: PoolView, host: HostPort) -> list[PendingTransaction]:
-    return [
-        PendingTransaction(
-            r.tx,
-            r.pattern,
-            r.phase.value,
-            r.dataset,
-            r.path,
-            r.begun,
-            age=_age(r.begun, view.now),
-            in_use=tuple(host.holders(r.path)),
-        )
-        for r in view.records()
-    ]
 
 
 def _opening(record: Record) -> list[Action]:

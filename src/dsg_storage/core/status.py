@@ -1,0 +1,94 @@
+"""What a repository shows now: its view, history, pending transactions and status.
+
+Reading only: no lock is taken and nothing changes, so a crash here leaves nothing to
+recover. ``Repository`` answers its reads through these functions; the ``status``
+command calls them directly, without importing the transaction machinery (patterns,
+actions, recovery), because at the command line importing is most of what a read costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from ..errors import RepositoryNotFoundError
+from ..names import P_MODE, P_OWNER, P_RECOVERY_NOTE
+from ..zfs.port import HostPort, ZfsPort
+from .history import lineage
+from .records import Commit, PendingTransaction, RepositoryStatus, commits_of
+from .view import PoolView, observe
+
+
+class PoolPropertyPolicy(Protocol):
+    """What a repository asks of a policy (``dsg_storage.Policy``) before acting on the
+    properties that steer root (mount paths, owner, mode) as read from the pool."""
+
+    def check_repository_props(self, dataset: str, props: Mapping[str, str]) -> None: ...
+
+
+def view(
+    zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None, *, unfinished_begin: str | None = None
+) -> PoolView:
+    """What the pool shows about repository ``name`` now, checked against ``policy``
+    when there is one (``unfinished_begin``: see ``core.lock``)."""
+    seen = observe(zfs, name, unfinished_begin=unfinished_begin)
+    if policy is not None:
+        for dataset, props in seen.family.items():
+            if dataset == name or dataset.startswith(name + ".dsg-"):
+                policy.check_repository_props(dataset, props)
+    return seen
+
+
+def history(zfs: ZfsPort, name: str) -> list[Commit]:
+    """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
+    if not zfs.exists(name):
+        raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name)
+    # Named as the repository's, also while an old head still keeps some (see lineage).
+    return [attrs.evolve(c, snapshot=f"{name}@{c.name}") for c in commits_of(lineage(zfs, name))]
+
+
+def pending(seen: PoolView, host: HostPort) -> list[PendingTransaction]:
+    """Transactions not finished yet (open, or interrupted and awaiting recovery)."""
+    return [
+        PendingTransaction(
+            r.tx,
+            r.pattern,
+            r.phase.value,
+            r.dataset,
+            r.path,
+            r.begun,
+            age=age(r.begun, seen.now),
+            in_use=tuple(host.holders(r.path)),
+        )
+        for r in seen.records()
+    ]
+
+
+def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) -> RepositoryStatus:
+    """Mountpoint, owner, mode, last commit, pending transactions and leftovers of ``name``."""
+    seen = view(zfs, name, policy)
+    head = seen.head
+    commits = history(zfs, name) if head is not None else []
+    return RepositoryStatus(
+        repository=name,
+        exists=head is not None,
+        mountpoint=(head or {}).get("mountpoint"),
+        mounted_at=seen.mounted_at(name),
+        owner=(head or {}).get(P_OWNER),
+        mode=(head or {}).get(P_MODE),
+        last_commit=commits[-1] if commits else None,
+        pending=tuple(pending(seen, zfs.host)),
+        leftovers=tuple(seen.temporaries("old").values()),
+        recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
+    )
+
+
+def age(begun: str | None, now: datetime) -> float | None:
+    """Seconds since ``begun`` (ISO 8601), None if unknown."""
+    try:
+        return (now - datetime.fromisoformat(begun)).total_seconds() if begun else None
+    except ValueError:
+        return None  # written by hand: unknown
