@@ -6,7 +6,10 @@ Run against real ZFS (inside the VM when this machine has none):
     ./testpool/run python3 benchmarks/bench_transactions.py [--runs 20]
 
 Both ways are timed in the same run, interleaved, on the same pool, with the same file
-writes and chown/chmod; the ratio naive/ours is printed per case. Two pool layouts:
+writes and chown/chmod; the ratio naive/ours is printed per case. The ratio is of
+begin+commit: the time spent writing the transaction's files (the caller's work, the same
+both ways, and with 100 files most of a sync row) is taken out and shown beside it, with
+the ratio it would make. Each row starts on a pool without the previous rows' datasets. Two pool layouts:
 ``inherited`` (repositories under a parent whose mountpoint gives theirs, the idiomatic
 layout) and ``explicit`` (each repository has its own mountpoint property); each row also
 shows the sync tasks our begin+commit cost (the boundary counts them) against the naive
@@ -26,6 +29,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
+
 from dsg_storage import AllowList, Repository
 from dsg_storage.zfs.boundary import Zfs
 
@@ -39,9 +44,16 @@ def zfs(*args: str) -> None:
     subprocess.run(["zfs", *args], check=True, capture_output=True)
 
 
+#: Milliseconds spent writing the transaction's files so far: the caller's work, the same
+#: both ways, which ``timed`` takes out of begin+commit (and shows beside it).
+WRITING = [0.0]
+
+
 def write_files(path: str, count: int, tag: str) -> None:
+    started = time.perf_counter()
     for n in range(count):
         Path(path, f"f{n:03d}.txt").write_text(f"{tag} {n}\n" * 64)
+    WRITING[0] += (time.perf_counter() - started) * 1000
 
 
 def fix_owner(path: str) -> None:
@@ -59,6 +71,13 @@ class Layout:
         self.base = MOUNT_BASE / name
         zfs("create", "-o", f"mountpoint={self.base}" if inherited else "mountpoint=none", self.parent)
         self.counter = 0
+
+    def clean(self) -> None:
+        """Destroy every repository made so far (not timed)."""
+        for child in subprocess.run(
+            ["zfs", "list", "-H", "-o", "name", "-d", "1", self.parent], capture_output=True, text=True, check=True
+        ).stdout.split()[1:]:
+            zfs("destroy", "-r", "-f", child)
 
     def fresh(self, prefix: str) -> tuple[str, str]:
         self.counter += 1
@@ -122,17 +141,36 @@ def timed(fn: Callable[[], None]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def side_by_side(runs: int, ours: Callable[[int], None], naive: Callable[[int], None]) -> tuple[float, float]:
+def timed_apart(fn: Callable[[], None]) -> tuple[float, float]:
+    """(begin+commit, the file writes in between), in ms."""
+    WRITING[0] = 0.0
+    total = timed(fn)
+    return total - WRITING[0], WRITING[0]
+
+
+@attrs.frozen
+class Row:
+    ours: float  # begin+commit, medians in ms
+    naive: float
+    ours_writes: float  # the files written in between
+    naive_writes: float
+
+
+def side_by_side(runs: int, ours: Callable[[int], None], naive: Callable[[int], None]) -> Row:
     mine, theirs = [], []
     for n in range(runs):  # interleaved, so drift in the machine hits both alike
-        mine.append(timed(functools.partial(ours, n)))
-        theirs.append(timed(functools.partial(naive, n)))
-    return statistics.median(mine), statistics.median(theirs)
+        mine.append(timed_apart(functools.partial(ours, n)))
+        theirs.append(timed_apart(functools.partial(naive, n)))
+    return Row(
+        *(statistics.median(x[i] for x in samples) for samples, i in ((mine, 0), (theirs, 0), (mine, 1), (theirs, 1)))
+    )
 
 
-def report(case: str, ours_ms: float, naive_ms: float, syncs: int, commands: int) -> None:
+def report(case: str, row: Row, syncs: int, commands: int) -> None:
+    with_writes = (row.naive + row.naive_writes) / (row.ours + row.ours_writes)
     print(
-        f"{case:<26} ours {ours_ms:8.1f} ms   naive {naive_ms:8.1f} ms   ratio {naive_ms / ours_ms:5.2f}x"
+        f"{case:<26} ours {row.ours:7.1f} ms   naive {row.naive:7.1f} ms   ratio {row.naive / row.ours:5.2f}x"
+        f"   (with the writes {row.ours_writes:6.1f} / {row.naive_writes:6.1f} ms: {with_writes:5.2f}x)"
         f"   sync tasks ours {syncs} / naive {commands} zfs commands",
         flush=True,
     )
@@ -174,8 +212,8 @@ def bench_layout(layout: Layout, engine: Zfs, runs: int) -> None:
             COMMANDS = 0
             layout.naive_init(*layout.fresh("ni"), files)
 
-        timings = side_by_side(runs, ours_init, naive_init)
-        report(f"{layout.name:<9} init {label}", *timings, count.syncs, COMMANDS)
+        report(f"{layout.name:<9} init {label}", side_by_side(runs, ours_init, naive_init), count.syncs, COMMANDS)
+        layout.clean()  # so that the next row does not pay for this one's datasets and mounts
 
         ours_repo, _ = layout.fresh("os")
         layout.ours_init(engine, ours_repo, str(layout.base / ours_repo.rsplit("/", 1)[1]), files)
@@ -190,8 +228,8 @@ def bench_layout(layout: Layout, engine: Zfs, runs: int) -> None:
             COMMANDS = 0
             layout.naive_sync(repo, mnt, files, f"v{n}")
 
-        timings = side_by_side(runs, ours_sync, naive_sync)
-        report(f"{layout.name:<9} sync {label}", *timings, count.syncs, COMMANDS)
+        report(f"{layout.name:<9} sync {label}", side_by_side(runs, ours_sync, naive_sync), count.syncs, COMMANDS)
+        layout.clean()
 
 
 def bulk_snapshots(name: str, count: int) -> None:

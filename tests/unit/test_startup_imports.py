@@ -1,6 +1,7 @@
 """The fast paths stay fast: ``import dsg_storage`` and ``dsg-storage --version`` load
-neither the ZFS bindings nor the core, the bundle code or prometheus_client, and
-``queue stats`` needs no ZFS either (benchmarks/bench_cli.py times them)."""
+neither the ZFS bindings nor the core, the bundle code or prometheus_client (nor, for
+``--version``, argparse or typing); ``queue stats`` needs no ZFS and no attrs either, and
+``status`` none of the transaction machinery (benchmarks/bench_cli.py times them)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,33 @@ def test_version_loads_nothing_heavy(tmp_path: Path) -> None:
         "try:\n    main(['--version'])\n"
         "except SystemExit as exc:\n    assert exc.code == 0, exc.code"
     )
-    assert heavy(loaded_after(code, tmp_path)) == []
+    modules = loaded_after(code, tmp_path)
+    assert heavy(modules) == []
+    assert {"argparse", "logging", "typing", "attrs"}.isdisjoint(modules)
 
 
 def test_queue_stats_loads_no_zfs_code(tmp_path: Path) -> None:
     modules = loaded_after("from dsg_storage.cli import main\nassert main(['queue', 'stats']) == 0", tmp_path)
     assert heavy(modules) == []
+    assert {"attrs", "typing", "dsg_storage.cli.sudo", "dsg_storage.policy"}.isdisjoint(modules)
+
+
+def test_status_loads_no_transaction_code(tmp_path: Path) -> None:
+    # Exit 0 where ZFS is (the repository does not exist), 1 where the bindings are missing:
+    # either way after the imports a status call makes.
+    code = "from dsg_storage.cli import main\nassert main(['status', 'dsgtest/no-such-repo']) in (0, 1)"
+    modules = loaded_after(code, tmp_path)
+    assert "dsg_storage.core.status" in modules
+    assert {
+        "dsg_storage.core.repository",
+        "dsg_storage.core.patterns",
+        "dsg_storage.core.recovery",
+        "dsg_storage.core.actions",
+        "dsg_storage.queue",
+        "tenacity",
+        "sqlite3",
+        "subprocess",
+    }.isdisjoint(modules)
 
 
 def test_every_exported_name_still_imports() -> None:
