@@ -45,7 +45,9 @@ def command_in(argv: Sequence[str]) -> str | None:
 
 def build(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, that command's arguments and no other's."""
-    parser = argparse.ArgumentParser(prog="dsg-storage", description="Transactional changes to ZFS repositories.")
+    parser = argparse.ArgumentParser(
+        prog="dsg-storage", description="Transactional changes to ZFS repositories.", formatter_class=Formatter
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--allow",
@@ -72,7 +74,7 @@ def build(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsg-storage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help, arguments) in COMMANDS.items():
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, formatter_class=Formatter)
         if only is None or only == name:
             arguments(p)
     return parser
@@ -144,7 +146,9 @@ def _stat(p: argparse.ArgumentParser) -> None:
 
 def _bundle(p: argparse.ArgumentParser) -> None:
     bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
-    b = bundle_sub.add_parser("export", help="write a bundle (full, or incremental with --since)")
+    b = bundle_sub.add_parser(
+        "export", help="write a bundle (full, or incremental with --since)", formatter_class=Formatter
+    )
     b.add_argument("repo")
     b.add_argument("--snapshot", metavar="SNAP", help="last snapshot to carry (default: the latest)")
     b.add_argument("--since", metavar="SNAP", help="make an incremental bundle from this base")
@@ -152,12 +156,16 @@ def _bundle(p: argparse.ArgumentParser) -> None:
     b.add_argument("--force", action="store_true", help="through sudo: replace FILE if it exists")
     _sign_arguments(b)
     _audit_argument(b)
-    b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)")
+    b = bundle_sub.add_parser("inspect", help="what a bundle holds (no pool touched)", formatter_class=Formatter)
     b.add_argument("file")
-    b = bundle_sub.add_parser("verify", help="check a bundle's structure, streams, checksums and signature")
+    b = bundle_sub.add_parser(
+        "verify", help="check a bundle's structure, streams, checksums and signature", formatter_class=Formatter
+    )
     b.add_argument("file")
     _signature_arguments(b)
-    b = bundle_sub.add_parser("import", help="verify, then receive a bundle: all of it or nothing")
+    b = bundle_sub.add_parser(
+        "import", help="verify, then receive a bundle: all of it or nothing", formatter_class=Formatter
+    )
     b.add_argument("file")
     b.add_argument("--into", required=True, metavar="REPO")
     b.add_argument("--mountpoint", help="for a full bundle: where the new repository is mounted")
@@ -192,14 +200,16 @@ def _snapshot(p: argparse.ArgumentParser) -> None:
 
 def _queue(p: argparse.ArgumentParser) -> None:
     queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
-    queue_sub.add_parser("list", help="every item: id, kind, target, state, attempts, last error, age")
-    queue_sub.add_parser("stats", help="counts per state, age of the oldest pending item")
-    flush = queue_sub.add_parser("flush", help="run every pending item now, due or not")
+    queue_sub.add_parser(
+        "list", help="every item: id, kind, target, state, attempts, last error, age", formatter_class=Formatter
+    )
+    queue_sub.add_parser("stats", help="counts per state, age of the oldest pending item", formatter_class=Formatter)
+    flush = queue_sub.add_parser("flush", help="run every pending item now, due or not", formatter_class=Formatter)
     flush.add_argument(
         "--pool", dest="queue_pool", help="only the items of this pool (the zedlet runs this when a pool is imported)"
     )
     flush.add_argument("--dry-run", action="store_true", help="list the ZFS steps it would take; change nothing")
-    drop = queue_sub.add_parser("drop", help="remove an item")
+    drop = queue_sub.add_parser("drop", help="remove an item", formatter_class=Formatter)
     drop.add_argument("id", type=int)
 
 
@@ -258,8 +268,8 @@ def _install_hooks(p: argparse.ArgumentParser) -> None:
 
 def _cache(p: argparse.ArgumentParser) -> None:
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
-    cache_sub.add_parser("stats", help="reads held per kind, oldest and newest, file size")
-    clear = cache_sub.add_parser("clear", help="forget cached reads")
+    cache_sub.add_parser("stats", help="reads held per kind, oldest and newest, file size", formatter_class=Formatter)
+    clear = cache_sub.add_parser("clear", help="forget cached reads", formatter_class=Formatter)
     clear.add_argument("--kind", choices=("history", "repositories"), help="only this kind")
 
 
@@ -322,7 +332,29 @@ def _signature_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-signature", action="store_true", help="refuse a file without a good signature (exit 9)")
 
 
-class _AuditLogHelp(argparse.HelpFormatter):
+class Formatter(argparse.HelpFormatter):
+    """argparse's formatter, looking up the terminal's width only when help is formatted.
+
+    argparse builds a formatter for every argument it adds, only to check its metavar,
+    and each looks up the width through shutil (30 ms to import under emulation), which
+    no command that prints no help needs."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, 80 if width is None else width)
+        self._width_known = width is not None
+        self._asked_help_position = max_help_position
+
+    def format_help(self) -> str:
+        if not self._width_known:  # what HelpFormatter.__init__ does when given no width
+            import shutil
+
+            self._width = shutil.get_terminal_size().columns - 2
+            self._max_help_position = min(self._asked_help_position, max(self._width - 20, self._indent_increment * 2))
+            self._width_known = True
+        return super().format_help()
+
+
+class _AuditLogHelp(Formatter):
     """Shows ``--audit-log``'s default, read from ``transfer.audit`` only when help is printed."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
