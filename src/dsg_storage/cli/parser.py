@@ -1,12 +1,13 @@
 """The command line's grammar: global options, and each command's arguments in a function
 of its own, listed in ``COMMANDS`` (in the order ``--help`` shows them).
 
-``parse`` builds only what the call needs. Every command is registered with its name and
-help, so ``--help`` and the errors for an unknown command read as always, but only the
-command being run gets its arguments: argparse builds a help formatter for every
-argument it adds, and under emulation building all of them cost ~100 ms per call. When
-the command cannot be told from the arguments with certainty (an abbreviated or unknown
-option before it, ``--help``), everything is built.
+``parse`` builds only what the call needs: when the arguments name a command, that
+command's parser and no other (argparse builds a parser and a help formatter for each,
+and under emulation building all of them cost ~100 ms per call). Output cannot differ:
+a named command's parser is the only one argparse would use, and the usage line shows
+``COMMAND``, not the list. When the command cannot be told from the arguments with
+certainty (none, an unknown one, an abbreviated or unknown option before it, ``--help``),
+everything is built, for ``--help`` and the errors that list the commands.
 """
 
 from __future__ import annotations
@@ -35,16 +36,13 @@ def command_in(argv: Sequence[str]) -> str | None:
             next(args, None)
         elif arg in _FLAGS or arg.split("=", 1)[0] in _VALUED and "=" in arg:
             continue
-        elif arg == "--":
-            arg = next(args, "")
-            return arg if arg in COMMANDS else None
-        else:
+        else:  # the command, or something argparse must judge ("--" included)
             return arg if arg in COMMANDS else None
     return None
 
 
 def build(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with ``only``, that command's arguments and no other's."""
+    """The parser; with ``only``, that command's and no other."""
     parser = argparse.ArgumentParser(
         prog="dsg-storage", description="Transactional changes to ZFS repositories.", formatter_class=Formatter
     )
@@ -72,11 +70,11 @@ def build(only: str | None = None) -> argparse.ArgumentParser:
         "--cached", action="store_true", help="with --offline: if the pool cannot be found, serve reads from the cache"
     )
     parser.add_argument("--version", action="version", version=f"dsg-storage {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog given: argparse would otherwise format the usage to find it out.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog=parser.prog)
     for name, (help, arguments) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, formatter_class=Formatter)
         if only is None or only == name:
-            arguments(p)
+            arguments(sub.add_parser(name, help=help, formatter_class=Formatter))
     return parser
 
 
@@ -145,7 +143,7 @@ def _stat(p: argparse.ArgumentParser) -> None:
 
 
 def _bundle(p: argparse.ArgumentParser) -> None:
-    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    bundle_sub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION", prog=p.prog)
     b = bundle_sub.add_parser(
         "export", help="write a bundle (full, or incremental with --since)", formatter_class=Formatter
     )
@@ -199,7 +197,7 @@ def _snapshot(p: argparse.ArgumentParser) -> None:
 
 
 def _queue(p: argparse.ArgumentParser) -> None:
-    queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION", prog=p.prog)
     queue_sub.add_parser(
         "list", help="every item: id, kind, target, state, attempts, last error, age", formatter_class=Formatter
     )
@@ -267,7 +265,7 @@ def _install_hooks(p: argparse.ArgumentParser) -> None:
 
 
 def _cache(p: argparse.ArgumentParser) -> None:
-    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION", prog=p.prog)
     cache_sub.add_parser("stats", help="reads held per kind, oldest and newest, file size", formatter_class=Formatter)
     clear = cache_sub.add_parser("clear", help="forget cached reads", formatter_class=Formatter)
     clear.add_argument("--kind", choices=("history", "repositories"), help="only this kind")
