@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 from collections.abc import Callable
 
@@ -57,4 +58,4 @@ def test_errors_of_a_named_command_read_the_same() -> None:
 
     for argv in (["commit", "tank/a"], ["recover", "tank/a", "--abort-stale", "soon"], ["queue"]):
         only = parser.command_in(argv)
-        assert error(lambda: parser.build(only), argv) == error(parser.build, argv)
+        assert error(functools.partial(parser.build, only), argv) == error(parser.build, argv)
