@@ -66,7 +66,7 @@ if __name__ == "__main__":
 #: parses the C types it uses: 100-200 ms under emulation that the import alone skips).
 FIRST_CALL = (
     "import libzfs_core, attrs, argparse, json\n"
-    f"libzfs_core.lzc_channel_program_nosync(b'{ROOT.split('/')[0]}', b'return 0', {{}})"
+    f"libzfs_core.lzc_channel_program_nosync(b'{ROOT.split('/')[0]}', b'return 0')"
 )
 
 
