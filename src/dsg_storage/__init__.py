@@ -14,46 +14,7 @@ Importing the package is cheap: the names below load their modules when first us
 (PEP 562 ``__getattr__``), so a command or a script pays only for what it touches.
 """
 
-from __future__ import annotations
-
 from ._version import __version__
-from .errors import (
-    BundleCorruptError,
-    BundleError,
-    BundleTruncatedError,
-    BundleVersionError,
-    CacheMissError,
-    ConflictError,
-    CorruptStateError,
-    DatasetBusyError,
-    DatasetExistsError,
-    DatasetNotFoundError,
-    DsgStorageError,
-    InvalidArgumentError,
-    InvalidNameError,
-    LockFileError,
-    MetricsUnavailableError,
-    NoSpaceError,
-    NotABundleError,
-    NotAllowedError,
-    PolicyError,
-    PoolForeignError,
-    PoolNotFoundError,
-    PoolOpenError,
-    PoolUnavailableError,
-    QueueFullError,
-    QueueItemNotFoundError,
-    ReadOnlyError,
-    RepositoryBusyError,
-    RepositoryNotFoundError,
-    TransactionError,
-    TransactionInProgressError,
-    TransactionNotFoundError,
-    TransactionStateError,
-    UnsafePathError,
-    ZfsError,
-    ZfsUnavailableError,
-)
 
 # Not typing.TYPE_CHECKING: importing typing alone costs more than the rest of this
 # module, and `dsg-storage --version` needs nothing else (type checkers know the name).
@@ -68,6 +29,43 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .core.retention import Policy as RetentionPolicy
     from .core.retention import plan as plan_retention
     from .core.transaction import Transaction
+    from .errors import (
+        BundleCorruptError,
+        BundleError,
+        BundleTruncatedError,
+        BundleVersionError,
+        CacheMissError,
+        ConflictError,
+        CorruptStateError,
+        DatasetBusyError,
+        DatasetExistsError,
+        DatasetNotFoundError,
+        DsgStorageError,
+        InvalidArgumentError,
+        InvalidNameError,
+        LockFileError,
+        MetricsUnavailableError,
+        NoSpaceError,
+        NotABundleError,
+        NotAllowedError,
+        PolicyError,
+        PoolForeignError,
+        PoolNotFoundError,
+        PoolOpenError,
+        PoolUnavailableError,
+        QueueFullError,
+        QueueItemNotFoundError,
+        ReadOnlyError,
+        RepositoryBusyError,
+        RepositoryNotFoundError,
+        TransactionError,
+        TransactionInProgressError,
+        TransactionNotFoundError,
+        TransactionStateError,
+        UnsafePathError,
+        ZfsError,
+        ZfsUnavailableError,
+    )
     from .policy import Policy, check_repository_props
     from .queue import Item, ItemState, Kind, Queue, RetryPolicy
     from .read.cache import ReadCache
@@ -98,6 +96,41 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
 
 #: Public name -> (module, attribute): imported on first access, then kept in globals().
 _LAZY: dict[str, tuple[str, str]] = {
+    "BundleCorruptError": (".errors", "BundleCorruptError"),
+    "BundleError": (".errors", "BundleError"),
+    "BundleTruncatedError": (".errors", "BundleTruncatedError"),
+    "BundleVersionError": (".errors", "BundleVersionError"),
+    "CacheMissError": (".errors", "CacheMissError"),
+    "ConflictError": (".errors", "ConflictError"),
+    "CorruptStateError": (".errors", "CorruptStateError"),
+    "DatasetBusyError": (".errors", "DatasetBusyError"),
+    "DatasetExistsError": (".errors", "DatasetExistsError"),
+    "DatasetNotFoundError": (".errors", "DatasetNotFoundError"),
+    "DsgStorageError": (".errors", "DsgStorageError"),
+    "InvalidArgumentError": (".errors", "InvalidArgumentError"),
+    "InvalidNameError": (".errors", "InvalidNameError"),
+    "LockFileError": (".errors", "LockFileError"),
+    "MetricsUnavailableError": (".errors", "MetricsUnavailableError"),
+    "NoSpaceError": (".errors", "NoSpaceError"),
+    "NotABundleError": (".errors", "NotABundleError"),
+    "NotAllowedError": (".errors", "NotAllowedError"),
+    "PolicyError": (".errors", "PolicyError"),
+    "PoolForeignError": (".errors", "PoolForeignError"),
+    "PoolNotFoundError": (".errors", "PoolNotFoundError"),
+    "PoolOpenError": (".errors", "PoolOpenError"),
+    "PoolUnavailableError": (".errors", "PoolUnavailableError"),
+    "QueueFullError": (".errors", "QueueFullError"),
+    "QueueItemNotFoundError": (".errors", "QueueItemNotFoundError"),
+    "ReadOnlyError": (".errors", "ReadOnlyError"),
+    "RepositoryBusyError": (".errors", "RepositoryBusyError"),
+    "RepositoryNotFoundError": (".errors", "RepositoryNotFoundError"),
+    "TransactionError": (".errors", "TransactionError"),
+    "TransactionInProgressError": (".errors", "TransactionInProgressError"),
+    "TransactionNotFoundError": (".errors", "TransactionNotFoundError"),
+    "TransactionStateError": (".errors", "TransactionStateError"),
+    "UnsafePathError": (".errors", "UnsafePathError"),
+    "ZfsError": (".errors", "ZfsError"),
+    "ZfsUnavailableError": (".errors", "ZfsUnavailableError"),
     "Owner": (".core.options", "Owner"),
     "PruneResult": (".core.prune", "PruneResult"),
     "mark_keep": (".core.prune", "mark_keep"),
@@ -155,7 +188,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     try:
         module, attr = _LAZY[name]
     except KeyError:
@@ -167,7 +200,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list[str]:
+def __dir__() -> "list[str]":
     return sorted({*globals(), *_LAZY})
 
 

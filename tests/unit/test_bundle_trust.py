@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from dsg_storage import BundleError, InvalidArgumentError, LockFileError
-from dsg_storage.cli.main import _bundle_json
-from dsg_storage.cli.main import main as cli_main
+from dsg_storage.cli.commands import _bundle_json
+from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.transfer import format as bf
 from dsg_storage.transfer import lockfile, metadata, safejson, sendstream, signing
 from dsg_storage.transfer.audit import AuditLog

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import CacheMissError
-from dsg_storage.cli.main import main
+from dsg_storage.cli.commands import main
 from dsg_storage.read.cache import ReadCache, age_of
 from dsg_storage.read.reader import CachedReader
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import AllowList
-from dsg_storage.cli.main import EXIT_NOT_ALLOWED, main
+from dsg_storage.cli.commands import EXIT_NOT_ALLOWED, main
 from dsg_storage.cli.sudo import Invocation
 from dsg_storage.errors import NotAllowedError
 from dsg_storage.policy import DEFAULT_PATH

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import InvalidArgumentError
-from dsg_storage.cli.main import main
+from dsg_storage.cli.commands import main
 from dsg_storage.hooks import SERVICE, TIMER, ZEDLET, carried_env, install, render
 
 COMMAND = [sys.executable, "-m", "dsg_storage"]

@@ -195,7 +195,7 @@ def test_queue_flush_dry_run_lists_the_steps_and_changes_nothing(
 ) -> None:
     import json
 
-    from dsg_storage.cli.main import main
+    from dsg_storage.cli.commands import main
 
     path = tmp_path / "q.sqlite"
     monkeypatch.setenv("DSG_STORAGE_QUEUE", str(path))

@@ -1,5 +1,5 @@
 """Commands for running dsg-storage for years: ``prune``, ``keep``, ``metrics``,
-``install-hooks`` and ``cache``. ``main`` hands them their args (``parser`` has their
+``install-hooks`` and ``cache``. ``commands`` hands them their args (``parser`` has their
 arguments)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.periods import PERIODS  # for the parser, without the retention rules
 from ..errors import InvalidArgumentError, NotAllowedError
 
-# Each command imports what it uses inside its function (see main.py).
+# Each command imports what it uses inside its function (see commands.py).
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable

@@ -364,6 +364,6 @@ class _AuditLogHelp(Formatter):
 
 
 def _audit_argument(p: argparse.ArgumentParser) -> None:
-    # None stands for the default (``transfer.audit.DEFAULT_PATH``), resolved by main's _audit_log.
+    # None stands for the default (``transfer.audit.DEFAULT_PATH``), resolved by commands._audit_log.
     p.formatter_class = _AuditLogHelp
     p.add_argument("--audit-log", metavar="FILE", help="default: the audit log's standard path")

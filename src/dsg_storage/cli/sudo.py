@@ -1,7 +1,7 @@
 """What changes when the CLI runs through sudo (``SUDO_UID`` set).
 
 Deciding only: ``Invocation.from_environment`` says who invoked us and under which
-policy; the command code in ``main`` asks it before acting. Without ``SUDO_UID`` it is
+policy; the command code in ``commands`` asks it before acting. Without ``SUDO_UID`` it is
 ``Invocation()``: no policy, and the CLI behaves exactly as before (flags and
 ``DSG_STORAGE_*`` variables steer it), because the caller is root itself or a user
 without privileges of their own.

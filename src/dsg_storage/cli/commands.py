@@ -48,8 +48,8 @@ from ..errors import (
     TransactionNotFoundError,
 )
 
-# Start-up cost: importing this module costs next to nothing; `main` answers `--version`
-# before anything else is imported, argparse and logging come next, and every command
+# Start-up cost: `--version` never gets here (cli/__init__.py answers it); argparse and
+# logging come first, and every command
 # imports what it uses inside its function, so `queue stats` never loads libzfs_core, the
 # bundle code or the core (see the README's "Start-up cost"). Not typing.TYPE_CHECKING:
 # see dsg_storage/__init__.py.
@@ -593,11 +593,6 @@ def _snapshot(args: argparse.Namespace, repo: Repository) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (the module's docstring lists them)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == ["--version"]:  # what argparse's version action prints, without argparse
-        from .._version import __version__
-
-        print(f"dsg-storage {__version__}")
-        return 0
     import logging
 
     from .parser import parse
