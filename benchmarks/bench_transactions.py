@@ -13,8 +13,10 @@ the ratio it would make. Each row starts on a pool without the previous rows' da
 ``inherited`` (repositories under a parent whose mountpoint gives theirs, the idiomatic
 layout) and ``explicit`` (each repository has its own mountpoint property); each row also
 shows the sync tasks our begin+commit cost (the boundary counts them) against the naive
-way's ``zfs`` commands. Then sync commit latency at 10, 100 and 1,000 snapshots in both
-layouts, with the commit's promoting sync task timed apart and lzc_promote alone.
+way's ``zfs`` commands. Then a sync begin+commit alone under its parent and beside 200
+sibling datasets (``--only siblings``), and sync commit latency at 10, 100 and 1,000
+snapshots in both layouts, with the commit's promoting sync task timed apart and
+lzc_promote alone.
 """
 
 from __future__ import annotations
@@ -241,6 +243,37 @@ def bulk_snapshots(name: str, count: int) -> None:
 
 
 HISTORY = (10, 100, 1000)
+SIBLINGS = 200
+
+
+def bench_siblings(engine: Zfs, runs: int) -> None:
+    """Sync begin+commit, both ways, alone under its parent and then beside SIBLINGS other
+    repositories (the layout of a host with many repositories under one parent): every
+    read of a repository's family lists its parent's children."""
+    import libzfs_core
+
+    layout = Layout("siblings", True)
+    ours_repo, ours_mnt = layout.fresh("os")
+    layout.ours_init(engine, ours_repo, ours_mnt, 0)
+    naive_repo, naive_mnt = layout.fresh("ns")
+    layout.naive_init(naive_repo, naive_mnt, 0)
+
+    def ours(n: int) -> None:
+        layout.ours_sync(engine, ours_repo, 0, f"v{n}")
+
+    def naive(n: int) -> None:
+        layout.naive_sync(naive_repo, naive_mnt, 0, f"v{n}")
+
+    alone = side_by_side(runs, ours, naive)
+    for i in range(SIBLINGS):  # not mounted (canmount=off): only their number counts
+        libzfs_core.lzc_create(f"{layout.parent}/sibling{i:04d}".encode(), props={b"canmount": 0})
+    crowded = side_by_side(runs, ours, naive)
+    print(
+        f"sync begin+commit beside {SIBLINGS} sibling datasets: ours {crowded.ours:7.1f} ms"
+        f" ({crowded.ours / alone.ours:4.2f}x of alone, {alone.ours:7.1f} ms),"
+        f" naive {crowded.naive:7.1f} ms ({crowded.naive / alone.naive:4.2f}x of alone)",
+        flush=True,
+    )
 
 
 def bench_scaling(layout: Layout, engine: Zfs, runs: int) -> None:
@@ -295,17 +328,19 @@ def bench_scaling(layout: Layout, engine: Zfs, runs: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="timed runs per case (median reported)")
-    parser.add_argument("--only", choices=("layouts", "scaling"), help="run one part only")
+    parser.add_argument("--only", choices=("layouts", "scaling", "siblings"), help="run one part only")
     args = parser.parse_args()
     subprocess.run(["zfs", "destroy", "-r", ROOT], capture_output=True, check=False)
     zfs("create", "-o", "mountpoint=none", ROOT)
     engine = Zfs(AllowList((ROOT,)))
     print(f"median of {args.runs} runs each; naive = one zfs command per step", flush=True)
     try:
-        if args.only != "scaling":
+        if args.only in (None, "layouts"):
             for layout in (Layout("inherited", True), Layout("explicit", False)):
                 bench_layout(layout, engine, args.runs)
-        if args.only != "layouts":
+        if args.only in (None, "siblings"):
+            bench_siblings(engine, args.runs)
+        if args.only in (None, "scaling"):
             for layout in (Layout("scaling-inherited", True), Layout("scaling-explicit", False)):
                 bench_scaling(layout, engine, max(3, args.runs // 2))
     finally:
