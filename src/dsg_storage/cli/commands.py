@@ -72,6 +72,19 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
 EXIT_QUEUE_FULL = 11
 READ_COMMANDS = ("repos", "history", "ls", "stat", "cat")
+#: The exit status of an error: the first kind it is (the module's docstring lists them);
+#: any other DsgStorageError is EXIT_ERROR.
+_EXIT_STATUS: tuple[tuple[tuple[type[DsgStorageError], ...], int], ...] = (
+    ((InvalidNameError, InvalidArgumentError), EXIT_USAGE),
+    ((NotAllowedError,), EXIT_NOT_ALLOWED),
+    ((ReadOnlyError,), EXIT_READ_ONLY),
+    ((BundleError, LockFileError), EXIT_BAD_FILE),
+    ((RepositoryNotFoundError, TransactionNotFoundError, QueueItemNotFoundError, PoolNotFoundError), EXIT_NOT_FOUND),
+    ((DatasetBusyError, RepositoryBusyError), EXIT_BUSY),
+    ((TransactionInProgressError,), EXIT_IN_PROGRESS),
+    ((ConflictError,), EXIT_CONFLICT),
+    ((QueueFullError,), EXIT_QUEUE_FULL),
+)
 
 
 def _audit_log(args: argparse.Namespace) -> str:
@@ -610,27 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, allow, inv)
     except DsgStorageError as exc:
         print(f"dsg-storage: {exc}", file=sys.stderr)
-        if isinstance(exc, InvalidNameError | InvalidArgumentError):
-            return EXIT_USAGE
-        if isinstance(exc, NotAllowedError):
-            return EXIT_NOT_ALLOWED
-        if isinstance(exc, ReadOnlyError):
-            return EXIT_READ_ONLY
-        if isinstance(exc, BundleError | LockFileError):
-            return EXIT_BAD_FILE
-        if isinstance(
-            exc, RepositoryNotFoundError | TransactionNotFoundError | QueueItemNotFoundError | PoolNotFoundError
-        ):
-            return EXIT_NOT_FOUND
-        if isinstance(exc, DatasetBusyError | RepositoryBusyError):
-            return EXIT_BUSY
-        if isinstance(exc, TransactionInProgressError):
-            return EXIT_IN_PROGRESS
-        if isinstance(exc, ConflictError):
-            return EXIT_CONFLICT
-        if isinstance(exc, QueueFullError):
-            return EXIT_QUEUE_FULL
-        return EXIT_ERROR
+        return next((code for kinds, code in _EXIT_STATUS if isinstance(exc, kinds)), EXIT_ERROR)
     except FileNotFoundError as exc:  # a file asked of ls/stat/cat
         print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND
