@@ -59,3 +59,10 @@ def test_errors_of_a_named_command_read_the_same() -> None:
     for argv in (["commit", "tank/a"], ["recover", "tank/a", "--abort-stale", "soon"], ["queue"]):
         only = parser.command_in(argv)
         assert error(functools.partial(parser.build, only), argv) == error(parser.build, argv)
+
+
+def test_status_refuses_a_bad_name_before_it_needs_zfs(capsys: pytest.CaptureFixture[str]) -> None:
+    from dsg_storage.cli import main
+
+    assert main(["status", "tank/repo@snap"]) == 2  # exit 2 with or without libzfs_core
+    assert "name a filesystem, not a snapshot" in capsys.readouterr().err

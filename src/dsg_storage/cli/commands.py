@@ -316,7 +316,8 @@ def _status(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     from ..core.status import status as read_status
     from ..zfs.boundary import open_zfs
 
-    status = read_status(open_zfs(allow), names.validate_repository(args.repo), inv.policy)
+    name = names.validate_repository(args.repo)  # a bad name is exit 2, ZFS or not
+    status = read_status(open_zfs(allow), name, inv.policy)
     lines = [
         f"repository:  {status.repository}{'' if status.exists else ' (does not exist)'}",
         "access:      live",
