@@ -35,13 +35,18 @@ that was not checked, and nothing of its author's gives privilege:
 * **checked against itself**: the metadata against its schema (``metadata``), each
   part's info against the metadata, each stream's BEGIN record against both
   (``sendstream``: the snapshot, its GUID, full or incremental from which GUID) and
-  every record (the chunk digests included), all before ZFS reads a byte; then every
-  stream byte against its digest, on a thread while ZFS receives (the commit point
-  waits for it; a mismatch undoes what arrived, as any failure does); after each part
-  is received, the snapshot's GUID against the one expected.
+  every record (the chunk digests and the structure hash included), all before ZFS
+  reads a byte; then every stream byte by ZFS's own stream checksums as it receives
+  (each record holds a fletcher4 of the stream before it, the END record one of the
+  whole stream; ZFS commits nothing that fails them, and a failure undoes the parts
+  before, as any failure does; the part's chunk digests then name the damage); after
+  each part, that ZFS read exactly the part's bytes and the snapshot's GUID is the one
+  expected. ``check_streams`` also checks every stream byte against its chunk digest
+  while ZFS receives (``verify_bundle``'s check); why that is not the default:
+  ``_check_for_import``.
 * **signed** (``signing``): with an allowed-signers file a signature is checked (and,
   when required, must be there); it covers the sha256 of every byte of the file, so
-  then every byte is checked before ZFS reads one.
+  then every byte is hashed before ZFS reads one.
 * **harmless**: received repositories carry ``setuid=off`` and ``devices=off``, set
   before they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode
   are the importer's (``owner``, ``mode``; default the invoking user and 0755), the
