@@ -854,9 +854,12 @@ def _import_full(
     meta = checked.metadata
     temp = _names.receive_dataset(into, _names.new_tx_id())
     mode_v = DEFAULT_MODE if mode is None else mode
+    # One `zfs set` (0.13 s under emulation) for the safe properties and the mountpoint:
+    # before the dataset is ever mounted, and the property only (-u).
+    native = SAFE_PROPS if inherits else {**SAFE_PROPS, "mountpoint": target}
     try:
-        receive(temp)  # returns once every byte was found good
-        zfs.set_native_props(temp, SAFE_PROPS)  # before it is ever mounted
+        receive(temp)  # returns once every part was received whole
+        zfs.set_native_props(temp, native)
     except BaseException:
         if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
             zfs.destroy_with_snapshots(temp)
@@ -870,8 +873,6 @@ def _import_full(
         P_STATE: Phase.COMMITTED.value,
     }
     zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, meta))
-    if not inherits:
-        zfs.set_mountpoint(temp, target)  # the property only: recover() below mounts it
     zfs.rename(temp, into)  # the commit point
     repository.recover()  # mounted where it records (nosuid,nodev by its props), the importer's owner
     return ImportResult(into, "full", tuple(s.name for s in meta.snapshots), target, str(owner), f"{mode_v:04o}")
@@ -933,7 +934,7 @@ def _import_incremental(
             new_head[P_MODE] = f"{mode:04o}"
         try:
             zfs.rollback(into)  # to the base, explicitly: what a mount's own metadata wrote
-            received = receive(into)  # returns once every byte was found good
+            received = receive(into)  # returns once every part was received whole
             zfs.apply(_snapshot_props(Batch(), into, meta).set(into, {**new_head, P_IMPORT: ""}))  # the commit point
         except BaseException:
             repository.recover()  # the import mark is there: recovery undoes what arrived
