@@ -1,10 +1,9 @@
 """What ZFS itself checks of a send stream, which bundle import relies on (issue #15):
 every record header but BEGIN's carries a fletcher4 of the stream before it, compared
-unless all zeros, and the END record the checksum of everything before it, compared
-always, over every byte before it (the record checksums included). A stream that fails
-either is refused (ECKSUM) and leaves nothing received; only one rewritten on purpose,
-END checksum recomputed, gets past: the case no digest stored in an unsigned bundle
-can refute either."""
+unless all zeros, and the END record one of every byte before it (the record checksums
+included), compared always. A stream that fails either is refused (ECKSUM) and leaves
+nothing received; only one rewritten on purpose, its END checksum recomputed, gets
+past: the case no digest stored in an unsigned bundle refutes either."""
 
 from __future__ import annotations
 
