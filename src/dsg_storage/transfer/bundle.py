@@ -678,6 +678,7 @@ def _import(
             signer=checked.signature.signer,
             signature=checked.signature.status,
             source_repository=checked.metadata.repository,
+            stream_check=stream_check.value,  # how the stream bytes were checked
         )
         repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
         with repository.exclusive():
