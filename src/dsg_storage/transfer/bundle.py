@@ -612,12 +612,12 @@ def import_bundle(
     first; with ``check_streams``, also against the bundle's chunk digests meanwhile, as
     ``verify_bundle`` does), and damage undoes what arrived before the commit point,
     raising the ``BundleCorruptError`` that names the damaged chunk. The repository's
-    root gets ``owner`` and ``mode`` (default: the
-    invoking user, 0755; for an incremental bundle, the repository's own unless given);
-    the bundle's are never applied. Received repositories carry ``setuid=off`` and
-    ``devices=off``. Lands completely or not at all, also across a crash (see the
-    module's docstring; ``recover`` finishes the cleanup after a crash). Appends the
-    import and its result to the audit log.
+    root gets ``owner`` and ``mode`` (default: the invoking user, 0755; for an
+    incremental bundle, the repository's own unless given); the bundle's are never
+    applied. Received repositories carry ``setuid=off`` and ``devices=off``. Lands
+    completely or not at all, also across a crash (see the module's docstring;
+    ``recover`` finishes the cleanup after a crash). Appends the import and its result
+    (with how its streams were checked) to the audit log.
     """
     audit = AuditLog(os.fspath(audit_log))
     audit.check()
