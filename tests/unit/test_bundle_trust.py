@@ -21,7 +21,7 @@ from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.transfer import format as bf
 from dsg_storage.transfer import lockfile, metadata, safejson, sendstream, signing
 from dsg_storage.transfer.audit import AuditLog
-from dsg_storage.transfer.bundle import check_bundle, inspect_bundle, read_lock_checked
+from dsg_storage.transfer.bundle import StreamCheck, _check_for_import, check_bundle, inspect_bundle, read_lock_checked
 from tests import craft
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -375,6 +375,46 @@ def test_cli_reports_the_signer(tmp_path: Path, keys: dict[str, Path], capsys: A
     sign_file(path, keys["mallory"])
     assert cli_main(args) == 9
     assert "does not allow" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- what import checks first
+def flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(data)
+
+
+def checked_for_import(path: Path, **kwargs: Any) -> tuple[Any, StreamCheck]:
+    options = {"allowed_signers": None, "require_signature": False, "check_streams": False, **kwargs}
+    with bf.open_checked(path) as f:
+        return _check_for_import(f, str(path), None, **options)
+
+
+def test_import_leaves_stream_bytes_to_zfs_but_checks_every_record_first(tmp_path: Path) -> None:
+    path = good(tmp_path)
+    assert checked_for_import(path)[1] is StreamCheck.ZFS
+    assert checked_for_import(path, check_streams=True)[1] is StreamCheck.WHILE
+    part = inspect_bundle(path).parts[1]
+    flip(path, part.offset + part.size // 2)  # a stream byte: ZFS's stream checksum refuses it
+    assert checked_for_import(path)[1] is StreamCheck.ZFS
+    flip(path, part.offset + part.size // 2)
+    flip(path, part.offset + part.size + 12)  # a chunk digest: refused before ZFS reads a byte
+    with pytest.raises(BundleError, match="chunk digests record"):
+        checked_for_import(path)
+
+
+def test_a_checked_signature_hashes_every_byte_before_the_receive(tmp_path: Path, keys: dict[str, Path]) -> None:
+    import hashlib
+
+    path = good(tmp_path)
+    sign_file(path, keys["alice"])
+    checked, mode = checked_for_import(path, allowed_signers=keys["allowed"])
+    assert mode is StreamCheck.BEFORE and checked.signature.signer == "alice@field-office"
+    assert checked.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    part = inspect_bundle(path).parts[0]
+    flip(path, part.offset + part.size // 2)  # a stream byte after signing: refused before any receive
+    with pytest.raises(BundleError, match="altered after signing"):
+        checked_for_import(path, allowed_signers=keys["allowed"])
 
 
 # ---------------------------------------------------------------------------- audit log

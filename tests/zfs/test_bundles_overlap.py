@@ -1,20 +1,22 @@
-"""Import checks the streams' bytes while ZFS receives them (issue #15): a bundle whose
-stream bytes are damaged in the middle of a large part still changes nothing, whether
-ZFS refuses the damaged stream itself or accepts it and only the chunk digests tell."""
+"""Import leaves the streams' bytes to ZFS's own stream checksums as it receives them
+(issue #15): a bundle whose stream bytes are damaged in the middle of a large part still
+changes nothing, and the error names the damaged chunk. A bundle whose chunk digests lie
+about a stream ZFS accepts whole is refused with ``check_streams`` (the digests checked
+while ZFS receives) and by ``verify_bundle``, and lands by default: what lands is the
+stream as ZFS sent it."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dsg_storage import BundleCorruptError, Repository
 from dsg_storage.names import P_IMPORT
-from dsg_storage.transfer.bundle import export_bundle, import_bundle, inspect_bundle
-from tests import craft
+from dsg_storage.transfer.bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
+from tests import craft, zstream
 
 from .conftest import Sandbox
 from .test_bundles import commit, files, history
@@ -52,6 +54,18 @@ def flip_mid_stream(bundle: Path) -> None:
         f.write(bytes([byte[0] ^ 0x10]))
 
 
+def flip_with_record_checksums_zeroed(bundle: Path) -> None:
+    """Zero every record checksum of the largest part's stream (ZFS skips a zero one)
+    and flip a byte in it: the END record's checksum still refuses it."""
+    part = max(inspect_bundle(bundle).parts, key=lambda p: p.size)
+    data = bytearray(bundle.read_bytes())
+    stream = data[part.offset : part.offset + part.size]
+    zstream.zero_record_checksums(stream)
+    data[part.offset : part.offset + part.size] = stream
+    bundle.write_bytes(data)
+    flip_mid_stream(bundle)
+
+
 def digests_of_another_stream(bundle: Path) -> None:
     """Rewrite the bundle so that its largest part's chunk digests (and every hash over
     them) are those of the stream with a byte flipped, while the file holds the stream
@@ -74,11 +88,18 @@ def digests_of_another_stream(bundle: Path) -> None:
         f.write(streams[big.index])
 
 
-@pytest.mark.parametrize("damage", [flip_mid_stream, digests_of_another_stream], ids=["flipped", "zfs-accepts"])
+DAMAGE = {
+    "flipped": (flip_mid_stream, False),
+    "flipped-zero-checksums": (flip_with_record_checksums_zeroed, False),
+    "flipped-check-streams": (flip_mid_stream, True),
+    "zfs-accepts-check-streams": (digests_of_another_stream, True),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 @pytest.mark.parametrize("kind", ["full", "incremental"])
-def test_damage_mid_part_changes_nothing(
-    sandbox: Sandbox, tmp_path: Path, kind: str, damage: Callable[[Path], None]
-) -> None:
+def test_damage_mid_part_changes_nothing(sandbox: Sandbox, tmp_path: Path, kind: str, damage: str) -> None:
+    spoil, check_streams = DAMAGE[damage]
     source = Repository(f"{sandbox.dataset}/src", allow=sandbox.allow)
     src_mnt = sandbox.mount_dir / "src"
     for n in range(2):
@@ -94,16 +115,49 @@ def test_damage_mid_part_changes_nothing(
     commit(source, src_mnt, {"a.txt": "v3", "big.bin": os.urandom(BIG)}, "big again")
     export_bundle(source.name, bundle, since=since if kind == "incremental" else None)
     good = bundle.read_bytes()
-    damage(bundle)
+    spoil(bundle)
     before = seen(sandbox, target, mnt)
 
     with pytest.raises(BundleCorruptError, match=r"chunk \d+ of part \d+"):
-        import_bundle(bundle, target.name, mountpoint=str(mnt) if kind == "full" else None, allow=sandbox.allow)
+        import_bundle(
+            bundle,
+            target.name,
+            mountpoint=str(mnt) if kind == "full" else None,
+            allow=sandbox.allow,
+            check_streams=check_streams,
+        )
 
     assert seen(sandbox, target, mnt) == before  # nothing arrived, nothing left behind
     assert not [n for n in sandbox.datasets() if ".dsg-" in n or "%" in n]
     # and the undamaged bundle lands after all that
     bundle.write_bytes(good)
+    import_bundle(bundle, target.name, mountpoint=str(mnt) if kind == "full" else None, allow=sandbox.allow)
+    assert history(target) == history(source)
+    assert files(mnt) == files(src_mnt)
+
+
+@pytest.mark.parametrize("kind", ["full", "incremental"])
+def test_lying_digests_over_a_sound_stream(sandbox: Sandbox, tmp_path: Path, kind: str) -> None:
+    """Chunk digests that do not match a stream ZFS accepts whole: no accident makes
+    that (the digests' own record and the structure hash are checked first), only a
+    rewrite, which could as well have made them match. By default the import lands the
+    stream as ZFS sent it; ``verify_bundle`` (the full check) refuses the bundle."""
+    source = Repository(f"{sandbox.dataset}/src", allow=sandbox.allow)
+    src_mnt = sandbox.mount_dir / "src"
+    commit(source, src_mnt, {"a.txt": "v0"}, "commit 0")
+    target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
+    mnt = sandbox.mount_dir / "dst"
+    if kind == "incremental":
+        export_bundle(source.name, tmp_path / "base.dsgb")
+        import_bundle(tmp_path / "base.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
+    since = source.history()[-1].name
+    commit(source, src_mnt, {"a.txt": "v1", "big.bin": os.urandom(BIG)}, "big")
+    bundle = tmp_path / "b.dsgb"
+    export_bundle(source.name, bundle, since=since if kind == "incremental" else None)
+    digests_of_another_stream(bundle)
+
+    with pytest.raises(BundleCorruptError, match=r"chunk \d+ of part \d+"):
+        verify_bundle(bundle)
     import_bundle(bundle, target.name, mountpoint=str(mnt) if kind == "full" else None, allow=sandbox.allow)
     assert history(target) == history(source)
     assert files(mnt) == files(src_mnt)

@@ -296,6 +296,7 @@ def test_signed_bundles_and_lock_files_end_to_end(sandbox: Sandbox, source: Repo
     assert export_line["sha256"] == import_line["sha256"] == json.loads(verified.stdout)["sha256"]
     assert import_line["signer"] == "alice@field-office" and import_line["source_repository"] == source.name
     assert import_line["result"] == "ok" and import_line["user"]
+    assert import_line["stream_check"] == "before"  # a checked signature: every byte hashed first
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
 
     lock = str(tmp_path / "src.lock")

@@ -35,13 +35,18 @@ that was not checked, and nothing of its author's gives privilege:
 * **checked against itself**: the metadata against its schema (``metadata``), each
   part's info against the metadata, each stream's BEGIN record against both
   (``sendstream``: the snapshot, its GUID, full or incremental from which GUID) and
-  every record (the chunk digests included), all before ZFS reads a byte; then every
-  stream byte against its digest, on a thread while ZFS receives (the commit point
-  waits for it; a mismatch undoes what arrived, as any failure does); after each part
-  is received, the snapshot's GUID against the one expected.
+  every record (the chunk digests and the structure hash included), all before ZFS
+  reads a byte; then every stream byte by ZFS's own stream checksums as it receives
+  (each record holds a fletcher4 of the stream before it, the END record one of the
+  whole stream; ZFS commits nothing that fails them, and a failure undoes the parts
+  before, as any failure does; the part's chunk digests then name the damage); after
+  each part, that ZFS read exactly the part's bytes and the snapshot's GUID is the one
+  expected. ``check_streams`` also checks every stream byte against its chunk digest
+  while ZFS receives (``verify_bundle``'s check); why that is not the default:
+  ``_check_for_import``.
 * **signed** (``signing``): with an allowed-signers file a signature is checked (and,
   when required, must be there); it covers the sha256 of every byte of the file, so
-  then every byte is checked before ZFS reads one.
+  then every byte is hashed before ZFS reads one.
 * **harmless**: received repositories carry ``setuid=off`` and ``devices=off``, set
   before they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode
   are the importer's (``owner``, ``mode``; default the invoking user and 0755), the
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import errno
 import fcntl
 import functools
@@ -304,9 +310,10 @@ def _export(
     )
 
 
-def _file_sha256(fd: int, stop: threading.Event | None = None) -> str:
+def _file_sha256(fd: int, stop: threading.Event | None = None, *, progress: ProgressFn | None = None) -> str:
     """The sha256 of the whole file behind ``fd``, read with pread (the offset is left
-    alone); ``stop`` ends it early (the result is then meaningless)."""
+    alone); ``stop`` ends it early (the result is then meaningless). ``progress`` gets
+    the bytes hashed so far."""
     digest = hashlib.sha256()
     buffer = bytearray(_DIGEST_PIECE)
     offset = 0
@@ -317,6 +324,8 @@ def _file_sha256(fd: int, stop: threading.Event | None = None) -> str:
                 break
             digest.update(view[:got])  # releases the GIL: runs beside the digest pass
             offset += got
+            if progress is not None:
+                progress(offset, None)
     return digest.hexdigest()
 
 
@@ -484,29 +493,55 @@ def _check_whole(f: Any, claims: _Claims, progress: ProgressFn | None, digest: b
     return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256))
 
 
+class StreamCheck(enum.Enum):
+    """How an import checks the streams' bytes (``_check_for_import`` decides)."""
+
+    BEFORE = "before"  # every byte before ZFS reads one (a checked signature needs the file's sha256)
+    WHILE = "while"  # against the chunk digests, on a thread while ZFS receives (``check_streams``)
+    ZFS = "zfs"  # by ZFS's own stream checksums as it receives; the chunk digests only to name damage
+
+
 def _check_for_import(
     f: Any,
     name: str,
-    progress: ProgressFn | None,
+    passes: _Passes | None,
     allowed_signers: str | os.PathLike[str] | None,
     require_signature: bool,
-) -> tuple[CheckedBundle, bool]:
-    """What must hold before ZFS reads a byte of the bundle, and whether the streams' bytes
-    are still to be checked (while they are received: ``_StreamChecks``).
+    check_streams: bool,
+) -> tuple[CheckedBundle, StreamCheck]:
+    """What must hold before ZFS reads a byte of the bundle, and how the streams' bytes
+    are still to be checked while they are received.
 
     Always first: the claims (``_check_claims_first``) and every record, the chunk
-    digests included (``check_records``: cheap). A signature that is checked covers the
-    sha256 of every byte of the file, streams included, and the signed manifest names
-    nothing smaller (not the chunk digests), so it can only be checked after a full
-    pass: then everything is checked first, as ``check_bundle`` does, and an unsigned or
-    wrongly signed bundle never reaches ZFS. Otherwise (no signature checked) the chunk
-    digests prove nothing that the structure does not already claim, so the stream
-    bytes are checked as they are received and the commit point waits for them."""
+    digests included (``check_records``: cheap), so structural damage and a truncation
+    are refused before any change. A signature that is checked covers the sha256 of
+    every byte of the file, and the signed manifest names nothing smaller, so it needs
+    a full pass first: an unsigned or wrongly signed bundle never reaches ZFS. That pass
+    is the sha256 alone: once the bytes are the signer's, the md5 chunk digests (which
+    the signer's export computed from them) could only repeat what ZFS checks anyway.
+
+    Otherwise the stream bytes are left to ZFS's own check (``StreamCheck.ZFS``): every
+    record of a send stream carries a fletcher4 of the stream before it and the END
+    record one of the whole stream, the record checksums included, which ``zfs receive``
+    compares before it commits the stream (docs/archive/0006-bundles.md has the source
+    and the tests). That catches all the accidental damage the chunk digests are for;
+    neither can catch a deliberate rewrite of an unsigned bundle (its author recomputes
+    any digest stored in it), which only a signature refutes. With ``check_streams``
+    every stream byte is also checked against its chunk digest while ZFS receives, as
+    ``verify_bundle`` checks it."""
     claims = _check_claims_first(f, name, allowed_signers, require_signature)
+    fd = f.fileno()
     if claims.signature_checked:
-        return _check_whole(f, claims, progress, False), False
+        _bundle_format.check_records(f, expect=claims.info)
+        streams = claims.info.total_size  # progress in stream bytes, as the receive's
+        hashed = (lambda done, _: passes.checked(min(done, streams), streams)) if passes else None
+        sha256 = _file_sha256(fd, progress=hashed)
+        return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256)), StreamCheck.BEFORE
     _bundle_format.check_records(f, expect=claims.info)  # structural damage: refused before any change
-    return CheckedBundle(claims.info, claims.metadata, None, claims.signature(f.fileno(), None)), True
+    mode = StreamCheck.WHILE if check_streams else StreamCheck.ZFS
+    if passes is not None and mode is StreamCheck.ZFS:
+        passes.single()
+    return CheckedBundle(claims.info, claims.metadata, None, claims.signature(fd, None)), mode
 
 
 def _pread(fd: int, offset: int, size: int) -> bytes:
@@ -565,20 +600,24 @@ def import_bundle(
     allowed_signers: str | os.PathLike[str] | None = None,
     require_signature: bool = False,
     audit_log: str | os.PathLike[str] = DEFAULT_AUDIT_LOG,
+    check_streams: bool = False,
 ) -> ImportResult:
     """Receive a bundle into repository ``into``: a full bundle creates it (refused if it
     exists; ``mountpoint`` as for an init, required unless inherited), an incremental one
     applies onto the base it was made from.
 
-    Checks the bundle as ``check_bundle`` does (signatures as there): a bad one changes
-    nothing. Its claims and records are checked before anything changes; its stream
-    bytes while ZFS receives them (all of them first when a signature is checked), and
-    a mismatch undoes what arrived before the commit point. The repository's root gets ``owner`` and ``mode`` (default: the
-    invoking user, 0755; for an incremental bundle, the repository's own unless given);
-    the bundle's are never applied. Received repositories carry ``setuid=off`` and
-    ``devices=off``. Lands completely or not at all, also across a crash (see the
-    module's docstring; ``recover`` finishes the cleanup after a crash). Appends the
-    import and its result to the audit log.
+    A bad bundle changes nothing. Its claims, records and signature are checked as
+    ``check_bundle`` does, before anything changes; its stream bytes by ZFS's own stream
+    checksums as ZFS receives them (with a checked signature, every byte of the file
+    first; with ``check_streams``, also against the bundle's chunk digests meanwhile, as
+    ``verify_bundle`` does), and damage undoes what arrived before the commit point,
+    raising the ``BundleCorruptError`` that names the damaged chunk. The repository's
+    root gets ``owner`` and ``mode`` (default: the invoking user, 0755; for an
+    incremental bundle, the repository's own unless given); the bundle's are never
+    applied. Received repositories carry ``setuid=off`` and ``devices=off``. Lands
+    completely or not at all, also across a crash (see the module's docstring;
+    ``recover`` finishes the cleanup after a crash). Appends the import and its result
+    (with how its streams were checked) to the audit log.
     """
     audit = AuditLog(os.fspath(audit_log))
     audit.check()
@@ -596,6 +635,7 @@ def import_bundle(
             mode,
             allowed_signers,
             require_signature,
+            check_streams,
             record,
         )
     except BaseException as exc:
@@ -617,6 +657,7 @@ def _import(
     mode: str | int | None,
     allowed_signers: str | os.PathLike[str] | None,
     require_signature: bool,
+    check_streams: bool,
     record: dict[str, Any],
 ) -> ImportResult:
     zfs = zfs if zfs is not None else open_zfs(allow)
@@ -629,9 +670,7 @@ def _import(
     name = os.fspath(path)
     with _bundle_format.open_checked(path) as f:
         _check_private(f, name)
-        checked, streams_unchecked = _check_for_import(
-            f, name, passes.checked if passes else None, allowed_signers, require_signature
-        )
+        checked, stream_check = _check_for_import(f, name, passes, allowed_signers, require_signature, check_streams)
         record.update(
             sha256=checked.sha256,
             structure_sha256=checked.info.structure_sha256,
@@ -639,11 +678,12 @@ def _import(
             signer=checked.signature.signer,
             signature=checked.signature.status,
             source_repository=checked.metadata.repository,
+            stream_check=stream_check.value,  # how the stream bytes were checked
         )
         repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
         with repository.exclusive():
             repository.recover()
-            receive = functools.partial(_stream_parts, zfs, f, checked, streams_unchecked, passes)
+            receive = functools.partial(_stream_parts, zfs, f, checked, stream_check, passes)
             if checked.metadata.type == "full":
                 result = _import_full(zfs, repository, receive, checked, mountpoint, owner_v or default_owner(), mode_v)
             else:
@@ -653,13 +693,18 @@ def _import(
 
 class _Passes:
     """An import's progress: stream bytes checked plus stream bytes received, of twice the
-    stream bytes. The two passes may run at once, on different threads: each reports its
-    own count, and the sum goes out under a lock, so it never goes backwards."""
+    stream bytes (of the stream bytes alone once ``single``: no pass of our own). The two
+    passes may run at once, on different threads: each reports its own count, and the
+    sum goes out under a lock, so it never goes backwards."""
 
     def __init__(self, progress: ProgressFn) -> None:
         self._progress = progress
         self._lock = threading.Lock()
         self._checked = self._received = 0
+        self._passes = 2
+
+    def single(self) -> None:
+        self._passes = 1
 
     def checked(self, done: int, total: int | None) -> None:
         with self._lock:
@@ -672,7 +717,7 @@ class _Passes:
             self._emit(total)
 
     def _emit(self, total: int | None) -> None:
-        self._progress(self._checked + self._received, 2 * total if total else None)
+        self._progress(self._checked + self._received, self._passes * total if total else None)
 
 
 class _StreamChecks:
@@ -720,23 +765,35 @@ def _stream_parts(
     zfs: ZfsPort,
     f: Any,
     checked: CheckedBundle,
-    streams_unchecked: bool,
+    stream_check: StreamCheck,
     passes: _Passes | None,
     target: str,
 ) -> list[str]:
     """Receive every part of the bundle into ``target``, in order, without force, ZFS
-    reading each stream straight from the open file; after each, the received snapshot's
-    GUID must be the one the bundle promised. With ``streams_unchecked``, the streams'
-    bytes are checked meanwhile (``_StreamChecks``), and this returns only once every
-    one of them was found good: the caller's commit point comes after. Raises what the
-    check found (``BundleCorruptError`` naming the chunk, even when ZFS refused the
-    damaged stream first); the caller undoes what arrived."""
+    reading each stream straight from the open file (and checking it: ``StreamCheck``);
+    after each, ZFS must have read exactly the part's bytes and the received snapshot's
+    GUID must be the one the bundle promised. With ``StreamCheck.WHILE``, the streams'
+    bytes are checked against their chunk digests meanwhile (``_StreamChecks``), and
+    this returns only once every one of them was found good: the caller's commit point
+    comes after. When a part fails, its chunk digests tell where it is damaged: raises
+    ``BundleCorruptError`` naming the chunk (else the ``BundleError`` of what failed); the
+    caller undoes what arrived."""
     info = checked.info
     received = []
     done = 0
     records = _bundle_format.check_records(f, expect=info)  # raises if the file changed since it was checked
     fd = f.fileno()
-    with _StreamChecks(records if streams_unchecked else None, passes.checked if passes else None) as checks:
+    overlap = records if stream_check is StreamCheck.WHILE else None
+    with _StreamChecks(overlap, passes.checked if passes else None) as checks:
+
+        def refused(part: _bundle_format.PartSummary, message: str) -> BundleError:
+            """The error for a part that failed: the damage its chunk digests find, if any."""
+            if stream_check is StreamCheck.WHILE:
+                checks.through(part.index)
+            elif stream_check is StreamCheck.ZFS:  # only now, after a failure: it names the damage
+                records.check_stream(part.index)
+            return BundleError(f"{f.name}: {message}")
+
         for part, expected in zip(records.info.parts, checked.metadata.snapshots, strict=True):
             checks.failed_yet()  # a part found bad: receive no more
             snapshot = f"{target}@{expected.name}"
@@ -748,20 +805,13 @@ def _stream_parts(
             except (NoSpaceError, PoolUnavailableError, DatasetBusyError, NotAllowedError):
                 raise  # the pool's condition, not the stream's
             except ZfsError as exc:
-                checks.through(part.index)  # a damaged stream: the check's error names the chunk
-                raise BundleError(
-                    f"{f.name}: ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed"
-                ) from exc
+                raise refused(part, f"ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed") from exc
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
-                checks.through(part.index)
-                raise BundleError(f"{f.name}: part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
+                raise refused(part, f"part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
             guid = u64(int((zfs.get_props(snapshot, ["guid"]) or {}).get("guid", 0)))
             if guid != expected.guid:
-                checks.through(part.index)
-                raise BundleError(
-                    f"{f.name}: part {part.index + 1} made {snapshot} with GUID {guid}, not {expected.guid}"
-                )
+                raise refused(part, f"part {part.index + 1} made {snapshot} with GUID {guid}, not {expected.guid}")
             received.append(expected.name)
             done += part.size
             if passes:
@@ -805,9 +855,12 @@ def _import_full(
     meta = checked.metadata
     temp = _names.receive_dataset(into, _names.new_tx_id())
     mode_v = DEFAULT_MODE if mode is None else mode
+    # One `zfs set` (0.13 s under emulation) for the safe properties and the mountpoint:
+    # before the dataset is ever mounted, and the property only (-u).
+    native = SAFE_PROPS if inherits else {**SAFE_PROPS, "mountpoint": target}
     try:
-        receive(temp)  # returns once every byte was found good
-        zfs.set_native_props(temp, SAFE_PROPS)  # before it is ever mounted
+        receive(temp)  # returns once every part was received whole
+        zfs.set_native_props(temp, native)
     except BaseException:
         if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
             zfs.destroy_with_snapshots(temp)
@@ -821,8 +874,6 @@ def _import_full(
         P_STATE: Phase.COMMITTED.value,
     }
     zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, meta))
-    if not inherits:
-        zfs.set_mountpoint(temp, target)  # the property only: recover() below mounts it
     zfs.rename(temp, into)  # the commit point
     repository.recover()  # mounted where it records (nosuid,nodev by its props), the importer's owner
     return ImportResult(into, "full", tuple(s.name for s in meta.snapshots), target, str(owner), f"{mode_v:04o}")
@@ -884,7 +935,7 @@ def _import_incremental(
             new_head[P_MODE] = f"{mode:04o}"
         try:
             zfs.rollback(into)  # to the base, explicitly: what a mount's own metadata wrote
-            received = receive(into)  # returns once every byte was found good
+            received = receive(into)  # returns once every part was received whole
             zfs.apply(_snapshot_props(Batch(), into, meta).set(into, {**new_head, P_IMPORT: ""}))  # the commit point
         except BaseException:
             repository.recover()  # the import mark is there: recovery undoes what arrived

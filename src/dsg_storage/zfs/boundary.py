@@ -403,9 +403,11 @@ class Zfs:
 
     def set_native_props(self, dataset: str, props: Mapping[str, str]) -> None:
         """Set native properties (``zfs set``: libzfs_core and channel programs cannot),
-        e.g. ``{"setuid": "off", "devices": "off"}`` on a received repository."""
+        e.g. ``{"setuid": "off", "devices": "off"}`` on a received repository, in one
+        command. ``-u``: the properties only, never a (re)mount (a ``mountpoint`` among
+        them is set as ``set_mountpoint`` sets it)."""
         self.guard.check(dataset)
-        self._zfs_command("set", *(f"{key}={value}" for key, value in props.items()), dataset)
+        self._zfs_command("set", "-u", *(f"{key}={value}" for key, value in props.items()), dataset)
         self.steps.done("set", dataset, syncs=True)
 
     def mount_flags(self, dataset: str) -> int:
