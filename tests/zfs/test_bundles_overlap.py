@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,30 @@ def test_lying_digests_over_a_sound_stream(sandbox: Sandbox, tmp_path: Path, kin
     import_bundle(bundle, target.name, mountpoint=str(mnt) if kind == "full" else None, allow=sandbox.allow)
     assert history(target) == history(source)
     assert files(mnt) == files(src_mnt)
+
+
+def test_check_streams_on_the_command_line(sandbox: Sandbox, tmp_path: Path) -> None:
+    """``bundle import --check-streams``: the full check of ``verify`` while ZFS receives,
+    so lying digests are refused (exit 9) and nothing is left; without it the bundle lands."""
+    source = Repository(f"{sandbox.dataset}/src", allow=sandbox.allow)
+    src_mnt = sandbox.mount_dir / "src"
+    commit(source, src_mnt, {"a.txt": "v0", "big.bin": os.urandom(BIG)}, "big")
+    bundle = tmp_path / "b.dsgb"
+    export_bundle(source.name, bundle)
+    digests_of_another_stream(bundle)
+
+    def cli(into: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "dsg_storage", "--allow", sandbox.dataset, "bundle", "import", str(bundle)]
+        cmd += ["--into", into, "--mountpoint", str(sandbox.mount_dir / into.rsplit("/", 1)[1]), *flags]
+        cmd += ["--audit-log", str(tmp_path / "audit.log")]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+
+    checked = cli(f"{sandbox.dataset}/checked", "--check-streams")
+    assert checked.returncode == 9, checked.stderr
+    assert "chunk" in checked.stderr
+    assert not Repository(f"{sandbox.dataset}/checked", allow=sandbox.allow).exists()
+    assert not (sandbox.mount_dir / "checked").exists() or not any((sandbox.mount_dir / "checked").iterdir())
+    landed = cli(f"{sandbox.dataset}/landed")
+    assert landed.returncode == 0, landed.stderr
+    assert files(sandbox.mount_dir / "landed") == files(src_mnt)

@@ -426,7 +426,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, pa
         steps = [f"receive {s['name']} into {target}" for s in meta.get("snapshots") or []]
         _emit(args, steps, "\n".join(steps))
     else:
-        progress = None if args.json else write_progress(label="verify+import")
+        progress = None if args.json else write_progress(label="import")
         mountpoint = inv.mountpoint(args.mountpoint)
         if inv.sudo:  # the owner given for the new repository is checked like begin's
             inv.owner(args.owner or str(inv.invoker), creating=True)
@@ -441,6 +441,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, pa
             allowed_signers=args.allowed_signers,
             require_signature=args.require_signature or inv.signatures_required,
             audit_log=_audit_log(args),
+            check_streams=args.check_streams,
         )
         signed = f", signed by {result.signer}" if result.signer else ""
         _emit(

@@ -172,6 +172,12 @@ def _bundle(p: argparse.ArgumentParser) -> None:
     _signature_arguments(b)
     _audit_argument(b)
     b.add_argument(
+        "--check-streams",
+        action="store_true",
+        help="also check every stream byte against the bundle's digests while ZFS receives, as verify does "
+        "(default: ZFS's own stream checksums)",
+    )
+    b.add_argument(
         "--dry-run", action="store_true", help="check the bundle, print what it would receive; change nothing"
     )
 
