@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_bundles import grow_pool
+from bench_bundles import data_repository, grow_pool
 
-from dsg_storage import Repository
 from dsg_storage.transfer.bundle import export_bundle
 
 ROOT = "dsgtest/ab-import"
@@ -76,10 +75,7 @@ def main() -> int:
     grow_pool(2 * args.size_mib)
     subprocess.run(["zfs", "create", "-o", "compression=lz4", "-o", f"mountpoint={WORK / 'mnt'}", ROOT], check=True)
     try:
-        repo = Repository(f"{ROOT}/src", allow=ROOT)
-        with repo.begin(mountpoint=str(WORK / "mnt" / "src")) as tx, open(Path(tx.path, "data.bin"), "wb") as out:
-            block = b"" if args.random else os.urandom(4096) * 256
-            out.writelines(block or os.urandom(MiB) for _ in range(args.size_mib))
+        repo = data_repository(f"{ROOT}/src", WORK / "mnt" / "src", args.size_mib, compressible=not args.random)
         bundle, raw = WORK / "b.dsgb", WORK / "raw.zstream"
         export_bundle(repo.name, bundle)
         with open(raw, "wb") as handle:

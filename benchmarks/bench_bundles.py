@@ -89,6 +89,16 @@ def grow_pool(needed_mib: int) -> None:
         run("zpool", "online", "-e", "dsgtest", str(pool_file))
 
 
+def data_repository(name: str, mountpoint: Path, size_mib: int, *, compressible: bool) -> Repository:
+    """A new repository holding one file of ``size_mib`` MiB: random bytes, or (compressible)
+    1 MiB blocks repeating a random 4 KiB, which lz4 stores in ~1/30 of their size."""
+    repo = Repository(name, allow=name.rsplit("/", 1)[0])
+    with repo.begin(mountpoint=str(mountpoint)) as tx, open(Path(tx.path, "data.bin"), "wb") as out:
+        block = os.urandom(4096) * 256 if compressible else b""
+        out.writelines(block or os.urandom(MiB) for _ in range(size_mib))
+    return repo
+
+
 @attrs.frozen
 class Rates:
     """One case's medians, stream MiB/s."""
@@ -104,10 +114,7 @@ class Rates:
 
 def measure(name: str, size_mib: int, rounds: int, compressible: bool) -> tuple[Repository, Path, Rates]:
     """Export and import both ways, interleaved; print the throughput table."""
-    repo = Repository(f"{ROOT}/{name}", allow=ROOT)
-    with repo.begin(mountpoint=str(WORK / "mnt" / name)) as tx, open(Path(tx.path, "data.bin"), "wb") as out:
-        block = os.urandom(4096) * 256 if compressible else b""  # 1 MiB that lz4 stores in ~1/30
-        out.writelines(block or os.urandom(MiB) for _ in range(size_mib))
+    repo = data_repository(f"{ROOT}/{name}", WORK / "mnt" / name, size_mib, compressible=compressible)
     snap = repo.history()[-1].snapshot
     bundle, raw = WORK / f"{name}.dsgb", WORK / "raw.zstream"
     ours_out, plain_out, ours_in, plain_in, piped = [], [], [], [], []

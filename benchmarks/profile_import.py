@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import subprocess
 import sys
 import threading
@@ -23,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dsg_storage import Repository
+from bench_bundles import data_repository
+
 from dsg_storage.transfer import audit, bundle, format
 from dsg_storage.zfs.boundary import open_zfs
 
@@ -63,10 +63,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     subprocess.run(["zfs", "create", "-o", "compression=lz4", "-o", f"mountpoint={WORK / 'mnt'}", ROOT], check=True)
     try:
-        repo = Repository(f"{ROOT}/src", allow=ROOT)
-        with repo.begin(mountpoint=str(WORK / "mnt" / "src")) as tx, open(Path(tx.path, "data.bin"), "wb") as out:
-            block = b"" if args.random else os.urandom(4096) * 256
-            out.writelines(block or os.urandom(MiB) for _ in range(args.size_mib))
+        repo = data_repository(f"{ROOT}/src", WORK / "mnt" / "src", args.size_mib, compressible=not args.random)
         path = WORK / "b.dsgb"
         key, signers = WORK / "key", WORK / "allowed_signers"
         if args.signed:
