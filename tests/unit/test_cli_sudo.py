@@ -25,6 +25,21 @@ def test_without_sudo_nothing_changes() -> None:
     assert inv.mountpoint("/etc") == "/etc"
 
 
+def test_without_sudo_the_command_line_uses_the_direct_variant(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsg_storage.cli.invocation import Direct, invocation
+    from dsg_storage.zfs.allow import AllowList
+
+    monkeypatch.setenv("DSG_STORAGE_ALLOW", "tank/a")
+    env = {"DSG_STORAGE_ALLOW": "tank/a"}
+    inv = invocation(env)
+    assert isinstance(inv, Direct) and env == {"DSG_STORAGE_ALLOW": "tank/a"}
+    assert not inv.sudo and inv.policy is None and inv.ignored == () and not inv.signatures_required
+    assert inv.owner("0:0", creating=True) == "0:0" and inv.mountpoint("/etc") == "/etc"
+    assert inv.allow(AllowList.parse("tank/b")).prefixes == ("tank/a", "tank/b")
+    with inv.input("/etc/hostname") as path:
+        assert path == "/etc/hostname"
+
+
 @pytest.mark.skipif(os.path.exists(DEFAULT_PATH), reason=f"{DEFAULT_PATH} exists on this machine")
 def test_under_sudo_every_command_needs_the_policy_file(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
