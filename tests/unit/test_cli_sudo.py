@@ -90,3 +90,25 @@ def test_under_sudo_steering_variables_are_dropped_and_flags_only_narrow(policy_
         inv.cache_path("/var/lib/dsg-storage/queue.sqlite")
     out = inv.output("/home/u/b.dsgb", force=False)
     assert out.owner == (65534, 65534) and out.replace is False
+
+
+@needs_root
+def test_under_sudo_an_audit_log_the_caller_names_is_refused(policy_file: str) -> None:
+    """Root appends to the audit log: through sudo only its standard path is accepted."""
+    import argparse
+
+    from dsg_storage.cli.commands import _check_sudo
+    from dsg_storage.transfer.audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
+
+    inv = Invocation.from_environment({"SUDO_UID": "65534", "SUDO_GID": "65534"}, policy_path=policy_file)
+
+    def check(audit_log: str | None) -> None:
+        args = argparse.Namespace(
+            offline=False, command="bundle", bundle_command="import", audit_log=audit_log, into="tank/data/x"
+        )
+        _check_sudo(args, inv)
+
+    with pytest.raises(NotAllowedError, match="--audit-log"):
+        check("/etc/ld.so.preload")
+    check(None)
+    check(str(DEFAULT_AUDIT_LOG))

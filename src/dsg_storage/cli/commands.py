@@ -87,10 +87,14 @@ _EXIT_STATUS: tuple[tuple[tuple[type[DsgStorageError], ...], int], ...] = (
 )
 
 
-def _audit_log(args: argparse.Namespace) -> str:
+def _default_audit_log() -> str:
     from ..transfer.audit import DEFAULT_PATH
 
-    return str(getattr(args, "audit_log", None) or DEFAULT_PATH)
+    return str(DEFAULT_PATH)
+
+
+def _audit_log(args: argparse.Namespace) -> str:
+    return str(getattr(args, "audit_log", None) or _default_audit_log())
 
 
 def _signature_json(signature: Signature) -> dict[str, Any]:
@@ -241,7 +245,7 @@ def _check_sudo(args: argparse.Namespace, inv: Caller) -> None:
     for flag, given in (
         ("--sign", getattr(args, "sign", None)),
         ("--allowed-signers", getattr(args, "allowed_signers", None)),
-        ("--audit-log", getattr(args, "audit_log", None) not in (None, _audit_log(args))),  # given, not the default
+        ("--audit-log", getattr(args, "audit_log", None) not in (None, _default_audit_log())),  # given, not the default
     ):
         if given:
             inv.refuse(f"{flag} (root would read or write a file the caller names)")
