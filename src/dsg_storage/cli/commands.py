@@ -49,10 +49,9 @@ from ..errors import (
 )
 
 # Start-up cost: `--version` never gets here (cli/__init__.py answers it); argparse and
-# logging come first, and every command
-# imports what it uses inside its function, so `queue stats` never loads libzfs_core, the
-# bundle code or the core (see the README's "Start-up cost"). Not typing.TYPE_CHECKING:
-# see dsg_storage/__init__.py.
+# logging come first, and every command imports what it uses inside its function, so
+# `queue stats` never loads libzfs_core, the bundle code or the core (see the README's
+# "Start-up cost"). Not typing.TYPE_CHECKING: see dsg_storage/__init__.py.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse

@@ -19,7 +19,9 @@ from .._version import __version__
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 
-#: Global options that take a value (``--opt VALUE``): what ``command_in`` skips over.
+#: Global options that take a value (``--opt VALUE``): what ``command_in`` skips over. One
+#: added to ``build`` but not here fails safe: ``command_in`` then finds no command, and
+#: the whole grammar is built.
 _VALUED = ("--allow", "--search-path", "--pool", "--cache")
 _FLAGS = ("--json", "--verbose", "-v", "--offline", "--cached")
 

@@ -13,7 +13,7 @@ import attrs
 
 from .programs import Batch, BatchResult
 
-if TYPE_CHECKING:  # annotations only: host.py brings tenacity and the mount code
+if TYPE_CHECKING:  # annotations only: host.py brings the mount code
     from .allow import AllowList
     from .host import Steps
 
