@@ -46,6 +46,10 @@ def history(zfs: ZfsPort, name: str) -> list[Commit]:
     """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
     if not zfs.exists(name):
         raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name)
+    return _commits(zfs, name)
+
+
+def _commits(zfs: ZfsPort, name: str) -> list[Commit]:
     # Named as the repository's, also while an old head still keeps some (see lineage).
     return [attrs.evolve(c, snapshot=f"{name}@{c.name}") for c in commits_of(lineage(zfs, name))]
 
@@ -71,7 +75,7 @@ def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) ->
     """Mountpoint, owner, mode, last commit, pending transactions and leftovers of ``name``."""
     seen = view(zfs, name, policy)
     head = seen.head
-    commits = history(zfs, name) if head is not None else []
+    commits = _commits(zfs, name) if head is not None else []  # the view has seen it exists
     return RepositoryStatus(
         repository=name,
         exists=head is not None,
