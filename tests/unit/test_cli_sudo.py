@@ -40,16 +40,19 @@ def test_without_sudo_the_command_line_uses_the_direct_variant(monkeypatch: pyte
         assert path == "/etc/hostname"
 
 
-@pytest.mark.skipif(os.path.exists(DEFAULT_PATH), reason=f"{DEFAULT_PATH} exists on this machine")
 def test_under_sudo_every_command_needs_the_policy_file(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    # A path of its own: the real one may exist (tests/zfs/test_sudo_policy.py installs it).
+    absent = str(tmp_path / "policy.toml")
+    monkeypatch.setattr("dsg_storage.cli.sudo.DEFAULT_PATH", absent)
     monkeypatch.setenv("SUDO_UID", "65534")
     monkeypatch.setenv("SUDO_GID", "65534")
     for argv in (["--allow", "tank", "begin", "tank/x", "--mountpoint", "/etc"], ["history", "tank/x"]):
         assert main(argv) == EXIT_NOT_ALLOWED
         err = capsys.readouterr().err
-        assert DEFAULT_PATH in err and "nothing was done" in err and "[datasets]" in err
+        assert absent in err and "nothing was done" in err and "[datasets]" in err
+    assert DEFAULT_PATH == "/etc/dsg-storage/policy.toml"  # what users are told to write
 
 
 @pytest.fixture

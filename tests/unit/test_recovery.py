@@ -196,7 +196,7 @@ def test_an_interrupted_incremental_import_is_rolled_back_to_its_base() -> None:
             f"{TX}: interrupted bundle import undone (back to dsg-commit-1)",
             f"destroy snapshots {REPO}@s2, {REPO}@s3",
             f"roll {REPO} back to its latest snapshot",
-            f"in one sync task: set dsg-storage:import='' on {REPO}",
+            f"in one sync task: inherit dsg-storage:import on {REPO} (clear its local value)",
         ]
     ]
 
@@ -206,13 +206,38 @@ def test_an_import_mark_whose_base_is_latest_only_needs_a_rollback() -> None:
     (step,) = plan(view({REPO: head}, {REPO: (MNT,)}, snapshots=("a", "b")))
     assert step[1:] == [
         f"roll {REPO} back to its latest snapshot",
-        f"in one sync task: set dsg-storage:import='' on {REPO}",
+        f"in one sync task: inherit dsg-storage:import on {REPO} (clear its local value)",
     ]
 
 
 def test_an_import_mark_whose_base_is_gone_is_only_cleared() -> None:
     (step,) = plan(view({REPO: committed_head(**{P_IMPORT: f"{TX} gone"})}, {REPO: (MNT,)}, snapshots=("a",)))
-    assert step[1:] == [f"in one sync task: set dsg-storage:import='' on {REPO}"]
+    assert step[1:] == [f"in one sync task: inherit dsg-storage:import on {REPO} (clear its local value)"]
+
+
+def test_an_import_mark_on_a_zoned_repository_is_undone_and_the_repository_unzoned() -> None:
+    """An incremental import sets the mark and zoned=on in one command; undone, the
+    repository is mounted by ZFS at boot again."""
+    head = committed_head(**{P_IMPORT: f"{TX} b", "zoned": "on"})
+    steps = plan(view({REPO: head}, {}, snapshots=("a", "b")))
+    assert steps[0][0] == f"{TX}: interrupted bundle import undone (back to b)"
+    assert steps[-1] == [
+        f"{REPO} mountable at boot again (zoned cleared)",
+        f"in one sync task: inherit zoned on {REPO} (clear its local value)",
+    ]
+
+
+def test_a_committed_zoned_repository_is_unzoned_a_plain_one_is_not() -> None:
+    """A full import killed after its rename leaves the repository zoned=on."""
+    zoned = plan(view({REPO: committed_head(zoned="1")}, {REPO: (MNT,)}))
+    assert zoned == [
+        [
+            f"{REPO} mountable at boot again (zoned cleared)",
+            f"in one sync task: inherit zoned on {REPO} (clear its local value)",
+        ]
+    ]
+    assert plan(view({REPO: committed_head(zoned="off")}, {REPO: (MNT,)})) == []
+    assert plan(view({REPO: {"mountpoint": MNT, "zoned": "on"}}, {})) == []  # not ours: its owner's business
 
 
 # ---------------------------------------------------------------- 4a: interrupted begin / rollback

@@ -23,9 +23,10 @@ from dsg_storage import (
     Repository,
 )
 from dsg_storage.transfer.bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
+from tests import zstream
 
 from .conftest import Sandbox
-from .test_crash_safety import at_step, in_child
+from .test_crash_safety import at_step, export_and_import, in_child
 from .test_transactions import owner_mode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +52,23 @@ def history(repo: Repository) -> list[tuple[str, int, str | None, str]]:
     return [(c.name, c.guid, c.message, c.tx) for c in repo.history()]
 
 
+def props(dataset: str) -> list[str]:
+    """What ``zfs get`` shows of the properties an import may change: value and source."""
+    names = "setuid,devices,zoned,mountpoint,canmount,dsg-storage:import"
+    out = subprocess.run(
+        ["zfs", "get", "-H", "-o", "property,value,source", names, dataset], capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
 def state(sandbox: Sandbox, repo: Repository, mnt: Path) -> tuple[object, ...]:
-    """What a user sees of ``repo``: datasets and snapshots, history, files (or absent)."""
+    """What a user sees of ``repo``: datasets and snapshots, history, files (or absent),
+    and the properties an import may change."""
     leaf = repo.name.removeprefix(sandbox.dataset + "/")
     names = [n for n in sandbox.datasets() if n == leaf or n.startswith((leaf + "@", leaf + "."))]
     if not repo.exists():
-        return (names, None, None)
-    return (names, history(repo), files(mnt))
+        return (names, None, None, None)
+    return (names, history(repo), files(mnt), props(repo.name))
 
 
 @pytest.fixture
@@ -177,10 +188,12 @@ def test_changes_since_the_base_are_not_discarded(sandbox: Sandbox, source: Repo
     assert (mnt / "written-outside.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize("kind", ["full", "incremental"])
-def test_import_killed_at_every_step_leaves_old_or_new(
-    sandbox: Sandbox, source: Repository, tmp_path: Path, kind: str, record_property: pytest.RecordProperty
-) -> None:
+def killed_at_every_step(
+    sandbox: Sandbox, source: Repository, tmp_path: Path, kind: str, *, reboot: bool = False
+) -> list[str]:
+    """Import ``kind`` of bundle, killed after each step in turn; ``reboot``: then export
+    and import the pool (what a reboot does) before recovery. Checks old-or-new at every
+    step and returns the outcomes."""
     target = Repository(f"{sandbox.dataset}/dst", allow=sandbox.allow)
     mnt = sandbox.mount_dir / "dst"
     commits = source.history()
@@ -192,6 +205,7 @@ def test_import_killed_at_every_step_leaves_old_or_new(
         export_bundle(source.name, bundle)
     outcomes = []
     mountpoint = str(mnt) if kind == "full" else None
+    new_history = [(c.name, c.guid, c.message, c.tx) for c in commits]
     for step in range(1, 40):
         if kind == "incremental":
             import_bundle(tmp_path / "base.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
@@ -201,22 +215,71 @@ def test_import_killed_at_every_step_leaves_old_or_new(
             crash_at=at_step(step),
             zfs=sandbox.zfs,
         )
+        seen = None
+        if reboot:
+            export_and_import()
+            at_path = sorted(ds for ds, paths in sandbox.mounts().items() if str(mnt) in paths)
+            assert at_path in ([], [target.name]), (step, at_path)  # never a temporary dataset
+            seen = files(mnt) if at_path else None
         target.recover()
         now = state(sandbox, target, mnt)
-        new_history = [(c.name, c.guid, c.message, c.tx) for c in commits]
         if now == old:
             outcomes.append("old")
         else:
             assert now[1] == new_history and now[2] == files(sandbox.mount_dir / "src"), (step, now)
             assert sandbox.mounts()[target.name] == [str(mnt)]
             outcomes.append("new")
+        # What ZFS mounted at boot was what recovery then settled on: nothing uncommitted.
+        assert seen is None or seen == now[2], (step, outcomes[-1], seen)
         assert not [n for n in sandbox.datasets() if ".dsg-" in n]
+        assert not [p for p in props(target.name) if p.startswith("zoned") and "local" in p], step
         if run == "done":  # the import finished before reaching this step: all covered
             break
         if target.exists():
             subprocess.run(["zfs", "destroy", "-r", target.name], check=True)
-    record_property("crash_points", f"bundle import ({kind}): {len(outcomes)} steps, {outcomes}")
     assert outcomes[-1] == "new" and "old" in outcomes
+    return outcomes
+
+
+@pytest.mark.parametrize("kind", ["full", "incremental"])
+def test_import_killed_at_every_step_leaves_old_or_new(
+    sandbox: Sandbox, source: Repository, tmp_path: Path, kind: str, record_property: pytest.RecordProperty
+) -> None:
+    outcomes = killed_at_every_step(sandbox, source, tmp_path, kind)
+    record_property("crash_points", f"bundle import ({kind}): {len(outcomes)} steps, {outcomes}")
+
+
+@pytest.mark.parametrize("kind", ["full", "incremental"])
+def test_import_killed_then_rebooted_never_shows_what_it_received_uncommitted(
+    exclusive_pool: None, sandbox: Sandbox, source: Repository, tmp_path: Path, kind: str
+) -> None:
+    """ZFS mounts at boot what it can: never what an import had received before its
+    commit point (``zoned=on`` until then), only the old or the committed repository."""
+    killed_at_every_step(sandbox, source, tmp_path, kind, reboot=True)
+
+
+def test_a_refused_import_leaves_the_repository_properties_as_they_were(
+    sandbox: Sandbox, source: Repository, tmp_path: Path
+) -> None:
+    """setuid and devices are set only once the bundle was received whole."""
+    target, mnt = copy_of_first_two_commits(sandbox, source, tmp_path)
+    for prop in ("setuid", "devices"):
+        subprocess.run(["zfs", "inherit", prop, target.name], check=True)
+    before = state(sandbox, target, mnt)
+    bad = bytearray((tmp_path / "incr.dsgb").read_bytes())
+    part = inspect_bundle(tmp_path / "incr.dsgb").parts[-1]
+    stream = bad[part.offset : part.offset + part.size]
+    write = max((r for r in zstream.records(stream) if r.type == zstream.WRITE), key=lambda r: r.payload)
+    bad[part.offset + write.payload_at + write.payload // 2] ^= 0x10  # file data: ZFS's checksums catch it
+    (tmp_path / "bad.dsgb").write_bytes(bad)
+    with pytest.raises(BundleError):
+        import_bundle(tmp_path / "bad.dsgb", target.name, allow=sandbox.allow)
+    assert state(sandbox, target, mnt) == before
+    import_bundle(tmp_path / "incr.dsgb", target.name, allow=sandbox.allow)
+    assert history(target) == history(source)
+    on = [line.split("\t") for line in props(target.name)]
+    assert ["setuid", "off", "local"] in on and ["devices", "off", "local"] in on
+    assert ["zoned", "off", "default"] in on and ["dsg-storage:import", "-", "-"] in on
 
 
 def test_import_killed_mid_stream_leaves_nothing(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:

@@ -48,9 +48,11 @@ class Invocation:
     ignored: tuple[str, ...] = ()
 
     @classmethod
-    def from_environment(cls, environ: MutableMapping[str, str], *, policy_path: str = DEFAULT_PATH) -> Invocation:
+    def from_environment(cls, environ: MutableMapping[str, str], *, policy_path: str | None = None) -> Invocation:
         """Read ``SUDO_UID``/``SUDO_GID``; under sudo, drop the variables that would steer
-        us (from ``environ`` itself, so nothing later reads them) and load the policy."""
+        us (from ``environ`` itself, so nothing later reads them) and load the policy
+        (``policy_path``, default ``DEFAULT_PATH``)."""
+        policy_path = policy_path or DEFAULT_PATH  # looked up now: the module's value at the call
         invoker = invoker_from_env(environ)
         if invoker is None:
             return cls()

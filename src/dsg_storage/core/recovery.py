@@ -45,6 +45,8 @@ The states recovery handles, in the order it handles them (``plan_recovery``):
       on reading), finish the promote a held snapshot refused at commit, and destroy them
       with their bases; what is still in use is deferred to the queue.
 6. **Repository not mounted where it records** (after an import or a reboot): place it.
+   **Repository zoned** (a bundle import keeps what it receives from being mounted at
+   boot with ``zoned=on`` until its commit point): clear it, so ZFS mounts it at boot.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ from .actions import (
     Unmount,
 )
 from .patterns import pattern_of
-from .placement import place_head, place_recorded_head
+from .placement import place_head, place_recorded_head, recorded_placement
 from .records import Phase, Record
 from .view import PoolView
 
@@ -160,7 +162,8 @@ def remount_workspace(view: PoolView, record: Record) -> list[Action]:
 
 def undo_import(view: PoolView, base: str) -> list[Action]:
     """Put the repository back as it was at snapshot ``base``: destroy the snapshots
-    after it, roll back, clear the import mark. Safe to repeat."""
+    after it, roll back, clear the import mark. Safe to repeat. (The import's
+    ``zoned=on`` goes with the placement, state 6.)"""
     repo = view.repository
     actions: list[Action] = []
     if base in view.snapshots:
@@ -168,7 +171,7 @@ def undo_import(view: PoolView, base: str) -> list[Action]:
         if newer:
             actions.append(DestroySnapshots(tuple(f"{repo}@{short}" for short in newer)))
         actions.append(Rollback(repo))
-    return [*actions, Apply(Batch().set(repo, {P_IMPORT: ""}))]
+    return [*actions, Apply(Batch().inherit(repo, P_IMPORT))]
 
 
 def plan_recovery(view: PoolView) -> list[Step]:
@@ -194,6 +197,10 @@ def plan_recovery(view: PoolView) -> list[Step]:
         if placement:
             mountpoint = head.get(names.P_MOUNTPOINT) or head.get("mountpoint")
             steps.append(Step(f"remounted {repo} at {mountpoint}", placement))
+        if view.zoned(repo) and recorded_placement(view) is not None:
+            steps.append(
+                Step(f"{repo} mountable at boot again (zoned cleared)", [Apply(Batch().inherit(repo, "zoned"))])
+            )
     return steps
 
 

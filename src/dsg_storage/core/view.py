@@ -44,6 +44,13 @@ class PoolView:
     def exists(self, dataset: str) -> bool:
         return dataset in self.family
 
+    def zoned(self, dataset: str) -> bool:
+        """Whether ``dataset`` has ``zoned=on`` of its own (so ZFS does not mount it at
+        boot): a temporary dataset with the repository's mountpoint, or a bundle import
+        not finished (docs/archive/0012)."""
+        # A channel program reports an index property as its name or its number.
+        return str((self.family.get(dataset) or {}).get("zoned")) in ("on", "1")
+
     def mounted_at(self, dataset: str) -> tuple[str, ...]:
         return self.mounts.get(dataset, ())
 

@@ -23,6 +23,11 @@ Landing, all or nothing:
   unmarked, with the snapshots' properties set, in one sync task at the end: the commit
   point. A failure, or recovery after a crash, while the mark is there destroys the
   snapshots received and rolls the repository back to the base.
+* **across a reboot**: until its commit point, what is received with the repository's
+  mountpoint is ``zoned=on`` (set with the mountpoint, or with the mark, in one ``zfs
+  set``), which ZFS never mounts at boot; the commit point (incremental) or recovery
+  (full, after the rename) clears it. After a crash and a reboot the repository's path
+  shows the old repository, or nothing until the next call: never a part of an import.
 
 A bundle comes from somebody else and is imported as root, so nothing in it is trusted
 that was not checked, and nothing of its author's gives privilege:
@@ -48,6 +53,7 @@ that was not checked, and nothing of its author's gives privilege:
   when required, must be there); it covers the sha256 of every byte of the file, so
   then every byte is hashed before ZFS reads one.
 * **harmless**: received repositories carry ``setuid=off`` and ``devices=off``, set
+  once every part was received whole (a refused bundle leaves them as they were) and
   before they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode
   are the importer's (``owner``, ``mode``; default the invoking user and 0755), the
   bundle's are only shown.
@@ -856,8 +862,11 @@ def _import_full(
     temp = _names.receive_dataset(into, _names.new_tx_id())
     mode_v = DEFAULT_MODE if mode is None else mode
     # One `zfs set` (0.13 s under emulation) for the safe properties and the mountpoint:
-    # before the dataset is ever mounted, and the property only (-u).
-    native = SAFE_PROPS if inherits else {**SAFE_PROPS, "mountpoint": target}
+    # before the dataset is ever mounted, and the property only (-u). With the
+    # repository's own mountpoint also zoned=on, so that ZFS does not mount it there at
+    # boot before the rename (as a workspace, docs/archive/0012); recovery's placement
+    # clears it once the dataset is the repository.
+    native = SAFE_PROPS if inherits else {**SAFE_PROPS, "mountpoint": target, "zoned": "on"}
     try:
         receive(temp)  # returns once every part was received whole
         zfs.set_native_props(temp, native)
@@ -875,7 +884,7 @@ def _import_full(
     }
     zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, meta))
     zfs.rename(temp, into)  # the commit point
-    repository.recover()  # mounted where it records (nosuid,nodev by its props), the importer's owner
+    repository.recover()  # mounted where it records (nosuid,nodev by its props), the importer's owner, unzoned
     return ImportResult(into, "full", tuple(s.name for s in meta.snapshots), target, str(owner), f"{mode_v:04o}")
 
 
@@ -911,7 +920,7 @@ def _import_incremental(
     clash = [s.name for s in meta.snapshots if s.name in names]
     if clash:
         raise BundleError(f"{into} already has snapshot(s) {', '.join(clash)}. Nothing was changed")
-    head = zfs.get_props(into, [P_OWNER, P_MODE]) or {}
+    head = zfs.get_props(into, [P_OWNER, P_MODE, *SAFE_PROPS]) or {}
     # Unmounted for the whole import, so nothing can be written after the change check
     # below and then lost to the rollback or the receive; mounted again at the end.
     zfs.host.unmount(into)
@@ -925,9 +934,12 @@ def _import_incremental(
                 dataset=into,
                 hint="commit them (or roll them back) and export a bundle from the new base",
             )
-        zfs.set_native_props(into, SAFE_PROPS)  # before the author's content can be mounted
         tx = _names.new_tx_id()
-        zfs.apply(Batch().set(into, {P_IMPORT: f"{tx} {latest.short_name}"}))
+        # One `zfs set`, so both or neither: the mark (while it is there, recovery undoes
+        # what arrived) and zoned=on (ZFS mounts no zoned dataset at boot: nothing
+        # received shows at the repository's path before the commit point, even across
+        # a reboot; our own mount(2) at the end ignores it).
+        zfs.set_native_props(into, {"zoned": "on", P_IMPORT: f"{tx} {latest.short_name}"})
         new_head = {}
         if owner is not None:
             new_head[P_OWNER] = str(owner)
@@ -936,7 +948,14 @@ def _import_incremental(
         try:
             zfs.rollback(into)  # to the base, explicitly: what a mount's own metadata wrote
             received = receive(into)  # returns once every part was received whole
-            zfs.apply(_snapshot_props(Batch(), into, meta).set(into, {**new_head, P_IMPORT: ""}))  # the commit point
+            # After the receive, so a refused bundle leaves them as they were; before the
+            # author's content is ever mounted. Usually there is nothing to set: the
+            # repository came from a full import.
+            unsafe = {prop: off for prop, off in SAFE_PROPS.items() if str(head.get(prop)) not in (off, "0")}
+            if unsafe:
+                zfs.set_native_props(into, unsafe)
+            done = _snapshot_props(Batch(), into, meta).set(into, new_head)
+            zfs.apply(done.inherit(into, P_IMPORT).inherit(into, "zoned"))  # the commit point
         except BaseException:
             repository.recover()  # the import mark is there: recovery undoes what arrived
             raise

@@ -271,8 +271,9 @@ class Zfs:
 
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
         """``dataset`` (if it exists) and its ``dataset.dsg-*`` siblings, with their own
-        user properties under our prefix, ``origin`` and ``mountpoint``; and the parent
-        with its ``mountpoint``. One read-only channel program."""
+        user properties under our prefix, ``origin``, ``mountpoint`` and (when set on
+        them) ``zoned``; and the parent with its ``mountpoint``. One read-only channel
+        program."""
         parent = dataset.rsplit("/", 1)[0]
         raw = self.program(_names.pool_of(dataset), programs.FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
         return {name: dict(props) for name, props in (raw or {}).items()}
@@ -404,7 +405,8 @@ class Zfs:
     def set_native_props(self, dataset: str, props: Mapping[str, str]) -> None:
         """Set native properties (``zfs set``: libzfs_core and channel programs cannot),
         e.g. ``{"setuid": "off", "devices": "off"}`` on a received repository, in one
-        command. ``-u``: the properties only, never a (re)mount (a ``mountpoint`` among
+        command and one sync task (user properties may come with them: all or none is
+        set). ``-u``: the properties only, never a (re)mount (a ``mountpoint`` among
         them is set as ``set_mountpoint`` sets it)."""
         self.guard.check(dataset)
         self._zfs_command("set", "-u", *(f"{key}={value}" for key, value in props.items()), dataset)

@@ -119,7 +119,7 @@ return out
 # destroy; a failure is reported, not fatal) | V ds prop value (set a user property on an
 # existing dataset) | N snap prop value (set a user property on a snapshot this batch
 # creates) | U fs snapname (require fs unchanged since its snapshot) | A name (require
-# name absent) | I ds prop (clear a local inheritable native property: zfs.sync.inherit). Every op that can be checked is checked first, so a refused batch changes
+# name absent) | I ds prop (clear a local user or inheritable native property: zfs.sync.inherit). Every op that can be checked is checked first, so a refused batch changes
 # nothing; except promote, whose check walks every older snapshot (as long as the promote
 # itself) and which zfs.sync.promote checks anyway: callers put it before any op whose
 # partial effect would matter. Running in syncing context, the checks see every write made before the call.
@@ -203,7 +203,8 @@ return out
 
 
 # A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
-# datasets), each with the user properties under our prefix and its origin.
+# datasets), each with the user properties under our prefix, its origin, its mountpoint
+# and its own zoned value (only when set on it).
 FAMILY = (
     LUA_PREAMBLE
     + """
@@ -222,6 +223,8 @@ for child in zfs.list.children(parent) do
         local origin = zfs.get_prop(child, "origin")
         if origin ~= nil then props["origin"] = origin end
         props["mountpoint"] = zfs.get_prop(child, "mountpoint")
+        local zoned, source = zfs.get_prop(child, "zoned")
+        if source == child then props["zoned"] = zoned end
         out[child] = props
     end
 end
@@ -267,8 +270,9 @@ class Batch:
         return self._add(name, "D" if required else "T", name)
 
     def inherit(self, dataset: str, prop: str) -> Batch:
-        """Clear ``dataset``'s local value of the inheritable native property ``prop``
-        (``zfs inherit``: the one native-property change a channel program can make)."""
+        """Clear ``dataset``'s local value of the user property or inheritable native
+        property ``prop`` (``zfs inherit``: the one native-property change a channel
+        program can make)."""
         return self._add(dataset, "I", dataset, prop)
 
     def require_unchanged(self, filesystem: str, snapshot: str) -> Batch:
