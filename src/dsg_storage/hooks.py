@@ -2,8 +2,10 @@
 
 * ``pool_import-dsg-storage.sh``: a zedlet for the ZFS Event Daemon (ZED runs every
   executable ``pool_import-*.sh`` in its zedlet directory, default ``/etc/zfs/zed.d``,
-  when a pool is imported, with the pool's name in ``$ZEVENT_POOL``). It runs every
-  pending queue item of that pool at once (``queue flush --pool POOL``).
+  when a pool is imported, with the pool's name in ``$ZEVENT_POOL``). It recovers every
+  allowed repository of that pool (``recover --pool POOL``: after a reboot, puts back what
+  ZFS does not mount by itself, such as an open transaction's workspace), then runs
+  every pending queue item of the pool at once (``queue flush --pool POOL``).
 * ``dsg-storage-queue.service`` (oneshot: ``gc``, the items that are due) and
   ``dsg-storage-queue.timer`` (every 5 minutes, from 2 minutes after boot): the portable
   alternative where ZED does not run, and the retry for items whose backoff is not over.
@@ -98,10 +100,14 @@ def render(command: Sequence[str], env: Mapping[str, str]) -> list[HookFile]:
     zedlet = (
         "#!/bin/sh\n"
         f"# {header}\n"
-        "# ZED runs this when a pool is imported: apply dsg-storage's queued work for that pool now.\n"
+        "# ZED runs this when a pool is imported: recover dsg-storage's repositories on that\n"
+        "# pool, then apply its queued work now. Both run; the first failure is the exit status.\n"
         '[ -n "${ZEVENT_POOL}" ] || exit 0\n'
         f"{exports}"
-        f'exec {argv} queue flush --pool "${{ZEVENT_POOL}}"\n'
+        f'{argv} recover --pool "${{ZEVENT_POOL}}"\n'
+        "recovered=$?\n"
+        f'{argv} queue flush --pool "${{ZEVENT_POOL}}" || exit\n'
+        'exit "${recovered}"\n'
     )
     environment = "".join(f'Environment="{key}={value}"\n' for key, value in sorted(env.items()))
     service = (

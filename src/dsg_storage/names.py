@@ -110,6 +110,15 @@ def validate_repository(name: str) -> str:
     return name
 
 
+def validate_pool(name: str) -> str:
+    """Return ``name`` if it can name a pool; raise InvalidNameError otherwise."""
+    if not isinstance(name, str) or not _COMPONENT_RE.match(name) or " " in name:
+        raise InvalidNameError(f"{name!r} is not a pool name (letters, digits, '_', '-', '.', ':')")
+    if not name[0].isalpha() or _POOL_RESERVED.match(name):
+        raise InvalidNameError(f"{name!r} is not a valid pool name")
+    return name
+
+
 def pool_of(dataset: str) -> str:
     return dataset.split("/", 1)[0].split("@", 1)[0]
 

@@ -75,7 +75,16 @@ def test_the_zedlet_runs_the_queue_for_the_imported_pool(tmp_path: Path) -> None
     (script,) = [f for f in render([str(fake)], ENV) if f.name == ZEDLET]
     Path(path).write_text(script.content)
     out = subprocess.run([path], env={"ZEVENT_POOL": "tank"}, capture_output=True, text=True, check=True).stdout
-    assert out.splitlines() == ["queue flush --pool tank", "allow=tank/data queue=/var/lib/dsg-storage/queue.sqlite"]
+    assert out.splitlines() == [
+        "recover --pool tank",
+        "allow=tank/data queue=/var/lib/dsg-storage/queue.sqlite",
+        "queue flush --pool tank",
+        "allow=tank/data queue=/var/lib/dsg-storage/queue.sqlite",
+    ]
+    # a failed recovery does not keep the queue from running, and is the exit status
+    fake.write_text('#!/bin/sh\necho "$@"\n[ "$1" != recover ]\n')
+    ran = subprocess.run([path], env={"ZEVENT_POOL": "tank"}, capture_output=True, text=True, check=False)
+    assert ran.stdout.splitlines() == ["recover --pool tank", "queue flush --pool tank"] and ran.returncode == 1
     # without a pool (another event, a manual run) it does nothing
     assert subprocess.run([path], env={}, capture_output=True, text=True, check=True).stdout == ""
 

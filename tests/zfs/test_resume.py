@@ -172,3 +172,37 @@ def test_the_zedlet_run_as_zed_runs_it_on_the_import_event_applies_the_queue(own
     ran = subprocess.run([str(zedlet)], env=event_env, cwd="/", capture_output=True, text=True, check=False)
     assert ran.returncode == 0, ran.stderr
     assert_applied_by_the_hook(repo, env, cli, item_id, f"zedlet output: {ran.stdout} {ran.stderr}")
+
+
+def test_the_zedlet_puts_an_open_workspace_back_after_the_pool_is_imported(own_pool: str, tmp_path: Path) -> None:
+    """Explicit layout: ZFS does not mount a workspace at import (zoned=on); the zedlet's
+    ``recover --pool`` does, with nobody calling dsg-storage."""
+    zedlets = tmp_path / "zed.d"
+    env = {**os.environ, "DSG_STORAGE_LOCK_DIR": str(tmp_path / "locks")}
+    cli = [sys.executable, "-m", "dsg_storage", "--json", "--allow", own_pool]
+    assert run(*cli, "install-hooks", "--zedlet-dir", str(zedlets), env=env).returncode == 0
+    repo = Repository(f"{own_pool}/survey", allow=own_pool)
+    mnt = tmp_path / "survey"
+    with repo.begin(mountpoint=str(mnt), owner=OWNER, mode="0750") as tx:
+        Path(tx.path, "a.txt").write_text("committed")
+    tx = repo.begin()
+    Path(tx.path, "a.txt").write_text("open")
+    assert run("zpool", "export", own_pool).returncode == 0
+    imported = run("zpool", "import", "-d", str(tmp_path), own_pool)
+    assert imported.returncode == 0, imported.stderr
+    assert not os.path.ismount(tx.path)  # ZFS mounted the repository only
+    assert Path(mnt, "a.txt").read_text() == "committed"
+
+    (zedlet,) = zedlets.glob("pool_import-*.sh")
+    event_env = {"ZEVENT_POOL": own_pool, "ZEVENT_SUBCLASS": "pool_import", "PATH": ZED_PATH}
+    ran = subprocess.run([str(zedlet)], env=event_env, cwd="/", capture_output=True, text=True, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert f"{repo.name}: {tx.id}: open workspace remounted at {tx.path}" in ran.stdout.splitlines(), ran.stdout
+    assert os.path.ismount(tx.path) and Path(tx.path, "a.txt").read_text() == "open"
+    assert Path(mnt, "a.txt").read_text() == "committed"
+
+    again = run(*cli, "recover", "--pool", own_pool, env=env)  # nothing left to do
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"pool": own_pool, "repositories": [{"repository": repo.name, "actions": []}]}
+    repo.transaction(tx.id).commit("after the import")
+    assert Path(mnt, "a.txt").read_text() == "open"

@@ -287,6 +287,10 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
         return operations.run(args, allow, _emit, inv)
     if args.command == "status":
         return _status(args, allow, inv)
+    if args.command == "recover" and (args.recover_pool is None) == (args.repo is None):
+        raise InvalidArgumentError("recover: name a repository or give --pool POOL (not both)")
+    if args.command == "recover" and args.recover_pool is not None:
+        return _recover_pool(args, allow, inv)
     from ..core.repository import Repository
 
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
@@ -311,6 +315,42 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
         actions = repo.recover(abort_stale=args.abort_stale)
         _emit(args, {"repository": repo.name, "actions": actions}, "\n".join(actions) or "nothing to recover")
     return 0
+
+
+def _recover_pool(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
+    """``recover --pool``: each repository's actions (or its plan, with ``--dry-run``),
+    or its error; exits with the first error's status once all were tried."""
+    from ..core.pool import recover_pool, repositories_in
+    from ..core.repository import Repository
+    from ..zfs.boundary import open_zfs
+
+    zfs = open_zfs(allow)
+    results: list[dict[str, Any]] = []
+    lines: list[str] = []
+    errors: list[DsgStorageError] = []
+    if args.dry_run:
+        for name in repositories_in(zfs, args.recover_pool):
+            steps = Repository(name, zfs=zfs, policy=inv.policy).plan("recover")
+            results.append({"repository": name, "steps": steps})
+            lines += [f"{name}: {step}" for step in steps] or [f"{name}: nothing to do"]
+    else:
+        for done in recover_pool(args.recover_pool, zfs=zfs, policy=inv.policy):
+            entry: dict[str, Any] = {"repository": done.repository, "actions": list(done.actions)}
+            if done.error is not None:
+                entry["error"] = str(done.error)
+                errors.append(done.error)
+                print(f"dsg-storage: {done.repository}: {done.error}", file=sys.stderr)
+            results.append(entry)
+            lines += [f"{done.repository}: {action}" for action in done.actions]
+            if not done.actions and done.error is None:
+                lines.append(f"{done.repository}: nothing to recover")
+    pool = args.recover_pool
+    _emit(args, {"pool": pool, "repositories": results}, "\n".join(lines) or f"no allowed repository on {pool}")
+    return _exit_status(errors[0]) if errors else 0
+
+
+def _exit_status(exc: DsgStorageError) -> int:
+    return next((code for kinds, code in _EXIT_STATUS if isinstance(exc, kinds)), EXIT_ERROR)
 
 
 def _status(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
@@ -628,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, allow, inv)
     except DsgStorageError as exc:
         print(f"dsg-storage: {exc}", file=sys.stderr)
-        return next((code for kinds, code in _EXIT_STATUS if isinstance(exc, kinds)), EXIT_ERROR)
+        return _exit_status(exc)
     except FileNotFoundError as exc:  # a file asked of ls/stat/cat
         print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND

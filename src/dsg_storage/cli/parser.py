@@ -114,7 +114,13 @@ def _commit(p: argparse.ArgumentParser) -> None:
 
 
 def _recover(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repo")
+    p.add_argument("repo", nargs="?", help="the repository (or --pool)")
+    p.add_argument(
+        "--pool",
+        dest="recover_pool",
+        metavar="POOL",
+        help="every allowed repository of POOL instead, one after the other (after a reboot: the zedlet runs it)",
+    )
     p.add_argument(
         "--abort-stale",
         metavar="AGE",

@@ -1,0 +1,42 @@
+"""Which repositories ``recover --pool`` takes (pure: the fake pool)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsg_storage.core.pool import repositories_in
+from dsg_storage.errors import InvalidNameError
+from dsg_storage.names import P_OWNER
+from tests.fakes import FakeZfs
+
+TX = "20261202T040000Z-abcdef"
+
+
+def test_the_allowed_repositories_of_the_pool_and_those_known_by_a_temporary_dataset() -> None:
+    zfs = FakeZfs(allow=("tank/data",))
+    zfs.datasets = {
+        "tank": {},
+        "tank/data": {},
+        "tank/data/a": {P_OWNER: "0:0"},
+        "tank/data/a.dsg-ws-" + TX: {P_OWNER: "0:0"},
+        f"tank/data/b.dsg-init-{TX}": {P_OWNER: "0:0"},  # an init not committed yet
+        f"tank/data/c.dsg-recv-{TX}": {},  # a full import not finished
+        "tank/data/plain": {},  # not ours
+        "tank/other/d": {P_OWNER: "0:0"},  # not allowed
+    }
+    assert repositories_in(zfs, "tank") == ["tank/data/a", "tank/data/b", "tank/data/c"]
+    assert repositories_in(zfs, "vault") == []
+
+
+@pytest.mark.parametrize("bad", ["", "tank/data", "tank@x", "mirror", "1tank", "ta nk", "../x"])
+def test_a_bad_pool_name_is_refused_before_zfs_is_asked(bad: str) -> None:
+    with pytest.raises(InvalidNameError):
+        repositories_in(FakeZfs(), bad)
+
+
+@pytest.mark.parametrize("argv", [["recover"], ["recover", "tank/data/a", "--pool", "tank"]])
+def test_recover_takes_a_repository_or_a_pool(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from dsg_storage.cli.commands import EXIT_USAGE, main
+
+    assert main(["--allow", "tank", *argv]) == EXIT_USAGE
+    assert "name a repository or give --pool POOL" in capsys.readouterr().err
