@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from typing import Any
 
     from .core.options import Owner
+    from .core.pool import Recovered, recover_pool
     from .core.prune import PruneResult, mark_keep, prune
     from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
     from .core.repository import Repository, begin
@@ -132,6 +133,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ZfsError": (".errors", "ZfsError"),
     "ZfsUnavailableError": (".errors", "ZfsUnavailableError"),
     "Owner": (".core.options", "Owner"),
+    "Recovered": (".core.pool", "Recovered"),
+    "recover_pool": (".core.pool", "recover_pool"),
     "PruneResult": (".core.prune", "PruneResult"),
     "mark_keep": (".core.prune", "mark_keep"),
     "prune": (".core.prune", "prune"),
@@ -257,6 +260,7 @@ __all__ = [
     "ReadCache",
     "ReadOnlyError",
     "Reader",
+    "Recovered",
     "Repository",
     "RepositoryBusyError",
     "RepositoryInfo",
@@ -293,6 +297,7 @@ __all__ = [
     "prune",
     "read_lock",
     "read_lock_checked",
+    "recover_pool",
     "verify_bundle",
     "write_lock",
 ]
