@@ -1,9 +1,9 @@
 """What changes when the CLI runs through sudo (``SUDO_UID`` set).
 
 Deciding only: ``Invocation.from_environment`` says who invoked us and under which
-policy; the command code in ``commands`` asks it before acting. Without ``SUDO_UID`` it is
-``Invocation()``: no policy, and the CLI behaves exactly as before (flags and
-``DSG_STORAGE_*`` variables steer it), because the caller is root itself or a user
+policy; the command code in ``commands`` asks it before acting. Without ``SUDO_UID`` it
+returns ``invocation.Direct()`` instead, the other variant: no policy, and flags and
+``DSG_STORAGE_*`` variables steer the CLI, because the caller is root itself or a user
 without privileges of their own.
 
 Under sudo:
@@ -24,6 +24,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -32,6 +33,10 @@ from ..core.options import Owner
 from ..errors import InvalidArgumentError, NotAllowedError
 from ..policy import DEFAULT_PATH, EXAMPLE, Policy, PolicyError, invoker_from_env
 from ..zfs.allow import AllowList
+from .invocation import Direct
+
+if TYPE_CHECKING:
+    from .invocation import Caller
 
 log = logging.getLogger(__name__)
 IGNORED_PREFIX = "DSG_STORAGE_"
@@ -40,22 +45,23 @@ IGNORED = ("TMPDIR", "TMP", "TEMP")
 
 @attrs.frozen
 class Invocation:
-    """Who runs the command: ``invoker`` (the user behind sudo) and their ``policy``;
-    both None when not run through sudo."""
+    """Run through sudo: ``invoker`` (the user behind sudo), their ``policy``, and the
+    environment variables dropped (``ignored``)."""
 
-    invoker: Owner | None = None
-    policy: Policy | None = None
+    invoker: Owner
+    policy: Policy
     ignored: tuple[str, ...] = ()
+    sudo = True
 
     @classmethod
-    def from_environment(cls, environ: MutableMapping[str, str], *, policy_path: str | None = None) -> Invocation:
+    def from_environment(cls, environ: MutableMapping[str, str], *, policy_path: str | None = None) -> Caller:
         """Read ``SUDO_UID``/``SUDO_GID``; under sudo, drop the variables that would steer
         us (from ``environ`` itself, so nothing later reads them) and load the policy
-        (``policy_path``, default ``DEFAULT_PATH``)."""
+        (``policy_path``, default ``DEFAULT_PATH``). Not under sudo: ``Direct()``."""
         policy_path = policy_path or DEFAULT_PATH  # looked up now: the module's value at the call
         invoker = invoker_from_env(environ)
         if invoker is None:
-            return cls()
+            return Direct()
         ignored = tuple(sorted(k for k in environ if k.startswith(IGNORED_PREFIX) or k in IGNORED))
         for key in ignored:
             del environ[key]
@@ -71,29 +77,22 @@ class Invocation:
         return cls(invoker, policy, ignored)
 
     @property
-    def sudo(self) -> bool:
-        return self.invoker is not None
-
-    @property
     def signatures_required(self) -> bool:
         """The policy's ``[bundles] require_signed``: bundles and lock files must be signed."""
-        return self.policy is not None and self.policy.require_signed_bundles
+        return self.policy.require_signed_bundles
 
     def allow(self, caller: AllowList) -> AllowList:
-        """The allow-list in force: the caller's (and ``$DSG_STORAGE_ALLOW``) without sudo;
-        under sudo, the policy's, narrowed by ``--allow``."""
-        if self.policy is None:
-            return AllowList.from_env() | caller
+        """The policy's allow-list, narrowed by ``--allow`` (``$DSG_STORAGE_ALLOW`` was dropped)."""
         return self.policy.narrowed(caller).allow_list()
 
     def check_dataset(self, name: str | None) -> None:
-        if self.policy is not None and name:
+        if name:
             self.policy.check_dataset(name)
 
     def mountpoint(self, path: str | None) -> str | None:
-        """Under sudo: ``path`` must lie beneath the policy's directories, and its parent
-        must exist and be root's all the way up (``hostfs.check_mount_parent``)."""
-        if self.policy is None or path is None:
+        """``path`` must lie beneath the policy's directories, and its parent must exist
+        and be root's all the way up (``hostfs.check_mount_parent``)."""
+        if path is None:
             return path
         normal = self.policy.check_mountpoint(path)
         try:
@@ -106,37 +105,28 @@ class Invocation:
         return normal
 
     def owner(self, owner: str | None, *, creating: bool) -> str | None:
-        """Under sudo: the owner to give (default, when creating: the invoking user), checked."""
-        if self.policy is None:
-            return owner
+        """The owner to give (default, when creating: the invoking user), checked."""
         if owner is None:
             return str(self.invoker) if creating else None
         return str(self.policy.check_owner(owner))
 
     def output(self, path: str, *, force: bool) -> hostfs.OutputFile:
-        """The file to write for ``-o``: as today without sudo (replaced if it exists);
-        under sudo, checked against ``[output] under`` and written as the invoking user."""
-        if self.policy is None or self.invoker is None:
-            return hostfs.OutputFile(path)
+        """The file to write for ``-o``: checked against ``[output] under``, written as
+        the invoking user, replacing a file only with ``force``."""
         full = self.policy.check_output(path)
         return hostfs.OutputFile(full, replace=force, owner=(self.invoker.uid, self.invoker.gid))
 
     def cache_path(self, path: str | None) -> str | None:
-        if self.policy is None or path is None:
-            return path
-        return self.policy.check_output(path)
+        return None if path is None else self.policy.check_output(path)
 
     @property
     def cache_owner(self) -> tuple[int, int] | None:
-        return (self.invoker.uid, self.invoker.gid) if self.invoker is not None else None
+        return (self.invoker.uid, self.invoker.gid)
 
     @contextlib.contextmanager
     def input(self, path: str) -> Iterator[str]:
-        """A path to read ``path`` by: itself without sudo; under sudo, ``/proc/self/fd/N``
-        of a descriptor opened as the invoking user, so root reads only what they could."""
-        if self.invoker is None:
-            yield path
-            return
+        """A path to read ``path`` by: ``/proc/self/fd/N`` of a descriptor opened as the
+        invoking user, so root reads only what they could."""
         try:
             with hostfs.as_user(self.invoker.uid, self.invoker.gid):
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -154,5 +144,4 @@ class Invocation:
             os.close(fd)
 
     def refuse(self, what: str) -> None:
-        if self.sudo:
-            raise NotAllowedError(f"{what} is not available through sudo")
+        raise NotAllowedError(f"{what} is not available through sudo")
