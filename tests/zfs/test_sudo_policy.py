@@ -299,6 +299,27 @@ def test_properties_that_steer_root_are_checked_against_the_policy(box: Box) -> 
         policy.check_repository_props(box.dataset, props)
 
 
+def test_every_command_that_recovers_checks_the_pool_properties_first(box: Box) -> None:
+    """A recorded mountpoint outside the policy (a pool from elsewhere, a property set by
+    hand) is refused before root mounts anything there: by recover (of the repository
+    or of its pool) and by prune, which recover first."""
+    make_repo(box)
+    outside = BASE / f"outside-{box.leaf}"
+    outside.mkdir(exist_ok=True)
+    subprocess.run(["zfs", "unmount", box.dataset], check=True)  # recovery would mount it again
+    subprocess.run(["zfs", "set", f"dsg-storage:mountpoint={outside}", box.dataset], check=True)
+    try:
+        for args in (
+            ("recover", box.dataset),
+            ("--allow", box.dataset, "recover", "--pool", POOL),
+            ("prune", box.dataset, "--keep-last", "5"),
+        ):
+            refused(cli(*args), "dsg-storage:mountpoint")
+            assert not os.path.ismount(outside) and box.dataset not in zfs_mounts(), args
+    finally:
+        outside.rmdir()
+
+
 # ---------------------------------------------------------------------- hostfs on ZFS
 def test_mount_at_mounts_through_the_descriptor_not_the_path(box: Box) -> None:
     """The directory is swapped for a link to a root directory after it was opened: the

@@ -31,12 +31,12 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> 
         # caller's to write through sudo (the policy grants transactions on repositories).
         raise NotAllowedError(f"'{args.command}' is not available through sudo: run it as root")
     if args.command == "prune":
-        return _prune(args, allow, emit)
+        return _prune(args, allow, emit, inv)
     if args.command == "keep":
         from ..core.prune import mark_keep
         from ..core.repository import Repository
 
-        repo = Repository(args.repo, allow=allow)
+        repo = Repository(args.repo, allow=allow, policy=inv.policy)
         name = mark_keep(repo, args.commit, keep=not args.remove)
         emit(
             args,
@@ -51,14 +51,15 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> 
     return _cache(args, emit)
 
 
-def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
     from ..core.prune import prune, save_policy
     from ..core.repository import Repository
     from ..core.retention import Policy
 
     rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
     policy = Policy(**rules) if any(rules.values()) else None  # checked before any ZFS call
-    repo = Repository(args.repo, allow=allow)
+    # The sudo policy checks what recovery (prune's first step) reads from the pool.
+    repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.save_policy:
         if policy is None:
             raise InvalidArgumentError("--save-policy needs --keep-* rules to save")
