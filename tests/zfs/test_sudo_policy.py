@@ -320,6 +320,25 @@ def test_every_command_that_recovers_checks_the_pool_properties_first(box: Box) 
         outside.rmdir()
 
 
+def test_a_bundle_import_into_an_inherited_mountpoint_outside_the_policy_is_refused(box: Box) -> None:
+    """Without --mountpoint a full import takes the one inherited from the parent: read
+    from the pool, so checked against the policy like a recorded one."""
+    make_repo(box)
+    bundle = USER_OUT / f"{box.leaf}.dsgb"
+    assert cli("bundle", "export", box.dataset, "-o", str(bundle)).returncode == 0
+    parent, outside = f"{box.dataset}-parent", BASE / f"outside-{box.leaf}"
+    subprocess.run(["zfs", "create", "-o", f"mountpoint={outside}", parent], check=True)
+    try:
+        refused(cli("bundle", "import", str(bundle), "--into", f"{parent}/copy"), "dsg-storage:mountpoint")
+        assert not box.exists(f"{parent}/copy")
+        assert [d for d in zfs_mounts() if d.startswith(parent)] == [parent]  # nothing mounted below it
+    finally:
+        subprocess.run(["zfs", "destroy", "-r", parent], check=True)
+        bundle.unlink()
+        if outside.exists():  # zfs create made it; zfs destroy leaves it
+            outside.rmdir()
+
+
 # ---------------------------------------------------------------------- hostfs on ZFS
 def test_mount_at_mounts_through_the_descriptor_not_the_path(box: Box) -> None:
     """The directory is swapped for a link to a root directory after it was opened: the

@@ -485,6 +485,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, pa
             require_signature=args.require_signature or inv.signatures_required,
             audit_log=_audit_log(args),
             check_streams=args.check_streams,
+            policy=inv.policy,
         )
         signed = f", signed by {result.signer}" if result.signer else ""
         _emit(

@@ -92,6 +92,7 @@ from ..core.history import lineage
 from ..core.options import Owner, check_mountpoint, parse_mode
 from ..core.records import Phase
 from ..core.repository import Repository
+from ..core.status import PoolPropertyPolicy
 from ..core.view import observe
 from ..errors import (
     BundleError,
@@ -607,6 +608,7 @@ def import_bundle(
     require_signature: bool = False,
     audit_log: str | os.PathLike[str] = DEFAULT_AUDIT_LOG,
     check_streams: bool = False,
+    policy: PoolPropertyPolicy | None = None,
 ) -> ImportResult:
     """Receive a bundle into repository ``into``: a full bundle creates it (refused if it
     exists; ``mountpoint`` as for an init, required unless inherited), an incremental one
@@ -623,7 +625,10 @@ def import_bundle(
     applied. Received repositories carry ``setuid=off`` and ``devices=off``. Lands
     completely or not at all, also across a crash (see the module's docstring;
     ``recover`` finishes the cleanup after a crash). Appends the import and its result
-    (with how its streams were checked) to the audit log.
+    (with how its streams were checked) to the audit log. ``policy`` (the sudo policy,
+    as ``Repository`` takes it): what is read from the pool that steers root (the
+    repository's recorded mountpoint, owner and mode; an inherited mountpoint) is
+    checked against it before anything acts on it.
     """
     audit = AuditLog(os.fspath(audit_log))
     audit.check()
@@ -642,6 +647,7 @@ def import_bundle(
             allowed_signers,
             require_signature,
             check_streams,
+            policy,
             record,
         )
     except BaseException as exc:
@@ -664,6 +670,7 @@ def _import(
     allowed_signers: str | os.PathLike[str] | None,
     require_signature: bool,
     check_streams: bool,
+    policy: PoolPropertyPolicy | None,
     record: dict[str, Any],
 ) -> ImportResult:
     zfs = zfs if zfs is not None else open_zfs(allow)
@@ -686,7 +693,7 @@ def _import(
             source_repository=checked.metadata.repository,
             stream_check=stream_check.value,  # how the stream bytes were checked
         )
-        repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout)
+        repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout, policy=policy)
         with repository.exclusive():
             repository.recover()
             receive = functools.partial(_stream_parts, zfs, f, checked, stream_check, passes)
@@ -857,6 +864,8 @@ def _import_full(
     target = mountpoint or inherited
     if target is None:
         raise InvalidArgumentError(f"{into} would have no mountpoint: give one", dataset=into)
+    if repository.policy is not None:  # an inherited target was read from the pool
+        repository.policy.check_repository_props(into, {P_MOUNTPOINT: target})
     inherits = target == inherited  # as for transactions: no local mountpoint property then
     meta = checked.metadata
     temp = _names.receive_dataset(into, _names.new_tx_id())
