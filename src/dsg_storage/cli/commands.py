@@ -48,10 +48,11 @@ from ..errors import (
     TransactionNotFoundError,
 )
 
-# Start-up cost: `--version` never gets here (cli/__init__.py answers it); argparse and
-# logging come first, and every command imports what it uses inside its function, so
-# `queue stats` never loads libzfs_core, the bundle code or the core (see the README's
-# "Start-up cost"). Not typing.TYPE_CHECKING: see dsg_storage/__init__.py.
+# Start-up cost: `--version` never gets here (cli/__init__.py answers it); argparse comes
+# first, logging only with a first message (_log), and every command imports what it
+# uses inside its function, so `queue stats` never loads libzfs_core, the bundle code or
+# the core (see the README's "Start-up cost"). Not typing.TYPE_CHECKING: see
+# dsg_storage/__init__.py.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
@@ -267,10 +268,11 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
         raise ReadOnlyError(
             f"'{args.command}' changes the pool, and --offline access is read-only: nothing was changed"
         )
-    if args.command == "bundle":
-        return _run_bundle(args, allow, inv)
-    if args.command in ("lock", "verify"):
-        return _run_lock(args, allow, inv)
+    if args.command in ("bundle", "lock", "verify"):
+        from .. import _log
+
+        _log.configure_now()  # transfer/bundle.py logs through logging itself, not through _log
+        return _run_bundle(args, allow, inv) if args.command == "bundle" else _run_lock(args, allow, inv)
     if args.command == "demo":
         from ..zfs.allow import AllowList
         from .demo import DEMO_POOL, run_demo
@@ -652,12 +654,12 @@ def _snapshot(args: argparse.Namespace, repo: Repository) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit status (the module's docstring lists them)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    import logging
-
+    from .. import _log
     from .parser import parse
 
     args = parse(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    # Applied when the first message is logged: a command that logs nothing never imports logging.
+    _log.configure(level="DEBUG" if args.verbose else "WARNING", format="%(name)s: %(message)s")
     try:
         from ..zfs.allow import AllowList
         from .invocation import invocation

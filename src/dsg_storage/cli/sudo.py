@@ -20,7 +20,6 @@ Nothing here changes state; a crash leaves only what the command itself left.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 from collections.abc import Iterator, MutableMapping
@@ -38,7 +37,6 @@ from .invocation import Direct
 if TYPE_CHECKING:
     from .invocation import Caller
 
-log = logging.getLogger(__name__)
 IGNORED_PREFIX = "DSG_STORAGE_"
 IGNORED = ("TMPDIR", "TMP", "TEMP")
 

@@ -23,12 +23,12 @@ nothing.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from .. import _log
 from ..core.options import check_mountpoint
 from ..core.records import Commit, Pattern, PendingTransaction
 from ..core.repository import Repository
@@ -44,7 +44,7 @@ from ..zfs.allow import AllowList
 from ..zfs.boundary import Zfs, open_zfs
 from ..zfs.port import Batch
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 
 #: dsg's transaction id, on the temporary dataset of the transaction it began.
 P_DSG_TRANSACTION = prop("dsg-transaction")

@@ -14,7 +14,6 @@ the step it guards (channel-program batches). The states recovery handles are li
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .. import names
+from .. import _log, names
 from ..errors import (
     ConflictError,
     DsgStorageError,
@@ -52,7 +51,7 @@ from .view import PoolView, observe
 if TYPE_CHECKING:
     from ..queue import Queue
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 #: Recovery applies at most this many steps in one call (each a handful of actions); a
 #: pool that still needs more is reported rather than worked on forever.
 MAX_RECOVERY_STEPS = 64

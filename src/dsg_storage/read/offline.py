@@ -15,12 +15,12 @@ written to it); ``zpool export NAME`` (the name ``describe()`` showed) releases 
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import tempfile
 from collections.abc import Sequence
 
+from .. import _log
 from ..errors import DsgStorageError, PoolForeignError, PoolNotFoundError, PoolOpenError
 from ..zfs import zpool as _zpool
 from ..zfs.allow import AllowList
@@ -28,7 +28,7 @@ from ..zfs.boundary import open_zfs
 from .cache import ReadCache
 from .reader import CachedReader, Mode, Reader
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 
 
 def open_offline(

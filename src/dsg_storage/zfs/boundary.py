@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,6 +47,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from .. import _log
 from .. import names as _names
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
 from ..zfs.allow import AllowList
@@ -58,7 +58,7 @@ from .mounts import MOUNT_FLAG_PROPS
 from .port import Snapshot
 from .programs import Batch, BatchResult, u64
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 T = TypeVar("T")
 
 INSTALL_HINT = (

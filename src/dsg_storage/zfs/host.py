@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TypeVar
 
 import attrs
 
-from .. import hostfs
+from .. import _log, hostfs
 from ..errors import DatasetBusyError, ReadOnlyError
 from .allow import AllowList
 from .errors import from_errno
@@ -34,7 +33,7 @@ from .mounts import (
     zfs_mounts,
 )
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 T = TypeVar("T")
 
 

@@ -7,7 +7,6 @@ cache file, and never mount anything: the callers mount what they read, read-onl
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from .. import _log
 from ..errors import (
     InvalidArgumentError,
     PoolForeignError,
@@ -26,7 +26,7 @@ from ..errors import (
     ZfsUnavailableError,
 )
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 
 
 @attrs.frozen
