@@ -1,7 +1,8 @@
 """The fast paths stay fast: ``import dsg_storage`` and ``dsg-storage --version`` load
 neither the ZFS bindings nor the core, the bundle code or prometheus_client (nor, for
-``--version``, argparse or typing); ``queue stats`` needs no ZFS and no attrs either, and
-``status`` none of the transaction machinery (benchmarks/bench_cli.py times them)."""
+``--version``, argparse or typing); ``queue stats`` and ``queue list`` need no ZFS and
+no attrs either, and ``status`` none of the transaction machinery; none of them imports logging while it logs nothing (benchmarks/bench_cli.py
+times them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import dsg_storage
 
@@ -61,10 +64,17 @@ def test_version_loads_nothing_heavy(tmp_path: Path) -> None:
     } & modules == set()
 
 
-def test_queue_stats_loads_no_zfs_code(tmp_path: Path) -> None:
-    modules = loaded_after("from dsg_storage.cli import main\nassert main(['queue', 'stats']) == 0", tmp_path)
+@pytest.mark.parametrize("action", ["stats", "list"])
+def test_queue_stats_and_list_load_no_zfs_code(tmp_path: Path, action: str) -> None:
+    modules = loaded_after(f"from dsg_storage.cli import main\nassert main(['queue', '{action}']) == 0", tmp_path)
     assert heavy(modules) == []
-    assert {"attrs", "typing", "dsg_storage.cli.sudo", "dsg_storage.policy"} & modules == set()
+    assert {
+        "attrs",
+        "typing",
+        "logging",
+        "dsg_storage.cli.sudo",
+        "dsg_storage.policy",
+    } & modules == set()
 
 
 def test_status_loads_no_transaction_code(tmp_path: Path) -> None:
@@ -81,6 +91,7 @@ def test_status_loads_no_transaction_code(tmp_path: Path) -> None:
         "dsg_storage.queue",
         "tenacity",
         "sqlite3",
+        "logging",
     } & modules == set()
 
 

@@ -268,11 +268,10 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
         raise ReadOnlyError(
             f"'{args.command}' changes the pool, and --offline access is read-only: nothing was changed"
         )
-    if args.command in ("bundle", "lock", "verify"):
-        from .. import _log
-
-        _log.configure_now()  # transfer/bundle.py logs through logging itself, not through _log
-        return _run_bundle(args, allow, inv) if args.command == "bundle" else _run_lock(args, allow, inv)
+    if args.command == "bundle":
+        return _run_bundle(args, allow, inv)
+    if args.command in ("lock", "verify"):
+        return _run_lock(args, allow, inv)
     if args.command == "demo":
         from ..zfs.allow import AllowList
         from .demo import DEMO_POOL, run_demo

@@ -72,7 +72,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import logging
 import os
 import stat
 import sys
@@ -85,6 +84,7 @@ from typing import Any, Self
 
 import attrs
 
+from .. import _log
 from .. import names as _names
 from .._libc import libc
 from .._version import __version__
@@ -127,7 +127,7 @@ from .lockfile import LockDiff, LockedCommit, LockFile
 from .metadata import BundleMetadata
 from .signing import Signature
 
-log = logging.getLogger("dsg_storage")
+log = _log.getLogger("dsg_storage")
 SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
 DEFAULT_MODE = 0o755
 _DIGEST_PIECE = 1 << 20
