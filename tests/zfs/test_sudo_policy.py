@@ -326,6 +326,7 @@ def test_a_bundle_import_into_an_inherited_mountpoint_outside_the_policy_is_refu
     make_repo(box)
     bundle = USER_OUT / f"{box.leaf}.dsgb"
     assert cli("bundle", "export", box.dataset, "-o", str(bundle)).returncode == 0
+    os.chown(bundle, 0, 0)  # a bundle its importer could change meanwhile is refused (as root imports it)
     parent, outside = f"{box.dataset}-parent", BASE / f"outside-{box.leaf}"
     subprocess.run(["zfs", "create", "-o", f"mountpoint={outside}", parent], check=True)
     try:
