@@ -411,6 +411,27 @@ def private_path(path: str | os.PathLike[str], *, narrow: bool = True) -> str:
     return full
 
 
+#: Where root keeps a private copy of a file it must read unchanged (``private_copy``):
+#: the FHS's place for large temporary files, on disk (``/tmp`` may be memory).
+COPY_DIR = "/var/tmp"
+
+
+@contextlib.contextmanager
+def private_copy(fd: int, directory: str = COPY_DIR) -> Iterator[int]:
+    """A descriptor of a copy of the regular file ``fd`` that only this process can
+    change: an unnamed file (``O_TMPFILE``, mode 0600) in ``directory``, copied by the
+    kernel (``sendfile``), gone when closed. Costs one write of the whole file there."""
+    copy = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        offset = 0
+        while sent := os.sendfile(copy, fd, offset, 1 << 30):
+            offset += sent
+        os.lseek(copy, 0, os.SEEK_SET)
+        yield copy
+    finally:
+        os.close(copy)
+
+
 # ---------------------------------------------------------------------- the invoking user
 @contextlib.contextmanager
 def as_user(uid: int, gid: int) -> Iterator[None]:

@@ -289,3 +289,18 @@ def test_a_planted_link_at_a_repository_lock_is_refused(tmp_path: Path, monkeypa
     with pytest.raises(UnsafePathError), repository_lock("tank/b"):
         pass
     assert victim.read_text() == "x"
+
+
+def test_a_private_copy_is_unnamed_ours_and_does_not_follow_the_original(tmp_path: Path) -> None:
+    original = tmp_path / "bundle.dsgb"
+    original.write_bytes(b"checked bytes" * 1000)
+    fd = os.open(original, os.O_RDONLY)
+    try:
+        with hostfs.private_copy(fd, str(tmp_path)) as copy:
+            original.write_bytes(b"swapped")  # what its owner could do meanwhile
+            st = os.fstat(copy)
+            assert st.st_nlink == 0 and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
+            assert os.read(copy, 1 << 20) == b"checked bytes" * 1000
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.dsgb"]
+    finally:
+        os.close(fd)

@@ -320,19 +320,27 @@ def test_every_command_that_recovers_checks_the_pool_properties_first(box: Box) 
         outside.rmdir()
 
 
-def test_a_bundle_import_into_an_inherited_mountpoint_outside_the_policy_is_refused(box: Box) -> None:
-    """Without --mountpoint a full import takes the one inherited from the parent: read
-    from the pool, so checked against the policy like a recorded one."""
-    make_repo(box)
+def test_the_invoking_users_own_bundle_imports_from_roots_copy_within_the_policy(box: Box) -> None:
+    """Their own file they could change while root imports it: root imports a private
+    copy. Without --mountpoint a full import takes the one inherited from the parent:
+    read from the pool, so checked against the policy like a recorded one."""
+    make_repo(box, {"a.txt": "alpha\n"})
     bundle = USER_OUT / f"{box.leaf}.dsgb"
     assert cli("bundle", "export", box.dataset, "-o", str(bundle)).returncode == 0
-    os.chown(bundle, 0, 0)  # a bundle its importer could change meanwhile is refused (as root imports it)
+    assert bundle.stat().st_uid == USER
     parent, outside = f"{box.dataset}-parent", BASE / f"outside-{box.leaf}"
     subprocess.run(["zfs", "create", "-o", f"mountpoint={outside}", parent], check=True)
     try:
         refused(cli("bundle", "import", str(bundle), "--into", f"{parent}/copy"), "dsg-storage:mountpoint")
         assert not box.exists(f"{parent}/copy")
         assert [d for d in zfs_mounts() if d.startswith(parent)] == [parent]  # nothing mounted below it
+
+        into, mnt = f"{parent}/inside", MNT / f"{box.leaf}-copy"
+        done = cli("--json", "bundle", "import", str(bundle), "--into", into, "--mountpoint", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["owner"] == f"{USER}:{USER}"
+        assert (mnt / "a.txt").read_text() == "alpha\n" and zfs_mounts()[into] == [str(mnt)]
+        assert list(Path("/var/tmp").glob("*.dsgb")) == []  # the copy had no name and is gone
     finally:
         subprocess.run(["zfs", "destroy", "-r", parent], check=True)
         bundle.unlink()

@@ -425,7 +425,8 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
             "\n".join(describe_bundle(exported)),
         )
         return 0
-    with inv.input(args.file) as path:
+    # Imported from root's own copy when the file is not root's (sudo.Invocation.input).
+    with inv.input(args.file, private=args.bundle_command == "import" and not getattr(args, "dry_run", False)) as path:
         return _run_bundle_file(args, allow, inv, path)
 
 

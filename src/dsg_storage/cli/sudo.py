@@ -122,9 +122,11 @@ class Invocation:
         return (self.invoker.uid, self.invoker.gid)
 
     @contextlib.contextmanager
-    def input(self, path: str) -> Iterator[str]:
+    def input(self, path: str, *, private: bool = False) -> Iterator[str]:
         """A path to read ``path`` by: ``/proc/self/fd/N`` of a descriptor opened as the
-        invoking user, so root reads only what they could."""
+        invoking user, so root reads only what they could. ``private`` (a bundle to
+        import): a file that is not root's is read from root's own copy
+        (``hostfs.private_copy``), since its owner could change it while root imports it."""
         try:
             with hostfs.as_user(self.invoker.uid, self.invoker.gid):
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -137,7 +139,11 @@ class Invocation:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or worse
                 raise InvalidArgumentError(f"{path} is not a regular file")
-            yield f"/proc/self/fd/{fd}"
+            if private and os.fstat(fd).st_uid != 0:
+                with hostfs.private_copy(fd) as copy:
+                    yield f"/proc/self/fd/{copy}"
+            else:
+                yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
 
