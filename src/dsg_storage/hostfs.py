@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 from ._libc import libc
-from .errors import InvalidArgumentError, UnsafePathError
+from .errors import DsgStorageError, InvalidArgumentError, UnsafePathError
 
 SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table unification)
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x01, 0x02, 0x04, 0x08
@@ -421,11 +421,20 @@ def private_copy(fd: int, directory: str = COPY_DIR) -> Iterator[int]:
     """A descriptor of a copy of the regular file ``fd`` that only this process can
     change: an unnamed file (``O_TMPFILE``, mode 0600) in ``directory``, copied by the
     kernel (``sendfile``), gone when closed. Costs one write of the whole file there."""
-    copy = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        copy = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DsgStorageError(f"cannot make a private copy in {directory}: {exc.strerror}") from None
     try:
         offset = 0
-        while sent := os.sendfile(copy, fd, offset, 1 << 30):
-            offset += sent
+        try:
+            while sent := os.sendfile(copy, fd, offset, 1 << 30):
+                offset += sent
+        except OSError as exc:  # e.g. ENOSPC: the copy needs the file's size there
+            raise DsgStorageError(
+                f"cannot make a private copy in {directory}: {exc.strerror} after {offset:,} bytes",
+                hint=f"free space in {directory}",
+            ) from None
         os.lseek(copy, 0, os.SEEK_SET)
         yield copy
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import hostfs
-from dsg_storage.errors import UnsafePathError
+from dsg_storage.errors import DsgStorageError, UnsafePathError
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="ownership cases need root (they run in CI as root)")
@@ -302,5 +302,16 @@ def test_a_private_copy_is_unnamed_ours_and_does_not_follow_the_original(tmp_pat
             assert st.st_nlink == 0 and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
             assert os.read(copy, 1 << 20) == b"checked bytes" * 1000
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.dsgb"]
+    finally:
+        os.close(fd)
+
+
+def test_a_private_copy_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # sendfile cannot read a directory
+    try:
+        for directory in (str(tmp_path), "/nonexistent"):
+            with pytest.raises(DsgStorageError, match=f"cannot make a private copy in {directory}"):  # noqa: SIM117
+                with hostfs.private_copy(fd, directory):
+                    pass
     finally:
         os.close(fd)
