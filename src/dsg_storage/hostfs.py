@@ -418,9 +418,9 @@ COPY_DIR = "/var/tmp"
 
 @contextlib.contextmanager
 def private_copy(fd: int, directory: str = COPY_DIR) -> Iterator[int]:
-    """A descriptor of a copy of the regular file ``fd`` that only this process can
-    change: an unnamed file (``O_TMPFILE``, mode 0600) in ``directory``, copied by the
-    kernel (``sendfile``), gone when closed. Costs one write of the whole file there."""
+    """A read-only descriptor of a copy of the regular file ``fd`` that only this process
+    could change: an unnamed file (``O_TMPFILE``, mode 0600) in ``directory``, copied by
+    the kernel (``sendfile``), gone when closed. Costs one write of the whole file there."""
     try:
         copy = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -435,7 +435,11 @@ def private_copy(fd: int, directory: str = COPY_DIR) -> Iterator[int]:
                 f"cannot make a private copy in {directory}: {exc.strerror} after {offset:,} bytes",
                 hint=f"free space in {directory}",
             ) from None
-        os.lseek(copy, 0, os.SEEK_SET)
+        # Read-only from here on: with no writer left, a read lease can be had on it (the
+        # importer's check that nobody is writing), and the copy lives as long as this.
+        reader = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
+        os.close(copy)
+        copy = reader
         yield copy
     finally:
         os.close(copy)

@@ -3,6 +3,7 @@ for the ownership cases; each case runs through openat2 and through the O_NOFOLL
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -301,6 +302,10 @@ def test_a_private_copy_is_unnamed_ours_and_does_not_follow_the_original(tmp_pat
             st = os.fstat(copy)
             assert st.st_nlink == 0 and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
             assert os.read(copy, 1 << 20) == b"checked bytes" * 1000
+            with pytest.raises(OSError):
+                os.write(copy, b"x")  # read-only: and with no writer left, a read lease can be had
+            fcntl.fcntl(copy, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            fcntl.fcntl(copy, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.dsgb"]
     finally:
         os.close(fd)
