@@ -92,7 +92,11 @@ def zfs_problem() -> str | None:
 
 def _require_zfs(config: pytest.Config) -> None:
     if _PROBLEM not in config.stash:
-        config.stash[_PROBLEM] = zfs_problem()
+        # Asked once per worker and kept, so asked holding the pool shared: a test that has
+        # it alone may have exported it for a moment (a worker that ran only unit tests
+        # so far asks first in the middle of the run).
+        with pool_access(exclusive=False, lock_dir=_lock_dir(config)):
+            config.stash[_PROBLEM] = zfs_problem()
     problem = config.stash[_PROBLEM]
     if problem:
         pytest.fail(f"real-ZFS tests cannot run: {problem}; {HOW_TO_RUN}.", pytrace=False)
