@@ -94,7 +94,7 @@ def validate_repository(name: str) -> str:
             "(allowed: letters, digits, '_', '-', '.', ':', space)"
         )
     pool = components[0]
-    if not pool[0].isalpha() or _POOL_RESERVED.match(pool):
+    if not _pool_name_allowed(pool):
         raise InvalidNameError(f"repository {name!r}: {pool!r} is not a valid pool name")
     if len(components) == 1:
         raise InvalidNameError(f"repository {name!r} is a pool's root dataset; use a dataset below it")
@@ -114,9 +114,14 @@ def validate_pool(name: str) -> str:
     """Return ``name`` if it can name a pool; raise InvalidNameError otherwise."""
     if not isinstance(name, str) or not _COMPONENT_RE.match(name) or " " in name:
         raise InvalidNameError(f"{name!r} is not a pool name (letters, digits, '_', '-', '.', ':')")
-    if not name[0].isalpha() or _POOL_RESERVED.match(name):
+    if not _pool_name_allowed(name):
         raise InvalidNameError(f"{name!r} is not a valid pool name")
     return name
+
+
+def _pool_name_allowed(pool: str) -> bool:
+    """ZFS's rule beyond the characters: a letter first, and no vdev keyword."""
+    return pool[0].isalpha() and not _POOL_RESERVED.match(pool)
 
 
 def pool_of(dataset: str) -> str:

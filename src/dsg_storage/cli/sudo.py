@@ -137,9 +137,10 @@ class Invocation:
         except OSError as exc:
             raise InvalidArgumentError(f"{path}: {exc.strerror}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or worse
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or worse
                 raise InvalidArgumentError(f"{path} is not a regular file")
-            if private and os.fstat(fd).st_uid != 0:
+            if private and st.st_uid != 0:
                 with hostfs.private_copy(fd) as copy:
                     yield f"/proc/self/fd/{copy}"
             else:

@@ -17,6 +17,7 @@ import attrs
 from .. import names
 from ..names import P_COMMIT_SNAPSHOT, P_IMPORT, P_STATE, P_TX
 from ..zfs.port import ZfsPort
+from ..zfs.programs import on_off
 from .records import Phase, Record
 
 
@@ -48,8 +49,7 @@ class PoolView:
         """Whether ``dataset`` has ``zoned=on`` of its own (so ZFS does not mount it at
         boot): a temporary dataset with the repository's mountpoint, or a bundle import
         not finished (docs/archive/0012)."""
-        # A channel program reports an index property as its name or its number.
-        return str((self.family.get(dataset) or {}).get("zoned")) in ("on", "1")
+        return on_off((self.family.get(dataset) or {}).get("zoned")) == "on"
 
     def mounted_at(self, dataset: str) -> tuple[str, ...]:
         return self.mounts.get(dataset, ())

@@ -115,7 +115,7 @@ from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs, zfs_version
 from ..zfs.errors import DatasetChangedError
 from ..zfs.port import Batch, Snapshot, ZfsPort
-from ..zfs.programs import u64
+from ..zfs.programs import on_off, u64
 from . import format as _bundle_format
 from . import lockfile as _lockfile
 from . import metadata as _metadata
@@ -960,7 +960,7 @@ def _import_incremental(
             # After the receive, so a refused bundle leaves them as they were; before the
             # author's content is ever mounted. Usually there is nothing to set: the
             # repository came from a full import.
-            unsafe = {prop: off for prop, off in SAFE_PROPS.items() if str(head.get(prop)) not in (off, "0")}
+            unsafe = {prop: off for prop, off in SAFE_PROPS.items() if on_off(head.get(prop)) != off}
             if unsafe:
                 zfs.set_native_props(into, unsafe)
             done = _snapshot_props(Batch(), into, meta).set(into, new_head)

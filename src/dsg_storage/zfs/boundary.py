@@ -422,8 +422,7 @@ class Zfs:
             return 0
         flags = 0
         for prop, (value, flag) in MOUNT_FLAG_PROPS.items():
-            # A channel program reports an index property as its name or its number.
-            if str(props.get(prop)) in (value, "0" if value == "off" else "1"):
+            if programs.on_off(props.get(prop)) == value:
                 flags |= flag
         return flags
 

@@ -18,6 +18,12 @@ def u64(value: int) -> int:
     return int(value) & 0xFFFFFFFFFFFFFFFF
 
 
+def on_off(value: object) -> str:
+    """An on/off property as a channel program reports it, by name or by number
+    (``on``/``1``, ``off``/``0``), as its name; anything else (absent: None) as text."""
+    return {"1": "on", "0": "off"}.get(str(value), str(value))
+
+
 def decode(value: Any) -> Any:
     """Channel-program results come back as nested dicts of bytes: make them str."""
     if isinstance(value, bytes):
