@@ -207,16 +207,18 @@ class Policy:
             self.caller.check(dataset)
 
     def allow_list(self) -> AllowList:
-        """The datasets both allow, as an AllowList for code that takes one."""
+        """The datasets both allow, as an AllowList for code that takes one; it carries
+        this policy as its ``places`` rule, so every mount and chown made through a
+        boundary built from it is checked by ``check_place``."""
         if self.caller is None:
-            return self.datasets
+            return AllowList(self.datasets.prefixes, places=self)
         narrowed = [p for p in self.caller.prefixes if self.datasets.allows(p)]
         narrowed += [p for p in self.datasets.prefixes if self.caller.allows(p) and p not in narrowed]
-        return AllowList(tuple(narrowed))
+        return AllowList(tuple(narrowed), places=self)
 
     def check_mountpoint(self, path: str, *, what: str = "mountpoint") -> str:
         """The normalized ``path``, which must lie strictly beneath a ``[mountpoints] under``
-        directory. (Links and foreign parents are checked when mounting: hostfs.)"""
+        directory: the text only (``check_place`` also looks at the directories)."""
         normal = check_mountpoint(path)
         if not _beneath(normal, self.mountpoints_under):
             raise NotAllowedError(
@@ -224,6 +226,34 @@ class Policy:
                 f"({', '.join(self.mountpoints_under) or 'none'})",
                 hint="ask the administrator to add a directory to [mountpoints] under",
             )
+        return normal
+
+    def check_place(self, path: str, *, what: str = "mountpoint") -> str:
+        """The one rule for every path root mounts on, sets as a mountpoint or gives an
+        owner, whatever it came from (a flag, a mountpoint inherited from a parent, a
+        property read from the pool, a recorded path in recovery): beneath
+        ``[mountpoints] under`` (``check_mountpoint``), and every directory from ``/`` to
+        its parent existing, root's, writable by nobody else and reached without a
+        symbolic link (``hostfs.check_mount_parent``). Then nobody but root can swap the
+        path for a link, now or at the next boot's ``zfs mount -a``. Returns the
+        normalized path; NotAllowedError (UnsafePathError for a link or a foreign
+        directory) otherwise. Reads only: nothing changes."""
+        normal = self.check_mountpoint(path, what=what)
+        try:
+            fd, _ = hostfs.check_mount_parent(normal)
+        except FileNotFoundError:
+            raise NotAllowedError(
+                f"{what} {normal}: the directory above it does not exist",
+                hint="ask the administrator to create it (owned by root, not writable by others)",
+            ) from None
+        except UnsafePathError as exc:
+            raise UnsafePathError(
+                f"{what} {normal} is refused: {exc.message}; a user who can change a directory on the way "
+                "could redirect root's mount there (now, or at the next boot's 'zfs mount -a')",
+                hint="directories that hold mountpoints must be root's all the way up; "
+                "nest a repository in a root-owned directory, not inside another user's",
+            ) from None
+        os.close(fd)
         return normal
 
     def check_owner(self, owner: Owner | str | tuple[int, int]) -> Owner:
@@ -257,13 +287,15 @@ class Policy:
 def check_repository_props(
     props: Mapping[str, str], *, policy: Policy | None = None, dataset: str | None = None
 ) -> None:
-    """Validate ``dsg-storage:path``, ``:mountpoint``, ``:owner``, ``:mode`` as read from a
-    pool before acting on them: well formed always (InvalidArgumentError naming the
-    property), and with ``policy`` also inside it (NotAllowedError). Absent ones are skipped."""
+    """Validate ``dsg-storage:path``, ``:mountpoint``, ``:owner``, ``:mode`` and the native
+    ``mountpoint`` (a path; inherited ones included) as read from a pool before acting on
+    them: well formed always (InvalidArgumentError naming the property), and with
+    ``policy`` also inside it, directories included (``Policy.check_place``:
+    NotAllowedError). Absent ones are skipped."""
     where = f" of {dataset}" if dataset else ""
-    for key in (prop("path"), prop("mountpoint")):
+    for key in (prop("path"), prop("mountpoint"), "mountpoint"):
         value = props.get(key)
-        if value is None:
+        if value is None or (key == "mountpoint" and not _placed_by_us(props, value, policy)):
             continue
         try:
             normal = check_mountpoint(value)
@@ -271,9 +303,11 @@ def check_repository_props(
             raise InvalidArgumentError(f"property {key}{where} is unusable: {exc.message}", dataset=dataset) from None
         if policy is not None:
             try:
-                policy.check_mountpoint(normal, what=f"property {key}{where}:")
+                policy.check_place(normal, what=f"property {key}{where}:")
             except NotAllowedError as exc:
-                raise NotAllowedError(exc.message, dataset=dataset, hint="the pool's properties were changed") from None
+                raise type(exc)(
+                    exc.message, dataset=dataset, hint=exc.hint or "the pool's properties were changed"
+                ) from None
     owner = props.get(prop("owner"))
     if owner is not None:
         try:
@@ -291,6 +325,12 @@ def check_repository_props(
             parse_mode(mode)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"property {prop('mode')}{where} is unusable: {exc.message}") from None
+
+
+def _placed_by_us(props: Mapping[str, str], native: str, policy: Policy | None) -> bool:
+    """Whether the native ``mountpoint`` is one root will act on: a path, on a dataset
+    dsg-storage places (it records an owner), checked only against a policy."""
+    return policy is not None and native.startswith("/") and prop("owner") in props
 
 
 def invoker_from_env(environ: Mapping[str, str]) -> Owner | None:

@@ -9,7 +9,7 @@ import pytest
 
 from dsg_storage import AllowList
 from dsg_storage.core.options import Owner
-from dsg_storage.errors import InvalidArgumentError, NotAllowedError
+from dsg_storage.errors import InvalidArgumentError, NotAllowedError, UnsafePathError
 from dsg_storage.policy import EXAMPLE, Policy, PolicyError, check_repository_props, invoker_from_env
 
 ALICE = Owner(1000, 1000)
@@ -84,8 +84,9 @@ def test_datasets_are_checked_and_the_caller_can_only_narrow(policy: Policy) -> 
         narrowed.check_dataset("tank/data/other")
     with pytest.raises(NotAllowedError):
         narrowed.check_dataset("tank/etc")  # the caller cannot widen
-    assert narrowed.allow_list() == AllowList(("tank/data/survey",))
-    assert policy.narrowed(AllowList()).allow_list() == policy.datasets
+    assert narrowed.allow_list().prefixes == ("tank/data/survey",)
+    assert policy.narrowed(AllowList()).allow_list().prefixes == policy.datasets.prefixes
+    assert narrowed.allow_list().places is narrowed  # every boundary built from it checks mounts
 
 
 @pytest.mark.parametrize("path", ["/etc", "/srv/repos", "/srv/reposx/a", "/srv/repos/../etc", "/"])
@@ -115,22 +116,18 @@ def test_output_paths(policy: Policy) -> None:
         policy.check_output("/home/alice/../bob/x")
 
 
-def test_repository_props_from_a_pool_are_checked(policy: Policy) -> None:
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the file-safety cases chown files to root and others")
+
+
+def test_repository_props_are_well_formed_without_a_policy() -> None:
     good = {
         "dsg-storage:path": "/srv/repos/survey.dsg-tx-1",
         "dsg-storage:mountpoint": "/srv/repos/survey",
         "dsg-storage:owner": "1000:1000",
         "dsg-storage:mode": "0750",
+        "mountpoint": "/anywhere/at/all",  # root acts on it only through a policy's rule
     }
-    policy.check_repository_props("tank/data/survey", good)
     check_repository_props(good)
-    for key, value in [
-        ("dsg-storage:mountpoint", "/etc"),
-        ("dsg-storage:path", "/root/.ssh"),
-        ("dsg-storage:owner", "0:0"),
-    ]:
-        with pytest.raises(NotAllowedError, match=key):
-            policy.check_repository_props("tank/data/survey", {**good, key: value})
     for key, value in [
         ("dsg-storage:mountpoint", "relative"),
         ("dsg-storage:path", "/srv/repos/../../etc"),
@@ -141,14 +138,67 @@ def test_repository_props_from_a_pool_are_checked(policy: Policy) -> None:
             check_repository_props({**good, key: value})
 
 
+@pytest.fixture
+def repos(tmp_path: Path) -> Path:
+    """A root-owned directory for mountpoints, as an administrator makes /srv/repos."""
+    tmp_path.chmod(0o755)
+    (tmp_path / "repos").mkdir(mode=0o755)
+    return tmp_path / "repos"
+
+
+def policy_under(repos: Path) -> Policy:
+    return Policy.parse(TEXT.replace('"/srv/repos"', f'"{repos}"'), source="/etc/p.toml", invoker=ALICE)
+
+
+def test_repository_props_from_a_pool_are_checked(repos: Path) -> None:
+    policy = policy_under(repos)
+    good = {
+        "dsg-storage:path": f"{repos}/survey.dsg-tx-1",
+        "dsg-storage:mountpoint": f"{repos}/survey",
+        "dsg-storage:owner": "1000:1000",
+        "dsg-storage:mode": "0750",
+        "mountpoint": f"{repos}/survey",
+    }
+    policy.check_repository_props("tank/data/survey", good)
+    for key, value in [
+        ("dsg-storage:mountpoint", "/etc"),
+        ("dsg-storage:path", "/root/.ssh"),
+        ("dsg-storage:owner", "0:0"),
+        ("mountpoint", "/etc/cron.d"),  # the native one, inherited or set by hand
+    ]:
+        with pytest.raises(NotAllowedError, match=key):
+            policy.check_repository_props("tank/data/survey", {**good, key: value})
+
+
+@needs_root
+def test_one_rule_for_every_place_root_mounts(repos: Path) -> None:
+    """Beneath [mountpoints] under, and the parent root's all the way up, with no link:
+    a user's own repository (or a link they planted in it) is no place for root's mount."""
+    policy = policy_under(repos)
+    assert policy.check_place(f"{repos}/survey/") == f"{repos}/survey"
+    alice = repos / "alice"  # the root of alice's own repository: hers to change
+    alice.mkdir()
+    os.chown(alice, ALICE.uid, ALICE.gid)
+    with pytest.raises(UnsafePathError, match="root's all the way up"):
+        policy.check_place(f"{alice}/sub")
+    (repos / "etc-link").symlink_to("/etc")
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        policy.check_place(f"{repos}/etc-link/cron.d")
+    with pytest.raises(NotAllowedError, match="does not exist"):
+        policy.check_place(f"{repos}/missing/sub")
+    with pytest.raises(NotAllowedError, match="outside"):
+        policy.check_place("/etc/cron.d")
+    # the allow-list the boundary is built from carries the same rule
+    with pytest.raises(UnsafePathError):
+        policy.allow_list().check_place(f"{alice}/sub")
+    assert AllowList(("tank",)).check_place(f"{alice}/sub") == f"{alice}/sub"  # no policy: root's own business
+
+
 def test_invoker_from_env() -> None:
     assert invoker_from_env({}) is None
     assert invoker_from_env({"SUDO_UID": "1000", "SUDO_GID": "1000"}) == ALICE
     with pytest.raises(PolicyError):
         invoker_from_env({"SUDO_UID": "1000; rm", "SUDO_GID": "1"})
-
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the file-safety cases chown files to root and others")
 
 
 @needs_root

@@ -348,6 +348,40 @@ def test_the_invoking_users_own_bundle_imports_from_roots_copy_within_the_policy
             outside.rmdir()
 
 
+def test_an_import_into_the_callers_own_repository_is_refused_before_anything_changes(
+    box: Box, exclusive_pool: None
+) -> None:
+    """Issue #23: a child of the caller's repository inherits a mountpoint inside a
+    directory the caller owns (the repository's root), where they can plant a link to a
+    system directory. With or without the link, the import is refused while nothing has
+    happened: no dataset is received, so the next `zfs mount -a` (a boot, a `zpool
+    import`) has nothing to follow the link with. A begin there is refused the same way."""
+    make_repo(box, {"a.txt": "alpha\n"})
+    bundle = USER_OUT / f"{box.leaf}.dsgb"
+    assert cli("bundle", "export", box.dataset, "-o", str(bundle)).returncode == 0
+    standin = BASE / f"standin-etc-{box.leaf}"  # root's, as /etc is
+    standin.mkdir(mode=0o755)
+    into = f"{box.dataset}/sub"
+    try:
+        for planted in (False, True):
+            if planted:
+                link = box.mnt / "sub"
+                link.symlink_to(standin)
+                os.lchown(link, USER, USER)
+            refused(cli("bundle", "import", str(bundle), "--into", into), f"owned by uid {USER}")
+            refused(cli("begin", into), f"owned by uid {USER}")
+            listed = subprocess.run(
+                ["zfs", "list", "-H", "-o", "name", "-r", box.dataset], check=True, capture_output=True, text=True
+            )
+            assert listed.stdout.split() == [box.dataset], planted  # no received or temporary dataset
+            subprocess.run(["zfs", "mount", "-a"], check=True)
+            assert list(standin.iterdir()) == [] and not os.path.ismount(standin), planted
+            assert (box.mnt / "a.txt").read_text() == "alpha\n" and zfs_mounts()[box.dataset] == [str(box.mnt)]
+    finally:
+        bundle.unlink()
+        standin.rmdir()
+
+
 # ---------------------------------------------------------------------- hostfs on ZFS
 def test_mount_at_mounts_through_the_descriptor_not_the_path(box: Box) -> None:
     """The directory is swapped for a link to a root directory after it was opened: the

@@ -88,19 +88,9 @@ class Invocation:
             self.policy.check_dataset(name)
 
     def mountpoint(self, path: str | None) -> str | None:
-        """``path`` must lie beneath the policy's directories, and its parent must exist
-        and be root's all the way up (``hostfs.check_mount_parent``)."""
-        if path is None:
-            return path
-        normal = self.policy.check_mountpoint(path)
-        try:
-            fd, _ = hostfs.check_mount_parent(normal)
-        except FileNotFoundError:
-            raise NotAllowedError(
-                f"the directory above mountpoint {normal} does not exist", hint="ask the administrator to create it"
-            ) from None
-        os.close(fd)
-        return normal
+        """``path`` as ``Policy.check_place`` accepts it: beneath the policy's directories,
+        its parent existing and root's all the way up, with no link."""
+        return None if path is None else self.policy.check_place(path)
 
     def owner(self, owner: str | None, *, creating: bool) -> str | None:
         """The owner to give (default, when creating: the invoking user), checked."""

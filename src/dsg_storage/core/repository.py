@@ -360,6 +360,10 @@ class Repository:
                 )
             pattern = pattern_for(view)
             record = new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
+            # Also before any change: where root will mount and chown (an inherited
+            # mountpoint is the parent's, read from the pool), by the one rule.
+            self.zfs.allow.check_place(record.mountpoint)
+            self.zfs.allow.check_place(record.path, what="workspace path")
             assert self._lock is not None  # held: exclusive()
             # The pool records the transaction as open from its first sync task on; until
             # begin's last step the lock file says it is not finished (see ``core.lock``).

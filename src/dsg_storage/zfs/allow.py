@@ -8,6 +8,13 @@ import os
 TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Protocol
+
+    class PlaceRule(Protocol):
+        """Where root may mount, chown or set a mountpoint (``Policy.check_place``)."""
+
+        def check_place(self, path: str, *, what: str = "mountpoint") -> str: ...
+
 
 from ..errors import InvalidNameError, NotAllowedError
 
@@ -22,9 +29,15 @@ class AllowList:
 
     An entry ``tank`` allows every dataset of pool ``tank``; ``tank/data`` allows
     ``tank/data`` and everything below it (not ``tank/database``).
+
+    ``places`` (through sudo: the policy) also confines where root acts on the host's
+    filesystem for these datasets: every mount, mountpoint, owner and mode goes through
+    ``check_place`` (``zfs.host.Guard``), so code that builds the boundary from this
+    allow-list cannot forget it. None: the caller is root itself, or unprivileged.
     """
 
     prefixes: tuple[str, ...] = ()
+    places: PlaceRule | None = None
 
     @classmethod
     def parse(cls, text: str | Iterable[str] | None) -> AllowList:
@@ -52,7 +65,9 @@ class AllowList:
         return cls.parse(os.environ.get(ENV_VAR))
 
     def __or__(self, other: AllowList) -> AllowList:
-        return AllowList(self.prefixes + tuple(p for p in other.prefixes if p not in self.prefixes))
+        return AllowList(
+            self.prefixes + tuple(p for p in other.prefixes if p not in self.prefixes), self.places or other.places
+        )
 
     def allows(self, dataset: str) -> bool:
         filesystem = dataset.split("@", 1)[0].split("#", 1)[0]
@@ -67,3 +82,8 @@ class AllowList:
                 dataset=dataset,
                 hint=f"allow it with --allow POOL[/PREFIX] or {ENV_VAR}",
             )
+
+    def check_place(self, path: str, *, what: str = "mountpoint") -> str:
+        """``path`` as the rule accepts it (normalized), or NotAllowedError; without a
+        rule every path is the caller's own business."""
+        return path if self.places is None else self.places.check_place(path, what=what)

@@ -409,6 +409,8 @@ class Zfs:
         set). ``-u``: the properties only, never a (re)mount (a ``mountpoint`` among
         them is set as ``set_mountpoint`` sets it)."""
         self.guard.check(dataset)
+        if str(props.get("mountpoint", "none")).startswith("/"):
+            self.guard.check_place(props["mountpoint"])
         self._zfs_command("set", "-u", *(f"{key}={value}" for key, value in props.items()), dataset)
         self.steps.done("set", dataset, syncs=True)
 

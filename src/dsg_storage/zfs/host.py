@@ -74,6 +74,11 @@ class Guard:
     allow: AllowList
     read_only: bool = False
 
+    def check_place(self, path: str, *, what: str = "mountpoint") -> None:
+        """Where root is about to mount, or give an owner: the allow-list's rule
+        (through sudo, the policy's directories and root-owned parents, no link)."""
+        self.allow.check_place(path, what=what)
+
     def check(self, *datasets: str) -> None:
         if self.read_only:
             first = datasets[0] if datasets else None
@@ -150,6 +155,7 @@ class Host:
     def mount(self, dataset: str, path: str) -> None:
         """Mount ``dataset`` at ``path`` (created if missing) unless it is mounted there already."""
         self.guard.check(dataset)
+        self.guard.check_place(path)
         if path in zfs_mounts().get(dataset, []):
             return
         # Reached without following a link and mounted on through its descriptor: a path
@@ -280,6 +286,7 @@ class Host:
     # ------------------------------------------------------------------ directories
     def make_dir(self, path: str) -> None:
         """Create ``path`` as a mount directory, if missing (never through a link)."""
+        self.guard.check_place(path)
         with self._parent(path) as (parent_fd, name):
             if _exists_at(parent_fd, name):
                 return
@@ -308,6 +315,7 @@ class Host:
         descriptor checked to be that root (never a link, never a directory inside it);
         touch nothing that is already right (a needless chown would change the
         directory's ctime, which would look like a change to it)."""
+        self.guard.check_place(path)
         with self._parent(path) as (parent_fd, name):
             root = hostfs.open_mounted_root(parent_fd, name, dataset)
             try:
