@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 from ._libc import libc
-from .errors import DsgStorageError, InvalidArgumentError, UnsafePathError
+from .errors import DsgStorageError, InvalidArgumentError, NotAllowedError, UnsafePathError
 
 SYS_OPENAT2 = 437  # the same number on every architecture (added after the syscall table unification)
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH = 0x01, 0x02, 0x04, 0x08
@@ -416,11 +416,48 @@ def private_path(path: str | os.PathLike[str], *, narrow: bool = True) -> str:
 COPY_DIR = "/var/tmp"
 
 
+#: Free space a private copy leaves in its directory, at the least: others use it too.
+COPY_MARGIN = 256 << 20
+
+
+def _has_hole(fd: int, size: int) -> bool:
+    """Whether the file has a hole (``SEEK_HOLE`` before its end): a sparse file costs its
+    owner nothing, and would cost root its whole size written out."""
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) < size
+    except OSError:  # a filesystem without SEEK_HOLE support reports no holes
+        return False
+
+
 @contextlib.contextmanager
-def private_copy(fd: int, directory: str = COPY_DIR) -> Iterator[int]:
+def private_copy(fd: int, directory: str = COPY_DIR, *, max_size: int | None = None) -> Iterator[int]:
     """A read-only descriptor of a copy of the regular file ``fd`` that only this process
     could change: an unnamed file (``O_TMPFILE``, mode 0600) in ``directory``, copied by
-    the kernel (``sendfile``), gone when closed. Costs one write of the whole file there."""
+    the kernel (``sendfile``), gone when closed. Costs one write of the whole file there.
+
+    Bounded before a byte is written: a file larger than ``max_size``, a sparse file, or
+    one that would leave less than ``COPY_MARGIN`` free in ``directory`` is refused
+    (NotAllowedError / DsgStorageError); the copy stops at the size ``fstat`` gave, and
+    a file that shrinks meanwhile is refused. After a crash nothing is left (unnamed)."""
+    size = os.fstat(fd).st_size
+    if max_size is not None and size > max_size:
+        raise NotAllowedError(
+            f"the file is {size:,} bytes, larger than the {max_size:,} allowed",
+            hint="ask the administrator to raise [bundles] max_size in the policy",
+        )
+    if _has_hole(fd, size):
+        raise InvalidArgumentError("the file is sparse (it has holes): a bundle never has any")
+    try:
+        vfs = os.statvfs(directory)
+    except OSError as exc:
+        raise DsgStorageError(f"cannot make a private copy in {directory}: {exc.strerror}") from None
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < size + COPY_MARGIN:
+        raise DsgStorageError(
+            f"cannot make a private copy in {directory}: {size:,} bytes needed, {free:,} free "
+            f"(and {COPY_MARGIN:,} left for others)",
+            hint=f"free space in {directory}",
+        )
     try:
         copy = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -428,13 +465,15 @@ def private_copy(fd: int, directory: str = COPY_DIR) -> Iterator[int]:
     try:
         offset = 0
         try:
-            while sent := os.sendfile(copy, fd, offset, 1 << 30):
+            while offset < size and (sent := os.sendfile(copy, fd, offset, min(1 << 30, size - offset))):
                 offset += sent
         except OSError as exc:  # e.g. ENOSPC: the copy needs the file's size there
             raise DsgStorageError(
                 f"cannot make a private copy in {directory}: {exc.strerror} after {offset:,} bytes",
                 hint=f"free space in {directory}",
             ) from None
+        if offset < size:
+            raise InvalidArgumentError(f"the file shrank from {size:,} to {offset:,} bytes while it was copied")
         # Read-only from here on: with no writer left, a read lease can be had on it (the
         # importer's check that nobody is writing), and the copy lives as long as this.
         reader = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
@@ -550,6 +589,14 @@ class OutputFile:
             self._partial = ""
             os.fsync(self._dirfd)
         self.close()
+
+    def remove_beside(self, suffix: str) -> None:
+        """Remove ``NAME + suffix`` (a stale ``.sig``) from the directory opened by
+        ``open``, as the owner: never by path again, never through a link."""
+        name = posixpath.basename(self.path) + suffix
+        _single(name)
+        with self._as_owner(), contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self._dirfd)
 
     def discard(self) -> None:
         """Remove the temporary file (after a failure)."""

@@ -13,6 +13,8 @@ trusted to limit it. The limits come from ``/etc/dsg-storage/policy.toml`` inste
     allow = ["invoker"]              # "invoker": the user who ran sudo; or "UID:GID"
     [bundles]
     require_signed = false           # read by bundle import
+    allowed_signers = "/etc/dsg-storage/allowed_signers"  # root's: whose signatures count
+    max_size = 107374182400          # bytes: a larger bundle of the caller's is refused
     [output]
     under = ["/home", "/srv/export"] # where -o / --cache files may be written
 
@@ -49,7 +51,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "datasets": {"allow": list},
     "mountpoints": {"under": list},
     "owners": {"allow": list},
-    "bundles": {"require_signed": bool},
+    "bundles": {"require_signed": bool, "allowed_signers": str, "max_size": int},
     "output": {"under": list},
 }
 EXAMPLE = """\
@@ -84,6 +86,21 @@ def _dirs(value: list[Any], where: str, *, root_ok: bool) -> tuple[str, ...]:
     return tuple(dirs)
 
 
+def _signers(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_mountpoint(value)  # an absolute, normalized path with no '..'
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"[bundles] allowed_signers: {exc.message}") from None
+
+
+def _size(value: int | None, where: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not 0 < value < 1 << 63):
+        raise InvalidArgumentError(f"{where} must be a positive number of bytes")
+    return value
+
+
 def _beneath(path: str, under: tuple[str, ...]) -> bool:
     return any(path.startswith(u.rstrip("/") + "/") for u in under)
 
@@ -99,6 +116,8 @@ class Policy:
     owners: tuple[Owner, ...] = ()
     require_signed_bundles: bool = False
     output_under: tuple[str, ...] = ()
+    allowed_signers: str | None = None
+    max_bundle_size: int | None = None
     invoker: Owner | None = None
     caller: AllowList | None = None
 
@@ -148,6 +167,8 @@ class Policy:
             mountpoints_under=_dirs(section["mountpoints"].get("under", []), "[mountpoints] under", root_ok=False),
             owners=tuple(owners),
             require_signed_bundles=section["bundles"].get("require_signed", False),
+            allowed_signers=_signers(section["bundles"].get("allowed_signers")),
+            max_bundle_size=_size(section["bundles"].get("max_size"), "[bundles] max_size"),
             output_under=_dirs(section["output"].get("under", []), "[output] under", root_ok=True),
             invoker=invoker,
         )
@@ -157,30 +178,8 @@ class Policy:
         """Read the policy at ``path``, refusing it (PolicyError) unless the file and every
         directory above it are root's and writable by nobody else, with no link on the way.
         A missing file raises FileNotFoundError."""
-        parent, name = posixpath.split(hostfs._absolute(path))
-        try:
-            dirfd = hostfs.open_dir(parent, trusted_uids=(0,))
-        except UnsafePathError as exc:
-            raise PolicyError(f"policy file {path} cannot be trusted: {exc}") from None
-        try:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirfd)
-            except OSError as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                raise PolicyError(f"policy file {path} cannot be opened: {exc.strerror} (a symbolic link?)") from None
-        finally:
-            os.close(dirfd)
+        fd = _open_roots_file(path, "policy file", PolicyError)
         with os.fdopen(fd, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise PolicyError(f"policy file {path} is not a regular file")
-            if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise PolicyError(
-                    f"policy file {path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
-                    "it must be root's and writable by nobody else",
-                    hint=f"chown root:root {path}; chmod 0644 {path}",
-                )
             data = handle.read(MAX_SIZE + 1)
         if len(data) > MAX_SIZE:
             raise PolicyError(f"policy file {path} is larger than {MAX_SIZE} bytes")
@@ -189,6 +188,24 @@ class Policy:
         except UnicodeDecodeError:
             raise PolicyError(f"policy file {path} is not UTF-8 text") from None
         return cls.parse(text, source=path, invoker=invoker)
+
+    def signers_file(self, given: str | os.PathLike[str] | None = None) -> str | None:
+        """The allowed-signers file signatures are checked against through sudo: the one
+        ``[bundles] allowed_signers`` names, checked as the policy file is (root's, with
+        every directory above it, writable by nobody else, no link). ``given`` (the
+        caller's ``--allowed-signers``) may only name that same file. None: none set."""
+        if given is not None and (
+            self.allowed_signers is None or hostfs._absolute(os.fspath(given)) != self.allowed_signers
+        ):
+            raise NotAllowedError(
+                f"--allowed-signers {os.fspath(given)} is not the file {self.source} names "
+                f"({self.allowed_signers or 'none'}): root trusts only the policy's",
+                hint="give no --allowed-signers, or ask the administrator to set [bundles] allowed_signers",
+            )
+        if self.allowed_signers is None:
+            return None
+        os.close(_open_roots_file(self.allowed_signers, "allowed-signers file", PolicyError))
+        return self.allowed_signers
 
     def narrowed(self, caller: AllowList) -> Policy:
         """This policy, further limited to ``caller``'s allow-list when it names anything."""
@@ -331,6 +348,39 @@ def _placed_by_us(props: Mapping[str, str], native: str, policy: Policy | None) 
     """Whether the native ``mountpoint`` is one root will act on: a path, on a dataset
     dsg-storage places (it records an owner), checked only against a policy."""
     return policy is not None and native.startswith("/") and prop("owner") in props
+
+
+def _open_roots_file(path: str, what: str, error: type[PolicyError]) -> int:
+    """A descriptor of the regular file ``path``, refused (``error``) unless it and every
+    directory above it are root's and writable by nobody else, reached without a link.
+    A missing file raises FileNotFoundError."""
+    parent, name = posixpath.split(hostfs._absolute(path))
+    try:
+        dirfd = hostfs.open_dir(parent, trusted_uids=(0,))
+    except UnsafePathError as exc:
+        raise error(f"{what} {path} cannot be trusted: {exc}") from None
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirfd)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise error(f"{what} {path} cannot be opened: {exc.strerror} (a symbolic link?)") from None
+    finally:
+        os.close(dirfd)
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"{what} {path} is not a regular file"
+    elif st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = (
+            f"{what} {path} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
+            "it must be root's and writable by nobody else"
+        )
+    if problem is not None:
+        os.close(fd)
+        raise error(problem, hint=f"chown root:root {path}; chmod 0644 {path}")
+    return fd
 
 
 def invoker_from_env(environ: Mapping[str, str]) -> Owner | None:

@@ -36,8 +36,9 @@ def test_without_sudo_the_command_line_uses_the_direct_variant(monkeypatch: pyte
     assert not inv.sudo and inv.policy is None and inv.ignored == () and not inv.signatures_required
     assert inv.owner("0:0", creating=True) == "0:0" and inv.mountpoint("/etc") == "/etc"
     assert inv.allow(AllowList.parse("tank/b")).prefixes == ("tank/a", "tank/b")
-    with inv.input("/etc/hostname") as path:
-        assert path == "/etc/hostname"
+    with inv.input("/etc/hostname") as given:
+        assert given.path == "/etc/hostname" and given.source is None
+    assert inv.signers("/home/me/allowed_signers") == "/home/me/allowed_signers"
 
 
 def test_under_sudo_every_command_needs_the_policy_file(

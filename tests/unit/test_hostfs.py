@@ -320,3 +320,58 @@ def test_a_private_copy_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> 
                     pass
     finally:
         os.close(fd)
+
+
+def test_a_private_copy_is_bounded_before_a_byte_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #23: a sparse file costs its owner nothing and root its whole size; a file
+    over the policy's size, or one that would fill the directory, is refused at once."""
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    sparse = tmp_path / "sparse.dsgb"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 30)
+    dense = tmp_path / "dense.dsgb"
+    dense.write_bytes(b"x" * 100_000)
+    for path, limit, refusal in (
+        (sparse, None, "sparse"),
+        (dense, 99_999, "larger than the 99,999 allowed"),
+    ):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(DsgStorageError, match=refusal):  # noqa: SIM117
+                with hostfs.private_copy(fd, str(copies), max_size=limit):
+                    pass
+        finally:
+            os.close(fd)
+    fd = os.open(dense, os.O_RDONLY)
+    try:
+        with hostfs.private_copy(fd, str(copies), max_size=100_000) as copy:
+            assert os.pread(copy, 200_000, 0) == b"x" * 100_000
+        monkeypatch.setattr(hostfs, "COPY_MARGIN", 1 << 62)  # more than any disk has free
+        with pytest.raises(DsgStorageError, match="free"):  # noqa: SIM117
+            with hostfs.private_copy(fd, str(copies)):
+                pass
+    finally:
+        os.close(fd)
+    assert list(copies.iterdir()) == []  # nothing named was ever left
+
+
+def test_an_output_removes_its_stale_signature_in_the_directory_it_checked(tmp_path: Path) -> None:
+    """Issue #23: root removed OUTPUT.sig by path, so a caller who swapped the directory
+    for a link after the output was opened could have root delete any ``*.sig``."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    (other / "b.dsgb.sig").write_text("someone else's")
+    (mine / "b.dsgb.sig").write_text("stale")
+    out = hostfs.OutputFile(mine / "b.dsgb")
+    out.open()
+    try:
+        moved = tmp_path / "moved"
+        mine.rename(moved)
+        mine.symlink_to(other)  # swapped after the check
+        out.remove_beside(".sig")
+    finally:
+        out.discard()
+    assert (other / "b.dsgb.sig").read_text() == "someone else's"
+    assert not (moved / "b.dsgb.sig").exists()

@@ -228,3 +228,32 @@ def test_load_accepts_only_a_roots_file_writable_by_nobody_else(tmp_path: Path) 
     os.chown(theirs, 65534, 65534)
     with pytest.raises(PolicyError, match="cannot be trusted"):
         Policy.load(str(theirs / "policy.toml"))
+
+
+def test_bundle_limits_and_signers_are_parsed_strictly() -> None:
+    text = TEXT.replace(
+        "[bundles]\n", '[bundles]\nallowed_signers = "/etc/dsg-storage/allowed_signers"\nmax_size = 1048576\n'
+    )
+    policy = Policy.parse(text, source="p.toml", invoker=ALICE)
+    assert policy.allowed_signers == "/etc/dsg-storage/allowed_signers" and policy.max_bundle_size == 1 << 20
+    for bad in ("max_size = 0", "max_size = true", "max_size = -1", 'allowed_signers = "rel"'):
+        with pytest.raises(PolicyError, match=r"\[bundles\]"):
+            Policy.parse(TEXT.replace("[bundles]\n", f"[bundles]\n{bad}\n"), source="p.toml", invoker=ALICE)
+
+
+@needs_root
+def test_only_the_policys_allowed_signers_file_counts(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("alice@office ssh-ed25519 AAAA\n")
+    signers.chmod(0o644)
+    policy = Policy.parse(
+        TEXT.replace("[bundles]\n", f'[bundles]\nallowed_signers = "{signers}"\n'), source="p.toml", invoker=ALICE
+    )
+    assert policy.signers_file(None) == policy.signers_file(str(signers)) == str(signers)
+    with pytest.raises(NotAllowedError, match=str(signers)):
+        policy.signers_file(str(tmp_path / "mine"))
+    os.chown(signers, ALICE.uid, ALICE.gid)  # the caller's file is no trust anchor
+    with pytest.raises(PolicyError, match="root's"):
+        policy.signers_file(None)
+    assert Policy.parse(TEXT, source="p.toml").signers_file(None) is None

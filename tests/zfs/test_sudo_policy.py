@@ -12,6 +12,7 @@ CLI never reads it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -38,6 +39,9 @@ BASE = Path("/var/tmp/dsg-sudo-policy")
 MNT, OUT = BASE / "mnt", BASE / "out"
 USER_MNT, USER_OUT = MNT / f"u{USER}", OUT / f"u{USER}"
 VICTIM = BASE / "victim"  # a root file that must never change
+SIGNERS = "/etc/dsg-storage/allowed_signers"  # root's: whose signatures root trusts
+MAX_BUNDLE = 8 << 20  # the largest bundle of the caller's that root copies
+AUDIT_LOG = Path("/var/log/dsg-storage/audit.log")  # the only one through sudo
 POLICY = f"""\
 version = 1
 [datasets]
@@ -48,6 +52,9 @@ under = ["{MNT}"]
 allow = ["invoker"]
 [output]
 under = ["{OUT}"]
+[bundles]
+allowed_signers = "{SIGNERS}"
+max_size = {MAX_BUNDLE}
 """
 
 
@@ -380,6 +387,128 @@ def test_an_import_into_the_callers_own_repository_is_refused_before_anything_ch
     finally:
         bundle.unlink()
         standin.rmdir()
+
+
+def exported_by_the_caller(box: Box, files: dict[str, str | bytes]) -> Path:
+    """A committed repository with ``files``, exported through sudo into a file of the caller's."""
+    begun = cli("--json", "begin", box.dataset, "--mountpoint", str(box.mnt))
+    assert begun.returncode == 0, begun.stderr
+    tx = json.loads(begun.stdout)
+    for rel, content in files.items():
+        target = Path(tx["path"], rel)
+        target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
+    assert cli("commit", box.dataset, tx["tx"]).returncode == 0
+    bundle = USER_OUT / f"{box.leaf}.dsgb"
+    done = cli("bundle", "export", box.dataset, "-o", str(bundle))
+    assert done.returncode == 0, done.stderr
+    return bundle
+
+
+def test_roots_private_copy_is_bounded_and_made_only_of_a_bundle(box: Box) -> None:
+    """Issue #23: the caller's file is checked on their own descriptor before root copies
+    it, and the copy is bounded: a file that is not a bundle, a sparse one (free for the
+    caller, its whole size for root) and one over the policy's max_size are refused
+    before anything changes, and the import still works for one that is none of these."""
+    bundle = exported_by_the_caller(box, {"a.bin": os.urandom(256 << 10)})
+    into, mnt = f"{box.dataset}-copy", MNT / f"{box.leaf}-copy"
+    args = ("bundle", "import", "--into", into, "--mountpoint", str(mnt))
+
+    def import_(path: Path) -> subprocess.CompletedProcess[str]:
+        return cli(*args[:2], str(path), *args[2:])
+
+    zeros = USER_OUT / f"{box.leaf}-zeros.dsgb"  # 20 MiB that are not a bundle: never copied
+    with open(zeros, "wb") as f:
+        f.writelines(bytes(1 << 20) for _ in range(20))
+    os.chown(zeros, USER, USER)
+    result = import_(zeros)
+    assert result.returncode == 9 and "larger than" not in result.stderr, result.stderr  # its ends, first
+
+    holed = USER_OUT / f"{box.leaf}-holed.dsgb"
+    subprocess.run(["cp", "--sparse=never", str(bundle), str(holed)], check=True)
+    subprocess.run(["fallocate", "--punch-hole", "--offset", "65536", "--length", "65536", str(holed)], check=True)
+    os.chown(holed, USER, USER)
+    refused_bad = import_(holed)
+    assert refused_bad.returncode == 2 and "sparse" in refused_bad.stderr, refused_bad.stderr
+    assert not box.exists(into) and not mnt.exists()
+
+    assert import_(bundle).returncode == 0
+    assert (mnt / "a.bin").stat().st_size == 256 << 10
+    for path in (zeros, holed, bundle):
+        path.unlink()
+
+
+def test_a_bundle_over_the_policys_max_size_is_refused_before_it_is_copied(box: Box) -> None:
+    bundle = exported_by_the_caller(box, {"big.bin": os.urandom(MAX_BUNDLE + (1 << 20))})
+    into = f"{box.dataset}-copy"
+    refused(
+        cli("bundle", "import", str(bundle), "--into", into, "--mountpoint", str(MNT / f"{box.leaf}-c")), "max_size"
+    )
+    assert not box.exists(into)
+    bundle.unlink()
+
+
+def test_signed_bundles_work_through_sudo_with_the_policys_signers(box: Box, tmp_path: Path) -> None:
+    """The README's signed sudo example, as written: the caller's FILE.sig is read as the
+    caller beside their bundle, checked against the allowed-signers file the policy names
+    (root's); another --allowed-signers is refused. The audit line names the caller's
+    path, the file's identity and the sha256 of what was imported."""
+    make_repo(box, {"a.txt": "alpha\n"})
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f", str(key)], check=True)
+    signers = Path(SIGNERS)
+    signers.write_text(f'alice@office namespaces="dsg-storage" {key.with_suffix(".pub").read_text()}')
+    signers.chmod(0o644)
+    bundle, lock = USER_OUT / f"{box.leaf}.dsgb", USER_OUT / f"{box.leaf}.lock"
+    for made in (
+        cli("bundle", "export", box.dataset, "-o", str(bundle), "--sign", str(key), sudo=False),
+        cli("lock", box.dataset, "-o", str(lock), "--sign", str(key), sudo=False),
+    ):
+        assert made.returncode == 0, made.stderr
+    for path in (bundle, Path(f"{bundle}.sig"), lock, Path(f"{lock}.sig")):
+        os.chown(path, USER, USER)  # the caller's own files, as if they had copied them in
+    into, mnt = f"{box.dataset}-copy", MNT / f"{box.leaf}-copy"
+    signed = ("--allowed-signers", SIGNERS, "--require-signature")
+    try:
+        verified = cli("--json", "bundle", "verify", str(bundle), *signed)
+        assert verified.returncode == 0 and json.loads(verified.stdout)["signer"] == "alice@office", verified.stderr
+        matched = cli("--json", "verify", "--lock", str(lock), box.dataset, *signed)
+        assert matched.returncode == 0 and json.loads(matched.stdout)["signer"] == "alice@office", matched.stderr
+        other = tmp_path / "mine"
+        other.write_text(signers.read_text())
+        refused(cli("bundle", "verify", str(bundle), "--allowed-signers", str(other)), SIGNERS)
+
+        imported = cli("--json", "bundle", "import", str(bundle), "--into", into, "--mountpoint", str(mnt), *signed)
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout)["signer"] == "alice@office"
+        assert (mnt / "a.txt").read_text() == "alpha\n"
+        line = json.loads(AUDIT_LOG.read_text().splitlines()[-1])
+        st = bundle.stat()
+        assert line["file"] == str(bundle) and line["into"] == into and line["result"] == "ok"
+        assert line["source"] == {"device": st.st_dev, "inode": st.st_ino, "size": st.st_size}
+        assert line["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+
+        Path(f"{bundle}.sig").unlink()  # unsigned now: the policy's require_signed stance still holds
+        unsigned = cli("bundle", "import", str(bundle), "--into", f"{into}2", "--mountpoint", str(mnt) + "2", *signed)
+        assert unsigned.returncode == 9 and f"no {bundle}.sig" in unsigned.stderr, unsigned.stderr
+        assert not box.exists(f"{into}2")
+    finally:
+        signers.unlink()
+        for path in (bundle, lock, Path(f"{lock}.sig")):
+            path.unlink(missing_ok=True)
+
+
+def test_an_export_through_sudo_removes_the_callers_stale_signature(box: Box) -> None:
+    """A stale OUTPUT.sig would not match the new bundle: removed, as the caller, through
+    the output's checked directory (``OutputFile.remove_beside``; the race of a swapped
+    directory is shown in tests/unit/test_hostfs.py)."""
+    make_repo(box)
+    bundle = USER_OUT / f"{box.leaf}.dsgb"
+    stale = Path(f"{bundle}.sig")
+    stale.write_text("stale")
+    os.chown(stale, USER, USER)
+    assert cli("bundle", "export", box.dataset, "-o", str(bundle)).returncode == 0
+    assert not stale.exists() and bundle.stat().st_uid == USER
+    bundle.unlink()
 
 
 # ---------------------------------------------------------------------- hostfs on ZFS

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from ..transfer.format import BundleInfo
     from ..transfer.signing import Signature
     from ..zfs.allow import AllowList
-    from .invocation import Caller
+    from .invocation import Caller, Input
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ALLOWED, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4, 5
 EXIT_IN_PROGRESS, EXIT_CONFLICT, EXIT_READ_ONLY, EXIT_BAD_FILE, EXIT_MISMATCH = 6, 7, 8, 9, 10
@@ -241,10 +241,10 @@ def _check_sudo(args: argparse.Namespace, inv: Caller) -> None:
     if args.command == "repos" and not args.under:
         raise InvalidArgumentError("say under which dataset to list repositories")
     # Files root would read or write by a path the caller names: a key root signs with
-    # (its own, say), the trust anchors of signatures, an audit log anywhere.
+    # (its own, say), an audit log anywhere. (The trust anchors of signatures: only the
+    # policy's, Invocation.signers.)
     for flag, given in (
         ("--sign", getattr(args, "sign", None)),
-        ("--allowed-signers", getattr(args, "allowed_signers", None)),
         ("--audit-log", getattr(args, "audit_log", None) not in (None, _default_audit_log())),  # given, not the default
     ):
         if given:
@@ -425,18 +425,24 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
             "\n".join(describe_bundle(exported)),
         )
         return 0
-    # Imported from root's own copy when the file is not root's (sudo.Invocation.input).
-    with inv.input(args.file, private=args.bundle_command == "import" and not getattr(args, "dry_run", False)) as path:
-        return _run_bundle_file(args, allow, inv, path)
+    from ..transfer.bundle import inspect_bundle
+
+    # Imported from root's own copy when the file is not root's (sudo.Invocation.input),
+    # made only once its ends read as a bundle's.
+    private = args.bundle_command == "import" and not getattr(args, "dry_run", False)
+    with inv.input(args.file, private=private, check=inspect_bundle) as given:
+        return _run_bundle_file(args, allow, inv, given)
 
 
-def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, path: str) -> int:
+def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, given: Input) -> int:
     import attrs
 
     from ..transfer.bundle import check_bundle, describe_signature, import_bundle, inspect_bundle, write_progress
     from ..transfer.bundle import describe as describe_bundle
 
     action = args.bundle_command
+    path, source = given.path, given.source
+    signers = inv.signers(args.allowed_signers) if action != "inspect" else None
     if action == "inspect":
         info = inspect_bundle(path)
         _emit(args, _bundle_json(args.file, info), "\n".join(describe_bundle(info)))
@@ -444,8 +450,9 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, pa
         checked = check_bundle(
             path,
             progress=None if args.json else write_progress(label="verify"),
-            allowed_signers=args.allowed_signers,
+            allowed_signers=signers,
             require_signature=args.require_signature or inv.signatures_required,
+            source=source,
         )
         info = checked.info
         _emit(
@@ -463,8 +470,9 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, pa
         checked = check_bundle(
             path,
             progress=None,
-            allowed_signers=args.allowed_signers,
+            allowed_signers=signers,
             require_signature=args.require_signature or inv.signatures_required,
+            source=source,
         )
         meta = checked.info.metadata
         target = args.into if meta.get("type") == "incremental" else f"{args.into} (via a temporary dataset)"
@@ -483,11 +491,12 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, pa
             progress=progress,
             owner=args.owner,
             mode=args.mode,
-            allowed_signers=args.allowed_signers,
+            allowed_signers=signers,
             require_signature=args.require_signature or inv.signatures_required,
             audit_log=_audit_log(args),
             check_streams=args.check_streams,
             policy=inv.policy,
+            source=source,
         )
         signed = f", signed by {result.signer}" if result.signer else ""
         _emit(
@@ -527,11 +536,12 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
         else:
             sys.stdout.write(lockfile.dumps(lock))
         return 0
-    with inv.input(args.lock) as path:
+    with inv.input(args.lock) as given:
         lock, signature = read_lock_checked(
-            path,
-            allowed_signers=args.allowed_signers,
+            given.path,
+            allowed_signers=inv.signers(args.allowed_signers),
             require_signature=args.require_signature or inv.signatures_required,
+            source=given.source,
         )
     diff = lockfile.compare(lock, [lockfile.LockedCommit(c.name, c.guid) for c in repo.history()])
     as_json = {

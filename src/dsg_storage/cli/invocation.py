@@ -10,7 +10,8 @@ touches no ZFS (``queue stats``) pays for none of it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 
 from .. import hostfs
 from ..zfs.allow import AllowList
@@ -19,6 +20,7 @@ TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from ..transfer.bundle import Source
     from .sudo import Invocation
 
     Caller: TypeAlias = "Direct | Invocation"  # what every command asks before it acts
@@ -31,6 +33,16 @@ def invocation(environ: MutableMapping[str, str]) -> Caller:
     from .sudo import Invocation
 
     return Invocation.from_environment(environ)
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """A file the command reads for its caller: the ``path`` to open it by and, when
+    someone else opened it for them (sudo), how the caller named it (``source``, a
+    ``transfer.bundle.Source``; None: ``path`` is the caller's own name for it)."""
+
+    path: str
+    source: Source | None = None
 
 
 class Direct:
@@ -63,8 +75,13 @@ class Direct:
         return path
 
     @contextlib.contextmanager
-    def input(self, path: str, *, private: bool = False) -> Iterator[str]:
-        yield path  # the caller imports as themselves: their own file is theirs to change
+    def input(
+        self, path: str, *, private: bool = False, check: Callable[[str], object] | None = None
+    ) -> Iterator[Input]:
+        yield Input(path)  # the caller reads as themselves: their own file is theirs to change
+
+    def signers(self, given: str | None) -> str | None:
+        return given
 
     def refuse(self, what: str) -> None:
         pass

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -32,7 +32,7 @@ from ..core.options import Owner
 from ..errors import InvalidArgumentError, NotAllowedError
 from ..policy import DEFAULT_PATH, EXAMPLE, Policy, PolicyError, invoker_from_env
 from ..zfs.allow import AllowList
-from .invocation import Direct
+from .invocation import Direct, Input
 
 if TYPE_CHECKING:
     from .invocation import Caller
@@ -111,32 +111,61 @@ class Invocation:
     def cache_owner(self) -> tuple[int, int] | None:
         return (self.invoker.uid, self.invoker.gid)
 
-    @contextlib.contextmanager
-    def input(self, path: str, *, private: bool = False) -> Iterator[str]:
-        """A path to read ``path`` by: ``/proc/self/fd/N`` of a descriptor opened as the
-        invoking user, so root reads only what they could. ``private`` (a bundle to
-        import): a file that is not root's is read from root's own copy
-        (``hostfs.private_copy``), since its owner could change it while root imports it."""
+    def _open_as_invoker(self, path: str, *, missing_ok: bool = False) -> int | None:
+        """``path`` opened read-only as the invoking user (never a FIFO or device)."""
         try:
             with hostfs.as_user(self.invoker.uid, self.invoker.gid):
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
+            if missing_ok:
+                return None
             raise
         except PermissionError:
             raise NotAllowedError(f"{path}: the invoking user (uid {self.invoker.uid}) may not read it") from None
         except OSError as exc:
             raise InvalidArgumentError(f"{path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or worse
+            os.close(fd)
+            raise InvalidArgumentError(f"{path} is not a regular file")
+        return fd
+
+    @contextlib.contextmanager
+    def input(
+        self, path: str, *, private: bool = False, check: Callable[[str], object] | None = None
+    ) -> Iterator[Input]:
+        """The file ``path`` to read, opened as the invoking user, so root reads only what
+        they could: ``Input.path`` is ``/proc/self/fd/N``, which reopens that inode
+        whatever the name points to later; ``Input.source`` says how the caller named it,
+        its ``PATH.sig`` (opened as the caller too) and its identity.
+
+        ``private`` (a bundle to import): a file that is not root's is read from root's
+        own copy (``hostfs.private_copy``), since its owner could change it while root
+        imports it. Before a byte is copied, ``check`` (the bundle's header and metadata)
+        runs on the caller's own descriptor, and the copy is bounded by the policy's
+        ``[bundles] max_size``, sparse files are refused, free space is kept."""
+        from ..transfer.bundle import Source
+
+        fd = self._open_as_invoker(path)
+        assert fd is not None
+        sig = self._open_as_invoker(f"{path}.sig", missing_ok=True)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or worse
-                raise InvalidArgumentError(f"{path} is not a regular file")
+            source = Source(path, sig, {"device": st.st_dev, "inode": st.st_ino, "size": st.st_size})
             if private and st.st_uid != 0:
-                with hostfs.private_copy(fd) as copy:
-                    yield f"/proc/self/fd/{copy}"
+                if check is not None:
+                    check(f"/proc/self/fd/{fd}")
+                with hostfs.private_copy(fd, max_size=self.policy.max_bundle_size) as copy:
+                    yield Input(f"/proc/self/fd/{copy}", source)
             else:
-                yield f"/proc/self/fd/{fd}"
+                yield Input(f"/proc/self/fd/{fd}", source)
         finally:
             os.close(fd)
+            if sig is not None:
+                os.close(sig)
+
+    def signers(self, given: str | None) -> str | None:
+        """The allowed-signers file: only the policy's (``Policy.signers_file``)."""
+        return self.policy.signers_file(given)
 
     def refuse(self, what: str) -> None:
         raise NotAllowedError(f"{what} is not available through sudo")

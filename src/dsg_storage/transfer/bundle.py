@@ -77,9 +77,10 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 
 import attrs
@@ -154,6 +155,35 @@ class CheckedBundle:
     metadata: BundleMetadata
     sha256: str | None
     signature: Signature
+
+
+@attrs.frozen
+class Source:
+    """A file the caller named, opened for them by someone else (through sudo: root reads
+    it from a descriptor, ``/proc/self/fd/N``, or from a private copy of it): the
+    caller's ``name`` for it (in messages and the audit log), its ``signature``
+    (a descriptor of ``NAME.sig`` opened as the caller, or None: they have none) and its
+    ``identity`` (``device``, ``inode``, ``size`` of the caller's file, for the audit log)."""
+
+    name: str
+    signature: int | None = None
+    identity: Mapping[str, int] = attrs.Factory(dict)
+
+    def read_signature(self, error: type[DsgStorageError]) -> tuple[bytes | None, Path]:
+        shown = signing.signature_path(self.name)
+        if self.signature is None:
+            return None, shown
+        return signing.read_signature(self.signature, error, name=str(shown)), shown
+
+
+def _signature_of(
+    path: str | os.PathLike[str], source: Source | None, error: type[DsgStorageError]
+) -> tuple[bytes | None, Path]:
+    """The signature of the file at ``path`` (beside it), or the one ``source`` opened."""
+    if source is not None:
+        return source.read_signature(error)
+    beside = signing.signature_path(path)
+    return signing.read_signature(beside, error), beside
 
 
 @attrs.frozen
@@ -297,8 +327,8 @@ def _export(
             signing.write_signature(
                 signature_file, signing.sign(sign, signing.manifest("bundle", digest, written.file_size))
             )
-        else:
-            signature_file.unlink(missing_ok=True)  # a stale one would not match this bundle
+        else:  # a stale one would not match this bundle; removed through the checked directory
+            out.remove_beside(signing.SIGNATURE_SUFFIX)
         out.publish()  # fsync, rename onto the target, fsync the directory
     except BaseException:
         out.discard()
@@ -405,15 +435,18 @@ def check_bundle(
     allowed_signers: str | os.PathLike[str] | None = None,
     require_signature: bool = False,
     digest: bool = False,
+    source: Source | None = None,
 ) -> CheckedBundle:
     """Check a bundle whole: the metadata against its schema, the parts' info against
     the metadata, each stream's BEGIN record against both (the chain of snapshots and
     GUIDs), every byte against its digest, and its signature (``PATH.sig``) against
     ``allowed_signers`` if given (refused if absent when ``require_signature``). Memory
     stays bounded whatever the file holds. Computes the file's sha256 when a signature
-    is checked or ``digest`` is asked."""
+    is checked or ``digest`` is asked. ``source``: how the caller named the file, when
+    it was opened for them (its ``.sig`` then comes from there)."""
     with _bundle_format.open_checked(path) as f:
-        return _check_open_bundle(f, os.fspath(path), progress, allowed_signers, require_signature, digest)
+        claims = _check_claims_first(f, os.fspath(path), allowed_signers, require_signature, source)
+        return _check_whole(f, claims, progress, digest)
 
 
 def _check_claims(info: BundleInfo, name: str) -> BundleMetadata:
@@ -454,32 +487,25 @@ class _Claims:
 
 
 def _check_claims_first(
-    f: Any, name: str, allowed_signers: str | os.PathLike[str] | None, require_signature: bool
+    f: Any,
+    path: str,
+    allowed_signers: str | os.PathLike[str] | None,
+    require_signature: bool,
+    source: Source | None = None,
 ) -> _Claims:
     if require_signature and allowed_signers is None:
         raise InvalidArgumentError("requiring a signature needs an allowed-signers file (--allowed-signers)")
+    name = source.name if source is not None else path
     info = _bundle_format.inspect(f)  # the ends: cheap, refuses lies before the long pass
     meta = _check_claims(info, name)
     fd = f.fileno()
     begins = [sendstream.parse_begin(_pread(fd, p.offset, p.size), f"{name}: part {p.index + 1}") for p in info.parts]
     sendstream.check_chain(meta, begins, name)
-    signature_file = signing.signature_path(name)
-    signed = signing.read_signature(signature_file, BundleError)  # read once, before the long pass
+    signed, signature_file = _signature_of(path, source, BundleError)  # read once, before the long pass
     claims = _Claims(info, meta, signed, signature_file, allowed_signers, require_signature, name)
     if signed is None:
         claims.signature(fd, None)  # unsigned, and a signature is required: refused before the long pass
     return claims
-
-
-def _check_open_bundle(
-    f: Any,
-    name: str,
-    progress: ProgressFn | None,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    digest: bool,
-) -> CheckedBundle:
-    return _check_whole(f, _check_claims_first(f, name, allowed_signers, require_signature), progress, digest)
 
 
 def _check_whole(f: Any, claims: _Claims, progress: ProgressFn | None, digest: bool) -> CheckedBundle:
@@ -510,11 +536,12 @@ class StreamCheck(enum.Enum):
 
 def _check_for_import(
     f: Any,
-    name: str,
+    path: str,
     passes: _Passes | None,
     allowed_signers: str | os.PathLike[str] | None,
     require_signature: bool,
     check_streams: bool,
+    source: Source | None = None,
 ) -> tuple[CheckedBundle, StreamCheck]:
     """What must hold before ZFS reads a byte of the bundle, and how the streams' bytes
     are still to be checked while they are received.
@@ -536,7 +563,7 @@ def _check_for_import(
     any digest stored in it), which only a signature refutes. With ``check_streams``
     every stream byte is also checked against its chunk digest while ZFS receives, as
     ``verify_bundle`` checks it."""
-    claims = _check_claims_first(f, name, allowed_signers, require_signature)
+    claims = _check_claims_first(f, path, allowed_signers, require_signature, source)
     fd = f.fileno()
     if claims.signature_checked:
         _bundle_format.check_records(f, expect=claims.info)
@@ -609,6 +636,7 @@ def import_bundle(
     audit_log: str | os.PathLike[str] = DEFAULT_AUDIT_LOG,
     check_streams: bool = False,
     policy: PoolPropertyPolicy | None = None,
+    source: Source | None = None,
 ) -> ImportResult:
     """Receive a bundle into repository ``into``: a full bundle creates it (refused if it
     exists; ``mountpoint`` as for an init, required unless inherited), an incremental one
@@ -628,11 +656,16 @@ def import_bundle(
     (with how its streams were checked) to the audit log. ``policy`` (the sudo policy,
     as ``Repository`` takes it): what is read from the pool that steers root (the
     repository's recorded mountpoint, owner and mode; an inherited mountpoint) is
-    checked against it before anything acts on it.
+    checked against it before anything acts on it. ``source`` (through sudo: how the
+    caller named the file root imports from a descriptor or a private copy): its name,
+    its ``.sig`` and its identity go to the messages and the audit log, with the sha256
+    of what was imported, computed whether or not a signature asked for it.
     """
     audit = AuditLog(os.fspath(audit_log))
     audit.check()
     record: dict[str, Any] = {"action": "import", "file": os.path.abspath(path), "into": into}
+    if source is not None:
+        record.update(file=source.name, source={**source.identity})
     try:
         result = _import(
             path,
@@ -649,6 +682,7 @@ def import_bundle(
             check_streams,
             policy,
             record,
+            source,
         )
     except BaseException as exc:
         _audit_failure(audit, record, exc)
@@ -672,6 +706,7 @@ def _import(
     check_streams: bool,
     policy: PoolPropertyPolicy | None,
     record: dict[str, Any],
+    source: Source | None,
 ) -> ImportResult:
     zfs = zfs if zfs is not None else open_zfs(allow)
     into = _names.validate_repository(into)
@@ -680,10 +715,14 @@ def _import(
     owner_v = Owner.parse(owner) if owner is not None else None
     mode_v = parse_mode(mode) if mode is not None else None
     passes = _Passes(progress) if progress is not None else None
-    name = os.fspath(path)
+    name = source.name if source is not None else os.fspath(path)
     with _bundle_format.open_checked(path) as f:
         _check_private(f, name)
-        checked, stream_check = _check_for_import(f, name, passes, allowed_signers, require_signature, check_streams)
+        checked, stream_check = _check_for_import(
+            f, os.fspath(path), passes, allowed_signers, require_signature, check_streams, source
+        )
+        if source is not None and checked.sha256 is None:  # the audit names what root imported
+            checked = attrs.evolve(checked, sha256=_file_sha256(f.fileno()))
         record.update(
             sha256=checked.sha256,
             structure_sha256=checked.info.structure_sha256,
@@ -1030,22 +1069,24 @@ def read_lock_checked(
     *,
     allowed_signers: str | os.PathLike[str] | None = None,
     require_signature: bool = False,
+    source: Source | None = None,
 ) -> tuple[LockFile, Signature]:
-    """Read a lock file once, check its signature (``PATH.sig``) against
+    """Read a lock file once, check its signature (``PATH.sig``, or ``source``'s) against
     ``allowed_signers`` when given (refused if absent when ``require_signature``) on the
     very bytes then parsed."""
     data = _lockfile.read_bytes(path)
-    signature_file = signing.signature_path(path)
+    name = source.name if source is not None else os.fspath(path)
+    signed, signature_file = _signature_of(path, source, LockFileError)
     signature = signing.check(
         lambda: signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data)),
-        signing.read_signature(signature_file, LockFileError),
+        signed,
         signature_file,
         allowed_signers,
         require=require_signature,
         error=LockFileError,
-        what=os.fspath(path),
+        what=name,
     )
-    return _lockfile.loads_bytes(data, source=os.fspath(path)), signature
+    return _lockfile.loads_bytes(data, source=name), signature
 
 
 def check_lock(

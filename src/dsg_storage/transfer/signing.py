@@ -55,8 +55,11 @@ def manifest(kind: str, sha256: str, size: int) -> bytes:
     return f"dsg-storage signed file v1\nkind {kind}\nsha256 {sha256}\nsize {size}\n".encode()
 
 
+SIGNATURE_SUFFIX = ".sig"
+
+
 def signature_path(path: str | os.PathLike[str]) -> Path:
-    return Path(f"{os.fspath(path)}.sig")
+    return Path(f"{os.fspath(path)}{SIGNATURE_SUFFIX}")
 
 
 def _ssh_keygen() -> str:
@@ -101,20 +104,30 @@ def write_signature(output: str | os.PathLike[str], signature: bytes) -> None:
         raise
 
 
-def read_signature(path: str | os.PathLike[str], error: type[DsgStorageError]) -> bytes | None:
-    """The signature file's bytes, or None if there is none; a bad one raises ``error``."""
-    name = os.fspath(path)
+def read_signature(
+    source: str | os.PathLike[str] | int, error: type[DsgStorageError], *, name: str | None = None
+) -> bytes | None:
+    """The signature file's bytes, or None if there is none; a bad one raises ``error``.
+    ``source`` is its path (opened without following a link) or a descriptor the caller
+    opened (through sudo: as the invoking user, beside their bundle), read without
+    moving its offset; ``name`` names it in errors."""
+    if isinstance(source, int):
+        fd, name = os.dup(source), name or f"descriptor {source}"
+    else:
+        name = name or os.fspath(source)
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise error(f"signature {name} cannot be opened: {exc.strerror}") from None
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise error(f"signature {name} cannot be opened: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIGNATURE_SIZE:
             raise error(f"signature {name} is not a regular file of at most {MAX_SIGNATURE_SIZE} bytes")
-        data = f.read(MAX_SIGNATURE_SIZE + 1)
+        data = os.pread(fd, MAX_SIGNATURE_SIZE + 1, 0)
+    finally:
+        os.close(fd)
     if len(data) > MAX_SIGNATURE_SIZE or not data.startswith(b"-----BEGIN SSH SIGNATURE-----"):
         raise error(f"signature {name} is not an OpenSSH signature")
     return data
