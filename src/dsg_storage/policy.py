@@ -204,7 +204,13 @@ class Policy:
             )
         if self.allowed_signers is None:
             return None
-        os.close(_open_roots_file(self.allowed_signers, "allowed-signers file", PolicyError))
+        try:
+            os.close(_open_roots_file(self.allowed_signers, "allowed-signers file", PolicyError))
+        except FileNotFoundError:
+            raise PolicyError(
+                f"the allowed-signers file {self.allowed_signers} that {self.source} names does not exist",
+                hint="ask the administrator to create it (owned by root, mode 0644), empty if nobody signs yet",
+            ) from None
         return self.allowed_signers
 
     def narrowed(self, caller: AllowList) -> Policy:

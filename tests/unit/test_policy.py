@@ -257,3 +257,6 @@ def test_only_the_policys_allowed_signers_file_counts(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="root's"):
         policy.signers_file(None)
     assert Policy.parse(TEXT, source="p.toml").signers_file(None) is None
+    signers.unlink()
+    with pytest.raises(PolicyError, match="does not exist"):
+        policy.signers_file(None)
