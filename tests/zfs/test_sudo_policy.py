@@ -379,7 +379,7 @@ def test_an_import_into_the_callers_own_repository_is_refused_before_anything_ch
                 link.symlink_to(standin)
                 os.lchown(link, USER, USER)
             refused(cli("bundle", "import", str(bundle), "--into", into), f"owned by uid {USER}")
-            refused(cli("begin", into), f"owned by uid {USER}")
+            refused(cli("begin", into, "--mountpoint", str(box.mnt / "sub")), f"owned by uid {USER}")
             listed = subprocess.run(
                 ["zfs", "list", "-H", "-o", "name", "-r", box.dataset], check=True, capture_output=True, text=True
             )
