@@ -133,6 +133,23 @@ def through_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @needs_root
+def test_under_sudo_metrics_checks_every_under_and_the_textfile_first(
+    through_sudo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, said in (
+        (["metrics", "--under", "tank/data", "--under", "tank/other"], "'tank/other' is outside what"),
+        (["--allow", "tank/data/a", "metrics", "--under", "tank/data/b"], "tank/data/b"),
+        (["metrics", "--under", "tank/data", "--textfile", "/etc"], "/etc/dsg_storage.prom is outside the directories"),
+        (["metrics", "--textfile", str(through_sudo)], "outside the directories"),
+    ):
+        assert main(argv) == EXIT_NOT_ALLOWED, argv
+        err = capsys.readouterr().err
+        assert err.startswith("dsg-storage: ") and said in err, err
+    assert not Path("/etc/dsg_storage.prom").exists() and not (through_sudo / "dsg_storage.prom").exists()
+    assert not (through_sudo / "queue.sqlite").exists()  # refused before anything was read
+
+
+@needs_root
 def test_under_sudo_the_queue_shows_and_drops_only_allowed_items(
     through_sudo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

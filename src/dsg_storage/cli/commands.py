@@ -249,8 +249,9 @@ def _check_sudo(args: argparse.Namespace, inv: Caller) -> None:
     ):
         if given:
             inv.refuse(f"{flag} (root would read or write a file the caller names)")
-    for name in (getattr(args, "repo", None), getattr(args, "into", None), getattr(args, "under", None)):
-        inv.check_dataset(name)
+    for given in (getattr(args, "repo", None), getattr(args, "into", None), getattr(args, "under", None)):
+        for name in given if isinstance(given, list) else [given]:  # metrics' --under is repeatable
+            inv.check_dataset(name)
 
 
 def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) -> int:
