@@ -186,4 +186,6 @@ def write_textfile(facts: Facts, directory: str | os.PathLike[str]) -> str:
     """Write ``DIR/dsg_storage.prom`` atomically (``write_output``); return its path."""
     if not Path(directory).is_dir():
         raise InvalidArgumentError(f"{directory} is not a directory", hint="create node_exporter's textfile directory")
-    return write_output(facts, hostfs.OutputFile(textfile_path(directory)))
+    path = str(Path(directory) / TEXTFILE)  # as given: the path printed is the one asked for
+    write_output(facts, hostfs.OutputFile(path))
+    return path
