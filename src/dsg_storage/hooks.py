@@ -16,6 +16,14 @@ allow-list and the ``DSG_STORAGE_*`` settings (queue, lock directory, queue boun
 ``PYTHONPATH`` when it is set. ``render`` decides the files' contents; ``install`` writes
 them, each atomically (a temporary file renamed into place), so ZED or systemd never
 reads half a file.
+
+Root runs these files, at every pool import and every 5 minutes, long after they were
+written, so ``install`` first checks that only root can change what they run or import
+from (``HookFile.runs_from``: the command's paths, a script's interpreter, each
+``PYTHONPATH`` entry; ``check_runs_from``): every directory from ``/`` root's and
+writable by nobody else, reached without a symbolic link (``hostfs.check_root_only``).
+A refusal writes nothing. After a crash an installed file is old or new, never half of
+one; at most a ``.NAME.*`` temporary file is left beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -31,8 +40,9 @@ from pathlib import Path
 
 import attrs
 
+from . import hostfs
 from ._version import __version__
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UnsafePathError
 
 ZEDLET = "pool_import-dsg-storage.sh"
 SERVICE = "dsg-storage-queue.service"
@@ -49,12 +59,19 @@ CARRIED_ENV = (
 _SAFE = re.compile(r"^[A-Za-z0-9_@+=:,./-]*$")
 
 
+#: How many ``#!`` interpreters deep ``check_runs_from`` follows (the kernel: 4).
+MAX_INTERPRETERS = 4
+
+
 @attrs.frozen
 class HookFile:
     name: str
     kind: str  # "zedlet" or "systemd"
     mode: int
     content: str
+    #: What root runs or imports code from when it runs this file: absolute words of the
+    #: command and the ``PYTHONPATH`` entries. ``install`` checks them (``check_runs_from``).
+    runs_from: tuple[str, ...] = ()
 
 
 def default_command() -> list[str]:
@@ -134,16 +151,64 @@ def render(command: Sequence[str], env: Mapping[str, str]) -> list[HookFile]:
         "[Install]\n"
         "WantedBy=timers.target\n"
     )
+    pythonpath = env.get("PYTHONPATH")
+    runs_from = (*(word for word in command if word.startswith("/")), *(pythonpath.split(":") if pythonpath else ()))
     return [
-        HookFile(ZEDLET, "zedlet", 0o755, zedlet),
-        HookFile(SERVICE, "systemd", 0o644, service),
+        HookFile(ZEDLET, "zedlet", 0o755, zedlet, runs_from),
+        HookFile(SERVICE, "systemd", 0o644, service, runs_from),
         HookFile(TIMER, "systemd", 0o644, timer),
     ]
 
 
+def check_runs_from(path: str) -> None:
+    """Refuse (UnsafePathError) ``path`` as something root runs or imports code from later,
+    unless only root can change it (``hostfs.check_root_only``: it and every directory
+    above it root's, writable by nobody else, no symbolic link but a last one, followed);
+    a script's ``#!`` interpreter is checked the same way. A missing path is refused too:
+    whoever could create it later would choose what root runs."""
+    current, seen = path, 0
+    while True:
+        if not current.startswith("/"):
+            origin = "" if current == path else f" (the #! interpreter of {path})"
+            raise UnsafePathError(
+                f"{current!r}{origin} is not an absolute path, and the hooks would look it up from ZED's or "
+                "systemd's working directory; nothing was installed"
+            )
+        try:
+            resolved, st = hostfs.check_root_only(current)
+        except FileNotFoundError:
+            raise UnsafePathError(
+                f"{current} does not exist: whoever creates it later would choose what root runs at every "
+                "pool import; nothing was installed",
+                hint="remove it from PYTHONPATH or --command",
+            ) from None
+        except UnsafePathError as exc:
+            raise UnsafePathError(
+                f"{current} cannot go into hooks root runs at every pool import: {exc.message}; nothing was installed",
+                hint=exc.hint or "name a path only root can change, with no symbolic link on the way",
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            return
+        with open(resolved, "rb") as handle:  # nobody but root can change it: checked above
+            first = handle.readline(256)
+        if not first.startswith(b"#!"):
+            return
+        words = first[2:].split()
+        if not words:
+            return
+        seen += 1
+        if seen > MAX_INTERPRETERS:
+            raise UnsafePathError(f"{path} has more than {MAX_INTERPRETERS} nested #! interpreters")
+        current = os.fsdecode(words[0])
+
+
 def install(files: Sequence[HookFile], *, zedlet_dir: str | None, systemd_dir: str | None) -> list[str]:
     """Write each file into its directory (zedlets to ``zedlet_dir``, units to
-    ``systemd_dir``; None skips that kind), atomically; return the paths written."""
+    ``systemd_dir``; None skips that kind), atomically; return the paths written.
+    First every file's ``runs_from`` is checked (``check_runs_from``): a refusal
+    (UnsafePathError) writes nothing."""
+    for path in dict.fromkeys(p for hook in files for p in hook.runs_from):
+        check_runs_from(path)
     written = []
     for hook in files:
         directory = zedlet_dir if hook.kind == "zedlet" else systemd_dir

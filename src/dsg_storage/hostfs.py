@@ -12,6 +12,8 @@ again: a directory swapped for a symlink after the check changes nothing.
 - ``make_mount_dir``, ``mount_at``, ``open_mounted_root``, ``verify_dataset_root``,
   ``chown_root``, ``remove_mount_dir``: mounting a dataset onto a checked directory through
   ``/proc/self/fd/N`` and giving its root an owner.
+- ``check_root_only``: a file root will run or import from later (a zedlet's command),
+  refused unless root alone can change it and every directory above it.
 - ``private_dir`` / ``private_file``: state files (locks, queue, cache) in a directory
   only the current user can change, mode 0600.
 - ``as_user`` and ``OutputFile``: files written for the user who ran ``sudo``, created
@@ -329,6 +331,53 @@ def remove_mount_dir(parent_fd: int, name: str) -> bool:
     except NotADirectoryError:
         raise UnsafePathError(f"{name} is not a directory (a symbolic link?): left alone") from None
     return True
+
+
+MAX_LINKS = 8
+
+
+def check_root_only(path: str, *, max_links: int = MAX_LINKS) -> tuple[str, os.stat_result]:
+    """``(the path checked, its lstat)`` for what ``path`` names (its symbolic links
+    followed, as below), refused (UnsafePathError) unless only root
+    can change it, now or later: every directory from ``/`` to it is root's and writable
+    by nobody else, reached without a symbolic link, and it itself is root's and
+    writable by nobody else. For paths root will run or import from long after they
+    were named (a zedlet's command, its ``PYTHONPATH``).
+
+    A symbolic link as the *last* component (``/usr/bin/python3 -> python3.11``, a
+    venv's ``bin/python``) can be changed only by whoever can write its directory, which
+    was just checked to be root alone; it is followed, and its target checked the same
+    way (at most ``max_links`` links; a target with ``..`` is refused, since lexical
+    ``..`` and the kernel's can differ). A missing path raises FileNotFoundError."""
+    normal = _absolute(path)
+    for _ in range(max_links + 1):
+        parent, name = posixpath.split(normal)
+        dirfd = open_dir(parent, trusted_uids=(0,))
+        try:
+            if not name:  # "/", checked by open_dir
+                return normal, os.fstat(dirfd)
+            try:
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            except OSError as exc:
+                raise _translate(exc, normal) from None
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(name, dir_fd=dirfd)
+                if ".." in target.split("/"):
+                    raise UnsafePathError(
+                        f"{normal} is a symbolic link to {target}, with '..' in it", hint="name its target itself"
+                    )
+                normal = _absolute(posixpath.join(parent, target))
+                continue
+        finally:
+            os.close(dirfd)
+        if st.st_uid != 0:
+            raise UnsafePathError(f"{normal} is owned by uid {st.st_uid}, not by root", hint=f"chown root {normal}")
+        if _is_writable_by_others(st):
+            raise UnsafePathError(
+                f"{normal} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod go-w {normal}"
+            )
+        return normal, st
+    raise UnsafePathError(f"{path} leads through more than {max_links} symbolic links")
 
 
 # ---------------------------------------------------------------------- state files

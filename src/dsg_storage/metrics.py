@@ -4,7 +4,8 @@
 into a ``prometheus_client`` registry, which ``render`` prints in the text exposition
 format and ``write_textfile`` writes for node_exporter's textfile collector
 (``DIR/dsg_storage.prom``, written to a temporary file and renamed, so the collector
-never reads half a file).
+never reads half a file; ``write_output`` does it through a given ``hostfs.OutputFile``,
+such as one written as the user who ran sudo).
 
 Repositories reported: every dataset dsg-storage initialized at or below each
 ``under`` dataset (default: the allow-list's prefixes). A prefix whose pool cannot be
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import attrs
 
+from . import hostfs
 from . import names as _names
 from .core.repository import Repository
 from .core.retention import parse_time
@@ -74,10 +76,18 @@ class Facts:
     transactions: tuple[OpenTransaction, ...]
 
 
-def gather(queue: Queue, zfs: ZfsPort, under: Sequence[str], *, now: float | None = None) -> Facts:
-    """Read the queue's state and, for each ``under`` dataset, its repositories."""
+def gather(
+    queue: Queue,
+    zfs: ZfsPort,
+    under: Sequence[str],
+    *,
+    now: float | None = None,
+    only: Callable[[str], bool] | None = None,
+) -> Facts:
+    """Read the queue's state and, for each ``under`` dataset, its repositories. With
+    ``only``, queue items count only if it accepts their target (``Queue.stats``)."""
     now = time.time() if now is None else now
-    stats = queue.stats()
+    stats = queue.stats(only=only)
     readable: dict[str, bool] = {}
     repos: dict[str, RepositoryFacts] = {}
     transactions: list[OpenTransaction] = []
@@ -154,10 +164,28 @@ def render(facts: Facts) -> str:
     return text.decode()
 
 
+def textfile_path(directory: str | os.PathLike[str]) -> str:
+    """``DIR/dsg_storage.prom``, absolute: the file node_exporter's collector reads."""
+    return os.path.join(os.path.abspath(os.fspath(directory)), TEXTFILE)
+
+
+def write_output(facts: Facts, out: hostfs.OutputFile) -> str:
+    """Write the exposition of ``facts`` through ``out`` (for ``textfile_path(DIR)``; through
+    sudo the invoking user's, ``Invocation.output``) and return its path. After a crash
+    the file is the old one or the new one, never half of one (node_exporter skips the
+    ``.dsg_storage.prom.partial-*`` file that may be left beside it)."""
+    data = memoryview(render(facts).encode())
+    with out:
+        while data:
+            written = os.write(out.fd, data)
+            data = data[written:]
+    return out.path
+
+
 def write_textfile(facts: Facts, directory: str | os.PathLike[str]) -> str:
-    """Write ``DIR/dsg_storage.prom`` atomically; return its path."""
+    """Write ``DIR/dsg_storage.prom`` atomically (``write_output``); return its path."""
     if not Path(directory).is_dir():
         raise InvalidArgumentError(f"{directory} is not a directory", hint="create node_exporter's textfile directory")
-    path = str(Path(directory) / TEXTFILE)
-    _client().write_to_textfile(path, registry(facts))
+    path = str(Path(directory) / TEXTFILE)  # as given: the path printed is the one asked for
+    write_output(facts, hostfs.OutputFile(path))
     return path

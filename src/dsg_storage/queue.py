@@ -255,18 +255,33 @@ class Queue:
             ).fetchall()
         return [_item(r) for r in rows]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, only: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """Items per state and the oldest pending one's age; with ``only``, of the items
+        whose target it accepts (through sudo: those the policy allows). ``max_pending``
+        and ``free`` are the whole queue's, since the bound is shared: ``free`` says
+        whether new work of anyone's would be accepted."""
         now = self.clock()
         counts = {s.value: 0 for s in ItemState}
-        for state, count in self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
-            counts[state] = count
-        oldest = self._db.execute("SELECT MIN(created) FROM items WHERE state = 'pending'").fetchone()[0]
+        if only is None:
+            for state, count in self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
+                counts[state] = count
+            oldest = self._db.execute("SELECT MIN(created) FROM items WHERE state = 'pending'").fetchone()[0]
+            pending = counts[ItemState.PENDING.value]
+        else:
+            oldest = None
+            for state, created, target in self._db.execute("SELECT state, created, target FROM items"):
+                if not only(target):
+                    continue
+                counts[state] = counts.get(state, 0) + 1
+                if state == ItemState.PENDING.value and (oldest is None or created < oldest):
+                    oldest = created
+            (pending,) = self._db.execute("SELECT COUNT(*) FROM items WHERE state = 'pending'").fetchone()
         return {
             "counts": counts,
             "oldest_pending_age": None if oldest is None else now - oldest,
             "oldest_pending_created": oldest,
             "max_pending": self.max_pending,
-            "free": max(0, self.max_pending - counts[ItemState.PENDING.value]),
+            "free": max(0, self.max_pending - pending),
         }
 
     # ------------------------------------------------------------------ steering

@@ -116,3 +116,64 @@ def test_under_sudo_an_audit_log_the_caller_names_is_refused(policy_file: str) -
         check("/etc/ld.so.preload")
     check(None)
     check(str(DEFAULT_AUDIT_LOG))
+
+
+@pytest.fixture
+def through_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """main() as run through sudo by uid 65534, under a policy allowing tank/data and
+    output beneath tmp/out; root's queue at tmp/queue.sqlite. Returns tmp."""
+    (tmp_path / "out").mkdir(mode=0o755)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[datasets]\nallow = ["tank/data"]\n[output]\nunder = ["{tmp_path / "out"}"]\n')
+    policy.chmod(0o644)
+    monkeypatch.setattr("dsg_storage.cli.sudo.DEFAULT_PATH", str(policy))
+    monkeypatch.setattr("dsg_storage.queue.DEFAULT_PATH", str(tmp_path / "queue.sqlite"))
+    monkeypatch.setenv("SUDO_UID", "65534")
+    monkeypatch.setenv("SUDO_GID", "65534")
+    return tmp_path
+
+
+@needs_root
+def test_under_sudo_metrics_checks_every_under_and_the_textfile_first(
+    through_sudo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, said in (
+        (["metrics", "--under", "tank/data", "--under", "tank/other"], "'tank/other' is outside what"),
+        (["--allow", "tank/data/a", "metrics", "--under", "tank/data/b"], "tank/data/b"),
+        (["metrics", "--under", "tank/data", "--textfile", "/etc"], "/etc/dsg_storage.prom is outside the directories"),
+        (["metrics", "--textfile", str(through_sudo)], "outside the directories"),
+    ):
+        assert main(argv) == EXIT_NOT_ALLOWED, argv
+        err = capsys.readouterr().err
+        assert err.startswith("dsg-storage: ") and said in err, err
+    assert not Path("/etc/dsg_storage.prom").exists() and not (through_sudo / "dsg_storage.prom").exists()
+    assert not (through_sudo / "queue.sqlite").exists()  # refused before anything was read
+
+
+@needs_root
+def test_under_sudo_the_queue_shows_and_drops_only_allowed_items(
+    through_sudo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from dsg_storage import Queue
+
+    with Queue(through_sudo / "queue.sqlite") as queue:
+        mine = queue.add_snapshot("tank/data/a@nightly")
+        theirs = queue.add_destroy("other/secret@s")
+        queue.add_destroy("tank/database@s")  # a prefix of a name is not the dataset
+    assert main(["--json", "queue", "list"]) == 0
+    assert [i["target"] for i in json.loads(capsys.readouterr().out)] == ["tank/data/a@nightly"]
+    assert main(["--allow", "tank/data/b", "queue", "list"]) == 0
+    assert capsys.readouterr().out.strip() == ""
+    assert main(["--json", "queue", "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["counts"] == {"pending": 1, "done": 0, "dead": 0} and "free" in stats
+    for action in (["queue", "flush", "--dry-run"], ["gc", "--dry-run"]):
+        assert main(action) == 0
+        assert capsys.readouterr().out.splitlines() == [f"would snapshot tank/data/a@nightly (item {mine.id})"]
+    assert main(["queue", "drop", str(theirs.id)]) == EXIT_NOT_ALLOWED
+    err = capsys.readouterr().err
+    assert f"queue item {theirs.id}" in err and "other/secret" not in err
+    with Queue(through_sudo / "queue.sqlite") as queue:
+        assert queue.get(theirs.id).target == "other/secret@s"  # still there

@@ -375,3 +375,42 @@ def test_an_output_removes_its_stale_signature_in_the_directory_it_checked(tmp_p
         out.discard()
     assert (other / "b.dsgb.sig").read_text() == "someone else's"
     assert not (moved / "b.dsgb.sig").exists()
+
+
+@needs_root
+def test_check_root_only_follows_a_last_link_only_where_root_alone_writes(tmp_path: Path) -> None:
+    """tmp/bin/python -> tool (root's): fine; anything a user could change on the way is refused."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(mode=0o755)
+    (bin_dir / "tool").write_text("#!/bin/true\n")
+    (bin_dir / "tool").chmod(0o755)
+    (bin_dir / "python").symlink_to("tool")
+    assert hostfs.check_root_only(str(bin_dir / "python"))[0] == str(bin_dir / "tool")
+    assert hostfs.check_root_only(str(bin_dir))[0] == str(bin_dir)
+
+    (tmp_path / "via").symlink_to(bin_dir)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        hostfs.check_root_only(str(tmp_path / "via" / "tool"))  # a link before the last component
+    (bin_dir / "up").symlink_to("../bin/tool")
+    with pytest.raises(UnsafePathError, match="'..'"):
+        hostfs.check_root_only(str(bin_dir / "up"))
+
+    users = tmp_path / "users"
+    users.mkdir(mode=0o755)
+    (users / "tool").write_text("")
+    os.chown(users / "tool", NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+        hostfs.check_root_only(str(users / "tool"))
+    (bin_dir / "theirs").symlink_to(users / "tool")  # a root link to a user's file
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+        hostfs.check_root_only(str(bin_dir / "theirs"))
+    (users / "tool").chmod(0o666)
+    os.chown(users / "tool", 0, 0)
+    with pytest.raises(UnsafePathError, match="writable by others"):
+        hostfs.check_root_only(str(users / "tool"))
+    users.chmod(0o777)
+    (users / "tool").chmod(0o755)
+    with pytest.raises(UnsafePathError, match="writable by others"):
+        hostfs.check_root_only(str(users / "tool"))  # a user could rename it away and plant another
+    with pytest.raises(FileNotFoundError):
+        hostfs.check_root_only(str(bin_dir / "missing"))

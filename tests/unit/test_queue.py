@@ -224,3 +224,22 @@ def test_a_runner_limited_to_its_allow_list_leaves_other_items_pending(queue: Qu
     (after,) = queue.run(zfs, only_allowed=True)  # type: ignore[arg-type]
     assert (after.id, after.state) == (mine.id, ItemState.DONE)
     assert queue.get(theirs.id).state is ItemState.PENDING and queue.get(theirs.id).attempts == 0
+
+
+def test_stats_for_a_caller_count_only_the_items_it_may_see(queue: Queue, clock: Clock) -> None:
+    """Through sudo, stats count the caller's items; free stays the shared bound's."""
+    queue.add_destroy("other/b@s")
+    clock.now += 10
+    queue.add_snapshot("tank/a@s")
+    queue.drop(queue.add_destroy("tank/a@old").id)
+    queue.add_destroy("tank/a@older")
+    clock.now += 5
+    everything = queue.stats()
+    mine = queue.stats(only=AllowList(("tank",)).allows)
+    assert everything["counts"] == {"pending": 3, "done": 0, "dead": 0}
+    assert mine["counts"] == {"pending": 2, "done": 0, "dead": 0}
+    assert (everything["oldest_pending_age"], mine["oldest_pending_age"]) == (15.0, 5.0)
+    assert mine["free"] == everything["free"] == queue.max_pending - 3
+    nothing = queue.stats(only=AllowList(("elsewhere",)).allows)
+    assert nothing["counts"]["pending"] == 0 and nothing["oldest_pending_age"] is None
+    assert set(nothing) == set(everything)  # the same --json fields

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,10 +25,11 @@ from pathlib import Path
 import attrs
 import pytest
 
-from dsg_storage import AllowList, hostfs
+from dsg_storage import AllowList, Queue, hostfs
 from dsg_storage.core.options import Owner
 from dsg_storage.errors import NotAllowedError, UnsafePathError
 from dsg_storage.policy import DEFAULT_PATH, Policy
+from dsg_storage.queue import DEFAULT_PATH as QUEUE_PATH
 from dsg_storage.zfs.boundary import Zfs
 from dsg_storage.zfs.mounts import zfs_mounts
 
@@ -268,6 +270,97 @@ def test_the_read_cache_is_the_invoking_users_file_in_an_allowed_place(box: Box)
     assert result.returncode == 0, result.stderr
     st = cache.stat()
     assert (st.st_uid, st.st_mode & 0o777) == (USER, 0o600)
+
+
+def test_the_metrics_textfile_is_an_output_file_and_every_under_is_checked(box: Box) -> None:
+    """#23: root wrote DIR/dsg_storage.prom in any DIR, and --under was a traceback."""
+    make_repo(box)
+    for target in (Path("/etc"), BASE):
+        refused(cli("metrics", "--under", box.dataset, "--textfile", str(target)), "outside the directories")
+        assert not (target / "dsg_storage.prom").exists()
+    refused(cli("metrics", "--under", PARENT, "--under", POOL), f"'{POOL}' is outside what")
+    refused(cli("--allow", f"{box.dataset}-other", "metrics", "--under", box.dataset), box.dataset)
+    denied = cli("metrics", "--under", box.dataset, "--textfile", str(OUT))  # root's: the user may not write
+    assert denied.returncode == 3 and "as the invoking user" in denied.stderr, denied.stderr
+    assert not (OUT / "dsg_storage.prom").exists() and not list(OUT.glob(".dsg_storage.prom.partial-*"))
+
+    textfiles = USER_OUT / f"{box.leaf}-textfile"
+    textfiles.mkdir()
+    os.chown(textfiles, USER, USER)
+    planted = textfiles / "dsg_storage.prom"
+    planted.symlink_to(VICTIM)  # replaced, never followed (the box checks VICTIM)
+    os.lchown(planted, USER, USER)
+    written = cli("--json", "metrics", "--under", box.dataset, "--textfile", str(textfiles))
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout) == {"file": str(planted)}
+    st = os.lstat(planted)
+    assert stat.S_ISREG(st.st_mode) and (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (USER, USER, 0o644)
+    assert f'dsg_storage_commits{{repository="{box.dataset}"}} 1.0' in planted.read_text().splitlines()
+    assert os.listdir(textfiles) == ["dsg_storage.prom"]
+
+
+def test_the_queue_through_sudo_shows_only_items_the_policy_allows(box: Box) -> None:
+    """#23: 'queue list' showed every pool's items. Root's queue (sudo ignores
+    $DSG_STORAGE_QUEUE) gets one item inside the policy and one outside."""
+    make_repo(box)
+    mine_target, theirs_target = f"{box.dataset}@queued", f"{POOL}/not-in-policy-{box.leaf}@secret"
+    with Queue(QUEUE_PATH) as queue:
+        mine, theirs = queue.add_snapshot(mine_target), queue.add_destroy(theirs_target)
+    try:
+        listed = cli("--json", "queue", "list")
+        assert listed.returncode == 0, listed.stderr
+        targets = [item["target"] for item in json.loads(listed.stdout)]
+        assert mine_target in targets and all(AllowList((PARENT,)).allows(t) for t in targets)
+        for command in (("queue", "list"), ("queue", "flush", "--dry-run"), ("gc", "--dry-run")):
+            result = cli(*command)
+            assert result.returncode == 0 and theirs_target not in result.stdout, (command, result.stdout)
+        stats = cli("--json", "queue", "stats")
+        assert stats.returncode == 0, stats.stderr
+        with Queue(QUEUE_PATH) as queue:
+            allowed = queue.stats(only=AllowList((PARENT,)).allows)
+            assert queue.stats()["counts"]["pending"] > allowed["counts"]["pending"]
+        assert json.loads(stats.stdout)["counts"] == allowed["counts"]
+
+        dropped = cli("queue", "drop", str(theirs.id))
+        refused(dropped, f"queue item {theirs.id}")
+        assert theirs_target not in dropped.stderr
+        flushed = cli("--json", "queue", "flush", "--pool", POOL)
+        assert flushed.returncode == 0, flushed.stderr
+        assert theirs_target not in flushed.stdout
+        assert box.exists(mine_target)  # the caller's own item ran
+        with Queue(QUEUE_PATH) as queue:
+            after = queue.get(theirs.id)
+        assert (after.state.value, after.attempts) == ("pending", 0)  # not shown, not run, not dropped
+    finally:
+        with Queue(QUEUE_PATH) as queue:
+            for item in (mine, theirs):
+                queue.drop(item.id)
+
+
+def test_install_hooks_refuses_a_pythonpath_a_user_could_change(box: Box) -> None:
+    """#23: the zedlet root runs at every pool import carried any PYTHONPATH. As root,
+    an entry the sync user owns is refused and nothing is written; through sudo the
+    command is refused outright."""
+    zedlets = BASE / f"{box.leaf}-zed.d"
+    theirs = USER_OUT / f"{box.leaf}-lib"
+    theirs.mkdir()
+    os.chown(theirs, USER, USER)
+    ours = os.environ.get("PYTHONPATH", "")
+    argv = ("--allow", PARENT, "install-hooks", "--zedlet-dir", str(zedlets))
+    try:
+        for pythonpath in (f"{ours}:{theirs}".lstrip(":"), f"{theirs}:{ours}".rstrip(":")):
+            refused(cli(*argv, sudo=False, env={"PYTHONPATH": pythonpath}), str(theirs), f"owned by uid {USER}")
+            assert not zedlets.exists()
+        refused(cli(*argv), "not available through sudo")
+        assert not zedlets.exists()
+        installed = cli(*argv, sudo=False)  # this VM's own PYTHONPATH: root's alone
+        assert installed.returncode == 0, installed.stderr
+        assert str(theirs) not in (zedlets / "pool_import-dsg-storage.sh").read_text()
+    finally:
+        for path in zedlets.glob("*") if zedlets.exists() else ():
+            path.unlink()
+        if zedlets.exists():
+            zedlets.rmdir()
 
 
 # ---------------------------------------------------------------------- reads stay inside

@@ -249,8 +249,9 @@ def _check_sudo(args: argparse.Namespace, inv: Caller) -> None:
     ):
         if given:
             inv.refuse(f"{flag} (root would read or write a file the caller names)")
-    for name in (getattr(args, "repo", None), getattr(args, "into", None), getattr(args, "under", None)):
-        inv.check_dataset(name)
+    for given in (getattr(args, "repo", None), getattr(args, "into", None), getattr(args, "under", None)):
+        for name in given if isinstance(given, list) else [given]:  # metrics' --under is repeatable
+            inv.check_dataset(name)
 
 
 def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) -> int:
@@ -588,14 +589,17 @@ def _item_line(item: Item, now: float) -> str:
 def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     from ..queue import Queue
 
+    # Through sudo the caller sees, counts, drops and runs only the items of datasets its
+    # policy (narrowed by --allow) allows: the queue is root's, shared by every caller.
+    only = allow.allows if inv.sudo else None
     with Queue() as queue:
         now = queue.clock()
         action = "gc" if args.command == "gc" else args.queue_command
         if action == "list":
-            items = queue.items()
+            items = [i for i in queue.items() if only is None or only(i.target)]
             _emit(args, [_item_json(i, now) for i in items], "\n".join(_item_line(i, now) for i in items))
         elif action == "stats":
-            stats = queue.stats()
+            stats = queue.stats(only=only)
             oldest = stats["oldest_pending_age"]
             text = " ".join(f"{k}={v}" for k, v in stats["counts"].items())
             _emit(
@@ -605,11 +609,16 @@ def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
                 f"max_pending={stats['max_pending']} free={stats['free']}",
             )
         elif action == "drop":
-            inv.check_dataset(queue.get(args.id).target)
+            if only is not None and not only(queue.get(args.id).target):  # its target is not named
+                raise NotAllowedError(
+                    f"queue item {args.id} is on a dataset outside those allowed ({', '.join(allow.prefixes) or 'none'}): "
+                    "nothing was dropped"
+                )
             item = queue.drop(args.id)
             _emit(args, {"dropped": _item_json(item, now)}, f"dropped {_item_line(item, now)}")
         elif args.dry_run:  # flush or gc, planned only
             items = queue.due(due_only=action == "gc", pool=args.queue_pool)
+            items = [i for i in items if only is None or only(i.target)]
             steps = [{**_item_json(i, now), "step": f"{i.kind.value} {i.target}"} for i in items]
             _emit(args, steps, "\n".join(f"would {s['step']} (item {s['id']})" for s in steps) or "nothing to do")
         else:  # flush or gc

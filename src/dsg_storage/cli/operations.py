@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> 
         )
         return 0
     if args.command == "metrics":
-        return _metrics(args, allow, emit)
+        return _metrics(args, allow, emit, inv)
     if args.command == "install-hooks":
         return _install_hooks(args, allow, emit)
     return _cache(args, emit)
@@ -99,7 +99,7 @@ def _prune_lines(result: PruneResult) -> list[str]:
     return lines
 
 
-def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
     under = args.under or list(allow.prefixes)
     if not under:
         raise InvalidArgumentError("say which repositories to report: --under DATASET, --allow or $DSG_STORAGE_ALLOW")
@@ -107,9 +107,20 @@ def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
     from ..queue import Queue
     from ..zfs.boundary import open_zfs
 
+    # Through sudo each --under must be allowed by the policy (_check_sudo) and by
+    # --allow, the textfile is an output file like -o's (checked against [output] under
+    # before anything is read, written as the invoking user), and the queue's counts
+    # are of the items of allowed datasets.
+    if inv.sudo:
+        for prefix in under:
+            allow.check(prefix)
+    out = inv.output(metrics.textfile_path(args.textfile), force=True) if args.textfile and inv.sudo else None
     with Queue() as queue:
-        facts = metrics.gather(queue, open_zfs(allow), under)
-    if args.textfile:
+        facts = metrics.gather(queue, open_zfs(allow), under, only=allow.allows if inv.sudo else None)
+    if out is not None:
+        path = metrics.write_output(facts, out)
+        emit(args, {"file": path}, path)
+    elif args.textfile:
         path = metrics.write_textfile(facts, args.textfile)
         emit(args, {"file": path}, path)
     else:

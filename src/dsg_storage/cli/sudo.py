@@ -10,8 +10,10 @@ Under sudo:
 - the policy file (``/etc/dsg-storage/policy.toml``) is required for every command;
 - ``DSG_STORAGE_*`` variables and ``TMPDIR``/``TMP``/``TEMP`` are dropped from the
   environment before anything reads them (locks, queue, cache, test hooks);
-- files the command writes are created as the invoking user, beneath the policy's
-  ``[output] under``, never through a link, never replacing a file without ``--force``;
+- files the command writes (``-o``, ``--cache``, ``metrics --textfile``) are created as
+  the invoking user, beneath the policy's ``[output] under``, never through a link,
+  never replacing a file without ``--force`` (the metrics textfile always is);
+- the queue commands and metrics see only the items of datasets the policy allows;
 - files it reads (bundles, lock files) are opened as the invoking user.
 
 Nothing here changes state; a crash leaves only what the command itself left.
