@@ -323,12 +323,17 @@ class _DigestAhead:
             raise failure[0]
 
     def _follow(self, watch: int, wake_r: int) -> None:
+        # poll, not select: select cannot take a descriptor of 1024 or more (FD_SETSIZE),
+        # which a process holding many files open hands out.
+        poller = select.poll()
+        for fd in (watch, wake_r):
+            poller.register(fd, select.POLLIN)
         while len(self.digests) < MAX_AHEAD:
             grown = os.fstat(self.read_fd).st_size - self.start
             while grown - self.done >= WINDOW_SIZE and len(self.digests) < MAX_AHEAD:
                 self.digests += _window_digests(self.read_fd, self.start + self.done, WINDOW_SIZE)
                 self.done += WINDOW_SIZE
-            ready, _, _ = select.select([watch, wake_r], [], [])
+            ready = [fd for fd, _ in poller.poll()]
             if wake_r in ready:
                 return  # the producer ended: the pass after digests the tail
             with contextlib.suppress(BlockingIOError):  # drain; events coalesce anyway
