@@ -56,7 +56,7 @@ CARRIED_ENV = (
     "PYTHONPATH",
 )
 # What may appear in a value baked into a unit or a script: no quoting surprises.
-_SAFE = re.compile(r"^[A-Za-z0-9_@+=:,./-]*$")
+_SAFE = re.compile(r"[A-Za-z0-9_@+=:,./-]*")
 
 
 #: How many ``#!`` interpreters deep ``check_runs_from`` follows (the kernel: 4).
@@ -90,7 +90,7 @@ def carried_env(environ: Mapping[str, str], allow: str | None = None) -> dict[st
 
 
 def _check(what: str, value: str) -> str:
-    if not _SAFE.match(value):
+    if not _SAFE.fullmatch(value):
         raise InvalidArgumentError(
             f"{what} {value!r} cannot go into a zedlet or unit file: use letters, digits and _@+=:,./- only"
         )

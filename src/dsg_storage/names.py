@@ -27,10 +27,10 @@ from .errors import InvalidNameError
 #: ZFS_MAX_DATASET_NAME_LEN is 256 including the terminating NUL.
 MAX_NAME_LEN = 255
 PROP_PREFIX = "dsg-storage:"
-_TX_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
+_TX_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9_.:\- ]+")
 _RESERVED_MARK = ".dsg-"
-_POOL_RESERVED = re.compile(r"^(mirror|raidz|draid|spare|log|c[0-9].*)$")
+_POOL_RESERVED = re.compile(r"(mirror|raidz|draid|spare|log|c[0-9].*)", re.DOTALL)
 # The longest suffix we add to a repository name (init/workspace/old datasets, snapshots).
 _LONGEST_SUFFIX = len(".dsg-init-") + len("20261121T071530Z-3fa2c1") + 2
 
@@ -66,7 +66,7 @@ def new_tx_id(now: datetime | None = None) -> str:
 
 
 def validate_tx_id(tx: str) -> str:
-    if not isinstance(tx, str) or not _TX_RE.match(tx):
+    if not isinstance(tx, str) or not _TX_RE.fullmatch(tx):
         raise InvalidNameError(f"{tx!r} is not a transaction id (expected e.g. 20261121T071530Z-3fa2c1)")
     return tx
 
@@ -87,7 +87,7 @@ def validate_repository(name: str) -> str:
     components = name.split("/")
     if any(c == "" for c in components):
         raise InvalidNameError(f"repository {name!r} has an empty component ('//', or a leading/trailing '/')")
-    bad = [c for c in components if not _COMPONENT_RE.match(c) or c == "."]
+    bad = [c for c in components if not _COMPONENT_RE.fullmatch(c) or c == "."]
     if bad:
         raise InvalidNameError(
             f"repository {name!r}: component {bad[0]!r} has characters ZFS refuses "
@@ -112,7 +112,7 @@ def validate_repository(name: str) -> str:
 
 def validate_pool(name: str) -> str:
     """Return ``name`` if it can name a pool; raise InvalidNameError otherwise."""
-    if not isinstance(name, str) or not _COMPONENT_RE.match(name) or " " in name:
+    if not isinstance(name, str) or not _COMPONENT_RE.fullmatch(name) or " " in name:
         raise InvalidNameError(f"{name!r} is not a pool name (letters, digits, '_', '-', '.', ':')")
     if not _pool_name_allowed(name):
         raise InvalidNameError(f"{name!r} is not a valid pool name")
@@ -121,7 +121,7 @@ def validate_pool(name: str) -> str:
 
 def _pool_name_allowed(pool: str) -> bool:
     """ZFS's rule beyond the characters: a letter first, and no vdev keyword."""
-    return pool[0].isalpha() and not _POOL_RESERVED.match(pool)
+    return pool[0].isalpha() and not _POOL_RESERVED.fullmatch(pool)
 
 
 def pool_of(dataset: str) -> str:
@@ -158,12 +158,12 @@ def is_commit_snapshot(short_name: str) -> bool:
     return short_name.startswith("dsg-commit-")
 
 
-_TEMP_RE = re.compile(r"^(?P<repo>.+)\.dsg-(?P<kind>init|ws|old|recv)-(?P<tx>\d{8}T\d{6}Z-[0-9a-f]{6})$")
+_TEMP_RE = re.compile(r"(?P<repo>.+)\.dsg-(?P<kind>init|ws|old|recv)-(?P<tx>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6})")
 
 
 def parse_temporary(dataset: str) -> tuple[str, str, str] | None:
     """``(repo, kind, tx)`` for one of our temporary datasets, else None."""
-    match = _TEMP_RE.match(dataset)
+    match = _TEMP_RE.fullmatch(dataset)
     return (match["repo"], match["kind"], match["tx"]) if match else None
 
 
@@ -172,14 +172,14 @@ def workspace_mount_path(mountpoint: str, tx: str) -> str:
     return f"{mountpoint.rstrip('/')}.dsg-tx-{tx}"
 
 
-_SNAPSHOT_SHORT_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+_SNAPSHOT_SHORT_RE = re.compile(r"[A-Za-z0-9_.:\-]+")
 
 
 def is_snapshot_short(short: str) -> bool:
     """Characters ZFS accepts in a snapshot's name after '@' (any snapshot, ours too)."""
-    return bool(_SNAPSHOT_SHORT_RE.match(short))
+    return bool(_SNAPSHOT_SHORT_RE.fullmatch(short))
 
 
 def valid_snapshot_short(short: str) -> bool:
     """A snapshot's name after '@': characters ZFS accepts, not ours to reserve."""
-    return bool(_SNAPSHOT_SHORT_RE.match(short)) and not short.startswith(("dsg-base-", "dsg-commit-"))
+    return bool(_SNAPSHOT_SHORT_RE.fullmatch(short)) and not short.startswith(("dsg-base-", "dsg-commit-"))

@@ -395,6 +395,6 @@ def invoker_from_env(environ: Mapping[str, str]) -> Owner | None:
     if uid is None:
         return None
     gid = environ.get("SUDO_GID", "")
-    if not uid.isdigit() or not gid.isdigit():
+    if not (uid + gid).isascii() or not uid.isdigit() or not gid.isdigit():
         raise PolicyError(f"SUDO_UID/SUDO_GID ({uid!r}, {gid!r}) are not numbers")
     return Owner.parse((int(uid), int(gid)))

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import mmap
 import os
 import random
+import resource
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Self, cast
 
@@ -796,3 +798,43 @@ def test_a_failing_producer_is_reported_after_digesting_ahead(tmp_path: Path) ->
 
         with pytest.raises(OSError, match="the stream broke"):
             ahead.run(produce, handle.fileno())
+
+
+@contextlib.contextmanager
+def descriptors_taken_below(limit: int) -> Iterator[None]:
+    """Every descriptor number below ``limit`` in use while inside, as in a process that
+    holds many files open: whatever opens a file meanwhile gets a number of ``limit`` or
+    more. Raises the soft RLIMIT_NOFILE for it (restored after); fails, never skips,
+    when the hard limit does not allow it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limit + 256  # room for what is opened inside
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.fail(f"RLIMIT_NOFILE's hard limit is {hard}; this test needs {wanted} descriptors")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    taken: list[int] = []
+    spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while (fd := os.dup(spare)) < limit:
+            taken.append(fd)
+        os.close(fd)
+        yield
+    finally:
+        for fd in (*taken, spare):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_bundle_is_written_and_read_with_descriptors_of_1024_and_more(tmp_path: Path) -> None:
+    """select() cannot wait on a descriptor of FD_SETSIZE (1024) or more; the writer's
+    digesting ahead waits on its inotify and wake-up descriptors, whatever their number."""
+    data = [os.urandom(bf.WINDOW_SIZE + 5000), b"tail"]
+    with descriptors_taken_below(1500):
+        probe = os.open(os.devnull, os.O_RDONLY)
+        os.close(probe)
+        assert probe >= 1500
+        raw = build(data)
+        path = write(tmp_path / "high.dsgb", raw)
+        assert read_all(path) == data
+        info = bf.verify(path)
+    assert raw == build(data) and info.total_size == sum(map(len, data))

@@ -192,6 +192,76 @@ def test_giant_and_deeply_nested_json_is_refused_before_parsing(tmp_path: Path) 
         safejson.loads(numbers, max_size=16 << 20)
 
 
+def with_surrogate(meta: dict[str, Any], where: list[str | int], escaped: str) -> bytes:
+    """Metadata JSON with ``escaped`` (JSON text, e.g. a \\ud800 escape) as the value at ``where``."""
+    marker = "@@surrogate@@"
+    meta = copy.deepcopy(meta)
+    _set(meta, where, marker)
+    return craft.dumps(meta).replace(f'"{marker}"'.encode(), b'"' + escaped.encode() + b'"')
+
+
+@pytest.mark.parametrize(
+    "where",
+    [["created"], ["owner"], ["snapshots", 0, "name"], ["snapshots", 1, "user_props", "dsg-storage:message"]],
+)
+def test_a_lone_surrogate_in_the_metadata_is_exit_9_never_a_traceback(
+    tmp_path: Path, capsys: Any, where: list[str | int]
+) -> None:
+    raw = with_surrogate(craft.metadata(REPO, SNAPS), where, "x\\ud800y")
+    path = craft.write_raw(tmp_path / "b.dsgb", raw, [])
+    with pytest.raises(BundleError, match="lone surrogate"):
+        inspect_bundle(path)
+    for command in (["bundle", "inspect"], ["--json", "bundle", "inspect"], ["bundle", "verify"]):
+        assert cli_main([*command, str(path)]) == 9, command
+        captured = capsys.readouterr()
+        assert "lone surrogate" in captured.err and captured.out == ""
+
+
+def test_a_surrogate_pair_is_text_a_lone_one_in_a_key_is_not() -> None:
+    assert safejson.loads(b'{"a":"\\ud83d\\ude00"}', max_size=100) == {"a": "\U0001f600"}
+    with pytest.raises(safejson.JsonLimitError, match="lone surrogate"):
+        safejson.loads(b'{"\\udfff":1}', max_size=100)
+    with pytest.raises(safejson.JsonLimitError, match="lone surrogate"):
+        safejson.loads(b'[[["ok", "\\ud83d"]]]', max_size=100)
+
+
+def trailer_entries(path: Path) -> list[dict[str, Any]]:
+    return [
+        {"index": p.index, "info": dict(p.info), "size": p.size, "digest": p.digest, "offset": p.offset}
+        for p in bf.inspect(path).parts
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"offset": 2**63}, "outside the bundle's parts"),
+        ({"offset": 2**64 - 1}, "outside the bundle's parts"),
+        ({"offset": 2**64 + 5}, "outside the bundle's parts"),
+        ({"offset": 10**30}, "outside the bundle's parts"),
+        ({"offset": 0}, "outside the bundle's parts"),
+        ({"size": 2**40}, "outside the bundle's parts"),
+        ({"size": 2**63}, "outside the bundle's parts"),
+        ({"offset": -1}, "negative 'offset'"),
+        ({"digest": "\x1b[31m"}, "not 32 hexadecimal digits"),
+    ],
+)
+def test_a_trailer_pointing_outside_the_file_is_refused_before_any_read(
+    tmp_path: Path, capsys: Any, change: dict[str, Any], message: str
+) -> None:
+    listed = trailer_entries(good(tmp_path, "good.dsgb"))
+    listed[1].update(change)
+    streams = [craft.fake_stream(f"{REPO}@{name}", guid, frm) for (name, guid), frm in zip(SNAPS, (0, 101, 102))]
+    parts = [(craft.dumps(info), stream) for info, stream in zip(craft.part_infos(SNAPS), streams, strict=True)]
+    path = craft.write_raw(tmp_path / "b.dsgb", craft.dumps(craft.metadata(REPO, SNAPS)), parts, trailer_parts=listed)
+    for check in (inspect_bundle, check_bundle, bf.inspect, bf.verify, bf.part_ranges):
+        with pytest.raises(BundleError, match=message):
+            check(path)
+    for command in (["bundle", "inspect"], ["bundle", "verify"]):
+        assert cli_main([*command, str(path)]) == 9
+        assert message in capsys.readouterr().err
+
+
 def test_non_regular_files_are_refused_not_waited_on(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.dsgb"
     os.mkfifo(fifo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -67,3 +68,47 @@ def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["--cache", path, "cache", "clear"]) == 0
     assert "1 cached reads cleared" in capsys.readouterr().out
     assert main(["cache", "stats"]) == 2  # no cache named
+
+
+GOOD_COMMIT = {
+    "snapshot": "tank/a@dsg-commit-20261121T101010123Z",
+    "tx": "20261121T101010Z-abcdef",
+    "committed": "2026-11-21T10:10:10Z",
+    "message": "nightly",
+    "guid": 7,
+    "createtxg": 10,
+}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not json",
+        '{"a": 1}',
+        "[1]",
+        json.dumps([{**GOOD_COMMIT, "guid": "7"}]),
+        json.dumps([{**GOOD_COMMIT, "message": 5}]),
+        json.dumps([{k: v for k, v in GOOD_COMMIT.items() if k != "tx"}]),
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_a_damaged_cached_read_is_a_clear_error(tmp_path: Path, payload: str) -> None:
+    """The cache is a file its user (or anything running as them) can change."""
+    cache = ReadCache(tmp_path / "c.sqlite")
+    with sqlite3.connect(tmp_path / "c.sqlite") as db:
+        db.execute("INSERT INTO reads VALUES ('history', 'tank/a', ?, '2026-12-01T00:00:00+00:00')", (payload,))
+    with pytest.raises(CacheMissError, match="unreadable history of tank/a"):
+        CachedReader(cache, pool="tank").history("tank/a")
+
+
+def test_a_cached_read_that_is_sound_reads_back(tmp_path: Path) -> None:
+    cache = ReadCache(tmp_path / "c.sqlite")
+    cache.record("history", "tank/a", [GOOD_COMMIT, {**GOOD_COMMIT, "message": None}])
+    cache.record(
+        "repositories",
+        "tank",
+        [{"name": "tank/a", "mountpoint": None, "owner": "0:0", "mode": None, "commits": 2, "last_commit": None}],
+    )
+    reader = CachedReader(cache, pool="tank")
+    assert [c.message for c in reader.history("tank/a")] == ["nightly", None]
+    assert [r.commits for r in reader.repositories()] == [2]

@@ -119,6 +119,8 @@ def test_the_zedlet_runs_the_queue_for_the_imported_pool(tmp_path: Path) -> None
         (COMMAND, {**ENV, "DSG_STORAGE_QUEUE": "/tmp/a b"}),
         (COMMAND, {**ENV, "DSG_STORAGE_QUEUE": "/tmp/%h"}),
         (COMMAND, {"DSG_STORAGE_QUEUE": "/q"}),  # no allow-list: the hooks could change nothing
+        (COMMAND, {**ENV, "DSG_STORAGE_QUEUE": "/q\n"}),  # "$" took a trailing newline: a new unit line
+        (COMMAND, {**ENV, "DSG_STORAGE_QUEUE": "/q\nExecStartPre=/bin/sh"}),
     ],
 )
 def test_values_that_would_break_quoting_are_refused(command: list[str], env: dict[str, str]) -> None:

@@ -141,6 +141,17 @@ def doc_with(**changes: object) -> str:
         (doc_with(commits=[{"name": "a", "guid": str(2**64)}]), "has no valid 'guid'"),
         (doc_with(commits=[{"name": "a", "guid": 1.5}]), "has no valid 'guid'"),
         (doc_with(commits=[{"name": "a", "guid": "1"}, {"name": "a", "guid": "2"}]), "lists commit a twice"),
+        (doc_with(repository="tank/a\n"), "has an invalid 'repository'"),
+        (doc_with(repository="tank/\x1b[31m"), "has an invalid 'repository'"),
+        (doc_with(commits=[{"name": "a\n", "guid": "1"}]), "commit 1 has a 'name' that is no snapshot name"),
+        (doc_with(commits=[{"name": "a\x9b2J", "guid": "1"}]), r"no snapshot name: 'a\\x9b2J'"),
+        (doc_with(commits=[{"name": "a@b", "guid": "1"}]), "no snapshot name"),
+        (doc_with(commits=[{"name": "x" * 256, "guid": "1"}]), "no snapshot name"),
+        (doc_with(commits=[{"name": "a", "guid": "\u0661"}]), "has no valid 'guid'"),  # an Arabic-Indic 1
+        (doc_with(commits=[{"name": "a", "guid": "1\n"}]), "has no valid 'guid'"),
+        (doc_with(commits=[{"name": "a", "guid": 10**30}]), "has no valid 'guid'"),
+        (doc_with(format_version=10**30), "format version 1000000000000000000000000000000, made by a newer"),
+        ('{"format": "dsg-storage-lock", "format_version": 1' + "0" * 5000 + "}", "cannot be read: it is not valid"),
     ],
 )
 def test_loads_errors_say_what_is_wrong(text: str, message: str) -> None:
@@ -153,3 +164,27 @@ def test_a_newer_version_hints_at_an_upgrade() -> None:
         lf.loads(doc_with(format_version=7))
     assert caught.value.hint == "read it with a newer dsg-storage" and isinstance(caught.value, ValueError)
     assert str(caught.value).startswith("lock file is lock file format version 7")
+
+
+@pytest.mark.parametrize("where", ["repository", "created", "name", "guid", "key", "dsg_storage_version"])
+def test_a_lone_surrogate_anywhere_is_a_lock_file_error(tmp_path: Path, where: str) -> None:
+    """JSON's \\ud800 escape makes a string Python keeps but cannot encode: refused as the
+    file is read, not when its text is printed later."""
+    doc = json.loads(lf.dumps(LOCK))
+    marker = "@@surrogate@@"
+    if where in ("name", "guid"):
+        doc["commits"][1][where] = marker
+    elif where == "key":
+        doc["commits"][1][marker] = 1
+    else:
+        doc[where] = marker
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps(doc).replace(f'"{marker}"', '"a\\ud800"'))
+    assert "\\ud800" in path.read_text()
+    with pytest.raises(LockFileError, match="lone surrogate"):
+        lf.read(path)
+
+
+def test_a_python_string_with_a_surrogate_is_a_lock_file_error() -> None:
+    with pytest.raises(LockFileError, match="lone surrogate"):
+        lf.loads(lf.dumps(LOCK).replace("tank/data/survey", "tank/\ud800"))

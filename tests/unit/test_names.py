@@ -77,3 +77,44 @@ def test_commit_snapshot_names_are_readable_and_sortable() -> None:
     b = names.commit_snapshot("tank/r", datetime(2026, 11, 21, 7, 15, 30, 120000, tzinfo=UTC))
     assert a == "tank/r@dsg-commit-20261121T071530.005Z"
     assert a < b and names.is_commit_snapshot(b.split("@")[1])
+
+
+ARABIC_ONE = "\u0661"  # "١": str.isdigit() and \d take it, and int() reads it as 1
+
+
+@pytest.mark.parametrize("name", ["repo\n", "tank/repo\n", "tank/a" + ARABIC_ONE, "tank/a\x1b[31m", "tank/\u00e9"])
+def test_repository_names_are_ascii_to_the_last_character(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        names.validate_repository(name)
+
+
+@pytest.mark.parametrize("name", ["tank\n", "tank" + ARABIC_ONE, "\u00e9tank", "c0\nx"])
+def test_pool_names_are_ascii_to_the_last_character(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        names.validate_pool(name)
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        "20261121T071530Z-3fa2c1\n",
+        "2026112" + ARABIC_ONE + "T071530Z-3fa2c1",
+        "20261121T07153" + ARABIC_ONE + "Z-3fa2c1",
+        "\n20261121T071530Z-3fa2c1",
+    ],
+)
+def test_tx_ids_with_a_newline_or_other_digits_are_refused(tx: str) -> None:
+    with pytest.raises(InvalidNameError):
+        names.validate_tx_id(tx)
+
+
+@pytest.mark.parametrize("short", ["s1\n", "s" + ARABIC_ONE, "dsg-commit-2026\n", "a\x1b", ""])
+def test_snapshot_names_with_a_newline_or_other_digits_are_refused(short: str) -> None:
+    assert not names.is_snapshot_short(short) and not names.valid_snapshot_short(short)
+
+
+def test_temporary_names_parse_only_when_whole() -> None:
+    tx = "20261121T071530Z-3fa2c1"
+    assert names.parse_temporary(f"tank/a.dsg-ws-{tx}") == ("tank/a", "ws", tx)
+    for name in (f"tank/a.dsg-ws-{tx}\n", f"tank/a.dsg-ws-{tx.replace('1', ARABIC_ONE)}", f"tank/a\n.dsg-ws-{tx}"):
+        assert names.parse_temporary(name) is None, name

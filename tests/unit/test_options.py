@@ -21,6 +21,15 @@ def test_bad_owners_are_refused(text: str) -> None:
         Owner.parse(text)
 
 
+@pytest.mark.parametrize("text", ["\u0661:0", "0:\u0661", "1000\n:0", " 1:0"])
+def test_owner_ids_are_ascii_digits(text: str) -> None:
+    """``int`` reads other scripts' digits ("\u0661" is 1) and ``isdigit`` takes them."""
+    with pytest.raises(InvalidArgumentError):
+        Owner.parse_ids(text)
+    with pytest.raises(InvalidArgumentError):
+        Owner.parse(text)
+
+
 def test_modes_are_octal_permission_bits() -> None:
     assert parse_mode("0750") == parse_mode("750") == parse_mode(0o750) == 0o750
     for bad in ("9", "rwx", "100000", -1):

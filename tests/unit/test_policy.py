@@ -199,6 +199,8 @@ def test_invoker_from_env() -> None:
     assert invoker_from_env({"SUDO_UID": "1000", "SUDO_GID": "1000"}) == ALICE
     with pytest.raises(PolicyError):
         invoker_from_env({"SUDO_UID": "1000; rm", "SUDO_GID": "1"})
+    with pytest.raises(PolicyError):
+        invoker_from_env({"SUDO_UID": "\u0661\u0660\u0660\u0660", "SUDO_GID": "1000"})  # Arabic-Indic 1000
 
 
 @needs_root

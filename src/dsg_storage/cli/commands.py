@@ -47,6 +47,7 @@ from ..errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
 )
+from .present import shown
 
 # Start-up cost: `--version` never gets here (cli/__init__.py answers it); argparse comes
 # first, logging only with a first message (_log), and every command imports what it
@@ -167,7 +168,7 @@ def _access(reader: Reader, kind: str, key: str) -> dict[str, Any]:
     fields: dict[str, Any] = {"access": reader.mode.value, "freshness": freshness, "age": round(age, 3)}
     if isinstance(reader, CachedReader):
         fields.update(cached=True, cached_at=reader.taken_at(kind, key))
-        print(f"cached: taken at {fields['cached_at']}, {age:.0f}s ago", file=sys.stderr)
+        print(f"cached: taken at {shown(str(fields['cached_at']))}, {age:.0f}s ago", file=sys.stderr)
     return fields
 
 
@@ -176,14 +177,17 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
 
     from ..read.reader import commit_to_json
 
-    print(f"access: {reader.describe()}", file=sys.stderr)
+    print(f"access: {shown(reader.describe())}", file=sys.stderr)
     if args.command == "history":
         commits = reader.history(args.repo)
         extra = _access(reader, "history", args.repo)
         _emit(
             args,
             [{**commit_to_json(c), **extra} for c in commits],
-            "\n".join(f"{c.name}\t{c.committed}\t{c.tx}\t{c.message or ''}".rstrip() for c in commits),
+            "\n".join(
+                f"{shown(c.name)}\t{shown(c.committed)}\t{shown(c.tx)}\t{shown(c.message or '')}".rstrip()
+                for c in commits
+            ),
         )
     elif args.command == "repos":
         repos = reader.repositories(args.under)
@@ -191,7 +195,10 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
         _emit(
             args,
             [{**attrs.asdict(r), **extra} for r in repos],
-            "\n".join(f"{r.name}\t{r.mountpoint or '-'}\t{r.commits} commits\t{r.last_commit or '-'}" for r in repos),
+            "\n".join(
+                f"{shown(r.name)}\t{shown(r.mountpoint or '-')}\t{r.commits} commits\t{shown(r.last_commit or '-')}"
+                for r in repos
+            ),
         )
     elif args.command in ("ls", "stat"):
         entries = (
@@ -204,7 +211,7 @@ def _run_read(args: argparse.Namespace, reader: Reader) -> int:
         _emit(
             args,
             records if args.command == "ls" else records[0],
-            "\n".join(f"{e.type}\t{e.mode}\t{e.uid}:{e.gid}\t{e.size}\t{e.path or '.'}" for e in entries),
+            "\n".join(f"{e.type}\t{e.mode}\t{e.uid}:{e.gid}\t{e.size}\t{shown(e.path or '.')}" for e in entries),
         )
     elif args.command == "cat":
         data = reader.read(args.repo, args.path, commit=args.commit)
@@ -305,17 +312,23 @@ def _run(args: argparse.Namespace, allow: AllowList, inv: Caller | None = None) 
         owner = inv.owner(args.owner, creating=args.mountpoint is not None)
         tx = repo.begin(mountpoint=mountpoint, owner=owner, mode=args.mode)
         _emit(
-            args, {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path}, f"{tx.id}\t{tx.pattern.value}\t{tx.path}"
+            args,
+            {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path},
+            f"{tx.id}\t{tx.pattern.value}\t{shown(tx.path)}",
         )
     elif args.command == "commit":
         commit = repo.commit(args.tx, args.message, wait=args.wait)
-        _emit(args, _commit_json(commit), commit.snapshot)
+        _emit(args, _commit_json(commit), shown(commit.snapshot))
     elif args.command in ("rollback", "abort"):
         repo.rollback(args.tx)
         _emit(args, {"tx": args.tx, "rolled_back": True}, f"rolled back {args.tx}")
     elif args.command == "recover":
         actions = repo.recover(abort_stale=args.abort_stale)
-        _emit(args, {"repository": repo.name, "actions": actions}, "\n".join(actions) or "nothing to recover")
+        _emit(
+            args,
+            {"repository": repo.name, "actions": actions},
+            "\n".join(shown(action) for action in actions) or "nothing to recover",
+        )
     return 0
 
 
@@ -334,20 +347,20 @@ def _recover_pool(args: argparse.Namespace, allow: AllowList, inv: Caller) -> in
         for name in repositories_in(zfs, args.recover_pool):
             steps = Repository(name, zfs=zfs, policy=inv.policy).plan("recover")
             results.append({"repository": name, "steps": steps})
-            lines += [f"{name}: {step}" for step in steps] or [f"{name}: nothing to do"]
+            lines += [shown(f"{name}: {step}") for step in steps] or [shown(f"{name}: nothing to do")]
     else:
         for done in recover_pool(args.recover_pool, zfs=zfs, policy=inv.policy):
             entry: dict[str, Any] = {"repository": done.repository, "actions": list(done.actions)}
             if done.error is not None:
                 entry["error"] = str(done.error)
                 errors.append(done.error)
-                print(f"dsg-storage: {done.repository}: {done.error}", file=sys.stderr)
+                print(shown(f"dsg-storage: {done.repository}: {done.error}"), file=sys.stderr)
             results.append(entry)
-            lines += [f"{done.repository}: {action}" for action in done.actions]
+            lines += [shown(f"{done.repository}: {action}") for action in done.actions]
             if not done.actions and done.error is None:
-                lines.append(f"{done.repository}: nothing to recover")
+                lines.append(shown(f"{done.repository}: nothing to recover"))
     pool = args.recover_pool
-    _emit(args, {"pool": pool, "repositories": results}, "\n".join(lines) or f"no allowed repository on {pool}")
+    _emit(args, {"pool": pool, "repositories": results}, "\n".join(lines) or f"no allowed repository on {shown(pool)}")
     return _exit_status(errors[0]) if errors else 0
 
 
@@ -364,21 +377,21 @@ def _status(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     name = names.validate_repository(args.repo)  # a bad name is exit 2, ZFS or not
     status = read_status(open_zfs(allow), name, inv.policy)
     lines = [
-        f"repository:  {status.repository}{'' if status.exists else ' (does not exist)'}",
+        f"repository:  {shown(status.repository)}{'' if status.exists else ' (does not exist)'}",
         "access:      live",
-        f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})",
-        f"owner/mode:  {status.owner or '-'} {status.mode or ''}".rstrip(),
-        f"last commit: {status.last_commit.name if status.last_commit else '-'}",
+        shown(f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})"),
+        f"owner/mode:  {shown(status.owner or '-')} {shown(status.mode or '')}".rstrip(),
+        f"last commit: {shown(status.last_commit.name) if status.last_commit else '-'}",
         f"pending:     {len(status.pending)}",
         *(
-            f"  {p.tx}\t{p.pattern.value}\t{p.state}\tbegun {p.begun}"
+            f"  {shown(p.tx)}\t{p.pattern.value}\t{shown(p.state)}\tbegun {shown(str(p.begun))}"
             + (f" ({p.age:.0f}s ago)" if p.age is not None else "")
-            + f"\t{p.path}"
-            + (f"\tin use by {', '.join(p.in_use)}" if p.in_use else "")
+            + f"\t{shown(p.path)}"
+            + (f"\tin use by {shown(', '.join(p.in_use))}" if p.in_use else "")
             for p in status.pending
         ),
-        *(f"leftover:    {name} (destruction still due)" for name in status.leftovers),
-        *([f"recovery:    {status.recovery_note}"] if status.recovery_note else []),
+        *(f"leftover:    {shown(name)} (destruction still due)" for name in status.leftovers),
+        *([f"recovery:    {shown(status.recovery_note)}"] if status.recovery_note else []),
     ]
     _emit(args, _status_json(status), "\n".join(lines))
     return 0
@@ -464,7 +477,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, gi
                 "sha256": checked.sha256,
                 **_signature_json(checked.signature),
             },
-            f"{args.file}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches, "
+            f"{shown(args.file)}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches, "
             f"each stream is the snapshot it claims); signature: {describe_signature(checked.signature)}",
         )
     elif getattr(args, "dry_run", False):
@@ -478,7 +491,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, gi
         meta = checked.info.metadata
         target = args.into if meta.get("type") == "incremental" else f"{args.into} (via a temporary dataset)"
         steps = [f"receive {s['name']} into {target}" for s in meta.get("snapshots") or []]
-        _emit(args, steps, "\n".join(steps))
+        _emit(args, steps, "\n".join(shown(step) for step in steps))
     else:
         progress = None if args.json else write_progress(label="import")
         mountpoint = inv.mountpoint(args.mountpoint)
@@ -503,7 +516,7 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, gi
         _emit(
             args,
             attrs.asdict(result),
-            f"imported {result.kind} bundle into {result.repository}: {', '.join(result.snapshots)}{signed}",
+            shown(f"imported {result.kind} bundle into {result.repository}: {', '.join(result.snapshots)}{signed}"),
         )
     return 0
 
@@ -532,7 +545,7 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
                     "commits": len(lock.commits),
                     "signature_file": f"{args.output}.sig" if args.sign else None,
                 },
-                f"{args.output}: {len(lock.commits)} commits of {repo.name}",
+                shown(f"{args.output}: {len(lock.commits)} commits of {repo.name}"),
             )
         else:
             sys.stdout.write(lockfile.dumps(lock))
@@ -557,9 +570,14 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
     }
     signed = f" (signed by {signature.signer})" if signature.signer else ""
     text = (
-        f"{repo.name} matches {args.lock}{signed}"
+        shown(f"{repo.name} matches {args.lock}{signed}")
         if diff.matches
-        else "\n".join([f"{repo.name} does not match {args.lock}{signed}:", *(f"  {line}" for line in diff.describe())])
+        else "\n".join(
+            [
+                shown(f"{repo.name} does not match {args.lock}{signed}:"),
+                *(f"  {shown(line)}" for line in diff.describe()),
+            ]
+        )
     )
     _emit(args, as_json, text)
     return 0 if diff.matches else EXIT_MISMATCH
@@ -581,8 +599,8 @@ def _item_json(item: Item, now: float) -> dict[str, Any]:
 
 def _item_line(item: Item, now: float) -> str:
     return (
-        f"{item.id}\t{item.state.value}\t{item.kind.value}\t{item.target}\tattempts={item.attempts}"
-        f"\tage={item.age(now):.0f}s\t{item.last_error or ''}"
+        f"{item.id}\t{item.state.value}\t{item.kind.value}\t{shown(item.target)}\tattempts={item.attempts}"
+        f"\tage={item.age(now):.0f}s\t{shown(item.last_error or '')}"
     ).rstrip()
 
 
@@ -620,7 +638,9 @@ def _run_queue(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
             items = queue.due(due_only=action == "gc", pool=args.queue_pool)
             items = [i for i in items if only is None or only(i.target)]
             steps = [{**_item_json(i, now), "step": f"{i.kind.value} {i.target}"} for i in items]
-            _emit(args, steps, "\n".join(f"would {s['step']} (item {s['id']})" for s in steps) or "nothing to do")
+            _emit(
+                args, steps, "\n".join(shown(f"would {s['step']} (item {s['id']})") for s in steps) or "nothing to do"
+            )
         else:  # flush or gc
             from ..zfs.boundary import open_zfs
 
@@ -646,7 +666,7 @@ def _dry_run(args: argparse.Namespace, repo: Repository, inv: Caller) -> int:
         steps = repo.plan("rollback", args.tx)
     else:
         steps = repo.plan("recover")
-    _emit(args, steps, "\n".join(steps) or "nothing to do")
+    _emit(args, steps, "\n".join(shown(step) for step in steps) or "nothing to do")
     return 0
 
 
@@ -664,9 +684,9 @@ def _snapshot(args: argparse.Namespace, repo: Repository) -> int:
             raise
         with Queue() as queue:
             item = queue.add_snapshot(name)
-            _emit(args, {"queued": _item_json(item, queue.clock())}, f"queued {name} as item {item.id}")
+            _emit(args, {"queued": _item_json(item, queue.clock())}, shown(f"queued {name} as item {item.id}"))
         return 0
-    _emit(args, {"snapshot": name, "requested": now.isoformat(timespec="seconds")}, name)
+    _emit(args, {"snapshot": name, "requested": now.isoformat(timespec="seconds")}, shown(name))
     return 0
 
 
@@ -689,14 +709,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow = inv.allow(AllowList.parse(args.allow))
         return _run(args, allow, inv)
     except DsgStorageError as exc:
-        print(f"dsg-storage: {exc}", file=sys.stderr)
+        print(shown(f"dsg-storage: {exc}"), file=sys.stderr)
         return _exit_status(exc)
     except FileNotFoundError as exc:  # a file asked of ls/stat/cat
-        print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(shown(f"dsg-storage: {exc.filename}: {exc.strerror}"), file=sys.stderr)
         return EXIT_NOT_FOUND
     except FileExistsError as exc:  # an output file, through sudo without --force
-        print(f"dsg-storage: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(shown(f"dsg-storage: {exc.filename}: {exc.strerror}"), file=sys.stderr)
         return EXIT_USAGE
     except PermissionError as exc:  # an output file the invoking user may not write
-        print(f"dsg-storage: {exc.filename}: {exc.strerror} (as the invoking user)", file=sys.stderr)
+        print(shown(f"dsg-storage: {exc.filename}: {exc.strerror} (as the invoking user)"), file=sys.stderr)
         return EXIT_NOT_ALLOWED

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.periods import PERIODS  # for the parser, without the retention rules
 from ..errors import InvalidArgumentError, NotAllowedError
+from .present import shown
 
 # Each command imports what it uses inside its function (see commands.py).
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> 
         emit(
             args,
             {"snapshot": name, "keep": not args.remove},
-            f"{name}: {'unmarked' if args.remove else 'kept by every prune'}",
+            f"{shown(name)}: {'unmarked' if args.remove else 'kept by every prune'}",
         )
         return 0
     if args.command == "metrics":
@@ -88,14 +89,15 @@ def _prune_json(result: PruneResult) -> dict[str, Any]:
 def _prune_lines(result: PruneResult) -> list[str]:
     lines = [f"policy: {result.plan.policy.format()}"]
     for decision in result.plan.decisions:
+        snapshot = shown(decision.snapshot)
         if decision.keep:
-            lines.append(f"keep\t{decision.snapshot}\t{', '.join(decision.reasons)}")
+            lines.append(f"keep\t{snapshot}\t{shown(', '.join(decision.reasons))}")
         elif result.dry_run:
-            lines.append(f"would destroy\t{decision.snapshot}")
+            lines.append(f"would destroy\t{snapshot}")
         elif decision.snapshot in result.skipped:
-            lines.append(f"skipped\t{decision.snapshot}\t{result.skipped[decision.snapshot]}")
+            lines.append(f"skipped\t{snapshot}\t{shown(str(result.skipped[decision.snapshot]))}")
         else:
-            lines.append(f"destroyed\t{decision.snapshot}")
+            lines.append(f"destroyed\t{snapshot}")
     return lines
 
 
@@ -122,7 +124,7 @@ def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller
         emit(args, {"file": path}, path)
     elif args.textfile:
         path = metrics.write_textfile(facts, args.textfile)
-        emit(args, {"file": path}, path)
+        emit(args, {"file": path}, shown(path))
     else:
         sys.stdout.write(metrics.render(facts))
     return 0
@@ -146,7 +148,7 @@ def _install_hooks(args: argparse.Namespace, allow: AllowList, emit: Emit) -> in
                 print(f"# ---- {hook.name} ({hook.kind}, mode {hook.mode:o})\n{hook.content}")
         return 0
     written = hooks.install(files, zedlet_dir=args.zedlet_dir, systemd_dir=args.systemd_dir)
-    emit(args, {"installed": written}, "\n".join(written))
+    emit(args, {"installed": written}, "\n".join(shown(path) for path in written))
     return 0
 
 
@@ -167,11 +169,16 @@ def _cache(args: argparse.Namespace, emit: Emit) -> int:
             emit(
                 args,
                 attrs.asdict(stats),
-                f"{stats.path}: {kinds}; oldest {stats.oldest or '-'}, newest {stats.newest or '-'}; {stats.file_bytes} bytes",
+                shown(
+                    f"{stats.path}: {kinds}; oldest {stats.oldest or '-'}, newest {stats.newest or '-'}; "
+                    f"{stats.file_bytes} bytes"
+                ),
             )
         else:
             count = cache.clear(args.kind)
-            emit(args, {"path": str(cache.path), "cleared": count}, f"{cache.path}: {count} cached reads cleared")
+            emit(
+                args, {"path": str(cache.path), "cleared": count}, shown(f"{cache.path}: {count} cached reads cleared")
+            )
     finally:
         cache.close()
     return 0

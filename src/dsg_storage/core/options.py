@@ -37,13 +37,19 @@ class Owner:
     def parse_ids(cls, text: str) -> Owner:
         """``"1000:1000"`` only (numbers, no name lookup): how the pool records an owner."""
         uid, sep, gid = text.partition(":")
-        if not sep or not uid.isdigit() or not gid.isdigit():
+        if not sep or not _decimal(uid) or not _decimal(gid):
             raise InvalidArgumentError(f"owner {text!r} is not UID:GID")
         return cls(_id(int(uid), "uid"), _id(int(gid), "gid"))
 
     @classmethod
     def current(cls) -> Owner:
         return cls(os.geteuid(), os.getegid())
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes other scripts' digits ("١"), which
+    ``int`` turns into numbers."""
+    return text.isascii() and text.isdigit()
 
 
 def _id(value: int, what: str) -> int:
@@ -53,7 +59,7 @@ def _id(value: int, what: str) -> int:
 
 
 def _lookup(text: str, getter: object, what: str) -> int:
-    if text.isdigit():
+    if _decimal(text):
         return _id(int(text), "uid" if what == "user" else "gid")
     try:
         entry = getter(text)  # type: ignore[operator]

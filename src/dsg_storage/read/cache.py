@@ -106,7 +106,12 @@ class ReadCache:
             ).fetchone()
         if row is None:
             raise CacheMissError(f"the read cache {self.path} holds no {kind} of {key}", hint="read it live once first")
-        return CachedRead(json.loads(row[0]), row[1])
+        try:
+            return CachedRead(json.loads(row[0]), row[1])
+        except (TypeError, ValueError, RecursionError):  # not JSON text: changed by something else
+            raise CacheMissError(
+                f"the read cache {self.path} holds an unreadable {kind} of {key}", hint="dsg-storage cache clear"
+            ) from None
 
     def stats(self) -> CacheStats:
         entries = dict(self._db.execute("SELECT kind, COUNT(*) FROM reads GROUP BY kind ORDER BY kind").fetchall())

@@ -23,7 +23,7 @@ import os
 import stat as stat_
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, Self, TypeVar
 
 import attrs
 
@@ -48,6 +48,8 @@ from ..zfs.boundary import open_zfs
 from ..zfs.mounts import reader_dir_prefix
 from ..zfs.port import ZfsPort
 from .cache import ReadCache, age_of
+
+_R = TypeVar("_R", "RepositoryInfo", Commit)
 
 
 class Mode(enum.Enum):
@@ -109,12 +111,16 @@ def _open_root(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def _has_fields(item: object, fields: dict[str, Any]) -> bool:
+    """``item`` is an object holding each of ``fields`` as a value of its type."""
+    return isinstance(item, dict) and all(
+        name in item and isinstance(item[name], kind) and not isinstance(item[name], bool)
+        for name, kind in fields.items()
+    )
+
+
 def commit_to_json(commit: Commit) -> dict[str, Any]:
     return {**attrs.asdict(commit), "name": commit.name}
-
-
-def _commit_from_json(data: dict[str, Any]) -> Commit:
-    return Commit(**{f.name: data[f.name] for f in attrs.fields(Commit)})
 
 
 class Reader:
@@ -437,10 +443,28 @@ class CachedReader(Reader):
 
     def repositories(self, under: str | None = None) -> list[RepositoryInfo]:
         key = under or str(self.pool)
-        return [RepositoryInfo(**item) for item in self._get("repositories", key)]
+        text = str | None
+        fields = {"name": str, "mountpoint": text, "owner": text, "mode": text, "commits": int, "last_commit": text}
+        return self._typed("repositories", key, RepositoryInfo, fields)
 
     def history(self, repo: str) -> list[Commit]:
-        return [_commit_from_json(item) for item in self._get("history", repo)]
+        fields = {"snapshot": str, "tx": str, "committed": str, "message": str | None, "guid": int, "createtxg": int}
+        return self._typed("history", repo, Commit, fields)
+
+    def _typed(self, kind: str, key: str, cls: type[_R], fields: dict[str, Any]) -> list[_R]:
+        """The cached read as ``cls`` records, each of the ``fields`` of its type. The cache
+        is a file its user can change: what it holds is checked as it is read, so a
+        damaged one is an error, not a traceback."""
+        items = self._get(kind, key)
+        if not isinstance(items, list) or not all(_has_fields(item, fields) for item in items):
+            raise self._unreadable(kind, key)
+        return [cls(**{name: item[name] for name in fields}) for item in items]
+
+    def _unreadable(self, kind: str, key: str) -> CacheMissError:
+        path = self.cache.path if self.cache else "?"
+        return CacheMissError(
+            f"the read cache {path} holds an unreadable {kind} of {key}", hint="dsg-storage cache clear"
+        )
 
     def _root(self, repo: str, commit: str | None) -> str:
         raise CacheMissError(f"file contents of {repo} are not cached (only repository lists and histories are)")

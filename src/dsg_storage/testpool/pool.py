@@ -28,7 +28,7 @@ POOL = "dsgtest"
 DEFAULT_FILE = "/var/tmp/dsgtest.img"
 DEFAULT_SIZE = "1G"
 DEFAULT_MOUNT_BASE = "/var/tmp/dsgtest"
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"([0-9]+)([KMGT]?)", re.IGNORECASE)
 
 
 class PoolError(RuntimeError):
@@ -36,7 +36,7 @@ class PoolError(RuntimeError):
 
 
 def parse_size(text: str) -> int:
-    match = _SIZE_RE.match(text.strip())
+    match = _SIZE_RE.fullmatch(text.strip())
     if not match:
         raise PoolError(f"size {text!r} is not a number with an optional K/M/G/T suffix")
     number, unit = int(match.group(1)), match.group(2).upper()

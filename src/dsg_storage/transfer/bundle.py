@@ -89,6 +89,7 @@ from .. import _log
 from .. import names as _names
 from .._libc import libc
 from .._version import __version__
+from ..cli.present import shown
 from ..core.history import lineage
 from ..core.options import Owner, check_mountpoint, parse_mode
 from ..core.records import Phase
@@ -1128,27 +1129,32 @@ def write_progress(stream: Any = None, *, label: str = "") -> ProgressFn | None:
 
 
 def describe(info: BundleInfo, signature: Signature | None = None) -> list[str]:
-    """Human lines for ``bundle inspect`` (of a bundle whose claims were checked)."""
+    """Human lines for ``bundle inspect`` (of a bundle whose claims were checked). Every
+    value from the file is ``shown``: control characters in it appear escaped, and a
+    newline in a value never starts a line of its own."""
     meta = _metadata.parse(info.metadata, "the bundle")
-    base = f"{meta.base.name} (guid {meta.base.guid})" if meta.base else "-"
+    base = f"{shown(meta.base.name)} (guid {meta.base.guid})" if meta.base else "-"
+    owner, mode = shown(meta.owner or "-"), shown(meta.mode or "-")
+    created, tool, zfs = shown(meta.created), shown(meta.dsg_storage_version), shown(meta.zfs_version)
     lines = [
-        f"bundle:      format {info.format_version}, {meta.type}, {info.file_size:,} bytes",
-        f"repository:  {meta.repository}",
-        f"recorded:    owner {meta.owner or '-'}, mode {meta.mode or '-'} (shown only: an import applies its own)",
+        f"bundle:      format {info.format_version}, {shown(meta.type)}, {info.file_size:,} bytes",
+        f"repository:  {shown(meta.repository)}",
+        f"recorded:    owner {owner}, mode {mode} (shown only: an import applies its own)",
         f"base:        {base}",
-        f"created:     {meta.created} by dsg-storage {meta.dsg_storage_version}, ZFS {meta.zfs_version}",
+        f"created:     {created} by dsg-storage {tool}, ZFS {zfs}",
         f"snapshots:   {len(meta.snapshots)}",
     ]
     if signature is not None:
         lines.append(f"signature:   {describe_signature(signature)}")
     for snap, part in zip(meta.snapshots, info.parts, strict=True):
-        lines.append(f"  {snap.name}\tguid {snap.guid}\t{part.size:,} bytes\tdigest {part.digest}")
+        lines.append(f"  {shown(snap.name)}\tguid {snap.guid}\t{part.size:,} bytes\tdigest {shown(part.digest)}")
     return lines
 
 
 def describe_signature(signature: Signature) -> str:
+    """One line saying how the file is signed; the signer's name and key ``shown``."""
     if signature.status == "good":
-        return f"good, by {signature.signer} ({signature.key or 'key'})"
+        return f"good, by {shown(signature.signer or '-')} ({shown(signature.key or 'key')})"
     if signature.status == "unchecked":
         return "present, not checked (no --allowed-signers)"
     return "none"

@@ -159,6 +159,7 @@ _OVERHEAD = _RECORD.size + _CHECK_SIZE
 _CHUNK_DIGEST_SIZE = 16  # md5
 _UNFINISHED = 2**64 - 1  # the stream length until the part is whole: past any file's end
 _PIECE = 64 << 10  # reads of a chunk digests record
+_MD5_HEX, _SHA256_HEX = re.compile("[0-9a-f]{32}"), re.compile("[0-9a-f]{64}")
 
 _T = TypeVar("_T")
 
@@ -322,12 +323,17 @@ class _DigestAhead:
             raise failure[0]
 
     def _follow(self, watch: int, wake_r: int) -> None:
+        # poll, not select: select cannot take a descriptor of 1024 or more (FD_SETSIZE),
+        # which a process holding many files open hands out.
+        poller = select.poll()
+        for fd in (watch, wake_r):
+            poller.register(fd, select.POLLIN)
         while len(self.digests) < MAX_AHEAD:
             grown = os.fstat(self.read_fd).st_size - self.start
             while grown - self.done >= WINDOW_SIZE and len(self.digests) < MAX_AHEAD:
                 self.digests += _window_digests(self.read_fd, self.start + self.done, WINDOW_SIZE)
                 self.done += WINDOW_SIZE
-            ready, _, _ = select.select([watch, wake_r], [], [])
+            ready = [fd for fd, _ in poller.poll()]
             if wake_r in ready:
                 return  # the producer ended: the pass after digests the tail
             with contextlib.suppress(BlockingIOError):  # drain; events coalesce anyway
@@ -758,6 +764,8 @@ class _Reader:
         entries = self.field(trailer, "parts", list, "trailer")
         if len(entries) != count:
             raise self.corrupt(f"the trailer lists {len(entries)} parts but counts {count}")
+        if count > MAX_PARTS:
+            raise self.corrupt(f"the trailer lists {count} parts, more than the limit {MAX_PARTS}")
         parts = []
         for index, entry in enumerate(entries):
             what = f"trailer's entry for part {index + 1}"
@@ -770,11 +778,24 @@ class _Reader:
                 self.field(entry, "digest", str, what),
                 self.field(entry, "offset", int, what),
             )
+            # ``inspect`` trusts these without reading the parts, and a reader preads
+            # ``size`` bytes at ``offset``: each stream lies between the header and
+            # the trailer (no negative or past-the-end offset, nothing beyond a u64).
+            if not _HEADER.size + _OVERHEAD <= summary.offset <= start or summary.size > start - summary.offset:
+                raise self.corrupt(
+                    f"the {what} puts its {summary.size} stream bytes at byte {summary.offset}, "
+                    f"outside the bundle's parts (bytes {_HEADER.size + _OVERHEAD} to {start})"
+                )
+            if not _MD5_HEX.fullmatch(summary.digest):
+                raise self.corrupt(f"the {what} has a digest that is not 32 hexadecimal digits")
             parts.append(summary)
         total = self.field(trailer, "total_size", int, "trailer")
         if total != sum(part.size for part in parts):
             raise self.corrupt(f"the trailer's total size {total} is not the sum of its parts' sizes")
-        return _Trailer(start, tuple(parts), total, self.field(trailer, "structure_sha256", str, "trailer"))
+        structure = self.field(trailer, "structure_sha256", str, "trailer")
+        if not _SHA256_HEX.fullmatch(structure):
+            raise self.corrupt("the trailer's structure_sha256 is not 64 hexadecimal digits")
+        return _Trailer(start, tuple(parts), total, structure)
 
 
 # Reading is in two passes. The first (``_walk``) reads every record but no stream byte:

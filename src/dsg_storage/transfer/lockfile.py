@@ -38,8 +38,9 @@ from typing import Any, TypeGuard
 
 import attrs
 
+from .. import names as _names
 from .._version import __version__
-from ..errors import LockFileError
+from ..errors import InvalidNameError, LockFileError
 from . import safejson
 
 MARKER = "dsg-storage-lock"
@@ -88,7 +89,11 @@ def dumps(lock: LockFile) -> str:
 def loads(text: str, *, source: str = "lock file") -> LockFile:
     """Parse a lock file; ``source`` names it in error messages."""
     try:
-        doc = safejson.loads(text.encode(), max_size=MAX_SIZE)
+        data = text.encode()
+    except UnicodeEncodeError:  # a str made in Python: a file's bytes decode to none such
+        raise LockFileError(f"{source} is not a dsg-storage lock file (it holds a lone surrogate)") from None
+    try:
+        doc = safejson.loads(data, max_size=MAX_SIZE)
     except safejson.JsonLimitError as exc:
         bad = exc.decode_error
         if bad is not None:
@@ -109,6 +114,10 @@ def loads(text: str, *, source: str = "lock file") -> LockFile:
         )
     repository, created = _string(doc, "repository", source), _string(doc, "created", source)
     try:
+        _names.validate_repository(repository)
+    except InvalidNameError as exc:
+        raise LockFileError(f"{source} has an invalid 'repository': {exc}") from None
+    try:
         datetime.fromisoformat(created)
     except ValueError:
         raise LockFileError(f"{source} has an invalid 'created' time {created!r} (expected ISO 8601)") from None
@@ -121,6 +130,8 @@ def loads(text: str, *, source: str = "lock file") -> LockFile:
         if not isinstance(entry, dict):
             raise LockFileError(f"{where} is not an object with 'name' and 'guid'")
         name, guid = _string(entry, "name", where), entry.get("guid")
+        if not _names.is_snapshot_short(name) or len(name) > _names.MAX_NAME_LEN:
+            raise LockFileError(f"{where} has a 'name' that is no snapshot name: {name[:80]!r}")
         # A string, as written; a plain number too, from a hand-made file (Python's are exact).
         if isinstance(guid, str) and _GUID.fullmatch(guid):
             guid = int(guid)

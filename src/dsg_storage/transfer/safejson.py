@@ -6,17 +6,22 @@ input before parsing, by counting in the raw bytes (C speed, no allocation) the
 characters that open a container (``[``, ``{``) and those that separate items (``,``).
 Counting them inside strings too only overcounts: a document within the limits is never
 refused for its strings' punctuation unless it holds hundreds of thousands of them.
-After parsing, nesting deeper than ``max_depth`` is refused too.
+After parsing, nesting deeper than ``max_depth`` is refused too, and so is a string (or
+an object's key) holding a lone surrogate: JSON's ``\\ud800`` escape makes one, Python
+keeps it, and it fails later wherever the text is encoded (printed, written, set as a
+ZFS property), far from the file it came from.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_CONTAINERS = 50_000  # lists and objects: an empty one costs ~64 bytes parsed
 MAX_ITEMS = 500_000  # separators: a float item costs ~32 bytes parsed
 MAX_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JsonLimitError(ValueError):
@@ -55,7 +60,26 @@ def loads(
         raise JsonLimitError(f"it is not valid JSON ({exc})") from None
     if depth(value, max_depth) > max_depth:
         raise JsonLimitError(f"it is nested more than {max_depth} levels deep")
+    if not _all_text(value):
+        raise JsonLimitError("it holds a string that is not Unicode text (a lone surrogate, such as \\ud800)")
     return value
+
+
+def _all_text(value: Any) -> bool:
+    """Whether every string in ``value`` (keys included) can be encoded as UTF-8; iterative
+    and allocation-free per string (a scan, not an encoding), for any size the caps allow."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def depth(value: Any, limit: int) -> int:

@@ -93,7 +93,7 @@ def mount_stack(path: str) -> list[str]:
 #: Where a Reader mounts what it reads privately: the reader's pid is in the name, so
 #: that what a killed reader left behind can be told from what a live one uses.
 READER_DIR_PREFIX = "dsg-storage-read-"
-_READER_DIR = re.compile(rf"/{READER_DIR_PREFIX}(\d+)-[^/]+/")
+_READER_DIR = re.compile(rf"/{READER_DIR_PREFIX}([0-9]+)-[^/]+/")
 
 
 def reader_dir_prefix() -> str:

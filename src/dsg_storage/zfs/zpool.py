@@ -54,7 +54,9 @@ class FoundPool:
         lines = []
         for line in self.config.splitlines():
             fields = line.split()
-            grouping = re.match(r"^(mirror|raidz\d?|draid\S*|spare|logs|cache)(-\d+)?$", fields[0] if fields else "")
+            grouping = re.fullmatch(
+                r"(mirror|raidz[0-9]?|draid\S*|spare|logs|cache)(-[0-9]+)?", fields[0] if fields else ""
+            )
             if len(fields) >= 2 and fields[1] not in ("ONLINE", "STATE") and fields[0] != self.name and not grouping:
                 lines.append(" ".join(fields))
         return lines
@@ -115,7 +117,7 @@ def parse_import_listing(text: str) -> list[FoundPool]:
         fields: dict[str, str] = {}
         key = None
         for line in block.splitlines():
-            match = re.match(r"^\s*(pool|id|state|status|action|see|config):\s?(.*)$", line)
+            match = re.fullmatch(r"\s*(pool|id|state|status|action|see|config):\s?(.*)", line)
             if match:
                 key = match.group(1)
                 fields[key] = match.group(2)
