@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dsg_storage.cli.commands import main
-from dsg_storage.cli.present import shown
 from dsg_storage.names import P_COMMITTED, P_MESSAGE, P_MODE, P_OWNER, P_RECOVERY_NOTE, P_TX
+from dsg_storage.present import shown
 from tests import craft
 from tests.fakes import FakeZfs
 

@@ -33,8 +33,8 @@ import pytest
 
 from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
-from dsg_storage.cli.present import shown
 from dsg_storage.errors import DsgStorageError
+from dsg_storage.present import shown
 from dsg_storage.transfer import bundle, sendstream
 from dsg_storage.transfer import format as bf
 from dsg_storage.transfer import lockfile as lf

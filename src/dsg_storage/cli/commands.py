@@ -47,7 +47,7 @@ from ..errors import (
     TransactionInProgressError,
     TransactionNotFoundError,
 )
-from .present import shown
+from ..present import shown
 
 # Start-up cost: `--version` never gets here (cli/__init__.py answers it); argparse comes
 # first, logging only with a first message (_log), and every command imports what it

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.periods import PERIODS  # for the parser, without the retention rules
 from ..errors import InvalidArgumentError, NotAllowedError
-from .present import shown
+from ..present import shown
 
 # Each command imports what it uses inside its function (see commands.py).
 if TYPE_CHECKING:

@@ -89,7 +89,6 @@ from .. import _log
 from .. import names as _names
 from .._libc import libc
 from .._version import __version__
-from ..cli.present import shown
 from ..core.history import lineage
 from ..core.options import Owner, check_mountpoint, parse_mode
 from ..core.records import Phase
@@ -113,6 +112,7 @@ from ..errors import (
 )
 from ..hostfs import OutputFile
 from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO, P_STATE
+from ..present import shown
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs, zfs_version
 from ..zfs.errors import DatasetChangedError

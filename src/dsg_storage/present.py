@@ -1,4 +1,4 @@
-"""Text the command line shows that came from somewhere else, made safe for a terminal.
+"""Text shown to people that came from somewhere else, made safe for a terminal.
 
 Commit messages, snapshot and dataset names, user properties, file names in a
 repository, a bundle's metadata, a signer's name, error messages quoting any of these:
