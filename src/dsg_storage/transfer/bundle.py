@@ -616,9 +616,10 @@ _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 
 def default_owner() -> Owner:
     """The invoking user: the one behind sudo when root runs through sudo."""
-    if os.geteuid() == 0 and os.environ.get("SUDO_UID", "").isdigit() and os.environ.get("SUDO_GID", "").isdigit():
-        return Owner(int(os.environ["SUDO_UID"]), int(os.environ["SUDO_GID"]))
-    return Owner(os.getuid(), os.getgid())
+    from ..policy import invoker_from_env  # the one reading of SUDO_UID/SUDO_GID (ASCII digits)
+
+    invoker = invoker_from_env(os.environ) if os.geteuid() == 0 else None
+    return invoker or Owner(os.getuid(), os.getgid())
 
 
 def import_bundle(
