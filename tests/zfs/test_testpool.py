@@ -191,3 +191,21 @@ def test_a_users_pool_file_at_the_old_default_path_is_refused(real_pool_exported
     finally:
         image.unlink()
         Path(f"{image}.guid").unlink()
+
+
+def test_a_pool_imported_from_an_unsafe_place_is_destroyed_but_its_file_left(
+    real_pool_exported: Path, tmp_path: Path
+) -> None:
+    """Upgrading from a version that used /var/tmp/dsgtest.img: destroy still works."""
+    image = Path("/var/tmp/dsgtest.img")
+    with open(image, "xb") as handle:
+        handle.truncate(128 << 20)
+    try:
+        made = run("zpool", "create", "-o", "cachefile=none", "-m", "none", "dsgtest", str(image))
+        assert made.returncode == 0, made.stderr
+        destroyed = pool("destroy", "--file", str(image))
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert "left in place" in destroyed.stdout and "/var/tmp is writable by others" in destroyed.stdout
+        assert not imported() and image.exists()
+    finally:
+        image.unlink()

@@ -169,6 +169,13 @@ def destroy(backing: Path, keep_file: bool) -> str:
         dirfd = _open_dir(backing.parent, f"backing file {backing}", create=False)
     except FileNotFoundError:
         dirfd = -1
+    except files.UnsafeFileError as exc:
+        if not ours_imported:
+            raise
+        # Imported from an unsafe place (an older version used /var/tmp/dsgtest.img): the
+        # pool goes, the file stays: removing it would act on a path others can change.
+        _must("zpool", "destroy", "-f", POOL)
+        return f"pool {POOL} destroyed; {backing} left in place ({exc}): remove it yourself"
     try:
         image = files.open_image(dirfd, backing.name, str(backing)) if dirfd >= 0 else None
         if image is not None:
