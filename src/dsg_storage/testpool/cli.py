@@ -17,7 +17,7 @@ dependencies into the guest, which has no network: pip on the host fetches binar
 for the guest's CPython 3.13 into a cached directory the guest puts on PYTHONPATH.
 
 The VM is killed when it printed nothing for ``--silence-timeout`` seconds (default
-600: a hung guest), or ran ``--timeout`` seconds in all (default none: a run that keeps
+1200: a hung guest), or ran ``--timeout`` seconds in all (default none: a run that keeps
 printing is making progress); ``none`` or 0 turns a limit off.
 
 Exit codes of our own: 124 the VM hit one of those limits (and was killed; the message

@@ -41,7 +41,9 @@ PACKAGE_DIR = HERE.parent
 IMAGE_FORMAT = "1"
 IMAGE_INPUTS = ("build-image.sh", "guest-init.sh", "image-packages.txt")
 #: A run is killed when the guest printed nothing this long (s): a hung guest, not a slow one.
-DEFAULT_SILENCE_TIMEOUT = 600.0
+#: pytest -q is silent during a test: one crash-safety test ran ~5 min silent on a loaded
+#: 2-core machine, so the margin is wide.
+DEFAULT_SILENCE_TIMEOUT = 1200.0
 #: No overall limit by default: a run that keeps printing is making progress.
 DEFAULT_TIMEOUT: float | None = None
 BUILD_TIMEOUT = float(os.environ.get("DSG_VM_BUILD_TIMEOUT", "1800"))
