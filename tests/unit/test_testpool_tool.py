@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,86 @@ def test_the_pool_command_refuses_other_pools(capsys: pytest.CaptureFixture[str]
     assert "only manages the 'dsgtest' pool" in capsys.readouterr().err
     assert cli.main(["path"]) == 0
     assert capsys.readouterr().out.strip() == str(vm.image_dir())
+
+
+# ----------------------------------------------------------------------- the VM's watchdog
+def test_a_run_that_keeps_printing_is_never_killed_for_its_length() -> None:
+    dog = vm.Watchdog(silence=600, overall=None, started=0.0)
+    for now in range(0, 10_000, 500):  # output every 500 s, far past the old 1,800 s limit
+        assert dog.expired(float(now)) is None
+        dog.heard(float(now))
+    assert dog.wait(9_600.0) == 500.0  # the next moment a limit could fire: 600 s after the last output
+    assert dog.expired(9_500.0 + 599) is None
+    assert dog.expired(9_500.0 + 600) == "the VM printed nothing for 600s (--silence-timeout) and was killed"
+
+
+def test_the_overall_limit_fires_whatever_the_output_and_says_so() -> None:
+    dog = vm.Watchdog(silence=600, overall=3600, started=100.0)
+    for now in range(100, 3700, 100):
+        dog.heard(float(now))
+    assert dog.expired(3_699.0) is None and dog.wait(3_650.0) == 50.0
+    assert dog.expired(3_700.0) == "the VM ran past its overall limit of 3600s (--timeout) and was killed"
+
+
+def test_without_limits_nothing_fires() -> None:
+    dog = vm.Watchdog(silence=None, overall=None, started=0.0)
+    assert dog.expired(1e9) is None and dog.wait(1e9) is None
+
+
+def talker(code: str) -> subprocess.Popen[bytes]:
+    """A child standing in for qemu: its output is the console."""
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_the_console_is_copied_until_qemu_exits() -> None:
+    child = talker("import sys; sys.stdout.write('boot\\r\\nran\\r\\n')")
+    out = io.BytesIO()
+    vm._stream(child, vm.Watchdog(silence=600, overall=None, started=0.0), clock=lambda: 0.0, out=out, poll=0.01)
+    assert out.getvalue() == b"boot\nran\n" and child.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("silence", "overall", "fired"),
+    [(600.0, None, "printed nothing for 600s"), (600.0, 300.0, "overall limit of 300s")],
+)
+def test_a_silent_guest_or_one_past_the_overall_limit_is_reported(
+    silence: float, overall: float | None, fired: str
+) -> None:
+    child = talker("import os, time; os.write(1, b'booted\\n'); time.sleep(60)")
+    out = io.BytesIO()
+    # Time stands still until the guest spoke, then leaps 1,000 s: it then stays silent.
+    clock = lambda: 1_000.0 if out.getvalue() else 0.0
+    try:
+        with pytest.raises(vm.VMTimeout, match=fired):
+            vm._stream(
+                child, vm.Watchdog(silence=silence, overall=overall, started=0.0), clock=clock, out=out, poll=0.01
+            )
+    finally:
+        child.kill()
+        child.wait()
+    assert out.getvalue() == b"booted\n"
+
+
+def test_the_limits_on_the_command_line() -> None:
+    run = cli.build_parser().parse_args(["run", "--", "true"])
+    assert (run.silence_timeout, run.timeout) == (vm.DEFAULT_SILENCE_TIMEOUT, None)
+    run = cli.build_parser().parse_args(["run", "--silence-timeout", "120", "--timeout", "7200", "--", "true"])
+    assert (run.silence_timeout, run.timeout) == (120.0, 7200.0)
+    run = cli.build_parser().parse_args(["run", "--silence-timeout", "none", "--timeout", "0", "--", "true"])
+    assert (run.silence_timeout, run.timeout) == (None, None)
+    for bad in ("-5", "soon", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["run", "--timeout", bad, "--", "true"])
+
+
+def test_a_timeout_is_exit_124_naming_the_limit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def hung(*args: object, **kwargs: object) -> int:
+        raise vm.VMTimeout("the VM printed nothing for 600s (--silence-timeout) and was killed (qemu pid 1)")
+
+    monkeypatch.setattr(cli, "local_zfs_usable", lambda: False)
+    monkeypatch.setattr(vm, "ensure_image", lambda: Path("/nonexistent"))
+    monkeypatch.setattr(vm, "run", hung)
+    assert cli.main(["run", "--vm", "--", "true"]) == cli.EXIT_TIMEOUT == 124
+    assert "printed nothing for 600s (--silence-timeout)" in capsys.readouterr().err

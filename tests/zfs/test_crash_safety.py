@@ -412,8 +412,10 @@ def export_pool() -> None:
 
 
 def import_pool() -> None:
-    """Import dsgtest again from its file (which mounts what it can, as a boot does)."""
+    """Import dsgtest again from its file, then mount what ZFS mounts at boot (``zfs mount
+    -a``): the tool itself imports with ``-N``, mounting nothing."""
     subprocess.run([sys.executable, "-m", "dsg_storage.testpool.pool", "create"], check=True, capture_output=True)
+    subprocess.run(["zfs", "mount", "-a"], check=True, capture_output=True)
 
 
 def export_and_import() -> None:

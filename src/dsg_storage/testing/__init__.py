@@ -15,7 +15,9 @@ Fixtures:
   allow-list is the sandbox dataset); ``repository.mountpoint(leaf)`` is a path under the
   sandbox's temporary directory.
 * ``dsgtest_exclusive``: the test may export or import the pool; no other test that uses
-  the pool runs meanwhile (a readers-writer lock across xdist workers).
+  the pool runs meanwhile (a readers-writer lock across xdist workers, whose files live
+  in the ``dsgtest_lock_dir`` ini option's directory, by default
+  ``/tmp/dsgtest-locks-<uid>``: one only the current user can change, see ``pool_access``).
 
 Tests marked ``zfs`` or using these fixtures **fail, never skip**, where ZFS is missing,
 naming the reason and the command that brings ZFS. After a crashed run, datasets of that
@@ -39,8 +41,9 @@ from typing import Any
 import attrs
 import pytest
 
+from .. import hostfs
 from ..core.repository import Repository
-from ..errors import ZfsUnavailableError
+from ..errors import UnsafePathError, ZfsUnavailableError
 from ..zfs.allow import AllowList
 from ..zfs.boundary import Zfs, load_libzfs_core, open_zfs
 from ..zfs.mounts import zfs_mounts
@@ -60,8 +63,9 @@ _counter = itertools.count()
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "dsgtest_lock_dir",
-        default="/tmp",
-        help="directory of the dsgtest pool's readers-writer lock files (shared by all workers of a run)",
+        default="",
+        help="directory of the dsgtest pool's readers-writer lock files (shared by all workers of a run; "
+        "only the current user may be able to change it); default /tmp/dsgtest-locks-<uid>",
     )
 
 
@@ -108,15 +112,55 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 # ----------------------------------------------------------------------- the pool lock
+def default_lock_dir() -> Path:
+    """Where the pool's lock files live unless ``dsgtest_lock_dir`` says otherwise: one
+    directory per user, shared by every run of theirs on this host."""
+    return Path(f"/tmp/dsgtest-locks-{os.geteuid()}")
+
+
+def _open_lock(dirfd: int, directory: str, name: str) -> int:
+    """Lock file ``name`` of the checked ``directory``: created ``O_EXCL|O_NOFOLLOW|O_CLOEXEC``
+    0600, or an existing one of ours with one link; a link or someone else's file is refused."""
+    try:
+        return hostfs.private_file(dirfd, name)
+    except UnsafePathError as exc:
+        raise UnsafePathError(
+            f"lock file {directory}/{name} of the {POOL} pool is refused: {exc.message}",
+            hint=f"remove it (rm {directory}/{name}) if no test run is using it",
+        ) from None
+
+
 @contextmanager
-def pool_access(exclusive: bool, lock_dir: Path = Path("/tmp")) -> Iterator[None]:
+def pool_access(exclusive: bool, lock_dir: Path | None = None) -> Iterator[None]:
     """Share the pool (``exclusive=False``) or have it alone, across processes.
 
     A readers-writer lock (flock); the turnstile keeps a waiting writer from starving
     behind a stream of readers. Released when the process dies, however it dies.
+
+    The lock files live in ``lock_dir`` (default ``default_lock_dir()``), a directory
+    ``hostfs.private_dir`` checks (created 0700 if missing, reached without links, every
+    directory above it root's or ours and writable by nobody else, it itself ours and not
+    writable by others: ``/tmp`` itself is refused), and are opened without following a
+    link (``hostfs.private_file``). Otherwise UnsafePathError, naming what to remove.
     """
-    turnstile = os.open(lock_dir / "dsgtest-pool.turnstile", os.O_CREAT | os.O_RDWR, 0o600)
-    lock = os.open(lock_dir / "dsgtest-pool.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    directory = str(lock_dir if lock_dir is not None else default_lock_dir())
+    try:
+        dirfd = hostfs.private_dir(directory, narrow=False)
+    except UnsafePathError as exc:
+        raise UnsafePathError(
+            f"the {POOL} pool's lock directory is refused: {exc.message}",
+            hint="remove it if it is not yours, or name a directory only you can change with the "
+            "dsgtest_lock_dir ini option",
+        ) from None
+    try:
+        turnstile = _open_lock(dirfd, directory, "dsgtest-pool.turnstile")
+        try:
+            lock = _open_lock(dirfd, directory, "dsgtest-pool.lock")
+        except BaseException:
+            os.close(turnstile)
+            raise
+    finally:
+        os.close(dirfd)
     try:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -128,8 +172,9 @@ def pool_access(exclusive: bool, lock_dir: Path = Path("/tmp")) -> Iterator[None
         os.close(turnstile)
 
 
-def _lock_dir(config: pytest.Config) -> Path:
-    return Path(str(config.getini("dsgtest_lock_dir")))
+def _lock_dir(config: pytest.Config) -> Path | None:
+    configured = str(config.getini("dsgtest_lock_dir"))
+    return Path(configured) if configured else None
 
 
 @pytest.fixture(autouse=True)
@@ -259,6 +304,7 @@ __all__ = [
     "RepositoryFactory",
     "Sandbox",
     "TestPool",
+    "default_lock_dir",
     "pool_access",
     "zfs_problem",
 ]

@@ -1,6 +1,6 @@
 """``dsg-storage-testpool``: run any project's command against real ZFS.
 
-    dsg-storage-testpool run [--vm | --local] [--timeout S] [--deps REQUIREMENTS]... [--] CMD...
+    dsg-storage-testpool run [--vm | --local] [--silence-timeout S] [--timeout S] [--deps REQUIREMENTS]... [--] CMD...
     dsg-storage-testpool build | path
     dsg-storage-testpool deps REQUIREMENTS...
     dsg-storage-testpool pool create | destroy | status [...]
@@ -16,8 +16,13 @@ when we are root on Debian/Ubuntu, otherwise named with the command that install
 dependencies into the guest, which has no network: pip on the host fetches binary wheels
 for the guest's CPython 3.13 into a cached directory the guest puts on PYTHONPATH.
 
-Exit codes of our own: 124 the VM timed out (and was killed), 125 the VM, the pool or
-the dependencies could not be set up. Standard library only.
+The VM is killed when it printed nothing for ``--silence-timeout`` seconds (default
+1200: a hung guest), or ran ``--timeout`` seconds in all (default none: a run that keeps
+printing is making progress); ``none`` or 0 turns a limit off.
+
+Exit codes of our own: 124 the VM hit one of those limits (and was killed; the message
+says which), 125 the VM, the pool or the dependencies could not be set up. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -73,7 +78,20 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return run_local(command, checkout, deps_dir)
     vm.ensure_image()
     line = f"{POOL_CREATE} >&2 || exit {EXIT_SETUP}; exec {shlex.join(command)}"
-    return vm.run(line, checkout=checkout, deps=deps_dir, timeout=args.timeout)
+    return vm.run(line, checkout=checkout, deps=deps_dir, timeout=args.timeout, silence_timeout=args.silence_timeout)
+
+
+def seconds(text: str) -> float | None:
+    """A limit in seconds; ``none`` or 0: no limit."""
+    if text.strip().lower() in ("none", "0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (or 'none')")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     where = run.add_mutually_exclusive_group()
     where.add_argument("--vm", action="store_true", help="use the VM even if local ZFS is usable")
     where.add_argument("--local", action="store_true", help="never use the VM")
-    run.add_argument("--timeout", type=float, default=vm.DEFAULT_TIMEOUT, help="VM wall-time limit (s)")
+    run.add_argument(
+        "--silence-timeout",
+        type=seconds,
+        default=vm.DEFAULT_SILENCE_TIMEOUT,
+        metavar="S",
+        help=f"kill the VM once it printed nothing for S seconds (default {vm.DEFAULT_SILENCE_TIMEOUT:g}; 'none': never)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=seconds,
+        default=vm.DEFAULT_TIMEOUT,
+        metavar="S",
+        help="overall limit: kill the VM after S seconds in all (default: none)",
+    )
     run.add_argument(
         "--deps", action="append", default=[], metavar="REQUIREMENTS", help="pip requirements file (repeatable)"
     )

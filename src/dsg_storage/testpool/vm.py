@@ -5,7 +5,8 @@ The image (Debian trixie, OpenZFS built by DKMS, python3-pyzfs) is built by
 input of the build, so that changing the package list or the build script rebuilds it.
 A run boots the image with a checkout shared at the same path as on the host, runs one
 shell command there as root with the zfs module loaded, streams its output and returns
-its exit code. Every boot is bounded by a timeout; a hung qemu is killed and reported.
+its exit code. A watchdog kills a VM that printed nothing for a while (a hung guest),
+and one past an overall limit when the caller sets one; either is reported.
 
 Standard library only: this runs on the host, before anything is installed, and it never
 imports the rest of dsg_storage (``testpool/run`` loads this package on its own).
@@ -13,9 +14,11 @@ imports the rest of dsg_storage (``testpool/run`` loads this package on its own)
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -23,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from . import hosttools
 
@@ -35,7 +40,12 @@ PACKAGE_DIR = HERE.parent
 # Bump to force a rebuild when the meaning of the image changes without its inputs changing.
 IMAGE_FORMAT = "1"
 IMAGE_INPUTS = ("build-image.sh", "guest-init.sh", "image-packages.txt")
-DEFAULT_TIMEOUT = 1800.0
+#: A run is killed when the guest printed nothing this long (s): a hung guest, not a slow one.
+#: pytest -q is silent during a test: one crash-safety test ran ~5 min silent on a loaded
+#: 2-core machine, so the margin is wide.
+DEFAULT_SILENCE_TIMEOUT = 1200.0
+#: No overall limit by default: a run that keeps printing is making progress.
+DEFAULT_TIMEOUT: float | None = None
 BUILD_TIMEOUT = float(os.environ.get("DSG_VM_BUILD_TIMEOUT", "1800"))
 BOOT_FLAGS = (
     # Software emulation: the paravirtual /dev/kvm here crashes stock kernels and then hangs.
@@ -54,7 +64,41 @@ class VMError(RuntimeError):
 
 
 class VMTimeout(VMError, TimeoutError):
-    """The VM ran past its timeout and was killed."""
+    """The VM ran past one of its limits (silence, overall) and was killed."""
+
+
+@dataclasses.dataclass
+class Watchdog:
+    """When to kill the VM: once it printed nothing for ``silence`` seconds, or ran
+    ``overall`` seconds in all (None: no such limit). It only decides, from the times it
+    is given; ``_stream`` reads the clock, waits and kills."""
+
+    silence: float | None
+    overall: float | None
+    started: float
+    last_output: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_output = self.started
+
+    def heard(self, now: float) -> None:
+        """The guest printed something at ``now``."""
+        self.last_output = now
+
+    def expired(self, now: float) -> str | None:
+        """Which limit has fired at ``now`` (the message to report), or None."""
+        if self.overall is not None and now - self.started >= self.overall:
+            return f"the VM ran past its overall limit of {self.overall:g}s (--timeout) and was killed"
+        if self.silence is not None and now - self.last_output >= self.silence:
+            return f"the VM printed nothing for {self.silence:g}s (--silence-timeout) and was killed"
+        return None
+
+    def wait(self, now: float) -> float | None:
+        """Seconds from ``now`` until a limit could fire (None: never, without more output)."""
+        deadlines = [self.started + self.overall] if self.overall is not None else []
+        if self.silence is not None:
+            deadlines.append(self.last_output + self.silence)
+        return max(0.0, min(deadlines) - now) if deadlines else None
 
 
 def cache_root() -> Path:
@@ -165,7 +209,8 @@ def run(
     *,
     checkout: Path,
     deps: Path | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    silence_timeout: float | None = DEFAULT_SILENCE_TIMEOUT,
     memory_mb: int = 4096,
     cpus: int = 2,
 ) -> int:
@@ -175,6 +220,9 @@ def run(
     directory of unpacked wheels, see ``deps.py``) read-only, on the guest's PYTHONPATH.
     A copy of this dsg_storage package is on it too, so the guest can create the pool and
     load the pytest plugin whatever the checkout is.
+
+    The VM is killed (VMTimeout) once it printed nothing for ``silence_timeout`` seconds,
+    or ran ``timeout`` seconds in all; None turns a limit off.
     """
     image = ensure_image()
     hosttools.ensure(hosttools.BOOT_TOOLS)
@@ -207,7 +255,7 @@ def run(
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            _stream(proc, deadline=started + timeout)
+            _stream(proc, Watchdog(silence=silence_timeout, overall=timeout, started=started))
         except VMTimeout:
             proc.kill()
             proc.wait()
@@ -223,23 +271,40 @@ def run(
         return int(rc_file.read_text().strip())
 
 
-def _stream(proc: subprocess.Popen[bytes], deadline: float) -> None:
-    """Copy the guest console to our stdout until qemu exits or the deadline passes."""
-    import selectors
-
+def _stream(
+    proc: subprocess.Popen[bytes],
+    watchdog: Watchdog,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    out: BinaryIO | None = None,
+    poll: float | None = None,
+) -> None:
+    """Copy the guest console to ``out`` (our stdout) until qemu exits, or raise
+    VMTimeout (the caller kills qemu) when ``watchdog`` says a limit fired. ``poll`` caps
+    each wait (tests pass a small one with their own ``clock``)."""
     assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    out = sys.stdout.buffer
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    sink = out if out is not None else sys.stdout.buffer
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise VMTimeout(f"the VM ran past its timeout and was killed (pid {proc.pid})")
-            if sel.select(timeout=min(remaining, 5.0)):
-                chunk = proc.stdout.read(65536)
-                if not chunk:  # EOF: qemu exited
-                    proc.wait()
-                    return
-                out.write(chunk.replace(b"\r", b""))  # the guest console ends lines with \r\n
-                out.flush()
+            now = clock()
+            why = watchdog.expired(now)
+            if why is not None:
+                raise VMTimeout(f"{why} (qemu pid {proc.pid})")
+            wait = watchdog.wait(now)
+            if poll is not None:
+                wait = poll if wait is None else min(wait, poll)
+            if not sel.select(timeout=wait):
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:  # EOF: qemu exited
+                proc.wait()
+                return
+            watchdog.heard(clock())
+            sink.write(chunk.replace(b"\r", b""))  # the guest console ends lines with \r\n
+            sink.flush()
