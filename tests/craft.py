@@ -142,3 +142,14 @@ def repository_bundle(
     meta = metadata(repository, snapshots, base) if meta is None else meta
     infos = part_infos(snapshots, base) if infos is None else infos
     return write_raw(path, dumps(meta), [(dumps(i), s) for i, s in zip(infos, streams, strict=True)])
+
+
+def records(raw: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset, length) of every record and stream header of a bundle's bytes,
+    read without the module's help (the format's layout)."""
+    found, offset = [], 12
+    while offset < len(raw) - 16:
+        rtype, length = struct.unpack(">cQ", raw[offset : offset + 9])
+        found.append((rtype, offset, length))
+        offset += 9 + length + (0 if rtype == b"S" else 32)
+    return found

@@ -32,6 +32,7 @@ from dsg_storage import (
     NotABundleError,
 )
 from dsg_storage.transfer import format as bf
+from tests.craft import records
 
 MiB = 1 << 20
 METADATA = {"repository": "tank/data/survey", "snapshots": ["dsg-commit-1", "dsg-commit-2"]}
@@ -59,16 +60,6 @@ def build(parts: list[bytes], metadata: dict[str, Any] | None = None, **kwargs: 
                 writer.add_part({"snapshot": f"s{index}"}, producer(data))
         f.seek(0)
         return f.read()
-
-
-def records(raw: bytes) -> list[tuple[bytes, int, int]]:
-    """(type, offset, length) of every record and stream header, read without the module's help."""
-    found, offset = [], 12
-    while offset < len(raw) - 16:
-        rtype, length = struct.unpack(">cQ", raw[offset : offset + 9])
-        found.append((rtype, offset, length))
-        offset += 9 + length + (0 if rtype == b"S" else 32)
-    return found
 
 
 def streams(raw: bytes) -> list[tuple[int, int]]:

@@ -208,16 +208,6 @@ def raw_bundle(
     return path.read_bytes()
 
 
-def record_heads(raw: bytes) -> list[tuple[bytes, int, int]]:
-    """(type, offset, length) of each record and stream header (the format's layout)."""
-    found, offset = [], 12
-    while offset < len(raw) - 16:
-        rtype, length = struct.unpack(">cQ", raw[offset : offset + 9])
-        found.append((rtype, offset, length))
-        offset += 9 + length + (0 if rtype == b"S" else 32)
-    return found
-
-
 def trailer_record(raw: bytes) -> tuple[int, bytes]:
     """The trailer's offset (from the footer) and its JSON payload."""
     at = struct.unpack(">Q", raw[-16:-8])[0]
@@ -241,6 +231,25 @@ def trailer_entries(raw: bytes, tmp: Path) -> list[dict[str, Any]]:
     ]
 
 
+BYTE_DAMAGE = ("flip", "truncate", "insert")
+
+
+def byte_damage(rng: random.Random, sound: bytes, kind: str, *, spots: int, insert: int) -> tuple[bytes, str]:
+    """Damage that knows nothing of the format: up to ``spots`` bytes flipped, a
+    truncation, or up to ``insert`` random bytes inserted; and what it was."""
+    if kind == "flip":
+        data = bytearray(sound)
+        where = [rng.randrange(len(data)) for _ in range(rng.randint(1, spots))]
+        for at in where:
+            data[at] ^= rng.randrange(1, 256)
+        return bytes(data), f"bytes flipped at {where}"
+    if kind == "truncate":
+        at = rng.randrange(len(sound))
+        return sound[:at], f"truncated to {at} bytes"
+    at, extra = rng.randrange(len(sound) + 1), rng.randbytes(rng.randint(1, insert))
+    return sound[:at] + extra + sound[at:], f"{extra!r} inserted at {at}"
+
+
 def mutated_bundle(rng: random.Random, sound: bytes, tmp: Path) -> tuple[bytes, str]:
     """One mutation of the sound bundle, and what it was."""
     meta, infos, streams = sound_parts()
@@ -248,24 +257,14 @@ def mutated_bundle(rng: random.Random, sound: bytes, tmp: Path) -> tuple[bytes, 
         ["flip", "truncate", "insert", "delete", "big length", "footer", "version", "metadata", "metadata text"]
         + ["part info", "trailer", "stream"]
     )
-    if kind == "flip":
-        data = bytearray(sound)
-        spots = [rng.randrange(len(data)) for _ in range(rng.randint(1, 4))]
-        for at in spots:
-            data[at] ^= rng.randrange(1, 256)
-        return bytes(data), f"bytes flipped at {spots}"
-    if kind == "truncate":
-        at = rng.randrange(len(sound))
-        return sound[:at], f"truncated to {at} bytes"
-    if kind == "insert":
-        at, extra = rng.randrange(len(sound) + 1), rng.randbytes(rng.randint(1, 64))
-        return sound[:at] + extra + sound[at:], f"{len(extra)} bytes inserted at {at}"
+    if kind in BYTE_DAMAGE:
+        return byte_damage(rng, sound, kind, spots=4, insert=64)
     if kind == "delete":
         at = rng.randrange(len(sound))
         size = rng.randint(1, 64)
         return sound[:at] + sound[at + size :], f"{size} bytes deleted at {at}"
     if kind == "big length":
-        rtype, at, _ = rng.choice(record_heads(sound))
+        rtype, at, _ = rng.choice(craft.records(sound))
         big = rng.choice([*BIGS[:-3], 0, 1])
         return sound[: at + 1] + struct.pack(">Q", big) + sound[
             at + 9 :
@@ -404,17 +403,8 @@ LOCK = lf.LockFile(
 
 def mutated_lock(rng: random.Random, sound: bytes) -> tuple[bytes, str]:
     kind = rng.choice(["flip", "truncate", "insert", "json", "json", "json", "text", "text"])
-    if kind == "flip":
-        data = bytearray(sound)
-        at = rng.randrange(len(data))
-        data[at] ^= rng.randrange(1, 256)
-        return bytes(data), f"byte {at} flipped"
-    if kind == "truncate":
-        at = rng.randrange(len(sound))
-        return sound[:at], f"truncated to {at} bytes"
-    if kind == "insert":
-        at, extra = rng.randrange(len(sound) + 1), rng.randbytes(rng.randint(1, 16))
-        return sound[:at] + extra + sound[at:], f"{extra!r} inserted at {at}"
+    if kind in BYTE_DAMAGE:
+        return byte_damage(rng, sound, kind, spots=1, insert=16)
     if kind == "json":
         changed, what = mutate_json(rng, json.loads(sound))
         return dumps(changed), what
