@@ -452,9 +452,21 @@ def private_path(path: str | os.PathLike[str], *, narrow: bool = True) -> str:
     Only the current user (and root) can change that directory, so the name stays ours."""
     full = os.path.abspath(os.fspath(path))
     parent, name = posixpath.split(full)
+    _single(name)
     dirfd = private_dir(parent, narrow=narrow)
     try:
-        os.close(private_file(dirfd, name))
+        # An existing file is checked without opening it: closing any descriptor of a
+        # file drops every POSIX lock this process holds on it, and SQLite's own
+        # connection to it in this process (another Queue) relies on those locks.
+        try:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(private_file(dirfd, name))  # new: nobody has it open yet
+        else:
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+                raise UnsafePathError(f"state file {name} is not a regular file of ours with a single link")
+            if stat.S_IMODE(st.st_mode) & 0o077:  # a regular file in a directory only we change
+                os.chmod(name, 0o600, dir_fd=dirfd)
     finally:
         os.close(dirfd)
     return full

@@ -414,3 +414,34 @@ def test_check_root_only_follows_a_last_link_only_where_root_alone_writes(tmp_pa
         hostfs.check_root_only(str(users / "tool"))  # a user could rename it away and plant another
     with pytest.raises(FileNotFoundError):
         hostfs.check_root_only(str(bin_dir / "missing"))
+
+
+def test_private_path_leaves_this_processs_locks_on_an_open_database_alone(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it:
+    a second Queue in a process whose first one is in a transaction must not let another
+    process write meanwhile (SQLite's locks are POSIX locks)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    db_path = hostfs.private_path(state / "q.sqlite")
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # a RESERVED lock on the database file
+    try:
+        assert hostfs.private_path(db_path) == db_path  # e.g. a second Queue on the same file
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sqlite3; sqlite3.connect({db_path!r}, timeout=0).execute('BEGIN IMMEDIATE')",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert other.returncode != 0 and "locked" in other.stderr, other.stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

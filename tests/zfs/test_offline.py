@@ -32,6 +32,7 @@ from dsg_storage import (
 from dsg_storage.read.cache import ReadCache
 from dsg_storage.read.offline import open_offline
 from dsg_storage.read.reader import Mode, open_live
+from dsg_storage.testpool.pool import DEFAULT_FILE  # the live dsgtest pool's own file
 
 from .conftest import Sandbox
 
@@ -270,7 +271,7 @@ def test_an_imported_pool_is_read_as_it_is(sandbox: Sandbox) -> None:
     repo = Repository(f"{sandbox.dataset}/r", allow=sandbox.allow)
     with repo.begin(mountpoint=str(sandbox.mount_dir / "r")) as tx:
         Path(tx.path, "a").write_text("a")
-    with open_offline("/var/tmp/dsgtest.img") as reader:
+    with open_offline(DEFAULT_FILE) as reader:
         assert reader.mode is Mode.LIVE and reader.read_only and "already imported" in reader.describe()
         assert reader.read(repo.name, "a") == b"a"
         with pytest.raises(ReadOnlyError):
