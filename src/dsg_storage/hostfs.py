@@ -437,13 +437,21 @@ def private_file(dirfd: int, name: str, flags: int = os.O_RDWR) -> int:
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     except OSError as exc:
         raise _translate(exc, name) from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+    try:
+        if _too_wide_state_file(os.fstat(fd), name):
+            os.fchmod(fd, 0o600)
+    except BaseException:
         os.close(fd)
-        raise UnsafePathError(f"state file {name} is not a regular file of ours with a single link")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.fchmod(fd, 0o600)
+        raise
     return fd
+
+
+def _too_wide_state_file(st: os.stat_result, name: str) -> bool:
+    """Whether state file ``name`` (``st``) needs narrowing to 0600; UnsafePathError
+    unless it is a regular file of ours with a single link."""
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        raise UnsafePathError(f"state file {name} is not a regular file of ours with a single link")
+    return bool(stat.S_IMODE(st.st_mode) & 0o077)
 
 
 def private_path(path: str | os.PathLike[str], *, narrow: bool = True) -> str:
@@ -463,9 +471,7 @@ def private_path(path: str | os.PathLike[str], *, narrow: bool = True) -> str:
         except FileNotFoundError:
             os.close(private_file(dirfd, name))  # new: nobody has it open yet
         else:
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
-                raise UnsafePathError(f"state file {name} is not a regular file of ours with a single link")
-            if stat.S_IMODE(st.st_mode) & 0o077:  # a regular file in a directory only we change
+            if _too_wide_state_file(st, name):  # a regular file in a directory only we change
                 os.chmod(name, 0o600, dir_fd=dirfd)
     finally:
         os.close(dirfd)

@@ -113,14 +113,12 @@ class Invocation:
     def cache_owner(self) -> tuple[int, int] | None:
         return (self.invoker.uid, self.invoker.gid)
 
-    def _open_as_invoker(self, path: str, *, missing_ok: bool = False) -> int | None:
+    def _open_as_invoker(self, path: str) -> int:
         """``path`` opened read-only as the invoking user (never a FIFO or device)."""
         try:
             with hostfs.as_user(self.invoker.uid, self.invoker.gid):
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
-            if missing_ok:
-                return None
             raise
         except PermissionError:
             raise NotAllowedError(f"{path}: the invoking user (uid {self.invoker.uid}) may not read it") from None
@@ -148,8 +146,13 @@ class Invocation:
         from ..transfer.bundle import Source
 
         fd = self._open_as_invoker(path)
-        assert fd is not None
-        sig = self._open_as_invoker(f"{path}.sig", missing_ok=True)
+        try:
+            sig: int | None = self._open_as_invoker(f"{path}.sig")
+        except FileNotFoundError:
+            sig = None  # unsigned
+        except BaseException:
+            os.close(fd)
+            raise
         try:
             st = os.fstat(fd)
             source = Source(path, sig, {"device": st.st_dev, "inode": st.st_ino, "size": st.st_size})
