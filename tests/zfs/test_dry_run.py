@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,16 +89,35 @@ def test_every_changing_command_has_a_dry_run_that_changes_nothing(sandbox: Sand
     assert dry(sandbox, "abort", repo.name, tx.id) == steps
     tx.commit()
 
-    bundle = tmp_path / "repo.dsgb"
-    export_bundle(repo.name, bundle, audit_log=tmp_path / "audit.log")
-    steps = dry(
-        sandbox,
-        "bundle",
-        "import",
-        str(bundle),
-        "--into",
-        f"{sandbox.dataset}/copy",
-        "--mountpoint",
-        str(tmp_path / "copy"),
-    )
-    assert len(steps) == len(repo.history()) and all(s.startswith("receive ") for s in steps)
+
+TX_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
+def planned_actions(lines: list[str]) -> list[str]:
+    """The action lines of an import's plan (its dry run), transaction ids made equal."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("import ("))
+    actions = [line.strip().removesuffix("<- the commit point").strip() for line in lines[start + 1 : -1]]
+    return [TX_ID.sub("TX", line) for line in actions]
+
+
+def test_a_bundle_imports_dry_run_is_the_plan_the_import_then_runs(sandbox: Sandbox, tmp_path: Path) -> None:
+    repo = Repository(f"{sandbox.dataset}/repo", zfs=sandbox.zfs)
+    with repo.begin(mountpoint=str(sandbox.mount_dir / "repo"), owner="0:0", mode="0755") as tx:
+        Path(tx.path, "a.txt").write_text("a")
+    first = repo.history()[-1].name
+    full, week = tmp_path / "repo.dsgb", tmp_path / "week.dsgb"
+    export_bundle(repo.name, full, audit_log=tmp_path / "audit.log")
+    with repo.begin() as tx:
+        Path(tx.path, "b.txt").write_text("b")
+    export_bundle(repo.name, week, since=first, audit_log=tmp_path / "audit.log")
+    into = f"{sandbox.dataset}/copy"
+    full_args = ("bundle", "import", str(full), "--into", into, "--mountpoint", str(sandbox.mount_dir / "copy"))
+    for args in (full_args, ("bundle", "import", str(week), "--into", into)):
+        plan = planned_actions(dry(sandbox, *args, "--audit-log", str(tmp_path / "audit.log")))
+        ran = cli(sandbox, *args, "--audit-log", str(tmp_path / "audit.log"))
+        assert ran.returncode == 0, ran.stderr
+        steps = [TX_ID.sub("TX", step) for step in json.loads(ran.stdout)["steps"]]
+        assert plan and steps[: len(plan)] == plan, (plan, steps)
+        assert any("the commit point" not in s and ("rename" in s or "inherit" in s) for s in plan)
+    assert Repository(into, zfs=sandbox.zfs).history()[-1].name == repo.history()[-1].name
+    assert (sandbox.mount_dir / "copy" / "b.txt").read_text() == "b"

@@ -480,17 +480,24 @@ def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, gi
             f"{shown(args.file)}: ok ({len(info.parts)} streams, {info.file_size:,} bytes, every checksum matches, "
             f"each stream is the snapshot it claims); signature: {describe_signature(checked.signature)}",
         )
-    elif getattr(args, "dry_run", False):
-        checked = check_bundle(
+    elif getattr(args, "dry_run", False):  # the plan the import would run (core.receive)
+        from ..transfer.bundle import plan_import
+
+        if inv.sudo:
+            inv.owner(args.owner or str(inv.invoker), creating=True)
+        steps = plan_import(
             path,
-            progress=None,
+            args.into,
+            mountpoint=inv.mountpoint(args.mountpoint),
+            allow=allow,
+            owner=args.owner,
+            mode=args.mode,
             allowed_signers=signers,
             require_signature=args.require_signature or inv.signatures_required,
+            check_streams=args.check_streams,
+            policy=inv.policy,
             source=source,
         )
-        meta = checked.info.metadata
-        target = args.into if meta.get("type") == "incremental" else f"{args.into} (via a temporary dataset)"
-        steps = [f"receive {s['name']} into {target}" for s in meta.get("snapshots") or []]
         _emit(args, steps, "\n".join(shown(step) for step in steps))
     else:
         progress = None if args.json else write_progress(label="import")

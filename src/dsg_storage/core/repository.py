@@ -33,15 +33,17 @@ from ..errors import (
     TransactionStateError,
     ZfsError,
 )
-from ..names import P_COMMIT_MESSAGE, P_REQUESTED, P_STATE
+from ..names import P_COMMIT_MESSAGE, P_MOUNTPOINT, P_REQUESTED, P_STATE
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.port import Batch, ZfsPort
 from . import status
 from .actions import Action, Apply, ApplyOwner, Mount, Outcome, Rename, execute
+from .history import lineage
 from .lock import HeldLock, repository_lock
 from .options import Owner, check_mountpoint, parse_mode
-from .patterns import new_record, pattern_for, pattern_of
+from .patterns import TransactionPattern, new_record, pattern_for, pattern_of
+from .receive import ReceivePlan, StreamSource, plan_full, plan_incremental, transferable
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
 from .recovery import Step, commit_snapshot_of, finish_commit, plan_recovery, remount_workspace, undo_transaction
 from .status import PoolPropertyPolicy
@@ -55,6 +57,15 @@ log = _log.getLogger("dsg_storage")
 #: Recovery applies at most this many steps in one call (each a handful of actions); a
 #: pool that still needs more is reported rather than worked on forever.
 MAX_RECOVERY_STEPS = 64
+
+
+@attrs.frozen
+class Received:
+    """What ``Repository.receive`` did: its plan, and each step that ran (the plan's
+    actions, then recovery's placement)."""
+
+    plan: ReceivePlan
+    steps: tuple[str, ...]
 
 
 def _now() -> datetime:
@@ -275,17 +286,8 @@ class Repository:
             if operation == "recover":
                 return lines
             if operation == "begin":
-                for open_record in view.records():
-                    raise TransactionInProgressError(
-                        f"repository {self.name} already has an open transaction {open_record.tx}", dataset=self.name
-                    )
-                tx = names.new_tx_id()
-                pattern = pattern_for(view)
-                owner_v = Owner.parse(owner) if owner is not None else None
-                mode_v = parse_mode(mode) if mode is not None else None
-                checked = check_mountpoint(mountpoint) if mountpoint is not None else None
-                record = new_record(view, pattern, tx, checked, owner_v, mode_v)
-                actions = [*pattern.begin(self.name, record, _creation_props(record, self.name)), *_opening(record)]
+                pattern, record = self._new_record(view, names.new_tx_id(), mountpoint, owner, mode)
+                actions = [a for phase in _begin_actions(pattern, record, self.name) for a in phase]
                 return [
                     *lines,
                     f"begin ({pattern.kind.value}): a new transaction",
@@ -298,13 +300,37 @@ class Repository:
                     f"{record.tx}: roll back",
                     *(f"  {a.describe()}" for a in undo_transaction(view, record)),
                 ]
-            actions = [
-                _intent(record, message),
-                *pattern_of(record).detach(view, record),
-                Rename(record.dataset, self.name),
-            ]
+            actions = _commit_actions(view, record, message)
             finish = f"{record.tx}: then finish: mount {self.name} at {record.mountpoint}, take the commit snapshot"
             return [*lines, f"{record.tx}: commit", *(f"  {a.describe()}" for a in actions), finish]
+
+    def _new_record(
+        self,
+        view: PoolView,
+        tx: str,
+        mountpoint: str | None,
+        owner: Owner | str | tuple[int, int] | None,
+        mode: str | int | None,
+    ) -> tuple[TransactionPattern, Record]:
+        """A new transaction's pattern and record from begin's arguments, checked before
+        any change: no other transaction open, the arguments well formed, and where root
+        will mount and chown (an inherited mountpoint is the parent's, read from the
+        pool) allowed by the one rule."""
+        checked = check_mountpoint(mountpoint) if mountpoint is not None else None
+        owner_v = Owner.parse(owner) if owner is not None else None
+        mode_v = parse_mode(mode) if mode is not None else None
+        for open_record in view.records():
+            raise TransactionInProgressError(
+                f"repository {self.name} already has an open transaction {open_record.tx} "
+                f"(begun {open_record.begun or 'at an unknown time'}, workspace {open_record.path})",
+                dataset=self.name,
+                hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {open_record.tx}'",
+            )
+        pattern = pattern_for(view)
+        record = new_record(view, pattern, tx, checked, owner_v, mode_v)
+        self.zfs.allow.check_place(record.mountpoint)
+        self.zfs.allow.check_place(record.path, what="workspace path")
+        return pattern, record
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self, name: str, *, requested: datetime | None = None) -> None:
@@ -342,34 +368,19 @@ class Repository:
         the middle of a begin, its transaction is left open instead: see
         ``core.lock``); the repository's content is never touched by begin.
         """
-        mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
-        owner_v = Owner.parse(owner) if owner is not None else None
-        mode_v = parse_mode(mode) if mode is not None else None
         tx = names.new_tx_id()
         # Fail before any change if a temporary dataset would be outside the allow-list.
         for name in (self.name, names.workspace_dataset(self.name, tx)):
             self.zfs.allow.check(name)
         with self.exclusive():
-            view = self._recovered()
-            for record in view.records():
-                raise TransactionInProgressError(
-                    f"repository {self.name} already has an open transaction {record.tx} "
-                    f"(begun {record.begun or 'at an unknown time'}, workspace {record.path})",
-                    dataset=self.name,
-                    hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {record.tx}'",
-                )
-            pattern = pattern_for(view)
-            record = new_record(view, pattern, tx, mountpoint, owner_v, mode_v)
-            # Also before any change: where root will mount and chown (an inherited
-            # mountpoint is the parent's, read from the pool), by the one rule.
-            self.zfs.allow.check_place(record.mountpoint)
-            self.zfs.allow.check_place(record.path, what="workspace path")
+            pattern, record = self._new_record(self._recovered(), tx, mountpoint, owner, mode)
             assert self._lock is not None  # held: exclusive()
             # The pool records the transaction as open from its first sync task on; until
             # begin's last step the lock file says it is not finished (see ``core.lock``).
             self._lock.note_begin(tx)
-            self._run(pattern.begin(self.name, record, _creation_props(record, self.name)))
-            self._run(_opening(record))
+            created, opening = _begin_actions(pattern, record, self.name)
+            self._run(created)
+            self._run(opening)
             self._lock.clear()
             return Transaction(self, record)
 
@@ -380,12 +391,13 @@ class Repository:
             view = self._recovered()
             record = self._open_record(tx, view)
             pattern = pattern_of(record)
+            intent, *detach, commit_point = _commit_actions(view, record, message, wait)
             # The first step records the caller's wish (and the message), so that
             # recovery completes the commit if this process dies from here on.
-            self._run([_intent(record, message)])
+            self._run([intent])
             record = attrs.evolve(record, phase=Phase.COMMITTING, message=message or record.message)
             try:
-                self._run(pattern.detach(view, record, wait))
+                self._run(detach)
                 changes = pattern.changes(self.zfs, self.name, record)
             except Exception:
                 self._reattach(record)  # nothing changed: put the names and mounts back
@@ -400,7 +412,7 @@ class Repository:
                     hint=f"nothing was changed; roll back with 'dsg-storage rollback {self.name} {tx}'",
                 )
             try:
-                self.zfs.rename(record.dataset, self.name)  # the commit point
+                self._run([commit_point])  # the rename that gives the new content the repository's name
             except DsgStorageError as exc:
                 self._reattach(record)
                 raise pattern.commit_point_failed(exc, self.name, tx) from exc
@@ -428,6 +440,81 @@ class Repository:
 
     abort = rollback
 
+    # ------------------------------------------------------------------ receive
+    def receive(
+        self,
+        source: StreamSource,
+        *,
+        mountpoint: str | None = None,
+        owner: Owner | str | tuple[int, int] | None = None,
+        mode: str | int | None = None,
+    ) -> Received:
+        """Land a checked stream source (a bundle: ``transfer``) in this repository: a
+        full source creates it (``mountpoint`` as for an init, required unless inherited;
+        ``owner``/``mode`` default to the current user and 0755), an incremental one
+        applies onto its base, which must be the repository's latest snapshot, with no
+        file changed since (``owner``/``mode`` default to the repository's own).
+
+        Planned like a transaction (``core.receive``) and run under the step lock after
+        recovering. All or nothing, also across a crash: a failure or a crash before the
+        commit point is undone by recovery (here at once, or by the next call), after it
+        recovery finishes the placement. Received repositories carry ``setuid=off`` and
+        ``devices=off`` before they are ever mounted. Returns the plan with what ran."""
+        with self.exclusive():
+            plan = self._receive_plan(self._recovered(), source, names.new_tx_id(), mountpoint, owner, mode)
+            ran: list[str] = []
+            try:
+                for action in plan.actions:
+                    self._run([action])
+                    ran.append(action.describe())
+            except BaseException:
+                self._recover()  # undoes what arrived before the commit point, places the repository
+                raise
+            ran += self._recover()[0]  # placed: mounted where it records, its owner and mode, unzoned
+            return Received(plan, tuple(ran))
+
+    def plan_receive(
+        self,
+        source: StreamSource,
+        *,
+        mountpoint: str | None = None,
+        owner: Owner | str | tuple[int, int] | None = None,
+        mode: str | int | None = None,
+    ) -> list[str]:
+        """What ``receive`` would do now, one line per step (recovery's first): its dry
+        run, from the same plan. Changes nothing."""
+        with self.exclusive():
+            view = self.view()
+            lines = [line for step in plan_recovery(view) for line in step.describe()]
+            return [*lines, *self._receive_plan(view, source, names.new_tx_id(), mountpoint, owner, mode).describe()]
+
+    def _receive_plan(
+        self,
+        view: PoolView,
+        source: StreamSource,
+        tx: str,
+        mountpoint: str | None,
+        owner: Owner | str | tuple[int, int] | None,
+        mode: str | int | None,
+    ) -> ReceivePlan:
+        """The receive pattern's plan, every argument and every place root will act on
+        checked before it (the target, explicit or inherited from the pool)."""
+        checked = check_mountpoint(mountpoint) if mountpoint is not None else None
+        owner_v = Owner.parse(owner) if owner is not None else None
+        mode_v = parse_mode(mode) if mode is not None else None
+        self.zfs.allow.check(self.name)
+        if source.base is None:
+            self.zfs.allow.check(names.receive_dataset(self.name, tx))
+            plan = plan_full(view, source, tx, checked, owner_v or Owner.current(), mode_v)
+        else:
+            chain = transferable(lineage(self.zfs, self.name)) if view.head is not None else []
+            plan = plan_incremental(view, chain, source, tx, owner_v, mode_v)
+        if plan.mountpoint is not None:
+            if self.policy is not None:  # an inherited target was read from the pool
+                self.policy.check_repository_props(self.name, {P_MOUNTPOINT: plan.mountpoint})
+            self.zfs.allow.check_place(plan.mountpoint)
+        return plan
+
 
 def _retired(repository: str, name: str) -> bool:
     """Whether a skipped change was the destroy of something retired (an old head or a
@@ -440,6 +527,22 @@ def _opening(record: Record) -> list[Action]:
     """The end of begin: the workspace mounted at its path with its owner and mode (no
     sync task: the dataset was created in state ``open``)."""
     return [Mount(record.dataset, record.path), ApplyOwner(record.path, record.owner, record.mode, record.dataset)]
+
+
+def _begin_actions(pattern: TransactionPattern, record: Record, repository: str) -> tuple[list[Action], list[Action]]:
+    """Begin's two phases: create the temporary dataset (the pattern's), then open it
+    (``_opening``); between them the lock file notes the begin as unfinished."""
+    return pattern.begin(repository, record, _creation_props(record, repository)), _opening(record)
+
+
+def _commit_actions(view: PoolView, record: Record, message: str | None, wait: float = 0.0) -> list[Action]:
+    """Commit up to its commit point: the intent, the pattern's detach, the rename. (The
+    conflict check runs between the last two; ``finish_commit`` follows.)"""
+    return [
+        _intent(record, message),
+        *pattern_of(record).detach(view, record, wait),
+        Rename(record.dataset, view.repository),
+    ]
 
 
 def _intent(record: Record, message: str | None) -> Action:

@@ -87,20 +87,33 @@ class PoolView:
         return f"{base.rstrip('/')}/{leaf}"
 
 
-def changes_since_base(zfs: ZfsPort, repository: str, tx: str) -> list[str]:
-    """Files of the old head (``REPO.dsg-old-TX``) changed since the transaction's base.
+def changes_since(zfs: ZfsPort, filesystem: str, snapshot: str, *, ignore_root: bool = False) -> list[str]:
+    """Files of ``filesystem`` changed since ``snapshot`` (its full name: of the filesystem
+    itself, or of the dataset it is a clone of): "has the repository changed since S",
+    the one answer commit's conflict check and an incremental import's check share.
 
-    Runs after the rename that synced every earlier write, so ``written@base`` sees them
-    all; zero (the usual case) settles it at once. Mounting a filesystem also writes a
-    little metadata (after an import, or a remount by recovery), so a non-zero value is
-    confirmed file by file with ``zfs diff`` before it counts as a change."""
+    Asked after a step that synced every earlier write (commit: the rename; an import:
+    the unmount), so ``written@`` sees them all, and zero (the usual case) settles it at
+    once. Mounting a filesystem also writes a little metadata (after an import, or a
+    remount by recovery), so a non-zero value is confirmed file by file with ``zfs
+    diff`` before it counts. ``ignore_root``: the root directory's own change does not
+    count (an import gives the root the importer's owner and mode anyway; any entry
+    added or removed under it shows as a line of its own)."""
+    key = f"written@{snapshot}"
+    if not int((zfs.get_props(filesystem, [key]) or {}).get(key, 0)):
+        return []
+    lines = zfs.changed_files(snapshot, filesystem)
+    return [line for line in lines if not (ignore_root and line.split("\t")[-1] in ("/", ""))]
+
+
+def changes_since_base(zfs: ZfsPort, repository: str, tx: str) -> list[str]:
+    """Files of the old head (``REPO.dsg-old-TX``) changed since the transaction's base
+    (``changes_since``), asked after commit's rename."""
     old, short = names.old_dataset(repository, tx), names.base_snapshot(repository, tx).split("@", 1)[1]
     # Where the base is: on the old head, or on the workspace once commit promoted it
     # (the old head is then a clone of it).
     holder = old if zfs.exists(f"{old}@{short}") else names.workspace_dataset(repository, tx)
-    key = f"written@{holder}@{short}"
-    written = int((zfs.get_props(old, [key]) or {}).get(key, 0))
-    return zfs.changed_files(f"{holder}@{short}", old) if written else []
+    return changes_since(zfs, old, f"{holder}@{short}")
 
 
 def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished_begin: str | None = None) -> PoolView:

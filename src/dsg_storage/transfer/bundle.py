@@ -90,34 +90,23 @@ from .. import names as _names
 from .._libc import libc
 from .._version import __version__
 from ..core.history import lineage
-from ..core.options import Owner, check_mountpoint, parse_mode
-from ..core.records import Phase
+from ..core.options import Owner
+from ..core.receive import Incoming, StreamPart
 from ..core.repository import Repository
 from ..core.status import PoolPropertyPolicy
-from ..core.view import observe
 from ..errors import (
     BundleError,
-    ConflictError,
-    DatasetBusyError,
-    DatasetExistsError,
     DsgStorageError,
     InvalidArgumentError,
     LockFileError,
-    NoSpaceError,
-    NotAllowedError,
-    PoolUnavailableError,
     RepositoryNotFoundError,
-    TransactionInProgressError,
-    ZfsError,
 )
 from ..hostfs import OutputFile
-from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO, P_STATE
+from ..names import P_MODE, P_OWNER
 from ..present import shown
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs, zfs_version
-from ..zfs.errors import DatasetChangedError
-from ..zfs.port import Batch, Snapshot, ZfsPort
-from ..zfs.programs import on_off, u64
+from ..zfs.port import Snapshot, ZfsPort
 from . import format as _bundle_format
 from . import lockfile as _lockfile
 from . import metadata as _metadata
@@ -145,6 +134,7 @@ class ImportResult:
     mode: str = ""
     sha256: str | None = None  # of the whole bundle file, when a signature was checked
     signer: str | None = None  # the principal whose signature was checked, if one was
+    steps: tuple[str, ...] = ()  # what ran: the plan's actions, then the placement (``--dry-run`` prints the plan)
 
 
 @attrs.frozen
@@ -693,6 +683,32 @@ def import_bundle(
     return result
 
 
+@contextlib.contextmanager
+def _opened(
+    path: str | os.PathLike[str],
+    passes: _Passes | None,
+    allowed_signers: str | os.PathLike[str] | None,
+    require_signature: bool,
+    check_streams: bool,
+    source: Source | None,
+    *,
+    receiving: bool = True,
+) -> Iterator[_BundleSource]:
+    """The bundle opened once and checked as an import needs it before anything changes
+    (``_check_for_import``; when ``receiving``, also that nobody else can change it
+    meanwhile, ``_check_private``): the source the core receives from."""
+    name = source.name if source is not None else os.fspath(path)
+    with _bundle_format.open_checked(path) as f:
+        if receiving:
+            _check_private(f, name)
+        checked, stream_check = _check_for_import(
+            f, os.fspath(path), passes, allowed_signers, require_signature, check_streams, source
+        )
+        if source is not None and checked.sha256 is None:  # the audit names what root imported
+            checked = attrs.evolve(checked, sha256=_file_sha256(f.fileno()))
+        yield _BundleSource(f, name, checked, stream_check, passes)
+
+
 def _import(
     path: str | os.PathLike[str],
     into: str,
@@ -710,21 +726,11 @@ def _import(
     record: dict[str, Any],
     source: Source | None,
 ) -> ImportResult:
-    zfs = zfs if zfs is not None else open_zfs(allow)
-    into = _names.validate_repository(into)
-    zfs.allow.check(into)
-    mountpoint = check_mountpoint(mountpoint) if mountpoint is not None else None
-    owner_v = Owner.parse(owner) if owner is not None else None
-    mode_v = parse_mode(mode) if mode is not None else None
+    repository = Repository(into, allow=allow, zfs=zfs, lock_timeout=lock_timeout, policy=policy)
+    repository.zfs.allow.check(repository.name)
     passes = _Passes(progress) if progress is not None else None
-    name = source.name if source is not None else os.fspath(path)
-    with _bundle_format.open_checked(path) as f:
-        _check_private(f, name)
-        checked, stream_check = _check_for_import(
-            f, os.fspath(path), passes, allowed_signers, require_signature, check_streams, source
-        )
-        if source is not None and checked.sha256 is None:  # the audit names what root imported
-            checked = attrs.evolve(checked, sha256=_file_sha256(f.fileno()))
+    with _opened(path, passes, allowed_signers, require_signature, check_streams, source) as bundle:
+        checked = bundle.checked
         record.update(
             sha256=checked.sha256,
             structure_sha256=checked.info.structure_sha256,
@@ -732,17 +738,49 @@ def _import(
             signer=checked.signature.signer,
             signature=checked.signature.status,
             source_repository=checked.metadata.repository,
-            stream_check=stream_check.value,  # how the stream bytes were checked
+            stream_check=bundle.stream_check.value,  # how the stream bytes were checked
         )
-        repository = Repository(into, zfs=zfs, lock_timeout=lock_timeout, policy=policy)
-        with repository.exclusive():
-            repository.recover()
-            receive = functools.partial(_stream_parts, zfs, f, checked, stream_check, passes)
-            if checked.metadata.type == "full":
-                result = _import_full(zfs, repository, receive, checked, mountpoint, owner_v or default_owner(), mode_v)
-            else:
-                result = _import_incremental(zfs, repository, receive, checked, owner_v, mode_v)
-    return attrs.evolve(result, sha256=checked.sha256, signer=checked.signature.signer)
+        done = repository.receive(bundle, mountpoint=mountpoint, owner=_owner(bundle, owner), mode=mode)
+    plan = done.plan
+    return ImportResult(
+        plan.repository,
+        plan.kind,
+        tuple(s.name for s in bundle.snapshots),
+        plan.mountpoint,
+        plan.owner,
+        plan.mode,
+        sha256=checked.sha256,
+        signer=checked.signature.signer,
+        steps=done.steps,
+    )
+
+
+def _owner(bundle: _BundleSource, owner: str | Owner | None) -> str | Owner | None:
+    """The owner given, else for a new repository the invoking user (an incremental
+    import keeps the repository's own)."""
+    return owner if owner is not None or bundle.base is not None else default_owner()
+
+
+def plan_import(
+    path: str | os.PathLike[str],
+    into: str,
+    *,
+    mountpoint: str | None = None,
+    allow: AllowList | str | None = None,
+    zfs: ZfsPort | None = None,
+    owner: str | Owner | None = None,
+    mode: str | int | None = None,
+    allowed_signers: str | os.PathLike[str] | None = None,
+    require_signature: bool = False,
+    check_streams: bool = False,
+    policy: PoolPropertyPolicy | None = None,
+    source: Source | None = None,
+) -> list[str]:
+    """What ``import_bundle`` would do now, one line per step (recovery's first), from
+    the plan it would run: the bundle checked as the import checks it, nothing changed."""
+    repository = Repository(into, allow=allow, zfs=zfs, policy=policy)
+    with _opened(path, None, allowed_signers, require_signature, check_streams, source, receiving=False) as bundle:
+        return repository.plan_receive(bundle, mountpoint=mountpoint, owner=_owner(bundle, owner), mode=mode)
 
 
 class _Passes:
@@ -815,225 +853,71 @@ class _StreamChecks:
             part.result()
 
 
-def _stream_parts(
-    zfs: ZfsPort,
-    f: Any,
-    checked: CheckedBundle,
-    stream_check: StreamCheck,
-    passes: _Passes | None,
-    target: str,
-) -> list[str]:
-    """Receive every part of the bundle into ``target``, in order, without force, ZFS
-    reading each stream straight from the open file (and checking it: ``StreamCheck``);
-    after each, ZFS must have read exactly the part's bytes and the received snapshot's
-    GUID must be the one the bundle promised. With ``StreamCheck.WHILE``, the streams'
-    bytes are checked against their chunk digests meanwhile (``_StreamChecks``), and
-    this returns only once every one of them was found good: the caller's commit point
-    comes after. When a part fails, its chunk digests tell where it is damaged: raises
-    ``BundleCorruptError`` naming the chunk (else the ``BundleError`` of what failed); the
-    caller undoes what arrived."""
-    info = checked.info
-    received = []
-    done = 0
-    records = _bundle_format.check_records(f, expect=info)  # raises if the file changed since it was checked
-    fd = f.fileno()
-    overlap = records if stream_check is StreamCheck.WHILE else None
-    with _StreamChecks(overlap, passes.checked if passes else None) as checks:
+class _BundleSource:
+    """A checked bundle as the core receives it (``core.receive.StreamSource``): its
+    snapshots, and its parts read straight from the open file, ZFS checking each stream
+    as it receives (and, as ``stream_check`` says, our own check beside it)."""
 
-        def refused(part: _bundle_format.PartSummary, message: str) -> BundleError:
-            """The error for a part that failed: the damage its chunk digests find, if any."""
-            if stream_check is StreamCheck.WHILE:
-                checks.through(part.index)
-            elif stream_check is StreamCheck.ZFS:  # only now, after a failure: it names the damage
-                records.check_stream(part.index)
-            return BundleError(f"{f.name}: {message}")
+    def __init__(
+        self, f: Any, name: str, checked: CheckedBundle, stream_check: StreamCheck, passes: _Passes | None
+    ) -> None:
+        meta = checked.metadata
+        self.name, self.checked, self.stream_check = name, checked, stream_check
+        self._f, self._passes = f, passes
+        self.base = Incoming(meta.base.name, meta.base.guid) if meta.base is not None else None
+        self.snapshots = tuple(Incoming(s.name, s.guid, dict(s.user_props)) for s in meta.snapshots)
 
-        for part, expected in zip(records.info.parts, checked.metadata.snapshots, strict=True):
-            checks.failed_yet()  # a part found bad: receive no more
-            snapshot = f"{target}@{expected.name}"
-            os.lseek(fd, part.offset, os.SEEK_SET)
-            position = functools.partial(_offset_in, fd, part.offset)
-            try:
-                with _reporting(passes.received if passes else None, position, done, info.total_size):
-                    zfs.receive_from(fd, snapshot, force=False)
-            except (NoSpaceError, PoolUnavailableError, DatasetBusyError, NotAllowedError):
-                raise  # the pool's condition, not the stream's
-            except ZfsError as exc:
-                raise refused(part, f"ZFS refused part {part.index + 1}'s stream ({exc}); nothing was changed") from exc
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
-                raise refused(part, f"part {part.index + 1} is {end - part.offset} bytes as ZFS read it")
-            guid = u64(int((zfs.get_props(snapshot, ["guid"]) or {}).get("guid", 0)))
-            if guid != expected.guid:
-                raise refused(part, f"part {part.index + 1} made {snapshot} with GUID {guid}, not {expected.guid}")
-            received.append(expected.name)
-            done += part.size
-            if passes:
-                passes.received(done, info.total_size)
-        checks.through(len(records.info.parts) - 1)  # every byte found good before the commit point
-    return received
+    def parts(self) -> Iterator[StreamPart]:
+        """Each part in order; with ``StreamCheck.WHILE``, the streams' bytes checked
+        against their chunk digests meanwhile (``_StreamChecks``), and the last part
+        given only once every one of them was found good: the commit point comes after."""
+        info = self.checked.info
+        records = _bundle_format.check_records(self._f, expect=info)  # raises if the file changed since
+        overlap = records if self.stream_check is StreamCheck.WHILE else None
+        done = 0
+        with _StreamChecks(overlap, self._passes.checked if self._passes else None) as checks:
+            for summary, snapshot in zip(records.info.parts, self.snapshots, strict=True):
+                checks.failed_yet()  # a part found bad: receive no more
+                yield _BundlePart(snapshot, f"part {summary.index + 1}", self, summary, records, checks, done)
+                done += summary.size
+                if self._passes:
+                    self._passes.received(done, info.total_size)
+            checks.through(len(records.info.parts) - 1)  # every byte found good before the commit point
 
 
-def _snapshot_props(batch: Batch, target: str, meta: BundleMetadata) -> Batch:
-    for snap in meta.snapshots:
-        if snap.user_props:
-            batch = batch.set(f"{target}@{snap.name}", snap.user_props)
-    return batch
+@attrs.frozen
+class _BundlePart:
+    """One part of a ``_BundleSource`` (``core.receive.StreamPart``)."""
 
+    snapshot: Incoming
+    label: str
+    bundle: _BundleSource
+    summary: _bundle_format.PartSummary
+    records: CheckedRecords
+    checks: _StreamChecks
+    before: int  # stream bytes of the parts before it
 
-def _import_full(
-    zfs: ZfsPort,
-    repository: Repository,
-    receive: Callable[[str], list[str]],
-    checked: CheckedBundle,
-    mountpoint: str | None,
-    owner: Owner,
-    mode: int | None,
-) -> ImportResult:
-    into = repository.name
-    if zfs.exists(into):
-        raise DatasetExistsError(
-            f"repository {into} exists: a full bundle creates a repository",
-            dataset=into,
-            hint="import into a new name, or import an incremental bundle",
-        )
-    parent = into.rsplit("/", 1)[0]
-    view = observe(zfs, into, conflicts=False)
-    if parent not in view.family:
-        raise RepositoryNotFoundError(f"parent dataset {parent} of {into} does not exist", dataset=parent)
-    inherited = view.inherited_mountpoint()
-    target = mountpoint or inherited
-    if target is None:
-        raise InvalidArgumentError(f"{into} would have no mountpoint: give one", dataset=into)
-    if repository.policy is not None:  # an inherited target was read from the pool
-        repository.policy.check_repository_props(into, {P_MOUNTPOINT: target})
-    inherits = target == inherited  # as for transactions: no local mountpoint property then
-    meta = checked.metadata
-    temp = _names.receive_dataset(into, _names.new_tx_id())
-    mode_v = DEFAULT_MODE if mode is None else mode
-    # One `zfs set` (0.13 s under emulation) for the safe properties and the mountpoint:
-    # before the dataset is ever mounted, and the property only (-u). With the
-    # repository's own mountpoint also zoned=on, so that ZFS does not mount it there at
-    # boot before the rename (as a workspace, docs/archive/0012); recovery's placement
-    # clears it once the dataset is the repository.
-    native = SAFE_PROPS if inherits else {**SAFE_PROPS, "mountpoint": target, "zoned": "on"}
-    try:
-        receive(temp)  # returns once every part was received whole
-        zfs.set_native_props(temp, native)
-    except BaseException:
-        if zfs.exists(temp):  # earlier parts landed: throw them away with the rest
-            zfs.destroy_with_snapshots(temp)
-        raise
-    head_props = {
-        P_REPO: into,
-        P_MOUNTPOINT: target,
-        P_INHERITS: "yes" if inherits else "no",
-        P_OWNER: str(owner),
-        P_MODE: f"{mode_v:04o}",
-        P_STATE: Phase.COMMITTED.value,
-    }
-    zfs.apply(_snapshot_props(Batch().set(temp, head_props), temp, meta))
-    zfs.rename(temp, into)  # the commit point
-    repository.recover()  # mounted where it records (nosuid,nodev by its props), the importer's owner, unzoned
-    return ImportResult(into, "full", tuple(s.name for s in meta.snapshots), target, str(owner), f"{mode_v:04o}")
+    @contextlib.contextmanager
+    def feed(self) -> Iterator[int]:
+        fd, part = self.bundle._f.fileno(), self.summary
+        os.lseek(fd, part.offset, os.SEEK_SET)
+        passes = self.bundle._passes
+        position = functools.partial(_offset_in, fd, part.offset)
+        with _reporting(
+            passes.received if passes else None, position, self.before, self.bundle.checked.info.total_size
+        ):
+            yield fd
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if end != part.offset + part.size:  # ZFS's stream ended elsewhere than the bundle says
+            raise self.refused(f"{self.label} is {end - part.offset} bytes as ZFS read it")
 
-
-def _import_incremental(
-    zfs: ZfsPort,
-    repository: Repository,
-    receive: Callable[[str], list[str]],
-    checked: CheckedBundle,
-    owner: Owner | None,
-    mode: int | None,
-) -> ImportResult:
-    into = repository.name
-    meta = checked.metadata
-    assert meta.base is not None  # the schema: an incremental bundle has a base
-    if not zfs.exists(into):
-        raise RepositoryNotFoundError(
-            f"repository {into} does not exist: an incremental bundle applies onto its base {meta.base.name}",
-            dataset=into,
-        )
-    if repository.pending():
-        raise TransactionInProgressError(f"{into} has an open transaction: finish it first", dataset=into)
-    chain = _transferable(lineage(zfs, into))
-    latest = chain[-1] if chain else None
-    if latest is None or latest.guid != meta.base.guid:
-        have = f"{latest.short_name} (guid {latest.guid})" if latest else "no snapshot"
-        where = next((s.short_name for s in chain if s.guid == meta.base.guid), None)
-        detail = f"; {where} is there but is not the latest" if where else ""
-        raise BundleError(
-            f"wrong base: the bundle applies onto {meta.base.name} (guid {meta.base.guid}); "
-            f"{into}'s latest snapshot is {have}{detail}. Nothing was changed",
-        )
-    names = {s.short_name for s in chain}
-    clash = [s.name for s in meta.snapshots if s.name in names]
-    if clash:
-        raise BundleError(f"{into} already has snapshot(s) {', '.join(clash)}. Nothing was changed")
-    head = zfs.get_props(into, [P_OWNER, P_MODE, *SAFE_PROPS]) or {}
-    # Unmounted for the whole import, so nothing can be written after the change check
-    # below and then lost to the rollback or the receive; mounted again at the end.
-    zfs.host.unmount(into)
-    try:
-        changed = _changes_since(zfs, into, latest)
-        if changed:
-            raise ConflictError(
-                f"{into} has changes since {latest.short_name} that the import would discard: "
-                + ", ".join(changed[:5])
-                + (" ..." if len(changed) > 5 else ""),
-                dataset=into,
-                hint="commit them (or roll them back) and export a bundle from the new base",
-            )
-        tx = _names.new_tx_id()
-        # One `zfs set`, so both or neither: the mark (while it is there, recovery undoes
-        # what arrived) and zoned=on (ZFS mounts no zoned dataset at boot: nothing
-        # received shows at the repository's path before the commit point, even across
-        # a reboot; our own mount(2) at the end ignores it).
-        zfs.set_native_props(into, {"zoned": "on", P_IMPORT: f"{tx} {latest.short_name}"})
-        new_head = {}
-        if owner is not None:
-            new_head[P_OWNER] = str(owner)
-        if mode is not None:
-            new_head[P_MODE] = f"{mode:04o}"
-        try:
-            zfs.rollback(into)  # to the base, explicitly: what a mount's own metadata wrote
-            received = receive(into)  # returns once every part was received whole
-            # After the receive, so a refused bundle leaves them as they were; before the
-            # author's content is ever mounted. Usually there is nothing to set: the
-            # repository came from a full import.
-            unsafe = {prop: off for prop, off in SAFE_PROPS.items() if on_off(head.get(prop)) != off}
-            if unsafe:
-                zfs.set_native_props(into, unsafe)
-            done = _snapshot_props(Batch(), into, meta).set(into, new_head)
-            zfs.apply(done.inherit(into, P_IMPORT).inherit(into, "zoned"))  # the commit point
-        except BaseException:
-            repository.recover()  # the import mark is there: recovery undoes what arrived
-            raise
-    finally:
-        repository.recover()  # mounted again where it records, with its owner and mode
-    return ImportResult(
-        into,
-        "incremental",
-        tuple(received),
-        None,
-        new_head.get(P_OWNER, str(head.get(P_OWNER, ""))),
-        new_head.get(P_MODE, str(head.get(P_MODE, ""))),
-    )
-
-
-def _changes_since(zfs: ZfsPort, repo: str, snap: Snapshot) -> list[str]:
-    """Files changed in ``repo`` since ``snap`` (a mount's own metadata does not count).
-    The check runs in syncing context, so it sees writes not synced yet.
-
-    The root directory's own change (``M /``) does not count either: the importer's owner
-    and mode are applied to it on every mount, and whatever else changes it (an entry
-    added or removed) shows as a line of that entry; the root's metadata is what the
-    import sets anyway, so nothing is lost with it."""
-    try:
-        zfs.apply(Batch().require_unchanged(repo, snap.short_name))
-    except DatasetChangedError:
-        return [line for line in zfs.changed_files(snap.name, repo) if line.split("\t")[-1] not in ("/", "")]
-    return []
+    def refused(self, message: str) -> BundleError:
+        """The damage the part's chunk digests find, if any (raised), else ``message``."""
+        if self.bundle.stream_check is StreamCheck.WHILE:
+            self.checks.through(self.summary.index)
+        elif self.bundle.stream_check is StreamCheck.ZFS:  # only now, after a failure: it names the damage
+            self.records.check_stream(self.summary.index)
+        return BundleError(f"{self.bundle._f.name}: {message}")
 
 
 def _locked_commits(zfs: ZfsPort, repo: str) -> list[LockedCommit]:
@@ -1172,6 +1056,7 @@ __all__ = [
     "export_bundle",
     "import_bundle",
     "inspect_bundle",
+    "plan_import",
     "read_lock_checked",
     "verify_bundle",
     "write_lock",
