@@ -196,7 +196,7 @@ class SudoPolicy:
         every directory above it, writable by nobody else, no link). ``given`` (the
         caller's ``--allowed-signers``) may only name that same file. None: none set."""
         if given is not None and (
-            self.allowed_signers is None or hostfs._absolute(os.fspath(given)) != self.allowed_signers
+            self.allowed_signers is None or hostfs.absolute_path(os.fspath(given)) != self.allowed_signers
         ):
             raise NotAllowedError(
                 f"--allowed-signers {os.fspath(given)} is not the file {self.source} names "
@@ -361,7 +361,7 @@ def _open_roots_file(path: str, what: str, error: type[PolicyError]) -> int:
     """A descriptor of the regular file ``path``, refused (``error``) unless it and every
     directory above it are root's and writable by nobody else, reached without a link.
     A missing file raises FileNotFoundError."""
-    parent, name = posixpath.split(hostfs._absolute(path))
+    parent, name = posixpath.split(hostfs.absolute_path(path))
     try:
         dirfd = hostfs.open_dir(parent, trusted_uids=(0,))
     except UnsafePathError as exc:
