@@ -74,7 +74,6 @@ from .actions import (
     Destroy,
     DestroySnapshots,
     Mount,
-    ReleaseMount,
     RemoveDir,
     Rename,
     Rollback,
@@ -83,6 +82,7 @@ from .actions import (
 from .patterns import pattern_of
 from .placement import place_head, place_recorded_head, recorded_placement
 from .records import Phase, Record
+from .retire import retire_old_head
 from .view import PoolView
 
 
@@ -262,8 +262,5 @@ def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[RecoverySte
                 break
         return steps
     for tx, old in olds.items():  # 5c
-        batch = Batch().promote(repo, required=False)  # if a held snapshot refused it at commit
-        batch = batch.destroy(old, required=False).destroy(names.base_snapshot(repo, tx), required=False)
-        released = [ReleaseMount(source, path) for source, path in view.orphaned_mounts if source.startswith(old)]
-        steps.append(RecoveryStep(f"{tx}: retired {old} destroyed", [*released, Unmount(old, lazy=True), Apply(batch)]))
+        steps.append(RecoveryStep(f"{tx}: retired {old} destroyed", retire_old_head(repo, tx, view.orphaned_mounts)))
     return steps
