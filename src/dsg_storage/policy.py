@@ -101,6 +101,23 @@ def _size(value: int | None, where: str) -> int | None:
     return value
 
 
+def _check_schema(doc: dict[str, Any]) -> None:
+    """The policy's version, and only known sections and keys, each of its type."""
+    if doc.get("version", 1) != 1:
+        raise InvalidArgumentError(f"version {doc.get('version')!r} is not one this dsg-storage reads (1)")
+    for key, table in doc.items():
+        if key == "version":
+            continue
+        if key not in _SCHEMA or not isinstance(table, dict):
+            raise InvalidArgumentError(f"unknown section [{key}] (known: {', '.join(_SCHEMA)})")
+        for field, value in table.items():
+            wanted = _SCHEMA[key].get(field)
+            if wanted is None:
+                raise InvalidArgumentError(f"unknown key {field!r} in [{key}]")
+            if not isinstance(value, wanted):
+                raise InvalidArgumentError(f"[{key}] {field} must be a {wanted.__name__}")
+
+
 def _beneath(path: str, under: tuple[str, ...]) -> bool:
     return any(path.startswith(u.rstrip("/") + "/") for u in under)
 
@@ -137,19 +154,7 @@ class SudoPolicy:
 
     @classmethod
     def _from_doc(cls, doc: dict[str, Any], source: str, invoker: Owner | None) -> SudoPolicy:
-        if doc.get("version", 1) != 1:
-            raise InvalidArgumentError(f"version {doc.get('version')!r} is not one this dsg-storage reads (1)")
-        for key, table in doc.items():
-            if key == "version":
-                continue
-            if key not in _SCHEMA or not isinstance(table, dict):
-                raise InvalidArgumentError(f"unknown section [{key}] (known: {', '.join(_SCHEMA)})")
-            for field, value in table.items():
-                wanted = _SCHEMA[key].get(field)
-                if wanted is None:
-                    raise InvalidArgumentError(f"unknown key {field!r} in [{key}]")
-                if not isinstance(value, wanted):
-                    raise InvalidArgumentError(f"[{key}] {field} must be a {wanted.__name__}")
+        _check_schema(doc)
         section = {k: doc.get(k, {}) for k in _SCHEMA}
         owners: list[Owner] = []
         for text in _strings(section["owners"].get("allow", [INVOKER]), "[owners] allow"):
@@ -334,21 +339,25 @@ def check_repository_props(
                 ) from None
     owner = props.get(prop("owner"))
     if owner is not None:
-        try:
-            parsed = Owner.parse(owner)
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"property {prop('owner')}{where} is unusable: {exc.message}") from None
-        if policy is not None and parsed not in policy.owners:
-            raise NotAllowedError(
-                f"property {prop('owner')}{where} says {parsed}, an owner {policy.source} does not allow",
-                dataset=dataset,
-            )
+        _check_owner_prop(owner, policy, dataset, where)
     mode = props.get(prop("mode"))
     if mode is not None:
         try:
             parse_mode(mode)
         except InvalidArgumentError as exc:
             raise InvalidArgumentError(f"property {prop('mode')}{where} is unusable: {exc.message}") from None
+
+
+def _check_owner_prop(owner: str, policy: SudoPolicy | None, dataset: str | None, where: str) -> None:
+    try:
+        parsed = Owner.parse(owner)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"property {prop('owner')}{where} is unusable: {exc.message}") from None
+    if policy is not None and parsed not in policy.owners:
+        raise NotAllowedError(
+            f"property {prop('owner')}{where} says {parsed}, an owner {policy.source} does not allow",
+            dataset=dataset,
+        )
 
 
 def _placed_by_us(props: Mapping[str, str], native: str, policy: SudoPolicy | None) -> bool:

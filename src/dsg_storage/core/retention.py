@@ -141,6 +141,23 @@ def _label(kind: str, key: tuple[int, ...]) -> str:
     return f"{kind} " + "-".join(f"{part:02d}" for part in key)
 
 
+def _newest_per_period(
+    kind: str, budget: int, timed: Sequence[tuple[datetime, int, Candidate]]
+) -> list[tuple[Candidate, str]]:
+    """The newest commit of each of the newest ``budget`` periods of ``kind`` that hold
+    one, with its label; ``timed`` is newest first."""
+    kept: list[tuple[Candidate, str]] = []
+    seen: tuple[int, ...] | None = None
+    for when, _, commit in timed:
+        if len(kept) == budget:
+            break
+        key = _period_key(kind, when)
+        if key != seen:  # the newest commit of a period not seen yet
+            seen = key
+            kept.append((commit, _label(kind, key)))
+    return kept
+
+
 def plan(
     commits: Sequence[Candidate],
     policy: RetentionPolicy,
@@ -175,16 +192,8 @@ def plan(
     for n, (_, _, commit) in enumerate(timed[: policy.last], start=1):
         reasons[commit.snapshot].append(f"last {n}/{policy.last}")
     for kind in PERIODS:
-        budget = getattr(policy, kind)
-        seen: tuple[int, ...] | None = None
-        for when, _, commit in timed:
-            if budget == 0:
-                break
-            key = _period_key(kind, when)
-            if key != seen:  # the newest commit of a period not seen yet
-                seen = key
-                budget -= 1
-                reasons[commit.snapshot].append(_label(kind, key))
+        for commit, label in _newest_per_period(kind, getattr(policy, kind), timed):
+            reasons[commit.snapshot].append(label)
     for name, why in protected.items():
         if name in reasons:
             reasons[name].append(why)
