@@ -144,7 +144,7 @@ def existing(sandbox: Sandbox, name: str) -> tuple[Repository, Path]:
     return repo, mnt
 
 
-def crash_every_step(
+def crash_every_step(  # noqa: PLR0917  every crash test calls it the same way, in order
     box: Sandbox,
     record_property: Callable[[str, object], None],
     label: str,
@@ -345,7 +345,9 @@ def test_a_second_begin_is_refused_naming_the_open_transaction(box: Sandbox) -> 
     assert files(mnt) == {**OLD, "x": "x"}
 
 
-def _racer(repo_name: str, allow: str, rounds: int, barrier: object, results: object, rollback_own: bool) -> None:
+def _racer(  # noqa: PLR0917  a Process target: its arguments come as a tuple
+    repo_name: str, allow: str, rounds: int, barrier: object, results: object, rollback_own: bool
+) -> None:
     from dsg_storage import Repository  # fresh objects in the child
 
     repo = Repository(repo_name, allow=allow, lock_timeout=30)
