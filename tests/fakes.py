@@ -13,7 +13,7 @@ from typing import Any
 
 from dsg_storage.errors import DatasetBusyError, DatasetExistsError, DatasetNotFoundError, ZfsError
 from dsg_storage.zfs.allow import AllowList
-from dsg_storage.zfs.host import Guard, Steps
+from dsg_storage.zfs.host import BoundarySteps, Guard
 from dsg_storage.zfs.port import Batch, BatchResult, Snapshot, ZfsPort
 
 
@@ -89,7 +89,7 @@ class FakeZfs:
 
     def __init__(self, allow: Iterable[str] = ("tank",)) -> None:
         self.guard = Guard(AllowList(tuple(allow)))
-        self._steps = Steps()
+        self._steps = BoundarySteps()
         self.datasets: dict[str, dict[str, str]] = {}
         self.snaps: dict[str, dict[str, str]] = {}
         self.changed: dict[str, list[str]] = {}
@@ -111,7 +111,7 @@ class FakeZfs:
         return self._host
 
     @property
-    def steps(self) -> Steps:
+    def steps(self) -> BoundarySteps:
         return self._steps
 
     # reads
@@ -245,7 +245,7 @@ class FakeZfs:
     def rollback(self, filesystem: str) -> None:
         self._changed("rollback", filesystem)
 
-    def apply(self, batch: Batch) -> BatchResult:
+    def apply(self, batch: Batch) -> BatchResult:  # noqa: C901  one branch per batch op, as the Lua program has
         if not batch.ops:
             return BatchResult({}, {})
         self.guard.check(*batch.targets)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .core.prune import PruneResult, mark_keep, prune
     from .core.records import Commit, Pattern, PendingTransaction, Phase, RepositoryStatus, State
     from .core.repository import Repository, begin
-    from .core.retention import Policy as RetentionPolicy
+    from .core.retention import RetentionPolicy
     from .core.retention import plan as plan_retention
     from .core.transaction import Transaction
     from .errors import (
@@ -67,7 +67,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         ZfsError,
         ZfsUnavailableError,
     )
-    from .policy import Policy, check_repository_props
+    from .policy import SudoPolicy, check_repository_props
+    from .policy import SudoPolicy as Policy
     from .queue import Item, ItemState, Kind, Queue, RetryPolicy
     from .read.cache import ReadCache
     from .read.offline import open_offline
@@ -146,10 +147,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "State": (".core.records", "State"),
     "Repository": (".core.repository", "Repository"),
     "begin": (".core.repository", "begin"),
-    "RetentionPolicy": (".core.retention", "Policy"),
+    "RetentionPolicy": (".core.retention", "RetentionPolicy"),
     "plan_retention": (".core.retention", "plan"),
     "Transaction": (".core.transaction", "Transaction"),
-    "Policy": (".policy", "Policy"),
+    "Policy": (".policy", "SudoPolicy"),  # the name 0.x exported; SudoPolicy says which
+    "SudoPolicy": (".policy", "SudoPolicy"),
     "check_repository_props": (".policy", "check_repository_props"),
     "Item": (".queue", "Item"),
     "ItemState": (".queue", "ItemState"),
@@ -271,6 +273,7 @@ __all__ = [
     "RetryPolicy",
     "Signature",
     "State",
+    "SudoPolicy",
     "Transaction",
     "TransactionError",
     "TransactionInProgressError",

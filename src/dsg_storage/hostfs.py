@@ -177,7 +177,9 @@ def open_beneath(dirfd: int, path: str, flags: int = os.O_RDONLY, *, base: str =
     return _walk(dirfd, parts, flags, base, None)
 
 
-def _absolute(path: str) -> str:
+def absolute_path(path: str) -> str:
+    """``path`` normalised (``//a/./b/`` -> ``/a/b``), the form every check here compares;
+    InvalidArgumentError unless it is absolute, UnsafePathError if it has a ``..``."""
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidArgumentError(f"{path!r} is not an absolute path")
     normal = posixpath.normpath(path)
@@ -193,7 +195,7 @@ def open_dir(path: str, flags: int = _DIR, *, trusted_uids: Collection[int] | No
     symbolic link. With ``trusted_uids``, every directory from ``/`` to ``path`` must be
     owned by one of them and not writable by group or others (a sticky directory such as
     ``/tmp`` may be passed through, not ended in)."""
-    parts = _components(_absolute(path))
+    parts = _components(absolute_path(path))
     root = os.open("/", _DIR)
     try:
         if trusted_uids is None:
@@ -215,7 +217,7 @@ def check_mount_parent(mountpoint: str, *, trusted_uids: Collection[int] = (0,))
     writable by nobody else. Then nobody but root can swap the mountpoint or the
     workspace path beside it, now or at a later remount by path (``zfs mount -a`` at boot
     follows links); see ``docs/archive/0011-sudo-policy.md``."""
-    normal = _absolute(mountpoint)
+    normal = absolute_path(mountpoint)
     parent, name = posixpath.split(normal)
     if not name:
         raise InvalidArgumentError("mountpoint '/' is refused")
@@ -349,7 +351,7 @@ def check_root_only(path: str, *, max_links: int = MAX_LINKS) -> tuple[str, os.s
     was just checked to be root alone; it is followed, and its target checked the same
     way (at most ``max_links`` links; a target with ``..`` is refused, since lexical
     ``..`` and the kernel's can differ). A missing path raises FileNotFoundError."""
-    normal = _absolute(path)
+    normal = absolute_path(path)
     for _ in range(max_links + 1):
         parent, name = posixpath.split(normal)
         dirfd = open_dir(parent, trusted_uids=(0,))
@@ -366,7 +368,7 @@ def check_root_only(path: str, *, max_links: int = MAX_LINKS) -> tuple[str, os.s
                     raise UnsafePathError(
                         f"{normal} is a symbolic link to {target}, with '..' in it", hint="name its target itself"
                     )
-                normal = _absolute(posixpath.join(parent, target))
+                normal = absolute_path(posixpath.join(parent, target))
                 continue
         finally:
             os.close(dirfd)
@@ -390,7 +392,7 @@ def private_dir(path: str, *, narrow: bool = True) -> int:
     directory the user chose, such as their home for a cache) it is left as it is, and
     refused only if group or others may write to it."""
     me = os.geteuid()
-    parts = _components(_absolute(path))
+    parts = _components(absolute_path(path))
     trusted = {0, me}
     current = os.open("/", _DIR)
     where = "/"

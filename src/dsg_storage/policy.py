@@ -20,7 +20,7 @@ trusted to limit it. The limits come from ``/etc/dsg-storage/policy.toml`` inste
 
 The file is used only if it, and every directory above it, is owned by root and
 writable by nobody else, reached without a symbolic link; otherwise ``PolicyError``.
-Caller flags can only narrow it (``Policy.narrowed``). Every check raises
+Caller flags can only narrow it (``SudoPolicy.narrowed``). Every check raises
 ``NotAllowedError`` (CLI exit status 3) saying what was refused and what is allowed.
 A policy changes nothing by itself: after a crash there is nothing to recover here.
 """
@@ -42,7 +42,7 @@ from .errors import DsgStorageError, InvalidArgumentError, NotAllowedError, Poli
 from .names import prop
 from .zfs.allow import AllowList
 
-__all__ = ["DEFAULT_PATH", "EXAMPLE", "Policy", "PolicyError", "check_repository_props", "invoker_from_env"]
+__all__ = ["DEFAULT_PATH", "EXAMPLE", "PolicyError", "SudoPolicy", "check_repository_props", "invoker_from_env"]
 
 DEFAULT_PATH = "/etc/dsg-storage/policy.toml"
 INVOKER = "invoker"
@@ -101,14 +101,32 @@ def _size(value: int | None, where: str) -> int | None:
     return value
 
 
+def _check_schema(doc: dict[str, Any]) -> None:
+    """The policy's version, and only known sections and keys, each of its type."""
+    if doc.get("version", 1) != 1:
+        raise InvalidArgumentError(f"version {doc.get('version')!r} is not one this dsg-storage reads (1)")
+    for key, table in doc.items():
+        if key == "version":
+            continue
+        if key not in _SCHEMA or not isinstance(table, dict):
+            raise InvalidArgumentError(f"unknown section [{key}] (known: {', '.join(_SCHEMA)})")
+        for field, value in table.items():
+            wanted = _SCHEMA[key].get(field)
+            if wanted is None:
+                raise InvalidArgumentError(f"unknown key {field!r} in [{key}]")
+            if not isinstance(value, wanted):
+                raise InvalidArgumentError(f"[{key}] {field} must be a {wanted.__name__}")
+
+
 def _beneath(path: str, under: tuple[str, ...]) -> bool:
     return any(path.startswith(u.rstrip("/") + "/") for u in under)
 
 
 @attrs.frozen
-class Policy:
-    """A parsed policy. ``invoker`` is the user who ran sudo (``SUDO_UID``/``SUDO_GID``);
-    ``caller`` the caller's own allow-list, which can only narrow ``datasets``."""
+class SudoPolicy:
+    """The sudo policy, parsed. ``invoker`` is the user who ran sudo
+    (``SUDO_UID``/``SUDO_GID``); ``caller`` the caller's own allow-list, which can only
+    narrow ``datasets``."""
 
     source: str
     datasets: AllowList = attrs.field(factory=AllowList)
@@ -123,7 +141,7 @@ class Policy:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def parse(cls, text: str, *, source: str = "<policy>", invoker: Owner | None = None) -> Policy:
+    def parse(cls, text: str, *, source: str = "<policy>", invoker: Owner | None = None) -> SudoPolicy:
         """Parse policy TOML (schema in the module docstring); unknown keys are errors."""
         try:
             doc = tomllib.loads(text)
@@ -135,20 +153,8 @@ class Policy:
             raise PolicyError(f"{source}: {exc.message}") from None
 
     @classmethod
-    def _from_doc(cls, doc: dict[str, Any], source: str, invoker: Owner | None) -> Policy:
-        if doc.get("version", 1) != 1:
-            raise InvalidArgumentError(f"version {doc.get('version')!r} is not one this dsg-storage reads (1)")
-        for key, table in doc.items():
-            if key == "version":
-                continue
-            if key not in _SCHEMA or not isinstance(table, dict):
-                raise InvalidArgumentError(f"unknown section [{key}] (known: {', '.join(_SCHEMA)})")
-            for field, value in table.items():
-                wanted = _SCHEMA[key].get(field)
-                if wanted is None:
-                    raise InvalidArgumentError(f"unknown key {field!r} in [{key}]")
-                if not isinstance(value, wanted):
-                    raise InvalidArgumentError(f"[{key}] {field} must be a {wanted.__name__}")
+    def _from_doc(cls, doc: dict[str, Any], source: str, invoker: Owner | None) -> SudoPolicy:
+        _check_schema(doc)
         section = {k: doc.get(k, {}) for k in _SCHEMA}
         owners: list[Owner] = []
         for text in _strings(section["owners"].get("allow", [INVOKER]), "[owners] allow"):
@@ -174,7 +180,7 @@ class Policy:
         )
 
     @classmethod
-    def load(cls, path: str = DEFAULT_PATH, *, invoker: Owner | None = None) -> Policy:
+    def load(cls, path: str = DEFAULT_PATH, *, invoker: Owner | None = None) -> SudoPolicy:
         """Read the policy at ``path``, refusing it (PolicyError) unless the file and every
         directory above it are root's and writable by nobody else, with no link on the way.
         A missing file raises FileNotFoundError."""
@@ -195,7 +201,7 @@ class Policy:
         every directory above it, writable by nobody else, no link). ``given`` (the
         caller's ``--allowed-signers``) may only name that same file. None: none set."""
         if given is not None and (
-            self.allowed_signers is None or hostfs._absolute(os.fspath(given)) != self.allowed_signers
+            self.allowed_signers is None or hostfs.absolute_path(os.fspath(given)) != self.allowed_signers
         ):
             raise NotAllowedError(
                 f"--allowed-signers {os.fspath(given)} is not the file {self.source} names "
@@ -213,7 +219,7 @@ class Policy:
             ) from None
         return self.allowed_signers
 
-    def narrowed(self, caller: AllowList) -> Policy:
+    def narrowed(self, caller: AllowList) -> SudoPolicy:
         """This policy, further limited to ``caller``'s allow-list when it names anything."""
         return attrs.evolve(self, caller=caller) if caller.prefixes else self
 
@@ -308,12 +314,12 @@ class Policy:
 
 
 def check_repository_props(
-    props: Mapping[str, str], *, policy: Policy | None = None, dataset: str | None = None
+    props: Mapping[str, str], *, policy: SudoPolicy | None = None, dataset: str | None = None
 ) -> None:
     """Validate ``dsg-storage:path``, ``:mountpoint``, ``:owner``, ``:mode`` and the native
     ``mountpoint`` (a path; inherited ones included) as read from a pool before acting on
     them: well formed always (InvalidArgumentError naming the property), and with
-    ``policy`` also inside it, directories included (``Policy.check_place``:
+    ``policy`` also inside it, directories included (``SudoPolicy.check_place``:
     NotAllowedError). Absent ones are skipped."""
     where = f" of {dataset}" if dataset else ""
     for key in (prop("path"), prop("mountpoint"), "mountpoint"):
@@ -333,15 +339,7 @@ def check_repository_props(
                 ) from None
     owner = props.get(prop("owner"))
     if owner is not None:
-        try:
-            parsed = Owner.parse(owner)
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"property {prop('owner')}{where} is unusable: {exc.message}") from None
-        if policy is not None and parsed not in policy.owners:
-            raise NotAllowedError(
-                f"property {prop('owner')}{where} says {parsed}, an owner {policy.source} does not allow",
-                dataset=dataset,
-            )
+        _check_owner_prop(owner, policy, dataset, where)
     mode = props.get(prop("mode"))
     if mode is not None:
         try:
@@ -350,7 +348,19 @@ def check_repository_props(
             raise InvalidArgumentError(f"property {prop('mode')}{where} is unusable: {exc.message}") from None
 
 
-def _placed_by_us(props: Mapping[str, str], native: str, policy: Policy | None) -> bool:
+def _check_owner_prop(owner: str, policy: SudoPolicy | None, dataset: str | None, where: str) -> None:
+    try:
+        parsed = Owner.parse(owner)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"property {prop('owner')}{where} is unusable: {exc.message}") from None
+    if policy is not None and parsed not in policy.owners:
+        raise NotAllowedError(
+            f"property {prop('owner')}{where} says {parsed}, an owner {policy.source} does not allow",
+            dataset=dataset,
+        )
+
+
+def _placed_by_us(props: Mapping[str, str], native: str, policy: SudoPolicy | None) -> bool:
     """Whether the native ``mountpoint`` is one root will act on: a path, on a dataset
     dsg-storage places (it records an owner), checked only against a policy."""
     return policy is not None and native.startswith("/") and prop("owner") in props
@@ -360,7 +370,7 @@ def _open_roots_file(path: str, what: str, error: type[PolicyError]) -> int:
     """A descriptor of the regular file ``path``, refused (``error``) unless it and every
     directory above it are root's and writable by nobody else, reached without a link.
     A missing file raises FileNotFoundError."""
-    parent, name = posixpath.split(hostfs._absolute(path))
+    parent, name = posixpath.split(hostfs.absolute_path(path))
     try:
         dirfd = hostfs.open_dir(parent, trusted_uids=(0,))
     except UnsafePathError as exc:

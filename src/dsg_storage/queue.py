@@ -375,16 +375,15 @@ def apply_item(zfs: ZfsPort, item: Item) -> None:
     if item.kind is Kind.DESTROY:
         retired = _names.parse_temporary(item.target)
         if retired and retired[1] == "old" and zfs.exists(item.target):
-            # An old head keeps the history until the repository is promoted, which a
-            # reader holding one of its snapshots refused at commit: try it first.
-            for source, path in zfs.host.orphaned_reader_mounts():
-                if source.split("@")[0] == item.target:
-                    zfs.host.release_mount(source, path)
-            from .zfs.programs import Batch
+            # An old head is retired as recovery retires it (the promote first: the old
+            # head keeps the history until then, which a reader's snapshot refused).
+            from .core.actions import execute
+            from .core.retire import retire_old_head
 
-            zfs.apply(Batch().promote(retired[0], required=False))
+            repo, _, tx = retired
+            execute(zfs, retire_old_head(repo, tx, zfs.host.orphaned_reader_mounts()))
         if zfs.exists(item.target):
-            zfs.destroy(item.target)
+            zfs.destroy(item.target)  # what is left, with the error that keeps it
         return
     dataset = item.target.split("@", 1)[0]
     if zfs.exists(item.target):

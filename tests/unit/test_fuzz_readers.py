@@ -250,7 +250,9 @@ def byte_damage(rng: random.Random, sound: bytes, kind: str, *, spots: int, inse
     return sound[:at] + extra + sound[at:], f"{extra!r} inserted at {at}"
 
 
-def mutated_bundle(rng: random.Random, sound: bytes, tmp: Path) -> tuple[bytes, str]:
+def mutated_bundle(  # noqa: C901, PLR0912  one branch per kind of damage
+    rng: random.Random, sound: bytes, tmp: Path
+) -> tuple[bytes, str]:
     """One mutation of the sound bundle, and what it was."""
     meta, infos, streams = sound_parts()
     kind = rng.choice(

@@ -445,3 +445,11 @@ def test_private_path_leaves_this_processs_locks_on_an_open_database_alone(tmp_p
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_absolute_path_is_the_form_every_check_compares() -> None:
+    assert hostfs.absolute_path("//srv/./repos//a/") == "/srv/repos/a"
+    with pytest.raises(DsgStorageError, match="not an absolute path"):
+        hostfs.absolute_path("srv/repos")
+    with pytest.raises(UnsafePathError):
+        hostfs.absolute_path("/srv/repos/../etc")

@@ -10,7 +10,7 @@ import pytest
 from dsg_storage import AllowList
 from dsg_storage.core.options import Owner
 from dsg_storage.errors import InvalidArgumentError, NotAllowedError, UnsafePathError
-from dsg_storage.policy import EXAMPLE, Policy, PolicyError, check_repository_props, invoker_from_env
+from dsg_storage.policy import EXAMPLE, PolicyError, SudoPolicy, check_repository_props, invoker_from_env
 
 ALICE = Owner(1000, 1000)
 TEXT = """
@@ -29,11 +29,11 @@ under = ["/home/alice"]
 
 
 @pytest.fixture
-def policy() -> Policy:
-    return Policy.parse(TEXT, source="policy.toml", invoker=ALICE)
+def policy() -> SudoPolicy:
+    return SudoPolicy.parse(TEXT, source="policy.toml", invoker=ALICE)
 
 
-def test_parse_reads_every_section(policy: Policy) -> None:
+def test_parse_reads_every_section(policy: SudoPolicy) -> None:
     assert policy.datasets == AllowList(("tank/data", "vault"))
     assert policy.mountpoints_under == ("/srv/repos",)
     assert policy.owners == (ALICE, Owner(2000, 2000))
@@ -42,7 +42,7 @@ def test_parse_reads_every_section(policy: Policy) -> None:
 
 
 def test_defaults_allow_nothing_but_the_invoker_as_owner() -> None:
-    empty = Policy.parse("", invoker=ALICE)
+    empty = SudoPolicy.parse("", invoker=ALICE)
     assert empty.owners == (ALICE,) and not empty.require_signed_bundles
     with pytest.raises(NotAllowedError):
         empty.check_dataset("tank/data/x")
@@ -50,7 +50,7 @@ def test_defaults_allow_nothing_but_the_invoker_as_owner() -> None:
         empty.check_mountpoint("/srv/repos/x")
     with pytest.raises(NotAllowedError):
         empty.check_output("/home/alice/x")
-    assert Policy.parse(EXAMPLE, invoker=ALICE).datasets == AllowList(("tank/data",))
+    assert SudoPolicy.parse(EXAMPLE, invoker=ALICE).datasets == AllowList(("tank/data",))
 
 
 @pytest.mark.parametrize(
@@ -71,10 +71,10 @@ def test_defaults_allow_nothing_but_the_invoker_as_owner() -> None:
 )
 def test_a_malformed_policy_is_refused_with_its_source(text: str) -> None:
     with pytest.raises(PolicyError, match="p.toml"):
-        Policy.parse(text, source="p.toml", invoker=ALICE)
+        SudoPolicy.parse(text, source="p.toml", invoker=ALICE)
 
 
-def test_datasets_are_checked_and_the_caller_can_only_narrow(policy: Policy) -> None:
+def test_datasets_are_checked_and_the_caller_can_only_narrow(policy: SudoPolicy) -> None:
     policy.check_dataset("tank/data/survey")
     with pytest.raises(NotAllowedError, match="policy.toml"):
         policy.check_dataset("tank/database")
@@ -90,16 +90,16 @@ def test_datasets_are_checked_and_the_caller_can_only_narrow(policy: Policy) -> 
 
 
 @pytest.mark.parametrize("path", ["/etc", "/srv/repos", "/srv/reposx/a", "/srv/repos/../etc", "/"])
-def test_mountpoints_must_lie_beneath_an_allowed_directory(policy: Policy, path: str) -> None:
+def test_mountpoints_must_lie_beneath_an_allowed_directory(policy: SudoPolicy, path: str) -> None:
     with pytest.raises((NotAllowedError, InvalidArgumentError)):
         policy.check_mountpoint(path)
 
 
-def test_mountpoint_beneath_is_allowed(policy: Policy) -> None:
+def test_mountpoint_beneath_is_allowed(policy: SudoPolicy) -> None:
     assert policy.check_mountpoint("/srv/repos/survey") == "/srv/repos/survey"
 
 
-def test_owners(policy: Policy) -> None:
+def test_owners(policy: SudoPolicy) -> None:
     assert policy.check_owner("1000:1000") == ALICE
     assert policy.check_owner((2000, 2000)) == Owner(2000, 2000)
     with pytest.raises(NotAllowedError, match="owner 0:0"):
@@ -108,7 +108,7 @@ def test_owners(policy: Policy) -> None:
         policy.check_owner("1000:0")
 
 
-def test_output_paths(policy: Policy) -> None:
+def test_output_paths(policy: SudoPolicy) -> None:
     assert policy.check_output("/home/alice/b.dsgb") == "/home/alice/b.dsgb"
     with pytest.raises(NotAllowedError, match="output file /etc/ld.so.preload"):
         policy.check_output("/etc/ld.so.preload")
@@ -146,8 +146,8 @@ def repos(tmp_path: Path) -> Path:
     return tmp_path / "repos"
 
 
-def policy_under(repos: Path) -> Policy:
-    return Policy.parse(TEXT.replace('"/srv/repos"', f'"{repos}"'), source="/etc/p.toml", invoker=ALICE)
+def policy_under(repos: Path) -> SudoPolicy:
+    return SudoPolicy.parse(TEXT.replace('"/srv/repos"', f'"{repos}"'), source="/etc/p.toml", invoker=ALICE)
 
 
 def test_repository_props_from_a_pool_are_checked(repos: Path) -> None:
@@ -209,38 +209,38 @@ def test_load_accepts_only_a_roots_file_writable_by_nobody_else(tmp_path: Path) 
     path = tmp_path / "policy.toml"
     path.write_text(TEXT)
     path.chmod(0o644)
-    assert Policy.load(str(path), invoker=ALICE).datasets == AllowList(("tank/data", "vault"))
+    assert SudoPolicy.load(str(path), invoker=ALICE).datasets == AllowList(("tank/data", "vault"))
     path.chmod(0o666)
     with pytest.raises(PolicyError, match="writable by nobody else"):
-        Policy.load(str(path))
+        SudoPolicy.load(str(path))
     path.chmod(0o644)
     os.chown(path, 65534, 65534)
     with pytest.raises(PolicyError, match="uid 65534"):
-        Policy.load(str(path))
+        SudoPolicy.load(str(path))
     os.chown(path, 0, 0)
     link = tmp_path / "link.toml"
     link.symlink_to(path)
     with pytest.raises(PolicyError):
-        Policy.load(str(link))
+        SudoPolicy.load(str(link))
     with pytest.raises(FileNotFoundError):
-        Policy.load(str(tmp_path / "missing.toml"))
+        SudoPolicy.load(str(tmp_path / "missing.toml"))
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "policy.toml").write_text(TEXT)
     os.chown(theirs, 65534, 65534)
     with pytest.raises(PolicyError, match="cannot be trusted"):
-        Policy.load(str(theirs / "policy.toml"))
+        SudoPolicy.load(str(theirs / "policy.toml"))
 
 
 def test_bundle_limits_and_signers_are_parsed_strictly() -> None:
     text = TEXT.replace(
         "[bundles]\n", '[bundles]\nallowed_signers = "/etc/dsg-storage/allowed_signers"\nmax_size = 1048576\n'
     )
-    policy = Policy.parse(text, source="p.toml", invoker=ALICE)
+    policy = SudoPolicy.parse(text, source="p.toml", invoker=ALICE)
     assert policy.allowed_signers == "/etc/dsg-storage/allowed_signers" and policy.max_bundle_size == 1 << 20
     for bad in ("max_size = 0", "max_size = true", "max_size = -1", 'allowed_signers = "rel"'):
         with pytest.raises(PolicyError, match=r"\[bundles\]"):
-            Policy.parse(TEXT.replace("[bundles]\n", f"[bundles]\n{bad}\n"), source="p.toml", invoker=ALICE)
+            SudoPolicy.parse(TEXT.replace("[bundles]\n", f"[bundles]\n{bad}\n"), source="p.toml", invoker=ALICE)
 
 
 @needs_root
@@ -249,7 +249,7 @@ def test_only_the_policys_allowed_signers_file_counts(tmp_path: Path) -> None:
     signers = tmp_path / "allowed_signers"
     signers.write_text("alice@office ssh-ed25519 AAAA\n")
     signers.chmod(0o644)
-    policy = Policy.parse(
+    policy = SudoPolicy.parse(
         TEXT.replace("[bundles]\n", f'[bundles]\nallowed_signers = "{signers}"\n'), source="p.toml", invoker=ALICE
     )
     assert policy.signers_file(None) == policy.signers_file(str(signers)) == str(signers)
@@ -258,7 +258,7 @@ def test_only_the_policys_allowed_signers_file_counts(tmp_path: Path) -> None:
     os.chown(signers, ALICE.uid, ALICE.gid)  # the caller's file is no trust anchor
     with pytest.raises(PolicyError, match="root's"):
         policy.signers_file(None)
-    assert Policy.parse(TEXT, source="p.toml").signers_file(None) is None
+    assert SudoPolicy.parse(TEXT, source="p.toml").signers_file(None) is None
     signers.unlink()
     with pytest.raises(PolicyError, match="does not exist"):
         policy.signers_file(None)

@@ -10,6 +10,8 @@ import pytest
 from dsg_storage import AllowList, DatasetBusyError, DatasetExistsError, ItemState, NotAllowedError, Queue, RetryPolicy
 from dsg_storage.queue import Kind, is_transient
 
+from ..fakes import FakeZfs as PoolFake
+
 
 class FakeZfs:
     """Answers the few calls apply_item makes; fails destroys with ``error`` while set."""
@@ -243,3 +245,46 @@ def test_stats_for_a_caller_count_only_the_items_it_may_see(queue: Queue, clock:
     nothing = queue.stats(only=AllowList(("elsewhere",)).allows)
     assert nothing["counts"]["pending"] == 0 and nothing["oldest_pending_age"] is None
     assert set(nothing) == set(everything)  # the same --json fields
+
+
+# An old head the commit could not retire: the new head is still a clone of its base (a
+# reader's snapshot refused the promote), and a dead reader left a snapshot mounted.
+REPO, TX = "tank/r", "20261121T071530Z-3fa2c1"
+OLD, BASE = f"{REPO}.dsg-old-{TX}", f"{REPO}@dsg-base-{TX}"
+HELD = (f"{OLD}@dsg-commit-1", "/tmp/dsg-storage-read-4242-x/m0")
+
+
+def unretired_pool() -> PoolFake:
+    pool = PoolFake()
+    pool.datasets["tank"] = {"mountpoint": "none"}
+    pool.datasets[OLD] = {"mountpoint": "none"}
+    pool.datasets[REPO] = {"mountpoint": "none", "origin": f"{OLD}@dsg-base-{TX}"}
+    pool.snaps[HELD[0]] = {"createtxg": "1"}
+    pool.snaps[f"{OLD}@dsg-base-{TX}"] = {"createtxg": "2"}
+    pool.host.table[HELD[0]] = [HELD[1]]
+    pool.host.orphaned_reader_mounts = lambda: [HELD]  # type: ignore[method-assign]
+    return pool
+
+
+def test_a_queued_old_head_is_retired_as_recovery_retires_it(queue: Queue) -> None:
+    pool = unretired_pool()
+    old, base = queue.add_destroy(OLD), queue.add_destroy(BASE)
+    items = queue.run(pool)
+    assert [(i.id, i.state) for i in items] == [(old.id, ItemState.DONE), (base.id, ItemState.DONE)]
+    assert set(pool.datasets) == {"tank", REPO} and "origin" not in pool.datasets[REPO]  # promoted, then destroyed
+    assert set(pool.snaps) == {f"{REPO}@dsg-commit-1"}  # the history, handed over by the promote
+    assert pool.host.mounts() == {}  # the dead reader's mount released first
+
+
+def test_a_queued_old_head_still_in_use_stays_pending_with_why(queue: Queue) -> None:
+    pool = unretired_pool()
+    pool.busy.add(OLD)  # the batch's optional destroy skips it; the plain destroy says why
+
+    def busy_destroy(name: str) -> None:
+        raise DatasetBusyError(f"cannot destroy {name}: busy", dataset=name)
+
+    pool.destroy = busy_destroy  # type: ignore[method-assign]
+    queue.add_destroy(OLD)
+    (item,) = queue.run(pool)
+    assert (item.state, item.attempts) == (ItemState.PENDING, 1) and "busy" in (item.last_error or "")
+    assert OLD in pool.datasets and "origin" not in pool.datasets[REPO]  # the promote was done meanwhile

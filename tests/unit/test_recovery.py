@@ -16,7 +16,7 @@ import pytest
 from dsg_storage import CorruptStateError, Queue, Repository
 from dsg_storage.core.options import Owner
 from dsg_storage.core.records import Phase, Record
-from dsg_storage.core.recovery import Step, plan_recovery, undo_transaction
+from dsg_storage.core.recovery import RecoveryStep, plan_recovery, undo_transaction
 from dsg_storage.core.view import PoolView
 from dsg_storage.names import (
     P_BEGUN,
@@ -34,7 +34,7 @@ from dsg_storage.names import (
     P_STATE,
     P_TX,
 )
-from dsg_storage.zfs.host import Step as BoundaryStep
+from dsg_storage.zfs.host import BoundaryStep
 
 from ..fakes import FakeZfs
 
@@ -564,7 +564,7 @@ def test_an_owner_given_by_name_is_recorded_as_numbers() -> None:
 def test_steps_are_values_so_recovery_can_tell_it_tried_one() -> None:
     a = plan_recovery(view({OLD: committed_head()}))
     b = plan_recovery(view({OLD: committed_head()}))
-    assert a == b and isinstance(a[0], Step) and len({*a, *b}) == 1
+    assert a == b and isinstance(a[0], RecoveryStep) and len({*a, *b}) == 1
     assert a[0].describe() == [f"{TX}: workspace gone, old head {OLD} restored", f"  rename {OLD} to {REPO}"]
 
 

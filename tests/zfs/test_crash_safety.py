@@ -23,7 +23,7 @@ from dsg_storage import (
     TransactionInProgressError,
 )
 from dsg_storage.zfs.boundary import Zfs
-from dsg_storage.zfs.host import Step
+from dsg_storage.zfs.host import BoundaryStep
 
 from .conftest import Sandbox
 from .test_transactions import OWNER, files, owner_mode
@@ -46,31 +46,31 @@ def fill(path: str, content: dict[str, str]) -> None:
 CHILD_LIMIT = 120.0
 
 
-def stop_when(zfs: Zfs, crash: Callable[[Step], bool]) -> None:
+def stop_when(zfs: Zfs, crash: Callable[[BoundaryStep], bool]) -> None:
     """Make this process SIGKILL itself right after the first change ``zfs`` makes for
     which ``crash`` is true (the boundary counts every change: pool, mounts, directories,
     owners; step numbers count from now)."""
     start = zfs.steps.count
 
-    def observer(step: Step) -> None:
+    def observer(step: BoundaryStep) -> None:
         if crash(attrs.evolve(step, index=step.index - start)):
             os.kill(os.getpid(), signal.SIGKILL)
 
     zfs.steps.observer = observer
 
 
-def at_step(k: int) -> Callable[[Step], bool]:
+def at_step(k: int) -> Callable[[BoundaryStep], bool]:
     return lambda step: step.index == k
 
 
-def at_commit_point(workspace: str) -> Callable[[Step], bool]:
+def at_commit_point(workspace: str) -> Callable[[BoundaryStep], bool]:
     """Right after the rename that gives the workspace the repository's name."""
     return lambda step: step.op == "rename" and step.target == workspace
 
 
 def in_child(
     fn: Callable[[], None],
-    crash_at: Callable[[Step], bool] | None = None,
+    crash_at: Callable[[BoundaryStep], bool] | None = None,
     kill_after: float | None = None,
     zfs: Zfs | None = None,
 ) -> str:
@@ -144,7 +144,7 @@ def existing(sandbox: Sandbox, name: str) -> tuple[Repository, Path]:
     return repo, mnt
 
 
-def crash_every_step(
+def crash_every_step(  # noqa: PLR0917  every crash test calls it the same way, in order
     box: Sandbox,
     record_property: Callable[[str, object], None],
     label: str,
@@ -345,7 +345,9 @@ def test_a_second_begin_is_refused_naming_the_open_transaction(box: Sandbox) -> 
     assert files(mnt) == {**OLD, "x": "x"}
 
 
-def _racer(repo_name: str, allow: str, rounds: int, barrier: object, results: object, rollback_own: bool) -> None:
+def _racer(  # noqa: PLR0917  a Process target: its arguments come as a tuple
+    repo_name: str, allow: str, rounds: int, barrier: object, results: object, rollback_own: bool
+) -> None:
     from dsg_storage import Repository  # fresh objects in the child
 
     repo = Repository(repo_name, allow=allow, lock_timeout=30)

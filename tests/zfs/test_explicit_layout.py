@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dsg_storage import Repository
-from dsg_storage.zfs.host import Step
+from dsg_storage.zfs.host import BoundaryStep
 
 from .conftest import Sandbox
 from .test_crash_safety import export_and_import
@@ -26,9 +26,9 @@ def prop(dataset: str, name: str) -> tuple[str, str]:
     return value, source
 
 
-def recording(sandbox: Sandbox) -> tuple[list[Step], Callable[[], None]]:
+def recording(sandbox: Sandbox) -> tuple[list[BoundaryStep], Callable[[], None]]:
     """The boundary's changes from now on, and a function that stops recording."""
-    seen: list[Step] = []
+    seen: list[BoundaryStep] = []
     sandbox.zfs.steps.observer = seen.append
 
     def stop() -> None:
@@ -37,7 +37,7 @@ def recording(sandbox: Sandbox) -> tuple[list[Step], Callable[[], None]]:
     return seen, stop
 
 
-def sync_tasks(steps: list[Step]) -> list[str]:
+def sync_tasks(steps: list[BoundaryStep]) -> list[str]:
     return [step.op for step in steps if step.syncs]
 
 

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from dsg_storage import Repository
-from dsg_storage.zfs.host import Step
+from dsg_storage.zfs.host import BoundaryStep
 
 from .conftest import Sandbox
 from .test_transactions import files
@@ -37,7 +37,7 @@ def test_a_mount_path_swapped_for_a_link_mid_commit_is_never_mounted_through(san
         code = 1
         try:
 
-            def pause(step: Step) -> None:
+            def pause(step: BoundaryStep) -> None:
                 if step.op == "detach" and ".dsg-old-" in step.target:
                     os.write(paused[1], b"!")
                     os.read(resume[0], 1)

@@ -16,7 +16,7 @@ import pytest
 
 from dsg_storage import Repository, names
 from dsg_storage.core.prune import prune, stored_policy
-from dsg_storage.core.retention import Policy
+from dsg_storage.core.retention import RetentionPolicy
 from dsg_storage.names import P_COMMITTED, P_KEEP, P_RETENTION, P_TX
 from dsg_storage.zfs.port import Batch
 
@@ -62,17 +62,17 @@ def short_days(repo: Repository) -> list[str]:
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        (Policy(last=3), [day(4, 8), day(4, 9), day(4, 10)]),
-        (Policy(daily=2, monthly=3), [day(2, 28), day(3, 31), day(4, 9), day(4, 10)]),
+        (RetentionPolicy(last=3), [day(4, 8), day(4, 9), day(4, 10)]),
+        (RetentionPolicy(daily=2, monthly=3), [day(2, 28), day(3, 31), day(4, 9), day(4, 10)]),
         # ISO weeks: W15 ends with Friday Apr 10; W14 and W13 end on Sundays Apr 5, Mar 29
-        (Policy(weekly=3), [day(3, 29), day(4, 5), day(4, 10)]),
-        (Policy(yearly=5), ["init", day(4, 10)]),
-        (Policy(last=1, monthly=12), ["init", day(1, 31), day(2, 28), day(3, 31), day(4, 10)]),
+        (RetentionPolicy(weekly=3), [day(3, 29), day(4, 5), day(4, 10)]),
+        (RetentionPolicy(yearly=5), ["init", day(4, 10)]),
+        (RetentionPolicy(last=1, monthly=12), ["init", day(1, 31), day(2, 28), day(3, 31), day(4, 10)]),
     ],
     ids=["last3", "daily2-monthly3", "weekly3", "yearly5", "last1-monthly12"],
 )
 def test_prune_keeps_exactly_the_commits_the_policy_names(
-    sandbox: Sandbox, policy: Policy, expected: list[str]
+    sandbox: Sandbox, policy: RetentionPolicy, expected: list[str]
 ) -> None:
     repo, _ = make_repo(sandbox)
     result = prune(repo, policy)
@@ -97,7 +97,7 @@ def test_prune_never_destroys_held_marked_cloned_or_open_transaction_snapshots(s
     Path(tx.path, "data.txt").write_text("in progress")
     before = set(sandbox.datasets())
 
-    result = prune(repo, Policy(last=1))
+    result = prune(repo, RetentionPolicy(last=1))
 
     remaining = [c.snapshot for c in repo.history()]
     assert remaining == [held, marked, cloned, history[-1]]
@@ -114,7 +114,7 @@ def test_prune_never_destroys_held_marked_cloned_or_open_transaction_snapshots(s
     # unmarking lets the next prune take it
     subprocess.run([*cli, "keep", "--remove", repo.name, marked.split("@")[1]], check=True, capture_output=True)
     assert (sandbox.zfs.get_props(marked, [P_KEEP]) or {}).get(P_KEEP) != "yes"
-    prune(repo, Policy(last=1))
+    prune(repo, RetentionPolicy(last=1))
     assert [c.snapshot for c in repo.history()] == [cloned, repo.history()[-1].snapshot]
 
 
@@ -125,7 +125,7 @@ def test_a_hold_taken_after_the_plan_is_skipped_not_forced(sandbox: Sandbox) -> 
         if step == "planned":
             subprocess.run(["zfs", "hold", "late", history[5]], check=True)
 
-    result = prune(repo, Policy(last=2), on_step=hold_between_plan_and_destroy)
+    result = prune(repo, RetentionPolicy(last=2), on_step=hold_between_plan_and_destroy)
     assert set(result.skipped) == {history[5]} and "held" in result.skipped[history[5]]
     assert [c.snapshot for c in repo.history()] == [history[5], *history[-2:]]
     subprocess.run(["zfs", "release", "late", history[5]], check=True)
@@ -155,7 +155,7 @@ def test_dry_run_changes_nothing_and_lists_the_steps(sandbox: Sandbox) -> None:
     # --save-policy stores it; a later prune with no flags applies it
     out = subprocess.run([*cli, "--keep-daily", "3", "--save-policy"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    assert stored_policy(repo) == Policy(daily=3)
+    assert stored_policy(repo) == RetentionPolicy(daily=3)
     assert (sandbox.zfs.get_props(repo.name, [P_RETENTION]) or {})[P_RETENTION] == "daily=3"
     assert short_days(repo) == [day(4, 8), day(4, 9), day(4, 10)]
     when = START + timedelta(days=DAYS)
@@ -185,7 +185,7 @@ STEPS = ["recovered", "planned", "destroyed 1/4", "destroyed 2/4", "destroyed 3/
 @pytest.mark.parametrize("kill_at", STEPS)
 def test_prune_killed_after_each_step_leaves_a_subset_with_the_latest(sandbox: Sandbox, kill_at: str) -> None:
     repo, history = make_repo(sandbox)
-    policy = Policy(last=2, monthly=2)
+    policy = RetentionPolicy(last=2, monthly=2)
     keep = {history[-2], history[-1], history[90]}  # Apr 9, Apr 10, and Mar 31 (monthly)
 
     def run() -> None:
@@ -210,11 +210,11 @@ def test_prune_killed_at_random_moments_leaves_a_subset_with_the_latest(sandbox:
     rng = random.Random(17)
 
     def run() -> None:
-        prune(repo, Policy(last=3), chunk=7)
+        prune(repo, RetentionPolicy(last=3), chunk=7)
 
     for _ in range(3):
         in_child(run, kill_after=rng.uniform(0.5, 4.0))
         remaining = [c.snapshot for c in repo.history()]
         assert set(remaining) <= set(history) and remaining[-3:] == history[-3:]
-    prune(repo, Policy(last=3))
+    prune(repo, RetentionPolicy(last=3))
     assert [c.snapshot for c in repo.history()] == history[-3:]

@@ -28,7 +28,7 @@ import pytest
 from dsg_storage import AllowList, Queue, hostfs
 from dsg_storage.core.options import Owner
 from dsg_storage.errors import NotAllowedError, UnsafePathError
-from dsg_storage.policy import DEFAULT_PATH, Policy
+from dsg_storage.policy import DEFAULT_PATH, SudoPolicy
 from dsg_storage.queue import DEFAULT_PATH as QUEUE_PATH
 from dsg_storage.zfs.boundary import Zfs
 from dsg_storage.zfs.mounts import zfs_mounts
@@ -390,7 +390,7 @@ def test_reads_never_follow_a_link_planted_in_the_repository(box: Box) -> None:
 # ---------------------------------------------------------------------- pool properties
 def test_properties_that_steer_root_are_checked_against_the_policy(box: Box) -> None:
     make_repo(box)
-    policy = Policy.load(DEFAULT_PATH, invoker=Owner(USER, USER))
+    policy = SudoPolicy.load(DEFAULT_PATH, invoker=Owner(USER, USER))
     props = (
         Zfs(AllowList()).get_props(box.dataset, ["dsg-storage:mountpoint", "dsg-storage:owner", "dsg-storage:mode"])
         or {}

@@ -55,10 +55,10 @@ def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> 
 def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
     from ..core.prune import prune, save_policy
     from ..core.repository import Repository
-    from ..core.retention import Policy
+    from ..core.retention import RetentionPolicy
 
     rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
-    policy = Policy(**rules) if any(rules.values()) else None  # checked before any ZFS call
+    policy = RetentionPolicy(**rules) if any(rules.values()) else None  # checked before any ZFS call
     # The sudo policy checks what recovery (prune's first step) reads from the pool.
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.save_policy:

@@ -32,7 +32,7 @@ import attrs
 from .. import hostfs
 from ..core.options import Owner
 from ..errors import InvalidArgumentError, NotAllowedError
-from ..policy import DEFAULT_PATH, EXAMPLE, Policy, PolicyError, invoker_from_env
+from ..policy import DEFAULT_PATH, EXAMPLE, PolicyError, SudoPolicy, invoker_from_env
 from ..zfs.allow import AllowList
 from .invocation import Direct, Input
 
@@ -49,7 +49,7 @@ class Invocation:
     environment variables dropped (``ignored``)."""
 
     invoker: Owner
-    policy: Policy
+    policy: SudoPolicy
     ignored: tuple[str, ...] = ()
     sudo = True
 
@@ -66,7 +66,7 @@ class Invocation:
         for key in ignored:
             del environ[key]
         try:
-            policy = Policy.load(policy_path, invoker=invoker)
+            policy = SudoPolicy.load(policy_path, invoker=invoker)
         except FileNotFoundError:
             raise PolicyError(
                 f"run through sudo (by uid {invoker.uid}), dsg-storage needs the policy file {policy_path}, "
@@ -90,7 +90,7 @@ class Invocation:
             self.policy.check_dataset(name)
 
     def mountpoint(self, path: str | None) -> str | None:
-        """``path`` as ``Policy.check_place`` accepts it: beneath the policy's directories,
+        """``path`` as ``SudoPolicy.check_place`` accepts it: beneath the policy's directories,
         its parent existing and root's all the way up, with no link."""
         return None if path is None else self.policy.check_place(path)
 
@@ -169,7 +169,7 @@ class Invocation:
                 os.close(sig)
 
     def signers(self, given: str | None) -> str | None:
-        """The allowed-signers file: only the policy's (``Policy.signers_file``)."""
+        """The allowed-signers file: only the policy's (``SudoPolicy.signers_file``)."""
         return self.policy.signers_file(given)
 
     def refuse(self, what: str) -> None:

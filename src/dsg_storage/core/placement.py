@@ -16,7 +16,7 @@ from .options import Owner, check_mountpoint, parse_mode
 from .view import PoolView
 
 
-def place_head(
+def place_head(  # noqa: PLR0917  the view, then a head's placement as recorded_placement returns it
     view: PoolView, mountpoint: str, inherits: bool, owner: Owner, mode: int, others: Sequence[str] = ()
 ) -> list[Action]:
     """Mount the repository at ``mountpoint``, alone, with its owner and mode.

@@ -28,7 +28,7 @@ from ..errors import InvalidArgumentError, InvalidNameError, RepositoryNotFoundE
 from ..names import P_KEEP, P_RETENTION
 from ..zfs.port import Batch
 from .repository import Repository
-from .retention import Candidate, Plan, Policy, plan
+from .retention import Candidate, Plan, RetentionPolicy, plan
 
 #: Destroys per sync task; ZFS bounds a channel program's instructions and memory.
 DEFAULT_CHUNK = 500
@@ -44,7 +44,7 @@ class PruneResult:
     steps: tuple[str, ...]  # the ZFS steps taken (or, with dry_run, that would be)
 
 
-def stored_policy(repo: Repository) -> Policy | None:
+def stored_policy(repo: Repository) -> RetentionPolicy | None:
     """The policy saved on the repository (``dsg-storage:retention``), or None."""
     props = repo.zfs.get_props(repo.name, [P_RETENTION])
     if props is None:
@@ -53,7 +53,7 @@ def stored_policy(repo: Repository) -> Policy | None:
     if not text:
         return None
     try:
-        return Policy.parse(str(text))
+        return RetentionPolicy.parse(str(text))
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(
             f"{repo.name}: the stored retention policy is unreadable ({exc.message})",
@@ -62,7 +62,7 @@ def stored_policy(repo: Repository) -> Policy | None:
         ) from None
 
 
-def save_policy(repo: Repository, policy: Policy | None) -> None:
+def save_policy(repo: Repository, policy: RetentionPolicy | None) -> None:
     """Store ``policy`` on the repository (None removes it). One sync task."""
     if not repo.exists():
         raise RepositoryNotFoundError(f"repository {repo.name} does not exist", dataset=repo.name)
@@ -101,7 +101,7 @@ def _protections(repo: Repository) -> dict[str, str]:
 
 def prune(
     repo: Repository,
-    policy: Policy | None = None,
+    policy: RetentionPolicy | None = None,
     *,
     dry_run: bool = False,
     chunk: int = DEFAULT_CHUNK,

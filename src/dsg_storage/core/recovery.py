@@ -74,7 +74,6 @@ from .actions import (
     Destroy,
     DestroySnapshots,
     Mount,
-    ReleaseMount,
     RemoveDir,
     Rename,
     Rollback,
@@ -83,6 +82,7 @@ from .actions import (
 from .patterns import pattern_of
 from .placement import place_head, place_recorded_head, recorded_placement
 from .records import Phase, Record
+from .retire import retire_old_head
 from .view import PoolView
 
 
@@ -91,7 +91,7 @@ def _as_tuple(actions: Iterable[Action]) -> tuple[Action, ...]:
 
 
 @attrs.frozen
-class Step:
+class RecoveryStep:
     """A unit of recovery: what it achieves, in a line, and the actions that achieve it."""
 
     summary: str
@@ -174,20 +174,22 @@ def undo_import(view: PoolView, base: str) -> list[Action]:
     return [*actions, Apply(Batch().inherit(repo, P_IMPORT))]
 
 
-def plan_recovery(view: PoolView) -> list[Step]:
+def plan_recovery(view: PoolView) -> list[RecoveryStep]:
     """Every step recovery would take from ``view``, most urgent first (see the module's
     docstring for the states). Empty when nothing was interrupted."""
     repo, head = view.repository, view.head
-    steps: list[Step] = []
+    steps: list[RecoveryStep] = []
     if head is not None and head.get(P_TX) and head.get(P_STATE) != Phase.COMMITTED:  # 1
         record = Record.parse(repo, head)
-        steps.append(Step(f"{record.tx}: commit finished", finish_commit(view, record)))
+        steps.append(RecoveryStep(f"{record.tx}: commit finished", finish_commit(view, record)))
     for tx, dataset in view.temporaries("recv").items():  # 2
-        steps.append(Step(f"{tx}: interrupted bundle import {dataset} destroyed", [Destroy(dataset, snapshots=True)]))
+        steps.append(
+            RecoveryStep(f"{tx}: interrupted bundle import {dataset} destroyed", [Destroy(dataset, snapshots=True)])
+        )
     mark = (head or {}).get(P_IMPORT)
     if mark:  # 3
         tx, _, base = mark.partition(" ")
-        steps.append(Step(f"{tx}: interrupted bundle import undone (back to {base})", undo_import(view, base)))
+        steps.append(RecoveryStep(f"{tx}: interrupted bundle import undone (back to {base})", undo_import(view, base)))
     olds = view.temporaries("old")
     for record in view.records():  # 4
         steps += _transaction_steps(view, record, olds)
@@ -196,70 +198,69 @@ def plan_recovery(view: PoolView) -> list[Step]:
         placement = place_recorded_head(view)
         if placement:
             mountpoint = head.get(names.P_MOUNTPOINT) or head.get("mountpoint")
-            steps.append(Step(f"remounted {repo} at {mountpoint}", placement))
+            steps.append(RecoveryStep(f"remounted {repo} at {mountpoint}", placement))
         if view.zoned(repo) and recorded_placement(view) is not None:
             steps.append(
-                Step(f"{repo} mountable at boot again (zoned cleared)", [Apply(Batch().inherit(repo, "zoned"))])
+                RecoveryStep(f"{repo} mountable at boot again (zoned cleared)", [Apply(Batch().inherit(repo, "zoned"))])
             )
     return steps
 
 
-def _transaction_steps(view: PoolView, record: Record, olds: Mapping[str, str]) -> list[Step]:
+def _transaction_steps(view: PoolView, record: Record, olds: Mapping[str, str]) -> list[RecoveryStep]:
     repo = view.repository
     unfinished_begin = record.phase is Phase.BEGINNING or (
         record.phase is Phase.OPEN and record.tx == view.unfinished_begin
     )
     if unfinished_begin or record.phase is Phase.ABORTING:  # 4a
         what = "begin" if unfinished_begin else "rollback"
-        return [Step(f"{record.tx}: interrupted {what} undone", undo_transaction(view, record))]
+        return [RecoveryStep(f"{record.tx}: interrupted {what} undone", undo_transaction(view, record))]
     if record.phase is Phase.COMMITTING:  # 4b
         return [_resume_commit(view, record)]
     if view.head is None and record.tx in olds:  # 4c (as 0.1 left it: no committing state)
         if view.conflicts.get(record.tx):
             return [
-                Step(
+                RecoveryStep(
                     f"{record.tx}: commit not finished (repository changed since begin); transaction left open",
                     pattern_of(record).reattach(view, record),
                 )
             ]
-        return [Step(f"{record.tx}: commit resumed", [Unmount(record.dataset), Rename(record.dataset, repo)])]
+        return [RecoveryStep(f"{record.tx}: commit resumed", [Unmount(record.dataset), Rename(record.dataset, repo)])]
     if record.path not in view.mounted_at(record.dataset):  # 4d
-        return [Step(f"{record.tx}: open workspace remounted at {record.path}", remount_workspace(view, record))]
+        return [
+            RecoveryStep(f"{record.tx}: open workspace remounted at {record.path}", remount_workspace(view, record))
+        ]
     return []
 
 
-def _resume_commit(view: PoolView, record: Record) -> Step:
+def _resume_commit(view: PoolView, record: Record) -> RecoveryStep:
     """A commit whose caller asked for it (the ``committing`` state) and died: take it to
     its commit point (state 1 then finishes it), or, if the conflict rule forbids it, put
     the repository back, record why on it, and roll the transaction back."""
     pattern = pattern_of(record)
     what, actions = pattern.resume(view, record)
     if actions:
-        return Step(f"{record.tx}: {what}", actions)
+        return RecoveryStep(f"{record.tx}: {what}", actions)
     reattach = pattern.reattach(view, record)
     note = f"{view.now.isoformat(timespec='seconds')} {record.tx}: commit rolled back by recovery: {what}"
     # A commit is refused only with the repository there (init: someone created it) or
     # coming back (sync: ``reattach`` renames the old head back), so the note has a home.
     mark = Batch().set(record.dataset, {P_STATE: Phase.ABORTING.value}).set(view.repository, {P_RECOVERY_NOTE: note})
-    return Step(f"{record.tx}: commit rolled back ({what})", [*reattach, Apply(mark)])
+    return RecoveryStep(f"{record.tx}: commit rolled back ({what})", [*reattach, Apply(mark)])
 
 
-def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[Step]:
+def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[RecoveryStep]:
     repo, head = view.repository, view.head
     steps = []
     pending = (head or {}).get(P_PENDING)
     if pending and not view.exists(names.workspace_dataset(repo, pending)):  # 5a
         batch = Batch().destroy(names.base_snapshot(repo, pending), required=False).set(repo, {P_PENDING: ""})
-        steps.append(Step(f"{pending}: orphaned base snapshot removed", [Apply(batch)]))
+        steps.append(RecoveryStep(f"{pending}: orphaned base snapshot removed", [Apply(batch)]))
     if head is None:  # 5b
         for tx, old in olds.items():
             if not view.exists(names.workspace_dataset(repo, tx)):
-                steps.append(Step(f"{tx}: workspace gone, old head {old} restored", [Rename(old, repo)]))
+                steps.append(RecoveryStep(f"{tx}: workspace gone, old head {old} restored", [Rename(old, repo)]))
                 break
         return steps
     for tx, old in olds.items():  # 5c
-        batch = Batch().promote(repo, required=False)  # if a held snapshot refused it at commit
-        batch = batch.destroy(old, required=False).destroy(names.base_snapshot(repo, tx), required=False)
-        released = [ReleaseMount(source, path) for source, path in view.orphaned_mounts if source.startswith(old)]
-        steps.append(Step(f"{tx}: retired {old} destroyed", [*released, Unmount(old, lazy=True), Apply(batch)]))
+        steps.append(RecoveryStep(f"{tx}: retired {old} destroyed", retire_old_head(repo, tx, view.orphaned_mounts)))
     return steps

@@ -45,7 +45,14 @@ from .options import Owner, check_mountpoint, parse_mode
 from .patterns import TransactionPattern, new_record, pattern_for, pattern_of
 from .receive import ReceivePlan, StreamSource, plan_full, plan_incremental, transferable
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
-from .recovery import Step, commit_snapshot_of, finish_commit, plan_recovery, remount_workspace, undo_transaction
+from .recovery import (
+    RecoveryStep,
+    commit_snapshot_of,
+    finish_commit,
+    plan_recovery,
+    remount_workspace,
+    undo_transaction,
+)
 from .status import PoolPropertyPolicy
 from .transaction import Transaction
 from .view import PoolView, observe
@@ -224,7 +231,7 @@ class Repository:
         now: nothing was changed after it was read)."""
         with self.exclusive():
             done: list[str] = []
-            tried: set[Step] = set()
+            tried: set[RecoveryStep] = set()
             for _ in range(MAX_RECOVERY_STEPS):
                 view = self.view()
                 step = next((s for s in plan_recovery(view) if s not in tried), None)

@@ -1,16 +1,16 @@
 """Retention: which commits to keep, decided apart from destroying them.
 
-A ``Policy`` says how many commits to keep: the newest ``last``, and the newest commit in
-each of the newest ``hourly``/``daily``/``weekly``/``monthly``/``yearly`` periods that
-hold a commit, in UTC (restic's ``forget --keep-*`` and sanoid's semantics: a period
+A ``RetentionPolicy`` says how many commits to keep: the newest ``last``, and the newest
+commit in each of the newest ``hourly``/``daily``/``weekly``/``monthly``/``yearly``
+periods that hold a commit, in UTC (restic's ``forget --keep-*`` and sanoid's semantics: a period
 without a commit does not use up a slot). ``plan`` is a pure function from commits (their
 ``dsg-storage:committed`` times) and protections to a ``Plan``: every commit with the
 reasons it is kept, or marked for destruction. It never marks the latest commit, and it
 keeps commits whose time cannot be read (a time nobody can place is no reason to destroy).
 
 Worked example: commits at 2026-11-20 09:00, 2026-11-20 18:00, 2026-11-21 08:00 and
-2026-11-21 10:00 with ``Policy(daily=2)``: the newest of 11-21 (10:00) and the newest of
-11-20 (18:00) are kept; 11-20 09:00 and 11-21 08:00 are destroyed.
+2026-11-21 10:00 with ``RetentionPolicy(daily=2)``: the newest of 11-21 (10:00) and the
+newest of 11-20 (18:00) are kept; 11-20 09:00 and 11-21 08:00 are destroyed.
 
 The policy can be stored on the repository as ``dsg-storage:retention`` (``format``/
 ``parse``: ``"last=3 daily=7 weekly=4"``), so that ``prune`` with no flags applies it.
@@ -52,7 +52,7 @@ def _count(value: object) -> int:
 
 
 @attrs.frozen
-class Policy:
+class RetentionPolicy:
     """How many commits to keep; 0 means none for that rule. Validated on creation."""
 
     last: int = attrs.field(default=0, converter=_count)
@@ -71,7 +71,7 @@ class Policy:
         return " ".join(f"{k}={v}" for k, v in attrs.asdict(self).items() if v)
 
     @classmethod
-    def parse(cls, text: str) -> Policy:
+    def parse(cls, text: str) -> RetentionPolicy:
         """Read ``format``'s output (e.g. from a pool, so every field is checked)."""
         if not isinstance(text, str) or len(text) > MAX_POLICY_TEXT:
             raise InvalidArgumentError(f"a retention policy is at most {MAX_POLICY_TEXT} characters of text")
@@ -110,7 +110,7 @@ class Decision:
 class Plan:
     """What ``plan`` decided, oldest commit first."""
 
-    policy: Policy
+    policy: RetentionPolicy
     decisions: tuple[Decision, ...]
 
     @property
@@ -141,9 +141,26 @@ def _label(kind: str, key: tuple[int, ...]) -> str:
     return f"{kind} " + "-".join(f"{part:02d}" for part in key)
 
 
+def _newest_per_period(
+    kind: str, budget: int, timed: Sequence[tuple[datetime, int, Candidate]]
+) -> list[tuple[Candidate, str]]:
+    """The newest commit of each of the newest ``budget`` periods of ``kind`` that hold
+    one, with its label; ``timed`` is newest first."""
+    kept: list[tuple[Candidate, str]] = []
+    seen: tuple[int, ...] | None = None
+    for when, _, commit in timed:
+        if len(kept) == budget:
+            break
+        key = _period_key(kind, when)
+        if key != seen:  # the newest commit of a period not seen yet
+            seen = key
+            kept.append((commit, _label(kind, key)))
+    return kept
+
+
 def plan(
     commits: Sequence[Candidate],
-    policy: Policy,
+    policy: RetentionPolicy,
     *,
     protected: Mapping[str, str] | None = None,
 ) -> Plan:
@@ -175,16 +192,8 @@ def plan(
     for n, (_, _, commit) in enumerate(timed[: policy.last], start=1):
         reasons[commit.snapshot].append(f"last {n}/{policy.last}")
     for kind in PERIODS:
-        budget = getattr(policy, kind)
-        seen: tuple[int, ...] | None = None
-        for when, _, commit in timed:
-            if budget == 0:
-                break
-            key = _period_key(kind, when)
-            if key != seen:  # the newest commit of a period not seen yet
-                seen = key
-                budget -= 1
-                reasons[commit.snapshot].append(_label(kind, key))
+        for commit, label in _newest_per_period(kind, getattr(policy, kind), timed):
+            reasons[commit.snapshot].append(label)
     for name, why in protected.items():
         if name in reasons:
             reasons[name].append(why)

@@ -23,7 +23,7 @@ from .view import PoolView, observe
 
 
 class PoolPropertyPolicy(Protocol):
-    """What a repository asks of a policy (``dsg_storage.Policy``) before acting on the
+    """What a repository asks of a policy (``dsg_storage.SudoPolicy``) before acting on the
     properties that steer root (mount paths, owner, mode) as read from the pool."""
 
     def check_repository_props(self, dataset: str, props: Mapping[str, str]) -> None: ...

@@ -58,7 +58,7 @@ def open_offline(
         raise
 
 
-def _open(paths: list[str], wanted: str | None) -> Reader:
+def _open(paths: list[str], wanted: str | None) -> Reader:  # noqa: C901  one refusal per way a pool cannot open
     # A missing path is not an error by itself: a mirror opens without one of its disks.
     existing = [p for p in paths if os.path.exists(p)]
     if paths and not existing:

@@ -129,7 +129,7 @@ class Reader:
 
     cached = False
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  built only by open_live/open_offline, each option named there
         self,
         zfs: ZfsPort | None,
         *,

@@ -121,7 +121,13 @@ def loads(text: str, *, source: str = "lock file") -> LockFile:
         datetime.fromisoformat(created)
     except ValueError:
         raise LockFileError(f"{source} has an invalid 'created' time {created!r} (expected ISO 8601)") from None
-    entries = doc.get("commits")
+    tool = doc.get("dsg_storage_version")
+    commits = _commits(doc.get("commits"), source)
+    return LockFile(repository, created, commits, version, tool if isinstance(tool, str) else None)
+
+
+def _commits(entries: object, source: str) -> tuple[LockedCommit, ...]:
+    """The ``commits`` list: each a snapshot name and a GUID, no name twice."""
     if not isinstance(entries, list):
         raise LockFileError(f"{source} has no 'commits' list")
     commits, seen = [], set()
@@ -141,8 +147,7 @@ def loads(text: str, *, source: str = "lock file") -> LockFile:
             raise LockFileError(f"{source} lists commit {name} twice")
         seen.add(name)
         commits.append(LockedCommit(name, guid))
-    tool = doc.get("dsg_storage_version")
-    return LockFile(repository, created, tuple(commits), version, tool if isinstance(tool, str) else None)
+    return tuple(commits)
 
 
 def _is_int(value: object) -> TypeGuard[int]:

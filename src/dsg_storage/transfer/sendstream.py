@@ -29,7 +29,7 @@ import struct
 import attrs
 
 from ..errors import BundleError
-from .metadata import BundleMetadata
+from .metadata import BundleMetadata, PartInfo
 
 RECORD_SIZE = 312
 DRR_BEGIN = 0
@@ -110,18 +110,23 @@ def check_chain(meta: BundleMetadata, begins: list[BeginRecord], source: str) ->
             raise BundleError(f"{part}: its stream carries {begin.toname}, not {meta.repository}@{expected.snapshot}")
         if begin.toguid != expected.guid:
             raise BundleError(f"{part}: its stream makes a snapshot of GUID {begin.toguid}, not {expected.guid}")
-        want_from = expected.from_guid or 0
-        if begin.fromguid != want_from:
-            if want_from == 0:
-                raise BundleError(f"{part}: the first stream of a full bundle must be full, but it is incremental")
-            if begin.fromguid == 0:
-                raise BundleError(
-                    f"{part}: a full stream poses as incremental from {expected.from_name} (GUID {want_from})"
-                )
+        _check_from(begin, expected, part)
+
+
+def _check_from(begin: BeginRecord, expected: PartInfo, part: str) -> None:
+    """A stream is incremental from the snapshot the metadata says, or full when it says none."""
+    want_from = expected.from_guid or 0
+    if begin.fromguid != want_from:
+        if want_from == 0:
+            raise BundleError(f"{part}: the first stream of a full bundle must be full, but it is incremental")
+        if begin.fromguid == 0:
             raise BundleError(
-                f"{part}: its stream is incremental from GUID {begin.fromguid}, not from "
-                f"{expected.from_name} (GUID {want_from}) as the metadata says"
+                f"{part}: a full stream poses as incremental from {expected.from_name} (GUID {want_from})"
             )
+        raise BundleError(
+            f"{part}: its stream is incremental from GUID {begin.fromguid}, not from "
+            f"{expected.from_name} (GUID {want_from}) as the metadata says"
+        )
 
 
 def make_begin(

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     class PlaceRule(Protocol):
-        """Where root may mount, chown or set a mountpoint (``Policy.check_place``)."""
+        """Where root may mount, chown or set a mountpoint (``SudoPolicy.check_place``)."""
 
         def check_place(self, path: str, *, what: str = "mountpoint") -> str: ...
 

@@ -2,7 +2,8 @@
 
 It speaks ``str`` (never bytes), raises dsg-storage's own errors (never pyzfs's), checks
 the allow-list before every mutating call, retries transient EBUSY, and counts every
-change it makes (``Steps``: tests stop the process at step k; benchmarks count sync tasks).
+change it makes (``BoundarySteps``: tests stop the process at step k; benchmarks count
+sync tasks).
 Mounts, mount directories and owners are its sibling ``Host`` (``zfs.host``).
 
 What goes where, and why (the single list of non-libzfs_core calls):
@@ -53,7 +54,7 @@ from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
 from ..zfs.allow import AllowList
 from . import programs
 from .errors import DatasetChangedError, from_errno, from_pyzfs
-from .host import Guard, Host, Step, Steps, retry_busy
+from .host import BoundaryStep, BoundarySteps, Guard, Host, retry_busy
 from .mounts import MOUNT_FLAG_PROPS
 from .port import Snapshot
 from .programs import Batch, BatchResult, u64
@@ -66,7 +67,16 @@ INSTALL_HINT = (
     "(PyPI's 'pyzfs' is an unrelated, obsolete package: do not use it)"
 )
 
-__all__ = ["Batch", "BatchResult", "DatasetChangedError", "Snapshot", "Step", "Steps", "Zfs", "open_zfs"]
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "BoundaryStep",
+    "BoundarySteps",
+    "DatasetChangedError",
+    "Snapshot",
+    "Zfs",
+    "open_zfs",
+]
 
 
 def load_libzfs_core() -> ModuleType:
@@ -118,7 +128,8 @@ class Zfs:
     ``allow`` confines every mutating call; ``busy_timeout`` bounds the retries of
     transient EBUSY (unmount, destroy); ``sleep`` is injectable so tests never wait.
     ``read_only`` refuses every mutating call with ReadOnlyError (offline access).
-    ``on_step`` observes every change made (see ``Steps``); ``host`` makes the mounts.
+    ``on_step`` observes every change made (see ``BoundarySteps``); ``host`` makes the
+    mounts.
     """
 
     def __init__(
@@ -129,10 +140,10 @@ class Zfs:
         sleep: Callable[[float], None] = time.sleep,
         lzc: ModuleType | None = None,
         read_only: bool = False,
-        on_step: Callable[[Step], None] | None = None,
+        on_step: Callable[[BoundaryStep], None] | None = None,
     ) -> None:
         self.guard = Guard(allow, read_only)
-        self.steps = Steps(on_step)
+        self.steps = BoundarySteps(on_step)
         self.busy_timeout = busy_timeout
         self.sleep = sleep
         self.lzc = lzc or load_libzfs_core()

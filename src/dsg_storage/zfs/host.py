@@ -3,8 +3,8 @@
 Everything root does to the host's filesystem on a repository's behalf goes through
 ``Host``: mounting and unmounting ZFS filesystems (mount(2)/umount2(2), see ``mounts``),
 creating and removing the directories they are mounted on, and giving a repository's
-root its owner and mode. Each change is a counted step (``Steps``), like every change
-``Zfs`` makes to the pool.
+root its owner and mode. Each change is a counted step (a ``BoundaryStep``, counted by
+``BoundarySteps``), like every change ``Zfs`` makes to the pool.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 
 @attrs.frozen
-class Step:
+class BoundaryStep:
     """One change made through the boundary: its number in this process, what, on what."""
 
     index: int
@@ -48,7 +48,7 @@ class Step:
 
 
 @attrs.define
-class Steps:
+class BoundarySteps:
     """Counts the boundary's changes and tells an observer about each one.
 
     ``observer`` is called after every change has been made (tests stop the process
@@ -56,7 +56,7 @@ class Steps:
     counts the changes that each cost a ZFS sync task.
     """
 
-    observer: Callable[[Step], None] | None = None
+    observer: Callable[[BoundaryStep], None] | None = None
     count: int = 0
     syncs: int = 0
 
@@ -64,7 +64,7 @@ class Steps:
         self.count += 1
         self.syncs += syncs
         if self.observer is not None:
-            self.observer(Step(self.count, op, target, syncs))
+            self.observer(BoundaryStep(self.count, op, target, syncs))
 
 
 @attrs.define
@@ -127,7 +127,7 @@ class Host:
     def __init__(
         self,
         guard: Guard,
-        steps: Steps,
+        steps: BoundarySteps,
         *,
         busy_timeout: float,
         sleep: Callable[[float], None],

@@ -15,7 +15,7 @@ from .programs import Batch, BatchResult
 
 if TYPE_CHECKING:  # annotations only: host.py brings the mount code
     from .allow import AllowList
-    from .host import Steps
+    from .host import BoundarySteps
 
 __all__ = ["Batch", "BatchResult", "HostPort", "Snapshot", "ZfsPort"]
 
@@ -62,7 +62,7 @@ class ZfsPort(Protocol):
     @property
     def host(self) -> HostPort: ...
     @property
-    def steps(self) -> Steps: ...
+    def steps(self) -> BoundarySteps: ...
 
     def exists(self, name: str) -> bool: ...
     def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None: ...
