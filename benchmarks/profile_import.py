@@ -24,7 +24,7 @@ from typing import Any
 
 from bench_bundles import data_repository
 
-from dsg_storage.transfer import audit, bundle, format
+from dsg_storage.transfer import audit, bundle, reader
 from dsg_storage.zfs.boundary import open_zfs
 
 ROOT = "dsgtest/profile-import"
@@ -85,8 +85,8 @@ def main() -> int:
         instrument(zfs, "zfs")
         instrument(zfs.host, "host")
         bundle._file_sha256 = timed("file_sha256", bundle._file_sha256)  # type: ignore[attr-defined]
-        format.verify = timed("verify (md5)", format.verify)
-        format.CheckedRecords.check_stream = timed("check_stream", format.CheckedRecords.check_stream)  # type: ignore[method-assign]
+        reader.verify = timed("verify (md5)", reader.verify)
+        reader.CheckedRecords.check_stream = timed("check_stream", reader.CheckedRecords.check_stream)  # type: ignore[method-assign]
         audit.AuditLog.append = timed("audit.append", audit.AuditLog.append)  # type: ignore[method-assign]
         bundle._check_for_import = timed("check_for_import", bundle._check_for_import)  # type: ignore[attr-defined]
         bundle.Repository.recover = timed("recover", bundle.Repository.recover)  # type: ignore[method-assign]

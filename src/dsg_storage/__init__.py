@@ -86,7 +86,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         verify_bundle,
         write_lock,
     )
-    from .transfer.format import BundleInfo, PartSummary
+    from .transfer.layout import BundleInfo, PartSummary
     from .transfer.lockfile import LockDiff, LockedCommit, LockFile
     from .transfer.lockfile import compare as compare_lock
     from .transfer.lockfile import dumps as dump_lock
@@ -177,8 +177,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "read_lock_checked": (".transfer.bundle", "read_lock_checked"),
     "verify_bundle": (".transfer.bundle", "verify_bundle"),
     "write_lock": (".transfer.bundle", "write_lock"),
-    "BundleInfo": (".transfer.format", "BundleInfo"),
-    "PartSummary": (".transfer.format", "PartSummary"),
+    "BundleInfo": (".transfer.layout", "BundleInfo"),
+    "PartSummary": (".transfer.layout", "PartSummary"),
     "LockDiff": (".transfer.lockfile", "LockDiff"),
     "LockedCommit": (".transfer.lockfile", "LockedCommit"),
     "LockFile": (".transfer.lockfile", "LockFile"),

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from ..core.repository import Repository
     from ..queue import Item
     from ..read.reader import Reader
-    from ..transfer.format import BundleInfo
+    from ..transfer.layout import BundleInfo
     from ..transfer.signing import Signature
     from ..zfs.allow import AllowList
     from .invocation import Caller, Input

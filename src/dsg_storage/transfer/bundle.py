@@ -9,7 +9,7 @@ that share no network.
 A bundle holds one ZFS send stream per snapshot (the first full, or incremental from the
 ``since`` base; then each incremental from the one before), the snapshots' names, GUIDs
 and our user properties (a send stream carries neither), the repository's owner and
-mode, and checksums of every part (``_bundle_format``).
+mode, and checksums of every part (``layout``).
 
 Landing, all or nothing:
 
@@ -118,16 +118,19 @@ from ..zfs.boundary import open_zfs, zfs_version
 from ..zfs.errors import DatasetChangedError
 from ..zfs.port import Batch, Snapshot, ZfsPort
 from ..zfs.programs import on_off, u64
-from . import format as _bundle_format
 from . import lockfile as _lockfile
 from . import metadata as _metadata
+from . import reader as _bundle_format
 from . import sendstream, signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from .audit import AuditLog
-from .format import BundleInfo, CheckedRecords, ProgressFn
+from .layout import BundleInfo
 from .lockfile import LockDiff, LockedCommit, LockFile
 from .metadata import BundleMetadata
+from .progress import ProgressFn
+from .reader import CheckedRecords
 from .signing import Signature
+from .writer import BundleWriter
 
 log = _log.getLogger("dsg_storage")
 SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
@@ -316,7 +319,7 @@ def _export(
     signature_file = signing.signature_path(out.path)
     try:
         with open(out.open(), "w+b", closefd=False) as handle:
-            with _bundle_format.BundleWriter(handle, meta.to_json()) as writer:
+            with BundleWriter(handle, meta.to_json()) as writer:
                 for (previous, snap), info in zip(steps, meta.parts(), strict=True):
                     source = previous.name if previous else None
                     done += writer.add_part(info.to_json(), functools.partial(send_part, snap.name, source)).size
