@@ -124,6 +124,7 @@ from . import reader as _bundle_format
 from . import sendstream, signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from .audit import AuditLog
+from .audit import audit_failure as _audit_failure
 from .layout import BundleInfo
 from .lockfile import LockDiff, LockedCommit, LockFile
 from .metadata import BundleMetadata
@@ -255,16 +256,6 @@ def export_bundle(
         }
     )
     return exported
-
-
-def _audit_failure(audit: AuditLog, record: dict[str, Any], exc: BaseException) -> None:
-    """Log an operation that failed; a failure to log is noted on the original error."""
-    result = f"error: {type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "interrupted"
-    try:
-        audit.append({**record, "result": result})
-    except (OSError, DsgStorageError) as log_exc:  # the operation's own error is the one to raise
-        log.error("cannot append to the audit log %s: %s", audit.path, log_exc)
-        exc.add_note(f"(and the audit log {audit.path} could not be written: {log_exc})")
 
 
 def _export(
