@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from dsg_storage.cli import bundle_text
 from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.errors import DsgStorageError
@@ -317,8 +318,8 @@ def read_bundle(path: Path) -> None:
     info = reader.inspect(path)
     as_text(_bundle_json(str(path), info))
     checked = bundle.check_bundle(path, digest=True)  # the claims, BEGIN records and every byte
-    "\n".join(bundle.describe(checked.info, checked.signature)).encode()  # printable: no surrogate left
-    bundle.describe_signature(checked.signature).encode()
+    "\n".join(bundle_text.describe(checked.info, checked.signature)).encode()  # printable: no surrogate left
+    bundle_text.describe_signature(checked.signature).encode()
     for _, chunks in reader.iter_parts(path, expect=checked.info):
         for _ in chunks:
             pass

@@ -413,8 +413,9 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
 
 
 def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
-    from ..transfer.bundle import describe as describe_bundle
-    from ..transfer.bundle import export_bundle, write_progress
+    from ..transfer.bundle import export_bundle
+    from .bundle_text import describe as describe_bundle
+    from .bundle_text import write_progress
 
     action = args.bundle_command
     if action == "export":
@@ -451,8 +452,9 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
 def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, given: Input) -> int:
     import attrs
 
-    from ..transfer.bundle import check_bundle, describe_signature, import_bundle, inspect_bundle, write_progress
-    from ..transfer.bundle import describe as describe_bundle
+    from ..transfer.bundle import check_bundle, import_bundle, inspect_bundle
+    from .bundle_text import describe as describe_bundle
+    from .bundle_text import describe_signature, write_progress
 
     action = args.bundle_command
     path, source = given.path, given.source
