@@ -74,18 +74,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
     from .transfer.audit import AuditLog
     from .transfer.bundle import (
-        CheckedBundle,
         ExportedBundle,
         ImportResult,
-        check_bundle,
         check_lock,
         export_bundle,
         import_bundle,
-        inspect_bundle,
         read_lock_checked,
-        verify_bundle,
         write_lock,
     )
+    from .transfer.check import CheckedBundle, check_bundle, inspect_bundle, verify_bundle
     from .transfer.layout import BundleInfo, PartSummary
     from .transfer.lockfile import LockDiff, LockedCommit, LockFile
     from .transfer.lockfile import compare as compare_lock
@@ -166,16 +163,16 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RepositoryView": (".read.reader", "RepositoryView"),
     "open_live": (".read.reader", "open_live"),
     "AuditLog": (".transfer.audit", "AuditLog"),
-    "CheckedBundle": (".transfer.bundle", "CheckedBundle"),
+    "CheckedBundle": (".transfer.check", "CheckedBundle"),
     "ExportedBundle": (".transfer.bundle", "ExportedBundle"),
     "ImportResult": (".transfer.bundle", "ImportResult"),
-    "check_bundle": (".transfer.bundle", "check_bundle"),
+    "check_bundle": (".transfer.check", "check_bundle"),
     "check_lock": (".transfer.bundle", "check_lock"),
     "export_bundle": (".transfer.bundle", "export_bundle"),
     "import_bundle": (".transfer.bundle", "import_bundle"),
-    "inspect_bundle": (".transfer.bundle", "inspect_bundle"),
+    "inspect_bundle": (".transfer.check", "inspect_bundle"),
     "read_lock_checked": (".transfer.bundle", "read_lock_checked"),
-    "verify_bundle": (".transfer.bundle", "verify_bundle"),
+    "verify_bundle": (".transfer.check", "verify_bundle"),
     "write_lock": (".transfer.bundle", "write_lock"),
     "BundleInfo": (".transfer.layout", "BundleInfo"),
     "PartSummary": (".transfer.layout", "PartSummary"),

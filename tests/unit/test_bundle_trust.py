@@ -20,7 +20,8 @@ from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.transfer import layout, lockfile, metadata, reader, safejson, sendstream, signing
 from dsg_storage.transfer.audit import AuditLog
-from dsg_storage.transfer.bundle import StreamCheck, _check_for_import, check_bundle, inspect_bundle, read_lock_checked
+from dsg_storage.transfer.bundle import read_lock_checked
+from dsg_storage.transfer.check import StreamCheck, check_bundle, check_for_import, inspect_bundle
 from tests import craft
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -304,7 +305,7 @@ _MEMORY_CHILD = textwrap.dedent(
     """
     import sys
     from dsg_storage import BundleError
-    from dsg_storage.transfer.bundle import check_bundle
+    from dsg_storage.transfer.check import check_bundle
     try:
         check_bundle(sys.argv[1], digest=True)
         outcome = "accepted"
@@ -458,7 +459,7 @@ def flip(path: Path, at: int) -> None:
 def checked_for_import(path: Path, **kwargs: Any) -> tuple[Any, StreamCheck]:
     options = {"allowed_signers": None, "require_signature": False, "check_streams": False, **kwargs}
     with reader.open_checked(path) as f:
-        return _check_for_import(f, str(path), None, **options)
+        return check_for_import(f, str(path), None, **options)
 
 
 def test_import_leaves_stream_bytes_to_zfs_but_checks_every_record_first(tmp_path: Path) -> None:

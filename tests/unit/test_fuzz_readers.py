@@ -36,7 +36,7 @@ from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.errors import DsgStorageError
 from dsg_storage.present import shown
-from dsg_storage.transfer import bundle, reader, sendstream
+from dsg_storage.transfer import check, reader, sendstream
 from dsg_storage.transfer import lockfile as lf
 from tests import craft
 
@@ -317,7 +317,7 @@ def read_bundle(path: Path) -> None:
     """Every way a bundle is read without a pool, and what the CLI shows of it."""
     info = reader.inspect(path)
     as_text(_bundle_json(str(path), info))
-    checked = bundle.check_bundle(path, digest=True)  # the claims, BEGIN records and every byte
+    checked = check.check_bundle(path, digest=True)  # the claims, BEGIN records and every byte
     "\n".join(bundle_text.describe(checked.info, checked.signature)).encode()  # printable: no surrogate left
     bundle_text.describe_signature(checked.signature).encode()
     for _, chunks in reader.iter_parts(path, expect=checked.info):

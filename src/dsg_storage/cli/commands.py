@@ -440,7 +440,7 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
             "\n".join(describe_bundle(exported)),
         )
         return 0
-    from ..transfer.bundle import inspect_bundle
+    from ..transfer.check import inspect_bundle
 
     # Imported from root's own copy when the file is not root's (sudo.Invocation.input),
     # made only once its ends read as a bundle's.
@@ -452,7 +452,8 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
 def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, given: Input) -> int:
     import attrs
 
-    from ..transfer.bundle import check_bundle, import_bundle, inspect_bundle
+    from ..transfer.bundle import import_bundle
+    from ..transfer.check import check_bundle, inspect_bundle
     from .bundle_text import describe as describe_bundle
     from .bundle_text import describe_signature, write_progress
 

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import enum
 import errno
 import fcntl
 import functools
@@ -118,10 +117,13 @@ from ..zfs.programs import on_off, u64
 from . import lockfile as _lockfile
 from . import metadata as _metadata
 from . import reader as _bundle_format
-from . import sendstream, signing
+from . import signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from .audit import AuditLog
 from .audit import audit_failure as _audit_failure
+from .check import CheckedBundle, StreamCheck
+from .check import check_for_import as _check_for_import
+from .check import file_sha256 as _file_sha256
 from .layout import BundleInfo
 from .lockfile import LockDiff, LockedCommit, LockFile
 from .metadata import BundleMetadata
@@ -133,7 +135,6 @@ from .writer import BundleWriter
 log = _log.getLogger("dsg_storage")
 SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
 DEFAULT_MODE = 0o755
-_DIGEST_PIECE = 1 << 20
 
 
 @attrs.frozen
@@ -146,17 +147,6 @@ class ImportResult:
     mode: str = ""
     sha256: str | None = None  # of the whole bundle file, when a signature was checked
     signer: str | None = None  # the principal whose signature was checked, if one was
-
-
-@attrs.frozen
-class CheckedBundle:
-    """A bundle checked whole: its parts, its typed metadata, the sha256 of the file (when
-    computed) and how it was signed."""
-
-    info: BundleInfo
-    metadata: BundleMetadata
-    sha256: str | None
-    signature: Signature
 
 
 @attrs.frozen
@@ -339,25 +329,6 @@ def _export(
     )
 
 
-def _file_sha256(fd: int, stop: threading.Event | None = None, *, progress: ProgressFn | None = None) -> str:
-    """The sha256 of the whole file behind ``fd``, read with pread (the offset is left
-    alone); ``stop`` ends it early (the result is then meaningless). ``progress`` gets
-    the bytes hashed so far."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_DIGEST_PIECE)
-    offset = 0
-    with memoryview(buffer) as view:
-        while stop is None or not stop.is_set():
-            got = os.preadv(fd, [view], offset)
-            if not got:
-                break
-            digest.update(view[:got])  # releases the GIL: runs beside the digest pass
-            offset += got
-            if progress is not None:
-                progress(offset, None)
-    return digest.hexdigest()
-
-
 def _offset_in(fd: int, start: int) -> int:
     return os.lseek(fd, 0, os.SEEK_CUR) - start
 
@@ -395,183 +366,6 @@ def _start_writeback(fd: int) -> None:
     sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     if sync_file_range(fd, 0, 0, 2) != 0:  # SYNC_FILE_RANGE_WRITE; a failure only costs speed
         log.debug("sync_file_range: %s", os.strerror(ctypes.get_errno()))
-
-
-def inspect_bundle(path: str | os.PathLike[str]) -> BundleInfo:
-    """What a bundle holds (metadata, parts, sizes), reading only its ends; no pool needed.
-    The metadata and the parts' info are checked against the schema; the streams are not
-    read (``verify_bundle`` does)."""
-    with _bundle_format.open_checked(path) as f:
-        info = _bundle_format.inspect(f)
-        _check_claims(info, os.fspath(path))
-        return info
-
-
-def verify_bundle(
-    path: str | os.PathLike[str],
-    *,
-    progress: ProgressFn | None = None,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-) -> BundleInfo:
-    """Check a bundle whole (``check_bundle``); raises a BundleError."""
-    return check_bundle(
-        path, progress=progress, allowed_signers=allowed_signers, require_signature=require_signature
-    ).info
-
-
-def check_bundle(
-    path: str | os.PathLike[str],
-    *,
-    progress: ProgressFn | None = None,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-    digest: bool = False,
-    source: Source | None = None,
-) -> CheckedBundle:
-    """Check a bundle whole: the metadata against its schema, the parts' info against
-    the metadata, each stream's BEGIN record against both (the chain of snapshots and
-    GUIDs), every byte against its digest, and its signature (``PATH.sig``) against
-    ``allowed_signers`` if given (refused if absent when ``require_signature``). Memory
-    stays bounded whatever the file holds. Computes the file's sha256 when a signature
-    is checked or ``digest`` is asked. ``source``: how the caller named the file, when
-    it was opened for them (its ``.sig`` then comes from there)."""
-    with _bundle_format.open_checked(path) as f:
-        claims = _check_claims_first(f, os.fspath(path), allowed_signers, require_signature, source)
-        return _check_whole(f, claims, progress, digest)
-
-
-def _check_claims(info: BundleInfo, name: str) -> BundleMetadata:
-    meta = _metadata.parse(info.metadata, name)
-    _metadata.check_parts(meta, [p.info for p in info.parts], name)
-    return meta
-
-
-@attrs.frozen
-class _Claims:
-    """What is checked of a bundle before its long pass: its ends, its typed metadata, the
-    parts against it, each stream's BEGIN record against the chain, and the presence of a
-    signature (``signed``, the raw signature file, or None) where one is required."""
-
-    info: BundleInfo
-    metadata: BundleMetadata
-    signed: bytes | None
-    signature_file: Any
-    allowed_signers: str | os.PathLike[str] | None
-    require_signature: bool
-    name: str
-
-    @property
-    def signature_checked(self) -> bool:
-        """Whether the signature is checked: its message, the file's sha256, then needs every byte."""
-        return self.allowed_signers is not None and self.signed is not None
-
-    def signature(self, fd: int, sha256: str | None) -> Signature:
-        return signing.check(
-            lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), self.info.file_size),
-            self.signed,
-            self.signature_file,
-            self.allowed_signers,
-            require=self.require_signature,
-            error=BundleError,
-            what=self.name,
-        )
-
-
-def _check_claims_first(
-    f: Any,
-    path: str,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    source: Source | None = None,
-) -> _Claims:
-    if require_signature and allowed_signers is None:
-        raise InvalidArgumentError("requiring a signature needs an allowed-signers file (--allowed-signers)")
-    name = source.name if source is not None else path
-    info = _bundle_format.inspect(f)  # the ends: cheap, refuses lies before the long pass
-    meta = _check_claims(info, name)
-    fd = f.fileno()
-    begins = [sendstream.parse_begin(_pread(fd, p.offset, p.size), f"{name}: part {p.index + 1}") for p in info.parts]
-    sendstream.check_chain(meta, begins, name)
-    signed, signature_file = _signature_of(path, source, BundleError)  # read once, before the long pass
-    claims = _Claims(info, meta, signed, signature_file, allowed_signers, require_signature, name)
-    if signed is None:
-        claims.signature(fd, None)  # unsigned, and a signature is required: refused before the long pass
-    return claims
-
-
-def _check_whole(f: Any, claims: _Claims, progress: ProgressFn | None, digest: bool) -> CheckedBundle:
-    """Every byte checked (and the file's sha256, beside it on a thread, when the
-    signature is checked or ``digest`` asked), then the signature."""
-    fd = f.fileno()
-    want_digest = digest or claims.signature_checked
-    sha256 = None
-    stop = threading.Event()
-    with ThreadPoolExecutor(1, thread_name_prefix="dsg-bundle-sha256") as pool:
-        hashing = pool.submit(_file_sha256, fd, stop) if want_digest else None
-        try:
-            _bundle_format.verify(f, progress=progress, expect=claims.info)
-        except BaseException:
-            stop.set()  # the digest is not needed any more: do not wait for it to finish
-            raise
-        sha256 = hashing.result() if hashing is not None else None
-    return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256))
-
-
-class StreamCheck(enum.Enum):
-    """How an import checks the streams' bytes (``_check_for_import`` decides)."""
-
-    BEFORE = "before"  # every byte before ZFS reads one (a checked signature needs the file's sha256)
-    WHILE = "while"  # against the chunk digests, on a thread while ZFS receives (``check_streams``)
-    ZFS = "zfs"  # by ZFS's own stream checksums as it receives; the chunk digests only to name damage
-
-
-def _check_for_import(
-    f: Any,
-    path: str,
-    passes: _Passes | None,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    check_streams: bool,
-    source: Source | None = None,
-) -> tuple[CheckedBundle, StreamCheck]:
-    """What must hold before ZFS reads a byte of the bundle, and how the streams' bytes
-    are still to be checked while they are received.
-
-    Always first: the claims (``_check_claims_first``) and every record, the chunk
-    digests included (``check_records``: cheap), so structural damage and a truncation
-    are refused before any change. A signature that is checked covers the sha256 of
-    every byte of the file, and the signed manifest names nothing smaller, so it needs
-    a full pass first: an unsigned or wrongly signed bundle never reaches ZFS. That pass
-    is the sha256 alone: once the bytes are the signer's, the md5 chunk digests (which
-    the signer's export computed from them) could only repeat what ZFS checks anyway.
-
-    Otherwise the stream bytes are left to ZFS's own check (``StreamCheck.ZFS``): every
-    record of a send stream carries a fletcher4 of the stream before it and the END
-    record one of the whole stream, the record checksums included, which ``zfs receive``
-    compares before it commits the stream (docs/archive/0006-bundles.md has the source
-    and the tests). That catches all the accidental damage the chunk digests are for;
-    neither can catch a deliberate rewrite of an unsigned bundle (its author recomputes
-    any digest stored in it), which only a signature refutes. With ``check_streams``
-    every stream byte is also checked against its chunk digest while ZFS receives, as
-    ``verify_bundle`` checks it."""
-    claims = _check_claims_first(f, path, allowed_signers, require_signature, source)
-    fd = f.fileno()
-    if claims.signature_checked:
-        _bundle_format.check_records(f, expect=claims.info)
-        streams = claims.info.total_size  # progress in stream bytes, as the receive's
-        hashed = (lambda done, _: passes.checked(min(done, streams), streams)) if passes else None
-        sha256 = _file_sha256(fd, progress=hashed)
-        return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256)), StreamCheck.BEFORE
-    _bundle_format.check_records(f, expect=claims.info)  # structural damage: refused before any change
-    mode = StreamCheck.WHILE if check_streams else StreamCheck.ZFS
-    if passes is not None and mode is StreamCheck.ZFS:
-        passes.single()
-    return CheckedBundle(claims.info, claims.metadata, None, claims.signature(fd, None)), mode
-
-
-def _pread(fd: int, offset: int, size: int) -> bytes:
-    return os.pread(fd, min(size, sendstream.RECORD_SIZE), offset)
 
 
 def _check_private(f: Any, name: str) -> None:
@@ -1097,16 +891,12 @@ def check_lock(
 
 
 __all__ = [
-    "CheckedBundle",
     "ExportedBundle",
     "ImportResult",
-    "check_bundle",
     "check_lock",
     "default_owner",
     "export_bundle",
     "import_bundle",
-    "inspect_bundle",
     "read_lock_checked",
-    "verify_bundle",
     "write_lock",
 ]
