@@ -24,7 +24,7 @@ from typing import Any
 
 from bench_bundles import data_repository
 
-from dsg_storage.transfer import audit, bundle, check, reader
+from dsg_storage.transfer import audit, bundle, check, export, reader
 from dsg_storage.zfs.boundary import open_zfs
 
 ROOT = "dsgtest/profile-import"
@@ -71,7 +71,7 @@ def main() -> int:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
             kind, blob = Path(f"{key}.pub").read_text().split()[:2]
             signers.write_text(f'bench namespaces="dsg-storage" {kind} {blob}\n')
-        bundle.export_bundle(repo.name, path, sign=key if args.signed else None)
+        export.export_bundle(repo.name, path, sign=key if args.signed else None)
         raw = WORK / "raw.zstream"
         with open(raw, "wb") as handle:
             subprocess.run(["zfs", "send", repo.history()[-1].snapshot], stdout=handle, check=True)

@@ -73,16 +73,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .read.offline import open_offline
     from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
     from .transfer.audit import AuditLog
-    from .transfer.bundle import (
-        ExportedBundle,
-        ImportResult,
-        check_lock,
-        export_bundle,
-        import_bundle,
-        read_lock_checked,
-        write_lock,
-    )
+    from .transfer.bundle import ImportResult, check_lock, import_bundle, read_lock_checked, write_lock
     from .transfer.check import CheckedBundle, check_bundle, inspect_bundle, verify_bundle
+    from .transfer.export import ExportedBundle, export_bundle
     from .transfer.layout import BundleInfo, PartSummary
     from .transfer.lockfile import LockDiff, LockedCommit, LockFile
     from .transfer.lockfile import compare as compare_lock
@@ -164,11 +157,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "open_live": (".read.reader", "open_live"),
     "AuditLog": (".transfer.audit", "AuditLog"),
     "CheckedBundle": (".transfer.check", "CheckedBundle"),
-    "ExportedBundle": (".transfer.bundle", "ExportedBundle"),
+    "ExportedBundle": (".transfer.export", "ExportedBundle"),
     "ImportResult": (".transfer.bundle", "ImportResult"),
     "check_bundle": (".transfer.check", "check_bundle"),
     "check_lock": (".transfer.bundle", "check_lock"),
-    "export_bundle": (".transfer.bundle", "export_bundle"),
+    "export_bundle": (".transfer.export", "export_bundle"),
     "import_bundle": (".transfer.bundle", "import_bundle"),
     "inspect_bundle": (".transfer.check", "inspect_bundle"),
     "read_lock_checked": (".transfer.bundle", "read_lock_checked"),

@@ -413,7 +413,7 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
 
 
 def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
-    from ..transfer.bundle import export_bundle
+    from ..transfer.export import export_bundle
     from .bundle_text import describe as describe_bundle
     from .bundle_text import write_progress
 
