@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .read.offline import open_offline
     from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
     from .transfer.audit import AuditLog
-    from .transfer.bundle import ImportResult, check_lock, import_bundle, read_lock_checked, write_lock
+    from .transfer.bundle import ImportResult, import_bundle
     from .transfer.check import CheckedBundle, check_bundle, inspect_bundle, verify_bundle
     from .transfer.export import ExportedBundle, export_bundle
     from .transfer.layout import BundleInfo, PartSummary
@@ -82,6 +82,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .transfer.lockfile import dumps as dump_lock
     from .transfer.lockfile import loads as load_lock
     from .transfer.lockfile import read as read_lock
+    from .transfer.locking import check_lock, read_lock_checked, write_lock
     from .transfer.signing import Signature
     from .zfs.allow import AllowList
 
@@ -160,13 +161,13 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ExportedBundle": (".transfer.export", "ExportedBundle"),
     "ImportResult": (".transfer.bundle", "ImportResult"),
     "check_bundle": (".transfer.check", "check_bundle"),
-    "check_lock": (".transfer.bundle", "check_lock"),
+    "check_lock": (".transfer.locking", "check_lock"),
     "export_bundle": (".transfer.export", "export_bundle"),
     "import_bundle": (".transfer.bundle", "import_bundle"),
     "inspect_bundle": (".transfer.check", "inspect_bundle"),
-    "read_lock_checked": (".transfer.bundle", "read_lock_checked"),
+    "read_lock_checked": (".transfer.locking", "read_lock_checked"),
     "verify_bundle": (".transfer.check", "verify_bundle"),
-    "write_lock": (".transfer.bundle", "write_lock"),
+    "write_lock": (".transfer.locking", "write_lock"),
     "BundleInfo": (".transfer.layout", "BundleInfo"),
     "PartSummary": (".transfer.layout", "PartSummary"),
     "LockDiff": (".transfer.lockfile", "LockDiff"),

@@ -20,8 +20,8 @@ from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.transfer import layout, lockfile, metadata, reader, safejson, sendstream, signing
 from dsg_storage.transfer.audit import AuditLog
-from dsg_storage.transfer.bundle import read_lock_checked
 from dsg_storage.transfer.check import StreamCheck, check_bundle, check_for_import, inspect_bundle
+from dsg_storage.transfer.locking import read_lock_checked
 from tests import craft
 
 ROOT = Path(__file__).resolve().parents[2]

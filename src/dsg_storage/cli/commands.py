@@ -529,7 +529,7 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
 
     from ..core.repository import Repository
     from ..transfer import lockfile
-    from ..transfer.bundle import read_lock_checked, write_lock
+    from ..transfer.locking import read_lock_checked, write_lock
 
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.command == "lock":

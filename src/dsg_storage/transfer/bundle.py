@@ -68,7 +68,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
-import hashlib
 import os
 import stat
 import threading
@@ -95,7 +94,6 @@ from ..errors import (
     DatasetExistsError,
     DsgStorageError,
     InvalidArgumentError,
-    LockFileError,
     NoSpaceError,
     NotAllowedError,
     PoolUnavailableError,
@@ -109,7 +107,6 @@ from ..zfs.boundary import open_zfs
 from ..zfs.errors import DatasetChangedError
 from ..zfs.port import Batch, Snapshot, ZfsPort
 from ..zfs.programs import on_off, u64
-from . import lockfile as _lockfile
 from . import reader as _bundle_format
 from . import signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
@@ -118,12 +115,10 @@ from .audit import audit_failure as _audit_failure
 from .check import CheckedBundle, StreamCheck
 from .check import check_for_import as _check_for_import
 from .check import file_sha256 as _file_sha256
-from .lockfile import LockDiff, LockedCommit, LockFile
 from .metadata import BundleMetadata
 from .progress import ProgressFn
 from .progress import reporting as _reporting
 from .reader import CheckedRecords
-from .signing import Signature
 
 log = _log.getLogger("dsg_storage")
 SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
@@ -628,80 +623,8 @@ def _changes_since(zfs: ZfsPort, repo: str, snap: Snapshot) -> list[str]:
     return []
 
 
-def _locked_commits(zfs: ZfsPort, repo: str) -> list[LockedCommit]:
-    return [LockedCommit(c.name, c.guid) for c in Repository(repo, zfs=zfs).history()]
-
-
-def write_lock(
-    repo: str,
-    path: str | os.PathLike[str] | None = None,
-    *,
-    zfs: ZfsPort | None = None,
-    sign: str | os.PathLike[str] | None = None,
-) -> LockFile:
-    """A lock file of ``repo``'s commits (names and GUIDs, in order), written atomically to
-    ``path`` when given (after a crash: the old file or the new one, whole); with
-    ``sign`` (an OpenSSH private key file), signed in ``path.sig``, written first."""
-    zfs = zfs or open_zfs(AllowList(()))
-    lock = _lockfile.make(_names.validate_repository(repo), _locked_commits(zfs, repo))
-    if sign is not None and path is None:
-        raise InvalidArgumentError("a signed lock file needs a file to go to (-o FILE)")
-    if path is not None:
-        data = _lockfile.dumps(lock).encode()
-        signature_file = signing.signature_path(path)
-        if sign is not None:
-            manifest = signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data))
-            signing.write_signature(signature_file, signing.sign(sign, manifest))
-        else:
-            signature_file.unlink(missing_ok=True)  # a stale one would not match this lock file
-        _lockfile.write(path, lock)
-    return lock
-
-
-def read_lock_checked(
-    path: str | os.PathLike[str],
-    *,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-    source: Source | None = None,
-) -> tuple[LockFile, Signature]:
-    """Read a lock file once, check its signature (``PATH.sig``, or ``source``'s) against
-    ``allowed_signers`` when given (refused if absent when ``require_signature``) on the
-    very bytes then parsed."""
-    data = _lockfile.read_bytes(path)
-    name = source.name if source is not None else os.fspath(path)
-    signed, signature_file = _signature_of(path, source, LockFileError)
-    signature = signing.check(
-        lambda: signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data)),
-        signed,
-        signature_file,
-        allowed_signers,
-        require=require_signature,
-        error=LockFileError,
-        what=name,
-    )
-    return _lockfile.loads_bytes(data, source=name), signature
-
-
-def check_lock(
-    path: str | os.PathLike[str],
-    repo: str,
-    *,
-    zfs: ZfsPort | None = None,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-) -> LockDiff:
-    """How ``repo``'s commits differ from the lock file at ``path`` (``.matches``)."""
-    zfs = zfs or open_zfs(AllowList(()))
-    lock, _ = read_lock_checked(path, allowed_signers=allowed_signers, require_signature=require_signature)
-    return _lockfile.compare(lock, _locked_commits(zfs, _names.validate_repository(repo)))
-
-
 __all__ = [
     "ImportResult",
-    "check_lock",
     "default_owner",
     "import_bundle",
-    "read_lock_checked",
-    "write_lock",
 ]
