@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench_bundles import data_repository, grow_pool
 
-from dsg_storage.transfer.bundle import export_bundle
+from dsg_storage.transfer.export import export_bundle
 
 ROOT = "dsgtest/ab-import"
 WORK = Path("/var/tmp/dsg-ab-import")

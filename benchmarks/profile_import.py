@@ -24,7 +24,7 @@ from typing import Any
 
 from bench_bundles import data_repository
 
-from dsg_storage.transfer import audit, bundle, format
+from dsg_storage.transfer import audit, bundle, check, export, reader
 from dsg_storage.zfs.boundary import open_zfs
 
 ROOT = "dsgtest/profile-import"
@@ -71,7 +71,7 @@ def main() -> int:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
             kind, blob = Path(f"{key}.pub").read_text().split()[:2]
             signers.write_text(f'bench namespaces="dsg-storage" {kind} {blob}\n')
-        bundle.export_bundle(repo.name, path, sign=key if args.signed else None)
+        export.export_bundle(repo.name, path, sign=key if args.signed else None)
         raw = WORK / "raw.zstream"
         with open(raw, "wb") as handle:
             subprocess.run(["zfs", "send", repo.history()[-1].snapshot], stdout=handle, check=True)
@@ -84,9 +84,10 @@ def main() -> int:
         zfs = open_zfs(ROOT)
         instrument(zfs, "zfs")
         instrument(zfs.host, "host")
-        bundle._file_sha256 = timed("file_sha256", bundle._file_sha256)  # type: ignore[attr-defined]
-        format.verify = timed("verify (md5)", format.verify)
-        format.CheckedRecords.check_stream = timed("check_stream", format.CheckedRecords.check_stream)  # type: ignore[method-assign]
+        check.file_sha256 = timed("file_sha256", check.file_sha256)  # the check's own passes
+        bundle._file_sha256 = check.file_sha256  # type: ignore[attr-defined]  # and the import's
+        reader.verify = timed("verify (md5)", reader.verify)
+        reader.CheckedRecords.check_stream = timed("check_stream", reader.CheckedRecords.check_stream)  # type: ignore[method-assign]
         audit.AuditLog.append = timed("audit.append", audit.AuditLog.append)  # type: ignore[method-assign]
         bundle._check_for_import = timed("check_for_import", bundle._check_for_import)  # type: ignore[attr-defined]
         bundle.Repository.recover = timed("recover", bundle.Repository.recover)  # type: ignore[method-assign]

@@ -1,6 +1,6 @@
 """Crafted bundles, every digest right: what an attacker who rewrites a bundle can make.
 
-``write_raw`` lays out the format byte by byte (docs in ``dsg_storage.transfer.format``)
+``write_raw`` lays out the format byte by byte (docs in ``dsg_storage.transfer.layout``)
 from raw record payloads, so a test can put anything in a record (16 MiB of nested
 lists, a lying part info) and still have every checksum and the structure hash match.
 ``repository_bundle`` builds a consistent repository bundle (metadata, part info and
@@ -16,8 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsg_storage.transfer import format as bf
-from dsg_storage.transfer import sendstream
+from dsg_storage.transfer import layout, sendstream
 
 _RECORD = struct.Struct(">cQ")
 
@@ -49,21 +48,27 @@ def write_raw(
         put(payload, hashed)
         put(hashlib.sha256(head + payload).digest(), hashed)
 
-    put(struct.pack(">8sI", bf.MAGIC, bf.FORMAT_VERSION))
-    record(bf.METADATA, metadata)
+    put(struct.pack(">8sI", layout.MAGIC, layout.FORMAT_VERSION))
+    record(layout.METADATA, metadata)
     listed = []
     for index, (info, stream) in enumerate(parts):
-        record(bf.PART_BEGIN, b'{"index":%d,"info":%s}' % (index, info))
-        put(_RECORD.pack(bf.STREAM, len(stream)))
+        record(layout.PART_BEGIN, b'{"index":%d,"info":%s}' % (index, info))
+        put(_RECORD.pack(layout.STREAM, len(stream)))
         offset = len(out)
         put(stream, hashed=False)
         digests = b"".join(
-            hashlib.md5(stream[at : at + bf.CHUNK_SIZE]).digest() for at in range(0, len(stream), bf.CHUNK_SIZE)
+            hashlib.md5(stream[at : at + layout.CHUNK_SIZE]).digest() for at in range(0, len(stream), layout.CHUNK_SIZE)
         )
-        record(bf.CHUNK_DIGESTS, digests)
+        record(layout.CHUNK_DIGESTS, digests)
         digest = hashlib.md5(digests).hexdigest()
-        end = {"index": index, "size": len(stream), "chunk_size": bf.CHUNK_SIZE, "algorithm": "md5", "digest": digest}
-        record(bf.PART_END, dumps(end))
+        end = {
+            "index": index,
+            "size": len(stream),
+            "chunk_size": layout.CHUNK_SIZE,
+            "algorithm": "md5",
+            "digest": digest,
+        }
+        record(layout.PART_END, dumps(end))
         listed.append(
             {"index": index, "info": json.loads(info), "size": len(stream), "digest": digest, "offset": offset}
         )
@@ -75,8 +80,8 @@ def write_raw(
         "total_size": sum(int(p.get("size", 0)) for p in entries),
         "structure_sha256": structure.hexdigest(),
     }
-    record(bf.TRAILER, dumps(trailer), hashed=False)
-    out.extend(struct.pack(">Q8s", trailer_at, bf.END_MAGIC))
+    record(layout.TRAILER, dumps(trailer), hashed=False)
+    out.extend(struct.pack(">Q8s", trailer_at, layout.END_MAGIC))
     path.write_bytes(bytes(out))
     return path
 

@@ -74,25 +74,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .read.offline import open_offline
     from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
     from .transfer.audit import AuditLog
-    from .transfer.bundle import (
-        CheckedBundle,
-        ExportedBundle,
-        ImportResult,
-        check_bundle,
-        check_lock,
-        export_bundle,
-        import_bundle,
-        inspect_bundle,
-        read_lock_checked,
-        verify_bundle,
-        write_lock,
-    )
-    from .transfer.format import BundleInfo, PartSummary
+    from .transfer.bundle import ImportResult, import_bundle
+    from .transfer.check import CheckedBundle, check_bundle, inspect_bundle, verify_bundle
+    from .transfer.export import ExportedBundle, export_bundle
+    from .transfer.layout import BundleInfo, PartSummary
     from .transfer.lockfile import LockDiff, LockedCommit, LockFile
     from .transfer.lockfile import compare as compare_lock
     from .transfer.lockfile import dumps as dump_lock
     from .transfer.lockfile import loads as load_lock
     from .transfer.lockfile import read as read_lock
+    from .transfer.locking import check_lock, read_lock_checked, write_lock
     from .transfer.signing import Signature
     from .zfs.allow import AllowList
 
@@ -168,19 +159,16 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RepositoryView": (".read.reader", "RepositoryView"),
     "open_live": (".read.reader", "open_live"),
     "AuditLog": (".transfer.audit", "AuditLog"),
-    "CheckedBundle": (".transfer.bundle", "CheckedBundle"),
-    "ExportedBundle": (".transfer.bundle", "ExportedBundle"),
     "ImportResult": (".transfer.bundle", "ImportResult"),
-    "check_bundle": (".transfer.bundle", "check_bundle"),
-    "check_lock": (".transfer.bundle", "check_lock"),
-    "export_bundle": (".transfer.bundle", "export_bundle"),
     "import_bundle": (".transfer.bundle", "import_bundle"),
-    "inspect_bundle": (".transfer.bundle", "inspect_bundle"),
-    "read_lock_checked": (".transfer.bundle", "read_lock_checked"),
-    "verify_bundle": (".transfer.bundle", "verify_bundle"),
-    "write_lock": (".transfer.bundle", "write_lock"),
-    "BundleInfo": (".transfer.format", "BundleInfo"),
-    "PartSummary": (".transfer.format", "PartSummary"),
+    "CheckedBundle": (".transfer.check", "CheckedBundle"),
+    "check_bundle": (".transfer.check", "check_bundle"),
+    "inspect_bundle": (".transfer.check", "inspect_bundle"),
+    "verify_bundle": (".transfer.check", "verify_bundle"),
+    "ExportedBundle": (".transfer.export", "ExportedBundle"),
+    "export_bundle": (".transfer.export", "export_bundle"),
+    "BundleInfo": (".transfer.layout", "BundleInfo"),
+    "PartSummary": (".transfer.layout", "PartSummary"),
     "LockDiff": (".transfer.lockfile", "LockDiff"),
     "LockedCommit": (".transfer.lockfile", "LockedCommit"),
     "LockFile": (".transfer.lockfile", "LockFile"),
@@ -188,6 +176,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "dump_lock": (".transfer.lockfile", "dumps"),
     "load_lock": (".transfer.lockfile", "loads"),
     "read_lock": (".transfer.lockfile", "read"),
+    "check_lock": (".transfer.locking", "check_lock"),
+    "read_lock_checked": (".transfer.locking", "read_lock_checked"),
+    "write_lock": (".transfer.locking", "write_lock"),
     "Signature": (".transfer.signing", "Signature"),
     "AllowList": (".zfs.allow", "AllowList"),
 }

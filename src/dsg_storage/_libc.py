@@ -1,6 +1,6 @@
 """The C library, loaded once, for the few system calls Python's ``os`` module lacks:
-mount(2)/umount2(2) and prctl(2) (``_zfs``), sync_file_range(2) (``_bundle``) and
-inotify (``_bundle_format``)."""
+mount(2)/umount2(2) and prctl(2) (``_zfs``), sync_file_range(2) (``transfer.export``) and
+inotify (``transfer.digests``)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ from dsg_storage import (
     InvalidArgumentError,
     NotABundleError,
 )
-from dsg_storage.transfer import format as bf
+from dsg_storage.transfer import digests, layout, reader
+from dsg_storage.transfer.writer import BundleWriter
 from tests.craft import records
 
 MiB = 1 << 20
@@ -55,7 +56,7 @@ def void(_: object) -> None:
 
 def build(parts: list[bytes], metadata: dict[str, Any] | None = None, **kwargs: Any) -> bytes:
     with tempfile.TemporaryFile() as f:  # "w+b"
-        with bf.BundleWriter(f, METADATA if metadata is None else metadata, **kwargs) as writer:
+        with BundleWriter(f, METADATA if metadata is None else metadata, **kwargs) as writer:
             for index, data in enumerate(parts):
                 writer.add_part({"snapshot": f"s{index}"}, producer(data))
         f.seek(0)
@@ -90,14 +91,14 @@ def write(path: Path, raw: bytes) -> Path:
 
 def read_all(path: Path) -> list[bytes]:
     """Every part's stream, joined, through iter_parts."""
-    return [b"".join(chunks) for _, chunks in bf.iter_parts(path)]
+    return [b"".join(chunks) for _, chunks in reader.iter_parts(path)]
 
 
 def read_ranges(path: Path) -> list[bytes]:
     """Every part's stream as a receiver reads it: seek the descriptor, read ``size`` bytes."""
     out = []
     with open(path, "rb") as f:
-        for part in bf.part_ranges(path):
+        for part in reader.part_ranges(path):
             os.lseek(f.fileno(), part.offset, os.SEEK_SET)
             data = b""
             while len(data) < part.size:
@@ -128,18 +129,18 @@ def sampled_offsets(raw: bytes) -> list[int]:
 # ---------------------------------------------------------------------------- round trips
 def test_round_trip(tmp_path: Path) -> None:
     # Several chunks; none; a few bytes; exactly one chunk; several windows (the threaded path).
-    parts = [os.urandom(5 * MiB), b"", b"small", os.urandom(MiB), os.urandom(2 * bf.WINDOW_SIZE + MiB + 3)]
+    parts = [os.urandom(5 * MiB), b"", b"small", os.urandom(MiB), os.urandom(2 * digests.WINDOW_SIZE + MiB + 3)]
     path = write(tmp_path / "b.dsgb", build(parts))
-    info = bf.verify(path)
-    assert info == bf.inspect(path)
-    assert info.format_version == bf.FORMAT_VERSION and info.metadata == METADATA
+    info = reader.verify(path)
+    assert info == reader.inspect(path)
+    assert info.format_version == layout.FORMAT_VERSION and info.metadata == METADATA
     assert [p.size for p in info.parts] == [len(p) for p in parts]
     assert [p.info for p in info.parts] == [{"snapshot": f"s{i}"} for i in range(len(parts))]
     assert info.total_size == sum(map(len, parts)) and info.file_size == path.stat().st_size
     assert [p.offset for p in info.parts] == [offset for offset, _ in streams(path.read_bytes())]
     assert read_all(path) == parts
     assert read_ranges(path) == parts
-    assert bf.part_ranges(path, expect=info) == list(info.parts)
+    assert reader.part_ranges(path, expect=info) == list(info.parts)
 
 
 def test_the_layout_byte_by_byte(tmp_path: Path) -> None:
@@ -174,38 +175,38 @@ def test_the_layout_byte_by_byte(tmp_path: Path) -> None:
 def test_writer_returns_what_readers_see(tmp_path: Path) -> None:
     path = tmp_path / "b.dsgb"
     with open(path, "wb") as f:  # write-only: the writer reads the streams back through a second descriptor
-        writer = bf.BundleWriter(f, {"a": (1, 2)})
+        writer = BundleWriter(f, {"a": (1, 2)})
         first = writer.add_part({"n": 1}, producer(b"hello"))
         assert (first.index, first.size, first.info) == (0, 5, {"n": 1})
         info = writer.close()
         assert writer.close() is info  # idempotent
     assert path.read_bytes()[first.offset : first.offset + 5] == b"hello"
     assert info.metadata == {"a": [1, 2]}  # as readers see it
-    assert bf.verify(path) == info and info.parts == (first,)
+    assert reader.verify(path) == info and info.parts == (first,)
 
 
 @pytest.mark.parametrize("mode", ["wb", "w+b", "unbuffered"])
 def test_every_way_of_opening_the_file(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "b.dsgb"
-    data = os.urandom(bf.WINDOW_SIZE + 7)
+    data = os.urandom(digests.WINDOW_SIZE + 7)
     f = cast(BinaryIO, open(path, "wb", buffering=0) if mode == "unbuffered" else open(path, mode))  # noqa: SIM115
-    with f, bf.BundleWriter(f, METADATA) as writer:
+    with f, BundleWriter(f, METADATA) as writer:
         writer.add_part({"p": 1}, producer(data))
         writer.add_part_from({"p": 2}, io.BytesIO(data).read)
     assert read_ranges(path) == [data, data]
-    bf.verify(path)
+    reader.verify(path)
 
 
 def test_an_older_longer_file_is_cut_to_the_bundle(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", os.urandom(3 * MiB))
-    with open(path, "r+b") as f, bf.BundleWriter(f, {}) as writer:
+    with open(path, "r+b") as f, BundleWriter(f, {}) as writer:
         writer.add_part({}, producer(b"abc"))
-    assert bf.verify(path).file_size == path.stat().st_size < MiB
+    assert reader.verify(path).file_size == path.stat().st_size < MiB
 
 
 def test_no_parts_and_empty_metadata(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", build([], {}))
-    assert bf.verify(path).parts == () and read_all(path) == [] and bf.part_ranges(path) == []
+    assert reader.verify(path).parts == () and read_all(path) == [] and reader.part_ranges(path) == []
 
 
 def test_add_part_from_gathers_short_reads_and_long_ones(tmp_path: Path) -> None:
@@ -213,12 +214,12 @@ def test_add_part_from_gathers_short_reads_and_long_ones(tmp_path: Path) -> None
     source = io.BytesIO(data)
     blobs = iter([os.urandom(3 * MiB), b""])  # more than asked
     path = tmp_path / "b.dsgb"
-    with open(path, "wb") as f, bf.BundleWriter(f, {}) as writer:
+    with open(path, "wb") as f, BundleWriter(f, {}) as writer:
         writer.add_part_from({}, lambda n: source.read(min(n, 1000)))
         big = writer.add_part_from({}, lambda n: next(blobs))
     assert big.size == 3 * MiB and read_ranges(path)[0] == data
     assert [length for _, length in streams(path.read_bytes())] == [len(data), 3 * MiB]
-    bf.verify(path)
+    reader.verify(path)
 
 
 def test_streams_from_a_pipe(tmp_path: Path) -> None:
@@ -232,7 +233,7 @@ def test_streams_from_a_pipe(tmp_path: Path) -> None:
     thread = threading.Thread(target=feed)
     thread.start()
     try:
-        with open(tmp_path / "b.dsgb", "wb") as f, bf.BundleWriter(f, {}) as writer:
+        with open(tmp_path / "b.dsgb", "wb") as f, BundleWriter(f, {}) as writer:
             summary = writer.add_part_from({}, lambda n: os.read(rfd, n))
     finally:
         thread.join()
@@ -243,29 +244,29 @@ def test_streams_from_a_pipe(tmp_path: Path) -> None:
 def test_writer_refuses_bad_metadata_before_writing(tmp_path: Path) -> None:
     with open(tmp_path / "b.dsgb", "wb") as f:
         with pytest.raises(InvalidArgumentError, match="not JSON-serialisable"):
-            bf.BundleWriter(f, {"when": object()})
+            BundleWriter(f, {"when": object()})
         with pytest.raises(InvalidArgumentError, match="must be a mapping"):
-            bf.BundleWriter(f, [])  # type: ignore[arg-type]
+            BundleWriter(f, [])  # type: ignore[arg-type]
     assert (tmp_path / "b.dsgb").stat().st_size == 0
 
 
 def test_writer_refuses_what_is_not_a_regular_file_at_its_start(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="regular file"):
-        bf.BundleWriter(io.BytesIO(), {})
+        BundleWriter(io.BytesIO(), {})
     rfd, wfd = os.pipe()
     with os.fdopen(rfd, "rb"), os.fdopen(wfd, "wb") as w, pytest.raises(InvalidArgumentError, match="regular file"):
-        bf.BundleWriter(w, {})
+        BundleWriter(w, {})
     with open(tmp_path / "a.dsgb", "ab") as f, pytest.raises(InvalidArgumentError, match="appending"):
-        bf.BundleWriter(f, {})
+        BundleWriter(f, {})
     with open(tmp_path / "b.dsgb", "wb") as f:
         f.write(b"x")
         with pytest.raises(InvalidArgumentError, match="from the start of its file, not from byte 1"):
-            bf.BundleWriter(f, {})
+            BundleWriter(f, {})
 
 
 def test_writer_refuses_use_after_close_and_after_a_failed_part(tmp_path: Path) -> None:
     with tempfile.TemporaryFile() as temporary:
-        writer = bf.BundleWriter(temporary, {})
+        writer = BundleWriter(temporary, {})
         writer.close()
         with pytest.raises(InvalidArgumentError, match="closed"):
             writer.add_part({}, producer(b""))
@@ -276,7 +277,7 @@ def test_writer_refuses_use_after_close_and_after_a_failed_part(tmp_path: Path) 
 
     path = tmp_path / "b.dsgb"
     with open(path, "wb") as f:
-        writer = bf.BundleWriter(f, {})
+        writer = BundleWriter(f, {})
         with pytest.raises(OSError, match="send died"):
             writer.add_part({}, failing)
         with pytest.raises(InvalidArgumentError, match="incomplete"):
@@ -284,29 +285,29 @@ def test_writer_refuses_use_after_close_and_after_a_failed_part(tmp_path: Path) 
         with pytest.raises(InvalidArgumentError, match="incomplete"):
             writer.close()
     # The stream's length was never filled in (2**64 - 1): truncated, inside the part.
-    for read in (bf.inspect, bf.verify, read_all, bf.part_ranges):
+    for read in (reader.inspect, reader.verify, read_all, reader.part_ranges):
         with pytest.raises(BundleTruncatedError, match="inside part 1"):
             read(path)
 
 
 def test_a_producer_that_moves_the_offset_back_is_refused(tmp_path: Path) -> None:
     with open(tmp_path / "b.dsgb", "wb") as f:
-        writer = bf.BundleWriter(f, {})
+        writer = BundleWriter(f, {})
         with pytest.raises(InvalidArgumentError, match="producer of part 1 left"):
             writer.add_part({}, lambda fd: void(os.lseek(fd, 0, os.SEEK_SET)))
     with open(tmp_path / "c.dsgb", "wb") as f:  # past the end without writing
-        writer = bf.BundleWriter(f, {})
+        writer = BundleWriter(f, {})
         with pytest.raises(InvalidArgumentError, match="producer of part 1 left"):
             writer.add_part({}, lambda fd: void(os.lseek(fd, MiB, os.SEEK_CUR)))
 
 
 def test_an_exception_in_the_with_block_leaves_no_footer(tmp_path: Path) -> None:
     path = tmp_path / "b.dsgb"
-    with pytest.raises(RuntimeError), open(path, "wb") as f, bf.BundleWriter(f, {}) as writer:
+    with pytest.raises(RuntimeError), open(path, "wb") as f, BundleWriter(f, {}) as writer:
         writer.add_part({}, producer(b"abc"))
         raise RuntimeError("stop")
     with pytest.raises(BundleTruncatedError, match="ends at byte"):
-        bf.verify(path)
+        reader.verify(path)
 
 
 def test_digesting_works_on_a_file_that_cannot_be_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,20 +315,20 @@ def test_digesting_works_on_a_file_that_cannot_be_mapped(tmp_path: Path, monkeyp
         raise OSError(19, "No such device")
 
     monkeypatch.setattr(mmap, "mmap", unmappable)
-    data = os.urandom(bf.WINDOW_SIZE + 2 * MiB + 1)
+    data = os.urandom(digests.WINDOW_SIZE + 2 * MiB + 1)
     path = write(tmp_path / "b.dsgb", build([data]))
-    assert bf.verify(path).total_size == len(data)
+    assert reader.verify(path).total_size == len(data)
     offset, _ = streams(path.read_bytes())[0]
-    write(path, flipped(path.read_bytes(), offset + bf.WINDOW_SIZE + MiB))
+    write(path, flipped(path.read_bytes(), offset + digests.WINDOW_SIZE + MiB))
     with pytest.raises(BundleCorruptError, match="chunk 10 of part 1"):
-        bf.verify(path)
+        reader.verify(path)
 
 
 def test_a_file_shorter_than_the_window_is_never_mapped_past_its_end(tmp_path: Path) -> None:
     with open(write(tmp_path / "short", os.urandom(MiB)), "rb") as f:
-        for digests in (bf._window_digests, bf._read_digests):
-            with pytest.raises(bf._ShortRead) as caught:
-                digests(f.fileno(), 0, 2 * MiB)
+        for digesting in (digests.window_digests, digests.read_digests):
+            with pytest.raises(digests.ShortRead) as caught:
+                digesting(f.fileno(), 0, 2 * MiB)
             assert caught.value.at == MiB
 
 
@@ -357,13 +358,13 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the record bytes the module reads; fail if it reads any stream byte."""
     counter = [0]
     opener = lambda *a, **k: CountingFile(open(*a, **k), counter)  # noqa: SIM115 (the module closes it)
-    monkeypatch.setattr(bf, "open", opener, raising=False)
+    monkeypatch.setattr(reader, "open", opener, raising=False)
 
     def no_streams(*args: Any) -> Any:
         raise AssertionError("a stream was read")
 
-    monkeypatch.setattr(bf, "_stream_digests", no_streams)
-    monkeypatch.setattr(bf._Streamer, "chunks", no_streams)
+    monkeypatch.setattr(reader, "stream_digests", no_streams)
+    monkeypatch.setattr(reader._Streamer, "chunks", no_streams)
     return counter
 
 
@@ -372,38 +373,38 @@ def test_inspect_reads_only_the_ends(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path = write(tmp_path / "b.dsgb", raw)
     damaged = write(tmp_path / "d.dsgb", flipped(raw, streams(raw)[0][0] + 100))
     counter = counting(monkeypatch)
-    info = bf.inspect(path)
+    info = reader.inspect(path)
     assert [p.size for p in info.parts] == [5 * MiB, 100] and info.metadata == METADATA
     assert counter[0] < 4096
     # A damaged stream goes unseen by inspect (it reads none); verify finds it.
-    assert bf.inspect(damaged) == info
+    assert reader.inspect(damaged) == info
     monkeypatch.undo()
     with pytest.raises(BundleCorruptError, match="chunk 1 of part 1"):
-        bf.verify(damaged)
+        reader.verify(damaged)
 
 
 def test_part_ranges_reads_the_records_but_no_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = build([os.urandom(5 * MiB), b"", os.urandom(100)])
     path = write(tmp_path / "b.dsgb", raw)
-    info = bf.verify(path)
+    info = reader.verify(path)
     counter = counting(monkeypatch)
-    parts = bf.part_ranges(path, expect=info)
+    parts = reader.part_ranges(path, expect=info)
     assert parts == list(info.parts) and [(p.offset, p.size) for p in parts] == streams(raw)
     assert counter[0] < 8192  # the records, with 16 bytes of digest per chunk
 
 
 def test_part_ranges_and_iter_parts_refuse_a_bundle_that_changed(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", BIG)
-    info = bf.verify(path)
+    info = reader.verify(path)
     write(path, build([b"other"]))
     with pytest.raises(BundleError, match="changed since it was verified"):
-        bf.part_ranges(path, expect=info)
+        reader.part_ranges(path, expect=info)
     with pytest.raises(BundleError, match="changed since it was verified"):
-        next(bf.iter_parts(path, expect=info))
+        next(reader.iter_parts(path, expect=info))
     # The same parts elsewhere in the file (other metadata) are another bundle too.
     write(path, build(BIG_PARTS, {"repository": "tank/data/other-name"}))
     with pytest.raises(BundleError, match="changed since it was verified"):
-        bf.part_ranges(path, expect=info)
+        reader.part_ranges(path, expect=info)
 
 
 # ---------------------------------------------------------------------------- damage
@@ -426,7 +427,7 @@ def test_a_flipped_byte_anywhere_in_a_small_bundle(scratch: Path) -> None:
     for offset in range(len(TINY)):
         for mask in (0x01, 0xFF):
             path = write(scratch / "flip.dsgb", flipped(TINY, offset, mask))
-            for read in (bf.verify, read_all):
+            for read in (reader.verify, read_all):
                 with pytest.raises(BundleError) as caught:
                     read(path)
                 assert type(caught.value) in expected_for(offset), (offset, mask, read, caught.value)
@@ -436,7 +437,7 @@ def test_a_flipped_byte_anywhere_in_a_small_bundle(scratch: Path) -> None:
 def test_a_flipped_byte_in_every_region_of_a_bigger_bundle(tmp_path: Path, offset: int) -> None:
     path = write(tmp_path / "b.dsgb", flipped(BIG, offset))
     with pytest.raises(BundleError) as caught:
-        bf.verify(path)
+        reader.verify(path)
     assert type(caught.value) in expected_for(offset)
     assert str(path) in str(caught.value)
 
@@ -448,12 +449,12 @@ def test_damage_messages_say_where(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", flipped(raw, offset + 2 * MiB + 500))
     first, last = offset + 2 * MiB, offset + 3 * MiB - 1
     message = rf"b\.dsgb is damaged: chunk 3 of part 2 \(bytes {first}-{last}\) does not match its digest; "
-    for read in (bf.verify, read_all):
+    for read in (reader.verify, read_all):
         with pytest.raises(BundleCorruptError, match=message):
             read(path)
     path = write(tmp_path / "b.dsgb", flipped(raw, offset + 3 * MiB + 4))  # the last, short chunk
     with pytest.raises(BundleCorruptError, match=rf"chunk 4 of part 2 \(bytes {last + 1}-{last + 5}\)"):
-        bf.verify(path)
+        reader.verify(path)
     kinds = {rtype: start for rtype, start, _ in records(raw)}  # the last of each kind
     cases = [
         (kinds[b"S"] + 1, rf"the stream header at byte {kinds[b'S']} claims {2**56 + 3 * MiB + 5} bytes, running past"),
@@ -468,10 +469,10 @@ def test_damage_messages_say_where(tmp_path: Path) -> None:
     for damaged, message in cases:
         path = write(tmp_path / "b.dsgb", flipped(raw, damaged))
         with pytest.raises(BundleCorruptError, match=message):
-            bf.verify(path)
+            reader.verify(path)
     path = write(tmp_path / "b.dsgb", flipped(raw, kinds[b"T"] + 20))
     with pytest.raises(BundleCorruptError, match="trailer"):
-        bf.inspect(path)
+        reader.inspect(path)
 
 
 def test_the_structure_hash_covers_records_rewritten_with_a_valid_checksum(tmp_path: Path) -> None:
@@ -481,8 +482,8 @@ def test_the_structure_hash_covers_records_rewritten_with_a_valid_checksum(tmp_p
     # Metadata of the same length, so that every offset (the trailer lists them) stays right.
     same = json.dumps(dict(METADATA, repository="tank/data/SURVEY"), sort_keys=True, separators=(",", ":"))
     path = write(tmp_path / "b.dsgb", rewrite_record(BIG, metadata_at, same.encode()))
-    assert bf.inspect(path).metadata["repository"] == "tank/data/SURVEY"
-    for read in (bf.verify, read_all, bf.part_ranges):
+    assert reader.inspect(path).metadata["repository"] == "tank/data/SURVEY"
+    for read in (reader.verify, read_all, reader.part_ranges):
         with pytest.raises(BundleCorruptError, match="structure"):
             read(path)
 
@@ -493,7 +494,7 @@ def test_chunks_out_of_order_are_caught(tmp_path: Path) -> None:
     swapped = replaced(BIG, offset, second + first)  # the stream bytes alone
     path = write(tmp_path / "b.dsgb", swapped)
     with pytest.raises(BundleCorruptError, match="chunk 1 of part 1"):
-        bf.verify(path)
+        reader.verify(path)
     # The digests swapped too, their record's checksum made valid: the part's digest differs.
     digests_at = next(start for rtype, start, _ in records(BIG) if rtype == b"D")
     digests = BIG[digests_at + 9 : digests_at + 9 + 48]
@@ -511,7 +512,7 @@ def test_a_chunk_size_or_algorithm_this_version_does_not_know(tmp_path: Path) ->
     for change in ({"algorithm": "sha256"}, {"chunk_size": 4096}):
         path = write(tmp_path / "b.dsgb", rewrite_record(BIG, end_at, json.dumps({**end, **change}).encode()))
         with pytest.raises(BundleCorruptError, match="format 1 has 1048576 and 'md5'"):
-            bf.verify(path)
+            reader.verify(path)
 
 
 def test_a_damaged_length_is_refused_before_allocating(tmp_path: Path) -> None:
@@ -522,32 +523,34 @@ def test_a_damaged_length_is_refused_before_allocating(tmp_path: Path) -> None:
         tracemalloc.start()
         try:
             with pytest.raises(BundleCorruptError, match="claims 9223372036854775808 bytes"):
-                bf.verify(write(tmp_path / "b.dsgb", raw))
+                reader.verify(write(tmp_path / "b.dsgb", raw))
             assert tracemalloc.get_traced_memory()[1] < MiB
         finally:
             tracemalloc.stop()
     digests_at = next(start for rtype, start, _ in records(BIG) if rtype == b"D")
     with pytest.raises(BundleCorruptError, match="claims 9223372036854775808 bytes, but a stream of"):
-        bf.verify(write(tmp_path / "b.dsgb", replaced(BIG, digests_at + 1, huge)))
+        reader.verify(write(tmp_path / "b.dsgb", replaced(BIG, digests_at + 1, huge)))
     end_at = next(start for rtype, start, _ in records(BIG) if rtype == b"E")
     with pytest.raises(BundleCorruptError, match="more than its limit"):
-        bf.verify(write(tmp_path / "b.dsgb", replaced(BIG, end_at + 1, struct.pack(">Q", bf.MAX_JSON_SIZE + 1))))
+        reader.verify(
+            write(tmp_path / "b.dsgb", replaced(BIG, end_at + 1, struct.pack(">Q", layout.MAX_JSON_SIZE + 1)))
+        )
     # Without the footer, a stream running past the end means a truncated file.
     stream_at = records(BIG)[2][1]
     with pytest.raises(BundleTruncatedError, match="inside part 1"):
-        bf.verify(write(tmp_path / "b.dsgb", replaced(BIG, stream_at + 1, huge)[:-1]))
+        reader.verify(write(tmp_path / "b.dsgb", replaced(BIG, stream_at + 1, huge)[:-1]))
 
 
 def test_bytes_after_the_footer(tmp_path: Path) -> None:
     with pytest.raises(BundleCorruptError, match="3 unexpected bytes follow the footer"):
-        bf.verify(write(tmp_path / "b.dsgb", BIG + b"abc"))
+        reader.verify(write(tmp_path / "b.dsgb", BIG + b"abc"))
 
 
 def test_truncation_at_every_length_of_a_small_bundle(scratch: Path) -> None:
     for length in range(len(TINY)):
         path = write(scratch / "cut.dsgb", TINY[:length])
         expected = NotABundleError if length < 8 else BundleTruncatedError
-        for read in (bf.inspect, bf.verify, read_all, bf.part_ranges):
+        for read in (reader.inspect, reader.verify, read_all, reader.part_ranges):
             with pytest.raises(BundleError) as caught:
                 read(path)
             assert type(caught.value) is expected, (length, read)
@@ -559,20 +562,20 @@ def test_truncation_at_every_length_of_a_small_bundle(scratch: Path) -> None:
 def test_truncation_of_a_bigger_bundle(tmp_path: Path, length: int) -> None:
     path = write(tmp_path / "b.dsgb", BIG[:length])
     with pytest.raises(BundleTruncatedError, match=rf"b\.dsgb is truncated: it ends at byte {length}, inside "):
-        bf.verify(path)
+        reader.verify(path)
     with pytest.raises(BundleTruncatedError):
-        bf.inspect(path)
+        reader.inspect(path)
 
 
 def test_truncation_inside_a_part_names_the_part(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", BIG[: MiB + 50])
     with pytest.raises(BundleTruncatedError, match=rf"ends at byte {MiB + 50}, inside part 1 \(expected more data\)"):
-        bf.inspect(path)
+        reader.inspect(path)
 
 
 def test_a_newer_version_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", TINY[:8] + struct.pack(">I", 2) + TINY[12:])
-    for read in (bf.inspect, bf.verify, read_all, bf.part_ranges):
+    for read in (reader.inspect, reader.verify, read_all, reader.part_ranges):
         with pytest.raises(BundleVersionError, match="version 2, made by a newer dsg-storage; this one reads format 1"):
             read(path)
 
@@ -584,7 +587,7 @@ def test_a_newer_version_is_refused(tmp_path: Path) -> None:
 )
 def test_a_file_that_is_not_a_bundle(tmp_path: Path, content: bytes) -> None:
     path = write(tmp_path / "b.dsgb", content)
-    for read in (bf.inspect, bf.verify, read_all, bf.part_ranges):
+    for read in (reader.inspect, reader.verify, read_all, reader.part_ranges):
         with pytest.raises(NotABundleError, match="is not a dsg-storage bundle"):
             read(path)
 
@@ -601,7 +604,7 @@ def consume(path: Path) -> tuple[list[bytes], BaseException | None]:
     """Chunks received before iter_parts raised, and what it raised."""
     received: list[bytes] = []
     try:
-        for _, chunks in bf.iter_parts(path):
+        for _, chunks in reader.iter_parts(path):
             for chunk in chunks:
                 received.append(chunk)  # noqa: PERF402 (one at a time: keep those before an error)
     except BundleError as exc:
@@ -620,7 +623,7 @@ def test_iter_parts_checks_each_chunk_as_it_reads_it(tmp_path: Path) -> None:
     """The file may change after the records were checked: each chunk is checked on the way."""
     path = write(tmp_path / "b.dsgb", BIG)
     offset, _ = streams(BIG)[0]
-    parts = bf.iter_parts(path)
+    parts = reader.iter_parts(path)
     _, chunks = next(parts)
     assert next(chunks) == BIG_PARTS[0][:MiB]  # chunk 2 is read too, held back
     with open(path, "r+b") as f:
@@ -631,7 +634,7 @@ def test_iter_parts_checks_each_chunk_as_it_reads_it(tmp_path: Path) -> None:
 
 def test_skipping_a_part_still_checks_it(tmp_path: Path) -> None:
     offset, _ = streams(BIG)[0]
-    parts = bf.iter_parts(write(tmp_path / "b.dsgb", flipped(BIG, offset + 9)))
+    parts = reader.iter_parts(write(tmp_path / "b.dsgb", flipped(BIG, offset + 9)))
     summary, _ = next(parts)
     assert summary.index == 0
     with pytest.raises(BundleCorruptError):
@@ -640,7 +643,7 @@ def test_skipping_a_part_still_checks_it(tmp_path: Path) -> None:
 
 def test_going_on_after_an_error_raises_again(tmp_path: Path) -> None:
     offset, _ = streams(BIG)[0]
-    parts = bf.iter_parts(write(tmp_path / "b.dsgb", flipped(BIG, offset + 9)))
+    parts = reader.iter_parts(write(tmp_path / "b.dsgb", flipped(BIG, offset + 9)))
     _, chunks = next(parts)
     with pytest.raises(BundleCorruptError):
         list(chunks)
@@ -650,9 +653,9 @@ def test_going_on_after_an_error_raises_again(tmp_path: Path) -> None:
 
 def test_iter_parts_yields_the_trailer_summaries(tmp_path: Path) -> None:
     path = write(tmp_path / "b.dsgb", BIG)
-    info = bf.inspect(path)
+    info = reader.inspect(path)
     seen = []
-    for summary, chunks in bf.iter_parts(path, expect=info):
+    for summary, chunks in reader.iter_parts(path, expect=info):
         seen.append(summary)
         assert b"".join(chunks) == BIG_PARTS[summary.index]
     assert tuple(seen) == info.parts
@@ -679,17 +682,17 @@ def assert_progress(calls: list[tuple[int, int | None]], total: int, parts: int)
 
 
 def test_progress_is_monotonic_and_ends_at_the_total(tmp_path: Path) -> None:
-    parts = [*BIG_PARTS, os.urandom(2 * bf.WINDOW_SIZE + 1)]
+    parts = [*BIG_PARTS, os.urandom(2 * digests.WINDOW_SIZE + 1)]
     total = sum(map(len, parts))
     calls, progress = recorder()
     path = write(tmp_path / "b.dsgb", build(parts, progress=progress, total=total))
     assert_progress(calls, total, len(parts))
     calls, progress = recorder()
-    bf.verify(path, progress=progress)
+    reader.verify(path, progress=progress)
     assert_progress(calls, total, len(parts))
     assert len(calls) == 1 + 1 + 3  # per window
     calls, progress = recorder()
-    for _, chunks in bf.iter_parts(path, progress=progress):
+    for _, chunks in reader.iter_parts(path, progress=progress):
         for _ in chunks:
             pass
     assert_progress(calls, total, len(parts))
@@ -705,10 +708,10 @@ def test_memory_stays_flat_for_a_64_mib_bundle(tmp_path: Path) -> None:
     path = tmp_path / "big.dsgb"
     tracemalloc.start()
     try:
-        with open(path, "wb") as f, bf.BundleWriter(f, METADATA) as writer:
+        with open(path, "wb") as f, BundleWriter(f, METADATA) as writer:
             writer.add_part({"snapshot": "big"}, produce)
-        info = bf.verify(path)
-        for _, chunks in bf.iter_parts(path):
+        info = reader.verify(path)
+        for _, chunks in reader.iter_parts(path):
             for _ in chunks:
                 pass
         peak = tracemalloc.get_traced_memory()[1]
@@ -720,7 +723,8 @@ def test_memory_stays_flat_for_a_64_mib_bundle(tmp_path: Path) -> None:
 
 RSS_SCRIPT = """
 import os, resource, sys
-from dsg_storage.transfer import format as bf
+from dsg_storage.transfer import reader
+from dsg_storage.transfer.writer import BundleWriter
 
 path, size = sys.argv[1], int(sys.argv[2])
 
@@ -732,12 +736,12 @@ def sparse(fd):  # a stream of zeros, without writing them
 def rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
-bf.verify  # imported
+reader.verify  # imported
 before = rss()
-with open(path, "wb") as f, bf.BundleWriter(f, {}) as writer:
+with open(path, "wb") as f, BundleWriter(f, {}) as writer:
     writer.add_part({}, sparse)
 written = rss()
-assert bf.verify(path).total_size == size
+assert reader.verify(path).total_size == size
 print(before, written, rss())
 """
 
@@ -745,7 +749,7 @@ print(before, written, rss())
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB, mapped file pages counted: Linux")
 def test_resident_memory_stays_flat_for_a_256_mib_bundle(tmp_path: Path) -> None:
     """tracemalloc does not see mapped pages; the peak resident size does (in a fresh process)."""
-    env = dict(os.environ, PYTHONPATH=str(Path(bf.__file__).parents[2]))
+    env = dict(os.environ, PYTHONPATH=str(Path(layout.__file__).parents[2]))
     result = subprocess.run(
         [sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "big.dsgb"), str(256 * MiB)],
         env=env,
@@ -760,19 +764,19 @@ def test_resident_memory_stays_flat_for_a_256_mib_bundle(tmp_path: Path) -> None
 
 def test_digests_made_while_the_stream_is_written_match_a_read_back(tmp_path: Path) -> None:
     """How much is digested ahead depends on timing; what is, must be exact."""
-    data = os.urandom(3 * bf.WINDOW_SIZE + 12345)
+    data = os.urandom(3 * digests.WINDOW_SIZE + 12345)
     path = tmp_path / "ahead.bin"
     with open(path, "w+b") as handle:
         handle.write(b"H" * 100)
         handle.flush()
-        ahead = bf._DigestAhead(handle.fileno(), 100)
+        ahead = digests.DigestAhead(handle.fileno(), 100)
 
         def produce(fd: int) -> None:
             for at in range(0, len(data), MiB):
                 os.write(fd, data[at : at + MiB])
 
         ahead.run(produce, handle.fileno())
-        assert ahead.done % bf.WINDOW_SIZE == 0 and ahead.done <= len(data)
+        assert ahead.done % digests.WINDOW_SIZE == 0 and ahead.done <= len(data)
         expected = b"".join(
             hashlib.md5(data[at : at + MiB], usedforsecurity=False).digest() for at in range(0, ahead.done, MiB)
         )
@@ -781,7 +785,7 @@ def test_digests_made_while_the_stream_is_written_match_a_read_back(tmp_path: Pa
 
 def test_a_failing_producer_is_reported_after_digesting_ahead(tmp_path: Path) -> None:
     with open(tmp_path / "f.bin", "w+b") as handle:
-        ahead = bf._DigestAhead(handle.fileno(), 0)
+        ahead = digests.DigestAhead(handle.fileno(), 0)
 
         def produce(fd: int) -> None:
             os.write(fd, os.urandom(MiB))
@@ -819,7 +823,7 @@ def descriptors_taken_below(limit: int) -> Iterator[None]:
 def test_a_bundle_is_written_and_read_with_descriptors_of_1024_and_more(tmp_path: Path) -> None:
     """select() cannot wait on a descriptor of FD_SETSIZE (1024) or more; the writer's
     digesting ahead waits on its inotify and wake-up descriptors, whatever their number."""
-    data = [os.urandom(bf.WINDOW_SIZE + 5000), b"tail"]
+    data = [os.urandom(digests.WINDOW_SIZE + 5000), b"tail"]
     with descriptors_taken_below(1500):
         probe = os.open(os.devnull, os.O_RDONLY)
         os.close(probe)
@@ -827,5 +831,5 @@ def test_a_bundle_is_written_and_read_with_descriptors_of_1024_and_more(tmp_path
         raw = build(data)
         path = write(tmp_path / "high.dsgb", raw)
         assert read_all(path) == data
-        info = bf.verify(path)
+        info = reader.verify(path)
     assert raw == build(data) and info.total_size == sum(map(len, data))

@@ -18,10 +18,10 @@ import pytest
 from dsg_storage import BundleError, InvalidArgumentError, LockFileError
 from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
-from dsg_storage.transfer import format as bf
-from dsg_storage.transfer import lockfile, metadata, safejson, sendstream, signing
+from dsg_storage.transfer import layout, lockfile, metadata, reader, safejson, sendstream, signing
 from dsg_storage.transfer.audit import AuditLog
-from dsg_storage.transfer.bundle import StreamCheck, _check_for_import, check_bundle, inspect_bundle, read_lock_checked
+from dsg_storage.transfer.check import StreamCheck, check_bundle, check_for_import, inspect_bundle
+from dsg_storage.transfer.locking import read_lock_checked
 from tests import craft
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,10 +181,10 @@ def test_bad_metadata_is_exit_9_with_a_reason_never_a_traceback(tmp_path: Path, 
 def test_giant_and_deeply_nested_json_is_refused_before_parsing(tmp_path: Path) -> None:
     lists = b"[" + b"[]," * ((16 << 20) // 3 - 2) + b"[]]"
     with pytest.raises(BundleError, match="lists or objects, more than the limit"):
-        bf.inspect(craft.write_raw(tmp_path / "a.dsgb", lists, []))
+        reader.inspect(craft.write_raw(tmp_path / "a.dsgb", lists, []))
     deep = b"[" * 5000 + b"]" * 5000
     with pytest.raises(BundleError, match="lists or objects|nested"):
-        bf.inspect(craft.write_raw(tmp_path / "b.dsgb", deep, []))
+        reader.inspect(craft.write_raw(tmp_path / "b.dsgb", deep, []))
     with pytest.raises(safejson.JsonLimitError, match="nested more than 32"):
         safejson.loads(b'{"a":' * 40 + b"1" + b"}" * 40, max_size=1 << 20)
     numbers = b"[" + b"1," * 600_000 + b"1]"
@@ -228,7 +228,7 @@ def test_a_surrogate_pair_is_text_a_lone_one_in_a_key_is_not() -> None:
 def trailer_entries(path: Path) -> list[dict[str, Any]]:
     return [
         {"index": p.index, "info": dict(p.info), "size": p.size, "digest": p.digest, "offset": p.offset}
-        for p in bf.inspect(path).parts
+        for p in reader.inspect(path).parts
     ]
 
 
@@ -254,7 +254,7 @@ def test_a_trailer_pointing_outside_the_file_is_refused_before_any_read(
     streams = [craft.fake_stream(f"{REPO}@{name}", guid, frm) for (name, guid), frm in zip(SNAPS, (0, 101, 102))]
     parts = [(craft.dumps(info), stream) for info, stream in zip(craft.part_infos(SNAPS), streams, strict=True)]
     path = craft.write_raw(tmp_path / "b.dsgb", craft.dumps(craft.metadata(REPO, SNAPS)), parts, trailer_parts=listed)
-    for check in (inspect_bundle, check_bundle, bf.inspect, bf.verify, bf.part_ranges):
+    for check in (inspect_bundle, check_bundle, reader.inspect, reader.verify, reader.part_ranges):
         with pytest.raises(BundleError, match=message):
             check(path)
     for command in (["bundle", "inspect"], ["bundle", "verify"]):
@@ -286,7 +286,9 @@ def test_a_lock_file_too_large_is_refused(tmp_path: Path) -> None:
 
 
 def test_json_inspect_reports_what_the_reader_found_not_the_parts_info() -> None:
-    info = bf.BundleInfo(1, {}, (bf.PartSummary(0, {"size": 1, "digest": "x", "offset": 5}, 100, "d", 200),), 100, 300)
+    info = layout.BundleInfo(
+        1, {}, (layout.PartSummary(0, {"size": 1, "digest": "x", "offset": 5}, 100, "d", 200),), 100, 300
+    )
     part = _bundle_json("b", info)["parts"][0]
     assert (part["size"], part["digest"], part["offset"]) == (100, "d", 200)
     assert part["info"] == {"size": 1, "digest": "x", "offset": 5}
@@ -296,14 +298,14 @@ def test_parts_the_trailer_does_not_list_are_refused_as_read(tmp_path: Path) -> 
     parts = [(b"{}", b"x")] * 50
     path = craft.write_raw(tmp_path / "b.dsgb", b"{}", parts, trailer_parts=[])
     with pytest.raises(BundleError, match="part 1 is not in the trailer"):
-        bf.verify(path)
+        reader.verify(path)
 
 
 _MEMORY_CHILD = textwrap.dedent(
     """
     import sys
     from dsg_storage import BundleError
-    from dsg_storage.transfer.bundle import check_bundle
+    from dsg_storage.transfer.check import check_bundle
     try:
         check_bundle(sys.argv[1], digest=True)
         outcome = "accepted"
@@ -456,8 +458,8 @@ def flip(path: Path, at: int) -> None:
 
 def checked_for_import(path: Path, **kwargs: Any) -> tuple[Any, StreamCheck]:
     options = {"allowed_signers": None, "require_signature": False, "check_streams": False, **kwargs}
-    with bf.open_checked(path) as f:
-        return _check_for_import(f, str(path), None, **options)
+    with reader.open_checked(path) as f:
+        return check_for_import(f, str(path), None, **options)
 
 
 def test_import_leaves_stream_bytes_to_zfs_but_checks_every_record_first(tmp_path: Path) -> None:
@@ -519,16 +521,16 @@ def test_a_bundle_others_could_change_is_refused(tmp_path: Path) -> None:
 
     path = good(tmp_path)
     path.chmod(0o644)
-    with bf.open_checked(path) as f:
+    with reader.open_checked(path) as f:
         _check_private(f, str(path))  # the importer's own, private: fine
     path.chmod(0o664)
-    with bf.open_checked(path) as f, pytest.raises(BundleError, match="writable by its group or by others"):
+    with reader.open_checked(path) as f, pytest.raises(BundleError, match="writable by its group or by others"):
         _check_private(f, str(path))
     path.chmod(0o644)
     if os.geteuid() == 0:
         os.chown(path, 65534, 65534)
-        with bf.open_checked(path) as f, pytest.raises(BundleError, match="belongs to uid 65534"):
+        with reader.open_checked(path) as f, pytest.raises(BundleError, match="belongs to uid 65534"):
             _check_private(f, str(path))
         os.chown(path, 0, 0)
-    with open(path, "r+b"), bf.open_checked(path) as f, pytest.raises(BundleError, match="open for writing"):
+    with open(path, "r+b"), reader.open_checked(path) as f, pytest.raises(BundleError, match="open for writing"):
         _check_private(f, str(path))

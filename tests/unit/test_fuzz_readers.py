@@ -31,12 +31,12 @@ from typing import Any
 
 import pytest
 
+from dsg_storage.cli import bundle_text
 from dsg_storage.cli.commands import _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.errors import DsgStorageError
 from dsg_storage.present import shown
-from dsg_storage.transfer import bundle, sendstream
-from dsg_storage.transfer import format as bf
+from dsg_storage.transfer import check, reader, sendstream
 from dsg_storage.transfer import lockfile as lf
 from tests import craft
 
@@ -227,7 +227,7 @@ def trailer_entries(raw: bytes, tmp: Path) -> list[dict[str, Any]]:
     path.write_bytes(raw)
     return [
         {"index": p.index, "info": dict(p.info), "size": p.size, "digest": p.digest, "offset": p.offset}
-        for p in bf.inspect(path).parts
+        for p in reader.inspect(path).parts
     ]
 
 
@@ -317,15 +317,15 @@ def as_text(value: Any) -> bytes:
 
 def read_bundle(path: Path) -> None:
     """Every way a bundle is read without a pool, and what the CLI shows of it."""
-    info = bf.inspect(path)
+    info = reader.inspect(path)
     as_text(_bundle_json(str(path), info))
-    checked = bundle.check_bundle(path, digest=True)  # the claims, BEGIN records and every byte
-    "\n".join(bundle.describe(checked.info, checked.signature)).encode()  # printable: no surrogate left
-    bundle.describe_signature(checked.signature).encode()
-    for _, chunks in bf.iter_parts(path, expect=checked.info):
+    checked = check.check_bundle(path, digest=True)  # the claims, BEGIN records and every byte
+    "\n".join(bundle_text.describe(checked.info, checked.signature)).encode()  # printable: no surrogate left
+    bundle_text.describe_signature(checked.signature).encode()
+    for _, chunks in reader.iter_parts(path, expect=checked.info):
         for _ in chunks:
             pass
-    bf.part_ranges(path, expect=checked.info)
+    reader.part_ranges(path, expect=checked.info)
 
 
 def run_cli(path: Path, *, accepted: bool) -> None:

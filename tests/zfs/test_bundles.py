@@ -22,7 +22,9 @@ from dsg_storage import (
     NotABundleError,
     Repository,
 )
-from dsg_storage.transfer.bundle import export_bundle, import_bundle, inspect_bundle, verify_bundle
+from dsg_storage.transfer.bundle import import_bundle
+from dsg_storage.transfer.check import inspect_bundle, verify_bundle
+from dsg_storage.transfer.export import export_bundle
 from tests import zstream
 
 from .conftest import Sandbox

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from ..core.repository import Repository
     from ..queue import Item
     from ..read.reader import Reader
-    from ..transfer.format import BundleInfo
+    from ..transfer.layout import BundleInfo
     from ..transfer.signing import Signature
     from ..zfs.allow import AllowList
     from .invocation import Caller, Input
@@ -413,8 +413,9 @@ def _bundle_json(path: str, info: BundleInfo) -> dict[str, Any]:
 
 
 def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
-    from ..transfer.bundle import describe as describe_bundle
-    from ..transfer.bundle import export_bundle, write_progress
+    from ..transfer.export import export_bundle
+    from .bundle_text import describe as describe_bundle
+    from .bundle_text import write_progress
 
     action = args.bundle_command
     if action == "export":
@@ -439,7 +440,7 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
             "\n".join(describe_bundle(exported)),
         )
         return 0
-    from ..transfer.bundle import inspect_bundle
+    from ..transfer.check import inspect_bundle
 
     # Imported from root's own copy when the file is not root's (sudo.Invocation.input),
     # made only once its ends read as a bundle's.
@@ -451,8 +452,10 @@ def _run_bundle(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
 def _run_bundle_file(args: argparse.Namespace, allow: AllowList, inv: Caller, given: Input) -> int:
     import attrs
 
-    from ..transfer.bundle import check_bundle, describe_signature, import_bundle, inspect_bundle, write_progress
-    from ..transfer.bundle import describe as describe_bundle
+    from ..transfer.bundle import import_bundle
+    from ..transfer.check import check_bundle, inspect_bundle
+    from .bundle_text import describe as describe_bundle
+    from .bundle_text import describe_signature, write_progress
 
     action = args.bundle_command
     path, source = given.path, given.source
@@ -533,7 +536,7 @@ def _run_lock(args: argparse.Namespace, allow: AllowList, inv: Caller) -> int:
 
     from ..core.repository import Repository
     from ..transfer import lockfile
-    from ..transfer.bundle import read_lock_checked, write_lock
+    from ..transfer.locking import read_lock_checked, write_lock
 
     repo = Repository(args.repo, allow=allow, policy=inv.policy)
     if args.command == "lock":

@@ -34,8 +34,10 @@ from typing import Any
 
 import attrs
 
-from ..errors import InvalidArgumentError
+from .. import _log
+from ..errors import DsgStorageError, InvalidArgumentError
 
+log = _log.getLogger("dsg_storage")
 DEFAULT_PATH = "/var/log/dsg-storage/audit.log"
 
 
@@ -98,3 +100,13 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def audit_failure(audit: AuditLog, record: dict[str, Any], exc: BaseException) -> None:
+    """Log an operation that failed; a failure to log is noted on the original error."""
+    result = f"error: {type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "interrupted"
+    try:
+        audit.append({**record, "result": result})
+    except (OSError, DsgStorageError) as log_exc:  # the operation's own error is the one to raise
+        log.error("cannot append to the audit log %s: %s", audit.path, log_exc)
+        exc.add_note(f"(and the audit log {audit.path} could not be written: {log_exc})")

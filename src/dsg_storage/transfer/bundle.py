@@ -9,7 +9,7 @@ that share no network.
 A bundle holds one ZFS send stream per snapshot (the first full, or incremental from the
 ``since`` base; then each incremental from the one before), the snapshots' names, GUIDs
 and our user properties (a send stream carries neither), the repository's owner and
-mode, and checksums of every part (``_bundle_format``).
+mode, and checksums of every part (``layout``).
 
 Landing, all or nothing:
 
@@ -66,30 +66,20 @@ that was not checked, and nothing of its author's gives privilege:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import enum
 import errno
 import fcntl
 import functools
-import hashlib
 import os
 import stat
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 import attrs
 
 from .. import _log
-from .. import names as _names
-from .._libc import libc
-from .._version import __version__
-from ..core.history import lineage
 from ..core.options import Owner
 from ..core.receive import Incoming, StreamPart
 from ..core.repository import Repository
@@ -97,31 +87,24 @@ from ..core.status import PoolPropertyPolicy
 from ..errors import (
     BundleError,
     DsgStorageError,
-    InvalidArgumentError,
-    LockFileError,
-    RepositoryNotFoundError,
 )
-from ..hostfs import OutputFile
-from ..names import P_MODE, P_OWNER
-from ..present import shown
 from ..zfs.allow import AllowList
-from ..zfs.boundary import open_zfs, zfs_version
-from ..zfs.port import Snapshot, ZfsPort
-from . import format as _bundle_format
-from . import lockfile as _lockfile
-from . import metadata as _metadata
-from . import sendstream, signing
+from ..zfs.port import ZfsPort
+from . import reader as _bundle_format
+from . import signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
 from .audit import AuditLog
-from .format import BundleInfo, CheckedRecords, ProgressFn
-from .lockfile import LockDiff, LockedCommit, LockFile
-from .metadata import BundleMetadata
-from .signing import Signature
+from .audit import audit_failure as _audit_failure
+from .check import CheckedBundle, StreamCheck
+from .check import check_for_import as _check_for_import
+from .check import file_sha256 as _file_sha256
+from .progress import ProgressFn
+from .progress import reporting as _reporting
+from .reader import CheckedRecords
 
 log = _log.getLogger("dsg_storage")
 SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
 DEFAULT_MODE = 0o755
-_DIGEST_PIECE = 1 << 20
 
 
 @attrs.frozen
@@ -135,17 +118,6 @@ class ImportResult:
     sha256: str | None = None  # of the whole bundle file, when a signature was checked
     signer: str | None = None  # the principal whose signature was checked, if one was
     steps: tuple[str, ...] = ()  # what ran: the plan's actions, then the placement (``--dry-run`` prints the plan)
-
-
-@attrs.frozen
-class CheckedBundle:
-    """A bundle checked whole: its parts, its typed metadata, the sha256 of the file (when
-    computed) and how it was signed."""
-
-    info: BundleInfo
-    metadata: BundleMetadata
-    sha256: str | None
-    signature: Signature
 
 
 @attrs.frozen
@@ -177,400 +149,8 @@ def _signature_of(
     return signing.read_signature(beside, error), beside
 
 
-@attrs.frozen
-class ExportedBundle(BundleInfo):
-    """What ``export_bundle`` wrote: the bundle, and when signed the sha256 of the file and
-    its signature file (else None)."""
-
-    sha256: str | None = None
-    signature_file: str | None = None
-
-
-def _transferable(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
-    """The snapshots a bundle carries: all but a transaction's temporary base."""
-    return [s for s in snapshots if not s.short_name.startswith("dsg-base-")]
-
-
-def _pick(chain: list[Snapshot], short: str, what: str, repo: str) -> int:
-    short = short.split("@", 1)[-1]
-    for index, snap in enumerate(chain):
-        if snap.short_name == short:
-            return index
-    raise InvalidArgumentError(f"{repo} has no snapshot {short} (for {what})", dataset=repo)
-
-
-def export_bundle(
-    repo: str,
-    output: str | os.PathLike[str] | OutputFile,
-    *,
-    snapshot: str | None = None,
-    since: str | None = None,
-    progress: ProgressFn | None = None,
-    zfs: ZfsPort | None = None,
-    sign: str | os.PathLike[str] | None = None,
-    audit_log: str | os.PathLike[str] = DEFAULT_AUDIT_LOG,
-) -> ExportedBundle:
-    """Write ``repo``'s snapshots up to ``snapshot`` (default: the latest) to ``output``:
-    all of them (full bundle), or those after ``since`` (incremental bundle). With
-    ``sign`` (an OpenSSH private key file), write the signature to ``output.sig``.
-
-    Streams: memory stays flat whatever the size. The file appears under its name only
-    once complete (written to a temporary name beside it, fsynced, renamed), its
-    signature just before it; after a crash at most a ``.partial`` file is left beside
-    it. Nothing in the pool changes. Appends the export to the audit log. ``output``
-    may be a ``hostfs.OutputFile`` (the CLI's, under sudo: written as the invoking user,
-    never replacing a file unless asked).
-    """
-    audit = AuditLog(os.fspath(audit_log))
-    audit.check()
-    out = output if isinstance(output, OutputFile) else OutputFile(output)
-    record: dict[str, Any] = {"action": "export", "file": out.path, "source_repository": repo}
-    try:
-        exported = _export(repo, out, snapshot, since, progress, zfs or open_zfs(AllowList(())), sign)
-    except BaseException as exc:
-        _audit_failure(audit, record, exc)
-        raise
-    audit.append(
-        {
-            **record,
-            "result": "ok",
-            "sha256": exported.sha256,
-            "structure_sha256": exported.structure_sha256,
-            "size": exported.file_size,
-            "signer": os.fspath(sign) if sign else None,
-            "snapshots": [s.name for s in _metadata.parse(exported.metadata, out.path).snapshots],
-        }
-    )
-    return exported
-
-
-def _audit_failure(audit: AuditLog, record: dict[str, Any], exc: BaseException) -> None:
-    """Log an operation that failed; a failure to log is noted on the original error."""
-    result = f"error: {type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "interrupted"
-    try:
-        audit.append({**record, "result": result})
-    except (OSError, DsgStorageError) as log_exc:  # the operation's own error is the one to raise
-        log.error("cannot append to the audit log %s: %s", audit.path, log_exc)
-        exc.add_note(f"(and the audit log {audit.path} could not be written: {log_exc})")
-
-
-def _export(
-    repo: str,
-    out: OutputFile,
-    snapshot: str | None,
-    since: str | None,
-    progress: ProgressFn | None,
-    zfs: ZfsPort,
-    sign: str | os.PathLike[str] | None,
-) -> ExportedBundle:
-    repo = _names.validate_repository(repo)
-    props = zfs.get_props(repo, [P_OWNER, P_MODE])
-    if props is None:
-        raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
-    chain = _transferable(lineage(zfs, repo))
-    if not chain:
-        raise InvalidArgumentError(f"{repo} has no snapshot to export", dataset=repo)
-    last = _pick(chain, snapshot, "--snapshot", repo) if snapshot else len(chain) - 1
-    first = _pick(chain, since, "--since", repo) + 1 if since else 0
-    if first > last:
-        raise InvalidArgumentError(f"--since {since} is not older than {chain[last].short_name}", dataset=repo)
-    base = chain[first - 1] if since else None
-    carried = chain[first : last + 1]
-    meta = BundleMetadata(
-        type="incremental" if base else "full",
-        repository=repo,
-        base=_metadata.BaseRecord(base.short_name, base.guid) if base else None,
-        snapshots=tuple(
-            _metadata.SnapshotRecord(s.short_name, s.guid, s.createtxg, s.creation, dict(s.user_props)) for s in carried
-        ),
-        owner=props.get(P_OWNER),
-        mode=props.get(P_MODE),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        zfs_version=zfs_version(),
-        dsg_storage_version=__version__,
-    )
-    steps = list(zip([base, *carried[:-1]], carried, strict=True))  # (from, to); from None: a full stream
-    estimate = 0
-    if progress is not None:
-        estimate = sum(zfs.send_space(snap.name, prev.name if prev else None) for prev, snap in steps)
-    done = 0
-
-    def send_part(snapshot: str, source: str | None, fd: int) -> None:
-        start = os.lseek(fd, 0, os.SEEK_CUR)
-        with _reporting(progress, lambda: os.fstat(fd).st_size - start, done, estimate):
-            zfs.send_to(fd, snapshot, source)
-        _start_writeback(fd)
-
-    # The partial file is created O_EXCL|O_NOFOLLOW under a random name beside the
-    # target (hostfs.OutputFile): a planted link or a guessed name redirects nothing.
-    signature_file = signing.signature_path(out.path)
-    try:
-        with open(out.open(), "w+b", closefd=False) as handle:
-            with _bundle_format.BundleWriter(handle, meta.to_json()) as writer:
-                for (previous, snap), info in zip(steps, meta.parts(), strict=True):
-                    source = previous.name if previous else None
-                    done += writer.add_part(info.to_json(), functools.partial(send_part, snap.name, source)).size
-                written = writer.close()
-            handle.flush()
-            # A whole extra pass (sha256 runs at 61 MiB/s a core without SHA-NI): only to sign.
-            digest = _file_sha256(handle.fileno()) if sign is not None else None
-        if sign is not None and digest is not None:  # the signature first: never an unsigned bundle by mistake
-            signing.write_signature(
-                signature_file, signing.sign(sign, signing.manifest("bundle", digest, written.file_size))
-            )
-        else:  # a stale one would not match this bundle; removed through the checked directory
-            out.remove_beside(signing.SIGNATURE_SUFFIX)
-        out.publish()  # fsync, rename onto the target, fsync the directory
-    except BaseException:
-        out.discard()
-        raise
-    if progress is not None:
-        progress(done, done)
-    return ExportedBundle(
-        written.format_version,
-        written.metadata,
-        written.parts,
-        written.total_size,
-        written.file_size,
-        written.structure_sha256,
-        sha256=digest,
-        signature_file=str(signature_file) if sign is not None else None,
-    )
-
-
-def _file_sha256(fd: int, stop: threading.Event | None = None, *, progress: ProgressFn | None = None) -> str:
-    """The sha256 of the whole file behind ``fd``, read with pread (the offset is left
-    alone); ``stop`` ends it early (the result is then meaningless). ``progress`` gets
-    the bytes hashed so far."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_DIGEST_PIECE)
-    offset = 0
-    with memoryview(buffer) as view:
-        while stop is None or not stop.is_set():
-            got = os.preadv(fd, [view], offset)
-            if not got:
-                break
-            digest.update(view[:got])  # releases the GIL: runs beside the digest pass
-            offset += got
-            if progress is not None:
-                progress(offset, None)
-    return digest.hexdigest()
-
-
 def _offset_in(fd: int, start: int) -> int:
     return os.lseek(fd, 0, os.SEEK_CUR) - start
-
-
-@contextlib.contextmanager
-def _reporting(
-    progress: ProgressFn | None, position: Callable[[], int], base: int, total: int | None
-) -> Iterator[None]:
-    """While ZFS sends or receives (it reports nothing until done), show how far it has
-    got (the file's size, or its offset) four times a second. Display only: nothing waits
-    on it, and its timing changes nothing but the progress shown."""
-    if progress is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def report() -> None:
-        while not stop.wait(0.25):
-            done = base + position()
-            progress(done, max(total or 0, done) or None)
-
-    thread = threading.Thread(target=report, name="dsg-storage-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _start_writeback(fd: int) -> None:
-    """Start writing the file's dirty pages to disk now (sync_file_range(2), asynchronous),
-    so the final fsync overlaps the digest pass instead of following it."""
-    sync_file_range = libc().sync_file_range
-    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    if sync_file_range(fd, 0, 0, 2) != 0:  # SYNC_FILE_RANGE_WRITE; a failure only costs speed
-        log.debug("sync_file_range: %s", os.strerror(ctypes.get_errno()))
-
-
-def inspect_bundle(path: str | os.PathLike[str]) -> BundleInfo:
-    """What a bundle holds (metadata, parts, sizes), reading only its ends; no pool needed.
-    The metadata and the parts' info are checked against the schema; the streams are not
-    read (``verify_bundle`` does)."""
-    with _bundle_format.open_checked(path) as f:
-        info = _bundle_format.inspect(f)
-        _check_claims(info, os.fspath(path))
-        return info
-
-
-def verify_bundle(
-    path: str | os.PathLike[str],
-    *,
-    progress: ProgressFn | None = None,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-) -> BundleInfo:
-    """Check a bundle whole (``check_bundle``); raises a BundleError."""
-    return check_bundle(
-        path, progress=progress, allowed_signers=allowed_signers, require_signature=require_signature
-    ).info
-
-
-def check_bundle(
-    path: str | os.PathLike[str],
-    *,
-    progress: ProgressFn | None = None,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-    digest: bool = False,
-    source: Source | None = None,
-) -> CheckedBundle:
-    """Check a bundle whole: the metadata against its schema, the parts' info against
-    the metadata, each stream's BEGIN record against both (the chain of snapshots and
-    GUIDs), every byte against its digest, and its signature (``PATH.sig``) against
-    ``allowed_signers`` if given (refused if absent when ``require_signature``). Memory
-    stays bounded whatever the file holds. Computes the file's sha256 when a signature
-    is checked or ``digest`` is asked. ``source``: how the caller named the file, when
-    it was opened for them (its ``.sig`` then comes from there)."""
-    with _bundle_format.open_checked(path) as f:
-        claims = _check_claims_first(f, os.fspath(path), allowed_signers, require_signature, source)
-        return _check_whole(f, claims, progress, digest)
-
-
-def _check_claims(info: BundleInfo, name: str) -> BundleMetadata:
-    meta = _metadata.parse(info.metadata, name)
-    _metadata.check_parts(meta, [p.info for p in info.parts], name)
-    return meta
-
-
-@attrs.frozen
-class _Claims:
-    """What is checked of a bundle before its long pass: its ends, its typed metadata, the
-    parts against it, each stream's BEGIN record against the chain, and the presence of a
-    signature (``signed``, the raw signature file, or None) where one is required."""
-
-    info: BundleInfo
-    metadata: BundleMetadata
-    signed: bytes | None
-    signature_file: Any
-    allowed_signers: str | os.PathLike[str] | None
-    require_signature: bool
-    name: str
-
-    @property
-    def signature_checked(self) -> bool:
-        """Whether the signature is checked: its message, the file's sha256, then needs every byte."""
-        return self.allowed_signers is not None and self.signed is not None
-
-    def signature(self, fd: int, sha256: str | None) -> Signature:
-        return signing.check(
-            lambda: signing.manifest("bundle", sha256 or _file_sha256(fd), self.info.file_size),
-            self.signed,
-            self.signature_file,
-            self.allowed_signers,
-            require=self.require_signature,
-            error=BundleError,
-            what=self.name,
-        )
-
-
-def _check_claims_first(
-    f: Any,
-    path: str,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    source: Source | None = None,
-) -> _Claims:
-    if require_signature and allowed_signers is None:
-        raise InvalidArgumentError("requiring a signature needs an allowed-signers file (--allowed-signers)")
-    name = source.name if source is not None else path
-    info = _bundle_format.inspect(f)  # the ends: cheap, refuses lies before the long pass
-    meta = _check_claims(info, name)
-    fd = f.fileno()
-    begins = [sendstream.parse_begin(_pread(fd, p.offset, p.size), f"{name}: part {p.index + 1}") for p in info.parts]
-    sendstream.check_chain(meta, begins, name)
-    signed, signature_file = _signature_of(path, source, BundleError)  # read once, before the long pass
-    claims = _Claims(info, meta, signed, signature_file, allowed_signers, require_signature, name)
-    if signed is None:
-        claims.signature(fd, None)  # unsigned, and a signature is required: refused before the long pass
-    return claims
-
-
-def _check_whole(f: Any, claims: _Claims, progress: ProgressFn | None, digest: bool) -> CheckedBundle:
-    """Every byte checked (and the file's sha256, beside it on a thread, when the
-    signature is checked or ``digest`` asked), then the signature."""
-    fd = f.fileno()
-    want_digest = digest or claims.signature_checked
-    sha256 = None
-    stop = threading.Event()
-    with ThreadPoolExecutor(1, thread_name_prefix="dsg-bundle-sha256") as pool:
-        hashing = pool.submit(_file_sha256, fd, stop) if want_digest else None
-        try:
-            _bundle_format.verify(f, progress=progress, expect=claims.info)
-        except BaseException:
-            stop.set()  # the digest is not needed any more: do not wait for it to finish
-            raise
-        sha256 = hashing.result() if hashing is not None else None
-    return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256))
-
-
-class StreamCheck(enum.Enum):
-    """How an import checks the streams' bytes (``_check_for_import`` decides)."""
-
-    BEFORE = "before"  # every byte before ZFS reads one (a checked signature needs the file's sha256)
-    WHILE = "while"  # against the chunk digests, on a thread while ZFS receives (``check_streams``)
-    ZFS = "zfs"  # by ZFS's own stream checksums as it receives; the chunk digests only to name damage
-
-
-def _check_for_import(
-    f: Any,
-    path: str,
-    passes: _Passes | None,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    check_streams: bool,
-    source: Source | None = None,
-) -> tuple[CheckedBundle, StreamCheck]:
-    """What must hold before ZFS reads a byte of the bundle, and how the streams' bytes
-    are still to be checked while they are received.
-
-    Always first: the claims (``_check_claims_first``) and every record, the chunk
-    digests included (``check_records``: cheap), so structural damage and a truncation
-    are refused before any change. A signature that is checked covers the sha256 of
-    every byte of the file, and the signed manifest names nothing smaller, so it needs
-    a full pass first: an unsigned or wrongly signed bundle never reaches ZFS. That pass
-    is the sha256 alone: once the bytes are the signer's, the md5 chunk digests (which
-    the signer's export computed from them) could only repeat what ZFS checks anyway.
-
-    Otherwise the stream bytes are left to ZFS's own check (``StreamCheck.ZFS``): every
-    record of a send stream carries a fletcher4 of the stream before it and the END
-    record one of the whole stream, the record checksums included, which ``zfs receive``
-    compares before it commits the stream (docs/archive/0006-bundles.md has the source
-    and the tests). That catches all the accidental damage the chunk digests are for;
-    neither can catch a deliberate rewrite of an unsigned bundle (its author recomputes
-    any digest stored in it), which only a signature refutes. With ``check_streams``
-    every stream byte is also checked against its chunk digest while ZFS receives, as
-    ``verify_bundle`` checks it."""
-    claims = _check_claims_first(f, path, allowed_signers, require_signature, source)
-    fd = f.fileno()
-    if claims.signature_checked:
-        _bundle_format.check_records(f, expect=claims.info)
-        streams = claims.info.total_size  # progress in stream bytes, as the receive's
-        hashed = (lambda done, _: passes.checked(min(done, streams), streams)) if passes else None
-        sha256 = _file_sha256(fd, progress=hashed)
-        return CheckedBundle(claims.info, claims.metadata, sha256, claims.signature(fd, sha256)), StreamCheck.BEFORE
-    _bundle_format.check_records(f, expect=claims.info)  # structural damage: refused before any change
-    mode = StreamCheck.WHILE if check_streams else StreamCheck.ZFS
-    if passes is not None and mode is StreamCheck.ZFS:
-        passes.single()
-    return CheckedBundle(claims.info, claims.metadata, None, claims.signature(fd, None)), mode
-
-
-def _pread(fd: int, offset: int, size: int) -> bytes:
-    return os.pread(fd, min(size, sendstream.RECORD_SIZE), offset)
 
 
 def _check_private(f: Any, name: str) -> None:
@@ -920,145 +500,9 @@ class _BundlePart:
         return BundleError(f"{self.bundle._f.name}: {message}")
 
 
-def _locked_commits(zfs: ZfsPort, repo: str) -> list[LockedCommit]:
-    return [LockedCommit(c.name, c.guid) for c in Repository(repo, zfs=zfs).history()]
-
-
-def write_lock(
-    repo: str,
-    path: str | os.PathLike[str] | None = None,
-    *,
-    zfs: ZfsPort | None = None,
-    sign: str | os.PathLike[str] | None = None,
-) -> LockFile:
-    """A lock file of ``repo``'s commits (names and GUIDs, in order), written atomically to
-    ``path`` when given (after a crash: the old file or the new one, whole); with
-    ``sign`` (an OpenSSH private key file), signed in ``path.sig``, written first."""
-    zfs = zfs or open_zfs(AllowList(()))
-    lock = _lockfile.make(_names.validate_repository(repo), _locked_commits(zfs, repo))
-    if sign is not None and path is None:
-        raise InvalidArgumentError("a signed lock file needs a file to go to (-o FILE)")
-    if path is not None:
-        data = _lockfile.dumps(lock).encode()
-        signature_file = signing.signature_path(path)
-        if sign is not None:
-            manifest = signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data))
-            signing.write_signature(signature_file, signing.sign(sign, manifest))
-        else:
-            signature_file.unlink(missing_ok=True)  # a stale one would not match this lock file
-        _lockfile.write(path, lock)
-    return lock
-
-
-def read_lock_checked(
-    path: str | os.PathLike[str],
-    *,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-    source: Source | None = None,
-) -> tuple[LockFile, Signature]:
-    """Read a lock file once, check its signature (``PATH.sig``, or ``source``'s) against
-    ``allowed_signers`` when given (refused if absent when ``require_signature``) on the
-    very bytes then parsed."""
-    data = _lockfile.read_bytes(path)
-    name = source.name if source is not None else os.fspath(path)
-    signed, signature_file = _signature_of(path, source, LockFileError)
-    signature = signing.check(
-        lambda: signing.manifest("lock", hashlib.sha256(data).hexdigest(), len(data)),
-        signed,
-        signature_file,
-        allowed_signers,
-        require=require_signature,
-        error=LockFileError,
-        what=name,
-    )
-    return _lockfile.loads_bytes(data, source=name), signature
-
-
-def check_lock(
-    path: str | os.PathLike[str],
-    repo: str,
-    *,
-    zfs: ZfsPort | None = None,
-    allowed_signers: str | os.PathLike[str] | None = None,
-    require_signature: bool = False,
-) -> LockDiff:
-    """How ``repo``'s commits differ from the lock file at ``path`` (``.matches``)."""
-    zfs = zfs or open_zfs(AllowList(()))
-    lock, _ = read_lock_checked(path, allowed_signers=allowed_signers, require_signature=require_signature)
-    return _lockfile.compare(lock, _locked_commits(zfs, _names.validate_repository(repo)))
-
-
-def write_progress(stream: Any = None, *, label: str = "") -> ProgressFn | None:
-    """A progress bar on a terminal (stderr), None (quiet) otherwise."""
-    stream = stream or sys.stderr
-    if not stream.isatty():
-        return None
-    last = [0.0]
-
-    def report(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.2 and done != total:
-            return
-        last[0] = now
-        mib = done / (1 << 20)
-        if total:
-            stream.write(f"\r{label} {100 * done / total:5.1f}%  {mib:,.1f} / {total / (1 << 20):,.1f} MiB")
-        else:
-            stream.write(f"\r{label} {mib:,.1f} MiB")
-        if done == total:
-            stream.write("\n")
-        stream.flush()
-
-    return report
-
-
-def describe(info: BundleInfo, signature: Signature | None = None) -> list[str]:
-    """Human lines for ``bundle inspect`` (of a bundle whose claims were checked). Every
-    value from the file is ``shown``: control characters in it appear escaped, and a
-    newline in a value never starts a line of its own."""
-    meta = _metadata.parse(info.metadata, "the bundle")
-    base = f"{shown(meta.base.name)} (guid {meta.base.guid})" if meta.base else "-"
-    owner, mode = shown(meta.owner or "-"), shown(meta.mode or "-")
-    created, tool, zfs = shown(meta.created), shown(meta.dsg_storage_version), shown(meta.zfs_version)
-    lines = [
-        f"bundle:      format {info.format_version}, {shown(meta.type)}, {info.file_size:,} bytes",
-        f"repository:  {shown(meta.repository)}",
-        f"recorded:    owner {owner}, mode {mode} (shown only: an import applies its own)",
-        f"base:        {base}",
-        f"created:     {created} by dsg-storage {tool}, ZFS {zfs}",
-        f"snapshots:   {len(meta.snapshots)}",
-    ]
-    if signature is not None:
-        lines.append(f"signature:   {describe_signature(signature)}")
-    for snap, part in zip(meta.snapshots, info.parts, strict=True):
-        lines.append(f"  {shown(snap.name)}\tguid {snap.guid}\t{part.size:,} bytes\tdigest {shown(part.digest)}")
-    return lines
-
-
-def describe_signature(signature: Signature) -> str:
-    """One line saying how the file is signed; the signer's name and key ``shown``."""
-    if signature.status == "good":
-        return f"good, by {shown(signature.signer or '-')} ({shown(signature.key or 'key')})"
-    if signature.status == "unchecked":
-        return "present, not checked (no --allowed-signers)"
-    return "none"
-
-
 __all__ = [
-    "CheckedBundle",
-    "ExportedBundle",
     "ImportResult",
-    "check_bundle",
-    "check_lock",
     "default_owner",
-    "describe",
-    "export_bundle",
     "import_bundle",
-    "inspect_bundle",
     "plan_import",
-    "read_lock_checked",
-    "verify_bundle",
-    "write_lock",
-    "write_progress",
 ]

@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
@@ -102,6 +103,26 @@ def write_signature(output: str | os.PathLike[str], signature: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class SignatureSource(Protocol):
+    """A file opened for its caller by someone else (through sudo; ``bundle.Source``):
+    the caller's ``name`` for it, and the signature they have beside it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_signature(self, error: type[DsgStorageError]) -> tuple[bytes | None, Path]: ...
+
+
+def signature_of(
+    path: str | os.PathLike[str], source: SignatureSource | None, error: type[DsgStorageError]
+) -> tuple[bytes | None, Path]:
+    """The signature of the file at ``path`` (beside it), or the one ``source`` opened."""
+    if source is not None:
+        return source.read_signature(error)
+    beside = signature_path(path)
+    return read_signature(beside, error), beside
 
 
 def read_signature(
