@@ -50,6 +50,7 @@ from .view import PoolView, observe
 
 if TYPE_CHECKING:
     from ..queue import Queue
+    from ..settings import Settings
 
 log = _log.getLogger("dsg_storage")
 #: Recovery applies at most this many steps in one call (each a handful of actions); a
@@ -68,6 +69,8 @@ class Repository:
     default it comes from ``DSG_STORAGE_ALLOW`` and allows nothing when that is unset.
     ``policy`` (the sudo policy) checks every property read from the pool that would
     steer where root mounts or what it chowns, before anything acts on it.
+    ``settings`` (default: the environment, ``Settings.default``) says where the step
+    locks and the queue of deferred destroys live.
     Every changing call first recovers interrupted steps (see ``recover``).
     """
 
@@ -80,9 +83,11 @@ class Repository:
         lock_timeout: float = 10.0,
         queue: Queue | None = None,
         policy: PoolPropertyPolicy | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.name = names.validate_repository(name)
         self.policy = policy
+        self.settings = settings
         self.zfs: ZfsPort = zfs if zfs is not None else open_zfs(allow)
         self.lock_timeout = lock_timeout
         self._queue = queue
@@ -149,7 +154,8 @@ class Repository:
             finally:
                 self._held -= 1
             return
-        with repository_lock(self.name, timeout=self.lock_timeout) as held:
+        directory = self.settings.lock_dir if self.settings is not None else None
+        with repository_lock(self.name, timeout=self.lock_timeout, directory=directory) as held:
             self._held, self._lock = 1, held
             try:
                 yield
@@ -176,7 +182,7 @@ class Repository:
         from ..queue import Queue
 
         try:
-            queue = self._queue = self._queue or Queue()
+            queue = self._queue = self._queue or Queue(settings=self.settings)
             for name in destroys:  # dependents (filesystems) first
                 queue.add_destroy(name)
         except (OSError, sqlite3.Error) as exc:
