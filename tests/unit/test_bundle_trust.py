@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from dsg_storage import BundleError, InvalidArgumentError, LockFileError
-from dsg_storage.cli.commands import _bundle_json
+from dsg_storage.cli.bundles import bundle_json as _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.transfer import format as bf
 from dsg_storage.transfer import lockfile, metadata, safejson, sendstream, signing
