@@ -26,7 +26,11 @@ def test_bundle_inspect_and_verify_read_a_bundle(cli: InProcess) -> None:
     text = cli.ok("bundle", "verify", path, text=True)
     assert text.startswith(f"{path}: ok (2 streams, ") and "signature: " in text
     ran = cli("bundle", "verify", path, "--require-signature")
-    assert ran.status == 9, ran.err
+    assert ran.status == 2 and "needs an allowed-signers file" in ran.err
+    signers = cli.tmp / "allowed_signers"
+    signers.write_text("")
+    ran = cli("bundle", "verify", path, "--require-signature", "--allowed-signers", str(signers))
+    assert ran.status == 9, ran.err  # unsigned
 
 
 def test_bundle_import_dry_run_lists_what_it_would_receive(cli: InProcess) -> None:
