@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from dsg_storage import Repository, export_bundle
 
+from .cli import dsg, with_src
 from .conftest import Sandbox
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
 
 # Space accounting moves with whatever else the pool does (another test, a deferred free).
 ACCOUNTING = {
@@ -46,19 +43,9 @@ def pool_state(box: Sandbox) -> tuple[list[str], dict[str, list[str]], list[str]
     return kept, box.mounts(), sorted(os.listdir(box.mount_dir))
 
 
-def cli(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--json", "--allow", box.dataset, *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-        check=False,
-    )
-
-
 def dry(box: Sandbox, *args: str) -> list[str]:
     before = pool_state(box)
-    ran = cli(box, *args, "--dry-run")
+    ran = dsg(*args, "--dry-run", allow=box.dataset, env=with_src())
     assert ran.returncode == 0, ran.stderr
     assert pool_state(box) == before, f"{args} changed the pool"
     steps = json.loads(ran.stdout)
