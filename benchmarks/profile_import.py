@@ -54,7 +54,7 @@ def instrument(obj: Any, prefix: str) -> None:
             setattr(obj, name, timed(f"{prefix}.{name}", value))
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915  a profile script: one timed pass after another, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--random", action="store_true", help="incompressible data (default: patterned)")

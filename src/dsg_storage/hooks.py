@@ -43,18 +43,14 @@ import attrs
 from . import hostfs
 from ._version import __version__
 from .errors import InvalidArgumentError, UnsafePathError
+from .settings import CARRIED
 
 ZEDLET = "pool_import-dsg-storage.sh"
 SERVICE = "dsg-storage-queue.service"
 TIMER = "dsg-storage-queue.timer"
-#: The settings carried into the hooks' environment, when set where they are installed.
-CARRIED_ENV = (
-    "DSG_STORAGE_ALLOW",
-    "DSG_STORAGE_QUEUE",
-    "DSG_STORAGE_LOCK_DIR",
-    "DSG_STORAGE_QUEUE_MAX_PENDING",
-    "PYTHONPATH",
-)
+#: The settings carried into the hooks' environment, when set where they are installed
+#: (``Settings.carried`` holds them as read).
+CARRIED_ENV = CARRIED
 # What may appear in a value baked into a unit or a script: no quoting surprises.
 _SAFE = re.compile(r"[A-Za-z0-9_@+=:,./-]*")
 

@@ -40,6 +40,7 @@ from . import hostfs
 from .core.options import Owner, check_mountpoint, parse_mode
 from .errors import DsgStorageError, InvalidArgumentError, NotAllowedError, PolicyError, UnsafePathError
 from .names import prop
+from .settings import invoker_from_env  # the one reading of SUDO_UID/SUDO_GID
 from .zfs.allow import AllowList
 
 __all__ = ["DEFAULT_PATH", "EXAMPLE", "PolicyError", "SudoPolicy", "check_repository_props", "invoker_from_env"]
@@ -397,14 +398,3 @@ def _open_roots_file(path: str, what: str, error: type[PolicyError]) -> int:
         os.close(fd)
         raise error(problem, hint=f"chown root:root {path}; chmod 0644 {path}")
     return fd
-
-
-def invoker_from_env(environ: Mapping[str, str]) -> Owner | None:
-    """The user who ran sudo (``SUDO_UID``/``SUDO_GID``, set by sudo itself), or None."""
-    uid = environ.get("SUDO_UID")
-    if uid is None:
-        return None
-    gid = environ.get("SUDO_GID", "")
-    if not (uid + gid).isascii() or not uid.isdigit() or not gid.isdigit():
-        raise PolicyError(f"SUDO_UID/SUDO_GID ({uid!r}, {gid!r}) are not numbers")
-    return Owner.parse((int(uid), int(gid)))

@@ -61,6 +61,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Self
 
+    from .settings import Settings
     from .zfs.port import ZfsPort
 
 ENV_VAR = "DSG_STORAGE_QUEUE"
@@ -150,20 +151,13 @@ CREATE INDEX IF NOT EXISTS items_due ON items (state, next_at);
 """
 
 
-def _max_pending_from_env() -> int:
-    text = os.environ.get(MAX_PENDING_ENV)
-    if not text:
-        return DEFAULT_MAX_PENDING
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 10**9:
-        raise InvalidArgumentError(f"${MAX_PENDING_ENV} must be a whole number from 1 to 10**9, not {text!r}")
-    return int(text)
-
-
 class Queue:
     """The queue; ``clock`` and ``random`` jitter are injectable so tests never wait.
 
+    ``path`` is the database (default ``$DSG_STORAGE_QUEUE`` or ``DEFAULT_PATH``);
     ``max_pending`` bounds the pending items (default ``$DSG_STORAGE_QUEUE_MAX_PENDING``
-    or 10000)."""
+    or 10000). The environment's say comes from ``settings`` (default: read now,
+    ``Settings.default``), and only for what was not passed."""
 
     def __init__(
         self,
@@ -172,10 +166,19 @@ class Queue:
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
         max_pending: int | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self.path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+        if settings is None and (not path or max_pending is None):
+            from .settings import Settings
+
+            settings = Settings.default()
+        if not path:
+            path = (settings.queue_path if settings is not None else None) or DEFAULT_PATH
+        if max_pending is None:
+            max_pending = (settings.queue_max_pending if settings is not None else None) or DEFAULT_MAX_PENDING
+        self.path = Path(path)
         self.policy = policy or RetryPolicy()
-        self.max_pending = _max_pending_from_env() if max_pending is None else max_pending
+        self.max_pending = max_pending
         if self.max_pending < 1:
             raise InvalidArgumentError(f"max_pending must be at least 1, not {self.max_pending}")
         self.clock = clock

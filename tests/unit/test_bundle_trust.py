@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from dsg_storage import BundleError, InvalidArgumentError, LockFileError
-from dsg_storage.cli.commands import _bundle_json
+from dsg_storage.cli.bundles import bundle_json as _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.transfer import layout, lockfile, metadata, reader, safejson, sendstream, signing
 from dsg_storage.transfer.audit import AuditLog

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from dsg_storage.cli import bundle_text
-from dsg_storage.cli.commands import _bundle_json
+from dsg_storage.cli.bundles import bundle_json as _bundle_json
 from dsg_storage.cli.commands import main as cli_main
 from dsg_storage.errors import DsgStorageError
 from dsg_storage.present import shown

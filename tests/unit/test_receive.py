@@ -57,7 +57,7 @@ FULL = Source([Incoming("dsg-commit-a", 11, {"dsg-storage:tx": "t1"}), Incoming(
 
 def test_a_full_source_is_received_beside_the_repository_and_renamed_into_place_last() -> None:
     pool = view({"tank/data": {"mountpoint": "/srv"}})
-    plan = plan_full(pool, FULL, TX, "/data/survey", OWNER, None)
+    plan = plan_full(pool, FULL, tx=TX, mountpoint="/data/survey", owner=OWNER, mode=None)
     recv = f"{REPO}.dsg-recv-{TX}"
     assert [type(a) for a in plan.actions] == [Receive, SetNative, Apply, Rename]
     assert plan.actions[plan.commit_point] == Rename(recv, REPO)
@@ -72,7 +72,7 @@ def test_a_full_source_is_received_beside_the_repository_and_renamed_into_place_
 
 
 def test_a_full_source_inheriting_its_mountpoint_sets_no_mountpoint_and_no_zoned() -> None:
-    plan = plan_full(view({"tank/data": {"mountpoint": "/srv"}}), FULL, TX, None, OWNER, 0o700)
+    plan = plan_full(view({"tank/data": {"mountpoint": "/srv"}}), FULL, tx=TX, mountpoint=None, owner=OWNER, mode=0o700)
     assert plan.mountpoint == "/srv/survey" and plan.mode == "0700"
     assert plan.actions[1] == SetNative(f"{REPO}.dsg-recv-{TX}", {"setuid": "off", "devices": "off"})
 
@@ -89,7 +89,7 @@ def test_a_full_source_that_cannot_land_is_refused_before_any_step(
     family: dict[str, dict[str, str]], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        plan_full(view(family), FULL, TX, None, OWNER, None)
+        plan_full(view(family), FULL, tx=TX, mountpoint=None, owner=OWNER, mode=None)
 
 
 HEAD = {"mountpoint": "/srv/survey", P_OWNER: "1000:1000", P_MODE: "0750", "setuid": "off", "devices": "off"}
@@ -98,7 +98,7 @@ INCREMENTAL = Source([Incoming("dsg-commit-c", 13)], base=Incoming("dsg-commit-b
 
 
 def test_an_incremental_source_checks_marks_rolls_back_receives_and_commits_in_one_sync_task() -> None:
-    plan = plan_incremental(view({REPO: HEAD}), transferable(CHAIN), INCREMENTAL, TX, None, None)
+    plan = plan_incremental(view({REPO: HEAD}), transferable(CHAIN), INCREMENTAL, tx=TX, owner=None, mode=None)
     assert plan.actions[:4] == (
         Unmount(REPO),
         RequireUnchanged(REPO, f"{REPO}@dsg-commit-b"),
@@ -117,7 +117,7 @@ def test_an_incremental_source_checks_marks_rolls_back_receives_and_commits_in_o
 
 def test_an_incremental_source_makes_an_unsafe_repository_safe_before_its_commit_point() -> None:
     head = {**HEAD, "setuid": "on"}
-    plan = plan_incremental(view({REPO: head}), transferable(CHAIN), INCREMENTAL, TX, OWNER, 0o700)
+    plan = plan_incremental(view({REPO: head}), transferable(CHAIN), INCREMENTAL, tx=TX, owner=OWNER, mode=0o700)
     assert plan.actions[5] == SetNative(REPO, {"setuid": "off"})
     assert (plan.owner, plan.mode) == ("1000:1000", "0700")
 
@@ -135,12 +135,12 @@ def test_an_incremental_source_that_does_not_fit_is_refused_saying_why(
     chain: list[Snapshot], source: Source, message: str
 ) -> None:
     with pytest.raises(BundleError, match=message):
-        plan_incremental(view({REPO: HEAD}), transferable(chain), source, TX, None, None)
+        plan_incremental(view({REPO: HEAD}), transferable(chain), source, tx=TX, owner=None, mode=None)
 
 
 def test_an_incremental_source_needs_the_repository() -> None:
     with pytest.raises(RepositoryNotFoundError, match="applies onto its base dsg-commit-b"):
-        plan_incremental(view({}), [], INCREMENTAL, TX, None, None)
+        plan_incremental(view({}), [], INCREMENTAL, tx=TX, owner=None, mode=None)
 
 
 def test_the_change_check_ignores_the_root_and_names_the_rest() -> None:

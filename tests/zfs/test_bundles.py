@@ -7,7 +7,7 @@ import json
 import os
 import struct
 import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,11 +27,11 @@ from dsg_storage.transfer.check import inspect_bundle, verify_bundle
 from dsg_storage.transfer.export import export_bundle
 from tests import zstream
 
+from .cli import dsg, with_src
 from .conftest import Sandbox
 from .test_crash_safety import at_step, export_and_import, in_child
 from .test_transactions import owner_mode
 
-ROOT = Path(__file__).resolve().parents[2]
 OWNER = "1234:5678"
 
 
@@ -304,11 +304,8 @@ def test_import_killed_mid_stream_leaves_nothing(sandbox: Sandbox, source: Repos
 
 
 def test_cli_bundle_inspect_verify_and_lock_files(sandbox: Sandbox, source: Repository, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, *args]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    env = with_src()
+    cli = partial(dsg, allow=sandbox.dataset, env=env)
 
     bundle = str(tmp_path / "b.dsgb")
     exported = cli("bundle", "export", source.name, "-o", bundle)
@@ -344,11 +341,5 @@ def test_cli_bundle_inspect_verify_and_lock_files(sandbox: Sandbox, source: Repo
     assert later.returncode == 10 and json.loads(later.stdout)["extra"][0]["name"] == source.history()[-1].name
     unrelated = json.loads(cli("verify", "--lock", lock, other.name).stdout)
     assert unrelated["matches"] is False and len(unrelated["missing"]) == 3
-    text = subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "verify", "--lock", lock, source.name],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    text = dsg("verify", "--lock", lock, source.name, json=False, env=env)
     assert text.returncode == 10 and "does not match" in text.stdout and "extra" in text.stdout

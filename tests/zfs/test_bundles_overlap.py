@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from dsg_storage.transfer.check import inspect_bundle, verify_bundle
 from dsg_storage.transfer.export import export_bundle
 from tests import craft, zstream
 
+from .cli import dsg, with_src
 from .conftest import Sandbox
 from .test_bundles import commit, files, history
 
@@ -176,18 +176,21 @@ def test_check_streams_on_the_command_line(sandbox: Sandbox, tmp_path: Path) -> 
     export_bundle(source.name, bundle)
     digests_of_another_stream(bundle)
 
-    def cli(into: str, *flags: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "dsg_storage", "--allow", sandbox.dataset, "bundle", "import", str(bundle)]
-        cmd += ["--into", into, "--mountpoint", str(sandbox.mount_dir / into.rsplit("/", 1)[1]), *flags]
-        cmd += ["--audit-log", str(tmp_path / "audit.log")]
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    def import_into(into: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        return dsg(
+            *("bundle", "import", str(bundle), "--into", into),
+            *("--mountpoint", str(sandbox.mount_dir / into.rsplit("/", 1)[1]), *flags),
+            *("--audit-log", str(tmp_path / "audit.log")),
+            allow=sandbox.dataset,
+            json=False,
+            env=with_src(),
+        )
 
-    checked = cli(f"{sandbox.dataset}/checked", "--check-streams")
+    checked = import_into(f"{sandbox.dataset}/checked", "--check-streams")
     assert checked.returncode == 9, checked.stderr
     assert "chunk" in checked.stderr
     assert not Repository(f"{sandbox.dataset}/checked", allow=sandbox.allow).exists()
     assert not (sandbox.mount_dir / "checked").exists() or not any((sandbox.mount_dir / "checked").iterdir())
-    landed = cli(f"{sandbox.dataset}/landed")
+    landed = import_into(f"{sandbox.dataset}/landed")
     assert landed.returncode == 0, landed.stderr
     assert files(sandbox.mount_dir / "landed") == files(src_mnt)

@@ -8,8 +8,8 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,10 @@ from dsg_storage.zfs.boundary import Zfs
 from dsg_storage.zfs.mounts import zfs_mounts
 from tests import craft
 
+from .cli import dsg, with_src
 from .conftest import Sandbox
 from .test_bundles import commit, copy_of_first_two_commits, files, history, state
 
-ROOT = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
@@ -168,14 +168,11 @@ def test_lying_streams_are_refused_and_the_target_is_untouched(
             import_bundle(bundle, target.name, allow=sandbox.allow, audit_log=audit_log(tmp_path))
         assert state(sandbox, target, mnt) == before, case
         assert sandbox.mounts()[target.name] == [str(mnt)], case
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    run = subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--allow", sandbox.dataset, "bundle", "import", str(bundle)]
-        + ["--into", target.name, "--audit-log", audit_log(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    run = dsg(
+        *("bundle", "import", str(bundle), "--into", target.name, "--audit-log", audit_log(tmp_path)),
+        allow=sandbox.dataset,
+        json=False,
+        env=with_src(),
     )
     assert run.returncode == 9 and "ZFS refused part 1" in run.stderr
     results = [json.loads(line)["result"] for line in Path(audit_log(tmp_path)).read_text().splitlines()]
@@ -266,12 +263,8 @@ def test_signed_bundles_and_lock_files_end_to_end(sandbox: Sandbox, source: Repo
     kind, blob = (tmp_path / "alice.pub").read_text().split()[:2]
     allowed = tmp_path / "allowed_signers"
     allowed.write_text(f'alice@field-office namespaces="dsg-storage" {kind} {blob}\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     log = audit_log(tmp_path)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, *args]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    cli = partial(dsg, allow=sandbox.dataset, env=with_src())
 
     bundle = str(tmp_path / "b.dsgb")
     exported = cli("bundle", "export", source.name, "-o", bundle, "--sign", str(key), "--audit-log", log)
@@ -281,13 +274,9 @@ def test_signed_bundles_and_lock_files_end_to_end(sandbox: Sandbox, source: Repo
     verified = cli("bundle", "verify", bundle, *signers)
     assert verified.returncode == 0 and json.loads(verified.stdout)["signer"] == "alice@field-office"
     into = f"{sandbox.dataset}/copy"
-    imported = subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, "bundle", "import", bundle]
-        + ["--into", into, "--mountpoint", str(sandbox.mount_dir / "copy"), *signers, "--audit-log", log],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    imported = cli(
+        *("bundle", "import", bundle, "--into", into, "--mountpoint", str(sandbox.mount_dir / "copy")),
+        *(*signers, "--audit-log", log),
     )
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["signer"] == "alice@field-office"

@@ -7,15 +7,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from dsg_storage import Repository, export_bundle
 
+from .cli import dsg, dsg_json, with_src
 from .conftest import Sandbox
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
 
 # Space accounting moves with whatever else the pool does (another test, a deferred free).
 ACCOUNTING = {
@@ -47,19 +44,9 @@ def pool_state(box: Sandbox) -> tuple[list[str], dict[str, list[str]], list[str]
     return kept, box.mounts(), sorted(os.listdir(box.mount_dir))
 
 
-def cli(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--json", "--allow", box.dataset, *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-        check=False,
-    )
-
-
 def dry(box: Sandbox, *args: str) -> list[str]:
     before = pool_state(box)
-    ran = cli(box, *args, "--dry-run")
+    ran = dsg(*args, "--dry-run", allow=box.dataset, env=with_src())
     assert ran.returncode == 0, ran.stderr
     assert pool_state(box) == before, f"{args} changed the pool"
     steps = json.loads(ran.stdout)
@@ -114,9 +101,8 @@ def test_a_bundle_imports_dry_run_is_the_plan_the_import_then_runs(sandbox: Sand
     full_args = ("bundle", "import", str(full), "--into", into, "--mountpoint", str(sandbox.mount_dir / "copy"))
     for args in (full_args, ("bundle", "import", str(week), "--into", into)):
         plan = planned_actions(dry(sandbox, *args, "--audit-log", str(tmp_path / "audit.log")))
-        ran = cli(sandbox, *args, "--audit-log", str(tmp_path / "audit.log"))
-        assert ran.returncode == 0, ran.stderr
-        steps = [TX_ID.sub("TX", step) for step in json.loads(ran.stdout)["steps"]]
+        ran = dsg_json(*args, "--audit-log", str(tmp_path / "audit.log"), allow=sandbox.dataset, env=with_src())
+        steps = [TX_ID.sub("TX", step) for step in ran["steps"]]
         assert plan and steps[: len(plan)] == plan, (plan, steps)
         assert any("the commit point" not in s and ("rename" in s or "inherit" in s) for s in plan)
     assert Repository(into, zfs=sandbox.zfs).history()[-1].name == repo.history()[-1].name

@@ -7,13 +7,13 @@ import json
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from dsg_storage import ItemState, Queue, Repository, RetryPolicy
 from dsg_storage.zfs.boundary import Zfs
 
+from .cli import dsg
 from .conftest import Sandbox
 from .test_crash_safety import NEW, OLD, export_pool, fill, import_pool, in_child, make_changes
 from .test_transactions import OWNER, files
@@ -73,12 +73,6 @@ def test_a_commit_defers_what_it_cannot_destroy_and_gc_finishes_it(sandbox: Sand
     assert not [d for d in sandbox.datasets() if ".dsg-" in d or "dsg-base" in d]
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--json", *args], capture_output=True, text=True, check=False, env=env
-    )
-
-
 def test_a_snapshot_requested_while_the_pool_is_exported_is_applied_after_import(
     exclusive_pool: None, sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -87,23 +81,23 @@ def test_a_snapshot_requested_while_the_pool_is_exported_is_applied_after_import
     sandbox.zfs.create(repo)
     export_pool()
     try:
-        refused = cli("--allow", sandbox.dataset, "snapshot", repo, "--name", "nightly", env=env)
+        refused = dsg("snapshot", repo, "--name", "nightly", allow=sandbox.dataset, env=env)
         assert refused.returncode == 1 and "not imported" in refused.stderr
-        queued = cli("--allow", sandbox.dataset, "snapshot", repo, "--name", "nightly", "--queue", env=env)
+        queued = dsg("snapshot", repo, "--name", "nightly", "--queue", allow=sandbox.dataset, env=env)
         assert queued.returncode == 0, queued.stderr
         item = json.loads(queued.stdout)["queued"]
         assert (item["kind"], item["target"], item["state"]) == ("snapshot", f"{repo}@nightly", "pending")
-        early = json.loads(cli("--allow", sandbox.dataset, "queue", "flush", env=env).stdout)
+        early = json.loads(dsg("queue", "flush", allow=sandbox.dataset, env=env).stdout)
         assert early[0]["state"] == "pending" and "not imported" in early[0]["last_error"]
     finally:
         import_pool()
-    ran = json.loads(cli("--allow", sandbox.dataset, "queue", "flush", env=env).stdout)
+    ran = json.loads(dsg("queue", "flush", allow=sandbox.dataset, env=env).stdout)
     assert [(i["item"], i["state"]) for i in ran] == [(item["item"], "done")]
     assert set(ran[0]) >= {"item", "target", "attempts", "last_error", "age", "state"}
     requested = subprocess.run(["zfs", "get", "-H", "-o", "value", "dsg-storage:requested", f"{repo}@nightly"],
                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert requested.startswith("20") and requested.endswith("+00:00")
-    stats = json.loads(cli("queue", "stats", env=env).stdout)
+    stats = json.loads(dsg("queue", "stats", env=env).stdout)
     assert stats["counts"] == {"pending": 0, "done": 1, "dead": 0}
 
 

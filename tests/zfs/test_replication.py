@@ -4,13 +4,12 @@ and our temporary snapshots and datasets do not travel with it."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 from dsg_storage import Repository
 
+from .cli import dsg_json
 from .conftest import Sandbox
 from .test_transactions import OWNER
 
@@ -21,17 +20,6 @@ def send_receive(send: list[str], receive: list[str]) -> None:
     assert sender.stdout is not None
     sender.stdout.close()
     assert sender.wait() == 0 and received.returncode == 0, received.stderr
-
-
-def cli(sandbox: Sandbox, *args: str) -> object:
-    out = subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--json", "--allow", sandbox.dataset, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_a_repository_received_with_zfs_send_R_is_recognized_by_status_and_history(sandbox: Sandbox) -> None:
@@ -54,17 +42,17 @@ def test_a_repository_received_with_zfs_send_R_is_recognized_by_status_and_histo
     # arrives without its message, time and transaction id.
     send_receive(["-p", "-I", first.snapshot, second.snapshot], ["-u", "-x", "mountpoint", target])
 
-    history = cli(sandbox, "history", target)
-    assert [(c["name"], c["guid"], c["message"]) for c in history] == [  # type: ignore[union-attr]
+    history = dsg_json("history", target, allow=sandbox.dataset)
+    assert [(c["name"], c["guid"], c["message"]) for c in history] == [
         (first.name, first.guid, "commit 0"),
         (second.name, second.guid, "commit 1"),
     ]
-    assert all(c["freshness"] == "fresh" and c["tx"] and c["committed"] for c in history)  # type: ignore[union-attr]
-    status = cli(sandbox, "status", target)
-    assert status["exists"] is True and status["pending"] == [] and status["leftovers"] == []  # type: ignore[index]
-    assert status["last_commit"]["name"] == second.name and status["owner"] == "1234:5678"  # type: ignore[index]
-    repos = cli(sandbox, "repos", f"{sandbox.dataset}/there")
-    assert [(r["name"], r["commits"], r["owner"]) for r in repos] == [(target, 2, "1234:5678")]  # type: ignore[union-attr]
+    assert all(c["freshness"] == "fresh" and c["tx"] and c["committed"] for c in history)
+    status = dsg_json("status", target, allow=sandbox.dataset)
+    assert status["exists"] is True and status["pending"] == [] and status["leftovers"] == []
+    assert status["last_commit"]["name"] == second.name and status["owner"] == "1234:5678"
+    repos = dsg_json("repos", f"{sandbox.dataset}/there", allow=sandbox.dataset)
+    assert [(r["name"], r["commits"], r["owner"]) for r in repos] == [(target, 2, "1234:5678")]
     received = [n for n in sandbox.datasets() if n.startswith("there/")]
     assert received == ["there/survey", f"there/survey@{first.name}", f"there/survey@{second.name}"]
     open_tx.rollback()

@@ -18,7 +18,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from dsg_storage.queue import DEFAULT_PATH as QUEUE_PATH
 from dsg_storage.zfs.boundary import Zfs
 from dsg_storage.zfs.mounts import zfs_mounts
 
+from .cli import dsg
 from .conftest import POOL
 
 USER = 65534
@@ -118,17 +118,12 @@ def box(sudo_setup: None, worker_id: str, request: pytest.FixtureRequest) -> Ite
 
 
 def cli(*args: str, sudo: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``dsg-storage ARGS`` as run through sudo by ``USER`` (``sudo=False``: by root itself),
+    this process's environment with ``env`` added."""
     environ = {**os.environ, **(env or {})}
     if sudo:
         environ.update(SUDO_UID=str(USER), SUDO_GID=str(USER), SUDO_USER="nobody")
-    return subprocess.run(
-        [sys.executable, "-m", "dsg_storage", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=300,
-    )
+    return dsg(*args, json=False, env=environ, timeout=300)
 
 
 def refused(result: subprocess.CompletedProcess[str], *words: str) -> None:

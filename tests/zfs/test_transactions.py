@@ -23,6 +23,7 @@ from dsg_storage import (
 from dsg_storage.zfs.boundary import Zfs
 from dsg_storage.zfs.mounts import zfs_mounts
 
+from .cli import dsg
 from .conftest import Sandbox
 
 OWNER = (1234, 5678)
@@ -235,18 +236,9 @@ def test_commit_while_the_workspace_is_in_use_reports_who_holds_it(sandbox: Sand
     assert repo.pending() == []
 
 
-def cli(*args: str, allow: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dsg_storage", "--json", "--allow", allow, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
 def test_begin_in_one_process_commit_in_another_through_the_command_line(sandbox: Sandbox) -> None:
     name, mnt = f"{sandbox.dataset}/repo", sandbox.mount_dir / "repo"
-    begun = cli(
+    begun = dsg(
         "begin", name, "--mountpoint", str(mnt), "--owner", "1234:5678", "--mode", "0700", allow=sandbox.dataset
     )
     assert begun.returncode == 0, begun.stderr
@@ -254,18 +246,18 @@ def test_begin_in_one_process_commit_in_another_through_the_command_line(sandbox
     assert set(out) == {"tx", "pattern", "path"} and out["pattern"] == "init"
     Path(out["path"], "f").write_text("from process 1")
 
-    committed = cli("commit", name, out["tx"], "-m", "cross-process", allow=sandbox.dataset)
+    committed = dsg("commit", name, out["tx"], "-m", "cross-process", allow=sandbox.dataset)
     assert committed.returncode == 0, committed.stderr
     assert files(mnt) == {"f": "from process 1"} and owner_mode(mnt) == (1234, 5678, 0o700)
 
-    synced = json.loads(cli("begin", name, allow=sandbox.dataset).stdout)
+    synced = json.loads(dsg("begin", name, allow=sandbox.dataset).stdout)
     assert synced["pattern"] == "sync"
-    rolled = cli("rollback", name, synced["tx"], allow=sandbox.dataset)
+    rolled = dsg("rollback", name, synced["tx"], allow=sandbox.dataset)
     assert rolled.returncode == 0, rolled.stderr
 
-    history = json.loads(cli("history", name, allow=sandbox.dataset).stdout)
+    history = json.loads(dsg("history", name, allow=sandbox.dataset).stdout)
     assert [h["message"] for h in history] == ["cross-process"]
-    status = json.loads(cli("status", name, allow=sandbox.dataset).stdout)
+    status = json.loads(dsg("status", name, allow=sandbox.dataset).stdout)
     assert status["mountpoint"] == str(mnt) and status["mounted_at"] == [str(mnt)]
     assert status["owner"] == "1234:5678" and status["pending"] == []
     assert status["last_commit"]["message"] == "cross-process"
@@ -273,12 +265,12 @@ def test_begin_in_one_process_commit_in_another_through_the_command_line(sandbox
 
 def test_command_line_errors_are_one_line_with_a_distinct_exit_status(sandbox: Sandbox) -> None:
     name = f"{sandbox.dataset}/repo"
-    refused = cli("begin", name, "--mountpoint", "/tmp/x", allow="dsgtest/elsewhere")
+    refused = dsg("begin", name, "--mountpoint", "/tmp/x", allow="dsgtest/elsewhere")
     assert refused.returncode == 3 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("dsg-storage: ") and name in refused.stderr
-    missing = cli("commit", name, "20261121T071530Z-abcdef", allow=sandbox.dataset)
+    missing = dsg("commit", name, "20261121T071530Z-abcdef", allow=sandbox.dataset)
     assert missing.returncode == 4 and "no open transaction" in missing.stderr
-    bad = cli("begin", name + "@x", allow=sandbox.dataset)
+    bad = dsg("begin", name + "@x", allow=sandbox.dataset)
     assert bad.returncode == 2
     assert sandbox.datasets() == []
 

@@ -1,5 +1,6 @@
-"""The ``dsg-storage`` command line: ``main`` (the commands are in ``commands``, their
-grammar in ``parser``) and its demo."""
+"""The ``dsg-storage`` command line: ``main`` (``commands``: the command table and the
+exit statuses; each command's handler in the module of its noun, given a
+``context.Context``; their grammar in ``parser``) and its demo."""
 
 # No `from __future__ import annotations` here, in dsg_storage/__init__.py or in
 # _version.py, and no import of the errors: `dsg-storage --version` loads these three

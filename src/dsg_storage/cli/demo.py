@@ -1,4 +1,5 @@
-"""A short tour on real ZFS: init, sync, rollback, history. Run by ``dsg-storage demo``."""
+"""A short tour on real ZFS: init, sync, rollback, history. Run by ``dsg-storage demo``
+(``demo``, its handler)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from pathlib import Path
 
 from ..core.repository import Repository
 from ..zfs.allow import AllowList
-from ..zfs.boundary import open_zfs
+from ..zfs.port import ZfsPort
+
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .context import Context
 
 #: The only pool in which ``dsg-storage demo`` adds its ``--parent`` to the allow-list.
 DEMO_POOL = "dsgtest"
@@ -23,15 +29,22 @@ def _files(path: str) -> str:
     return ", ".join(f"{n}={(Path(path) / n).read_text().strip()!r}" for n in names) or "(empty)"
 
 
-def run_demo(parent: str, mount_dir: str | None, allow: AllowList) -> None:
-    zfs = open_zfs(allow)
+def demo(ctx: Context) -> int:
+    args = ctx.args
+    # The demo may add its own parent to the allow-list only inside the test pool.
+    own = AllowList((args.parent,)) if args.parent.split("/", 1)[0] == DEMO_POOL else AllowList()
+    run_demo(args.parent, args.mount_dir, ctx.zfs(ctx.allow | own), ctx.settings)
+    return 0
+
+
+def run_demo(parent: str, mount_dir: str | None, zfs: ZfsPort, settings: Settings | None = None) -> None:
     if not zfs.exists(parent):
         zfs.create(parent, {"mountpoint": "none"})
         _say(f"created parent dataset {parent}")
     base = Path(mount_dir or tempfile.mkdtemp(prefix="dsg-demo-"))
     name = f"{parent}/survey-{os.getpid()}"
     mountpoint = str(base / "survey")
-    repo = Repository(name, zfs=zfs)
+    repo = Repository(name, zfs=zfs, settings=settings)
 
     with repo.begin(mountpoint=mountpoint, owner="1000:1000", mode="0750") as tx:
         _say(f"begin   {tx.id}: pattern={tx.pattern.value}, workspace {tx.dataset} at {tx.path}")

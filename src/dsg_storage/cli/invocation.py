@@ -1,4 +1,4 @@
-"""Who runs the command, and so what it may do: ``invocation(environ)``.
+"""Who runs the command, and so what it may do: ``invocation(environ, settings)``.
 
 Two variants with the same questions: ``Direct`` (root itself, or a user without
 privileges of their own: flags and ``DSG_STORAGE_*`` variables steer the command and
@@ -20,19 +20,26 @@ TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
     from typing import TypeAlias
 
+    from ..settings import Settings
     from ..transfer.bundle import Source
     from .sudo import Invocation
 
     Caller: TypeAlias = "Direct | Invocation"  # what every command asks before it acts
 
 
-def invocation(environ: MutableMapping[str, str]) -> Caller:
-    """``sudo.Invocation.from_environment`` when run through sudo, else ``Direct()``."""
-    if "SUDO_UID" not in environ:
-        return Direct()
+def invocation(environ: MutableMapping[str, str], settings: Settings | None = None) -> Caller:
+    """``sudo.Invocation.from_environment`` when run through sudo (``settings.sudo``), else
+    ``Direct`` with the environment's allow-list. ``settings``: what ``environ`` says
+    (default: read from it, ``Settings.for_cli``)."""
+    if settings is None:
+        from ..settings import Settings
+
+        settings = Settings.for_cli(environ)
+    if not settings.sudo:
+        return Direct(settings.allow)
     from .sudo import Invocation
 
-    return Invocation.from_environment(environ)
+    return Invocation.from_environment(environ, settings=settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +53,8 @@ class Input:
 
 
 class Direct:
-    """Not run through sudo: what the caller asks is what is done."""
+    """Not run through sudo: what the caller asks is what is done; ``allowed`` is the
+    environment's allow-list (``$DSG_STORAGE_ALLOW``, ``Settings.allow``)."""
 
     invoker = None
     policy = None
@@ -55,9 +63,12 @@ class Direct:
     signatures_required = False
     cache_owner = None
 
+    def __init__(self, allowed: AllowList | None = None) -> None:
+        self.allowed = allowed if allowed is not None else AllowList()
+
     def allow(self, caller: AllowList) -> AllowList:
         """The caller's allow-list (``--allow``) and ``$DSG_STORAGE_ALLOW``."""
-        return AllowList.from_env() | caller
+        return self.allowed | caller
 
     def check_dataset(self, name: str | None) -> None:
         pass

@@ -1,73 +1,57 @@
 """Commands for running dsg-storage for years: ``prune``, ``keep``, ``metrics``,
-``install-hooks`` and ``cache``. ``commands`` hands them their args (``parser`` has their
-arguments)."""
+``install-hooks`` and ``cache stats|clear``. Each handler imports what it uses inside
+its function (see ``commands``)."""
 
 from __future__ import annotations
-
-import os
-import sys
-from typing import TYPE_CHECKING, Any
 
 from ..core.periods import PERIODS  # for the parser, without the retention rules
 from ..errors import InvalidArgumentError, NotAllowedError
 from ..present import shown
 
-# Each command imports what it uses inside its function (see commands.py).
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
-    import argparse
-    from collections.abc import Callable
+    from typing import Any
 
     from ..core.prune import PruneResult
-    from ..zfs.allow import AllowList
-    from .invocation import Caller
-
-COMMANDS = ("prune", "keep", "metrics", "install-hooks", "cache")
-if TYPE_CHECKING:
-    Emit = Callable[[argparse.Namespace, Any, str], None]
+    from ..read.cache import ReadCache
+    from .context import Context
 
 
-def run(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
-    if inv.sudo and args.command in ("install-hooks", "cache"):
+def _root_only(ctx: Context) -> None:
+    if ctx.caller.sudo:
         # Hooks are programs root runs later, the cache a file of root's: neither is the
         # caller's to write through sudo (the policy grants transactions on repositories).
-        raise NotAllowedError(f"'{args.command}' is not available through sudo: run it as root")
-    if args.command == "prune":
-        return _prune(args, allow, emit, inv)
-    if args.command == "keep":
-        from ..core.prune import mark_keep
-        from ..core.repository import Repository
-
-        repo = Repository(args.repo, allow=allow, policy=inv.policy)
-        name = mark_keep(repo, args.commit, keep=not args.remove)
-        emit(
-            args,
-            {"snapshot": name, "keep": not args.remove},
-            f"{shown(name)}: {'unmarked' if args.remove else 'kept by every prune'}",
-        )
-        return 0
-    if args.command == "metrics":
-        return _metrics(args, allow, emit, inv)
-    if args.command == "install-hooks":
-        return _install_hooks(args, allow, emit)
-    return _cache(args, emit)
+        raise NotAllowedError(f"'{ctx.args.command}' is not available through sudo: run it as root")
 
 
-def _prune(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
+def keep(ctx: Context) -> int:
+    from ..core.prune import mark_keep
+
+    args = ctx.args
+    name = mark_keep(ctx.repository(args.repo), args.commit, keep=not args.remove)
+    ctx.emit(
+        {"snapshot": name, "keep": not args.remove},
+        f"{shown(name)}: {'unmarked' if args.remove else 'kept by every prune'}",
+    )
+    return 0
+
+
+def prune(ctx: Context) -> int:
     from ..core.prune import prune, save_policy
-    from ..core.repository import Repository
     from ..core.retention import RetentionPolicy
 
+    args = ctx.args
     rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
     policy = RetentionPolicy(**rules) if any(rules.values()) else None  # checked before any ZFS call
     # The sudo policy checks what recovery (prune's first step) reads from the pool.
-    repo = Repository(args.repo, allow=allow, policy=inv.policy)
+    repo = ctx.repository(args.repo)
     if args.save_policy:
         if policy is None:
             raise InvalidArgumentError("--save-policy needs --keep-* rules to save")
         if not args.dry_run:
             save_policy(repo, policy)
     result = prune(repo, policy, dry_run=args.dry_run)
-    emit(args, _prune_json(result), "\n".join(_prune_lines(result)))
+    ctx.emit(_prune_json(result), "\n".join(_prune_lines(result)))
     return 0
 
 
@@ -101,13 +85,12 @@ def _prune_lines(result: PruneResult) -> list[str]:
     return lines
 
 
-def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller) -> int:
+def metrics(ctx: Context) -> int:
+    args, allow, inv = ctx.args, ctx.allow, ctx.caller
     under = args.under or list(allow.prefixes)
     if not under:
         raise InvalidArgumentError("say which repositories to report: --under DATASET, --allow or $DSG_STORAGE_ALLOW")
     from .. import metrics
-    from ..queue import Queue
-    from ..zfs.boundary import open_zfs
 
     # Through sudo each --under must be allowed by the policy (_check_sudo) and by
     # --allow, the textfile is an output file like -o's (checked against [output] under
@@ -117,68 +100,78 @@ def _metrics(args: argparse.Namespace, allow: AllowList, emit: Emit, inv: Caller
         for prefix in under:
             allow.check(prefix)
     out = inv.output(metrics.textfile_path(args.textfile), force=True) if args.textfile and inv.sudo else None
-    with Queue() as queue:
-        facts = metrics.gather(queue, open_zfs(allow), under, only=allow.allows if inv.sudo else None)
+    with ctx.queue() as queue:
+        facts = metrics.gather(queue, ctx.zfs(), under, only=allow.allows if inv.sudo else None)
     if out is not None:
         path = metrics.write_output(facts, out)
-        emit(args, {"file": path}, path)
+        ctx.emit({"file": path}, path)
     elif args.textfile:
         path = metrics.write_textfile(facts, args.textfile)
-        emit(args, {"file": path}, shown(path))
+        ctx.emit({"file": path}, shown(path))
     else:
-        sys.stdout.write(metrics.render(facts))
+        ctx.stdout.write(metrics.render(facts))
     return 0
 
 
-def _install_hooks(args: argparse.Namespace, allow: AllowList, emit: Emit) -> int:
+def install_hooks(ctx: Context) -> int:
     import shlex
 
     import attrs
 
     from .. import hooks
 
+    _root_only(ctx)
+    args = ctx.args
     command = shlex.split(args.hook_command) if args.hook_command else hooks.default_command()
-    env = hooks.carried_env(os.environ, ",".join(allow.prefixes) or None)
+    env = hooks.carried_env(dict(ctx.settings.carried), ",".join(ctx.allow.prefixes) or None)
     files = hooks.render(command, env)
     if args.print or not (args.zedlet_dir or args.systemd_dir):
         if args.json:
-            emit(args, [attrs.asdict(f) for f in files], "")
+            ctx.emit([attrs.asdict(f) for f in files], "")
         else:
             for hook in files:
-                print(f"# ---- {hook.name} ({hook.kind}, mode {hook.mode:o})\n{hook.content}")
+                print(f"# ---- {hook.name} ({hook.kind}, mode {hook.mode:o})\n{hook.content}", file=ctx.stdout)
         return 0
     written = hooks.install(files, zedlet_dir=args.zedlet_dir, systemd_dir=args.systemd_dir)
-    emit(args, {"installed": written}, "\n".join(shown(path) for path in written))
+    ctx.emit({"installed": written}, "\n".join(shown(path) for path in written))
     return 0
 
 
-def _cache(args: argparse.Namespace, emit: Emit) -> int:
-    import attrs
-
+def _cache(ctx: Context) -> ReadCache:
+    """The read cache ``--cache`` or ``$DSG_STORAGE_CACHE`` names (root's own, not through sudo)."""
     from ..read.cache import ENV as CACHE_ENV
     from ..read.cache import ReadCache
 
-    path = args.cache or os.environ.get(CACHE_ENV)
+    _root_only(ctx)
+    path = ctx.args.cache or ctx.settings.cache_path
     if not path:
         raise InvalidArgumentError(f"which read cache? --cache FILE or ${CACHE_ENV}")
-    cache = ReadCache(path)
+    return ReadCache(path)
+
+
+def cache_stats(ctx: Context) -> int:
+    import attrs
+
+    cache = _cache(ctx)
     try:
-        if args.cache_command == "stats":
-            stats = cache.stats()
-            kinds = " ".join(f"{k}={v}" for k, v in stats.entries.items()) or "empty"
-            emit(
-                args,
-                attrs.asdict(stats),
-                shown(
-                    f"{stats.path}: {kinds}; oldest {stats.oldest or '-'}, newest {stats.newest or '-'}; "
-                    f"{stats.file_bytes} bytes"
-                ),
-            )
-        else:
-            count = cache.clear(args.kind)
-            emit(
-                args, {"path": str(cache.path), "cleared": count}, shown(f"{cache.path}: {count} cached reads cleared")
-            )
+        stats = cache.stats()
     finally:
         cache.close()
+    kinds = " ".join(f"{k}={v}" for k, v in stats.entries.items()) or "empty"
+    ctx.emit(
+        attrs.asdict(stats),
+        shown(
+            f"{stats.path}: {kinds}; oldest {stats.oldest or '-'}, newest {stats.newest or '-'}; {stats.file_bytes} bytes"
+        ),
+    )
+    return 0
+
+
+def cache_clear(ctx: Context) -> int:
+    cache = _cache(ctx)
+    try:
+        count = cache.clear(ctx.args.kind)
+    finally:
+        cache.close()
+    ctx.emit({"path": str(cache.path), "cleared": count}, shown(f"{cache.path}: {count} cached reads cleared"))
     return 0

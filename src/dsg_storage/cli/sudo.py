@@ -32,7 +32,8 @@ import attrs
 from .. import hostfs
 from ..core.options import Owner
 from ..errors import InvalidArgumentError, NotAllowedError
-from ..policy import DEFAULT_PATH, EXAMPLE, PolicyError, SudoPolicy, invoker_from_env
+from ..policy import DEFAULT_PATH, EXAMPLE, PolicyError, SudoPolicy
+from ..settings import Settings
 from ..zfs.allow import AllowList
 from .invocation import Direct, Input
 
@@ -54,14 +55,19 @@ class Invocation:
     sudo = True
 
     @classmethod
-    def from_environment(cls, environ: MutableMapping[str, str], *, policy_path: str | None = None) -> Caller:
-        """Read ``SUDO_UID``/``SUDO_GID``; under sudo, drop the variables that would steer
-        us (from ``environ`` itself, so nothing later reads them) and load the policy
-        (``policy_path``, default ``DEFAULT_PATH``). Not under sudo: ``Direct()``."""
+    def from_environment(
+        cls, environ: MutableMapping[str, str], *, policy_path: str | None = None, settings: Settings | None = None
+    ) -> Caller:
+        """Who ran sudo (``settings.invoker``: ``SUDO_UID``/``SUDO_GID``, default read from
+        ``environ``); under sudo, drop the variables that would steer us (from ``environ``
+        itself, so nothing later reads them) and load the policy (``policy_path``, default
+        ``DEFAULT_PATH``). Not under sudo: ``Direct``."""
         policy_path = policy_path or DEFAULT_PATH  # looked up now: the module's value at the call
-        invoker = invoker_from_env(environ)
+        if settings is None:
+            settings = Settings.for_cli(environ)
+        invoker = settings.invoker
         if invoker is None:
-            return Direct()
+            return Direct(settings.allow)
         ignored = tuple(sorted(k for k in environ if k.startswith(IGNORED_PREFIX) or k in IGNORED))
         for key in ignored:
             del environ[key]

@@ -2,7 +2,8 @@
 
 Every step that changes a repository (begin, commit, rollback, recover) runs under an
 exclusive ``flock`` on ``$DSG_STORAGE_LOCK_DIR/<repository>.lock`` (default
-``/run/dsg-storage/locks``). The kernel drops the lock when its process dies, so a lock
+``/run/dsg-storage/locks``; the directory is a parameter, read from the environment by
+``settings`` only). The kernel drops the lock when its process dies, so a lock
 that can be taken means no live process is in the middle of a step: whatever state the
 pool records for an unfinished step was left by a crash and can be recovered. A pool is
 imported on one host at a time, so a host-local lock is enough.
@@ -36,20 +37,25 @@ ENV_VAR = "DSG_STORAGE_LOCK_DIR"
 DEFAULT_DIR = "/run/dsg-storage/locks"
 
 
-def lock_dir() -> str:
-    return os.path.abspath(os.environ.get(ENV_VAR) or DEFAULT_DIR)
+def lock_dir(directory: str | None = None) -> str:
+    """``directory``, else ``$DSG_STORAGE_LOCK_DIR`` (``Settings.default``), else ``DEFAULT_DIR``."""
+    if directory is None:
+        from ..settings import Settings
+
+        directory = Settings.default().lock_dir
+    return os.path.abspath(directory or DEFAULT_DIR)
 
 
-def lock_path(repository: str) -> Path:
-    return Path(lock_dir()) / _lock_name(repository)
+def lock_path(repository: str, directory: str | None = None) -> Path:
+    return Path(lock_dir(directory)) / _lock_name(repository)
 
 
 def _lock_name(repository: str) -> str:
     return repository.replace("/", "%") + ".lock"
 
 
-def _open_lock(repository: str) -> int:
-    dirfd = hostfs.private_dir(lock_dir())
+def _open_lock(repository: str, directory: str) -> int:
+    dirfd = hostfs.private_dir(directory)
     try:
         return hostfs.private_file(dirfd, _lock_name(repository))
     finally:
@@ -63,9 +69,10 @@ _NOTE_LIMIT = 128
 class HeldLock:
     """A repository's step lock, held; its file notes the begin under way, if any."""
 
-    def __init__(self, fd: int, repository: str) -> None:
+    def __init__(self, fd: int, repository: str, directory: str | None = None) -> None:
         self._fd = fd
         self.repository = repository
+        self.path = lock_path(repository, directory)
 
     def note_begin(self, tx: str) -> None:
         """Before begin's first change: name its transaction (no fsync: only a process
@@ -89,7 +96,7 @@ class HeldLock:
             return names.validate_tx_id(tx)
         except (ValueError, InvalidNameError) as exc:
             raise CorruptStateError(
-                f"the lock file {lock_path(self.repository)} holds {raw[:40]!r}: {exc}",
+                f"the lock file {self.path} holds {raw[:40]!r}: {exc}",
                 dataset=self.repository,
                 hint="it was not written by dsg-storage; remove it (no step may be running)",
             ) from exc
@@ -97,12 +104,18 @@ class HeldLock:
 
 @contextmanager
 def repository_lock(
-    repository: str, *, timeout: float = 10.0, sleep: Callable[[float], None] = time.sleep
+    repository: str,
+    *,
+    timeout: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    directory: str | None = None,
 ) -> Iterator[HeldLock]:
-    """Hold the repository's step lock; wait at most ``timeout`` seconds for it."""
+    """Hold the repository's step lock (in ``directory``, default ``lock_dir()``); wait
+    at most ``timeout`` seconds for it."""
     import tenacity  # here: reads (status, history) never lock, and need not load it
 
-    fd = _open_lock(repository)
+    directory = lock_dir(directory)
+    fd = _open_lock(repository, directory)
     try:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(BlockingIOError),
@@ -119,6 +132,6 @@ def repository_lock(
                 dataset=repository,
                 hint="retry when it is done",
             ) from None
-        yield HeldLock(fd, repository)
+        yield HeldLock(fd, repository, directory)
     finally:
         os.close(fd)  # releases the lock

@@ -223,6 +223,7 @@ def new_record(
     view: PoolView,
     pattern: TransactionPattern,
     tx: str,
+    *,
     mountpoint: str | None,
     owner: Owner | None,
     mode: int | None,

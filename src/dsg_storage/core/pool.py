@@ -22,6 +22,10 @@ from ..zfs.port import ZfsPort
 from .repository import Repository
 from .status import PoolPropertyPolicy
 
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from ..settings import Settings
+
 
 @attrs.frozen
 class Recovered:
@@ -55,9 +59,11 @@ def recover_pool(
     zfs: ZfsPort | None = None,
     lock_timeout: float = 10.0,
     policy: PoolPropertyPolicy | None = None,
+    settings: Settings | None = None,
 ) -> list[Recovered]:
     """Recover every repository of ``pool`` that ``allow`` covers (``repositories_in``),
-    one after the other, each under its own lock as ``Repository.recover``.
+    one after the other, each under its own lock as ``Repository.recover`` (``settings``:
+    where the locks and the queue are, default the environment's).
 
     A repository whose recovery fails (busy, damaged, the pool read-only) is reported in
     its ``Recovered.error`` and the others are still recovered; the caller decides what
@@ -68,7 +74,8 @@ def recover_pool(
     done = []
     for repository in repositories_in(zfs, pool):
         try:
-            actions = Repository(repository, zfs=zfs, lock_timeout=lock_timeout, policy=policy).recover()
+            repo = Repository(repository, zfs=zfs, lock_timeout=lock_timeout, policy=policy, settings=settings)
+            actions = repo.recover()
         except DsgStorageError as exc:
             done.append(Recovered(repository, error=exc))
         else:

@@ -211,7 +211,7 @@ def _snapshot_props(batch: Batch, target: str, source: StreamSource) -> Batch:
 
 
 def plan_full(
-    view: PoolView, source: StreamSource, tx: str, mountpoint: str | None, owner: Owner, mode: int | None
+    view: PoolView, source: StreamSource, *, tx: str, mountpoint: str | None, owner: Owner, mode: int | None
 ) -> ReceivePlan:
     """A full source creating ``view.repository`` (see the module's docstring)."""
     into = view.repository
@@ -257,6 +257,7 @@ def plan_incremental(
     view: PoolView,
     chain: Sequence[Snapshot],
     source: StreamSource,
+    *,
     tx: str,
     owner: Owner | None,
     mode: int | None,

@@ -59,6 +59,7 @@ from .view import PoolView, observe
 
 if TYPE_CHECKING:
     from ..queue import Queue
+    from ..settings import Settings
 
 log = _log.getLogger("dsg_storage")
 #: Recovery applies at most this many steps in one call (each a handful of actions); a
@@ -86,6 +87,8 @@ class Repository:
     default it comes from ``DSG_STORAGE_ALLOW`` and allows nothing when that is unset.
     ``policy`` (the sudo policy) checks every property read from the pool that would
     steer where root mounts or what it chowns, before anything acts on it.
+    ``settings`` (default: the environment, ``Settings.default``) says where the step
+    locks and the queue of deferred destroys live.
     Every changing call first recovers interrupted steps (see ``recover``).
     """
 
@@ -98,9 +101,11 @@ class Repository:
         lock_timeout: float = 10.0,
         queue: Queue | None = None,
         policy: PoolPropertyPolicy | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.name = names.validate_repository(name)
         self.policy = policy
+        self.settings = settings
         self.zfs: ZfsPort = zfs if zfs is not None else open_zfs(allow)
         self.lock_timeout = lock_timeout
         self._queue = queue
@@ -167,7 +172,8 @@ class Repository:
             finally:
                 self._held -= 1
             return
-        with repository_lock(self.name, timeout=self.lock_timeout) as held:
+        directory = self.settings.lock_dir if self.settings is not None else None
+        with repository_lock(self.name, timeout=self.lock_timeout, directory=directory) as held:
             self._held, self._lock = 1, held
             try:
                 yield
@@ -194,7 +200,7 @@ class Repository:
         from ..queue import Queue
 
         try:
-            queue = self._queue = self._queue or Queue()
+            queue = self._queue = self._queue or Queue(settings=self.settings)
             for name in destroys:  # dependents (filesystems) first
                 queue.add_destroy(name)
         except (OSError, sqlite3.Error) as exc:
@@ -334,7 +340,7 @@ class Repository:
                 hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {open_record.tx}'",
             )
         pattern = pattern_for(view)
-        record = new_record(view, pattern, tx, checked, owner_v, mode_v)
+        record = new_record(view, pattern, tx, mountpoint=checked, owner=owner_v, mode=mode_v)
         self.zfs.allow.check_place(record.mountpoint)
         self.zfs.allow.check_place(record.path, what="workspace path")
         return pattern, record
@@ -468,7 +474,9 @@ class Repository:
         recovery finishes the placement. Received repositories carry ``setuid=off`` and
         ``devices=off`` before they are ever mounted. Returns the plan with what ran."""
         with self.exclusive():
-            plan = self._receive_plan(self._recovered(), source, names.new_tx_id(), mountpoint, owner, mode)
+            plan = self._receive_plan(
+                self._recovered(), source, tx=names.new_tx_id(), mountpoint=mountpoint, owner=owner, mode=mode
+            )
             ran: list[str] = []
             try:
                 for action in plan.actions:
@@ -493,12 +501,14 @@ class Repository:
         with self.exclusive():
             view = self.view()
             lines = [line for step in plan_recovery(view) for line in step.describe()]
-            return [*lines, *self._receive_plan(view, source, names.new_tx_id(), mountpoint, owner, mode).describe()]
+            plan = self._receive_plan(view, source, tx=names.new_tx_id(), mountpoint=mountpoint, owner=owner, mode=mode)
+            return [*lines, *plan.describe()]
 
     def _receive_plan(
         self,
         view: PoolView,
         source: StreamSource,
+        *,
         tx: str,
         mountpoint: str | None,
         owner: Owner | str | tuple[int, int] | None,
@@ -512,10 +522,10 @@ class Repository:
         self.zfs.allow.check(self.name)
         if source.base is None:
             self.zfs.allow.check(names.receive_dataset(self.name, tx))
-            plan = plan_full(view, source, tx, checked, owner_v or Owner.current(), mode_v)
+            plan = plan_full(view, source, tx=tx, mountpoint=checked, owner=owner_v or Owner.current(), mode=mode_v)
         else:
             chain = transferable(lineage(self.zfs, self.name)) if view.head is not None else []
-            plan = plan_incremental(view, chain, source, tx, owner_v, mode_v)
+            plan = plan_incremental(view, chain, source, tx=tx, owner=owner_v, mode=mode_v)
         if plan.mountpoint is not None:
             if self.policy is not None:  # an inherited target was read from the pool
                 self.policy.check_repository_props(self.name, {P_MOUNTPOINT: plan.mountpoint})

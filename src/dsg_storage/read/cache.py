@@ -74,7 +74,10 @@ class ReadCache:
         clock: Callable[[], float] = time.time,
         owner: tuple[int, int] | None = None,
     ) -> None:
-        path = path or os.environ.get(ENV)
+        if not path:
+            from ..settings import Settings
+
+            path = Settings.default().cache_path
         if not path:
             raise CacheMissError(f"no read cache configured (pass a path or set {ENV})")
         self.clock = clock

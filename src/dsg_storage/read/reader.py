@@ -527,7 +527,10 @@ class RepositoryView:
         self._writable("snapshot").snapshot(name)
 
 
-def open_live(*, allow: AllowList | str | None = None, cache: ReadCache | None = None) -> Reader:
-    """A reader of the pools imported on this host; with ``cache``, repository lists and
-    histories it reads are recorded for ``open_offline(..., cached=True)``."""
-    return Reader(open_zfs(allow), mode=Mode.LIVE, cache=cache)
+def open_live(
+    *, allow: AllowList | str | None = None, cache: ReadCache | None = None, zfs: ZfsPort | None = None
+) -> Reader:
+    """A reader of the pools imported on this host (through ``zfs``, default the boundary
+    opened with ``allow``); with ``cache``, repository lists and histories it reads are
+    recorded for ``open_offline(..., cached=True)``."""
+    return Reader(zfs if zfs is not None else open_zfs(allow), mode=Mode.LIVE, cache=cache)

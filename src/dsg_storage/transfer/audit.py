@@ -36,28 +36,34 @@ import attrs
 
 from .. import _log
 from ..errors import DsgStorageError, InvalidArgumentError
+from ..settings import Settings
 
 log = _log.getLogger("dsg_storage")
 DEFAULT_PATH = "/var/log/dsg-storage/audit.log"
 
 
-def invoking_user() -> dict[str, Any]:
-    """``user`` (the name behind sudo when root runs through sudo) and ``uid`` (real)."""
+def invoking_user(settings: Settings | None = None) -> dict[str, Any]:
+    """``user`` (the name behind sudo when root runs through sudo) and ``uid`` (real);
+    who ran sudo comes from ``settings`` (default: the environment, ``Settings.default``)."""
     uid = os.getuid()
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:
         name = str(uid)
-    sudo_user = os.environ.get("SUDO_USER") if os.geteuid() == 0 else None
+    if settings is None:
+        settings = Settings.default()
+    sudo_user = settings.sudo_user if os.geteuid() == 0 else None
     who: dict[str, Any] = {"user": sudo_user or name, "uid": uid}
     if sudo_user:
-        who["sudo_uid"] = os.environ.get("SUDO_UID")
+        who["sudo_uid"] = settings.sudo_uid
     return who
 
 
 @attrs.frozen
 class AuditLog:
     path: str = DEFAULT_PATH
+    #: Says who ran sudo, for each line (``invoking_user``); None: the environment, read then.
+    settings: Settings | None = attrs.field(default=None, kw_only=True)
 
     def _open(self) -> int:
         target = Path(self.path)
@@ -90,7 +96,7 @@ class AuditLog:
     def append(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` with the time and the invoking user, as one line."""
         line = {"time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
-        line.update(invoking_user())
+        line.update(invoking_user(self.settings))
         line.update(record)
         data = (json.dumps(line, sort_keys=True, default=str) + "\n").encode()
         fd = self._open()

@@ -81,7 +81,7 @@ import attrs
 
 from .. import _log
 from ..core.options import Owner
-from ..core.receive import Incoming, StreamPart
+from ..core.receive import Incoming, ReceivePlan, StreamPart
 from ..core.repository import Repository
 from ..core.status import PoolPropertyPolicy
 from ..errors import (
@@ -192,7 +192,7 @@ def default_owner() -> Owner:
     return invoker or Owner(os.getuid(), os.getgid())
 
 
-def import_bundle(
+def import_bundle(  # noqa: PLR0913  the public API: every option a keyword
     path: str | os.PathLike[str],
     into: str,
     *,
@@ -238,101 +238,54 @@ def import_bundle(
     record: dict[str, Any] = {"action": "import", "file": os.path.abspath(path), "into": into}
     if source is not None:
         record.update(file=source.name, source={**source.identity})
+    trust = _Trust(allowed_signers, require_signature, check_streams, source)
     try:
-        result = _import(
-            path,
-            into,
-            mountpoint,
-            allow,
-            zfs,
-            progress,
-            lock_timeout,
-            owner,
-            mode,
-            allowed_signers,
-            require_signature,
-            check_streams,
-            policy,
-            record,
-            source,
-        )
+        repository = Repository(into, allow=allow, zfs=zfs, lock_timeout=lock_timeout, policy=policy)
+        repository.zfs.allow.check(repository.name)
+        with _opened(path, trust, _Passes(progress) if progress is not None else None) as bundle:
+            record.update(bundle.audited())
+            done = repository.receive(bundle, mountpoint=mountpoint, owner=_owner(bundle, owner), mode=mode)
     except BaseException as exc:
         _audit_failure(audit, record, exc)
         raise
-    audit.append({**record, "result": "ok", "snapshots": list(result.snapshots)})
-    return result
+    audit.append({**record, "result": "ok", "snapshots": [s.name for s in bundle.snapshots]})
+    return bundle.result(done.plan, done.steps)
+
+
+@attrs.frozen
+class _Trust:
+    """How far a bundle is trusted, and how its bytes are checked (``import_bundle``)."""
+
+    allowed_signers: str | os.PathLike[str] | None
+    require_signature: bool
+    check_streams: bool
+    source: Source | None
 
 
 @contextlib.contextmanager
 def _opened(
-    path: str | os.PathLike[str],
-    passes: _Passes | None,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    check_streams: bool,
-    source: Source | None,
-    *,
-    receiving: bool = True,
+    path: str | os.PathLike[str], trust: _Trust, passes: _Passes | None, *, receiving: bool = True
 ) -> Iterator[_BundleSource]:
     """The bundle opened once and checked as an import needs it before anything changes
     (``_check_for_import``; when ``receiving``, also that nobody else can change it
     meanwhile, ``_check_private``): the source the core receives from."""
+    source = trust.source
     name = source.name if source is not None else os.fspath(path)
     with _bundle_format.open_checked(path) as f:
         if receiving:
             _check_private(f, name)
         checked, stream_check = _check_for_import(
-            f, os.fspath(path), passes, allowed_signers, require_signature, check_streams, source
+            f,
+            os.fspath(path),
+            passes,
+            allowed_signers=trust.allowed_signers,
+            require_signature=trust.require_signature,
+            check_streams=trust.check_streams,
+            source=source,
         )
         if source is not None and checked.sha256 is None:  # the audit names what root imported
             checked = attrs.evolve(checked, sha256=_file_sha256(f.fileno()))
         yield _BundleSource(f, name, checked, stream_check, passes)
-
-
-def _import(
-    path: str | os.PathLike[str],
-    into: str,
-    mountpoint: str | None,
-    allow: AllowList | str | None,
-    zfs: ZfsPort | None,
-    progress: ProgressFn | None,
-    lock_timeout: float,
-    owner: str | Owner | None,
-    mode: str | int | None,
-    allowed_signers: str | os.PathLike[str] | None,
-    require_signature: bool,
-    check_streams: bool,
-    policy: PoolPropertyPolicy | None,
-    record: dict[str, Any],
-    source: Source | None,
-) -> ImportResult:
-    repository = Repository(into, allow=allow, zfs=zfs, lock_timeout=lock_timeout, policy=policy)
-    repository.zfs.allow.check(repository.name)
-    passes = _Passes(progress) if progress is not None else None
-    with _opened(path, passes, allowed_signers, require_signature, check_streams, source) as bundle:
-        checked = bundle.checked
-        record.update(
-            sha256=checked.sha256,
-            structure_sha256=checked.info.structure_sha256,
-            size=checked.info.file_size,
-            signer=checked.signature.signer,
-            signature=checked.signature.status,
-            source_repository=checked.metadata.repository,
-            stream_check=bundle.stream_check.value,  # how the stream bytes were checked
-        )
-        done = repository.receive(bundle, mountpoint=mountpoint, owner=_owner(bundle, owner), mode=mode)
-    plan = done.plan
-    return ImportResult(
-        plan.repository,
-        plan.kind,
-        tuple(s.name for s in bundle.snapshots),
-        plan.mountpoint,
-        plan.owner,
-        plan.mode,
-        sha256=checked.sha256,
-        signer=checked.signature.signer,
-        steps=done.steps,
-    )
 
 
 def _owner(bundle: _BundleSource, owner: str | Owner | None) -> str | Owner | None:
@@ -341,7 +294,7 @@ def _owner(bundle: _BundleSource, owner: str | Owner | None) -> str | Owner | No
     return owner if owner is not None or bundle.base is not None else default_owner()
 
 
-def plan_import(
+def plan_import(  # noqa: PLR0913  the public API, as import_bundle's: every option a keyword
     path: str | os.PathLike[str],
     into: str,
     *,
@@ -359,7 +312,8 @@ def plan_import(
     """What ``import_bundle`` would do now, one line per step (recovery's first), from
     the plan it would run: the bundle checked as the import checks it, nothing changed."""
     repository = Repository(into, allow=allow, zfs=zfs, policy=policy)
-    with _opened(path, None, allowed_signers, require_signature, check_streams, source, receiving=False) as bundle:
+    trust = _Trust(allowed_signers, require_signature, check_streams, source)
+    with _opened(path, trust, None, receiving=False) as bundle:
         return repository.plan_receive(bundle, mountpoint=mountpoint, owner=_owner(bundle, owner), mode=mode)
 
 
@@ -446,6 +400,32 @@ class _BundleSource:
         self._f, self._passes = f, passes
         self.base = Incoming(meta.base.name, meta.base.guid) if meta.base is not None else None
         self.snapshots = tuple(Incoming(s.name, s.guid, dict(s.user_props)) for s in meta.snapshots)
+
+    def audited(self) -> dict[str, Any]:
+        """What the audit line records of the bundle, and how its stream bytes were checked."""
+        checked = self.checked
+        return {
+            "sha256": checked.sha256,
+            "structure_sha256": checked.info.structure_sha256,
+            "size": checked.info.file_size,
+            "signer": checked.signature.signer,
+            "signature": checked.signature.status,
+            "source_repository": checked.metadata.repository,
+            "stream_check": self.stream_check.value,
+        }
+
+    def result(self, plan: ReceivePlan, steps: tuple[str, ...]) -> ImportResult:
+        return ImportResult(
+            plan.repository,
+            plan.kind,
+            tuple(s.name for s in self.snapshots),
+            plan.mountpoint,
+            plan.owner,
+            plan.mode,
+            sha256=self.checked.sha256,
+            signer=self.checked.signature.signer,
+            steps=steps,
+        )
 
     def parts(self) -> Iterator[StreamPart]:
         """Each part in order; with ``StreamCheck.WHILE``, the streams' bytes checked

@@ -186,6 +186,7 @@ def check_for_import(
     f: Any,
     path: str,
     passes: Passes | None,
+    *,
     allowed_signers: str | os.PathLike[str] | None,
     require_signature: bool,
     check_streams: bool,

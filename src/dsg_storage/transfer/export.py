@@ -60,7 +60,7 @@ def _pick(chain: list[Snapshot], short: str, what: str, repo: str) -> int:
     raise InvalidArgumentError(f"{repo} has no snapshot {short} (for {what})", dataset=repo)
 
 
-def export_bundle(
+def export_bundle(  # noqa: PLR0913  the public API: every option a keyword
     repo: str,
     output: str | os.PathLike[str] | OutputFile,
     *,
@@ -87,7 +87,7 @@ def export_bundle(
     out = output if isinstance(output, OutputFile) else OutputFile(output)
     record: dict[str, Any] = {"action": "export", "file": out.path, "source_repository": repo}
     try:
-        exported = _export(repo, out, snapshot, since, progress, send.reading(zfs), sign)
+        exported = _export(repo, out, send.reading(zfs), snapshot=snapshot, since=since, progress=progress, sign=sign)
     except BaseException as exc:
         audit_failure(audit, record, exc)
         raise
@@ -108,10 +108,11 @@ def export_bundle(
 def _export(
     repo: str,
     out: OutputFile,
+    zfs: ZfsPort,
+    *,
     snapshot: str | None,
     since: str | None,
     progress: ProgressFn | None,
-    zfs: ZfsPort,
     sign: str | os.PathLike[str] | None,
 ) -> ExportedBundle:
     repo = _names.validate_repository(repo)

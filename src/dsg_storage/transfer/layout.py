@@ -360,7 +360,7 @@ def walk(r: RecordReader, version: int, metadata: dict[str, Any]) -> tuple[Bundl
         r.where = f"the start of part {index + 1} or the trailer"
         rtype, payload, start = r.record((PART_BEGIN, TRAILER), "a part begin record or the trailer")
         if rtype == TRAILER:
-            return _finish(r, payload, start, version, metadata, parts), parts
+            return _finish(r, payload, start, version=version, metadata=metadata, parts=parts), parts
         if index >= MAX_PARTS:
             raise r.corrupt(f"it holds more than {MAX_PARTS} parts, the limit")
         begin = r.json(payload, start, PART_BEGIN)
@@ -425,7 +425,7 @@ def _read_part(r: RecordReader, index: int, info: dict[str, Any]) -> PartRecords
 
 
 def _finish(
-    r: RecordReader, payload: bytes, start: int, version: int, metadata: dict[str, Any], parts: list[PartRecords]
+    r: RecordReader, payload: bytes, start: int, *, version: int, metadata: dict[str, Any], parts: list[PartRecords]
 ) -> BundleInfo:
     r.where = "the trailer"
     if r.trailer is not None and r.trailer.offset != start:

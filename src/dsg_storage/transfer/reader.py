@@ -71,6 +71,7 @@ def _check_stream(
     r: RecordReader,
     part: PartRecords,
     progress: ProgressFn | None,
+    *,
     done: int,
     total: int,
     stop: threading.Event | None = None,
@@ -273,7 +274,9 @@ class CheckedRecords:
         naming the chunk, ``BundleTruncatedError``); ``progress`` gets ``done`` plus the
         part's bytes checked so far, which it returns at the end. ``stop`` set ends it
         early with ``StreamCheckStopped``."""
-        return _check_stream(self._reader, self._parts[index], progress, done, self.info.total_size, stop)
+        return _check_stream(
+            self._reader, self._parts[index], progress, done=done, total=self.info.total_size, stop=stop
+        )
 
 
 def _check_records(f: BinaryIO, name: str, expect: BundleInfo | None) -> CheckedRecords:

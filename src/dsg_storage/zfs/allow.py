@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
@@ -62,7 +61,10 @@ class AllowList:
 
     @classmethod
     def from_env(cls) -> AllowList:
-        return cls.parse(os.environ.get(ENV_VAR))
+        """``$DSG_STORAGE_ALLOW``, read now (``settings.Settings.default``)."""
+        from ..settings import Settings
+
+        return Settings.default().allow
 
     def __or__(self, other: AllowList) -> AllowList:
         return AllowList(

@@ -1,0 +1,93 @@
+"""The read commands in-process on the in-memory pool: ``repos``, ``history``, ``ls``,
+``stat``, ``cat`` (a repository's head is read where the fake host mounted it: a real
+directory of the test's), each saying how it read on stderr and in its JSON."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from .conftest import InProcess
+
+REPO = "tank/data/a"
+
+
+def with_files(cli: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tank/data/a with files in its (real) mount directory. The reader checks that a
+    head's directory is the root of a ZFS filesystem before reading below it, which no
+    directory of a test's is: that check is skipped here (tests/zfs/test_offline.py and
+    the real pool test it)."""
+    monkeypatch.setattr("dsg_storage.hostfs.verify_dataset_root", lambda fd, dataset: None)
+    cli.repository(REPO)
+    root = cli.tmp / "srv" / "a"
+    (root / "sub").mkdir()
+    (root / "sub" / "b.txt").write_text("beta\n")
+    (root / "a.txt").write_bytes(b"alpha\x00\xff")
+
+
+def test_repos_lists_the_repositories_under_a_dataset(cli: InProcess) -> None:
+    cli.repository("tank/data/a")
+    cli.repository("tank/data/b")
+    ran = cli("repos", "tank/data")
+    assert ran.status == 0 and ran.err.startswith("access: live")
+    found = ran.json
+    assert [r["name"] for r in found] == ["tank/data/a", "tank/data/b"]
+    assert all(r["access"] == "live" and r["commits"] == 1 for r in found)
+    text = cli.ok("repos", "tank/data", text=True)
+    assert text.startswith(f"tank/data/a\t{cli.tmp / 'srv' / 'a'}\t1 commits\t")
+
+
+def test_history_lists_the_commits_oldest_first(cli: InProcess) -> None:
+    cli.repository()
+    tx = cli.ok("begin", REPO)["tx"]
+    cli.ok("commit", REPO, tx, "-m", "second")
+    history = cli.ok("history", REPO)
+    assert [c["message"] for c in history] == ["first", "second"]
+    assert all(c["access"] == "live" and "freshness" in c for c in history)
+    lines = cli.ok("history", REPO, text=True).splitlines()
+    assert len(lines) == 2 and lines[1].endswith("\tsecond") and tx in lines[1]
+
+
+def test_ls_and_stat_show_the_heads_files(cli: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_files(cli, monkeypatch)
+    entries = cli.ok("ls", REPO)
+    assert [(e["path"], e["type"]) for e in entries] == [
+        ("", "dir"),
+        ("a.txt", "file"),
+        ("sub", "dir"),
+        ("sub/b.txt", "file"),
+    ]
+    assert all(e["access"] == "live" for e in entries)
+    entry = cli.ok("stat", REPO, "sub/b.txt")
+    assert (entry["path"], entry["size"], entry["type"]) == ("sub/b.txt", 5, "file")
+    assert cli.ok("ls", REPO, "sub", text=True).splitlines()[-1].endswith("\t5\tsub/b.txt")
+    ran = cli("stat", REPO, "nope.txt")
+    assert ran.status == 4 and ran.err == "access: live\ndsg-storage: nope.txt: no such file in the repository\n"
+
+
+def test_cat_writes_the_bytes_or_their_json(cli: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_files(cli, monkeypatch)
+    data = b"alpha\x00\xff"
+    as_json = cli.ok("cat", REPO, "a.txt")
+    assert as_json["size"] == len(data) and as_json["sha256"] == hashlib.sha256(data).hexdigest()
+    assert base64.b64decode(as_json["content_base64"]) == data and as_json["access"] == "live"
+    cli.capsys.readouterr()
+    from dsg_storage.cli.commands import main
+
+    assert main(["cat", REPO, "sub/b.txt"], zfs=cli.boundary, environ=dict(cli.env)) == 0
+    assert cli.capsys.readouterr().out == "beta\n"
+
+
+def test_reads_record_to_the_cache_and_cached_needs_offline(cli: InProcess) -> None:
+    cli.repository()
+    cache = str(cli.tmp / "cache" / "reads.sqlite")
+    (cli.tmp / "cache").mkdir(mode=0o700)
+    cli.ok("--cache", cache, "history", REPO)
+    stats = cli.ok("--cache", cache, "cache", "stats")
+    assert stats["entries"] == {"history": 1}
+    ran = cli("--cache", cache, "--cached", "history", REPO)
+    assert ran.status == 2 and "go with --offline" in ran.err
+    ran = cli("--cached", "--offline", "history", REPO)
+    assert ran.status == 2 and "--cached needs a read cache" in ran.err
