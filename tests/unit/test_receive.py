@@ -11,6 +11,7 @@ import pytest
 
 from dsg_storage import BundleError, ConflictError, DatasetExistsError, InvalidArgumentError, RepositoryNotFoundError
 from dsg_storage.core.actions import Apply, Rename, Rollback, Unmount
+from dsg_storage.core.history import transferable
 from dsg_storage.core.options import Owner
 from dsg_storage.core.receive import (
     Incoming,
@@ -20,7 +21,6 @@ from dsg_storage.core.receive import (
     StreamPart,
     plan_full,
     plan_incremental,
-    transferable,
 )
 from dsg_storage.core.view import PoolView
 from dsg_storage.names import P_IMPORT, P_MODE, P_OWNER

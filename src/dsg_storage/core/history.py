@@ -12,6 +12,8 @@ whole history either way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import names
 from ..zfs.port import Snapshot, ZfsPort
 
@@ -31,6 +33,18 @@ def lineage(zfs: ZfsPort, repository: str) -> list[Snapshot]:
     if upto is None:
         return own
     return [s for s in earlier if s.createtxg <= upto] + own
+
+
+def transferable(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
+    """The snapshots a bundle carries and an import's base is found among: all but a
+    transaction's temporary base."""
+    return [s for s in snapshots if not s.short_name.startswith("dsg-base-")]
+
+
+def transferable_chain(zfs: ZfsPort, repo: str) -> list[Snapshot]:
+    """``repo``'s snapshots that a bundle may carry, oldest first, across a promote still
+    due (``lineage``)."""
+    return transferable(lineage(zfs, repo))
 
 
 def find_snapshot(zfs: ZfsPort, repository: str, short: str) -> str | None:

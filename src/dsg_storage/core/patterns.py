@@ -22,9 +22,9 @@ import attrs
 
 from .. import names
 from ..errors import DatasetExistsError, DatasetNotFoundError, DsgStorageError, InvalidArgumentError
-from ..names import P_MODE, P_OWNER, P_PENDING, P_TX
+from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_STATE, P_TX
 from ..zfs.port import Batch, ZfsPort
-from .actions import Action, Apply, Clone, Create, Freeze, Rename, Thaw, Unmount
+from .actions import Action, Apply, ApplyOwner, Clone, Create, Freeze, Mount, Rename, Thaw, Unmount
 from .options import Owner, parse_mode
 from .placement import place_recorded_head
 from .records import Pattern, Phase, Record
@@ -250,6 +250,52 @@ def new_record(
         message="",
         begun=view.now.isoformat(timespec="seconds"),
     )
+
+
+def _opening(record: Record) -> list[Action]:
+    """The end of begin: the workspace mounted at its path with its owner and mode (no
+    sync task: the dataset was created in state ``open``)."""
+    return [Mount(record.dataset, record.path), ApplyOwner(record.path, record.owner, record.mode, record.dataset)]
+
+
+def begin_actions(pattern: TransactionPattern, record: Record, repository: str) -> tuple[list[Action], list[Action]]:
+    """Begin's two phases: create the temporary dataset (the pattern's), then open it
+    (``_opening``); between them the lock file notes the begin as unfinished."""
+    return pattern.begin(repository, record, _creation_props(record, repository)), _opening(record)
+
+
+def commit_actions(view: PoolView, record: Record, message: str | None, wait: float = 0.0) -> list[Action]:
+    """Commit up to its commit point: the intent, the pattern's detach, the rename. (The
+    conflict check runs between the last two; ``finish_commit`` follows.)"""
+    return [
+        _intent(record, message),
+        *pattern_of(record).detach(view, record, wait),
+        Rename(record.dataset, view.repository),
+    ]
+
+
+def _intent(record: Record, message: str | None) -> Action:
+    """Commit's first step: the caller's wish (and the message), recorded in the pool,
+    and in the same sync task what the pattern does first (sync: the promote)."""
+    wish = Batch().set(
+        record.dataset, {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
+    )
+    return Apply(wish + pattern_of(record).first_of_commit(record))
+
+
+def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
+    """What a temporary dataset is created with: the record, atime off (reads must not
+    count as changes in the conflict check at commit) and, unless it inherits one, the
+    repository's own mountpoint, so that commit has no native property to set (libzfs_core
+    cannot set one; ``zfs set`` costs a process and a walk of every snapshot).
+
+    ``zoned=on`` keeps a dataset with that mountpoint from being mounted there before it
+    is the repository: ``zfs mount -a`` and ``zpool import`` skip zoned datasets, while our
+    own mount(2) puts the workspace at its path. Commit's last sync task clears it
+    (``zfs.sync.inherit``: zoned is inheritable, unlike ``canmount``); see
+    docs/archive/0012-explicit-mountpoints.md."""
+    local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.mountpoint, "zoned": 1}
+    return {**local, "atime": 0, **record.props(repository)}
 
 
 PATTERNS: dict[Pattern, TransactionPattern] = {Pattern.INIT: Init(), Pattern.SYNC: Sync()}

@@ -48,8 +48,10 @@ from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO,
 from ..zfs.port import Batch, Snapshot, ZfsPort
 from ..zfs.programs import on_off, u64
 from .actions import Action, Apply, Rename, Rollback, Unmount
-from .options import Owner
+from .history import transferable_chain
+from .options import Owner, check_mountpoint, parse_mode
 from .records import Phase
+from .status import PoolPropertyPolicy
 from .view import PoolView, changes_since
 
 #: On every repository a bundle lands in, before anything of it is ever mounted.
@@ -197,12 +199,6 @@ class ReceivePlan:
         return lines
 
 
-def transferable(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
-    """The snapshots a bundle carries and an import's base is found among: all but a
-    transaction's temporary base."""
-    return [s for s in snapshots if not s.short_name.startswith("dsg-base-")]
-
-
 def _snapshot_props(batch: Batch, target: str, source: StreamSource) -> Batch:
     for snap in source.snapshots:
         if snap.user_props:
@@ -321,3 +317,36 @@ def plan_incremental(
         new_head.get(P_OWNER, str(head.get(P_OWNER, ""))),
         new_head.get(P_MODE, str(head.get(P_MODE, ""))),
     )
+
+
+def plan_receive(
+    zfs: ZfsPort,
+    view: PoolView,
+    source: StreamSource,
+    policy: PoolPropertyPolicy | None,
+    *,
+    tx: str,
+    wanted: tuple[str | None, Owner | str | tuple[int, int] | None, str | int | None],
+) -> ReceivePlan:
+    """The plan ``Repository.receive`` runs (and its dry run prints) for ``source``:
+    ``wanted`` (mountpoint, owner, mode: the caller's) checked, the pattern chosen by the
+    source (full: no base), and every place root will act on checked before any change
+    (the allow-list; the target, explicit or inherited from the pool, by ``policy`` and
+    the one placement rule)."""
+    mountpoint, owner, mode = wanted
+    checked = check_mountpoint(mountpoint) if mountpoint is not None else None
+    owner_v = Owner.parse(owner) if owner is not None else None
+    mode_v = parse_mode(mode) if mode is not None else None
+    repo = view.repository
+    zfs.allow.check(repo)
+    if source.base is None:
+        zfs.allow.check(names.receive_dataset(repo, tx))
+        plan = plan_full(view, source, tx=tx, mountpoint=checked, owner=owner_v or Owner.current(), mode=mode_v)
+    else:
+        chain = transferable_chain(zfs, repo) if view.head is not None else []
+        plan = plan_incremental(view, chain, source, tx=tx, owner=owner_v, mode=mode_v)
+    if plan.mountpoint is not None:
+        if policy is not None:  # an inherited target was read from the pool
+            policy.check_repository_props(repo, {P_MOUNTPOINT: plan.mountpoint})
+        zfs.allow.check_place(plan.mountpoint)
+    return plan

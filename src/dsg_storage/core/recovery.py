@@ -117,7 +117,7 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     # that a reader has mounted refuses it, and then it (and the retiring) waits.
     batch = Batch().set(repo, {P_COMMIT_SNAPSHOT: snapshot}).promote(repo, required=False)
     batch = batch.set(snapshot, props) if view.commit_snapshot_exists else batch.snapshot(snapshot, props)
-    if not record.inherits:  # mountable where it records from now on (see _creation_props)
+    if not record.inherits:  # mountable where it records from now on (see patterns._creation_props)
         batch = batch.inherit(repo, "zoned")
     batch = batch.set(repo, {P_STATE: Phase.COMMITTED.value})
     for name in retired:

@@ -14,7 +14,6 @@ the step it guards (channel-program batches). The states recovery handles are li
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,17 +32,16 @@ from ..errors import (
     TransactionStateError,
     ZfsError,
 )
-from ..names import P_COMMIT_MESSAGE, P_MOUNTPOINT, P_REQUESTED, P_STATE
+from ..names import P_REQUESTED, P_STATE
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.port import Batch, ZfsPort
 from . import status
-from .actions import Action, Apply, ApplyOwner, Mount, Outcome, Rename, execute
-from .history import lineage
+from .actions import Action, Apply, Outcome, execute
 from .lock import HeldLock, repository_lock
 from .options import Owner, check_mountpoint, parse_mode
-from .patterns import TransactionPattern, new_record, pattern_for, pattern_of
-from .receive import ReceivePlan, StreamSource, plan_full, plan_incremental, transferable
+from .patterns import TransactionPattern, begin_actions, commit_actions, new_record, pattern_for, pattern_of
+from .receive import ReceivePlan, StreamSource, plan_receive
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
 from .recovery import (
     RecoveryStep,
@@ -53,6 +51,7 @@ from .recovery import (
     remount_workspace,
     undo_transaction,
 )
+from .retire import defer
 from .status import PoolPropertyPolicy
 from .transaction import Transaction
 from .view import PoolView, observe
@@ -186,27 +185,9 @@ class Repository:
         return outcome
 
     def _defer(self, skipped: Mapping[str, int]) -> None:
-        """Queue the destroys that could not run now (see ``queue``). Recovery also
-        retries them from the pool itself, so a queue that cannot be written loses nothing."""
-        if not skipped:
-            return
-        left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
-        # A promote a held snapshot refused (of the repository, or of a workspace at the
-        # start of its commit) is not queued: the commit's last batch or the queued
-        # destroy of the old head does it.
-        destroys = sorted((name for name in skipped if _retired(self.name, name)), key=lambda n: "@" in n)
-        import sqlite3  # here, as the queue: only a commit that must defer a destroy opens it
-
-        from ..queue import Queue
-
-        try:
-            queue = self._queue = self._queue or Queue(settings=self.settings)
-            for name in destroys:  # dependents (filesystems) first
-                queue.add_destroy(name)
-        except (OSError, sqlite3.Error) as exc:
-            log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", self.name, left, exc)
-            return
-        log.warning("%s: cannot destroy %s yet; queued ('dsg-storage queue list')", self.name, left)
+        """Queue the destroys that could not run now (``retire.defer``)."""
+        if skipped:
+            self._queue = defer(self.name, skipped, self._queue, self.settings)
 
     # ------------------------------------------------------------------ recovery
     def recover(self, *, abort_stale: float | None = None) -> list[str]:
@@ -300,7 +281,7 @@ class Repository:
                 return lines
             if operation == "begin":
                 pattern, record = self._new_record(view, names.new_tx_id(), mountpoint, owner, mode)
-                actions = [a for phase in _begin_actions(pattern, record, self.name) for a in phase]
+                actions = [a for phase in begin_actions(pattern, record, self.name) for a in phase]
                 return [
                     *lines,
                     f"begin ({pattern.kind.value}): a new transaction",
@@ -313,7 +294,7 @@ class Repository:
                     f"{record.tx}: roll back",
                     *(f"  {a.describe()}" for a in undo_transaction(view, record)),
                 ]
-            actions = _commit_actions(view, record, message)
+            actions = commit_actions(view, record, message)
             finish = f"{record.tx}: then finish: mount {self.name} at {record.mountpoint}, take the commit snapshot"
             return [*lines, f"{record.tx}: commit", *(f"  {a.describe()}" for a in actions), finish]
 
@@ -391,7 +372,7 @@ class Repository:
             # The pool records the transaction as open from its first sync task on; until
             # begin's last step the lock file says it is not finished (see ``core.lock``).
             self._lock.note_begin(tx)
-            created, opening = _begin_actions(pattern, record, self.name)
+            created, opening = begin_actions(pattern, record, self.name)
             self._run(created)
             self._run(opening)
             self._lock.clear()
@@ -404,7 +385,7 @@ class Repository:
             view = self._recovered()
             record = self._open_record(tx, view)
             pattern = pattern_of(record)
-            intent, *detach, commit_point = _commit_actions(view, record, message, wait)
+            intent, *detach, commit_point = commit_actions(view, record, message, wait)
             # The first step records the caller's wish (and the message), so that
             # recovery completes the commit if this process dies from here on.
             self._run([intent])
@@ -474,8 +455,8 @@ class Repository:
         recovery finishes the placement. Received repositories carry ``setuid=off`` and
         ``devices=off`` before they are ever mounted. Returns the plan with what ran."""
         with self.exclusive():
-            plan = self._receive_plan(
-                self._recovered(), source, tx=names.new_tx_id(), mountpoint=mountpoint, owner=owner, mode=mode
+            plan = plan_receive(
+                self.zfs, self._recovered(), source, self.policy, tx=names.new_tx_id(), wanted=(mountpoint, owner, mode)
             )
             ran: list[str] = []
             try:
@@ -501,89 +482,10 @@ class Repository:
         with self.exclusive():
             view = self.view()
             lines = [line for step in plan_recovery(view) for line in step.describe()]
-            plan = self._receive_plan(view, source, tx=names.new_tx_id(), mountpoint=mountpoint, owner=owner, mode=mode)
+            plan = plan_receive(
+                self.zfs, view, source, self.policy, tx=names.new_tx_id(), wanted=(mountpoint, owner, mode)
+            )
             return [*lines, *plan.describe()]
-
-    def _receive_plan(
-        self,
-        view: PoolView,
-        source: StreamSource,
-        *,
-        tx: str,
-        mountpoint: str | None,
-        owner: Owner | str | tuple[int, int] | None,
-        mode: str | int | None,
-    ) -> ReceivePlan:
-        """The receive pattern's plan, every argument and every place root will act on
-        checked before it (the target, explicit or inherited from the pool)."""
-        checked = check_mountpoint(mountpoint) if mountpoint is not None else None
-        owner_v = Owner.parse(owner) if owner is not None else None
-        mode_v = parse_mode(mode) if mode is not None else None
-        self.zfs.allow.check(self.name)
-        if source.base is None:
-            self.zfs.allow.check(names.receive_dataset(self.name, tx))
-            plan = plan_full(view, source, tx=tx, mountpoint=checked, owner=owner_v or Owner.current(), mode=mode_v)
-        else:
-            chain = transferable(lineage(self.zfs, self.name)) if view.head is not None else []
-            plan = plan_incremental(view, chain, source, tx=tx, owner=owner_v, mode=mode_v)
-        if plan.mountpoint is not None:
-            if self.policy is not None:  # an inherited target was read from the pool
-                self.policy.check_repository_props(self.name, {P_MOUNTPOINT: plan.mountpoint})
-            self.zfs.allow.check_place(plan.mountpoint)
-        return plan
-
-
-def _retired(repository: str, name: str) -> bool:
-    """Whether a skipped change was the destroy of something retired (an old head or a
-    snapshot), not a promote."""
-    parsed = names.parse_temporary(name)
-    return "@" in name or (parsed is not None and parsed[0] == repository and parsed[1] == "old")
-
-
-def _opening(record: Record) -> list[Action]:
-    """The end of begin: the workspace mounted at its path with its owner and mode (no
-    sync task: the dataset was created in state ``open``)."""
-    return [Mount(record.dataset, record.path), ApplyOwner(record.path, record.owner, record.mode, record.dataset)]
-
-
-def _begin_actions(pattern: TransactionPattern, record: Record, repository: str) -> tuple[list[Action], list[Action]]:
-    """Begin's two phases: create the temporary dataset (the pattern's), then open it
-    (``_opening``); between them the lock file notes the begin as unfinished."""
-    return pattern.begin(repository, record, _creation_props(record, repository)), _opening(record)
-
-
-def _commit_actions(view: PoolView, record: Record, message: str | None, wait: float = 0.0) -> list[Action]:
-    """Commit up to its commit point: the intent, the pattern's detach, the rename. (The
-    conflict check runs between the last two; ``finish_commit`` follows.)"""
-    return [
-        _intent(record, message),
-        *pattern_of(record).detach(view, record, wait),
-        Rename(record.dataset, view.repository),
-    ]
-
-
-def _intent(record: Record, message: str | None) -> Action:
-    """Commit's first step: the caller's wish (and the message), recorded in the pool,
-    and in the same sync task what the pattern does first (sync: the promote)."""
-    wish = Batch().set(
-        record.dataset, {P_STATE: Phase.COMMITTING.value, **({P_COMMIT_MESSAGE: message} if message else {})}
-    )
-    return Apply(wish + pattern_of(record).first_of_commit(record))
-
-
-def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
-    """What a temporary dataset is created with: the record, atime off (reads must not
-    count as changes in the conflict check at commit) and, unless it inherits one, the
-    repository's own mountpoint, so that commit has no native property to set (libzfs_core
-    cannot set one; ``zfs set`` costs a process and a walk of every snapshot).
-
-    ``zoned=on`` keeps a dataset with that mountpoint from being mounted there before it
-    is the repository: ``zfs mount -a`` and ``zpool import`` skip zoned datasets, while our
-    own mount(2) puts the workspace at its path. Commit's last sync task clears it
-    (``zfs.sync.inherit``: zoned is inheritable, unlike ``canmount``); see
-    docs/archive/0012-explicit-mountpoints.md."""
-    local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.mountpoint, "zoned": 1}
-    return {**local, "atime": 0, **record.props(repository)}
 
 
 def begin(

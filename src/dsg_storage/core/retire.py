@@ -13,11 +13,19 @@ base. Every destroy is optional: what is still in use is left for the next try.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from .. import names
+from .. import _log, names
 from ..zfs.port import Batch
 from .actions import Action, Apply, ReleaseMount, Unmount
+
+if TYPE_CHECKING:
+    from ..queue import Queue
+    from ..settings import Settings
+
+log = _log.getLogger("dsg_storage")
 
 
 def retire_old_head(repo: str, tx: str, orphaned_mounts: Iterable[tuple[str, str]]) -> list[Action]:
@@ -29,3 +37,34 @@ def retire_old_head(repo: str, tx: str, orphaned_mounts: Iterable[tuple[str, str
     batch = Batch().promote(repo, required=False)  # if a held snapshot refused it at commit
     batch = batch.destroy(old, required=False).destroy(names.base_snapshot(repo, tx), required=False)
     return [*released, Unmount(old, lazy=True), Apply(batch)]
+
+
+def defer(repository: str, skipped: Mapping[str, int], queue: Queue | None, settings: Settings | None) -> Queue | None:
+    """Queue the destroys of what ``repository`` retired that could not run now
+    (``skipped``: name -> errno); returns the queue, opened on first use. Recovery also
+    retries them from the pool itself, so a queue that cannot be written loses nothing
+    (it is logged). A promote a held snapshot refused (of the repository, or of a
+    workspace at the start of its commit) is not queued: the commit's last batch or the
+    queued destroy of the old head does it."""
+    left = ", ".join(f"{name} ({os.strerror(code)})" for name, code in skipped.items())
+    destroys = sorted((name for name in skipped if _retired(repository, name)), key=lambda n: "@" in n)
+    import sqlite3  # here, as the queue: only a commit that must defer a destroy opens it
+
+    from ..queue import Queue
+
+    try:
+        queue = queue or Queue(settings=settings)
+        for name in destroys:  # dependents (filesystems) first
+            queue.add_destroy(name)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", repository, left, exc)
+        return queue
+    log.warning("%s: cannot destroy %s yet; queued ('dsg-storage queue list')", repository, left)
+    return queue
+
+
+def _retired(repository: str, name: str) -> bool:
+    """Whether a skipped change was the destroy of something retired (an old head or a
+    snapshot), not a promote."""
+    parsed = names.parse_temporary(name)
+    return "@" in name or (parsed is not None and parsed[0] == repository and parsed[1] == "old")

@@ -10,31 +10,19 @@ to undo.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from ..names import P_MODE, P_OWNER
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.boundary import zfs_version as _zfs_version
-from ..zfs.port import Snapshot, ZfsPort
-from .history import lineage
+from ..zfs.port import ZfsPort
+from .history import transferable_chain
 
 
 def reading(zfs: ZfsPort | None = None) -> ZfsPort:
     """``zfs``, or else the boundary opened with an empty allow list: it can change nothing."""
     return zfs or open_zfs(AllowList(()))
-
-
-def transferable(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
-    """The snapshots a bundle carries: all but a transaction's temporary base."""
-    return [s for s in snapshots if not s.short_name.startswith("dsg-base-")]
-
-
-def transferable_chain(zfs: ZfsPort, repo: str) -> list[Snapshot]:
-    """``repo``'s snapshots that a bundle may carry, oldest first, across a promote still
-    due (``history.lineage``)."""
-    return transferable(lineage(zfs, repo))
 
 
 def owner_and_mode(zfs: ZfsPort, repo: str) -> dict[str, Any] | None:
@@ -46,3 +34,6 @@ def owner_and_mode(zfs: ZfsPort, repo: str) -> dict[str, Any] | None:
 def zfs_version() -> str:
     """The loaded ZFS kernel module's version, e.g. "2.3.9-1", which a bundle records."""
     return _zfs_version()
+
+
+__all__ = ["owner_and_mode", "reading", "transferable_chain", "zfs_version"]
