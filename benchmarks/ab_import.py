@@ -34,7 +34,7 @@ MiB = 1 << 20
 # in bench_bundles.py, where the export before has loaded it.
 _IMPORT = """
 import sys, time
-from dsg_storage.transfer.bundle import import_bundle
+from dsg_storage.transfer.importing import import_bundle
 from dsg_storage.zfs.boundary import open_zfs
 zfs = open_zfs(sys.argv[4])
 start = time.perf_counter()

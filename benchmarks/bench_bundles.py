@@ -35,8 +35,8 @@ from pathlib import Path
 import attrs
 
 from dsg_storage import Repository
-from dsg_storage.transfer.bundle import import_bundle
 from dsg_storage.transfer.export import export_bundle
+from dsg_storage.transfer.importing import import_bundle
 
 ROOT = "dsgtest/bench-bundles"
 WORK = Path("/var/tmp/dsg-bench-bundles")

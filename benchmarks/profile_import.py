@@ -24,7 +24,7 @@ from typing import Any
 
 from bench_bundles import data_repository
 
-from dsg_storage.transfer import audit, bundle, check, export, reader
+from dsg_storage.transfer import audit, check, export, importing, reader
 from dsg_storage.zfs.boundary import open_zfs
 
 ROOT = "dsgtest/profile-import"
@@ -85,14 +85,14 @@ def main() -> int:  # noqa: PLR0915  a profile script: one timed pass after anot
         instrument(zfs, "zfs")
         instrument(zfs.host, "host")
         check.file_sha256 = timed("file_sha256", check.file_sha256)  # the check's own passes
-        bundle._file_sha256 = check.file_sha256  # type: ignore[attr-defined]  # and the import's
+        importing._file_sha256 = check.file_sha256  # type: ignore[attr-defined]  # and the import's
         reader.verify = timed("verify (md5)", reader.verify)
         reader.CheckedRecords.check_stream = timed("check_stream", reader.CheckedRecords.check_stream)  # type: ignore[method-assign]
         audit.AuditLog.append = timed("audit.append", audit.AuditLog.append)  # type: ignore[method-assign]
-        bundle._check_for_import = timed("check_for_import", bundle._check_for_import)  # type: ignore[attr-defined]
-        bundle.Repository.recover = timed("recover", bundle.Repository.recover)  # type: ignore[method-assign]
+        importing._check_for_import = timed("check_for_import", importing._check_for_import)  # type: ignore[attr-defined]
+        importing.Repository.recover = timed("recover", importing.Repository.recover)  # type: ignore[method-assign]
         start = time.perf_counter()
-        bundle.import_bundle(
+        importing.import_bundle(
             path,
             f"{ROOT}/ours",
             mountpoint=str(WORK / "ours"),

@@ -74,9 +74,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .read.offline import open_offline
     from .read.reader import CachedReader, FileEntry, Mode, Reader, RepositoryInfo, RepositoryView, open_live
     from .transfer.audit import AuditLog
-    from .transfer.bundle import ImportResult, import_bundle
     from .transfer.check import CheckedBundle, check_bundle, inspect_bundle, verify_bundle
     from .transfer.export import ExportedBundle, export_bundle
+    from .transfer.importing import ImportResult, import_bundle
     from .transfer.layout import BundleInfo, PartSummary
     from .transfer.lockfile import LockDiff, LockedCommit, LockFile
     from .transfer.lockfile import compare as compare_lock
@@ -159,8 +159,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RepositoryView": (".read.reader", "RepositoryView"),
     "open_live": (".read.reader", "open_live"),
     "AuditLog": (".transfer.audit", "AuditLog"),
-    "ImportResult": (".transfer.bundle", "ImportResult"),
-    "import_bundle": (".transfer.bundle", "import_bundle"),
+    "ImportResult": (".transfer.importing", "ImportResult"),
+    "import_bundle": (".transfer.importing", "import_bundle"),
     "CheckedBundle": (".transfer.check", "CheckedBundle"),
     "check_bundle": (".transfer.check", "check_bundle"),
     "inspect_bundle": (".transfer.check", "inspect_bundle"),

@@ -128,6 +128,11 @@ def invoker_from_env(environ: Mapping[str, str]) -> Owner | None:
     return Settings.from_environ(environ, steering=False).invoker
 
 
+def current_invoker() -> Owner | None:
+    """The user who ran sudo, from this process's environment (read now), or None."""
+    return invoker_from_env(os.environ)
+
+
 def _max_pending(text: str | None) -> int | None:
     if text is None:
         return None

@@ -517,7 +517,7 @@ def test_an_audit_log_that_is_a_link_or_others_writable_is_refused(tmp_path: Pat
 
 
 def test_a_bundle_others_could_change_is_refused(tmp_path: Path) -> None:
-    from dsg_storage.transfer.bundle import _check_private
+    from dsg_storage.transfer.importing import _check_private
 
     path = good(tmp_path)
     path.chmod(0o644)

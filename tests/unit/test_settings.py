@@ -62,9 +62,8 @@ def test_the_command_line_ignores_our_variables_under_sudo() -> None:
 
 def test_only_the_settings_module_reads_the_environment() -> None:
     # cli/commands.py hands os.environ to Settings.for_cli (and to sudo, which scrubs it);
-    # transfer/bundle.py asks settings (policy.invoker_from_env); testpool and testing are
-    # tools of their own.
-    allowed = {"settings.py", "cli/commands.py", "transfer/bundle.py"}
+    # testpool and testing are tools of their own.
+    allowed = {"settings.py", "cli/commands.py"}
     reading = re.compile(r"os\.environ|getenv\(")
     found = {
         str(path.relative_to(SRC))

@@ -22,9 +22,9 @@ from dsg_storage import (
     NotABundleError,
     Repository,
 )
-from dsg_storage.transfer.bundle import import_bundle
 from dsg_storage.transfer.check import inspect_bundle, verify_bundle
 from dsg_storage.transfer.export import export_bundle
+from dsg_storage.transfer.importing import import_bundle
 from tests import zstream
 
 from .cli import dsg, with_src

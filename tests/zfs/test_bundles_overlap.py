@@ -15,9 +15,9 @@ import pytest
 
 from dsg_storage import BundleCorruptError, Repository
 from dsg_storage.names import P_IMPORT
-from dsg_storage.transfer.bundle import import_bundle
 from dsg_storage.transfer.check import inspect_bundle, verify_bundle
 from dsg_storage.transfer.export import export_bundle
+from dsg_storage.transfer.importing import import_bundle
 from tests import craft, zstream
 
 from .cli import dsg, with_src

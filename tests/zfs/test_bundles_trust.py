@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import BundleError, ConflictError, DatasetBusyError, Repository
-from dsg_storage.transfer.bundle import import_bundle
 from dsg_storage.transfer.export import export_bundle
+from dsg_storage.transfer.importing import import_bundle
 from dsg_storage.zfs.boundary import Zfs
 from dsg_storage.zfs.mounts import zfs_mounts
 from tests import craft

@@ -104,8 +104,8 @@ def verify(ctx: Context) -> int:
 def import_(ctx: Context) -> int:
     import attrs
 
-    from ..transfer.bundle import import_bundle
     from ..transfer.check import inspect_bundle
+    from ..transfer.importing import import_bundle
     from .bundle_text import write_progress
 
     args, inv = ctx.args, ctx.caller
@@ -145,7 +145,7 @@ def import_(ctx: Context) -> int:
 def import_plan(ctx: Context, given: Input) -> int:
     """``bundle import --dry-run``: the bundle checked as the import checks it, and the
     plan the import would run (``core.receive``), one line per step. Changes nothing."""
-    from ..transfer.bundle import plan_import
+    from ..transfer.importing import plan_import
 
     args, inv = ctx.args, ctx.caller
     if inv.sudo:  # the owner given for the new repository is checked like begin's

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from ..settings import Settings
-    from ..transfer.bundle import Source
+    from ..transfer.importing import Source
     from .sudo import Invocation
 
     Caller: TypeAlias = "Direct | Invocation"  # what every command asks before it acts
@@ -46,7 +46,7 @@ def invocation(environ: MutableMapping[str, str], settings: Settings | None = No
 class Input:
     """A file the command reads for its caller: the ``path`` to open it by and, when
     someone else opened it for them (sudo), how the caller named it (``source``, a
-    ``transfer.bundle.Source``; None: ``path`` is the caller's own name for it)."""
+    ``transfer.importing.Source``; None: ``path`` is the caller's own name for it)."""
 
     path: str
     source: Source | None = None

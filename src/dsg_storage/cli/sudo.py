@@ -149,7 +149,7 @@ class Invocation:
         imports it. Before a byte is copied, ``check`` (the bundle's header and metadata)
         runs on the caller's own descriptor, and the copy is bounded by the policy's
         ``[bundles] max_size``, sparse files are refused, free space is kept."""
-        from ..transfer.bundle import Source
+        from ..transfer.importing import Source
 
         fd = self._open_as_invoker(path)
         try:

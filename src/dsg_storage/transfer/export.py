@@ -17,7 +17,7 @@ import ctypes
 import functools
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -29,7 +29,6 @@ from ..core import send
 from ..errors import InvalidArgumentError, RepositoryNotFoundError
 from ..hostfs import OutputFile
 from ..names import P_MODE, P_OWNER
-from ..zfs.port import Snapshot, ZfsPort
 from . import metadata as _metadata
 from . import signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
@@ -39,6 +38,9 @@ from .layout import BundleInfo
 from .metadata import BundleMetadata
 from .progress import ProgressFn, reporting
 from .writer import BundleWriter
+
+if TYPE_CHECKING:  # the port's types only: the core opens the boundary (``core.send``)
+    from ..zfs.port import Snapshot, ZfsPort
 
 log = _log.getLogger("dsg_storage")
 

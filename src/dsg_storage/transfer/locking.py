@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
 from .. import names as _names
 from ..core import send
 from ..core.repository import Repository
 from ..errors import InvalidArgumentError, LockFileError
-from ..zfs.port import ZfsPort
 from . import lockfile as _lockfile
 from . import signing
 from .lockfile import LockDiff, LockedCommit, LockFile
 from .signing import Signature, SignatureSource
+
+if TYPE_CHECKING:  # the port's types only: the core opens the boundary (``core.send``)
+    from ..zfs.port import ZfsPort
 
 
 def _locked_commits(zfs: ZfsPort, repo: str) -> list[LockedCommit]:

@@ -1,33 +1,15 @@
-"""Bundles: a repository's snapshots as one verified file, for moving between machines
-that share no network.
+"""Importing a bundle: the transfer wing's hand-off to the core.
 
-    export_bundle("tank/data/survey", "survey.dsgb")                          # full history
-    export_bundle("tank/data/survey", "week.dsgb", since="dsg-commit-...")    # incremental
-    inspect_bundle("week.dsgb"); verify_bundle("week.dsgb")                   # no pool needed
     import_bundle("survey.dsgb", "vault/survey", mountpoint="/srv/survey", allow="vault")
+    plan_import("week.dsgb", "vault/survey")          # the plan it would run: a dry run
 
-A bundle holds one ZFS send stream per snapshot (the first full, or incremental from the
-``since`` base; then each incremental from the one before), the snapshots' names, GUIDs
-and our user properties (a send stream carries neither), the repository's owner and
-mode, and checksums of every part (``layout``).
-
-Landing, all or nothing:
-
-* **full** bundle: received into ``REPO.dsg-recv-TX`` (never mounted while received), its
-  properties set, then renamed to ``REPO``: the rename is the commit point. A crash before
-  it leaves only ``REPO.dsg-recv-TX``, which recovery destroys; ZFS itself discards a
-  stream cut short.
-* **incremental** bundle: applies only onto the repository whose latest snapshot has the
-  bundle's base GUID and which has no file changes since it (those would be lost). The
-  repository is marked (``dsg-storage:import``) before the first stream is received and
-  unmarked, with the snapshots' properties set, in one sync task at the end: the commit
-  point. A failure, or recovery after a crash, while the mark is there destroys the
-  snapshots received and rolls the repository back to the base.
-* **across a reboot**: until its commit point, what is received with the repository's
-  mountpoint is ``zoned=on`` (set with the mountpoint, or with the mark, in one ``zfs
-  set``), which ZFS never mounts at boot; the commit point (incremental) or recovery
-  (full, after the rename) clears it. After a crash and a reboot the repository's path
-  shows the old repository, or nothing until the next call: never a part of an import.
+This module opens the file once, checks it (``check``), and hands the core a checked
+stream source (``_BundleSource``, a ``core.receive.StreamSource``); the core plans and
+runs the import as a transaction pattern (``core.receive``: *full* lands through
+``REPO.dsg-recv-TX`` and a rename, *incremental* through a mark, a rollback to the base
+and one sync task), and recovery undoes or finishes it after a crash, as for a commit.
+Around that: the audit line (``audit``), the caller's progress. It acts on no ZFS
+itself.
 
 A bundle comes from somebody else and is imported as root, so nothing in it is trusted
 that was not checked, and nothing of its author's gives privilege:
@@ -37,30 +19,23 @@ that was not checked, and nothing of its author's gives privilege:
   change it between the check and the receive), and so is one open for writing
   elsewhere (a read lease cannot be had). Every check and ZFS's receive read that
   same open file.
-* **checked against itself**: the metadata against its schema (``metadata``), each
-  part's info against the metadata, each stream's BEGIN record against both
-  (``sendstream``: the snapshot, its GUID, full or incremental from which GUID) and
-  every record (the chunk digests and the structure hash included), all before ZFS
-  reads a byte; then every stream byte by ZFS's own stream checksums as it receives
-  (each record holds a fletcher4 of the stream before it, the END record one of the
-  whole stream; ZFS commits nothing that fails them, and a failure undoes the parts
-  before, as any failure does; the part's chunk digests then name the damage); after
-  each part, that ZFS read exactly the part's bytes and the snapshot's GUID is the one
-  expected. ``check_streams`` also checks every stream byte against its chunk digest
-  while ZFS receives (``verify_bundle``'s check); why that is not the default:
-  ``_check_for_import``.
+* **checked against itself** before ZFS reads a byte (``check.check_for_import``: the
+  metadata, each part's info, each stream's BEGIN record, every record and chunk
+  digest); then every stream byte by ZFS's own stream checksums as it receives; after
+  each part, that ZFS read exactly the part's bytes (``_BundlePart.feed``) and, in the
+  core, that the snapshot has the GUID the bundle promised. ``check_streams`` also
+  checks every stream byte against its chunk digest while ZFS receives
+  (``_StreamChecks``); the last part is handed over only once they all passed, so the
+  commit point comes after.
 * **signed** (``signing``): with an allowed-signers file a signature is checked (and,
   when required, must be there); it covers the sha256 of every byte of the file, so
   then every byte is hashed before ZFS reads one.
-* **harmless**: received repositories carry ``setuid=off`` and ``devices=off``, set
-  once every part was received whole (a refused bundle leaves them as they were) and
-  before they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode
-  are the importer's (``owner``, ``mode``; default the invoking user and 0755), the
-  bundle's are only shown.
-* **no write lost**: an incremental import unmounts the repository first, then checks
-  it has no changes since the base, rolls back to the base explicitly (a mount's own
-  metadata writes) and receives without ``force``; it is mounted again at the end.
-* **audited** (``audit``): every export and import appends a line to the audit log.
+* **harmless**: received repositories carry ``setuid=off`` and ``devices=off`` before
+  they are ever mounted, and are mounted ``nosuid,nodev``; their owner and mode are the
+  importer's (``owner``, ``mode``; default the invoking user and 0755), the bundle's
+  are only shown.
+* **audited** (``audit``): every import appends a line to the audit log, with the
+  sha256 of what was imported under sudo.
 """
 
 from __future__ import annotations
@@ -75,7 +50,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -88,8 +63,6 @@ from ..errors import (
     BundleError,
     DsgStorageError,
 )
-from ..zfs.allow import AllowList
-from ..zfs.port import ZfsPort
 from . import reader as _bundle_format
 from . import signing
 from .audit import DEFAULT_PATH as DEFAULT_AUDIT_LOG
@@ -101,6 +74,10 @@ from .check import file_sha256 as _file_sha256
 from .progress import ProgressFn
 from .progress import reporting as _reporting
 from .reader import CheckedRecords
+
+if TYPE_CHECKING:  # the boundary's types only: the core opens it (``Repository``)
+    from ..zfs.allow import AllowList
+    from ..zfs.port import ZfsPort
 
 log = _log.getLogger("dsg_storage")
 SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
@@ -137,16 +114,6 @@ class Source:
         if self.signature is None:
             return None, shown
         return signing.read_signature(self.signature, error, name=str(shown)), shown
-
-
-def _signature_of(
-    path: str | os.PathLike[str], source: Source | None, error: type[DsgStorageError]
-) -> tuple[bytes | None, Path]:
-    """The signature of the file at ``path`` (beside it), or the one ``source`` opened."""
-    if source is not None:
-        return source.read_signature(error)
-    beside = signing.signature_path(path)
-    return signing.read_signature(beside, error), beside
 
 
 def _offset_in(fd: int, start: int) -> int:
@@ -186,9 +153,9 @@ _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 
 def default_owner() -> Owner:
     """The invoking user: the one behind sudo when root runs through sudo."""
-    from ..policy import invoker_from_env  # the one reading of SUDO_UID/SUDO_GID (ASCII digits)
+    from ..settings import current_invoker  # the one reading of SUDO_UID/SUDO_GID (ASCII digits)
 
-    invoker = invoker_from_env(os.environ) if os.geteuid() == 0 else None
+    invoker = current_invoker() if os.geteuid() == 0 else None
     return invoker or Owner(os.getuid(), os.getgid())
 
 
