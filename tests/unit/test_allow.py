@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dsg_storage import AllowList, InvalidNameError, NotAllowedError
+from dsg_storage.settings import Settings
 
 
 def test_nothing_is_allowed_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DSG_STORAGE_ALLOW", raising=False)
     with pytest.raises(NotAllowedError, match="nothing"):
-        AllowList.from_env().check("tank/a")
+        Settings.default().allow.check("tank/a")
 
 
 def test_prefix_allows_itself_and_below_but_not_lookalikes() -> None:
@@ -28,7 +29,7 @@ def test_refusal_is_a_permission_error_that_names_the_dataset_and_the_fix() -> N
 
 def test_env_and_arguments_combine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSG_STORAGE_ALLOW", "a/x,b")
-    combined = AllowList.from_env() | AllowList.parse(["c"])
+    combined = Settings.default().allow | AllowList.parse(["c"])
     assert combined.prefixes == ("a/x", "b", "c")
 
 

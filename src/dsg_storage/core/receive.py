@@ -199,6 +199,15 @@ class ReceivePlan:
         return lines
 
 
+@attrs.frozen
+class Received:
+    """What ``Repository.receive`` did: its plan, and each step that ran (the plan's
+    actions, then recovery's placement)."""
+
+    plan: ReceivePlan
+    steps: tuple[str, ...]
+
+
 def _snapshot_props(batch: Batch, target: str, source: StreamSource) -> Batch:
     for snap in source.snapshots:
         if snap.user_props:

@@ -14,7 +14,7 @@ the step it guards (channel-program batches). The states recovery handles are li
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -41,7 +41,7 @@ from .actions import Action, Apply, Outcome, execute
 from .lock import HeldLock, repository_lock
 from .options import Owner, check_mountpoint, parse_mode
 from .patterns import TransactionPattern, begin_actions, commit_actions, new_record, pattern_for, pattern_of
-from .receive import ReceivePlan, StreamSource, plan_receive
+from .receive import Received, StreamSource, plan_receive
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
 from .recovery import (
     RecoveryStep,
@@ -64,15 +64,6 @@ log = _log.getLogger("dsg_storage")
 #: Recovery applies at most this many steps in one call (each a handful of actions); a
 #: pool that still needs more is reported rather than worked on forever.
 MAX_RECOVERY_STEPS = 64
-
-
-@attrs.frozen
-class Received:
-    """What ``Repository.receive`` did: its plan, and each step that ran (the plan's
-    actions, then recovery's placement)."""
-
-    plan: ReceivePlan
-    steps: tuple[str, ...]
 
 
 def _now() -> datetime:
@@ -180,14 +171,17 @@ class Repository:
                 self._held, self._lock = 0, None
 
     def _run(self, actions: list[Action]) -> Outcome:
+        """Apply ``actions``; queue the destroys that could not run now (``retire.defer``)."""
         outcome = execute(self.zfs, actions)
-        self._defer(outcome.skipped)
+        if outcome.skipped:
+            defer(self.name, outcome.skipped, self._open_queue)
         return outcome
 
-    def _defer(self, skipped: Mapping[str, int]) -> None:
-        """Queue the destroys that could not run now (``retire.defer``)."""
-        if skipped:
-            self._queue = defer(self.name, skipped, self._queue, self.settings)
+    def _open_queue(self) -> Queue:
+        from ..queue import Queue  # here: only a commit that must defer a destroy opens it
+
+        self._queue = self._queue or Queue(settings=self.settings)
+        return self._queue
 
     # ------------------------------------------------------------------ recovery
     def recover(self, *, abort_stale: float | None = None) -> list[str]:

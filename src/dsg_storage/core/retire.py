@@ -14,18 +14,20 @@ base. Every destroy is optional: what is still in use is left for the next try.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from .. import _log, names
 from ..zfs.port import Batch
 from .actions import Action, Apply, ReleaseMount, Unmount
 
-if TYPE_CHECKING:
-    from ..queue import Queue
-    from ..settings import Settings
-
 log = _log.getLogger("dsg_storage")
+
+
+class DestroyQueue(Protocol):
+    """Where destroys that must wait go (``queue.Queue``)."""
+
+    def add_destroy(self, target: str) -> object: ...
 
 
 def retire_old_head(repo: str, tx: str, orphaned_mounts: Iterable[tuple[str, str]]) -> list[Action]:
@@ -39,9 +41,9 @@ def retire_old_head(repo: str, tx: str, orphaned_mounts: Iterable[tuple[str, str
     return [*released, Unmount(old, lazy=True), Apply(batch)]
 
 
-def defer(repository: str, skipped: Mapping[str, int], queue: Queue | None, settings: Settings | None) -> Queue | None:
+def defer(repository: str, skipped: Mapping[str, int], queue: Callable[[], DestroyQueue]) -> None:
     """Queue the destroys of what ``repository`` retired that could not run now
-    (``skipped``: name -> errno); returns the queue, opened on first use. Recovery also
+    (``skipped``: name -> errno) in the queue ``queue()`` opens. Recovery also
     retries them from the pool itself, so a queue that cannot be written loses nothing
     (it is logged). A promote a held snapshot refused (of the repository, or of a
     workspace at the start of its commit) is not queued: the commit's last batch or the
@@ -50,17 +52,14 @@ def defer(repository: str, skipped: Mapping[str, int], queue: Queue | None, sett
     destroys = sorted((name for name in skipped if _retired(repository, name)), key=lambda n: "@" in n)
     import sqlite3  # here, as the queue: only a commit that must defer a destroy opens it
 
-    from ..queue import Queue
-
     try:
-        queue = queue or Queue(settings=settings)
+        opened = queue()
         for name in destroys:  # dependents (filesystems) first
-            queue.add_destroy(name)
+            opened.add_destroy(name)
     except (OSError, sqlite3.Error) as exc:
         log.error("%s: cannot destroy %s yet, and cannot queue it (%s); recovery will retry", repository, left, exc)
-        return queue
+        return
     log.warning("%s: cannot destroy %s yet; queued ('dsg-storage queue list')", repository, left)
-    return queue
 
 
 def _retired(repository: str, name: str) -> bool:

@@ -52,20 +52,6 @@ class AllowList:
             prefixes.append(item)
         return cls(tuple(prefixes))
 
-    @classmethod
-    def resolve(cls, allow: AllowList | str | Iterable[str] | None) -> AllowList:
-        """``allow`` as given, parsed if a string or list; ``$DSG_STORAGE_ALLOW`` if empty."""
-        if isinstance(allow, AllowList):
-            return allow
-        return cls.parse(allow) if allow else cls.from_env()
-
-    @classmethod
-    def from_env(cls) -> AllowList:
-        """``$DSG_STORAGE_ALLOW``, read now (``settings.Settings.default``)."""
-        from ..settings import Settings
-
-        return Settings.default().allow
-
     def __or__(self, other: AllowList) -> AllowList:
         return AllowList(
             self.prefixes + tuple(p for p in other.prefixes if p not in self.prefixes), self.places or other.places

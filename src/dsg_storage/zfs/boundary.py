@@ -118,8 +118,16 @@ class _PoolReadOnly(Exception):
 
 def open_zfs(allow: AllowList | str | None = None, *, read_only: bool = False) -> Zfs:
     """The boundary object, built in this one place: ``allow`` an AllowList, a
-    comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (nothing when unset)."""
-    return Zfs(AllowList.resolve(allow), read_only=read_only)
+    comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (nothing when unset; read
+    by ``settings``, the one reader of the environment)."""
+    if not isinstance(allow, AllowList):
+        if allow:
+            allow = AllowList.parse(allow)
+        else:
+            from ..settings import Settings
+
+            allow = Settings.default().allow
+    return Zfs(allow, read_only=read_only)
 
 
 class Zfs:
