@@ -121,12 +121,9 @@ def open_zfs(allow: AllowList | str | None = None, *, read_only: bool = False) -
     comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (nothing when unset; read
     by ``settings``, the one reader of the environment)."""
     if not isinstance(allow, AllowList):
-        if allow:
-            allow = AllowList.parse(allow)
-        else:
-            from ..settings import Settings
+        from ..settings import Settings
 
-            allow = Settings.default().allow
+        allow = AllowList.parse(allow) if allow else Settings.default().allow
     return Zfs(allow, read_only=read_only)
 
 
