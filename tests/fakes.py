@@ -14,7 +14,7 @@ from typing import Any
 from dsg_storage.errors import DatasetBusyError, DatasetExistsError, DatasetNotFoundError, ZfsError
 from dsg_storage.zfs.allow import AllowList
 from dsg_storage.zfs.host import BoundarySteps, Guard
-from dsg_storage.zfs.port import Batch, BatchResult, Snapshot, ZfsPort
+from dsg_storage.zfs.port import Batch, BatchResult, Foreign, Snapshot, ZfsPort
 
 
 class FakeHost:
@@ -149,6 +149,14 @@ class FakeZfs:
         out[parent] = {"mountpoint": self.datasets[parent].get("mountpoint", "none")}
         return out
 
+    def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
+        """Snapshots of ``dataset`` made after the first of ``bases`` that exists; one in
+        ``busy`` is held (tag "busy")."""
+        base = next((b for b in bases if b in self.snaps), "")
+        after = int(self.snaps.get(base, {}).get("createtxg", "0"))
+        found = [s for s in self.snapshots(dataset) if s.createtxg > after]
+        return Foreign(tuple((s.short_name, ("busy",) if s.name in self.busy else ()) for s in found))
+
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         clones: dict[str, list[str]] = {}
         for name, props in self.datasets.items():
@@ -261,6 +269,12 @@ class FakeZfs:
                 continue
             if op == "I":  # back to the parent's (the fake has no inheritance: gone)
                 self.datasets[ops[i + 1]].pop(ops[i + 2], None)
+                i += 3
+                continue
+            if op == "R":  # a snapshot renamed on its dataset, if it exists and the name is free
+                target = f"{ops[i + 1].split('@')[0]}@{ops[i + 2]}"
+                if ops[i + 1] in self.snaps and target not in self.snaps:
+                    self.snaps[target] = self.snaps.pop(ops[i + 1])
                 i += 3
                 continue
             name = ops[i + 1]

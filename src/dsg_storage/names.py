@@ -140,6 +140,20 @@ def old_dataset(repo: str, tx: str) -> str:
     return f"{repo}.dsg-old-{tx}"
 
 
+def gone_dataset(repo: str, tx: str) -> str:
+    """An undone transaction's temporary dataset, kept only while another tool holds (or
+    bookmarked) a snapshot it took of it; recovery destroys it once it can."""
+    return f"{repo}.dsg-gone-{tx}"
+
+
+def base_places(repo: str, tx: str) -> tuple[str, ...]:
+    """Where transaction ``tx``'s base snapshot may be: on the repository (before the
+    workspace's promote, and after a commit), on the workspace (promoted, the commit not
+    finished), on the old head (a reader's hold refused the promote)."""
+    short = f"dsg-base-{tx}"
+    return tuple(f"{dataset}@{short}" for dataset in (repo, workspace_dataset(repo, tx), old_dataset(repo, tx)))
+
+
 def receive_dataset(repo: str, tx: str) -> str:
     """Where a full bundle is received before it takes the repository's name."""
     return f"{repo}.dsg-recv-{tx}"
@@ -158,7 +172,7 @@ def is_commit_snapshot(short_name: str) -> bool:
     return short_name.startswith("dsg-commit-")
 
 
-_TEMP_RE = re.compile(r"(?P<repo>.+)\.dsg-(?P<kind>init|ws|old|recv)-(?P<tx>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6})")
+_TEMP_RE = re.compile(r"(?P<repo>.+)\.dsg-(?P<kind>init|ws|old|recv|gone)-(?P<tx>[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6})")
 
 
 def parse_temporary(dataset: str) -> tuple[str, str, str] | None:

@@ -21,10 +21,16 @@ from typing import ClassVar
 import attrs
 
 from .. import names
-from ..errors import DatasetExistsError, DatasetNotFoundError, DsgStorageError, InvalidArgumentError
-from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_STATE, P_TX
+from ..errors import (
+    DatasetBusyError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    DsgStorageError,
+    InvalidArgumentError,
+)
+from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_RECOVERY_NOTE, P_STATE, P_TX
 from ..zfs.port import Batch, ZfsPort
-from .actions import Action, Apply, ApplyOwner, Clone, Create, Freeze, Mount, Rename, Thaw, Unmount
+from .actions import Action, Apply, ApplyOwner, Clone, Create, DestroySnapshots, Freeze, Mount, Rename, Thaw, Unmount
 from .options import Owner, parse_mode
 from .placement import place_recorded_head
 from .records import Pattern, Phase, Record
@@ -59,6 +65,11 @@ class TransactionPattern:
         """Create the temporary dataset, recording ``props`` on it."""
         raise NotImplementedError
 
+    def bases(self, repo: str, tx: str) -> tuple[str, ...]:
+        """Where the transaction's base snapshot may be (none: init has none); what other
+        tools snapshotted of the temporary after it is theirs (``ZfsPort.foreign``)."""
+        return ()
+
     def detach(self, view: PoolView, record: Record, wait: float = 0.0) -> list[Action]:
         """Before the commit point: take the workspace off its path and stop every
         change to the repository (``wait``: how long a writer may take to finish)."""
@@ -67,6 +78,33 @@ class TransactionPattern:
     def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
         """After ``detach``: files of the repository changed since begin (a conflict)."""
         return []
+
+    def strays(self, zfs: ZfsPort, view: PoolView, record: Record) -> list[Action]:
+        """Just before the commit point: the snapshots other tools took of the temporary
+        since its base (a recursive ``zfs snapshot -r PARENT@x``) would become the
+        repository's and show uncommitted work under its name: destroyed, and said so
+        on the repository (``status``). One that is held cannot be: the commit is refused
+        (DatasetBusyError naming the hold; nothing changed, the transaction stays open)."""
+        foreign = zfs.foreign(record.dataset, self.bases(view.repository, record.tx))
+        if foreign.held:
+            held = ", ".join(f"@{name} (held by {', '.join(tags)})" for name, tags in foreign.held.items())
+            raise DatasetBusyError(
+                f"{record.dataset} has snapshots another tool took of the uncommitted work and holds: {held}; "
+                f"committing would show them under the name of {view.repository}",
+                dataset=record.dataset,
+                hint="release the holds (zfs release TAG SNAPSHOT) and commit again; have the tool skip "
+                "dsg-storage's temporaries (README: Living beside sanoid, syncoid and zrepl)",
+            )
+        if not foreign.snapshots:
+            return []
+        shown = ", ".join(f"@{name}" for name, _ in foreign.snapshots)
+        note = (
+            f"{view.now.isoformat(timespec='seconds')} {record.tx}: destroyed {shown}, taken of the uncommitted "
+            "workspace by another tool during the transaction (a snapshot under the repository's name shows "
+            "committed content only)"
+        )
+        strays = tuple(f"{record.dataset}@{name}" for name, _ in foreign.snapshots)
+        return [DestroySnapshots(strays), Apply(Batch().set(record.dataset, {P_RECOVERY_NOTE: note}))]
 
     def first_of_commit(self, record: Record) -> Batch:
         """What goes into commit's first sync task beside the intent."""
@@ -164,6 +202,9 @@ class Sync(TransactionPattern):
         # recovery finds an interrupted begin from the mark alone.
         mark = Batch().set(repo, {P_PENDING: record.tx}).snapshot(base, {P_TX: record.tx})
         return [Apply(mark), Clone(record.dataset, base, props)]
+
+    def bases(self, repo: str, tx: str) -> tuple[str, ...]:
+        return names.base_places(repo, tx)
 
     def detach(self, view: PoolView, record: Record, wait: float = 0.0) -> list[Action]:
         # Read-only and renamed away, the repository cannot be changed unseen any more;

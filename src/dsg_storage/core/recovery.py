@@ -66,7 +66,7 @@ from ..names import (
     P_STATE,
     P_TX,
 )
-from ..zfs.port import Batch
+from ..zfs.port import Batch, Foreign
 from .actions import (
     Action,
     Apply,
@@ -82,7 +82,7 @@ from .actions import (
 from .patterns import pattern_of
 from .placement import place_head, place_recorded_head, recorded_placement
 from .records import Phase, Record
-from .retire import retire_old_head
+from .retire import DestroyTemporary, kept_why, retire_old_head, retiring
 from .view import PoolView
 
 
@@ -120,8 +120,8 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     if not record.inherits:  # mountable where it records from now on (see patterns._creation_props)
         batch = batch.inherit(repo, "zoned")
     batch = batch.set(repo, {P_STATE: Phase.COMMITTED.value})
-    for name in retired:
-        batch = batch.destroy(name, required=False)
+    if retired:  # the old head and the base, and what other tools' snapshots change (``retire``)
+        batch = retiring(batch, repo, record.tx, view.foreign.get(retired[0], Foreign()))
     actions.append(Apply(batch))
     return actions
 
@@ -137,18 +137,19 @@ def undo_transaction(view: PoolView, record: Record) -> list[Action]:
     actions: list[Action] = []
     if record.phase is Phase.OPEN:
         actions.append(Apply(Batch().set(record.dataset, {P_STATE: Phase.ABORTING.value})))
+    pattern, repo = pattern_of(record), view.repository
     if view.exists(record.dataset):
         # The directory goes while the dataset still records its path, so that an
         # interruption here leaves something for recovery to finish from.
         actions += [
-            *pattern_of(record).before_destroy(view, record),
+            *pattern.before_destroy(view, record),
             Unmount(record.dataset),
             RemoveDir(record.path),
-            Destroy(record.dataset),
+            DestroyTemporary(record.dataset, pattern.bases(repo, record.tx), names.gone_dataset(repo, record.tx)),
         ]
     else:
         actions.append(RemoveDir(record.path))
-    return actions + pattern_of(record).undo(view, record)
+    return actions + pattern.undo(view, record)
 
 
 def remount_workspace(view: PoolView, record: Record) -> list[Action]:
@@ -262,5 +263,16 @@ def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[RecoverySte
                 break
         return steps
     for tx, old in olds.items():  # 5c
-        steps.append(RecoveryStep(f"{tx}: retired {old} destroyed", retire_old_head(repo, tx, view.orphaned_mounts)))
+        foreign = view.foreign.get(old, Foreign())
+        retire = retire_old_head(repo, tx, view.orphaned_mounts, foreign)
+        steps.append(RecoveryStep(f"{tx}: retired {old} destroyed" + _kept(foreign), retire))
+    for tx, gone in view.temporaries("gone").items():  # 5d
+        foreign = view.foreign.get(gone, Foreign())
+        retire = [Unmount(gone, lazy=True), Apply(retiring(Batch(), repo, tx, foreign, kind="gone"))]
+        steps.append(RecoveryStep(f"{tx}: undone {gone} destroyed" + _kept(foreign), retire))
     return steps
+
+
+def _kept(foreign: Foreign) -> str:
+    """What a retiring step says of what other tools keep."""
+    return f" (what is not: {kept_why(foreign)})" if foreign.held or foreign.bookmarks else ""

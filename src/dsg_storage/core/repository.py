@@ -387,6 +387,7 @@ class Repository:
             try:
                 self._run(detach)
                 changes = pattern.changes(self.zfs, self.name, record)
+                strays = [] if changes else pattern.strays(self.zfs, view, record)
             except Exception:
                 self._reattach(record)  # nothing changed: put the names and mounts back
                 raise
@@ -400,7 +401,7 @@ class Repository:
                     hint=f"nothing was changed; roll back with 'dsg-storage rollback {self.name} {tx}'",
                 )
             try:
-                self._run([commit_point])  # the rename that gives the new content the repository's name
+                self._run([*strays, commit_point])  # the rename that gives the new content the repository's name
             except DsgStorageError as exc:
                 self._reattach(record)
                 raise pattern.commit_point_failed(exc, self.name, tx) from exc

@@ -16,7 +16,7 @@ import attrs
 
 from .. import names
 from ..names import P_COMMIT_SNAPSHOT, P_IMPORT, P_STATE, P_TX
-from ..zfs.port import ZfsPort
+from ..zfs.port import Foreign, ZfsPort
 from ..zfs.programs import on_off
 from .records import Phase, Record
 
@@ -36,6 +36,8 @@ class PoolView:
     orphaned_mounts: tuple[tuple[str, str], ...] = ()
     #: the transaction whose begin died before its last step (the lock file's note)
     unfinished_begin: str | None = None
+    #: retired temporaries (old heads, undone ones kept) -> what other tools made of them
+    foreign: Mapping[str, Foreign] = attrs.Factory(dict)
 
     @property
     def head(self) -> Mapping[str, str] | None:
@@ -140,6 +142,12 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
     orphans = tuple(
         (source, path) for source, path in zfs.host.orphaned_reader_mounts() if source.split("@")[0] in family
     )
+    retired = (names.parse_temporary(dataset) for dataset in family)
+    foreign = {
+        f"{repo}.dsg-{kind}-{tx}": zfs.foreign(f"{repo}.dsg-{kind}-{tx}", names.base_places(repository, tx))
+        for repo, kind, tx in (parsed for parsed in retired if parsed)
+        if repo == repository and kind in ("old", "gone")
+    }
     return PoolView(
         repository,
         family,
@@ -150,4 +158,5 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
         commit_snapshot_exists,
         orphans,
         unfinished_begin,
+        foreign,
     )

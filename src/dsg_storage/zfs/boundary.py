@@ -56,7 +56,7 @@ from . import programs
 from .errors import DatasetChangedError, from_errno, from_pyzfs
 from .host import BoundaryStep, BoundarySteps, Guard, Host, retry_busy
 from .mounts import MOUNT_FLAG_PROPS
-from .port import Snapshot
+from .port import Foreign, Snapshot
 from .programs import Batch, BatchResult, u64
 
 log = _log.getLogger("dsg_storage")
@@ -220,6 +220,18 @@ class Zfs:
             for item in raw.values()
         ]
         return sorted(snaps, key=lambda s: s.createtxg)
+
+    def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
+        """The snapshots (with their holds) and bookmarks other tools made of ``dataset``
+        since its transaction's base (``bases``: the full names where the base may be,
+        the first that exists counts; all of them when it is gone). One read-only
+        channel program."""
+        raw = self.program(_names.pool_of(dataset), programs.FOREIGN, [dataset, *bases], sync=False) or {}
+        snaps = sorted((raw.get("snapshots") or {}).items(), key=lambda item: int(item[1]["createtxg"]))
+        return Foreign(
+            tuple((name, tuple(sorted(info.get("holds") or {}))) for name, info in snaps),
+            tuple(sorted(raw.get("bookmarks") or {}, key=lambda name: int(raw["bookmarks"][name]))),
+        )
 
     def _snapshots_cli(self, dataset: str, user_prefix: str) -> dict[str, Any]:
         listed = self._zfs_json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # annotations only: host.py brings the mount code
     from .allow import AllowList
     from .host import BoundarySteps
 
-__all__ = ["Batch", "BatchResult", "HostPort", "Snapshot", "ZfsPort"]
+__all__ = ["Batch", "BatchResult", "Foreign", "HostPort", "Snapshot", "ZfsPort"]
 
 
 @attrs.frozen
@@ -33,6 +33,25 @@ class Snapshot:
     @property
     def short_name(self) -> str:
         return self.name.split("@", 1)[1]
+
+
+@attrs.frozen
+class Foreign:
+    """What other tools made of one of our temporary datasets since its transaction
+    began (snapshots and bookmarks created after the base; ``ZfsPort.foreign``): each
+    snapshot's short name with the tags of its holds, oldest first; the bookmarks'
+    short names."""
+
+    snapshots: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    bookmarks: tuple[str, ...] = ()
+
+    @property
+    def held(self) -> dict[str, tuple[str, ...]]:
+        """Snapshot -> its holds' tags, for the held ones."""
+        return {name: tags for name, tags in self.snapshots if tags}
+
+    def __bool__(self) -> bool:
+        return bool(self.snapshots or self.bookmarks)
 
 
 class HostPort(Protocol):
@@ -67,6 +86,7 @@ class ZfsPort(Protocol):
     def exists(self, name: str) -> bool: ...
     def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None: ...
     def snapshots(self, dataset: str) -> list[Snapshot]: ...
+    def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign: ...
     def filesystems(self, under: str) -> dict[str, dict[str, str]]: ...
     def children(self, dataset: str) -> list[str]: ...
     def family(self, dataset: str) -> dict[str, dict[str, str]]: ...

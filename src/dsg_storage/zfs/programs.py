@@ -81,6 +81,37 @@ return out
 """
 )
 
+# What other tools made of one of our temporary datasets since a transaction began:
+# argv = {dataset, base snapshot, ...}: the base's full name where it may be (the first
+# that exists counts). The snapshots and bookmarks of the dataset created after the base
+# (all of them when it is gone), each snapshot with its holds' tags. Snapshots keyed by
+# short name, bookmarks likewise (names are unique).
+FOREIGN = (
+    LUA_PREAMBLE
+    + """
+local ds = argv[1]
+local out = {snapshots = {}, bookmarks = {}}
+if not zfs.exists(ds) then return out end
+local after = 0
+for i = 2, #argv do
+    if after == 0 and zfs.exists(argv[i]) then after = zfs.get_prop(argv[i], "createtxg") end
+end
+for snap in zfs.list.snapshots(ds) do
+    local txg = zfs.get_prop(snap, "createtxg")
+    if txg > after then
+        local holds = {}
+        for tag in zfs.list.holds(snap) do holds[tag] = 1 end
+        out.snapshots[string.sub(snap, #ds + 2)] = {createtxg = txg, holds = holds}
+    end
+end
+for bookmark in zfs.list.bookmarks(ds) do
+    local txg = zfs.get_prop(bookmark, "createtxg")
+    if txg > after then out.bookmarks[string.sub(bookmark, #ds + 2)] = txg end
+end
+return out
+"""
+)
+
 CHILDREN = (
     LUA_PREAMBLE
     + """
@@ -141,7 +172,7 @@ while i <= #argv do
     if op == "V" or op == "N" then
         ops[#ops + 1] = {op, argv[i + 1], argv[i + 2], argv[i + 3]}
         i = i + 4
-    elseif op == "U" or op == "I" then
+    elseif op == "U" or op == "I" or op == "R" then
         ops[#ops + 1] = {op, argv[i + 1], argv[i + 2]}
         i = i + 3
     else
@@ -182,7 +213,15 @@ for k = 1, #ops do
         local e = zfs.sync.destroy(o[2])
         if e ~= 0 then skipped[o[2]] = e end
     elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0)
-    elseif o[1] == "I" then assert(zfs.sync.inherit(o[2], o[3]) == 0) end
+    elseif o[1] == "I" then assert(zfs.sync.inherit(o[2], o[3]) == 0)
+    elseif o[1] == "R" then
+        local at = string.find(o[2], "@", 1, true)
+        local target = string.sub(o[2], 1, at) .. o[3]
+        if zfs.exists(o[2]) and not zfs.exists(target) then
+            local e = zfs.sync.rename_snapshot(string.sub(o[2], 1, at - 1), string.sub(o[2], at + 1), o[3])
+            if e ~= 0 then skipped[o[2]] = e end
+        end
+    end
 end
 return {failed = 0, skipped = skipped, created = created}
 """
@@ -281,6 +320,11 @@ class Batch:
         program can make)."""
         return self._add(dataset, "I", dataset, prop)
 
+    def rename_snapshot(self, snapshot: str, short: str) -> Batch:
+        """Rename ``snapshot`` (full name) to ``short`` on its dataset, if it exists and
+        the new name is free; a refusal is reported in the result's ``skipped``."""
+        return self._add(snapshot, "R", snapshot, short)
+
     def require_unchanged(self, filesystem: str, snapshot: str) -> Batch:
         """Refuse the batch (DatasetChangedError) if ``filesystem`` was written after
         ``snapshot`` (its short name)."""
@@ -317,6 +361,9 @@ class Batch:
                 i += 3
             elif op == "I":
                 lines.append(f"inherit {self.ops[i + 2]} on {self.ops[i + 1]} (clear its local value)")
+                i += 3
+            elif op == "R":
+                lines.append(f"rename {self.ops[i + 1]} to @{self.ops[i + 2]} if it is free")
                 i += 3
             else:
                 lines.append(f"{words[op]} {self.ops[i + 1]}")
