@@ -1,20 +1,41 @@
 """An in-memory pool that satisfies ``ZfsPort``, for pure logic only.
 
 It models what the core's planning depends on (datasets with their user properties and
-``mountpoint``, snapshots, renames, batches, mounts) so that recovery's loop can be run to
-its end without ZFS. It claims nothing about ZFS itself: every ZFS behaviour is tested
-against a real pool in ``tests/zfs``.
+``mountpoint``, snapshots with their GUIDs, renames, batches, mounts, and a send and a
+receive of one snapshot's stream) so that recovery's loop, an export and an import can
+be run to their end without ZFS. It claims nothing about ZFS itself: every ZFS
+behaviour is tested against a real pool in ``tests/zfs``.
+
+Its send stream (``FakeZfs.send_to``) is a real BEGIN record (``transfer.sendstream``:
+what the bundle checks read) followed by an END record (``drr_type`` 2, the snapshot's
+GUID at byte 40, as ``dmu_replay_record_t``'s ``drr_end``): no data, since the fake holds
+none. Its receive reads exactly that, and refuses what a pool refuses (a wrong base, a
+full stream onto an existing dataset, an existing snapshot, a damaged or cut stream).
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from dsg_storage.errors import DatasetBusyError, DatasetExistsError, DatasetNotFoundError, ZfsError
+from dsg_storage.errors import BundleError, DatasetBusyError, DatasetExistsError, DatasetNotFoundError, ZfsError
+from dsg_storage.transfer import sendstream
 from dsg_storage.zfs.allow import AllowList
 from dsg_storage.zfs.host import BoundarySteps, Guard
 from dsg_storage.zfs.port import Batch, BatchResult, Foreign, Snapshot, ZfsPort
+
+DRR_END = 2
+_END = struct.Struct("<II32xQ")  # drr_type, drr_payloadlen, drr_checksum, drr_toguid
+FIRST_GUID = 1 << 32  # the fake's own snapshots: a counter from here (a crafted bundle's are small)
+
+
+def fake_send_stream(toname: str, toguid: int, fromguid: int = 0) -> bytes:
+    """The fake pool's send stream of snapshot ``toname`` (incremental from ``fromguid``, or
+    full): its BEGIN record and its END record, each ``sendstream.RECORD_SIZE`` bytes."""
+    end = _END.pack(DRR_END, 0, toguid)
+    return sendstream.make_begin(toname, toguid, fromguid) + end.ljust(sendstream.RECORD_SIZE, b"\0")
 
 
 class FakeHost:
@@ -96,6 +117,7 @@ class FakeZfs:
         self.busy: set[str] = set()
         self._host = FakeHost(self)
         self._txg = 100
+        self._guid = FIRST_GUID
 
     # the Protocol's attributes
     @property
@@ -119,6 +141,9 @@ class FakeZfs:
         return name in self.datasets or name in self.snaps
 
     def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None:
+        if dataset in self.snaps:  # a snapshot's: its user properties, createtxg and guid
+            self.guid_of(dataset)
+            return {k: v for k, v in self.snaps[dataset].items() if k in names}
         if dataset not in self.datasets:
             return None
         props: dict[str, Any] = dict(self.datasets[dataset])
@@ -131,9 +156,28 @@ class FakeZfs:
         found = [(name, props) for name, props in self.snaps.items() if name.split("@")[0] == dataset]
         found.sort(key=lambda item: int(item[1].get("createtxg", "0")))
         return [
-            Snapshot(name, guid=i + 1, createtxg=int(p.get("createtxg", "0")), creation=0, user_props=p)
-            for i, (name, p) in enumerate(found)
+            Snapshot(
+                name,
+                guid=self.guid_of(name),
+                createtxg=int(p.get("createtxg", "0")),
+                creation=0,
+                user_props={k: v for k, v in p.items() if ":" in k},  # as ZFS lists them: user properties only
+            )
+            for name, p in found
         ]
+
+    def guid_of(self, snapshot: str) -> int:
+        """``snapshot``'s GUID: the one it was made or received with (kept in its
+        properties, so it moves with renames and promotions); a snapshot a test put into
+        ``snaps`` by hand gets the next one now."""
+        props = self.snaps[snapshot]
+        if "guid" not in props:
+            props["guid"] = str(self._new_guid())
+        return int(props["guid"])
+
+    def _new_guid(self) -> int:
+        self._guid += 1
+        return self._guid
 
     def filesystems(self, under: str) -> dict[str, dict[str, str]]:
         return {k: dict(v) for k, v in self.datasets.items() if k == under or k.startswith(under + "/")}
@@ -189,7 +233,7 @@ class FakeZfs:
         for name in names:
             self._absent(name)
             self._need(name.split("@")[0])
-            self.snaps[name] = {**(props or {}), "createtxg": str(self._txg)}
+            self.snaps[name] = {**(props or {}), "createtxg": str(self._txg), "guid": str(self._new_guid())}
         self._changed("snapshot", names[0])
 
     def clone(self, name: str, origin: str, props: Mapping[str, str | int] | None = None) -> None:
@@ -279,8 +323,9 @@ class FakeZfs:
                 continue
             name = ops[i + 1]
             if op == "S":
-                self.snaps[name] = {"createtxg": str(self._txg)}
-                created[name] = (len(self.snaps), self._txg)
+                guid = self._new_guid()
+                self.snaps[name] = {"createtxg": str(self._txg), "guid": str(guid)}
+                created[name] = (guid, self._txg)
             elif op in ("P", "Q"):  # the fake's snapshots are never held: promote always works
                 self._promote(name)
             elif op in ("D", "T"):
@@ -310,15 +355,82 @@ class FakeZfs:
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
         return list(self.changed.get(filesystem, []))
 
-    # not used by the core's planning
+    # streams: the fake's own (``fake_send_stream``), read and written through a descriptor
     def send_space(self, snapshot: str, from_snapshot: str | None = None) -> int:
-        raise ZfsError("the fake pool sends nothing")
+        return len(self._stream(snapshot, from_snapshot))
 
     def send_to(self, fd: int, snapshot: str, from_snapshot: str | None = None) -> None:
-        raise ZfsError("the fake pool sends nothing")
+        """Write ``snapshot``'s stream at ``fd``'s offset, leaving it at the stream's end
+        (``lzc_send`` does). A read: nothing changes, no step is counted."""
+        data = memoryview(self._stream(snapshot, from_snapshot))
+        while data:
+            data = data[os.write(fd, data) :]
+
+    def _stream(self, snapshot: str, from_snapshot: str | None) -> bytes:
+        if snapshot not in self.snaps:
+            raise DatasetNotFoundError(f"{snapshot}: no such snapshot", dataset=snapshot)
+        fromguid = 0
+        if from_snapshot is not None:
+            if from_snapshot not in self.snaps:
+                raise DatasetNotFoundError(f"{from_snapshot}: no such snapshot", dataset=from_snapshot)
+            older = int(self.snaps[from_snapshot]["createtxg"]) < int(self.snaps[snapshot]["createtxg"])
+            if from_snapshot.split("@")[0] != snapshot.split("@")[0] or not older:
+                raise ZfsError(f"{from_snapshot} is not an earlier snapshot of {snapshot.split('@')[0]}")
+            fromguid = self.guid_of(from_snapshot)
+        return fake_send_stream(snapshot, self.guid_of(snapshot), fromguid)
 
     def receive_from(self, fd: int, snapshot: str, *, force: bool = False) -> None:
-        raise ZfsError("the fake pool receives nothing")
+        """Read one stream (``fake_send_stream``'s) from ``fd``'s offset, leaving it at the
+        stream's end, and make ``snapshot`` with the stream's GUID, as ``lzc_receive``
+        does: a full stream creates the dataset (its parent must exist, it must not); an
+        incremental one applies only onto a dataset whose latest snapshot is the stream's
+        base (``force`` would roll back changes since then, which the fake does not
+        hold). Whatever it refuses changes nothing."""
+        dataset = snapshot.split("@", 1)[0]
+        self.guard.check(dataset)
+        begin = self._read_stream(fd, snapshot)
+        self._absent(snapshot)
+        if begin.fromguid == 0:
+            self._absent(dataset)
+            self._need(dataset.rsplit("/", 1)[0])
+            self.datasets[dataset] = {"mountpoint": "none"}
+        else:
+            self._need(dataset)
+            have = self.snapshots(dataset)
+            if not have or have[-1].guid != begin.fromguid:
+                latest = f"{have[-1].name} (guid {have[-1].guid})" if have else "no snapshot"
+                raise ZfsError(
+                    f"cannot receive {snapshot}: the stream applies onto guid {begin.fromguid}; "
+                    f"the most recent snapshot of {dataset} is {latest}"
+                )
+        self.snaps[snapshot] = {"createtxg": str(self._txg), "guid": str(begin.toguid)}
+        self._changed("receive", snapshot)
+
+    def _read_stream(self, fd: int, snapshot: str) -> sendstream.BeginRecord:
+        """One stream's two records from ``fd``; a damaged or cut one is refused."""
+        head = _read_exactly(fd, sendstream.RECORD_SIZE)
+        try:
+            begin = sendstream.parse_begin(head, f"the stream for {snapshot}")
+        except BundleError as exc:
+            raise ZfsError(f"cannot receive {snapshot}: invalid stream ({exc})") from None
+        end = _read_exactly(fd, sendstream.RECORD_SIZE)
+        kind, _, toguid = _END.unpack_from(end) if len(end) == sendstream.RECORD_SIZE else (None, 0, 0)
+        if kind != DRR_END or toguid != begin.toguid:
+            raise ZfsError(f"cannot receive {snapshot}: the stream is damaged or cut short (no END record)")
+        if begin.header_type != sendstream.SUBSTREAM:
+            raise ZfsError(f"cannot receive {snapshot}: the fake pool receives the stream of one snapshot only")
+        return begin
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from ``fd`` (fewer only at the end of the file)."""
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _satisfies_the_port(fake: FakeZfs) -> ZfsPort:

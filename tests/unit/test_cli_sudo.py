@@ -26,7 +26,8 @@ def test_without_sudo_nothing_changes() -> None:
 
 
 def test_without_sudo_the_command_line_uses_the_direct_variant(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dsg_storage.cli.invocation import Direct, invocation
+    from dsg_storage.cli.context import invocation
+    from dsg_storage.cli.invocation import Direct
     from dsg_storage.zfs.allow import AllowList
 
     monkeypatch.setenv("DSG_STORAGE_ALLOW", "tank/a")

@@ -206,8 +206,7 @@ def main(
     try:
         from ..settings import Settings
         from ..zfs.allow import AllowList
-        from .context import Context, open_boundary
-        from .invocation import invocation
+        from .context import Context, invocation, open_boundary
 
         environ = os.environ if environ is None else environ
         settings = Settings.for_cli(environ)  # the one reading of the environment

@@ -1,10 +1,11 @@
 """What every command's handler is given: one ``Context``.
 
 The parsed arguments, the allow-list (``--allow`` with ``$DSG_STORAGE_ALLOW``, or the
-sudo policy's narrowed by it), the caller (``invocation.Direct`` or ``sudo.Invocation``),
-the settings read once from the environment (``settings.Settings``), the factory that
-opens the ZFS boundary, and where output goes. ``commands.main`` builds it; a test builds
-it with the in-memory pool as the boundary (``main(argv, zfs=...)``).
+sudo policy's narrowed by it), the caller (``invocation``: ``invocation.Direct`` or
+``sudo.Invocation``, both an ``invocation.Caller``), the settings read once from the
+environment (``settings.Settings``), the factory that opens the ZFS boundary, and where
+output goes. ``commands.main`` builds it; a test builds it with the in-memory pool as the
+boundary (``main(argv, zfs=...)``).
 
 Start-up cost: a dataclass, and nothing heavier than the allow-list imported here; the
 core, the boundary and the queue are imported by the methods that open them.
@@ -17,7 +18,7 @@ import dataclasses
 TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable
+    from collections.abc import Callable, MutableMapping
     from typing import Any, TextIO
 
     from ..core.repository import Repository
@@ -28,6 +29,24 @@ if TYPE_CHECKING:
     from .invocation import Caller
 
     Boundary = Callable[[AllowList], ZfsPort]
+
+
+def invocation(environ: MutableMapping[str, str], settings: Settings | None = None) -> Caller:
+    """Who runs the command: ``sudo.Invocation.from_environment`` when run through sudo
+    (``settings.sudo``), else ``invocation.Direct`` with the environment's allow-list.
+    ``settings``: what ``environ`` says (default: read from it, ``Settings.for_cli``).
+    The policy's machinery (``sudo``) is imported only under sudo."""
+    if settings is None:
+        from ..settings import Settings
+
+        settings = Settings.for_cli(environ)
+    if not settings.sudo:
+        from .invocation import Direct
+
+        return Direct(settings.allow)
+    from .sudo import Invocation
+
+    return Invocation.from_environment(environ, settings=settings)
 
 
 def open_boundary(allow: AllowList) -> ZfsPort:

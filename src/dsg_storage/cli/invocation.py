@@ -1,16 +1,18 @@
-"""Who runs the command, and so what it may do: ``invocation(environ, settings)``.
+"""Who runs the command, and so what it may do: the ``Caller`` every command asks.
 
-Two variants with the same questions: ``Direct`` (root itself, or a user without
+Two variants answer the same questions: ``Direct`` (here: root itself, or a user without
 privileges of their own: flags and ``DSG_STORAGE_*`` variables steer the command and
-nothing is narrowed) and ``sudo.Invocation`` (run through sudo, ``SUDO_UID`` set: the
-policy decides). ``Direct`` needs nothing of the policy's machinery, so a command that
-touches no ZFS (``queue stats``) pays for none of it.
+nothing is narrowed) and the variant for a command run through sudo (``SUDO_UID`` set:
+the policy decides), which builds on this module's ``Input`` and ``Direct``, never the
+other way round. Which one a command gets is decided where the command line starts
+(``context.invocation``). ``Direct`` needs nothing of the policy's machinery, so a
+command that touches no ZFS (``queue stats``) pays for none of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .. import hostfs
@@ -18,28 +20,41 @@ from ..zfs.allow import AllowList
 
 TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
-    from typing import TypeAlias
+    from contextlib import AbstractContextManager
+    from typing import Protocol
 
-    from ..settings import Settings
+    from ..core.options import Owner
+    from ..policy import SudoPolicy
     from ..transfer.importing import Source
-    from .sudo import Invocation
 
-    Caller: TypeAlias = "Direct | Invocation"  # what every command asks before it acts
+    class Caller(Protocol):
+        """What every command asks before it acts (``Direct``, or through sudo the
+        policy's answers). A type only: nothing at run time needs typing for it."""
 
+        @property
+        def invoker(self) -> Owner | None: ...
+        @property
+        def policy(self) -> SudoPolicy | None: ...
+        @property
+        def ignored(self) -> tuple[str, ...]: ...
+        @property
+        def sudo(self) -> bool: ...
+        @property
+        def signatures_required(self) -> bool: ...
+        @property
+        def cache_owner(self) -> tuple[int, int] | None: ...
 
-def invocation(environ: MutableMapping[str, str], settings: Settings | None = None) -> Caller:
-    """``sudo.Invocation.from_environment`` when run through sudo (``settings.sudo``), else
-    ``Direct`` with the environment's allow-list. ``settings``: what ``environ`` says
-    (default: read from it, ``Settings.for_cli``)."""
-    if settings is None:
-        from ..settings import Settings
-
-        settings = Settings.for_cli(environ)
-    if not settings.sudo:
-        return Direct(settings.allow)
-    from .sudo import Invocation
-
-    return Invocation.from_environment(environ, settings=settings)
+        def allow(self, caller: AllowList) -> AllowList: ...
+        def check_dataset(self, name: str | None) -> None: ...
+        def mountpoint(self, path: str | None) -> str | None: ...
+        def owner(self, owner: str | None, *, creating: bool) -> str | None: ...
+        def output(self, path: str, *, force: bool) -> hostfs.OutputFile: ...
+        def cache_path(self, path: str | None) -> str | None: ...
+        def input(
+            self, path: str, *, private: bool = False, check: Callable[[str], object] | None = None
+        ) -> AbstractContextManager[Input]: ...
+        def signers(self, given: str | None) -> str | None: ...
+        def refuse(self, what: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

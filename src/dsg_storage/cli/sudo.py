@@ -1,10 +1,11 @@
 """What changes when the CLI runs through sudo (``SUDO_UID`` set).
 
 Deciding only: ``Invocation.from_environment`` says who invoked us and under which
-policy; the command code in ``commands`` asks it before acting. Without ``SUDO_UID`` it
-returns ``invocation.Direct()`` instead, the other variant: no policy, and flags and
-``DSG_STORAGE_*`` variables steer the CLI, because the caller is root itself or a user
-without privileges of their own.
+policy; the command code in ``commands`` asks it (an ``invocation.Caller``) before acting.
+Without ``SUDO_UID`` it returns ``invocation.Direct()`` instead, the other variant: no
+policy, and flags and ``DSG_STORAGE_*`` variables steer the CLI, because the caller is
+root itself or a user without privileges of their own. This module imports
+``invocation``, never the other way round (``context.invocation`` picks the variant).
 
 Under sudo:
 - the policy file (``/etc/dsg-storage/policy.toml``) is required for every command;
