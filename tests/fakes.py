@@ -297,7 +297,7 @@ class FakeZfs:
     def rollback(self, filesystem: str) -> None:
         self._changed("rollback", filesystem)
 
-    def apply(self, batch: Batch) -> BatchResult:  # noqa: C901  one branch per batch op, as the Lua program has
+    def apply(self, batch: Batch) -> BatchResult:  # noqa: C901, PLR0912  one branch per batch op, as the Lua program has
         if not batch.ops:
             return BatchResult({}, {})
         self.guard.check(*batch.targets)
