@@ -50,6 +50,9 @@ P_COMMIT_MESSAGE = prop("commit-message")  # on the workspace until the commit s
 # On the repository: a sync begin's base (until its clone exists), the commit snapshot
 # a finishing commit takes, and an incremental bundle import in progress ("TX BASE").
 P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT = prop("pending"), prop("commit-snapshot"), prop("import")
+#: Not ours: the property zfs-auto-snapshot (and tools that follow it) skip a dataset by.
+#: Our temporaries carry ``false``; the repository gets back its own value at commit.
+P_AUTO_SNAPSHOT = "com.sun:auto-snapshot"
 # On the repository: why recovery last rolled back a commit it could not complete.
 P_RECOVERY_NOTE = prop("recovery-note")
 # Retention: the policy stored on a repository, and the mark on a commit to keep.

@@ -141,6 +141,7 @@ def test_sync_commit_past_its_commit_point_is_finished() -> None:
             f"set dsg-storage:committed='2026-12-01T12:00:00.123+00:00' on {COMMIT}; "
             f"set dsg-storage:message='weekly' on {COMMIT}; "
             f"inherit zoned on {REPO} (clear its local value); "
+            f"inherit com.sun:auto-snapshot on {REPO} (clear its local value); "
             f"set dsg-storage:state='committed' on {REPO}; "
             f"destroy if possible {OLD}; destroy if possible {BASE}"
         ),
@@ -168,6 +169,7 @@ def test_a_commit_whose_snapshot_was_taken_completes_it_instead_of_taking_anothe
         f"set dsg-storage:tx={TX!r} on {taken}; "
         f"set dsg-storage:committed='2026-12-01T12:00:00.123+00:00' on {taken}; "
         f"inherit zoned on {REPO} (clear its local value); "
+        f"inherit com.sun:auto-snapshot on {REPO} (clear its local value); "
         f"set dsg-storage:state='committed' on {REPO}"
     )
     assert f"mount {REPO} at {MNT}" not in step  # already there

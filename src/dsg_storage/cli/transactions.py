@@ -164,6 +164,7 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
         ],
         "leftovers": list(status.leftovers),
         "recovery_note": status.recovery_note,
+        "kept": dict(status.kept),
         "access": "live",
     }
 
@@ -189,7 +190,11 @@ def status(ctx: Context) -> int:
             + (f"\tin use by {shown(', '.join(p.in_use))}" if p.in_use else "")
             for p in status.pending
         ),
-        *(f"leftover:    {shown(name)} (destruction still due)" for name in status.leftovers),
+        *(
+            f"leftover:    {shown(name)} (destruction still due"
+            + (f"; kept by another tool: {shown(status.kept[name])})" if name in status.kept else ")")
+            for name in status.leftovers
+        ),
         *([f"recovery:    {shown(status.recovery_note)}"] if status.recovery_note else []),
     ]
     ctx.emit(_status_json(status), "\n".join(lines))

@@ -28,7 +28,7 @@ from ..errors import (
     DsgStorageError,
     InvalidArgumentError,
 )
-from ..names import P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_RECOVERY_NOTE, P_STATE, P_TX
+from ..names import P_AUTO_SNAPSHOT, P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_RECOVERY_NOTE, P_STATE, P_TX
 from ..zfs.port import Batch, ZfsPort
 from .actions import Action, Apply, ApplyOwner, Clone, Create, DestroySnapshots, Freeze, Mount, Rename, Thaw, Unmount
 from .options import Owner, parse_mode
@@ -336,7 +336,9 @@ def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
     (``zfs.sync.inherit``: zoned is inheritable, unlike ``canmount``); see
     docs/archive/0012-explicit-mountpoints.md."""
     local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.mountpoint, "zoned": 1}
-    return {**local, "atime": 0, **record.props(repository)}
+    # Snapshot tools that honour com.sun:auto-snapshot never snapshot a temporary: what
+    # they take of uncommitted work would otherwise become the repository's at commit.
+    return {**local, "atime": 0, P_AUTO_SNAPSHOT: "false", **record.props(repository)}
 
 
 PATTERNS: dict[Pattern, TransactionPattern] = {Pattern.INIT: Init(), Pattern.SYNC: Sync()}

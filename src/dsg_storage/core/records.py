@@ -176,3 +176,5 @@ class RepositoryStatus:
     pending: tuple[PendingTransaction, ...]
     leftovers: tuple[str, ...]  # retired datasets whose destruction is still due
     recovery_note: str | None = None  # why recovery last rolled back a commit, if it did
+    #: leftover -> why another tool keeps it (its holds, its bookmarks); empty: nothing does
+    kept: Mapping[str, str] = attrs.Factory(dict)

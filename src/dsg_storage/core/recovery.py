@@ -57,6 +57,7 @@ import attrs
 
 from .. import names
 from ..names import (
+    P_AUTO_SNAPSHOT,
     P_COMMIT_SNAPSHOT,
     P_COMMITTED,
     P_IMPORT,
@@ -82,7 +83,7 @@ from .actions import (
 from .patterns import pattern_of
 from .placement import place_head, place_recorded_head, recorded_placement
 from .records import Phase, Record
-from .retire import DestroyTemporary, kept_why, retire_old_head, retiring
+from .retire import DestroyTemporary, retire_old_head, retiring
 from .view import PoolView
 
 
@@ -119,11 +120,38 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     batch = batch.set(snapshot, props) if view.commit_snapshot_exists else batch.snapshot(snapshot, props)
     if not record.inherits:  # mountable where it records from now on (see patterns._creation_props)
         batch = batch.inherit(repo, "zoned")
+    # The user properties the repository's owner (or a tool) set on it come with it, and
+    # snapshot tools see it as before (``com.sun:auto-snapshot`` as it had it, or unset).
+    own = _owners_props(view.family.get(retired[0]) or {}) if retired else {}
+    batch = batch.set(repo, own) if own else batch
+    if P_AUTO_SNAPSHOT not in own:
+        batch = batch.inherit(repo, P_AUTO_SNAPSHOT)
+    foreign = view.foreign.get(retired[0], Foreign()) if retired else Foreign()
+    if foreign.snapshots:
+        said = (view.head or {}).get(P_RECOVERY_NOTE, "")  # what this commit said before (``strays``)
+        note = _renamed_base(view, record.tx, foreign)
+        batch = batch.set(repo, {P_RECOVERY_NOTE: f"{said}; {note}" if f" {record.tx}: " in said else note})
     batch = batch.set(repo, {P_STATE: Phase.COMMITTED.value})
     if retired:  # the old head and the base, and what other tools' snapshots change (``retire``)
-        batch = retiring(batch, repo, record.tx, view.foreign.get(retired[0], Foreign()))
+        batch = retiring(batch, repo, record.tx, foreign)
     actions.append(Apply(batch))
     return actions
+
+
+def _owners_props(props: Mapping[str, str]) -> dict[str, str]:
+    """The user properties (``module:property``) an old head had of its own, but ours."""
+    return {key: value for key, value in props.items() if ":" in key and not key.startswith(names.PROP_PREFIX)}
+
+
+def _renamed_base(view: PoolView, tx: str, foreign: Foreign) -> str:
+    """What a commit says on the repository when other tools snapshotted it during the
+    transaction (``retire``): where their snapshots went."""
+    newest, older = foreign.snapshots[-1][0], [name for name, _ in foreign.snapshots[:-1]]
+    gone = f"; @{', @'.join(older)} showed the same and went with the old head" if older else ""
+    return (
+        f"{view.now.isoformat(timespec='seconds')} {tx}: @{newest}, taken of the repository by another tool "
+        f"during the transaction, now names on {view.repository} what it held then (its base){gone}"
+    )
 
 
 def commit_snapshot_of(view: PoolView) -> str:
@@ -275,4 +303,4 @@ def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[RecoverySte
 
 def _kept(foreign: Foreign) -> str:
     """What a retiring step says of what other tools keep."""
-    return f" (what is not: {kept_why(foreign)})" if foreign.held or foreign.bookmarks else ""
+    return f" (what is not: {foreign.why_kept()})" if foreign.held or foreign.bookmarks else ""

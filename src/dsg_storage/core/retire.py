@@ -71,13 +71,6 @@ def retiring(batch: Batch, repo: str, tx: str, foreign: Foreign, kind: str = "ol
     return batch if kind == "old" and foreign.snapshots else batch.destroy(base, required=False)
 
 
-def kept_why(foreign: Foreign) -> str:
-    """Why a temporary is kept, for ``status``: the holds and bookmarks other tools put on it."""
-    held = [f"@{name} held by {', '.join(tags)}" for name, tags in foreign.held.items()]
-    marks = [f"#{name}" for name in foreign.bookmarks]
-    return "; ".join([*held, *([f"bookmarked ({', '.join(marks)})"] if marks else [])])
-
-
 @attrs.frozen
 class DestroyTemporary:
     """Undo's last step on a temporary dataset: destroy the snapshots other tools took of
@@ -100,7 +93,7 @@ class DestroyTemporary:
             log.warning("%s: destroying snapshots other tools took of it: %s", self.dataset, ", ".join(unheld))
             zfs.destroy_snapshots(unheld)
         if foreign.held or foreign.bookmarks:
-            log.warning("%s kept as %s: %s", self.dataset, self.gone, kept_why(foreign))
+            log.warning("%s kept as %s: %s", self.dataset, self.gone, foreign.why_kept())
             zfs.rename(self.dataset, self.gone)
             return
         zfs.destroy(self.dataset)

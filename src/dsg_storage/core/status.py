@@ -85,8 +85,9 @@ def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) ->
         mode=(head or {}).get(P_MODE),
         last_commit=commits[-1] if commits else None,
         pending=tuple(pending(seen, zfs.host)),
-        leftovers=tuple(seen.temporaries("old").values()),
+        leftovers=(*seen.temporaries("old").values(), *seen.temporaries("gone").values()),
         recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
+        kept={name: found.why_kept() for name, found in seen.foreign.items() if found.held or found.bookmarks},
     )
 
 

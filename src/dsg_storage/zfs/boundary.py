@@ -118,8 +118,7 @@ class _PoolReadOnly(Exception):
 
 def open_zfs(allow: AllowList | str | None = None, *, read_only: bool = False) -> Zfs:
     """The boundary object, built in this one place: ``allow`` an AllowList, a
-    comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (nothing when unset; read
-    by ``settings``, the one reader of the environment)."""
+    comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (``settings``; unset: nothing)."""
     if not isinstance(allow, AllowList):
         from ..settings import Settings
 
@@ -222,16 +221,8 @@ class Zfs:
         return sorted(snaps, key=lambda s: s.createtxg)
 
     def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
-        """The snapshots (with their holds) and bookmarks other tools made of ``dataset``
-        since its transaction's base (``bases``: the full names where the base may be,
-        the first that exists counts; all of them when it is gone). One read-only
-        channel program."""
-        raw = self.program(_names.pool_of(dataset), programs.FOREIGN, [dataset, *bases], sync=False) or {}
-        snaps = sorted((raw.get("snapshots") or {}).items(), key=lambda item: int(item[1]["createtxg"]))
-        return Foreign(
-            tuple((name, tuple(sorted(info.get("holds") or {}))) for name, info in snaps),
-            tuple(sorted(raw.get("bookmarks") or {}, key=lambda name: int(raw["bookmarks"][name]))),
-        )
+        """What other tools made of ``dataset`` since its base (``programs.FOREIGN``)."""
+        return Foreign.parse(self.program(_names.pool_of(dataset), programs.FOREIGN, [dataset, *bases], sync=False))
 
     def _snapshots_cli(self, dataset: str, user_prefix: str) -> dict[str, Any]:
         listed = self._zfs_json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)

@@ -45,6 +45,16 @@ class Foreign:
     snapshots: tuple[tuple[str, tuple[str, ...]], ...] = ()
     bookmarks: tuple[str, ...] = ()
 
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None) -> Foreign:
+        """From the ``programs.FOREIGN`` program's result."""
+        snaps = sorted(((raw or {}).get("snapshots") or {}).items(), key=lambda item: int(item[1]["createtxg"]))
+        marks = (raw or {}).get("bookmarks") or {}
+        return cls(
+            tuple((name, tuple(sorted(info.get("holds") or {}))) for name, info in snaps),
+            tuple(sorted(marks, key=lambda name: int(marks[name]))),
+        )
+
     @property
     def held(self) -> dict[str, tuple[str, ...]]:
         """Snapshot -> its holds' tags, for the held ones."""
@@ -52,6 +62,12 @@ class Foreign:
 
     def __bool__(self) -> bool:
         return bool(self.snapshots or self.bookmarks)
+
+    def why_kept(self) -> str:
+        """Why what they belong to is kept (``status``): the holds and the bookmarks."""
+        held = [f"@{name} held by {', '.join(tags)}" for name, tags in self.held.items()]
+        marks = [f"#{name}" for name in self.bookmarks]
+        return "; ".join([*held, *([f"bookmarked ({', '.join(marks)})"] if marks else [])])
 
 
 class HostPort(Protocol):

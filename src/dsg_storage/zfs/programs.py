@@ -210,8 +210,10 @@ for k = 1, #ops do
         end
     elseif o[1] == "D" then assert(zfs.sync.destroy(o[2]) == 0)
     elseif o[1] == "T" then
-        local e = zfs.sync.destroy(o[2])
-        if e ~= 0 then skipped[o[2]] = e end
+        if zfs.exists(o[2]) then  -- gone already: nothing left to do
+            local e = zfs.sync.destroy(o[2])
+            if e ~= 0 then skipped[o[2]] = e end
+        end
     elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0)
     elseif o[1] == "I" then assert(zfs.sync.inherit(o[2], o[3]) == 0)
     elseif o[1] == "R" then
@@ -261,7 +263,7 @@ for child in zfs.list.children(parent) do
     if child == name or string.sub(child, 1, #mark) == mark then
         local props = {}
         for prop, value, source in zfs.list.user_properties(child) do
-            if (source == child or source == "$recvd") and string.sub(prop, 1, #prefix) == prefix then
+            if source == child or (source == "$recvd" and string.sub(prop, 1, #prefix) == prefix) then
                 props[prop] = value
             end
         end

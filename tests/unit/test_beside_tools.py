@@ -1,0 +1,111 @@
+"""What other tools snapshot of a repository during a transaction, on the in-memory pool:
+the planning and the retiring (``core.retire``). The real-ZFS stories, named after the
+tools, are tests/zfs/test_beside_other_tools.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsg_storage import DatasetBusyError, Queue, Repository
+from dsg_storage.names import P_AUTO_SNAPSHOT, P_RECOVERY_NOTE
+from dsg_storage.settings import Settings
+from dsg_storage.zfs.port import Foreign
+
+from ..fakes import FakeZfs
+
+REPO = "tank/data/survey"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    pool = FakeZfs()
+    pool.datasets["tank/data"] = {"mountpoint": "/tank/data"}
+    settings = Settings(lock_dir=str(tmp_path / "locks"))
+    repo = Repository(REPO, zfs=pool, queue=Queue(tmp_path / "queue.sqlite"), settings=settings)
+    repo.begin(mountpoint="/srv/survey", owner="1000:1000").commit()
+    return repo
+
+
+def fake(repo: Repository) -> FakeZfs:
+    assert isinstance(repo.zfs, FakeZfs)
+    return repo.zfs
+
+
+def temporaries(repo: Repository) -> list[str]:
+    return sorted(n for n in [*fake(repo).datasets, *fake(repo).snaps] if ".dsg-" in n or "@dsg-base-" in n)
+
+
+def test_a_snapshot_of_the_repository_taken_during_a_transaction_names_its_base_after_the_commit(
+    repo: Repository,
+) -> None:
+    tx = repo.begin()
+    fake(repo).snapshot([f"{REPO}@autosnap_1"])
+    fake(repo).snapshot([f"{REPO}@autosnap_2"])
+    base_guid = int(fake(repo).get_props(f"{REPO}@dsg-base-{tx.id}", ["guid"])["guid"])  # type: ignore[index]
+    tx.commit()
+    assert temporaries(repo) == []  # the old head and its base are gone: no leak
+    assert f"{REPO}@autosnap_2" in fake(repo).snaps and f"{REPO}@autosnap_1" not in fake(repo).snaps
+    assert int(fake(repo).get_props(f"{REPO}@autosnap_2", ["guid"])["guid"]) == base_guid  # type: ignore[index]
+    note = fake(repo).datasets[REPO][P_RECOVERY_NOTE]
+    assert "@autosnap_2" in note and "@autosnap_1 showed the same" in note
+
+
+def test_a_snapshot_of_the_workspace_never_becomes_the_repositorys(repo: Repository) -> None:
+    tx = repo.begin()
+    fake(repo).snapshot([f"{tx.dataset}@nightly"])  # zfs snapshot -r PARENT@nightly takes both
+    fake(repo).snapshot([f"{REPO}@nightly"])
+    base = int(fake(repo).get_props(f"{REPO}@dsg-base-{tx.id}", ["guid"])["guid"])  # type: ignore[index]
+    tx.commit()
+    # @nightly is the repository's base (what it held), not the workspace's snapshot
+    assert int(fake(repo).get_props(f"{REPO}@nightly", ["guid"])["guid"]) == base  # type: ignore[index]
+    note = fake(repo).datasets[REPO][P_RECOVERY_NOTE]
+    assert "destroyed @nightly, taken of the uncommitted workspace" in note and "now names" in note
+    assert temporaries(repo) == []
+
+
+def test_a_held_snapshot_of_the_workspace_refuses_the_commit_and_leaves_it_open(repo: Repository) -> None:
+    tx = repo.begin()
+    fake(repo).snapshot([f"{tx.dataset}@held"])
+    fake(repo).busy.add(f"{tx.dataset}@held")
+    with pytest.raises(DatasetBusyError, match="held by busy"):
+        tx.commit()
+    assert [p.state for p in repo.pending()] == ["open"]
+    fake(repo).busy.clear()
+    tx.commit()
+    assert temporaries(repo) == [] and repo.pending() == []
+
+
+def test_an_undone_workspace_a_tool_holds_a_snapshot_of_is_kept_aside_then_retired(repo: Repository) -> None:
+    tx = repo.begin()
+    fake(repo).snapshot([f"{tx.dataset}@backup"])
+    fake(repo).busy.add(f"{tx.dataset}@backup")
+    tx.rollback()
+    gone = f"{REPO}.dsg-gone-{tx.id}"
+    assert gone in fake(repo).datasets and repo.pending() == []
+    fake(repo).busy = {f"{gone}@backup"}
+    status = repo.status()
+    assert status.leftovers == (gone,) and status.kept == {gone: "@backup held by busy"}
+    repo.begin().commit()  # never in the way
+    fake(repo).busy.clear()
+    repo.recover()
+    assert temporaries(repo) == []
+
+
+def test_temporaries_carry_auto_snapshot_false_and_the_repository_keeps_its_owners_properties(
+    repo: Repository,
+) -> None:
+    fake(repo).datasets[REPO].update({P_AUTO_SNAPSHOT: "true", "com.example:note": "mine"})
+    tx = repo.begin()
+    assert fake(repo).datasets[tx.dataset][P_AUTO_SNAPSHOT] == "false"
+    tx.commit()
+    assert fake(repo).datasets[REPO][P_AUTO_SNAPSHOT] == "true"
+    assert fake(repo).datasets[REPO]["com.example:note"] == "mine"
+
+
+def test_why_a_temporary_is_kept_names_the_holds_and_the_bookmarks() -> None:
+    found = Foreign((("a", ()), ("b", ("zrepl", "backup"))), ("cursor",))
+    assert found.held == {"b": ("zrepl", "backup")}
+    assert found.why_kept() == "@b held by zrepl, backup; bookmarked (#cursor)"
+    assert not Foreign()
