@@ -289,10 +289,8 @@ class Zfs:
         }
 
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
-        """``dataset`` (if it exists) and its ``dataset.dsg-*`` siblings, with their own
-        user properties under our prefix, ``origin``, ``mountpoint`` and (when set on
-        them) ``zoned``; and the parent with its ``mountpoint``. One read-only channel
-        program."""
+        """``dataset`` and its ``dataset.dsg-*`` siblings with their own user properties,
+        ``origin``, ``mountpoint``, ``zoned`` if set; the parent's ``mountpoint``. One read."""
         parent = dataset.rsplit("/", 1)[0]
         raw = self.program(_names.pool_of(dataset), programs.FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
         return {name: dict(props) for name, props in (raw or {}).items()}
