@@ -13,7 +13,9 @@ still steers the second.
 - ``DSG_STORAGE_QUEUE``, ``DSG_STORAGE_QUEUE_MAX_PENDING``: the queue's file and bound;
 - ``DSG_STORAGE_CACHE``: the read cache (``read.cache``);
 - ``SUDO_UID``, ``SUDO_GID``, ``SUDO_USER``: who ran sudo (set by sudo itself);
-- ``PYTHONPATH``: carried, with ours, into the hooks ``install-hooks`` writes.
+- ``PYTHONPATH``: carried, with ours, into the hooks ``install-hooks`` writes;
+- ``SANOID_TARGETS``, ``ZREPL_FS``: the datasets a snapshot tool runs its hook for
+  (``snapshot-ok``).
 
 A value left unset is None here: each module keeps its own default (``queue.DEFAULT_PATH``,
 ``core.lock.DEFAULT_DIR``, ...). Run through sudo, the command line ignores every
@@ -60,6 +62,9 @@ class Settings:
     sudo_uid: str | None = None
     sudo_gid: str | None = None
     sudo_user: str | None = None
+    #: The datasets a snapshot tool's hook is run for (sanoid: ``SANOID_TARGETS``,
+    #: comma-separated; zrepl: ``ZREPL_FS``), for ``snapshot-ok``.
+    snapshot_targets: tuple[str, ...] = ()
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, steering: bool = True) -> Settings:
@@ -84,6 +89,11 @@ class Settings:
             sudo_uid=environ.get("SUDO_UID"),
             sudo_gid=environ.get("SUDO_GID"),
             sudo_user=environ.get("SUDO_USER"),
+            snapshot_targets=tuple(
+                t.strip()
+                for t in (environ.get("SANOID_TARGETS") or environ.get("ZREPL_FS") or "").split(",")
+                if t.strip()
+            ),
         )
 
     @classmethod

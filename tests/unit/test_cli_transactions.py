@@ -151,3 +151,22 @@ def test_changing_commands_refuse_offline_access(cli: InProcess) -> None:
     assert ran.status == 8 and "read-only" in ran.err
     ran = cli("--offline", "status", REPO)
     assert ran.status == 2 and "status needs a live pool" in ran.err
+
+
+def test_snapshot_ok_says_no_while_a_transaction_is_in_flight_at_or_under_the_dataset(cli: InProcess) -> None:
+    repo = cli.repository()
+    assert cli.ok("snapshot-ok", repo) == {"ok": True, "datasets": [repo], "in_flight": []}
+    tx = cli.ok("begin", repo)["tx"]
+    for asked in ([repo], ["tank/data"]):  # the repository, or a parent a recursive snapshot is taken of
+        ran = cli("snapshot-ok", *asked)
+        assert ran.status == 6 and ran.json["in_flight"] == [{"repository": repo, "tx": tx, "what": "a transaction"}]
+    cli.env["SANOID_TARGETS"] = f"{repo},tank/data/other"  # as sanoid runs its pre_snapshot_script
+    assert cli("snapshot-ok").status == 6
+    assert "a transaction in flight" in cli("snapshot-ok", text=True).out
+    cli.ok("commit", repo, tx)
+    assert cli("snapshot-ok").status == 0
+    del cli.env["SANOID_TARGETS"]
+    cli.env["ZREPL_FS"] = repo  # as zrepl runs a pre-snapshot command hook
+    assert cli.ok("snapshot-ok")["datasets"] == [repo]
+    del cli.env["ZREPL_FS"]
+    assert cli("snapshot-ok").status == 2  # nothing named: usage

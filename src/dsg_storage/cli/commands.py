@@ -91,6 +91,7 @@ HANDLERS: dict[str, str] = {
     "abort": "transactions.rollback",
     "recover": "transactions.recover",
     "snapshot": "transactions.snapshot",
+    "snapshot-ok": "transactions.snapshot_ok",
     "status": "transactions.status",
     "repos": "reads.repos",
     "history": "reads.history",

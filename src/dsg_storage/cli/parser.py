@@ -210,6 +210,15 @@ def _snapshot(p: argparse.ArgumentParser) -> None:
     _dry_run(p)
 
 
+def _snapshot_ok(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "datasets",
+        nargs="*",
+        metavar="DATASET",
+        help="at or under which (default: $SANOID_TARGETS or $ZREPL_FS, as the tool sets them)",
+    )
+
+
 def _queue(p: argparse.ArgumentParser) -> None:
     queue_sub = p.add_subparsers(dest="queue_command", required=True, metavar="ACTION", prog=p.prog)
     queue_sub.add_parser(
@@ -307,6 +316,7 @@ COMMANDS: dict[str, tuple[str, Arguments]] = {
     "lock": ("write a lock file: the repository's commits with their GUIDs", _lock),
     "verify": ("does the repository match a lock file?", _verify),
     "snapshot": ("take a snapshot now, or queue it while the pool is away", _snapshot),
+    "snapshot-ok": ("for snapshot tools' hooks: exit 6 while a transaction is in flight there", _snapshot_ok),
     "queue": ("work that could not run yet: list, stats, flush, drop", _queue),
     "gc": ("run the queue once (the items that are due)", _gc),
     "prune": ("destroy commits a retention policy lets go (--dry-run: only show)", _prune),

@@ -140,6 +140,31 @@ def snapshot(ctx: Context) -> int:
     return 0
 
 
+def snapshot_ok(ctx: Context) -> int:
+    """``snapshot-ok [DATASET ...]``, the hook snapshot tools run first (sanoid's
+    ``pre_snapshot_script`` with ``no_inconsistent_snapshot``, zrepl's pre-snapshot
+    command hook): exit 0 when no transaction or import is in flight at or under each
+    dataset, else EXIT_IN_PROGRESS, saying which; the tool then skips this snapshot.
+    Without datasets, the ones the tool names (``$SANOID_TARGETS``, ``$ZREPL_FS``)."""
+    from .. import names
+    from ..core.status import in_flight
+    from ..zfs.allow import AllowList
+    from .commands import EXIT_IN_PROGRESS
+
+    targets = ctx.args.datasets or list(ctx.settings.snapshot_targets)
+    if not targets:
+        raise InvalidArgumentError("which datasets? name them, or run as a hook ($SANOID_TARGETS, $ZREPL_FS)")
+    zfs = ctx.zfs(AllowList(()))  # reads only
+    busy = [
+        {"repository": repo, "tx": tx, "what": what}
+        for target in targets
+        for repo, tx, what in in_flight(zfs, names.validate_repository(target))
+    ]
+    lines = [shown(f"{b['repository']}: {b['what']} in flight ({b['tx']}): skip this snapshot") for b in busy]
+    ctx.emit({"ok": not busy, "datasets": targets, "in_flight": busy}, "\n".join(lines) or "ok")
+    return EXIT_IN_PROGRESS if busy else 0
+
+
 def _status_json(status: RepositoryStatus) -> dict[str, Any]:
     return {
         "repository": status.repository,

@@ -14,8 +14,9 @@ from typing import Protocol
 
 import attrs
 
+from .. import names
 from ..errors import RepositoryNotFoundError
-from ..names import P_MODE, P_OWNER, P_RECOVERY_NOTE
+from ..names import P_IMPORT, P_MODE, P_OWNER, P_RECOVERY_NOTE
 from ..zfs.port import HostPort, ZfsPort
 from .history import lineage
 from .records import Commit, PendingTransaction, RepositoryStatus, commits_of
@@ -97,3 +98,25 @@ def age(begun: str | None, now: datetime) -> float | None:
         return (now - datetime.fromisoformat(begun)).total_seconds() if begun else None
     except ValueError:
         return None  # written by hand: unknown
+
+
+#: What each temporary kind says is in flight (an old head or a kept one is not: it waits
+#: for its destruction, and the repository's content is final).
+_IN_FLIGHT = {"init": "a transaction (init)", "ws": "a transaction", "recv": "a bundle import"}
+
+
+def in_flight(zfs: ZfsPort, dataset: str) -> list[tuple[str, str, str]]:
+    """(repository, tx, what) for each transaction or bundle import in flight on
+    ``dataset`` or any repository below it: while one is, a snapshot another tool takes
+    there would not show the repository's committed state for long (``snapshot-ok``, the
+    hook for sanoid and zrepl). Two reads: the dataset's family (its temporaries are its
+    siblings) and the filesystems below it."""
+    found: dict[tuple[str, str], str] = {}
+    for name, props in {**zfs.family(dataset), **zfs.filesystems(dataset)}.items():
+        parsed = names.parse_temporary(name)
+        if parsed and parsed[1] in _IN_FLIGHT and (parsed[0] == dataset or parsed[0].startswith(dataset + "/")):
+            found[(parsed[0], parsed[2])] = _IN_FLIGHT[parsed[1]]
+        elif (name == dataset or name.startswith(dataset + "/")) and props.get(P_IMPORT):
+            tx = props[P_IMPORT].partition(" ")[0]
+            found[(name, tx)] = "a bundle import"
+    return sorted((repo, tx, what) for (repo, tx), what in found.items())
