@@ -7,7 +7,9 @@ bookmarks, leftovers, ``status``, and that the next begin+commit works.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 from dsg_storage import DatasetBusyError, Repository
 
-from .cli import dsg_json
+from .cli import SRC, dsg, dsg_json, with_src
 from .conftest import Sandbox
 from .test_transactions import OWNER, files, zfs_prop
 
@@ -189,3 +191,80 @@ def test_zfs_auto_snapshot_skips_the_temporaries_and_sees_the_repository_as_its_
     with new.begin(mountpoint=str(sandbox.mount_dir / "fresh"), owner=OWNER) as init:
         assert zfs_prop(init.dataset, "com.sun:auto-snapshot") == "false"
     assert zfs_prop(new.name, "com.sun:auto-snapshot") == "-"  # unset: inherited from nowhere
+
+
+def hook_script(tmp_path: Path) -> Path:
+    """``dsg-storage snapshot-ok`` as a snapshot tool runs its hook: an executable, the
+    targets in its environment."""
+    script = tmp_path / "dsg-storage-snapshot-ok"
+    script.write_text(f'#!/bin/sh\nexec env PYTHONPATH={SRC} {sys.executable} -m dsg_storage snapshot-ok "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def sanoid(tmp_path: Path, dataset: str) -> subprocess.CompletedProcess[str]:
+    """sanoid itself (the image's package), hourly snapshots of ``dataset`` with the hook."""
+    conf = tmp_path / "sanoid"
+    conf.mkdir(exist_ok=True)
+    shutil.copy("/usr/share/sanoid/sanoid.defaults.conf", conf / "sanoid.defaults.conf")
+    (conf / "sanoid.conf").write_text(
+        f"[{dataset}]\n\tuse_template = repositories\n\n"
+        "[template_repositories]\n\thourly = 24\n\tdaily = 0\n\tmonthly = 0\n\tyearly = 0\n"
+        "\tautosnap = yes\n\tautoprune = yes\n"
+        f"\tpre_snapshot_script = {hook_script(tmp_path)}\n\tno_inconsistent_snapshot = yes\n"
+    )
+    return subprocess.run(
+        [
+            "sanoid",
+            "--configdir",
+            str(conf),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--run-dir",
+            str(tmp_path),
+            "--take-snapshots",
+            "--verbose",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def autosnaps(sandbox: Sandbox) -> list[str]:
+    return [n for n in sandbox.datasets() if "@autosnap_" in n]
+
+
+def test_sanoid_with_the_hook_skips_a_repository_while_a_transaction_is_open(sandbox: Sandbox, tmp_path: Path) -> None:
+    repo = repository(sandbox)
+    tx = repo.begin()
+    Path(tx.path, "data.csv").write_text("new")
+    ran = sanoid(tmp_path, repo.name)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert autosnaps(sandbox) == [], ran.stdout  # skipped: nothing of the transaction's is caught
+    tx.commit()
+    ran = sanoid(tmp_path, repo.name)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    (taken,) = autosnaps(sandbox)
+    assert taken.startswith("survey@autosnap_") and taken.endswith("_hourly")
+    assert shows(f"{sandbox.dataset}/{taken}", tmp_path) == {"data.csv": "new"}
+
+
+def test_zrepl_pre_snapshot_hook_skips_a_repository_while_a_transaction_is_open(sandbox: Sandbox) -> None:
+    """zrepl is not packaged for the image: its snapshotter's steps, played by its commands
+    (a ``type: command`` pre-snapshot hook with ``err_is_fatal: true``, then ``zfs snapshot``)."""
+    repo = repository(sandbox)
+    hook = {**with_src(), "ZREPL_FS": repo.name, "ZREPL_HOOKTYPE": "pre_snapshot", "ZREPL_DRYRUN": "false"}
+
+    def zrepl_snapshot(name: str) -> bool:
+        if dsg("snapshot-ok", env=hook).returncode != 0:
+            return False  # err_is_fatal: this filesystem's snapshot is not taken
+        zfs("snapshot", f"{repo.name}@{name}")
+        return True
+
+    tx = repo.begin()
+    assert not zrepl_snapshot("zrepl_20261203_110000_000")
+    tx.commit()
+    assert zrepl_snapshot("zrepl_20261203_111000_000")
+    assert [n for n in sandbox.datasets() if "@zrepl_" in n] == ["survey@zrepl_20261203_111000_000"]
