@@ -52,7 +52,7 @@ class Foreign:
         marks = (raw or {}).get("bookmarks") or {}
         return cls(
             tuple((name, tuple(sorted(info.get("holds") or {}))) for name, info in snaps),
-            tuple(sorted(marks, key=lambda name: int(marks[name]))),
+            tuple(sorted(marks)),
         )
 
     @property

@@ -83,9 +83,8 @@ return out
 
 # What other tools made of one of our temporary datasets since a transaction began:
 # argv = {dataset, base snapshot, ...}: the base's full name where it may be (the first
-# that exists counts). The snapshots and bookmarks of the dataset created after the base
-# (all of them when it is gone), each snapshot with its holds' tags. Snapshots keyed by
-# short name, bookmarks likewise (names are unique).
+# that exists counts). The snapshots of the dataset created after the base (all of them
+# when it is gone), each with its holds' tags, and its bookmarks. Keyed by short name.
 FOREIGN = (
     LUA_PREAMBLE
     + """
@@ -104,10 +103,10 @@ for snap in zfs.list.snapshots(ds) do
         out.snapshots[string.sub(snap, #ds + 2)] = {createtxg = txg, holds = holds}
     end
 end
-for bookmark in zfs.list.bookmarks(ds) do
-    local txg = zfs.get_prop(bookmark, "createtxg")
-    if txg > after then out.bookmarks[string.sub(bookmark, #ds + 2)] = txg end
-end
+-- A channel program cannot read a bookmark's properties; every bookmark of one of our
+-- temporaries is another tool's (a promote takes those before the base along with the
+-- snapshots), so all of them count.
+for bookmark in zfs.list.bookmarks(ds) do out.bookmarks[string.sub(bookmark, #ds + 2)] = 1 end
 return out
 """
 )
