@@ -50,6 +50,11 @@ class NotAllowedError(DsgStorageError, PermissionError):
     errno_code = _errno.EPERM
 
 
+class ReplicaError(NotAllowedError):
+    """The repository is a replica (its properties were received from another host): the
+    library recovers, mounts and changes it only when the caller says it is the primary."""
+
+
 class UnsafePathError(NotAllowedError):
     """A path root would act on leads through a symbolic link, out of the directory it
     must stay beneath, or through a directory someone else controls. Nothing was touched."""

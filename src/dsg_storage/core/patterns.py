@@ -27,11 +27,13 @@ from ..errors import (
     DatasetNotFoundError,
     DsgStorageError,
     InvalidArgumentError,
+    TransactionInProgressError,
 )
 from ..names import P_AUTO_SNAPSHOT, P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_RECOVERY_NOTE, P_STATE, P_TX
+from ..zfs.allow import AllowList
 from ..zfs.port import Batch, ZfsPort
 from .actions import Action, Apply, ApplyOwner, Clone, Create, DestroySnapshots, Freeze, Mount, Rename, Thaw, Unmount
-from .options import Owner, parse_mode
+from .options import Owner, check_mountpoint, parse_mode
 from .placement import place_recorded_head
 from .records import Pattern, Phase, Record
 from .view import PoolView, changes_since_base
@@ -339,6 +341,36 @@ def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
     # Snapshot tools that honour com.sun:auto-snapshot never snapshot a temporary: what
     # they take of uncommitted work would otherwise become the repository's at commit.
     return {**local, "atime": 0, P_AUTO_SNAPSHOT: "false", **record.props(repository)}
+
+
+def new_transaction(
+    view: PoolView,
+    allow: AllowList,
+    tx: str,
+    *,
+    wanted: tuple[str | None, Owner | str | tuple[int, int] | None, str | int | None],
+) -> tuple[TransactionPattern, Record]:
+    """A new transaction's pattern and record from begin's arguments (``wanted``:
+    mountpoint, owner, mode), checked before any change: no other transaction open, the
+    arguments well formed, and where root will mount and chown (an inherited mountpoint
+    is the parent's, read from the pool) allowed by the one rule (``allow``)."""
+    mountpoint, owner, mode = wanted
+    checked = check_mountpoint(mountpoint) if mountpoint is not None else None
+    owner_v = Owner.parse(owner) if owner is not None else None
+    mode_v = parse_mode(mode) if mode is not None else None
+    repo = view.repository
+    for open_record in view.records():
+        raise TransactionInProgressError(
+            f"repository {repo} already has an open transaction {open_record.tx} "
+            f"(begun {open_record.begun or 'at an unknown time'}, workspace {open_record.path})",
+            dataset=repo,
+            hint=f"commit it, or abort it with 'dsg-storage abort {repo} {open_record.tx}'",
+        )
+    pattern = pattern_for(view)
+    record = new_record(view, pattern, tx, mountpoint=checked, owner=owner_v, mode=mode_v)
+    allow.check_place(record.mountpoint)
+    allow.check_place(record.path, what="workspace path")
+    return pattern, record
 
 
 PATTERNS: dict[Pattern, TransactionPattern] = {Pattern.INIT: Init(), Pattern.SYNC: Sync()}

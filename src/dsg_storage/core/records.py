@@ -178,3 +178,5 @@ class RepositoryStatus:
     recovery_note: str | None = None  # why recovery last rolled back a commit, if it did
     #: leftover -> why another tool keeps it (its holds, its bookmarks); empty: nothing does
     kept: Mapping[str, str] = attrs.Factory(dict)
+    #: a replica: its properties were received from another host (not acted on here)
+    replica: bool = False

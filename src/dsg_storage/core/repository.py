@@ -27,7 +27,7 @@ from ..errors import (
     DsgStorageError,
     InvalidNameError,
     PoolUnavailableError,
-    TransactionInProgressError,
+    ReplicaError,
     TransactionNotFoundError,
     TransactionStateError,
     ZfsError,
@@ -39,8 +39,8 @@ from ..zfs.port import Batch, ZfsPort
 from . import status
 from .actions import Action, Apply, Outcome, execute
 from .lock import HeldLock, repository_lock
-from .options import Owner, check_mountpoint, parse_mode
-from .patterns import TransactionPattern, begin_actions, commit_actions, new_record, pattern_for, pattern_of
+from .options import Owner
+from .patterns import begin_actions, commit_actions, new_transaction, pattern_of
 from .receive import Received, StreamSource, plan_receive
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
 from .recovery import (
@@ -82,7 +82,7 @@ class Repository:
     Every changing call first recovers interrupted steps (see ``recover``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  the public constructor: every option a keyword
         self,
         name: str,
         *,
@@ -92,8 +92,10 @@ class Repository:
         queue: Queue | None = None,
         policy: PoolPropertyPolicy | None = None,
         settings: Settings | None = None,
+        primary: bool = False,
     ) -> None:
         self.name = names.validate_repository(name)
+        self.primary = primary
         self.policy = policy
         self.settings = settings
         self.zfs: ZfsPort = zfs if zfs is not None else open_zfs(allow)
@@ -215,6 +217,8 @@ class Repository:
             tried: set[RecoveryStep] = set()
             for _ in range(MAX_RECOVERY_STEPS):
                 view = self.view()
+                if view.replica and not self.primary:
+                    break  # another host's transactions and mounts: not ours to act on
                 step = next((s for s in plan_recovery(view) if s not in tried), None)
                 if step is None:
                     break
@@ -250,7 +254,19 @@ class Repository:
         return done
 
     def _recovered(self) -> PoolView:
-        return self._recover()[1]
+        """Recover, for a step that changes the repository: refused on a replica."""
+        return self._ours(self._recover()[1])
+
+    def _ours(self, view: PoolView) -> PoolView:
+        """``view``, unless the repository is a replica and the caller did not say it is
+        the primary (ReplicaError: nothing is changed on another host's copy)."""
+        if view.replica and not self.primary:
+            raise ReplicaError(
+                f"{self.name} is a replica (its properties were received from another host): not changed here",
+                dataset=self.name,
+                hint="if this copy is now the primary, say so: --primary (Repository(primary=True))",
+            )
+        return view
 
     # ------------------------------------------------------------------ dry runs
     def plan(
@@ -270,11 +286,15 @@ class Repository:
         would otherwise look interrupted)."""
         with self.exclusive():
             view = self.view()
-            lines = [line for step in plan_recovery(view) for line in step.describe()]
+            if operation == "recover" and view.replica and not self.primary:
+                return []
+            lines = [line for step in plan_recovery(self._ours(view)) for line in step.describe()]
             if operation == "recover":
                 return lines
             if operation == "begin":
-                pattern, record = self._new_record(view, names.new_tx_id(), mountpoint, owner, mode)
+                pattern, record = new_transaction(
+                    view, self.zfs.allow, names.new_tx_id(), wanted=(mountpoint, owner, mode)
+                )
                 actions = [a for phase in begin_actions(pattern, record, self.name) for a in phase]
                 return [
                     *lines,
@@ -291,34 +311,6 @@ class Repository:
             actions = commit_actions(view, record, message)
             finish = f"{record.tx}: then finish: mount {self.name} at {record.mountpoint}, take the commit snapshot"
             return [*lines, f"{record.tx}: commit", *(f"  {a.describe()}" for a in actions), finish]
-
-    def _new_record(
-        self,
-        view: PoolView,
-        tx: str,
-        mountpoint: str | None,
-        owner: Owner | str | tuple[int, int] | None,
-        mode: str | int | None,
-    ) -> tuple[TransactionPattern, Record]:
-        """A new transaction's pattern and record from begin's arguments, checked before
-        any change: no other transaction open, the arguments well formed, and where root
-        will mount and chown (an inherited mountpoint is the parent's, read from the
-        pool) allowed by the one rule."""
-        checked = check_mountpoint(mountpoint) if mountpoint is not None else None
-        owner_v = Owner.parse(owner) if owner is not None else None
-        mode_v = parse_mode(mode) if mode is not None else None
-        for open_record in view.records():
-            raise TransactionInProgressError(
-                f"repository {self.name} already has an open transaction {open_record.tx} "
-                f"(begun {open_record.begun or 'at an unknown time'}, workspace {open_record.path})",
-                dataset=self.name,
-                hint=f"commit it, or abort it with 'dsg-storage abort {self.name} {open_record.tx}'",
-            )
-        pattern = pattern_for(view)
-        record = new_record(view, pattern, tx, mountpoint=checked, owner=owner_v, mode=mode_v)
-        self.zfs.allow.check_place(record.mountpoint)
-        self.zfs.allow.check_place(record.path, what="workspace path")
-        return pattern, record
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self, name: str, *, requested: datetime | None = None) -> None:
@@ -361,7 +353,7 @@ class Repository:
         for name in (self.name, names.workspace_dataset(self.name, tx)):
             self.zfs.allow.check(name)
         with self.exclusive():
-            pattern, record = self._new_record(self._recovered(), tx, mountpoint, owner, mode)
+            pattern, record = new_transaction(self._recovered(), self.zfs.allow, tx, wanted=(mountpoint, owner, mode))
             assert self._lock is not None  # held: exclusive()
             # The pool records the transaction as open from its first sync task on; until
             # begin's last step the lock file says it is not finished (see ``core.lock``).
@@ -475,7 +467,7 @@ class Repository:
         """What ``receive`` would do now, one line per step (recovery's first): its dry
         run, from the same plan. Changes nothing."""
         with self.exclusive():
-            view = self.view()
+            view = self._ours(self.view())
             lines = [line for step in plan_recovery(view) for line in step.describe()]
             plan = plan_receive(
                 self.zfs, view, source, self.policy, tx=names.new_tx_id(), wanted=(mountpoint, owner, mode)

@@ -89,6 +89,7 @@ def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) ->
         leftovers=(*seen.temporaries("old").values(), *seen.temporaries("gone").values()),
         recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
         kept={name: found.why_kept() for name, found in seen.foreign.items() if found.held or found.bookmarks},
+        replica=seen.replica,
     )
 
 

@@ -47,6 +47,12 @@ class PoolView:
     def exists(self, dataset: str) -> bool:
         return dataset in self.family
 
+    @property
+    def replica(self) -> bool:
+        """The repository's ``dsg-storage:*`` properties were all received (``zfs receive``
+        of another host's dataset), none set here: a replica, not ours to act on."""
+        return (self.head or {}).get("@received") == "yes"
+
     def zoned(self, dataset: str) -> bool:
         """Whether ``dataset`` has ``zoned=on`` of its own (so ZFS does not mount it at
         boot): a temporary dataset with the repository's mountpoint, or a bundle import

@@ -261,11 +261,15 @@ if not zfs.exists(parent) then return out end
 for child in zfs.list.children(parent) do
     if child == name or string.sub(child, 1, #mark) == mark then
         local props = {}
+        local mine, received = 0, 0
         for prop, value, source in zfs.list.user_properties(child) do
-            if source == child or (source == "$recvd" and string.sub(prop, 1, #prefix) == prefix) then
-                props[prop] = value
-            end
+            local ours = string.sub(prop, 1, #prefix) == prefix
+            if source == child or (source == "$recvd" and ours) then props[prop] = value end
+            if ours and source == child then mine = mine + 1 end
+            if ours and source == "$recvd" then received = received + 1 end
         end
+        -- Our properties all received, none set here: a replica of another host's dataset.
+        if received > 0 and mine == 0 then props["@received"] = "yes" end
         local origin = zfs.get_prop(child, "origin")
         if origin ~= nil then props["origin"] = origin end
         props["mountpoint"] = zfs.get_prop(child, "mountpoint")
