@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dsg_storage import DatasetBusyError, Queue, Repository
+from dsg_storage import DatasetBusyError, Queue, ReplicaError, Repository
 from dsg_storage.names import P_AUTO_SNAPSHOT, P_RECOVERY_NOTE
 from dsg_storage.settings import Settings
 from dsg_storage.zfs.port import Foreign
@@ -109,3 +109,24 @@ def test_why_a_temporary_is_kept_names_the_holds_and_the_bookmarks() -> None:
     assert found.held == {"b": ("zrepl", "backup")}
     assert found.why_kept() == "@b held by zrepl, backup; bookmarked (#cursor)"
     assert not Foreign()
+
+
+def test_a_replica_is_not_recovered_mounted_or_changed_unless_the_caller_says_it_is_the_primary(
+    repo: Repository, tmp_path: Path
+) -> None:
+    tx = repo.begin()
+    pool = fake(repo)
+    pool.datasets[REPO]["@received"] = "yes"  # what the family read says of received properties
+    pool.host.table.clear()  # received unmounted (zfs receive -u)
+    replica = Repository(REPO, zfs=pool, queue=Queue(tmp_path / "q2.sqlite"), settings=repo.settings)
+    assert replica.recover() == [] and pool.host.table == {}  # the source's open transaction: not ours
+    assert replica.status().replica and [p.tx for p in replica.status().pending] == [tx.id]
+    assert replica.plan("recover") == []
+    with pytest.raises(ReplicaError, match="replica"):
+        replica.begin()
+    with pytest.raises(ReplicaError):
+        replica.rollback(tx.id)
+    primary = Repository(REPO, zfs=pool, queue=Queue(tmp_path / "q3.sqlite"), settings=repo.settings, primary=True)
+    assert primary.recover()  # now it is: the workspace is mounted again
+    primary.rollback(tx.id)
+    assert temporaries(repo) == []

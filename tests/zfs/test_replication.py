@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dsg_storage import Repository
 
-from .cli import dsg_json
+from .cli import dsg, dsg_json
 from .conftest import Sandbox
 from .test_transactions import OWNER
 
@@ -55,4 +55,31 @@ def test_a_repository_received_with_zfs_send_R_is_recognized_by_status_and_histo
     assert [(r["name"], r["commits"], r["owner"]) for r in repos] == [(target, 2, "1234:5678")]
     received = [n for n in sandbox.datasets() if n.startswith("there/")]
     assert received == ["there/survey", f"there/survey@{first.name}", f"there/survey@{second.name}"]
+    open_tx.rollback()
+
+
+def test_a_replica_received_mid_transaction_is_shown_not_acted_on(sandbox: Sandbox) -> None:
+    """``zfs send -R PARENT@snap`` during a transaction carries the workspace and the base:
+    on the replica, ``status`` shows the source's open transaction and that it is a
+    replica; ``recover`` (the zedlet's included) mounts nothing and changes nothing; a
+    begin is refused unless the caller says the replica is now the primary."""
+    sandbox.zfs.create(f"{sandbox.dataset}/here", {"mountpoint": "none"})
+    sandbox.zfs.create(f"{sandbox.dataset}/there", {"mountpoint": "none"})
+    source = Repository(f"{sandbox.dataset}/here/survey", zfs=sandbox.zfs)
+    with source.begin(mountpoint=str(sandbox.mount_dir / "survey"), owner=OWNER, mode="0750") as tx:
+        Path(tx.path, "a.txt").write_text("a")
+    open_tx = source.begin()
+    subprocess.run(["zfs", "snapshot", "-r", f"{sandbox.dataset}/here@rep"], check=True)
+    send_receive(["-R", f"{sandbox.dataset}/here@rep"], ["-u", "-x", "mountpoint", f"{sandbox.dataset}/there/copy"])
+    replica = f"{sandbox.dataset}/there/copy/survey"
+    before = sandbox.datasets()
+
+    status = dsg_json("status", replica, allow=sandbox.dataset)
+    assert status["replica"] is True and [p["tx"] for p in status["pending"]] == [open_tx.id]
+    assert dsg_json("recover", replica, allow=sandbox.dataset)["actions"] == []
+    assert dsg_json("recover", "--pool", sandbox.dataset.split("/")[0], allow=sandbox.dataset)  # the zedlet's
+    assert not [d for d in sandbox.mounts() if "/there/" in d]  # nothing mounted at the source's paths
+    refused = dsg("begin", replica, allow=sandbox.dataset)
+    assert refused.returncode == 3 and "replica" in refused.stderr
+    assert sandbox.datasets() == before
     open_tx.rollback()

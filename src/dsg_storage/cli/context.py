@@ -77,7 +77,8 @@ class Context:
         from ..core.repository import Repository
 
         name = names.validate_repository(name)  # a bad name is exit 2 before the boundary opens
-        return Repository(name, zfs=self.zfs(), policy=self.caller.policy, settings=self.settings)
+        primary = bool(getattr(self.args, "primary", False))
+        return Repository(name, zfs=self.zfs(), policy=self.caller.policy, settings=self.settings, primary=primary)
 
     def queue(self) -> Queue:
         """The queue the settings name (``$DSG_STORAGE_QUEUE``, else its default)."""

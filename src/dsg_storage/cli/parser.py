@@ -23,7 +23,7 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 #: added to ``build`` but not here fails safe: ``command_in`` then finds no command, and
 #: the whole grammar is built.
 _VALUED = ("--allow", "--search-path", "--pool", "--cache")
-_FLAGS = ("--json", "--verbose", "-v", "--offline", "--cached")
+_FLAGS = ("--json", "--verbose", "-v", "--offline", "--cached", "--primary")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -67,6 +67,11 @@ def build(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--pool", metavar="NAME|ID", help="with --offline: which pool, when the paths hold several")
     parser.add_argument(
         "--cache", metavar="FILE", help="read cache: live reads are recorded there ($DSG_STORAGE_CACHE)"
+    )
+    parser.add_argument(
+        "--primary",
+        action="store_true",
+        help="act on a replica (a repository whose properties were received) as the primary",
     )
     parser.add_argument(
         "--cached", action="store_true", help="with --offline: if the pool cannot be found, serve reads from the cache"

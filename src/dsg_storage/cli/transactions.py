@@ -190,6 +190,7 @@ def _status_json(status: RepositoryStatus) -> dict[str, Any]:
         "leftovers": list(status.leftovers),
         "recovery_note": status.recovery_note,
         "kept": dict(status.kept),
+        "replica": status.replica,
         "access": "live",
     }
 
@@ -204,6 +205,11 @@ def status(ctx: Context) -> int:
     lines = [
         f"repository:  {shown(status.repository)}{'' if status.exists else ' (does not exist)'}",
         "access:      live",
+        *(
+            ["replica:     yes (its properties were received: not acted on here without --primary)"]
+            if status.replica
+            else []
+        ),
         shown(f"mountpoint:  {status.mountpoint or '-'} (mounted at: {', '.join(status.mounted_at) or 'nowhere'})"),
         f"owner/mode:  {shown(status.owner or '-')} {shown(status.mode or '')}".rstrip(),
         f"last commit: {shown(status.last_commit.name) if status.last_commit else '-'}",
