@@ -327,8 +327,9 @@ def grow_history(name: str, count: int) -> str:
         props = {P_TX: names.new_tx_id(when), P_COMMITTED: when.isoformat(timespec="milliseconds")}
         zfs.snapshot([names.commit_snapshot(name, when)], props)
         last = when
-        if (n + 1) % max(1, count // 10) == 0:
-            note(f"{n + 1}/{count} commits ({(n + 1) / (time.perf_counter() - started):.1f} per s)")
+        if (n + 1) % max(1, count // 20) == 0:
+            rate = (n + 1) / (time.perf_counter() - started)
+            note(f"{n + 1}/{count} commits, {rate:.1f} per s, {(count - n - 1) / rate:.0f} s to go")
     took = time.perf_counter() - started
     return f"set-up: {count} commits in {took:.1f} s ({count / took:.1f} per s, one sync task each)"
 
@@ -559,7 +560,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--commits", type=int, help="commits of the long history (default 10000; --quick 500)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument(
-        "--slow", type=float, default=60.0, help="seconds: a command slower at its first run is not repeated"
+        "--slow", type=float, default=30.0, help="seconds: a command slower at its first run is not repeated"
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     args = parser.parse_args()
@@ -598,8 +599,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     warm_up(runner, cli, repos[0], zfs.snapshots(repos[0])[0].short_name)
     many, deep = many_cases(cli, repos), deep_cases(cli, args.commits, oldest)
     measure([*many, *deep], runner, args.rounds, args.slow)
-    report(f"1. {args.repos} repositories in one pool", many)
-    report(f"2. one repository with {args.commits + 1} commits", deep)
+    report(f"1. {args.repos} repositories in one pool: PARENT is {MANY}, REPO {repos[len(repos) // 2]}", many)
+    report(f"2. one repository with {args.commits + 1} commits: REPO is {DEEP}", deep)
     report_counts(
         [(f"among {args.repos} repositories", repos[0], MANY), (f"with {args.commits + 1} commits", DEEP, DEEP_PARENT)]
     )
