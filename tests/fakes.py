@@ -329,7 +329,11 @@ class FakeZfs:
             elif op in ("P", "Q"):  # the fake's snapshots are never held: promote always works
                 self._promote(name)
             elif op in ("D", "T"):
-                if name in self.busy:
+                if "@" not in name and any(snap.startswith(name + "@") for snap in self.snaps):
+                    if op == "D":  # as ZFS: a filesystem with snapshots is not destroyed
+                        raise DatasetBusyError(f"{name}: has snapshots", dataset=name)
+                    skipped[name] = 17
+                elif name in self.busy:
                     if op == "D":
                         raise DatasetBusyError(f"{name}: busy", dataset=name)
                     skipped[name] = 16

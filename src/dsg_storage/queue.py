@@ -384,7 +384,8 @@ def apply_item(zfs: ZfsPort, item: Item) -> None:
             from .core.retire import retire_old_head
 
             repo, _, tx = retired
-            execute(zfs, retire_old_head(repo, tx, zfs.host.orphaned_reader_mounts()))
+            foreign = zfs.foreign(item.target, _names.base_places(repo, tx))
+            execute(zfs, retire_old_head(repo, tx, zfs.host.orphaned_reader_mounts(), foreign))
         if zfs.exists(item.target):
             zfs.destroy(item.target)  # what is left, with the error that keeps it
         return

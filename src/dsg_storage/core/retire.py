@@ -66,7 +66,7 @@ def retiring(batch: Batch, repo: str, tx: str, foreign: Foreign, kind: str = "ol
         batch = batch.rename_snapshot(base, foreign.snapshots[-1][0])
     for name in unheld:
         batch = batch.destroy(f"{temp}@{name}", required=False)
-    if not foreign.held and not foreign.bookmarks:
+    if not foreign.bookmarks:  # while a snapshot is held this fails: queued, retried (``defer``)
         batch = batch.destroy(temp, required=False)
     return batch if kind == "old" and foreign.snapshots else batch.destroy(base, required=False)
 
