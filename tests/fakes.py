@@ -297,7 +297,7 @@ class FakeZfs:
     def rollback(self, filesystem: str) -> None:
         self._changed("rollback", filesystem)
 
-    def apply(self, batch: Batch) -> BatchResult:  # noqa: C901, PLR0912  one branch per batch op, as the Lua program has
+    def apply(self, batch: Batch) -> BatchResult:  # noqa: C901, PLR0912, PLR0915  one branch per batch op, as the Lua program has
         if not batch.ops:
             return BatchResult({}, {})
         self.guard.check(*batch.targets)
@@ -314,6 +314,16 @@ class FakeZfs:
             if op == "I":  # back to the parent's (the fake has no inheritance: gone)
                 self.datasets[ops[i + 1]].pop(ops[i + 2], None)
                 i += 3
+                continue
+            if op == "B":  # destroy if possible, and note on the dataset what is left
+                snap, dataset, key, if_kept, if_gone = ops[i + 1 : i + 6]
+                kept = snap in self.busy and snap in self.snaps
+                if kept:
+                    skipped[snap] = 16
+                else:
+                    self.snaps.pop(snap, None)
+                self.datasets[dataset][key] = if_kept if kept else if_gone
+                i += 6
                 continue
             if op == "R":  # a snapshot renamed on its dataset, if it exists and the name is free
                 target = f"{ops[i + 1].split('@')[0]}@{ops[i + 2]}"

@@ -50,6 +50,9 @@ P_COMMIT_MESSAGE = prop("commit-message")  # on the workspace until the commit s
 # On the repository: a sync begin's base (until its clone exists), the commit snapshot
 # a finishing commit takes, and an incremental bundle import in progress ("TX BASE").
 P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT = prop("pending"), prop("commit-snapshot"), prop("import")
+#: On the repository: the transactions whose base snapshot could not be destroyed yet (a
+#: tool holds it), space-separated, so that recovery on any host retries them.
+P_LEFT_BASES = prop("left-bases")
 #: Not ours: the property zfs-auto-snapshot (and tools that follow it) skip a dataset by.
 #: Our temporaries carry ``false``; the repository gets back its own value at commit.
 P_AUTO_SNAPSHOT = "com.sun:auto-snapshot"

@@ -381,11 +381,14 @@ def apply_item(zfs: ZfsPort, item: Item) -> None:
             # An old head is retired as recovery retires it (the promote first: the old
             # head keeps the history until then, which a reader's snapshot refused).
             from .core.actions import execute
+            from .core.records import left_bases
             from .core.retire import retire_old_head
+            from .names import P_LEFT_BASES
 
             repo, _, tx = retired
             foreign = zfs.foreign(item.target, _names.base_places(repo, tx))
-            execute(zfs, retire_old_head(repo, tx, zfs.host.orphaned_reader_mounts(), foreign))
+            left = left_bases(zfs.get_props(repo, [P_LEFT_BASES]))
+            execute(zfs, retire_old_head(repo, tx, zfs.host.orphaned_reader_mounts(), foreign, left))
         if zfs.exists(item.target):
             zfs.destroy(item.target)  # what is left, with the error that keeps it
         return

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import DatasetBusyError, Queue, ReplicaError, Repository
-from dsg_storage.names import P_AUTO_SNAPSHOT, P_RECOVERY_NOTE
+from dsg_storage.names import P_AUTO_SNAPSHOT, P_LEFT_BASES, P_RECOVERY_NOTE
 from dsg_storage.settings import Settings
 from dsg_storage.zfs.port import Foreign
 
@@ -130,3 +130,20 @@ def test_a_replica_is_not_recovered_mounted_or_changed_unless_the_caller_says_it
     assert primary.recover()  # now it is: the workspace is mounted again
     primary.rollback(tx.id)
     assert temporaries(repo) == []
+
+
+def test_a_held_base_is_noted_on_the_repository_and_retried_by_recovery_anywhere(
+    repo: Repository, tmp_path: Path
+) -> None:
+    tx = repo.begin()
+    base = f"{REPO}@dsg-base-{tx.id}"
+    fake(repo).busy.add(base)
+    tx.rollback()
+    assert fake(repo).datasets[REPO][P_LEFT_BASES] == tx.id
+    assert base in repo.status().leftovers and repo.status().kept[base].startswith("held")
+    repo.begin().commit()  # not in the way; the note survives the commit's swap
+    assert fake(repo).datasets[REPO][P_LEFT_BASES] == tx.id
+    fake(repo).busy.clear()
+    elsewhere = Repository(REPO, zfs=fake(repo), queue=Queue(tmp_path / "other.sqlite"), settings=repo.settings)
+    assert any("base kept by a hold retried" in done for done in elsewhere.recover())
+    assert fake(repo).datasets[REPO][P_LEFT_BASES] == "" and temporaries(repo) == []

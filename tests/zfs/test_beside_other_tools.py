@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dsg_storage import DatasetBusyError, Repository
+from dsg_storage import DatasetBusyError, Queue, Repository
 
 from .cli import SRC, dsg, dsg_json, with_src
 from .conftest import Sandbox
@@ -268,3 +268,23 @@ def test_zrepl_pre_snapshot_hook_skips_a_repository_while_a_transaction_is_open(
     tx.commit()
     assert zrepl_snapshot("zrepl_20261203_111000_000")
     assert [n for n in sandbox.datasets() if "@zrepl_" in n] == ["survey@zrepl_20261203_111000_000"]
+
+
+def test_a_base_a_replicator_holds_is_retried_by_recovery_on_any_host(sandbox: Sandbox, tmp_path: Path) -> None:
+    """syncoid --no-sync-snap and zrepl replicate and hold the newest snapshot, which
+    during a transaction is its base: once released, any host's next call removes it,
+    not only the queue of the host that committed."""
+    repo = repository(sandbox)
+    for finish in ("commit", "rollback"):
+        tx = repo.begin()
+        base = f"{repo.name}@dsg-base-{tx.id}"
+        zfs("hold", "syncoid_sync", base)
+        getattr(tx, finish)()
+        status = dsg_json("status", repo.name, allow=sandbox.dataset)
+        assert base in status["leftovers"] and "held" in status["kept"][base]
+        begin_and_commit_again(repo, f"after {finish}")  # never in the way
+        zfs("release", "syncoid_sync", base)
+        elsewhere = Repository(repo.name, zfs=sandbox.zfs, queue=Queue(tmp_path / f"{finish}.sqlite"))
+        elsewhere.recover()  # another host: its own (empty) queue
+        assert dsg_json("status", repo.name, allow=sandbox.dataset)["leftovers"] == []
+        assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]

@@ -35,7 +35,8 @@ from ..zfs.port import Batch, ZfsPort
 from .actions import Action, Apply, ApplyOwner, Clone, Create, DestroySnapshots, Freeze, Mount, Rename, Thaw, Unmount
 from .options import Owner, check_mountpoint, parse_mode
 from .placement import place_recorded_head
-from .records import Pattern, Phase, Record
+from .records import Pattern, Phase, Record, left_bases
+from .retire import destroy_base
 from .view import PoolView, changes_since_base
 
 DEFAULT_MODE = 0o755
@@ -258,8 +259,8 @@ class Sync(TransactionPattern):
     def undo(self, view: PoolView, record: Record) -> list[Action]:
         if view.head is None:
             return []
-        base = names.base_snapshot(view.repository, record.tx)
-        return [Apply(Batch().destroy(base, required=False).set(view.repository, {P_PENDING: ""}))]
+        batch = destroy_base(Batch(), view.repository, record.tx, left_bases(view.head))
+        return [Apply(batch.set(view.repository, {P_PENDING: ""}))]
 
 
 def new_record(

@@ -21,6 +21,7 @@ from ..names import (
     P_COMMIT_MESSAGE,
     P_COMMITTED,
     P_INHERITS,
+    P_LEFT_BASES,
     P_MESSAGE,
     P_MODE,
     P_MOUNTPOINT,
@@ -180,3 +181,8 @@ class RepositoryStatus:
     kept: Mapping[str, str] = attrs.Factory(dict)
     #: a replica: its properties were received from another host (not acted on here)
     replica: bool = False
+
+
+def left_bases(props: Mapping[str, str] | None) -> tuple[str, ...]:
+    """The transactions whose base a repository notes as left (``P_LEFT_BASES``)."""
+    return tuple((props or {}).get(P_LEFT_BASES, "").split())

@@ -82,8 +82,8 @@ from .actions import (
 )
 from .patterns import pattern_of
 from .placement import place_head, place_recorded_head, recorded_placement
-from .records import Phase, Record
-from .retire import DestroyTemporary, retire_old_head, retiring
+from .records import Phase, Record, left_bases
+from .retire import DestroyTemporary, destroy_base, retire_old_head, retiring
 from .view import PoolView
 
 
@@ -133,7 +133,8 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
         batch = batch.set(repo, {P_RECOVERY_NOTE: f"{said}; {note}" if f" {record.tx}: " in said else note})
     batch = batch.set(repo, {P_STATE: Phase.COMMITTED.value})
     if retired:  # the old head and the base, and what other tools' snapshots change (``retire``)
-        batch = retiring(batch, repo, record.tx, foreign)
+        left = {*left_bases(view.head), *left_bases(view.family.get(retired[0]))}  # the old head's notes too
+        batch = retiring(batch, repo, record.tx, foreign, left=left)
     actions.append(Apply(batch))
     return actions
 
@@ -292,12 +293,19 @@ def _leftover_steps(view: PoolView, olds: Mapping[str, str]) -> list[RecoverySte
         return steps
     for tx, old in olds.items():  # 5c
         foreign = view.foreign.get(old, Foreign())
-        retire = retire_old_head(repo, tx, view.orphaned_mounts, foreign)
+        retire = retire_old_head(repo, tx, view.orphaned_mounts, foreign, left_bases(head))
         steps.append(RecoveryStep(f"{tx}: retired {old} destroyed" + _kept(foreign), retire))
     for tx, gone in view.temporaries("gone").items():  # 5d
         foreign = view.foreign.get(gone, Foreign())
-        retire = [Unmount(gone, lazy=True), Apply(retiring(Batch(), repo, tx, foreign, kind="gone"))]
+        retire = [
+            Unmount(gone, lazy=True),
+            Apply(retiring(Batch(), repo, tx, foreign, kind="gone", left=left_bases(head))),
+        ]
         steps.append(RecoveryStep(f"{tx}: undone {gone} destroyed" + _kept(foreign), retire))
+    for tx in left_bases(head):  # 5e
+        if not any(parsed and parsed[2] == tx for parsed in map(names.parse_temporary, view.family)):
+            retire = [Apply(destroy_base(Batch(), repo, tx, left_bases(head)))]
+            steps.append(RecoveryStep(f"{tx}: base kept by a hold retried", retire))
     return steps
 
 

@@ -28,6 +28,7 @@ from typing import Protocol
 import attrs
 
 from .. import _log, names
+from ..names import P_LEFT_BASES
 from ..zfs.port import Batch, Foreign, ZfsPort
 from .actions import Action, Apply, ReleaseMount, Unmount
 
@@ -41,7 +42,11 @@ class DestroyQueue(Protocol):
 
 
 def retire_old_head(
-    repo: str, tx: str, orphaned_mounts: Iterable[tuple[str, str]], foreign: Foreign | None = None
+    repo: str,
+    tx: str,
+    orphaned_mounts: Iterable[tuple[str, str]],
+    foreign: Foreign | None = None,
+    left: Iterable[str] = (),
 ) -> list[Action]:
     """The actions that retire transaction ``tx``'s old head of ``repo`` and its base.
     ``orphaned_mounts``: (source, path) of the read-only mounts dead readers left
@@ -50,10 +55,27 @@ def retire_old_head(
     old = names.old_dataset(repo, tx)
     released = [ReleaseMount(source, path) for source, path in orphaned_mounts if source.split("@")[0] == old]
     batch = Batch().promote(repo, required=False)  # if a held snapshot refused it at commit
-    return [*released, Unmount(old, lazy=True), Apply(retiring(batch, repo, tx, foreign or Foreign()))]
+    return [*released, Unmount(old, lazy=True), Apply(retiring(batch, repo, tx, foreign or Foreign(), left=left))]
 
 
-def retiring(batch: Batch, repo: str, tx: str, foreign: Foreign, kind: str = "old") -> Batch:
+def destroy_base(batch: Batch, repo: str, tx: str, left: Iterable[str]) -> Batch:
+    """``batch`` followed by the optional destroy of ``tx``'s base, noting on the
+    repository whether it is left (a tool holds it: syncoid and zrepl may, since while a
+    transaction is open it is the repository's newest snapshot), so that recovery on
+    any host retries it (state 5e), not only this host's queue."""
+    noted = set(left) - {tx}
+    return batch.destroy_noted(
+        names.base_snapshot(repo, tx),
+        repo,
+        P_LEFT_BASES,
+        if_kept=" ".join(sorted(noted | {tx})),
+        if_gone=" ".join(sorted(noted)),
+    )
+
+
+def retiring(
+    batch: Batch, repo: str, tx: str, foreign: Foreign, *, kind: str = "old", left: Iterable[str] = ()
+) -> Batch:
     """``batch`` followed by the retiring of ``tx``'s temporary of ``kind`` (``old`` head,
     or an undone temporary kept, ``gone``) and its base: its foreign snapshots destroyed
     (the newest one's name given to the base first, for an old head), then it, then the
@@ -68,7 +90,7 @@ def retiring(batch: Batch, repo: str, tx: str, foreign: Foreign, kind: str = "ol
         batch = batch.destroy(f"{temp}@{name}", required=False)
     if not foreign.bookmarks:  # while a snapshot is held this fails: queued, retried (``defer``)
         batch = batch.destroy(temp, required=False)
-    return batch if kind == "old" and foreign.snapshots else batch.destroy(base, required=False)
+    return batch if kind == "old" and foreign.snapshots else destroy_base(batch, repo, tx, left)
 
 
 @attrs.frozen

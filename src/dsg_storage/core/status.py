@@ -19,7 +19,7 @@ from ..errors import RepositoryNotFoundError
 from ..names import P_IMPORT, P_MODE, P_OWNER, P_RECOVERY_NOTE
 from ..zfs.port import HostPort, ZfsPort
 from .history import lineage
-from .records import Commit, PendingTransaction, RepositoryStatus, commits_of
+from .records import Commit, PendingTransaction, RepositoryStatus, commits_of, left_bases
 from .view import PoolView, observe
 
 
@@ -86,9 +86,16 @@ def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) ->
         mode=(head or {}).get(P_MODE),
         last_commit=commits[-1] if commits else None,
         pending=tuple(pending(seen, zfs.host)),
-        leftovers=(*seen.temporaries("old").values(), *seen.temporaries("gone").values()),
+        leftovers=(
+            *seen.temporaries("old").values(),
+            *seen.temporaries("gone").values(),
+            *(names.base_snapshot(name, tx) for tx in left_bases(head)),
+        ),
         recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
-        kept={name: found.why_kept() for name, found in seen.foreign.items() if found.held or found.bookmarks},
+        kept={
+            **{name: found.why_kept() for name, found in seen.foreign.items() if found.held or found.bookmarks},
+            **{names.base_snapshot(name, tx): "held (zfs holds shows by whom)" for tx in left_bases(head)},
+        },
         replica=seen.replica,
     )
 

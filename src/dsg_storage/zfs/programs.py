@@ -174,6 +174,9 @@ while i <= #argv do
     elseif op == "U" or op == "I" or op == "R" then
         ops[#ops + 1] = {op, argv[i + 1], argv[i + 2]}
         i = i + 3
+    elseif op == "B" then
+        ops[#ops + 1] = {op, argv[i + 1], argv[i + 2], argv[i + 3], argv[i + 4], argv[i + 5]}
+        i = i + 6
     else
         ops[#ops + 1] = {op, argv[i + 1]}
         i = i + 2
@@ -185,6 +188,7 @@ for k = 1, #ops do
     if o[1] == "S" then err = zfs.check.snapshot(o[2])
     elseif o[1] == "D" then err = zfs.check.destroy(o[2])
     elseif o[1] == "V" then err = zfs.check.set_prop(o[2], o[3], o[4])
+    elseif o[1] == "B" then err = zfs.check.set_prop(o[3], o[4], o[5])
     elseif o[1] == "I" then err = zfs.check.inherit(o[2], o[3])
     elseif o[1] == "A" and zfs.exists(o[2]) then err = 17
     elseif o[1] == "U" then
@@ -215,6 +219,14 @@ for k = 1, #ops do
         end
     elseif o[1] == "V" or o[1] == "N" then assert(zfs.sync.set_prop(o[2], o[3], o[4]) == 0)
     elseif o[1] == "I" then assert(zfs.sync.inherit(o[2], o[3]) == 0)
+    elseif o[1] == "B" then
+        -- destroy if possible; the list on o[3] says what is left, so recovery retries it
+        local left = o[6]
+        if zfs.exists(o[2]) then
+            local e = zfs.sync.destroy(o[2])
+            if e ~= 0 then skipped[o[2]] = e; left = o[5] end
+        end
+        assert(zfs.sync.set_prop(o[3], o[4], left) == 0)
     elseif o[1] == "R" then
         local at = string.find(o[2], "@", 1, true)
         local target = string.sub(o[2], 1, at) .. o[3]
@@ -325,6 +337,12 @@ class Batch:
         program can make)."""
         return self._add(dataset, "I", dataset, prop)
 
+    def destroy_noted(self, snapshot: str, dataset: str, prop: str, *, if_kept: str, if_gone: str) -> Batch:
+        """Destroy ``snapshot`` if possible (optional), and set ``dataset``'s user property
+        ``prop`` to ``if_kept`` when it could not be, else to ``if_gone``: the pool itself
+        says what is left to retry (``core.retire``)."""
+        return self._add(snapshot, "B", snapshot, dataset, prop, if_kept, if_gone)
+
     def rename_snapshot(self, snapshot: str, short: str) -> Batch:
         """Rename ``snapshot`` (full name) to ``short`` on its dataset, if it exists and
         the new name is free; a refusal is reported in the result's ``skipped``."""
@@ -370,6 +388,9 @@ class Batch:
             elif op == "R":
                 lines.append(f"rename {self.ops[i + 1]} to @{self.ops[i + 2]} if it is free")
                 i += 3
+            elif op == "B":
+                lines.append(f"destroy if possible {self.ops[i + 1]}")  # what is left is noted: retried
+                i += 6
             else:
                 lines.append(f"{words[op]} {self.ops[i + 1]}")
                 i += 2
