@@ -56,6 +56,11 @@ def ours(sandbox: Sandbox, repo: Repository) -> list[str]:
     return [n for n in sandbox.datasets() if n.startswith(leaf)]
 
 
+def assert_nothing_of_ours_left(sandbox: Sandbox, repo: Repository) -> None:
+    """No temporary dataset and no base snapshot of ours is left."""
+    assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n], ours(sandbox, repo)
+
+
 def begin_and_commit_again(repo: Repository, content: str) -> None:
     with repo.begin() as tx:
         Path(tx.path, "data.csv").write_text(content)
@@ -76,7 +81,7 @@ def test_sanoid_snapshot_taken_during_a_transaction_stays_where_sanoid_finds_it(
     # showing what the repository held when it was taken: the committed content.
     assert shows(f"{repo.name}@{autosnap}", tmp_path) == OLD
     assert files(sandbox.mount_dir / "survey") == {"data.csv": "new"}
-    assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]  # no leak
+    assert_nothing_of_ours_left(sandbox, repo)  # no leak
     status = dsg_json("status", repo.name, allow=sandbox.dataset)
     assert status["leftovers"] == [] and autosnap in status["recovery_note"]
     zfs("destroy", f"{repo.name}@{autosnap}")  # sanoid's prune works
@@ -95,7 +100,7 @@ def test_a_recursive_snapshot_of_the_parent_never_shows_uncommitted_work_under_t
 
     assert shows(f"{repo.name}@nightly", tmp_path) == OLD  # never "work in progress"
     assert files(sandbox.mount_dir / "survey") == {"data.csv": "finished"}
-    assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]
+    assert_nothing_of_ours_left(sandbox, repo)
     assert "uncommitted" in (repo.status().recovery_note or "")
     begin_and_commit_again(repo, "later")
 
@@ -109,7 +114,7 @@ def test_rollback_after_a_recursive_snapshot_of_the_parent_does_not_wedge(sandbo
 
     assert repo.pending() == []
     assert shows(f"{repo.name}@nightly", tmp_path) == OLD  # the repository's own stays, for its tool
-    assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]
+    assert_nothing_of_ours_left(sandbox, repo)
     begin_and_commit_again(repo, "next")
 
 
@@ -140,7 +145,7 @@ def test_zrepl_hold_and_bookmark_on_a_snapshot_taken_during_a_transaction_never_
     zfs("destroy", f"{old}#zrepl_CURSOR_G_1")
     repo.recover()
     assert dsg_json("status", repo.name, allow=sandbox.dataset)["leftovers"] == []
-    assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]
+    assert_nothing_of_ours_left(sandbox, repo)
 
 
 def test_a_held_snapshot_of_the_uncommitted_workspace_refuses_the_commit_until_released(sandbox: Sandbox) -> None:
@@ -173,7 +178,7 @@ def test_rollback_with_a_held_snapshot_of_the_workspace_keeps_it_aside_and_never
     begin_and_commit_again(repo, "next")  # not in the way of any transaction
     zfs("release", "backup-tool", f"{gone}@backup")
     repo.recover()
-    assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]
+    assert_nothing_of_ours_left(sandbox, repo)
 
 
 def test_zfs_auto_snapshot_skips_the_temporaries_and_sees_the_repository_as_its_owner_set_it(
@@ -287,4 +292,4 @@ def test_a_base_a_replicator_holds_is_retried_by_recovery_on_any_host(sandbox: S
         elsewhere = Repository(repo.name, zfs=sandbox.zfs, queue=Queue(tmp_path / f"{finish}.sqlite"))
         elsewhere.recover()  # another host: its own (empty) queue
         assert dsg_json("status", repo.name, allow=sandbox.dataset)["leftovers"] == []
-        assert not [n for n in ours(sandbox, repo) if ".dsg-" in n or "@dsg-base-" in n]
+        assert_nothing_of_ours_left(sandbox, repo)
