@@ -140,7 +140,7 @@ def test_a_held_base_is_noted_on_the_repository_and_retried_by_recovery_anywhere
     fake(repo).busy.add(base)
     tx.rollback()
     assert fake(repo).datasets[REPO][P_LEFT_BASES] == tx.id
-    assert base in repo.status().leftovers and repo.status().kept[base].startswith("held")
+    assert base in repo.status().leftovers and repo.status().kept[base].startswith("not destroyed yet")
     repo.begin().commit()  # not in the way; the note survives the commit's swap
     assert fake(repo).datasets[REPO][P_LEFT_BASES] == tx.id
     fake(repo).busy.clear()

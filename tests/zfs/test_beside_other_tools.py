@@ -172,9 +172,10 @@ def test_rollback_with_a_held_snapshot_of_the_workspace_keeps_it_aside_and_never
     zfs("hold", "backup-tool", f"{tx.dataset}@backup")
     tx.rollback()
     gone = tx.dataset.replace(".dsg-ws-", ".dsg-gone-")
+    base = f"{repo.name}@dsg-base-{tx.id}"  # its origin: kept with it, and noted for retrying
     status = dsg_json("status", repo.name, allow=sandbox.dataset)
-    assert status["pending"] == [] and status["leftovers"] == [gone]
-    assert "backup-tool" in status["kept"][gone]
+    assert status["pending"] == [] and status["leftovers"] == [gone, base]
+    assert "backup-tool" in status["kept"][gone] and "not destroyed yet" in status["kept"][base]
     begin_and_commit_again(repo, "next")  # not in the way of any transaction
     zfs("release", "backup-tool", f"{gone}@backup")
     repo.recover()
@@ -215,7 +216,7 @@ def sanoid(tmp_path: Path, dataset: str) -> subprocess.CompletedProcess[str]:
     (conf / "sanoid.conf").write_text(
         f"[{dataset}]\n\tuse_template = repositories\n\n"
         "[template_repositories]\n\thourly = 24\n\tdaily = 0\n\tmonthly = 0\n\tyearly = 0\n"
-        "\tautosnap = yes\n\tautoprune = yes\n"
+        "\tautosnap = yes\n\tautoprune = yes\n\tscript_timeout = 120\n"
         f"\tpre_snapshot_script = {hook_script(tmp_path)}\n\tno_inconsistent_snapshot = yes\n"
     )
     return subprocess.run(
@@ -286,7 +287,7 @@ def test_a_base_a_replicator_holds_is_retried_by_recovery_on_any_host(sandbox: S
         zfs("hold", "syncoid_sync", base)
         getattr(tx, finish)()
         status = dsg_json("status", repo.name, allow=sandbox.dataset)
-        assert base in status["leftovers"] and "held" in status["kept"][base]
+        assert base in status["leftovers"] and "not destroyed yet" in status["kept"][base]
         begin_and_commit_again(repo, f"after {finish}")  # never in the way
         zfs("release", "syncoid_sync", base)
         elsewhere = Repository(repo.name, zfs=sandbox.zfs, queue=Queue(tmp_path / f"{finish}.sqlite"))

@@ -94,7 +94,10 @@ def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) ->
         recovery_note=(head or {}).get(P_RECOVERY_NOTE) or None,
         kept={
             **{name: found.why_kept() for name, found in seen.foreign.items() if found.held or found.bookmarks},
-            **{names.base_snapshot(name, tx): "held (zfs holds shows by whom)" for tx in left_bases(head)},
+            **{
+                names.base_snapshot(name, tx): "not destroyed yet: held, or the origin of one kept above"
+                for tx in left_bases(head)
+            },
         },
         replica=seen.replica,
     )
