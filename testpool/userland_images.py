@@ -31,9 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsg_storage import Repository  # noqa: E402
-from dsg_storage.read.reader import open_live  # noqa: E402
-from testpool.parity import read_everything  # noqa: E402
+from testpool.parity import read_everything
+
+from dsg_storage import Repository
+from dsg_storage.read.reader import open_live
 
 MiB = 1 << 20
 POOL = "dsgul"
@@ -139,8 +140,7 @@ def bench(out: Path, work: Path) -> None:
                 for f in range(100):
                     (root / "tree" / f"d{d:02}" / f"f{f:03}.txt").write_bytes(os.urandom(1000 + f))
             with open(root / "large.bin", "wb") as handle:
-                for _ in range(512):
-                    handle.write(os.urandom(MiB))
+                handle.writelines(os.urandom(MiB) for _ in range(512))
             tx.commit("bench")
     finally:
         run("zpool", "export", temp)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # annotations only: host.py brings the mount code
     from .allow import AllowList
     from .host import BoundarySteps
 
-__all__ = ["Batch", "BatchResult", "HostPort", "Snapshot", "ZfsPort"]
+__all__ = ["Batch", "BatchResult", "Catalog", "HostPort", "Snapshot", "ZfsPort"]
 
 
 @attrs.frozen
@@ -33,6 +33,15 @@ class Snapshot:
     @property
     def short_name(self) -> str:
         return self.name.split("@", 1)[1]
+
+
+class Catalog(Protocol):
+    """What reading a pool's repositories and histories needs: ``ZfsPort`` has it, and so
+    does the userland reader's catalog of a pool read without the kernel."""
+
+    def exists(self, name: str) -> bool: ...
+    def snapshots(self, dataset: str) -> list[Snapshot]: ...
+    def filesystems(self, under: str) -> dict[str, dict[str, str]]: ...
 
 
 class HostPort(Protocol):

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .protocol import HelperProtocolError, UserlandError
 from . import protocol
+from .protocol import HelperProtocolError, UserlandError
 
 #: Seconds a request may take by default (an import of a large pool, a slow disk).
 DEFAULT_TIMEOUT = 120.0
@@ -49,7 +49,7 @@ class Helper:
     ) -> None:
         self.timeout = timeout
         self._clock = clock
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  kept for the process's life, closed by close()
         self._buffer = bytearray()
         self._dead: UserlandError | None = None
         try:

@@ -37,8 +37,30 @@ DMU_OST_ZFS = 2
 ZPL = {
     name: index
     for index, name in enumerate(
-        "atime mtime ctime crtime gen mode size parent links xattr rdev flags uid gid pad "
-        "znode_acl dacl_count symlink scanstamp dacl_aces dxattr projid".split()
+        [
+            "atime",
+            "mtime",
+            "ctime",
+            "crtime",
+            "gen",
+            "mode",
+            "size",
+            "parent",
+            "links",
+            "xattr",
+            "rdev",
+            "flags",
+            "uid",
+            "gid",
+            "pad",
+            "znode_acl",
+            "dacl_count",
+            "symlink",
+            "scanstamp",
+            "dacl_aces",
+            "dxattr",
+            "projid",
+        ]
     )
 }
 ZPL_END = len(ZPL)
@@ -194,10 +216,11 @@ class Zpool:
     def datasets(self, under: str) -> list[dict[str, Any]]:
         names: list[str] = []
 
-        @ctypes.CFUNCTYPE(c_int, c_char_p, c_void_p)
-        def seen(name: bytes, _arg: int) -> int:
+        def found(name: bytes, _arg: int) -> int:
             names.append(name.decode("utf-8", "replace"))
             return 0
+
+        seen = ctypes.CFUNCTYPE(c_int, c_char_p, c_void_p)(found)
 
         err = self.z.dmu_objset_find(under.encode(), seen, None, DS_FIND_CHILDREN | DS_FIND_SNAPSHOTS)
         if err:
@@ -257,17 +280,24 @@ class Zpool:
         self._zap(c_void_p(os_), MASTER_NODE_OBJ, b"ROOT", out)
         return out.value
 
-    def lookup(self, name: str, path: str) -> int:
-        """The object of ``path`` beneath the root, never following a link."""
+    def resolve(self, name: str, path: str) -> dict[str, Any]:
+        """The stats along ``path`` from the root, never following a link: it stops at a
+        component that is not a directory (``blocked``) or does not exist (``missing``)."""
         os_, _ = self.objset(name)
-        obj = self.root(name)
+        chain = [self.stat(name, self.root(name))]
         for part in [p for p in path.split("/") if p]:
+            if (chain[-1]["mode"] & 0o170000) != 0o040000:
+                return {"chain": chain, "missing": False, "blocked": True}
             de = c_uint64()
-            err = self.z.zap_lookup(c_void_p(os_), obj, part.encode(), 8, 1, byref(de))
+            err = self.z.zap_lookup(
+                c_void_p(os_), chain[-1]["obj"], part.encode("utf-8", "surrogateescape"), 8, 1, byref(de)
+            )
+            if err == 2:
+                return {"chain": chain, "missing": True, "blocked": False}
             if err:
                 raise Failed(err, f"{path}: {os.strerror(err)}")
-            obj = de.value & ((1 << 48) - 1)
-        return obj
+            chain.append(self.stat(name, de.value & ((1 << 48) - 1)))
+        return {"chain": chain, "missing": False, "blocked": False}
 
     def entries(self, name: str, obj: int) -> list[tuple[str, int]]:
         os_, _ = self.objset(name)
@@ -279,7 +309,9 @@ class Zpool:
             while self.z.zap_cursor_retrieve(cursor, c_void_p(attr)) == 0:
                 za = ZapAttribute.from_address(attr)
                 raw = ctypes.string_at(attr + ctypes.sizeof(ZapAttribute), min(za.za_name_len, MAX_NAME))
-                out.append((raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), za.za_first_integer & ((1 << 48) - 1)))
+                out.append(
+                    (raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), za.za_first_integer & ((1 << 48) - 1))
+                )
                 self.z.zap_cursor_advance(cursor)
         finally:
             self.z.zap_cursor_fini(cursor)
@@ -342,7 +374,7 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
         "find": lambda r: zpool.find(list(r["paths"])),
         "import": lambda r: zpool.import_pool(int(r["guid"]), str(r["name"])),
         "datasets": lambda r: zpool.datasets(str(r["under"])),
-        "lookup": lambda r: zpool.lookup(str(r["dataset"]), str(r["path"])),
+        "resolve": lambda r: zpool.resolve(str(r["dataset"]), str(r["path"])),
         "entries": lambda r: zpool.entries(str(r["dataset"]), int(r["obj"])),
         "stat": lambda r: zpool.stat(str(r["dataset"]), int(r["obj"])),
         "walk": lambda r: walk(zpool, str(r["dataset"]), int(r["obj"]), out),

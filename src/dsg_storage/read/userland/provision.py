@@ -78,7 +78,9 @@ def _loader(root: str) -> str:
         loader = os.path.join(root, where, "ld-linux-x86-64.so.2")
         if os.path.exists(loader):
             return loader
-    raise UserlandUnavailableError(f"the private userland {root} has no ld-linux-x86-64.so.2: remove it to fetch it again")
+    raise UserlandUnavailableError(
+        f"the private userland {root} has no ld-linux-x86-64.so.2: remove it to fetch it again"
+    )
 
 
 def host_userland() -> Userland | None:
@@ -124,7 +126,9 @@ def _apt_options(work: Path) -> list[str]:
     (work / "lists" / "partial").mkdir(parents=True)
     (work / "cache" / "archives" / "partial").mkdir(parents=True)
     sources = work / "sources.list"
-    sources.write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror()} {SUITE} main contrib\n")
+    sources.write_text(
+        f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror()} {SUITE} main contrib\n"
+    )
     return [
         "-q", "-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-",
         "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}",
