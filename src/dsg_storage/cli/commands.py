@@ -144,8 +144,8 @@ def _check_sudo(args: argparse.Namespace, inv: Caller) -> None:
     """Under sudo: what the policy forbids outright, and every dataset named on the command line."""
     if not inv.sudo:
         return
-    if args.offline:
-        inv.refuse("--offline (it imports pools from files the caller names)")
+    if args.offline or getattr(args, "userland", False):
+        inv.refuse("--offline/--userland (they read pools from files the caller names)")
     if args.command == "demo":
         inv.refuse("demo (it creates and chowns datasets of its own)")
     if args.command == "repos" and not args.under:
@@ -173,7 +173,7 @@ def run(ctx: Context) -> int:
     """Run the parsed command with its context; returns its exit status (errors raise)."""
     args = ctx.args
     _check_sudo(args, ctx.caller)
-    if args.offline and args.command not in READ_COMMANDS:
+    if (args.offline or getattr(args, "userland", False)) and args.command not in READ_COMMANDS:
         if args.command == "status":
             raise InvalidArgumentError("status needs a live pool; offline, use repos, history, ls, stat or cat")
         raise ReadOnlyError(

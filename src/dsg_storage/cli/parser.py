@@ -23,7 +23,7 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 #: added to ``build`` but not here fails safe: ``command_in`` then finds no command, and
 #: the whole grammar is built.
 _VALUED = ("--allow", "--search-path", "--pool", "--cache")
-_FLAGS = ("--json", "--verbose", "-v", "--offline", "--cached", "--primary")
+_FLAGS = ("--json", "--verbose", "-v", "--offline", "--userland", "--force", "--cached", "--primary")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -58,6 +58,14 @@ def build(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log ZFS steps to stderr")
     parser.add_argument("--offline", action="store_true", help="read an exported pool, imported read-only for the call")
+    parser.add_argument(
+        "--userland",
+        action="store_true",
+        help="read an exported pool in userland (libzpool in a helper process): no ZFS module, no root",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="with --userland: read a pool whose labels say it is in use elsewhere"
+    )
     parser.add_argument(
         "--search-path",
         action="append",

@@ -35,7 +35,15 @@ def _reader(ctx: Context) -> Iterator[Reader]:
     cache = ReadCache(cache_path, owner=inv.cache_owner) if cache_path else None
     if args.cached and cache is None:
         raise InvalidArgumentError(f"--cached needs a read cache: --cache FILE or ${CACHE_ENV}")
-    if args.offline:
+    if args.userland:
+        from ..read.userland import open_userland
+
+        if args.offline or args.cached or not args.search_path:
+            raise InvalidArgumentError("--userland takes --search-path PATHS (and --pool, --force); not --offline")
+        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.force)
+    elif args.force:
+        raise InvalidArgumentError("--force goes with --userland")
+    elif args.offline:
         reader = open_offline(args.search_path, pool=args.pool, cache=cache, cached=args.cached)
     elif args.search_path or args.pool or args.cached:
         raise InvalidArgumentError("--search-path, --pool and --cached go with --offline")

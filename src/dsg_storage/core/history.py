@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import names
-from ..zfs.port import Snapshot, ZfsPort
+from ..zfs.port import Catalog, Snapshot, ZfsPort
 
 
-def lineage(zfs: ZfsPort, repository: str) -> list[Snapshot]:
+def lineage(zfs: Catalog, repository: str) -> list[Snapshot]:
     """Snapshots of ``repository``, oldest first, preceded by those of an old head (or,
     after a commit that failed past its promote, of the open workspace) it is still a
     clone of, up to its origin."""
@@ -47,6 +47,6 @@ def transferable_chain(zfs: ZfsPort, repo: str) -> list[Snapshot]:
     return transferable(lineage(zfs, repo))
 
 
-def find_snapshot(zfs: ZfsPort, repository: str, short: str) -> str | None:
+def find_snapshot(zfs: Catalog, repository: str, short: str) -> str | None:
     """The full name of ``repository``'s snapshot ``short`` wherever its history keeps it."""
     return next((s.name for s in lineage(zfs, repository) if s.short_name == short), None)

@@ -46,18 +46,20 @@ from ..names import P_MODE, P_OWNER
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.mounts import reader_dir_prefix
-from ..zfs.port import ZfsPort
+from ..zfs.port import Catalog, ZfsPort
 from .cache import ReadCache, age_of
 
 _R = TypeVar("_R", "RepositoryInfo", Commit)
 
 
 class Mode(enum.Enum):
-    """How a pool is being read: ``live`` (imported for writing, as usual) or
-    ``offline`` (imported read-only by us, or served from the read cache)."""
+    """How a pool is being read: ``live`` (imported for writing, as usual),
+    ``offline`` (imported read-only by us, or served from the read cache) or
+    ``userland`` (read by OpenZFS's libzpool in a helper process: no kernel import)."""
 
     LIVE = "live"
     OFFLINE = "offline"
+    USERLAND = "userland"
 
 
 @attrs.frozen
@@ -166,6 +168,11 @@ class Reader:
             raise CacheMissError("this reader serves cached reads only")
         return self.zfs
 
+    @property
+    def _catalog(self) -> Catalog:
+        """Where datasets and snapshots are listed from (the userland reader has its own)."""
+        return self._zfs
+
     def describe(self) -> str:
         """One line saying how the pool is read (shown by every command)."""
         parts = [self.mode.value]
@@ -211,7 +218,7 @@ class Reader:
             if self.pool is None:
                 raise InvalidArgumentError("say under which dataset to list repositories")
             under = self.pool
-        found = self._zfs.filesystems(self._incore(under))
+        found = self._catalog.filesystems(self._incore(under))
         if not found:
             raise RepositoryNotFoundError(f"{under} does not exist", dataset=under)
         repos = []
@@ -240,9 +247,9 @@ class Reader:
 
     def _history(self, incore: str) -> list[Commit]:
         try:
-            snapshots = lineage(self._zfs, incore)
+            snapshots = lineage(self._catalog, incore)
         except ZfsError as exc:
-            if isinstance(exc, DatasetNotFoundError) or not self._zfs.exists(incore):
+            if isinstance(exc, DatasetNotFoundError) or not self._catalog.exists(incore):
                 raise RepositoryNotFoundError(
                     f"repository {self._outside(incore)} does not exist", dataset=self._outside(incore)
                 ) from exc

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # annotations only: host.py brings the mount code
     from .allow import AllowList
     from .host import BoundarySteps
 
-__all__ = ["Batch", "BatchResult", "Foreign", "HostPort", "Snapshot", "ZfsPort"]
+__all__ = ["Batch", "BatchResult", "Catalog", "Foreign", "HostPort", "Snapshot", "ZfsPort"]
 
 
 @attrs.frozen
@@ -68,6 +68,15 @@ class Foreign:
         held = [f"@{name} held by {', '.join(tags)}" for name, tags in self.held.items()]
         marks = [f"#{name}" for name in self.bookmarks]
         return "; ".join([*held, *([f"bookmarked ({', '.join(marks)})"] if marks else [])])
+
+
+class Catalog(Protocol):
+    """What reading a pool's repositories and histories needs: ``ZfsPort`` has it, and so
+    does the userland reader's catalog of a pool read without the kernel."""
+
+    def exists(self, name: str) -> bool: ...
+    def snapshots(self, dataset: str) -> list[Snapshot]: ...
+    def filesystems(self, under: str) -> dict[str, dict[str, str]]: ...
 
 
 class HostPort(Protocol):

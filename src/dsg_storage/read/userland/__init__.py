@@ -1,0 +1,18 @@
+"""Userland access: exported pools read by OpenZFS's libzpool in a helper process, with
+no kernel import, no ZFS module and no root (``open_userland``)."""
+
+from .client import HelperCrashedError, HelperTimeoutError
+from .protocol import HelperProtocolError, UserlandError
+from .provision import UserlandUnavailableError
+from .reader import DamagedFileError, UserlandReader, open_userland
+
+__all__ = [
+    "DamagedFileError",
+    "HelperCrashedError",
+    "HelperProtocolError",
+    "HelperTimeoutError",
+    "UserlandError",
+    "UserlandReader",
+    "UserlandUnavailableError",
+    "open_userland",
+]

@@ -1,0 +1,202 @@
+"""The helper process, from the parent's side: start it, ask, wait with a deadline, stop it.
+
+Every wait has a deadline (``timeout``): a helper that does not answer in time is killed
+and the call raises ``HelperTimeoutError``; one that dies (a libzpool ``VERIFY`` aborts
+it) raises ``HelperCrashedError`` with the end of what it printed on stderr. After either,
+the session is over: every later call raises the same kind of error at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from . import protocol
+from .protocol import HelperProtocolError, UserlandError
+
+#: Seconds a request may take by default (an import of a large pool, a slow disk).
+DEFAULT_TIMEOUT = 120.0
+_STDERR_TAIL = 4000
+
+
+class HelperCrashedError(UserlandError):
+    """The helper process died (or its pipe closed) before answering."""
+
+
+class HelperTimeoutError(UserlandError, TimeoutError):
+    """The helper did not answer within its time limit and was killed."""
+
+
+class HelperRequestError(UserlandError):
+    """The helper answered a request with an error (``errno`` tells which)."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Helper:
+    """One helper process (one pool import per session)."""
+
+    def __init__(
+        self, argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  kept for the process's life, closed by close()
+        self._buffer = bytearray()
+        self._dead: UserlandError | None = None
+        try:
+            self.proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, close_fds=True
+            )
+        except OSError as exc:
+            self._stderr.close()
+            raise HelperCrashedError(f"the userland helper could not be started: {exc}") from exc
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self._out = self.proc.stdout.fileno()
+        os.set_blocking(self._out, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._out, selectors.EVENT_READ)
+        self.pid = protocol.hello(protocol.parse(self._line(self._deadline(None))))
+
+    # ------------------------------------------------------------------ asking
+    def call(self, op: str, *, timeout: float | None = None, **args: Any) -> Any:
+        """The result of one request (no entries, no data)."""
+        deadline = self._send(op, timeout, args)
+        while True:
+            message = protocol.parse(self._line(deadline))
+            if "entry" in message or "data" in message:
+                raise self._fail(HelperProtocolError(f"the helper sent a stream for {op!r}"))
+            return self._result(message, op)
+
+    def walk(self, dataset: str, obj: int, *, timeout: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every entry below directory ``obj``: (path, stat), as the helper streams them."""
+        deadline = self._send("walk", timeout, {"dataset": dataset, "obj": obj})
+        while True:
+            message = protocol.parse(self._line(deadline))
+            found = protocol.entry(message)
+            if found is None:
+                self._result(message, "walk")
+                return
+            yield found
+
+    def read(self, dataset: str, obj: int, offset: int, length: int, *, timeout: float | None = None) -> bytes:
+        """Bytes [offset, offset+length) of object ``obj``, exactly ``length`` of them."""
+        deadline = self._send("read", timeout, {"dataset": dataset, "obj": obj, "offset": offset, "length": length})
+        chunks: list[bytes] = []
+        got = 0
+        while True:
+            message = protocol.parse(self._line(deadline))
+            size = protocol.frame_size(message)
+            if size is None:
+                self._result(message, "read")
+                break
+            if got + size > length:
+                raise self._fail(HelperProtocolError(f"the helper sent more than the {length} bytes asked"))
+            chunks.append(self._exactly(size, deadline))
+            got += size
+        if got != length:
+            raise self._fail(HelperProtocolError(f"the helper sent {got} bytes of the {length} asked"))
+        return b"".join(chunks)
+
+    def _send(self, op: str, timeout: float | None, args: dict[str, Any]) -> float:
+        if self._dead is not None:
+            raise type(self._dead)(f"the userland helper is gone: {self._dead.message}")
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(protocol.request(op, **args))
+            self.proc.stdin.flush()
+        except OSError:
+            raise self._fail(self._crashed(f"while sending {op!r}")) from None
+        return self._deadline(timeout)
+
+    def _result(self, message: dict[str, Any], op: str) -> Any:
+        ok, result, code, error = protocol.outcome(message)
+        if not ok:
+            raise HelperRequestError(f"{op}: {error}", code=code)
+        return result
+
+    # ------------------------------------------------------------------ bytes
+    def _deadline(self, timeout: float | None) -> float:
+        return self._clock() + (self.timeout if timeout is None else timeout)
+
+    def _fill(self, deadline: float) -> None:
+        """Read what the helper has sent, waiting at most until ``deadline``."""
+        left = deadline - self._clock()
+        if left <= 0 or not self._selector.select(timeout=left):
+            raise self._fail(
+                HelperTimeoutError(f"the userland helper did not answer within {self.timeout:g}s and was stopped")
+            )
+        try:
+            chunk = os.read(self._out, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            raise self._fail(self._crashed("before answering"))
+        self._buffer += chunk
+
+    def _line(self, deadline: float) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > protocol.MAX_LINE:
+                raise self._fail(HelperProtocolError(f"the helper sent a line longer than {protocol.MAX_LINE} bytes"))
+            self._fill(deadline)
+
+    def _exactly(self, size: int, deadline: float) -> bytes:
+        while len(self._buffer) < size:
+            self._fill(deadline)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    # ------------------------------------------------------------------ ending
+    def _crashed(self, when: str) -> HelperCrashedError:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, self._stderr.tell() - _STDERR_TAIL))
+        tail = self._stderr.read().decode("utf-8", "replace").strip()
+        how = f"exit {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "its pipe closed"
+        return HelperCrashedError(
+            f"the userland helper (pid {self.proc.pid}) died {when} ({how})" + (f": {tail[-1500:]}" if tail else ""),
+            hint="the pool may be damaged or of an OpenZFS version this reader does not know; "
+            "the kernel (--offline) may still read it",
+        )
+
+    def _fail(self, error: UserlandError) -> UserlandError:
+        """Record that the session is over, stop the helper, and hand ``error`` back to raise."""
+        self._dead = error
+        self._stop()
+        return error
+
+    def _stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        """End the helper: close its stdin (it exits), kill it if it does not within 10 s."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):  # already gone: the wait below reaps it
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._stop()
+        self._selector.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()

@@ -1,0 +1,427 @@
+"""The userland reader's helper process: OpenZFS's libzpool, in this process only.
+
+Run as a script (standard library only, never imported by dsg_storage), by a Python
+started through the private userland's own loader (see ``userland/provision.py``):
+
+    ld-linux-x86-64.so.2 --library-path LIBS python3 -I -S helper.py LIBZPOOL LIBNVPAIR
+
+It speaks the protocol of ``userland/protocol.py``: one JSON request a line on stdin,
+JSON lines back on the protocol descriptor (stdout as it was at start; libzpool's own
+chatter goes to stderr), file bytes as ``{"data": N}`` lines each followed by N raw bytes.
+
+libzpool runs with ``kernel_init(SPA_MODE_READ)``: every pool it imports is read-only and
+its devices are opened ``O_RDONLY``. The pool is imported into this process's private
+namespace (never the kernel's), so its name never clashes with an imported one. A
+``VERIFY`` failure inside libzpool aborts this process: the parent reports that, with
+the end of our stderr, as an error of its own. Nothing is torn down at the end
+(``os._exit``): nothing was written, and libzpool's ``kernel_fini`` is known to hang.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+from ctypes import POINTER, byref, c_char_p, c_int, c_uint16, c_uint32, c_uint64, c_void_p
+from typing import Any
+
+PROTOCOL = 1
+SPA_MODE_READ = 1
+ZFS_IMPORT_SKIP_MMP = 0x20
+DS_FIND_SNAPSHOTS, DS_FIND_CHILDREN = 1, 2
+SA_HDL_PRIVATE = 1
+MASTER_NODE_OBJ = 1
+DMU_OST_ZFS = 2
+# enum zpl_attr_t (sys/zfs_sa.h), the order of zfs_attr_table
+ZPL = {
+    name: index
+    for index, name in enumerate(
+        [
+            "atime",
+            "mtime",
+            "ctime",
+            "crtime",
+            "gen",
+            "mode",
+            "size",
+            "parent",
+            "links",
+            "xattr",
+            "rdev",
+            "flags",
+            "uid",
+            "gid",
+            "pad",
+            "znode_acl",
+            "dacl_count",
+            "symlink",
+            "scanstamp",
+            "dacl_aces",
+            "dxattr",
+            "projid",
+        ]
+    )
+}
+ZPL_END = len(ZPL)
+CHUNK = 1 << 20
+MAX_NAME = 1024  # zap_attribute_alloc's name buffer (ZAP_MAXNAMELEN)
+
+
+class ImportArgs(ctypes.Structure):  # importargs_t (libzutil.h, OpenZFS 2.3)
+    _fields_ = [
+        ("path", POINTER(c_char_p)),
+        ("paths", c_int),
+        ("poolname", c_char_p),
+        ("guid", c_uint64),
+        ("cachefile", c_char_p),
+        ("can_be_active", c_int),
+        ("scan", c_int),
+        ("policy", c_void_p),
+        ("do_destroyed", c_int),
+        ("do_all", c_int),
+    ]
+
+
+class LibpcHandle(ctypes.Structure):  # libpc_handle_t
+    _fields_ = [
+        ("lpc_error", c_int),
+        ("lpc_printerr", c_int),
+        ("lpc_open_access_error", c_int),
+        ("lpc_desc_active", c_int),
+        ("lpc_desc", ctypes.c_char * 1024),
+        ("lpc_ops", c_void_p),
+        ("lpc_lib_handle", c_void_p),
+    ]
+
+
+class ZapAttribute(ctypes.Structure):  # zap_attribute_t's fixed part
+    _fields_ = [
+        ("za_integer_length", c_int),
+        ("za_normalization_conflict", c_int),
+        ("za_num_integers", c_uint64),
+        ("za_first_integer", c_uint64),
+        ("za_name_len", c_uint32),
+        ("za_pad", c_uint32),
+    ]
+
+
+class Failed(Exception):
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class Zpool:
+    """libzpool and libnvpair through ctypes; one imported pool."""
+
+    def __init__(self, libzpool: str, libnvpair: str) -> None:
+        self.z = ctypes.CDLL(libzpool, mode=ctypes.RTLD_GLOBAL)
+        self.nv = ctypes.CDLL(libnvpair, mode=ctypes.RTLD_GLOBAL)
+        z, nv = self.z, self.nv
+        for name in ("nvlist_next_nvpair", "nvpair_name", "nvpair_value_nvlist"):
+            getattr(nv, name).restype = c_void_p
+        nv.nvlist_next_nvpair.argtypes = [c_void_p, c_void_p]
+        nv.nvpair_name.argtypes = [c_void_p]
+        nv.nvpair_name.restype = c_char_p
+        nv.nvpair_type.argtypes = [c_void_p]
+        for name in ("zpool_search_import", "dmu_objset_ds", "dmu_objset_pool", "zap_attribute_alloc"):
+            getattr(z, name).restype = c_void_p
+        z.zpool_search_import.argtypes = [c_void_p, c_void_p]
+        z.dmu_objset_ds.argtypes = z.dmu_objset_pool.argtypes = [c_void_p]
+        z.spa_import.argtypes = [c_char_p, c_void_p, c_void_p, c_uint64]
+        z.dmu_read.argtypes = [c_void_p, c_uint64, c_uint64, c_uint64, c_void_p, c_uint32]
+        z.zap_lookup.argtypes = [c_void_p, c_uint64, c_char_p, c_uint64, c_uint64, c_void_p]
+        z.zap_cursor_init.argtypes = [c_void_p, c_void_p, c_uint64]
+        z.sa_handle_get.argtypes = [c_void_p, c_uint64, c_void_p, c_int, c_void_p]
+        z.sa_lookup.argtypes = [c_void_p, c_uint16, c_void_p, c_uint32]
+        z.sa_size.argtypes = [c_void_p, c_uint16, c_void_p]
+        z.sa_handle_destroy.argtypes = [c_void_p]
+        z.kernel_init(SPA_MODE_READ)
+        self.pool: str | None = None
+        self.objsets: dict[str, tuple[int, Any]] = {}  # name -> (objset, SA table)
+        self._tag = ctypes.create_string_buffer(b"dsg-storage-userland")
+
+    # ------------------------------------------------------------------ nvlists
+    def nvlist(self, nvl: int, depth: int = 0) -> dict[str, Any]:
+        """An nvlist as a dict: numbers, strings, booleans, nested nvlists (arrays of them)."""
+        nv = self.nv
+        out: dict[str, Any] = {}
+        pair = nv.nvlist_next_nvpair(nvl, None)
+        while pair:
+            name = nv.nvpair_name(pair).decode("utf-8", "replace")
+            out[name] = self._value(pair, nv.nvpair_type(pair), depth)
+            pair = nv.nvlist_next_nvpair(nvl, c_void_p(pair))
+        return out
+
+    def _value(self, pair: int, kind: int, depth: int) -> Any:
+        nv, p = self.nv, c_void_p(pair)
+        if kind in (7, 8):  # INT64, UINT64
+            u = c_uint64()
+            nv.nvpair_value_uint64(p, byref(u)) if kind == 8 else nv.nvpair_value_int64(p, byref(u))
+            return u.value
+        if kind == 9:
+            s = c_char_p()
+            nv.nvpair_value_string(p, byref(s))
+            return (s.value or b"").decode("utf-8", "replace")
+        if kind == 19 and depth < 8:
+            sub = c_void_p()
+            nv.nvpair_value_nvlist(p, byref(sub))
+            return self.nvlist(sub.value or 0, depth + 1)
+        if kind == 20 and depth < 8:
+            arr, n = POINTER(c_void_p)(), c_uint32()
+            nv.nvpair_value_nvlist_array(p, byref(arr), byref(n))
+            return [self.nvlist(arr[i] or 0, depth + 1) for i in range(n.value)]
+        if kind in (1, 21):  # BOOLEAN (presence), BOOLEAN_VALUE
+            b = c_int(1)
+            if kind == 21:
+                nv.nvpair_value_boolean_value(p, byref(b))
+            return bool(b.value)
+        if kind in (5, 6):
+            i = c_uint32()
+            nv.nvpair_value_uint32(p, byref(i))
+            return i.value
+        return None  # arrays of numbers (vdev statistics...): not needed
+
+    # ------------------------------------------------------------------ pools
+    def find(self, paths: list[str]) -> list[dict[str, Any]]:
+        """The pools on ``paths`` (their configs as the labels give them), active or not."""
+        arr = (c_char_p * len(paths))(*(p.encode() for p in paths))
+        args = ImportArgs(path=arr, paths=len(paths), can_be_active=1, scan=1)
+        ops = c_void_p.in_dll(self.z, "libzpool_config_ops")
+        hdl = LibpcHandle(lpc_ops=ctypes.addressof(ops))
+        found = self.z.zpool_search_import(byref(hdl), byref(args))
+        if not found:
+            return []
+        self.configs = found
+        return list(self.nvlist(found).values())
+
+    def import_pool(self, guid: int, name: str) -> dict[str, Any]:
+        pools = self.nv
+        pair = pools.nvlist_next_nvpair(self.configs, None)
+        while pair:
+            sub = c_void_p()
+            pools.nvpair_value_nvlist(c_void_p(pair), byref(sub))
+            config = self.nvlist(sub.value or 0)
+            if config.get("pool_guid") == guid:
+                err = self.z.spa_import(name.encode(), sub, None, ZFS_IMPORT_SKIP_MMP)
+                if err:
+                    raise Failed(err, f"spa_import failed: {os.strerror(err)}")
+                self.pool = name
+                return {"name": name, "guid": guid}
+            pair = pools.nvlist_next_nvpair(self.configs, c_void_p(pair))
+        raise Failed(2, f"no pool with guid {guid} was found")
+
+    # ------------------------------------------------------------------ datasets
+    def datasets(self, under: str) -> list[dict[str, Any]]:
+        names: list[str] = []
+
+        def found(name: bytes, _arg: int) -> int:
+            names.append(name.decode("utf-8", "replace"))
+            return 0
+
+        seen = ctypes.CFUNCTYPE(c_int, c_char_p, c_void_p)(found)
+
+        err = self.z.dmu_objset_find(under.encode(), seen, None, DS_FIND_CHILDREN | DS_FIND_SNAPSHOTS)
+        if err:
+            raise Failed(err, f"{under}: {os.strerror(err)}")
+        return [self._stats(n) for n in sorted(names) if "$" not in n and "%" not in n]
+
+    def _stats(self, name: str) -> dict[str, Any]:
+        os_ = c_void_p()
+        err = self.z.dmu_objset_hold(name.encode(), self._tag, byref(os_))
+        if err:
+            raise Failed(err, f"{name}: {os.strerror(err)}")
+        try:
+            nvl = c_void_p()
+            err = self.z.dsl_prop_get_all(os_, byref(nvl))
+            if err:
+                raise Failed(err, f"{name}: properties: {os.strerror(err)}")
+            self.z.dmu_objset_stats(os_, nvl)
+            props = self.nvlist(nvl.value or 0)
+            self.nv.nvlist_free(nvl)
+            kind = self.z.dmu_objset_type(os_)
+        finally:
+            self.z.dmu_objset_rele(os_, self._tag)
+        return {"name": name, "objset_type": kind, "props": props}
+
+    def objset(self, name: str) -> tuple[int, Any]:
+        """The objset of filesystem or snapshot ``name``, held for the session, its SA set up."""
+        if name in self.objsets:
+            return self.objsets[name]
+        os_ = c_void_p()
+        err = self.z.dmu_objset_hold_flags(name.encode(), 0, self._tag, byref(os_))
+        if err:
+            raise Failed(err, f"{name}: {os.strerror(err)}")
+        self.z.dsl_dataset_long_hold(c_void_p(self.z.dmu_objset_ds(os_)), self._tag)
+        self.z.dsl_pool_rele(c_void_p(self.z.dmu_objset_pool(os_)), self._tag)
+        if self.z.dmu_objset_type(os_) != DMU_OST_ZFS:
+            raise Failed(22, f"{name} is not a filesystem")
+        version, sa_obj = c_uint64(), c_uint64()
+        self._zap(os_, MASTER_NODE_OBJ, b"VERSION", version)
+        if version.value >= 5:  # ZPL_VERSION_SA
+            self._zap(os_, MASTER_NODE_OBJ, b"SA_ATTRS", sa_obj)
+        table = POINTER(c_uint16)()
+        table_reg = c_void_p.in_dll(self.z, "zfs_attr_table")
+        err = self.z.sa_setup(os_, sa_obj, byref(table_reg), ZPL_END, byref(table))
+        if err:
+            raise Failed(err, f"{name}: sa_setup: {os.strerror(err)}")
+        self.objsets[name] = (os_.value or 0, table)
+        return self.objsets[name]
+
+    def _zap(self, os_: Any, obj: int, key: bytes, out: c_uint64) -> None:
+        err = self.z.zap_lookup(os_, obj, key, 8, 1, byref(out))
+        if err:
+            raise Failed(err, f"object {obj}: {key.decode()}: {os.strerror(err)}")
+
+    def root(self, name: str) -> int:
+        os_, _ = self.objset(name)
+        out = c_uint64()
+        self._zap(c_void_p(os_), MASTER_NODE_OBJ, b"ROOT", out)
+        return out.value
+
+    def resolve(self, name: str, path: str) -> dict[str, Any]:
+        """The stats along ``path`` from the root, never following a link: it stops at a
+        component that is not a directory (``blocked``) or does not exist (``missing``)."""
+        os_, _ = self.objset(name)
+        chain = [self.stat(name, self.root(name))]
+        for part in [p for p in path.split("/") if p]:
+            if (chain[-1]["mode"] & 0o170000) != 0o040000:
+                return {"chain": chain, "missing": False, "blocked": True}
+            de = c_uint64()
+            err = self.z.zap_lookup(
+                c_void_p(os_), chain[-1]["obj"], part.encode("utf-8", "surrogateescape"), 8, 1, byref(de)
+            )
+            if err == 2:
+                return {"chain": chain, "missing": True, "blocked": False}
+            if err:
+                raise Failed(err, f"{path}: {os.strerror(err)}")
+            chain.append(self.stat(name, de.value & ((1 << 48) - 1)))
+        return {"chain": chain, "missing": False, "blocked": False}
+
+    def entries(self, name: str, obj: int) -> list[tuple[str, int]]:
+        os_, _ = self.objset(name)
+        cursor = ctypes.create_string_buffer(256)  # zap_cursor_t is 56 bytes
+        attr = self.z.zap_attribute_alloc()
+        out = []
+        self.z.zap_cursor_init(cursor, c_void_p(os_), obj)
+        try:
+            while self.z.zap_cursor_retrieve(cursor, c_void_p(attr)) == 0:
+                za = ZapAttribute.from_address(attr)
+                raw = ctypes.string_at(attr + ctypes.sizeof(ZapAttribute), min(za.za_name_len, MAX_NAME))
+                out.append(
+                    (raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), za.za_first_integer & ((1 << 48) - 1))
+                )
+                self.z.zap_cursor_advance(cursor)
+        finally:
+            self.z.zap_cursor_fini(cursor)
+            self.z.zap_attribute_free(c_void_p(attr))
+        return sorted(out)
+
+    def stat(self, name: str, obj: int) -> dict[str, Any]:
+        os_, table = self.objset(name)
+        hdl = c_void_p()
+        err = self.z.sa_handle_get(c_void_p(os_), obj, None, SA_HDL_PRIVATE, byref(hdl))
+        if err:
+            raise Failed(err, f"object {obj}: {os.strerror(err)}")
+        try:
+            out: dict[str, Any] = {"obj": obj}
+            for attr in ("mode", "size", "uid", "gid", "links", "parent", "xattr"):
+                value = c_uint64()
+                err = self.z.sa_lookup(hdl, table[ZPL[attr]], byref(value), 8)
+                if err and attr not in ("xattr",):
+                    raise Failed(err, f"object {obj}: {attr}: {os.strerror(err)}")
+                out[attr] = value.value if not err else None
+            for attr in ("atime", "mtime", "ctime"):
+                pair = (c_uint64 * 2)()
+                err = self.z.sa_lookup(hdl, table[ZPL[attr]], pair, 16)
+                if err:
+                    raise Failed(err, f"object {obj}: {attr}: {os.strerror(err)}")
+                out[attr] = [pair[0], pair[1]]
+            for attr in ("symlink", "dxattr"):
+                out[attr] = self._variable(hdl, table[ZPL[attr]], obj, attr)
+        finally:
+            self.z.sa_handle_destroy(hdl)
+        return out
+
+    def _variable(self, hdl: Any, attr: int, obj: int, what: str) -> str | None:
+        size = c_int()
+        if self.z.sa_size(hdl, attr, byref(size)) != 0:
+            return None
+        buf = ctypes.create_string_buffer(max(size.value, 1))
+        err = self.z.sa_lookup(hdl, attr, buf, size.value)
+        if err:
+            raise Failed(err, f"object {obj}: {what}: {os.strerror(err)}")
+        return buf.raw[: size.value].hex()
+
+    def read(self, name: str, obj: int, offset: int, length: int, out: Any) -> int:
+        os_, _ = self.objset(name)
+        buf = ctypes.create_string_buffer(CHUNK)
+        done = 0
+        while done < length:
+            n = min(CHUNK, length - done)
+            err = self.z.dmu_read(c_void_p(os_), obj, offset + done, n, buf, 0)
+            if err:
+                raise Failed(err, f"object {obj} at offset {offset + done}: {os.strerror(err)}")
+            out.write(b'{"data": %d}\n' % n)
+            out.write(buf.raw[:n])
+            done += n
+        return done
+
+
+def serve(zpool: Zpool, requests: Any, out: Any) -> None:
+    handlers: dict[str, Any] = {
+        "find": lambda r: zpool.find(list(r["paths"])),
+        "import": lambda r: zpool.import_pool(int(r["guid"]), str(r["name"])),
+        "datasets": lambda r: zpool.datasets(str(r["under"])),
+        "resolve": lambda r: zpool.resolve(str(r["dataset"]), str(r["path"])),
+        "entries": lambda r: zpool.entries(str(r["dataset"]), int(r["obj"])),
+        "stat": lambda r: zpool.stat(str(r["dataset"]), int(r["obj"])),
+        "walk": lambda r: walk(zpool, str(r["dataset"]), int(r["obj"]), out),
+        "read": lambda r: zpool.read(str(r["dataset"]), int(r["obj"]), int(r["offset"]), int(r["length"]), out),
+    }
+    for line in requests:
+        request = json.loads(line)
+        op = request.get("op")
+        try:
+            if op not in handlers:
+                raise Failed(22, f"unknown request {op!r}")
+            result = handlers[op](request)
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except Failed as exc:
+            reply = {"ok": False, "errno": exc.errno, "error": str(exc)}
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
+
+
+def walk(zpool: Zpool, name: str, obj: int, out: Any) -> int:
+    """Every entry below directory ``obj``, depth first, as ``{"entry": [path, stat]}`` lines."""
+    count = 0
+    stack = [("", obj)]
+    while stack:
+        prefix, directory = stack.pop()
+        for child, child_obj in zpool.entries(name, directory):
+            st = zpool.stat(name, child_obj)
+            path = f"{prefix}{child}"
+            out.write(json.dumps({"entry": [path, st]}).encode() + b"\n")
+            count += 1
+            if (st["mode"] & 0o170000) == 0o040000:
+                stack.append((path + "/", child_obj))
+    return count
+
+
+def main(argv: list[str]) -> None:
+    # The protocol gets stdout's descriptor; stdout itself becomes stderr, so that
+    # whatever libzpool prints can never be taken for a reply.
+    proto = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    os.dup2(2, 1)
+    zpool = Zpool(argv[1], argv[2])
+    proto.write(json.dumps({"hello": PROTOCOL, "pid": os.getpid()}).encode() + b"\n")
+    proto.flush()
+    serve(zpool, sys.stdin.buffer, proto)
+    proto.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

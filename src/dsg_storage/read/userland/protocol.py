@@ -1,0 +1,152 @@
+"""The helper's protocol (version 1), as the parent sees it: requests out, replies checked.
+
+Requests are one JSON object a line on the helper's stdin: ``{"op": ..., ...}``. The
+helper answers each with JSON lines on its stdout:
+
+- ``{"hello": 1, "pid": N}`` once, at start (the protocol version);
+- for ``walk``: any number of ``{"entry": [path, stat]}`` lines before the reply;
+- for ``read``: ``{"data": N}`` lines, each followed by exactly N raw bytes;
+- then ``{"ok": true, "result": ...}`` or ``{"ok": false, "errno": E, "error": "..."}``.
+
+Everything the helper sends is outside input (it reads a pool image someone else made):
+each line is bounded, parsed once here and checked against the shape expected, so a bad
+reply is a ``HelperProtocolError``, never a traceback or an unbounded read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...errors import DsgStorageError
+
+VERSION = 1
+#: Longest line accepted from the helper (a dataset list of a large pool fits).
+MAX_LINE = 16 << 20
+#: Largest data frame (the helper sends 1 MiB).
+MAX_FRAME = 4 << 20
+#: stat fields the helper sends, with their types (None allowed where it may be absent).
+_STAT_INTS = ("obj", "mode", "size", "uid", "gid", "links")
+_STAT_TIMES = ("atime", "mtime", "ctime")
+
+
+class UserlandError(DsgStorageError, OSError):
+    """The userland reader could not do what was asked (base of its errors)."""
+
+
+class HelperProtocolError(UserlandError):
+    """The helper sent something that is not protocol version 1."""
+
+
+def request(op: str, **args: Any) -> bytes:
+    return json.dumps({"op": op, **args}, separators=(",", ":")).encode() + b"\n"
+
+
+def parse(line: bytes) -> dict[str, Any]:
+    """One line from the helper as a JSON object."""
+    if len(line) > MAX_LINE:
+        raise HelperProtocolError(f"the helper sent a line of {len(line)} bytes (at most {MAX_LINE})")
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise HelperProtocolError(f"the helper sent a line that is not JSON: {line[:80]!r}") from exc
+    if not isinstance(value, dict):
+        raise HelperProtocolError(f"the helper sent {type(value).__name__}, not an object: {line[:80]!r}")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def hello(message: dict[str, Any]) -> int:
+    """The helper's pid, from its hello; its protocol must be ours."""
+    if message.get("hello") != VERSION or not _is_int(message.get("pid")):
+        raise HelperProtocolError(f"the helper does not speak protocol {VERSION}: {str(message)[:120]}")
+    return int(message["pid"])
+
+
+def frame_size(message: dict[str, Any]) -> int | None:
+    """N for a ``{"data": N}`` line, None for any other line."""
+    if "data" not in message:
+        return None
+    size = message["data"]
+    if not _is_int(size) or size > MAX_FRAME or len(message) != 1:
+        raise HelperProtocolError(f"bad data frame from the helper: {str(message)[:120]}")
+    return int(size)
+
+
+def outcome(message: dict[str, Any]) -> tuple[bool, Any, int, str]:
+    """(ok, result, errno, error) of a reply line."""
+    ok = message.get("ok")
+    if ok is True and "result" in message:
+        return True, message["result"], 0, ""
+    if ok is False and _is_int(message.get("errno")) and isinstance(message.get("error"), str):
+        return False, None, int(message["errno"]), str(message["error"])[:2000]
+    raise HelperProtocolError(f"the helper sent a reply of no known shape: {str(message)[:120]}")
+
+
+def stat_record(value: object) -> dict[str, Any]:
+    """A stat the helper sent, checked: integers, [seconds, nanoseconds] times, hex strings."""
+    if not isinstance(value, dict):
+        raise HelperProtocolError("a stat from the helper is not an object")
+    for name in _STAT_INTS:
+        if not _is_int(value.get(name)):
+            raise HelperProtocolError(f"a stat from the helper has no valid {name}: {str(value)[:120]}")
+    for name in _STAT_TIMES:
+        pair = value.get(name)
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(v) for v in pair)):
+            raise HelperProtocolError(f"a stat from the helper has no valid {name}: {str(value)[:120]}")
+    for name in ("symlink", "dxattr"):
+        raw = value.get(name)
+        if raw is not None and not (isinstance(raw, str) and _is_hex(raw)):
+            raise HelperProtocolError(f"a stat from the helper has a bad {name}")
+    return value
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def entry(message: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(path, stat) for a ``{"entry": [path, stat]}`` line of a walk, None for another line."""
+    if "entry" not in message:
+        return None
+    item = message["entry"]
+    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and item[0]):
+        raise HelperProtocolError(f"bad walk entry from the helper: {str(message)[:120]}")
+    parts = item[0].split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise HelperProtocolError(f"the helper sent a path that is not beneath the root: {item[0][:120]!r}")
+    return item[0], stat_record(item[1])
+
+
+def dataset_records(value: object) -> list[dict[str, Any]]:
+    """The ``datasets`` result: [{"name", "objset_type", "props": {name: value...}}]."""
+    if not isinstance(value, list):
+        raise HelperProtocolError("the dataset list from the helper is not a list")
+    for item in value:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and _is_int(item.get("objset_type"))
+            and isinstance(item.get("props"), dict)
+        ):
+            raise HelperProtocolError(f"a dataset record from the helper is malformed: {str(item)[:120]}")
+    return value
+
+
+def pool_configs(value: object) -> list[dict[str, Any]]:
+    """The ``find`` result: the pool configs read from the labels (name, pool_guid, state...)."""
+    if not isinstance(value, list):
+        raise HelperProtocolError("the pool list from the helper is not a list")
+    for item in value:
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str) and _is_int(item.get("pool_guid"))):
+            raise HelperProtocolError(f"a pool config from the helper is malformed: {str(item)[:120]}")
+        if not _is_int(item.get("state", 0)) or not _is_int(item.get("hostid", 0)):
+            raise HelperProtocolError(f"a pool config from the helper is malformed: {str(item)[:120]}")
+    return value

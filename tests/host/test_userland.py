@@ -1,0 +1,79 @@
+"""The userland reader on real pool images, on a host with no ZFS module and no kernel
+import: its answers equal the kernel's live answers for the same pool, it writes not a
+byte, refuses pools in use elsewhere, and never hands back bytes of a damaged block."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from testpool.parity import read_everything
+
+from dsg_storage.errors import PoolForeignError, ReadOnlyError
+from dsg_storage.read.reader import Mode
+from dsg_storage.read.userland import DamagedFileError, HelperCrashedError, open_userland
+
+MiB = 1 << 20
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_no_zfs_module_here() -> None:
+    assert not os.path.exists("/dev/zfs"), "these tests prove reads without ZFS: run them where it is absent"
+
+
+def test_userland_answers_equal_the_kernels_live_answers(images: Path) -> None:
+    live = json.loads((images / "small.live.json").read_text())
+    with open_userland(str(images / "small.img")) as reader:
+        assert reader.mode is Mode.USERLAND and reader.describe().startswith("userland, pool dsgul")
+        reading = json.loads(json.dumps(read_everything(reader, "dsgul"), sort_keys=True))
+    assert reading["repositories"] == live["repositories"]
+    assert reading["histories"] == live["histories"]
+    for key, listing in live["files"].items():
+        assert reading["files"][key] == listing, key
+    assert reading == live
+
+
+def test_a_session_writes_not_one_byte(images: Path, tmp_path: Path) -> None:
+    image = tmp_path / "small.img"
+    shutil.copyfile(images / "small.img", image)
+    os.chmod(image, 0o444)
+    before = sha256(image)
+    with open_userland(str(image)) as reader:
+        read_everything(reader, "dsgul")
+        with pytest.raises(ReadOnlyError):
+            reader.repository("dsgul/repos/survey").snapshot("x")
+    assert sha256(image) == before
+
+
+def test_a_pool_in_use_elsewhere_is_refused_unless_forced(images: Path) -> None:
+    with pytest.raises(PoolForeignError, match="ACTIVE"):
+        open_userland(str(images / "active.img"))
+    with open_userland(str(images / "active.img"), force=True) as reader:
+        assert reader.catalog.exists("dsgul/data")
+
+
+def test_a_damaged_block_is_an_error_naming_the_file(images: Path) -> None:
+    damaged = json.loads((images / "damaged.json").read_text())
+    with open_userland(str(images / "damaged.img")) as reader:
+        with pytest.raises(DamagedFileError, match=damaged["path"]):
+            reader.read(damaged["repository"], damaged["path"])
+        assert reader.read(damaged["repository"], "file2.txt") == b"commit 2\n"
+
+
+def test_a_killed_helper_is_our_error(images: Path) -> None:
+    with open_userland(str(images / "small.img")) as reader:
+        os.kill(reader.helper.pid, signal.SIGKILL)
+        with pytest.raises(HelperCrashedError, match="signal 9"):
+            reader.files("dsgul/repos/survey")
