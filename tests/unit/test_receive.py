@@ -10,14 +10,13 @@ from datetime import UTC, datetime
 import pytest
 
 from dsg_storage import BundleError, ConflictError, DatasetExistsError, InvalidArgumentError, RepositoryNotFoundError
-from dsg_storage.core.actions import Apply, Rename, Rollback, Unmount
+from dsg_storage.core.actions import Apply, Rename, Rollback, SetNative, Unmount
 from dsg_storage.core.history import transferable
 from dsg_storage.core.options import Owner
 from dsg_storage.core.receive import (
     Incoming,
     Receive,
     RequireUnchanged,
-    SetNative,
     StreamPart,
     plan_full,
     plan_incremental,

@@ -127,6 +127,20 @@ class SetMountpoint:
 
 
 @attrs.frozen
+class SetNative:
+    """Native properties (and user ones with them) in one ``zfs set -u``."""
+
+    dataset: str
+    props: tuple[tuple[str, str | int], ...] = attrs.field(converter=_frozen_props)
+
+    def describe(self) -> str:
+        return f"set {', '.join(f'{k}={v}' for k, v in self.props)} on {self.dataset} (zfs set -u)"
+
+    def apply(self, zfs: ZfsPort) -> None:
+        zfs.set_native_props(self.dataset, {key: str(value) for key, value in self.props})
+
+
+@attrs.frozen
 class Mount:
     dataset: str
     path: str

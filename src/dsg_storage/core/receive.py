@@ -47,16 +47,16 @@ from ..errors import (
 from ..names import P_IMPORT, P_INHERITS, P_MODE, P_MOUNTPOINT, P_OWNER, P_REPO, P_STATE
 from ..zfs.port import Batch, Snapshot, ZfsPort
 from ..zfs.programs import on_off, u64
-from .actions import Action, Apply, Rename, Rollback, Unmount
+from .actions import Action, Apply, Rename, Rollback, SetNative, Unmount
 from .history import transferable_chain
 from .options import Owner, check_mountpoint, parse_mode
+from .patterns import DEFAULT_MODE
 from .records import Phase
 from .status import PoolPropertyPolicy
 from .view import PoolView, changes_since
 
 #: On every repository a bundle lands in, before anything of it is ever mounted.
 SAFE_PROPS = {"setuid": "off", "devices": "off"}
-DEFAULT_MODE = 0o755
 
 
 @attrs.frozen
@@ -135,24 +135,6 @@ class Receive:
             guid = u64(int((zfs.get_props(snapshot, ["guid"]) or {}).get("guid", 0)))
             if guid != part.snapshot.guid:
                 raise part.refused(f"{part.label} made {snapshot} with GUID {guid}, not {part.snapshot.guid}")
-
-
-def _sorted_props(props: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(props.items()))
-
-
-@attrs.frozen
-class SetNative:
-    """Native properties (and user ones with them) in one ``zfs set -u``."""
-
-    dataset: str
-    props: tuple[tuple[str, str], ...] = attrs.field(converter=_sorted_props)
-
-    def describe(self) -> str:
-        return f"set {', '.join(f'{k}={v}' for k, v in self.props)} on {self.dataset} (zfs set -u)"
-
-    def apply(self, zfs: ZfsPort) -> None:
-        zfs.set_native_props(self.dataset, dict(self.props))
 
 
 @attrs.frozen

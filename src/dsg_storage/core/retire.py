@@ -81,7 +81,7 @@ def retiring(
     (the newest one's name given to the base first, for an old head), then it, then the
     base. What is held stays, and what it belongs to with it; a bookmark keeps the
     temporary too. All optional."""
-    temp = f"{repo}.dsg-{kind}-{tx}"
+    temp = names.old_dataset(repo, tx) if kind == "old" else names.gone_dataset(repo, tx)
     base = names.base_snapshot(repo, tx)
     unheld = [name for name, tags in foreign.snapshots if not tags]
     if kind == "old" and foreign.snapshots:  # each shows what the base shows (see the docstring)

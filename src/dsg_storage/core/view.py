@@ -148,12 +148,11 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
     orphans = tuple(
         (source, path) for source, path in zfs.host.orphaned_reader_mounts() if source.split("@")[0] in family
     )
-    retired = (names.parse_temporary(dataset) for dataset in family)
-    foreign = {
-        f"{repo}.dsg-{kind}-{tx}": zfs.foreign(f"{repo}.dsg-{kind}-{tx}", names.base_places(repository, tx))
-        for repo, kind, tx in (parsed for parsed in retired if parsed)
-        if repo == repository and kind in ("old", "gone")
-    }
+    foreign = {}
+    for dataset in family:  # retired temporaries: what other tools made of them (``core.retire``)
+        parsed = names.parse_temporary(dataset)
+        if parsed and parsed[0] == repository and parsed[1] in ("old", "gone"):
+            foreign[dataset] = zfs.foreign(dataset, names.base_places(repository, parsed[2]))
     return PoolView(
         repository,
         family,

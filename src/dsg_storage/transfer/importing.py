@@ -80,8 +80,6 @@ if TYPE_CHECKING:  # the boundary's types only: the core opens it (``Repository`
     from ..zfs.port import ZfsPort
 
 log = _log.getLogger("dsg_storage")
-SAFE_PROPS = {"setuid": "off", "devices": "off"}  # on every repository a bundle lands in
-DEFAULT_MODE = 0o755
 
 
 @attrs.frozen
