@@ -71,6 +71,11 @@ def new_tx_id(now: datetime | None = None) -> str:
     return f"{moment}-{os.urandom(3).hex()}"
 
 
+def is_tx_id(text: str) -> bool:
+    """Whether ``text`` is a transaction id as ``new_tx_id`` makes them."""
+    return _TX_RE.fullmatch(text) is not None
+
+
 def validate_tx_id(tx: str) -> str:
     if not isinstance(tx, str) or not _TX_RE.fullmatch(tx):
         raise InvalidNameError(f"{tx!r} is not a transaction id (expected e.g. 20261121T071530Z-3fa2c1)")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dsg_storage import DatasetBusyError, Queue, ReplicaError, Repository
+from dsg_storage.core.records import left_bases
 from dsg_storage.names import P_AUTO_SNAPSHOT, P_LEFT_BASES, P_RECOVERY_NOTE
 from dsg_storage.settings import Settings
 from dsg_storage.zfs.port import Foreign
@@ -147,3 +148,10 @@ def test_a_held_base_is_noted_on_the_repository_and_retried_by_recovery_anywhere
     elsewhere = Repository(REPO, zfs=fake(repo), queue=Queue(tmp_path / "other.sqlite"), settings=repo.settings)
     assert any("base kept by a hold retried" in done for done in elsewhere.recover())
     assert fake(repo).datasets[REPO][P_LEFT_BASES] == "" and temporaries(repo) == []
+
+
+def test_a_hostile_left_bases_note_names_no_snapshot_and_breaks_no_recovery(repo: Repository) -> None:
+    fake(repo).datasets[REPO][P_LEFT_BASES] = "x@y ../../etc " + "A" * 10_000 + " 20261203T120000Z-abcdef"
+    assert left_bases(fake(repo).datasets[REPO]) == ("20261203T120000Z-abcdef",)
+    repo.recover()  # the one well-formed id is retried (its base is gone: nothing left), the rest ignored
+    assert fake(repo).datasets[REPO][P_LEFT_BASES] == ""

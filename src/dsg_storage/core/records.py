@@ -184,5 +184,7 @@ class RepositoryStatus:
 
 
 def left_bases(props: Mapping[str, str] | None) -> tuple[str, ...]:
-    """The transactions whose base a repository notes as left (``P_LEFT_BASES``)."""
-    return tuple((props or {}).get(P_LEFT_BASES, "").split())
+    """The transactions whose base a repository notes as left (``P_LEFT_BASES``). Read
+    from a pool someone else may have written: only well-formed transaction ids count
+    (anything else would name no base of ours), at most a few hundred of them."""
+    return tuple(tx for tx in (props or {}).get(P_LEFT_BASES, "").split()[:256] if names.is_tx_id(tx))
