@@ -193,6 +193,9 @@ class FakeZfs:
         out[parent] = {"mountpoint": self.datasets[parent].get("mountpoint", "none")}
         return out
 
+    def families(self, under: str) -> dict[str, dict[str, str]]:
+        return self.filesystems(under)
+
     def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
         """Snapshots of ``dataset`` made after the first of ``bases`` that exists; one in
         ``busy`` is held (tag "busy")."""

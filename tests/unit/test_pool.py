@@ -7,7 +7,10 @@ import pytest
 from dsg_storage.core.pool import repositories_in
 from dsg_storage.errors import InvalidNameError
 from dsg_storage.names import P_OWNER
+from dsg_storage.settings import Settings
+from dsg_storage.zfs.allow import AllowList
 from tests.fakes import FakeZfs
+from tests.unit.conftest import InProcess
 
 TX = "20261202T040000Z-abcdef"
 
@@ -40,3 +43,30 @@ def test_recover_takes_a_repository_or_a_pool(argv: list[str], capsys: pytest.Ca
 
     assert main(["--allow", "tank", *argv]) == EXIT_USAGE
     assert "name a repository or give --pool POOL" in capsys.readouterr().err
+
+
+def test_recover_pool_skips_only_what_recovery_would_leave_alone(cli: InProcess) -> None:
+    """The pool-wide read decides "nothing to do" only where the full way (the lock, a
+    read of its own, the planner) plans nothing: a quiet repository in place is left
+    alone, an unmounted one is remounted, an open transaction is left open."""
+    from dsg_storage.core.pool import _listing, _nothing_to_do
+    from dsg_storage.core.repository import Repository
+
+    quiet, unmounted, busy = cli.repository("tank/data/a"), cli.repository("tank/data/b"), cli.repository("tank/data/c")
+    tx = cli.ok("begin", busy)["tx"]
+    cli.pool.host.unmount(unmounted)
+    zfs = cli.boundary(AllowList.parse("tank/data"))
+    listing = _listing(zfs, "tank")
+    mounts = zfs.host.mounts()
+    for name in (quiet, unmounted, busy):
+        planned = Repository(name, zfs=zfs, settings=Settings.from_environ(cli.env)).plan("recover")
+        if _nothing_to_do(listing, name, mounts, [], None):
+            assert planned == [], name
+    assert _nothing_to_do(listing, quiet, mounts, [], None)
+    assert not _nothing_to_do(listing, unmounted, mounts, [], None)
+    assert not _nothing_to_do(listing, busy, mounts, [], None)  # a transaction: the full way decides
+
+    done = {r["repository"]: r["actions"] for r in cli.ok("recover", "--pool", "tank")["repositories"]}
+    assert done == {quiet: [], unmounted: [f"remounted {unmounted} at {cli.tmp}/srv/b"], busy: []}
+    assert cli.pool.host.mounts()[unmounted] == [f"{cli.tmp}/srv/b"]
+    assert [p["tx"] for p in cli.ok("status", busy)["pending"]] == [tx]

@@ -19,8 +19,10 @@ from ..names import P_OWNER
 from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.port import ZfsPort
+from .recovery import plan_recovery
 from .repository import Repository
 from .status import PoolPropertyPolicy
+from .view import family_in, quiet_view
 
 TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
@@ -40,15 +42,27 @@ def repositories_in(zfs: ZfsPort, pool: str) -> list[str]:
     """The repositories of ``pool`` that ``zfs``'s allow-list covers, by name: datasets
     dsg-storage initialized, and repositories known only by a temporary dataset (an init
     or a full bundle import not finished)."""
+    return _repositories(zfs, _listing(zfs, pool))
+
+
+def _listing(zfs: ZfsPort, pool: str) -> dict[str, dict[str, str]]:
+    """Every filesystem under the allow-list's prefixes in ``pool``, described as a
+    family's members are (``ZfsPort.families``): one read per prefix."""
     names.validate_pool(pool)
-    found: set[str] = set()
+    found: dict[str, dict[str, str]] = {}
     for under in (p for p in zfs.allow.prefixes if names.pool_of(p) == pool):
-        for name, props in zfs.filesystems(under).items():
-            temporary = names.parse_temporary(name)
-            if temporary:
-                found.add(temporary[0])
-            elif P_OWNER in props:
-                found.add(name)
+        found.update(zfs.families(under))
+    return found
+
+
+def _repositories(zfs: ZfsPort, listing: dict[str, dict[str, str]]) -> list[str]:
+    found: set[str] = set()
+    for name, props in listing.items():
+        temporary = names.parse_temporary(name)
+        if temporary:
+            found.add(temporary[0])
+        elif P_OWNER in props:
+            found.add(name)
     return sorted(r for r in found if zfs.allow.allows(r))
 
 
@@ -65,14 +79,24 @@ def recover_pool(
     one after the other, each under its own lock as ``Repository.recover`` (``settings``:
     where the locks and the queue are, default the environment's).
 
+    The pool is read once (every repository's family, the mount table); a repository
+    that reading shows quiet (no temporary dataset, nothing unfinished) and for which
+    recovery would plan nothing is reported as such without its lock or another read,
+    so the cost grows with the pool's size, not with a process or a lock per repository.
+
     A repository whose recovery fails (busy, damaged, the pool read-only) is reported in
     its ``Recovered.error`` and the others are still recovered; the caller decides what
     an error means (the command line exits non-zero). Safe to repeat, and to run beside
     any other call; after a crash in it, running it again finishes.
     """
     zfs = zfs if zfs is not None else open_zfs(allow)
+    listing = _listing(zfs, pool)
+    mounts, orphaned = zfs.host.mounts(), zfs.host.orphaned_reader_mounts()
     done = []
-    for repository in repositories_in(zfs, pool):
+    for repository in _repositories(zfs, listing):
+        if _nothing_to_do(listing, repository, mounts, orphaned, policy):
+            done.append(Recovered(repository))
+            continue
         try:
             repo = Repository(repository, zfs=zfs, lock_timeout=lock_timeout, policy=policy, settings=settings)
             actions = repo.recover()
@@ -81,3 +105,26 @@ def recover_pool(
         else:
             done.append(Recovered(repository, tuple(actions)))
     return done
+
+
+def _nothing_to_do(
+    listing: dict[str, dict[str, str]],
+    repository: str,
+    mounts: dict[str, list[str]],
+    orphaned: list[tuple[str, str]],
+    policy: PoolPropertyPolicy | None,
+) -> bool:
+    """Whether the pool-wide read alone shows that ``Repository.recover`` would do nothing:
+    a quiet repository (``quiet_view``) that passes the policy and for which recovery plans
+    no step, or a replica (never acted on). Anything else, an error included, takes the
+    full way, which reads again under the lock and reports what it finds."""
+    family = family_in(listing, repository)
+    seen = quiet_view(family, repository, mounts, orphaned) if family is not None else None
+    if seen is None:
+        return False
+    try:
+        if policy is not None:
+            policy.check_repository_props(repository, seen.head or {})
+        return seen.replica or not plan_recovery(seen)
+    except DsgStorageError:
+        return False

@@ -9,7 +9,7 @@ bundle import must roll back, whether a finishing commit's snapshot already exis
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import attrs
@@ -93,6 +93,47 @@ class PoolView:
         if not isinstance(base, str) or not base.startswith("/"):
             return None  # none or legacy
         return f"{base.rstrip('/')}/{leaf}"
+
+
+def family_in(listing: Mapping[str, Mapping[str, str]], repository: str) -> dict[str, dict[str, str]] | None:
+    """``repository``'s family (``ZfsPort.family``) cut from ``listing`` (``ZfsPort.families``
+    of a dataset above it): the same members, described the same way. None when the
+    listing does not hold its parent."""
+    parent = repository.rsplit("/", 1)[0]
+    if parent not in listing:
+        return None
+    mark = repository + ".dsg-"
+    found = {
+        name: dict(props)
+        for name, props in listing.items()
+        if name.rsplit("/", 1)[0] == parent and (name == repository or name.startswith(mark))
+    }
+    found[parent] = {"mountpoint": listing[parent].get("mountpoint", "none")}
+    return found
+
+
+def quiet_view(
+    family: Mapping[str, Mapping[str, str]],
+    repository: str,
+    mounts: Mapping[str, Sequence[str]],
+    orphaned: Sequence[tuple[str, str]],
+) -> PoolView | None:
+    """``observe``'s view of a quiet repository from reads already made (its family, the
+    mount table, the orphaned reader mounts): one that exists with no temporary dataset
+    and no import mark, for which ``observe`` would read nothing else. None otherwise:
+    such a repository needs ``observe``."""
+    head = family.get(repository)
+    if head is None or head.get(P_IMPORT) or any(names.parse_temporary(d) for d in family):
+        return None
+    if head.get(P_TX) and head.get(P_STATE) != Phase.COMMITTED:
+        return None  # a commit to finish: observe asks whether its snapshot exists
+    return PoolView(
+        repository,
+        family,
+        {dataset: tuple(paths) for dataset, paths in mounts.items()},
+        datetime.now(UTC),
+        orphaned_mounts=tuple((source, path) for source, path in orphaned if source.split("@")[0] in family),
+    )
 
 
 def changes_since(zfs: ZfsPort, filesystem: str, snapshot: str, *, ignore_root: bool = False) -> list[str]:

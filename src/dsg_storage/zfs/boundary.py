@@ -295,6 +295,12 @@ class Zfs:
         raw = self.program(_names.pool_of(dataset), programs.FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
         return {name: dict(props) for name, props in (raw or {}).items()}
 
+    def families(self, under: str) -> dict[str, dict[str, str]]:
+        """``under`` and every filesystem below it, each described as ``family`` describes
+        its members. One read for all the repositories below ``under``."""
+        raw = self.program(_names.pool_of(under), programs.FAMILIES, [under, _names.PROP_PREFIX], sync=False)
+        return {name: dict(props) for name, props in (raw or {}).items()}
+
     # ------------------------------------------------------------------ writes
     def create(self, name: str, props: Mapping[str, str | int] | None = None) -> None:
         self.guard.check(name)

@@ -260,37 +260,59 @@ return out
 )
 
 
+# How FAMILY and FAMILIES describe one filesystem: the user properties set on it, ours
+# received with it, its origin, its mountpoint and its own zoned value (only when set on
+# it); "@received" when our properties were all received, none set here (a replica).
+_DESCRIBE = """
+local function describe(ds, prefix)
+    local props = {}
+    local mine, received = 0, 0
+    for prop, value, source in zfs.list.user_properties(ds) do
+        local ours = string.sub(prop, 1, #prefix) == prefix
+        if source == ds or (source == "$recvd" and ours) then props[prop] = value end
+        if ours and source == ds then mine = mine + 1 end
+        if ours and source == "$recvd" then received = received + 1 end
+    end
+    if received > 0 and mine == 0 then props["@received"] = "yes" end
+    local origin = zfs.get_prop(ds, "origin")
+    if origin ~= nil then props["origin"] = origin end
+    props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
+    local zoned, source = zfs.get_prop(ds, "zoned")
+    if source == ds then props["zoned"] = zoned end
+    return props
+end
+"""
+
 # A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
-# datasets), each with the user properties under our prefix, its origin, its mountpoint
-# and its own zoned value (only when set on it).
+# datasets), each described (above); the parent with its mountpoint only.
 FAMILY = (
     LUA_PREAMBLE
+    + _DESCRIBE
     + """
 local parent, name, prefix = argv[1], argv[2], argv[3]
 local mark = name .. ".dsg-"
 local out = {}
 if not zfs.exists(parent) then return out end
 for child in zfs.list.children(parent) do
-    if child == name or string.sub(child, 1, #mark) == mark then
-        local props = {}
-        local mine, received = 0, 0
-        for prop, value, source in zfs.list.user_properties(child) do
-            local ours = string.sub(prop, 1, #prefix) == prefix
-            if source == child or (source == "$recvd" and ours) then props[prop] = value end
-            if ours and source == child then mine = mine + 1 end
-            if ours and source == "$recvd" then received = received + 1 end
-        end
-        -- Our properties all received, none set here: a replica of another host's dataset.
-        if received > 0 and mine == 0 then props["@received"] = "yes" end
-        local origin = zfs.get_prop(child, "origin")
-        if origin ~= nil then props["origin"] = origin end
-        props["mountpoint"] = zfs.get_prop(child, "mountpoint")
-        local zoned, source = zfs.get_prop(child, "zoned")
-        if source == child then props["zoned"] = zoned end
-        out[child] = props
-    end
+    if child == name or string.sub(child, 1, #mark) == mark then out[child] = describe(child, prefix) end
 end
 out[parent] = {mountpoint = zfs.get_prop(parent, "mountpoint")}
+return out
+"""
+)
+
+# Every filesystem at or under argv[1], each described as FAMILY describes its members:
+# the families of all the repositories below it in one read (``recover --pool``).
+FAMILIES = (
+    LUA_PREAMBLE
+    + _DESCRIBE
+    + """
+local out = {}
+local function visit(ds)
+    out[ds] = describe(ds, argv[2])
+    for child in zfs.list.children(ds) do visit(child) end
+end
+if zfs.exists(argv[1]) then visit(argv[1]) end
 return out
 """
 )
