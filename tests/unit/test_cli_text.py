@@ -54,8 +54,8 @@ def pool(monkeypatch: pytest.MonkeyPatch) -> FakeZfs:
     zfs.create("tank/a", {P_OWNER: "0:0", P_MODE: "0755", P_RECOVERY_NOTE: HOSTILE, "mountpoint": "/srv/a"})
     props = {P_TX: "20261121T101010Z-abcdef", P_COMMITTED: "2026-11-21T10:10:10Z", P_MESSAGE: HOSTILE}
     zfs.snapshot([f"tank/a@{COMMIT}"], props)
-    monkeypatch.setattr("dsg_storage.read.reader.open_zfs", lambda allow: zfs)
-    monkeypatch.setattr("dsg_storage.zfs.boundary.open_zfs", lambda allow: zfs)
+    monkeypatch.setattr("dsg_storage.read.reader.open_zfs", lambda allow, **_: zfs)
+    monkeypatch.setattr("dsg_storage.zfs.boundary.open_zfs", lambda allow, **_: zfs)
     return zfs
 
 

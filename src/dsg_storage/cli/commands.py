@@ -207,7 +207,7 @@ def main(
     try:
         from ..settings import Settings
         from ..zfs.allow import AllowList
-        from .context import Context, invocation, open_boundary
+        from .context import Context, invocation, open_boundary, open_lister
 
         environ = os.environ if environ is None else environ
         settings = Settings.for_cli(environ)  # the one reading of the environment
@@ -215,7 +215,8 @@ def main(
         if inv.ignored:  # said once, on stderr, so a caller relying on them learns why
             print(f"dsg-storage: run through sudo, ignoring {', '.join(inv.ignored)}", file=sys.stderr)
         allow = inv.allow(AllowList.parse(args.allow))
-        return run(Context(args, allow, inv, settings, zfs or open_boundary, sys.stdout, sys.stderr))
+        boundary, lister = (zfs, None) if zfs else (open_boundary, open_lister)
+        return run(Context(args, allow, inv, settings, boundary, sys.stdout, sys.stderr, lister))
     except DsgStorageError as exc:
         print(shown(f"dsg-storage: {exc}"), file=sys.stderr)
         return exit_status(exc)

@@ -56,6 +56,14 @@ def open_boundary(allow: AllowList) -> ZfsPort:
     return open_zfs(allow)
 
 
+def open_lister(allow: AllowList) -> ZfsPort:
+    """The real boundary listing by ``zfs`` commands (``zfs.listing``): what a read-only
+    command opens, so that its lists never load libzfs_core."""
+    from ..zfs.boundary import open_zfs
+
+    return open_zfs(allow, listing="commands")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Context:
     args: argparse.Namespace
@@ -66,10 +74,18 @@ class Context:
     boundary: Boundary
     stdout: TextIO
     stderr: TextIO
+    #: Opens the boundary a read-only command lists through (``open_lister``); None: ``boundary``.
+    lister: Boundary | None = None
 
     def zfs(self, allow: AllowList | None = None) -> ZfsPort:
         """The boundary, confined to ``allow`` (default: the command's allow-list)."""
         return self.boundary(self.allow if allow is None else allow)
+
+    def lists(self, allow: AllowList | None = None) -> ZfsPort:
+        """The boundary for a command that only reads (``status``, ``history``, ``repos``,
+        ``snapshot-ok``): its lists by ``zfs`` commands, confined to ``allow`` (default:
+        the command's allow-list)."""
+        return (self.lister or self.boundary)(self.allow if allow is None else allow)
 
     def repository(self, name: str) -> Repository:
         """``name`` as a Repository under the command's allow-list, policy and settings."""

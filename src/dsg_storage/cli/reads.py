@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def _reader(ctx: Context) -> Iterator[Reader]:
-    """The reader the flags ask for (live, offline, cached), its access said on stderr."""
+def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
+    """The reader the flags ask for (live, offline, cached), its access said on stderr;
+    ``lists_only``: the command reads lists alone (``history``, ``repos``), which live it
+    takes from ``zfs`` commands, without loading libzfs_core (``Context.lists``)."""
     from ..read.cache import ENV as CACHE_ENV
     from ..read.cache import ReadCache
     from ..read.offline import open_offline
@@ -48,7 +50,7 @@ def _reader(ctx: Context) -> Iterator[Reader]:
     elif args.search_path or args.pool or args.cached:
         raise InvalidArgumentError("--search-path, --pool and --cached go with --offline")
     else:
-        reader = open_live(cache=cache, zfs=ctx.zfs())
+        reader = open_live(cache=cache, zfs=ctx.lists() if lists_only else ctx.zfs())
     with reader:
         ctx.note(f"access: {shown(reader.describe())}")
         yield reader
@@ -69,7 +71,7 @@ def history(ctx: Context) -> int:
     from ..read.reader import commit_to_json
 
     args = ctx.args
-    with _reader(ctx) as reader:
+    with _reader(ctx, lists_only=True) as reader:
         commits = reader.history(args.repo)
         extra = _access(ctx, reader, "history", args.repo)
         ctx.emit(
@@ -86,7 +88,7 @@ def repos(ctx: Context) -> int:
     import attrs
 
     args = ctx.args
-    with _reader(ctx) as reader:
+    with _reader(ctx, lists_only=True) as reader:
         found = reader.repositories(args.under)
         extra = _access(ctx, reader, "repositories", args.under or str(reader.pool))
         ctx.emit(

@@ -154,7 +154,7 @@ def snapshot_ok(ctx: Context) -> int:
     targets = ctx.args.datasets or list(ctx.settings.snapshot_targets)
     if not targets:
         raise InvalidArgumentError("which datasets? name them, or run as a hook ($SANOID_TARGETS, $ZREPL_FS)")
-    zfs = ctx.zfs(AllowList(()))  # reads only
+    zfs = ctx.lists(AllowList(()))  # reads only
     busy = [
         {"repository": repo, "tx": tx, "what": what}
         for target in targets
@@ -201,7 +201,7 @@ def status(ctx: Context) -> int:
     from ..core.status import status as read_status
 
     name = names.validate_repository(ctx.args.repo)  # a bad name is exit 2, ZFS or not
-    status = read_status(ctx.zfs(), name, ctx.caller.policy)
+    status = read_status(ctx.lists(), name, ctx.caller.policy)
     lines = [
         f"repository:  {shown(status.repository)}{'' if status.exists else ' (does not exist)'}",
         "access:      live",

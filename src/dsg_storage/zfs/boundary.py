@@ -50,11 +50,12 @@ from typing import Any, TypeVar
 
 from .. import _log
 from .. import names as _names
-from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
+from ..errors import ZfsUnavailableError
 from ..zfs.allow import AllowList
 from . import programs
 from .errors import DatasetChangedError, from_errno, from_pyzfs
 from .host import BoundaryStep, BoundarySteps, Guard, Host, retry_busy
+from .listing import CommandListing, PoolReadOnly, ProgramListing, ZfsCommand, snapshot_of
 from .mounts import MOUNT_FLAG_PROPS
 from .port import Foreign, Snapshot
 from .programs import Batch, BatchResult, u64
@@ -106,24 +107,16 @@ def zfs_version() -> str:
         return "unknown"
 
 
-def _own_props(local: Mapping[str, Any], name: str, prefix: str) -> dict[str, str]:
-    """From ``zfs get -j -s local`` output: ``name``'s own properties starting with ``prefix``."""
-    found = (local.get(name) or {}).get("properties") or {}
-    return {key: str(prop["value"]) for key, prop in found.items() if key.startswith(prefix)}
-
-
-class _PoolReadOnly(Exception):
-    """A channel program was refused because the pool is imported read-only."""
-
-
-def open_zfs(allow: AllowList | str | None = None, *, read_only: bool = False) -> Zfs:
+def open_zfs(allow: AllowList | str | None = None, *, read_only: bool = False, listing: str = "programs") -> Zfs:
     """The boundary object, built in this one place: ``allow`` an AllowList, a
-    comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (``settings``; unset: nothing)."""
+    comma-separated string, or None for ``$DSG_STORAGE_ALLOW`` (``settings``; unset: nothing).
+    ``listing="commands"``: lists by ``zfs list``/``zfs get`` (``zfs.listing``), for a
+    read-only command that would otherwise load libzfs_core for its lists alone."""
     if not isinstance(allow, AllowList):
         from ..settings import Settings
 
         allow = AllowList.parse(allow) if allow else Settings.default().allow
-    return Zfs(allow, read_only=read_only)
+    return Zfs(allow, read_only=read_only, listing=listing)
 
 
 class Zfs:
@@ -133,7 +126,9 @@ class Zfs:
     transient EBUSY (unmount, destroy); ``sleep`` is injectable so tests never wait.
     ``read_only`` refuses every mutating call with ReadOnlyError (offline access).
     ``on_step`` observes every change made (see ``BoundarySteps``); ``host`` makes the
-    mounts.
+    mounts. ``listing``: how lists are read (``zfs.listing``): "programs" (channel
+    programs) or "commands" (``zfs`` commands). libzfs_core is loaded at its first use:
+    a read-only command that lists by commands never loads it.
     """
 
     def __init__(
@@ -145,16 +140,40 @@ class Zfs:
         lzc: ModuleType | None = None,
         read_only: bool = False,
         on_step: Callable[[BoundaryStep], None] | None = None,
+        listing: str = "programs",
     ) -> None:
         self.guard = Guard(allow, read_only)
         self.steps = BoundarySteps(on_step)
         self.busy_timeout = busy_timeout
         self.sleep = sleep
-        self.lzc = lzc or load_libzfs_core()
-        from libzfs_core import exceptions as lzc_exceptions  # type: ignore[import-not-found,unused-ignore]
-
-        self._lzc_errors = lzc_exceptions
+        self._lzc = lzc
         self.host = Host(self.guard, self.steps, busy_timeout=busy_timeout, sleep=sleep, flags_of=self.mount_flags)
+        # PDEATHSIG: if we are killed, a command dies with us instead of racing recovery.
+        self.command = ZfsCommand(preexec=self.host.syscalls.die_with_parent)
+        if listing not in ("programs", "commands"):
+            raise ValueError(f"listing is 'programs' or 'commands', not {listing!r}")
+        by_commands = CommandListing(self.command)
+        self.listing: ProgramListing | CommandListing = (
+            by_commands if listing == "commands" else ProgramListing(self._read_program, by_commands)
+        )
+
+    @property
+    def lzc(self) -> ModuleType:
+        """libzfs_core, loaded at its first use (or the module a test gave)."""
+        if self._lzc is None:
+            self._lzc = load_libzfs_core()
+        return self._lzc
+
+    @property
+    def _lzc_errors(self) -> ModuleType:
+        self.lzc  # noqa: B018 (loaded first: our own error if the bindings are missing)
+        from libzfs_core import exceptions  # type: ignore[import-not-found,unused-ignore]
+
+        module: ModuleType = exceptions
+        return module
+
+    def _read_program(self, target: str, source: str, args: list[str]) -> Any:
+        return self.program(_names.pool_of(target), source, args, sync=False)
 
     @property
     def allow(self) -> AllowList:
@@ -192,7 +211,7 @@ class Zfs:
             return programs.decode(fn(_b(pool), _b(source), params=params))
         except self._lzc_errors.ZFSError as exc:
             if getattr(exc, "errno", None) == errno.EROFS:
-                raise _PoolReadOnly(pool) from exc
+                raise PoolReadOnly(pool) from exc
             raise from_pyzfs(exc, args[0] if args else pool) from exc
 
     def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None:
@@ -204,76 +223,18 @@ class Zfs:
 
     def snapshots(self, dataset: str, user_prefix: str = _names.PROP_PREFIX) -> list[Snapshot]:
         """Snapshots of ``dataset`` in creation order, with our user properties."""
-        try:
-            raw = self.program(_names.pool_of(dataset), programs.SNAPSHOTS, [dataset, user_prefix], sync=False) or {}
-        except _PoolReadOnly:
-            raw = self._snapshots_cli(dataset, user_prefix)
-        snaps = [
-            Snapshot(
-                name=item["name"],
-                guid=u64(item["guid"]),
-                createtxg=int(item["createtxg"]),
-                creation=int(item["creation"]),
-                user_props=dict(item.get("user") or {}),
-            )
-            for item in raw.values()
-        ]
+        snaps = [snapshot_of(item) for item in self.listing.snapshots(dataset, user_prefix)]
         return sorted(snaps, key=lambda s: s.createtxg)
 
     def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
         """What other tools made of ``dataset`` since its base (``programs.FOREIGN``)."""
         return Foreign.parse(self.program(_names.pool_of(dataset), programs.FOREIGN, [dataset, *bases], sync=False))
 
-    def _snapshots_cli(self, dataset: str, user_prefix: str) -> dict[str, Any]:
-        listed = self._zfs_json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)
-        local = self._zfs_json("get", "-t", "snapshot", "-d", "1", "-s", "local,received", "all", dataset)
-        return {
-            name: {
-                **{key: info["properties"][key]["value"] for key in ("guid", "createtxg", "creation")},
-                "name": name,
-                "user": _own_props(local, name, user_prefix),
-            }
-            for name, info in listed.items()
-        }
-
     def filesystems(self, under: str, user_prefix: str = _names.PROP_PREFIX) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it: their own user properties under
         ``user_prefix``, ``mountpoint`` (as the pool reports it) and, for a clone,
         ``origin``. Empty if absent."""
-        try:
-            raw = self.program(_names.pool_of(under), programs.FILESYSTEMS, [under, user_prefix], sync=False) or {}
-            return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
-        except _PoolReadOnly:
-            pass
-        listed = self._zfs_json(
-            "list", "-r", "-t", "filesystem", "-o", "name,mountpoint,origin", under, missing_ok=True
-        )
-        local = self._zfs_json("get", "-r", "-t", "filesystem", "-s", "local,received", "all", under, missing_ok=True)
-        found = {}
-        for name, info in listed.items():
-            props = {
-                **_own_props(local, name, user_prefix),
-                "mountpoint": str(info["properties"]["mountpoint"]["value"]),
-            }
-            origin = str(info["properties"]["origin"]["value"])
-            if origin not in ("", "-"):
-                props["origin"] = origin
-            found[name] = props
-        return found
-
-    def _zfs_json(self, *args: str, missing_ok: bool = False) -> dict[str, Any]:
-        """``zfs list|get -j -p ...``: datasets by name, values as strings (not --json-int:
-        OpenZFS 2.3 clamps it at 2**63-1, which garbles GUIDs)."""
-        try:
-            out = self._zfs_command(args[0], "-j", "-p", *args[1:])
-        except DatasetNotFoundError:
-            if missing_ok:
-                return {}
-            raise
-        import json
-
-        datasets: dict[str, Any] = json.loads(out).get("datasets") or {}
-        return datasets
+        return self.listing.filesystems(under, user_prefix)
 
     def children(self, dataset: str) -> list[str]:
         raw = self.program(_names.pool_of(dataset), programs.CHILDREN, [dataset], sync=False) or {}
@@ -291,9 +252,7 @@ class Zfs:
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
         """``dataset`` and its ``dataset.dsg-*`` siblings with their own user properties,
         ``origin``, ``mountpoint``, ``zoned`` if set; the parent's ``mountpoint``. One read."""
-        parent = dataset.rsplit("/", 1)[0]
-        raw = self.program(_names.pool_of(dataset), programs.FAMILY, [parent, dataset, _names.PROP_PREFIX], sync=False)
-        return {name: dict(props) for name, props in (raw or {}).items()}
+        return self.listing.family(dataset, _names.PROP_PREFIX)
 
     def families(self, under: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it, each described as ``family`` describes
@@ -443,7 +402,7 @@ class Zfs:
         without these flags a dataset with ``setuid=off`` would still honour setuid bits)."""
         try:
             props = self.get_props(dataset, list(MOUNT_FLAG_PROPS)) or {}
-        except _PoolReadOnly:  # offline: read-only mounts get nosuid,nodev anyway
+        except PoolReadOnly:  # offline: read-only mounts get nosuid,nodev anyway
             return 0
         flags = 0
         for prop, (value, flag) in MOUNT_FLAG_PROPS.items():
@@ -481,25 +440,4 @@ class Zfs:
         return private
 
     def _zfs_command(self, *args: str) -> str:
-        # Imported here: only the few zfs commands (docstring above) need them, no read does.
-        import shutil
-        import subprocess
-
-        executable = shutil.which("zfs")
-        if executable is None:
-            raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")
-        started = time.monotonic()
-        # PDEATHSIG: if we are killed, the command dies with us instead of racing recovery.
-        result = subprocess.run(
-            [executable, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            preexec_fn=self.host.syscalls.die_with_parent,
-        )
-        log.debug("zfs %s: %.0f ms", " ".join(args), (time.monotonic() - started) * 1000)
-        if result.returncode != 0:
-            message = result.stderr.strip() or f"exit {result.returncode}"
-            cls = DatasetNotFoundError if "does not exist" in message else ZfsError
-            raise cls(f"zfs {' '.join(args)}: {message}", dataset=args[-1])
-        return result.stdout
+        return self.command(*args)

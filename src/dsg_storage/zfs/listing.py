@@ -1,0 +1,210 @@
+"""Lists of datasets and snapshots with their properties, two ways: the boundary's reads.
+
+``ProgramListing`` asks channel programs (one read each, in the kernel); it is what every
+changing call uses. ``CommandListing`` runs ``zfs list``/``zfs get -j -p``: a process of
+the ``zfs`` command costs less than loading libzfs_core (whose import parses its C
+declarations: ~1 s under emulation, where ``zfs list REPO`` takes ~60 ms), so the
+read-only commands (``status``, ``history``, ``repos``, ``snapshot-ok``) list this way and
+never load the bindings; and channel programs refuse a pool imported read-only (EROFS),
+so offline reads list this way too. Both give the same answers (the same keys, the same
+values as text): a real-ZFS test compares them.
+
+``-j`` (JSON) and never ``-H`` text: property values may hold tabs and newlines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import _log
+from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
+from .port import Snapshot
+from .programs import u64
+
+log = _log.getLogger("dsg_storage")
+
+
+class ZfsCommand:
+    """Runs the ``zfs`` command: its output, or our error (DatasetNotFoundError when it
+    says a dataset does not exist). ``preexec``: run in the child before exec (the
+    boundary's makes the command die with us instead of racing recovery)."""
+
+    def __init__(self, preexec: Callable[[], None] | None = None) -> None:
+        self.preexec = preexec
+
+    def __call__(self, *args: str) -> str:
+        # Imported here: most calls of ours run no command.
+        import shutil
+        import subprocess
+
+        executable = shutil.which("zfs")
+        if executable is None:
+            raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")
+        started = time.monotonic()
+        result = subprocess.run(
+            [executable, *args], capture_output=True, text=True, check=False, preexec_fn=self.preexec
+        )
+        log.debug("zfs %s: %.0f ms", " ".join(args), (time.monotonic() - started) * 1000)
+        if result.returncode != 0:
+            message = result.stderr.strip() or f"exit {result.returncode}"
+            cls = DatasetNotFoundError if "does not exist" in message else ZfsError
+            raise cls(f"zfs {' '.join(args)}: {message}", dataset=args[-1])
+        return result.stdout
+
+    def json(self, *args: str, missing_ok: bool = False) -> dict[str, dict[str, tuple[str, str]]]:
+        """``zfs list|get -j -p ...``: each dataset's properties, name -> (value, source
+        type such as LOCAL, RECEIVED, INHERITED, NONE); values as strings (not
+        --json-int: OpenZFS 2.3 clamps it at 2**63-1, which garbles GUIDs). ``missing_ok``:
+        a dataset that does not exist lists nothing. Output not of that shape is ZfsError."""
+        try:
+            out = self(args[0], "-j", "-p", *args[1:])
+        except DatasetNotFoundError:
+            if missing_ok:
+                return {}
+            raise
+        try:
+            return _parsed(json.loads(out))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ZfsError(f"zfs {args[0]} -j printed what is not its JSON ({exc!r})", dataset=args[-1]) from exc
+
+
+def _parsed(document: Any) -> dict[str, dict[str, tuple[str, str]]]:
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    for name, info in (document["datasets"] or {}).items():
+        props = info.get("properties") or {}
+        found[str(name)] = {str(key): (_text(p["value"]), str(p["source"]["type"])) for key, p in props.items()}
+    return found
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        raise TypeError(f"a property value that is not text: {value!r:.40}")
+    return str(value)
+
+
+def _own(props: Mapping[str, tuple[str, str]], prefix: str, *, any_local: bool = False) -> dict[str, str]:
+    """Our user properties set on the dataset itself or received with it (what the
+    channel programs report: source the dataset, or ``$recvd``); ``any_local``: every
+    user property set on it too, ours or not (``programs.FAMILY``)."""
+    return {
+        key: value
+        for key, (value, source) in props.items()
+        if ":" in key
+        and (source == "LOCAL" or source == "RECEIVED")
+        and (key.startswith(prefix) or (any_local and source == "LOCAL"))
+    }
+
+
+class CommandListing:
+    """The boundary's lists, read by running ``zfs list``/``zfs get`` (module docstring)."""
+
+    def __init__(self, run: ZfsCommand) -> None:
+        self.run = run
+
+    def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
+        """Snapshots of ``dataset``: name, guid, createtxg, creation, user (own properties)."""
+        listed = self.run.json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)
+        local = self.run.json("get", "-t", "snapshot", "-d", "1", "-s", "local,received", "all", dataset)
+        return [
+            {
+                **{key: value for key, (value, _) in info.items()},
+                "name": name,
+                "user": _own(local.get(name) or {}, prefix),
+            }
+            for name, info in listed.items()
+        ]
+
+    def filesystems(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
+        """``under`` and every filesystem below it: own user properties (ours received
+        too), ``mountpoint``, ``origin`` for a clone. Empty if ``under`` is absent."""
+        listed = self.run.json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint,origin", under, missing_ok=True)
+        local = self.run.json("get", "-r", "-t", "filesystem", "-s", "local,received", "all", under, missing_ok=True)
+        return {
+            name: self._described(info, local.get(name) or {}, prefix, family=False) for name, info in listed.items()
+        }
+
+    def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
+        """``dataset`` and its ``dataset.dsg-*`` siblings, described as ``programs.FAMILY``
+        describes them; the parent with its mountpoint. Two commands: the parent's children,
+        then the properties of the members only."""
+        parent, mark = dataset.rsplit("/", 1)[0], dataset + ".dsg-"
+        listed = self.run.json(
+            "list", "-d", "1", "-t", "filesystem", "-o", "name,mountpoint,origin", parent, missing_ok=True
+        )
+        if parent not in listed:
+            return {}
+        members = [n for n in listed if n != parent and (n == dataset or n.startswith(mark))]
+        local = self.run.json("get", "-s", "local,received", "all", *members, missing_ok=True) if members else {}
+        found = {name: self._described(listed[name], local.get(name) or {}, prefix, family=True) for name in members}
+        found[parent] = {"mountpoint": listed[parent].get("mountpoint", ("none", ""))[0]}
+        return found
+
+    @staticmethod
+    def _described(
+        listed: Mapping[str, tuple[str, str]], own: Mapping[str, tuple[str, str]], prefix: str, *, family: bool
+    ) -> dict[str, str]:
+        props = _own(own, prefix, any_local=family)
+        if family:
+            ours = [source for key, (_, source) in own.items() if key.startswith(prefix)]
+            if "RECEIVED" in ours and "LOCAL" not in ours:
+                props["@received"] = "yes"  # a replica of another host's dataset (FAMILY)
+            if own.get("zoned", ("", ""))[1] == "LOCAL":
+                props["zoned"] = own["zoned"][0]
+        origin = listed.get("origin", ("-", ""))[0]
+        if origin not in ("", "-"):
+            props["origin"] = origin
+        props["mountpoint"] = listed.get("mountpoint", ("none", ""))[0]
+        return props
+
+
+class ProgramListing:
+    """The boundary's lists, read by channel programs (``programs``); on a pool imported
+    read-only (which refuses them) by ``fallback``. ``program(pool, source, args)`` runs
+    one read-only program and raises ``PoolReadOnly`` where the pool refuses it."""
+
+    def __init__(self, program: Callable[[str, str, list[str]], Any], fallback: CommandListing) -> None:
+        self.program = program
+        self.fallback = fallback
+
+    def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
+        from . import programs
+
+        try:
+            raw = self.program(dataset, programs.SNAPSHOTS, [dataset, prefix]) or {}
+        except PoolReadOnly:
+            return self.fallback.snapshots(dataset, prefix)
+        return list(raw.values())
+
+    def filesystems(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
+        from . import programs
+
+        try:
+            raw = self.program(under, programs.FILESYSTEMS, [under, prefix]) or {}
+        except PoolReadOnly:
+            return self.fallback.filesystems(under, prefix)
+        return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
+
+    def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
+        from . import programs
+
+        parent = dataset.rsplit("/", 1)[0]
+        raw = self.program(dataset, programs.FAMILY, [parent, dataset, prefix])
+        return {name: dict(props) for name, props in (raw or {}).items()}
+
+
+class PoolReadOnly(Exception):
+    """A channel program was refused because the pool is imported read-only."""
+
+
+def snapshot_of(item: Mapping[str, Any]) -> Snapshot:
+    """A listed snapshot (either listing's shape) as a ``Snapshot``."""
+    return Snapshot(
+        name=item["name"],
+        guid=u64(item["guid"]),
+        createtxg=int(item["createtxg"]),
+        creation=int(item["creation"]),
+        user_props=dict(item.get("user") or {}),
+    )

@@ -1,0 +1,127 @@
+"""``zfs.listing.CommandListing``: the lists read from ``zfs list|get -j -p`` (canned
+output, as OpenZFS 2.3 prints it) in the shape the channel programs give. That both
+listings agree on a real pool is tests/zfs/test_listing.py."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from dsg_storage.errors import DatasetNotFoundError, ZfsError
+from dsg_storage.zfs.listing import CommandListing, ZfsCommand
+
+PREFIX = "dsg-storage:"
+REPO, WS = "tank/data/a", "tank/data/a.dsg-ws-20261203T000000Z-abcdef"
+
+
+def _ds(name: str, props: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "properties": {k: {"value": v, "source": {"type": t, "data": "-"}} for k, (v, t) in props.items()},
+    }
+
+
+class Canned(ZfsCommand):
+    """Answers each ``zfs`` command from a table: the first key all of whose words are in
+    it (None: the dataset does not exist)."""
+
+    def __init__(self, answers: dict[tuple[str, ...], Any]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.ran: list[tuple[str, ...]] = []
+
+    def __call__(self, *args: str) -> str:
+        self.ran.append(args)
+        for words, datasets in self.answers.items():
+            if all(w in args for w in words):
+                if datasets is None:
+                    raise DatasetNotFoundError(f"zfs: {args[-1]}: dataset does not exist", dataset=args[-1])
+                return json.dumps({"output_version": {"command": f"zfs {args[0]}"}, "datasets": datasets})
+        raise AssertionError(f"unexpected zfs {args}")
+
+
+def family_answers() -> dict[tuple[str, ...], Any]:
+    return {
+        ("list", "tank/data"): {
+            "tank/data": _ds("tank/data", {"mountpoint": ("/srv", "LOCAL"), "origin": ("-", "NONE")}),
+            REPO: _ds(REPO, {"mountpoint": ("/srv/a", "INHERITED"), "origin": ("-", "NONE")}),
+            WS: _ds(WS, {"mountpoint": ("/srv/a.ws", "LOCAL"), "origin": (f"{REPO}@dsg-base-x", "NONE")}),
+            "tank/data/ab": _ds("tank/data/ab", {"mountpoint": ("/srv/ab", "INHERITED"), "origin": ("-", "NONE")}),
+        },
+        ("get", REPO, WS): {
+            REPO: _ds(
+                REPO,
+                {
+                    "dsg-storage:owner": ("1000:1000", "LOCAL"),
+                    "com.example:note": ("a\tb\nc", "LOCAL"),  # another tool's, set here: kept
+                    "compression": ("lz4", "LOCAL"),  # native: not a family property
+                },
+            ),
+            WS: _ds(WS, {"dsg-storage:tx": ("T", "LOCAL"), "zoned": ("on", "LOCAL")}),
+        },
+    }
+
+
+def test_the_family_is_described_as_the_channel_program_describes_it() -> None:
+    run = Canned(family_answers())
+    assert CommandListing(run).family(REPO, PREFIX) == {
+        REPO: {"dsg-storage:owner": "1000:1000", "com.example:note": "a\tb\nc", "mountpoint": "/srv/a"},
+        WS: {"dsg-storage:tx": "T", "zoned": "on", "origin": f"{REPO}@dsg-base-x", "mountpoint": "/srv/a.ws"},
+        "tank/data": {"mountpoint": "/srv"},
+    }
+    assert "tank/data/ab" not in run.ran[1]  # a sibling's properties are never asked for
+
+
+def test_a_replica_is_one_whose_properties_of_ours_were_all_received() -> None:
+    answers = family_answers()
+    answers[("get", REPO, WS)] = {
+        REPO: _ds(REPO, {"dsg-storage:owner": ("1000:1000", "RECEIVED"), "com.example:x": ("1", "RECEIVED")})
+    }
+    family = CommandListing(Canned(answers)).family(REPO, PREFIX)
+    assert family[REPO] == {"dsg-storage:owner": "1000:1000", "@received": "yes", "mountpoint": "/srv/a"}
+
+
+def test_a_missing_parent_is_an_empty_family() -> None:
+    assert CommandListing(Canned({("list",): None})).family(REPO, PREFIX) == {}
+
+
+def test_snapshots_carry_only_their_own_properties_of_ours() -> None:
+    snap, other = f"{REPO}@dsg-commit-1", f"{REPO}@autosnap"
+    natives = {"guid": ("18446744073709551615", "NONE"), "createtxg": ("9", "NONE"), "creation": ("5", "NONE")}
+    run = Canned(
+        {
+            ("list", "snapshot"): {
+                snap: _ds(snap, natives),
+                other: _ds(other, {"guid": ("7", "NONE"), "createtxg": ("12", "NONE"), "creation": ("6", "NONE")}),
+            },
+            ("get", "snapshot"): {
+                snap: _ds(snap, {"dsg-storage:tx": ("T", "LOCAL"), "com.sun:auto-snapshot": ("false", "LOCAL")}),
+                other: _ds(other, {"dsg-storage:tx": ("U", "RECEIVED")}),
+            },
+        }
+    )
+    listed = {s["name"]: s for s in CommandListing(run).snapshots(REPO, PREFIX)}
+    assert listed[snap]["user"] == {"dsg-storage:tx": "T"} and listed[snap]["guid"] == "18446744073709551615"
+    assert listed[other]["user"] == {"dsg-storage:tx": "U"} and listed[other]["createtxg"] == "12"
+
+
+def test_filesystems_of_a_missing_dataset_are_none() -> None:
+    assert CommandListing(Canned({("list",): None, ("get",): None})).filesystems("tank/none", PREFIX) == {}
+
+
+def test_output_that_is_not_zfs_json_is_our_error_never_a_traceback() -> None:
+    rng = random.Random(20261203)
+    good = json.dumps({"datasets": family_answers()[("list", "tank/data")]})
+    for _ in range(500):
+        cut = rng.randrange(len(good))
+        junk = good[:cut] + rng.choice(["", "}", "\x00", '"x"', "[]", "null", "{}"]) + good[cut + rng.randrange(3) :]
+
+        class Junk(ZfsCommand):
+            def __call__(self, *args: str, out: str = junk) -> str:
+                return out
+
+        try:
+            CommandListing(Junk()).family(REPO, PREFIX)
+        except ZfsError:
+            pass

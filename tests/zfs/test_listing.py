@@ -1,0 +1,69 @@
+"""Both ways the boundary lists (``zfs.listing``): channel programs, and the ``zfs``
+commands the read-only commands use so as not to load libzfs_core, give the same
+answers on a real pool; so does the pool-wide read ``recover --pool`` cuts each
+repository's family from (``families``)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from dsg_storage import Repository
+from dsg_storage.core.view import family_in
+from dsg_storage.zfs.boundary import open_zfs
+from dsg_storage.zfs.programs import on_off
+
+from .cli import dsg_json
+from .conftest import Sandbox
+from .test_replication import send_receive
+from .test_transactions import OWNER
+
+
+def same(listed: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Values as text; ``zoned`` by name (a channel program reports it as a number)."""
+    return {
+        name: {k: on_off(v) if k == "zoned" else str(v) for k, v in props.items()} for name, props in listed.items()
+    }
+
+
+def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
+    parent = f"{sandbox.dataset}/here"
+    sandbox.zfs.create(parent, {"mountpoint": str(sandbox.mount_dir / "here")})
+    repo = Repository(f"{parent}/survey", zfs=sandbox.zfs)
+    with repo.begin(mountpoint=str(sandbox.mount_dir / "survey"), owner=OWNER, mode="0750", message="first") as tx:
+        Path(tx.path, "a.txt").write_text("a")
+    subprocess.run(["zfs", "set", "com.example:note=a\tb\nc", repo.name], check=True)  # another tool's
+    subprocess.run(["zfs", "snapshot", f"{repo.name}@autosnap"], check=True)
+    subprocess.run(["zfs", "set", "com.sun:auto-snapshot=true", f"{repo.name}@autosnap"], check=True)
+    plain = Repository(f"{parent}/plain", zfs=sandbox.zfs)  # inherits its mountpoint: no zoned
+    with plain.begin(owner=OWNER) as tx:
+        Path(tx.path, "b.txt").write_text("b")
+    open_tx = repo.begin()  # a workspace: a clone, zoned, with its record
+    subprocess.run(["zfs", "snapshot", "-r", f"{parent}@rep"], check=True)
+    send_receive(["-R", f"{parent}@rep"], ["-u", "-x", "mountpoint", f"{sandbox.dataset}/there"])
+    replica = f"{sandbox.dataset}/there/survey"
+
+    programs, commands = sandbox.zfs, open_zfs(sandbox.allow, listing="commands")
+    for name in (repo.name, plain.name, replica, f"{parent}/none"):
+        assert same(commands.family(name)) == same(programs.family(name)), name
+        assert commands.snapshots(name) == programs.snapshots(name) if name != f"{parent}/none" else True
+    assert same(commands.filesystems(sandbox.dataset)) == same(programs.filesystems(sandbox.dataset))
+    assert commands.filesystems(f"{parent}/none") == programs.filesystems(f"{parent}/none") == {}
+    # what the comparison covered
+    family = programs.family(repo.name)
+    assert len(family) == 3 and family[repo.name]["com.example:note"] == "a\tb\nc"
+    assert on_off(family[open_tx.dataset]["zoned"]) == "on" and "origin" in family[open_tx.dataset]
+    assert programs.family(replica)[replica]["@received"] == "yes"
+    assert [s.short_name for s in programs.snapshots(repo.name)][-2:] == ["autosnap", "rep"]
+
+    listing = programs.families(sandbox.dataset)
+    for name in (repo.name, plain.name, replica):
+        assert same(family_in(listing, name) or {}) == same(programs.family(name)), name
+
+    # and the commands that list this way answer as before
+    status = dsg_json("status", repo.name, allow=sandbox.dataset)
+    assert [p["tx"] for p in status["pending"]] == [open_tx.id] and status["last_commit"]["message"] == "first"
+    history = dsg_json("history", repo.name, allow=sandbox.dataset)
+    assert [c["message"] for c in history] == ["first"]
+    open_tx.rollback()
