@@ -30,7 +30,10 @@ native properties            given at creation (``lzc_create``/``lzc_clone`` pro
                               repository written since begin (``written@base`` > 0),
                               to tell file changes from the metadata a mount writes
 ``zfs list -j``/``zfs get``   reads on a pool imported read-only: channel programs,
-                              even ``nosync`` ones, refuse such a pool (EROFS)
+                              even ``nosync`` ones, refuse such a pool (EROFS); and
+                              the lists of read-only commands (``listing="commands"``):
+                              a process costs less than loading libzfs_core
+                              (``zfs.listing``)
 ``zpool import``/``export``   (``zpool``) offline access: libzfs_core cannot scan
                               devices, import or export; imports are read-only,
                               with no cache file and nothing mounted
