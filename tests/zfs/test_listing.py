@@ -31,8 +31,9 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     parent = f"{sandbox.dataset}/here"
     sandbox.zfs.create(parent, {"mountpoint": str(sandbox.mount_dir / "here")})
     repo = Repository(f"{parent}/survey", zfs=sandbox.zfs)
-    with repo.begin(mountpoint=str(sandbox.mount_dir / "survey"), owner=OWNER, mode="0750", message="first") as tx:
-        Path(tx.path, "a.txt").write_text("a")
+    first = repo.begin(mountpoint=str(sandbox.mount_dir / "survey"), owner=OWNER, mode="0750")
+    Path(first.path, "a.txt").write_text("a")
+    first.commit("first")
     subprocess.run(["zfs", "set", "com.example:note=a\tb\nc", repo.name], check=True)  # another tool's
     subprocess.run(["zfs", "snapshot", f"{repo.name}@autosnap"], check=True)
     subprocess.run(["zfs", "set", "com.sun:auto-snapshot=true", f"{repo.name}@autosnap"], check=True)
