@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import subprocess
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tests import zstream
 
 from .cli import dsg, with_src
 from .conftest import Sandbox
-from .test_crash_safety import at_step, export_and_import, in_child
+from .test_crash_safety import at_step, export_and_import, in_child, reboot_sweep_steps, traced
 from .test_transactions import owner_mode
 
 OWNER = "1234:5678"
@@ -190,6 +191,15 @@ def test_changes_since_the_base_are_not_discarded(sandbox: Sandbox, source: Repo
     assert (mnt / "written-outside.txt").read_text() == "precious"
 
 
+def rebooted(sandbox: Sandbox, target: Repository, mnt: Path, step: int) -> dict[str, str] | None:
+    """Export and import the pool (what a reboot does): what ZFS mounted at ``mnt`` then,
+    which is never a temporary dataset."""
+    export_and_import()
+    at_path = sorted(ds for ds, paths in sandbox.mounts().items() if str(mnt) in paths)
+    assert at_path in ([], [target.name]), (step, at_path)
+    return files(mnt) if at_path else None
+
+
 def killed_at_every_step(
     sandbox: Sandbox, source: Repository, tmp_path: Path, kind: str, *, reboot: bool = False
 ) -> list[str]:
@@ -208,21 +218,21 @@ def killed_at_every_step(
     outcomes = []
     mountpoint = str(mnt) if kind == "full" else None
     new_history = [(c.name, c.guid, c.message, c.tx) for c in commits]
-    for step in range(1, 40):
+
+    def importing() -> Callable[[], object]:
         if kind == "incremental":
             import_bundle(tmp_path / "base.dsgb", target.name, mountpoint=str(mnt), allow=sandbox.allow)
+        return lambda: import_bundle(bundle, target.name, mountpoint=mountpoint, zfs=sandbox.zfs)
+
+    steps: Iterable[int] = range(1, 40)
+    if reboot:  # only the steps that leave something on disk differ after a reboot
+        steps = reboot_sweep_steps(traced(importing(), sandbox.zfs, tmp_path))
+        subprocess.run(["zfs", "destroy", "-r", target.name], check=True)
+    for step in steps:
+        run_import = importing()
         old = state(sandbox, target, mnt)
-        run = in_child(
-            lambda: import_bundle(bundle, target.name, mountpoint=mountpoint, zfs=sandbox.zfs),
-            crash_at=at_step(step),
-            zfs=sandbox.zfs,
-        )
-        seen = None
-        if reboot:
-            export_and_import()
-            at_path = sorted(ds for ds, paths in sandbox.mounts().items() if str(mnt) in paths)
-            assert at_path in ([], [target.name]), (step, at_path)  # never a temporary dataset
-            seen = files(mnt) if at_path else None
+        run = in_child(run_import, crash_at=at_step(step), zfs=sandbox.zfs)
+        seen = rebooted(sandbox, target, mnt, step) if reboot else None
         target.recover()
         now = state(sandbox, target, mnt)
         if now == old:

@@ -198,7 +198,10 @@ mkdir -p {quoted}
 modprobe zfs || exit 125
 echo "[testpool] phase boot: guest ready after $(cut -d' ' -f1 /proc/uptime)s of uptime" >&2
 cd {quoted} || exit 125
-export HOME=/root LANG=C.UTF-8 PYTHONPATH={shlex.quote(pythonpath)} PYTHONDONTWRITEBYTECODE=1
+# Bytecode goes to the guest's own disk (gone at power-off), never into the shared
+# checkout: without it every Python process a test starts would compile each module it
+# imports anew, from sources read through 9p.
+export HOME=/root LANG=C.UTF-8 PYTHONPATH={shlex.quote(pythonpath)} PYTHONPYCACHEPREFIX=/var/tmp/pycache
 export DSG_TESTPOOL_IN_VM=1 PY_COLORS={colors} TERM={"linux" if colors == "1" else "dumb"}
 exec /bin/sh -c {shlex.quote(command)} 2>&1
 """
