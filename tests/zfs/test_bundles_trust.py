@@ -110,6 +110,15 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
         assert control.read(1) == b"\0"
     assert {"nosuid", "nodev"} <= mount_options(target.name)
     assert (zfs_get("setuid", target.name), zfs_get("devices", target.name)) == ("off", "off")
+    # A commit freezes the live mount (a read-only remount) and thaws it when it cannot go
+    # on; a remount sets a mount's flags anew, and nosuid and nodev stay throughout.
+    tx = target.begin()
+    (mnt / "written-outside.txt").write_text("x")  # after begin: the commit is refused
+    with pytest.raises(ConflictError):
+        tx.commit()
+    assert {"nosuid", "nodev", "rw"} <= mount_options(target.name)
+    tx.rollback()
+    (mnt / "written-outside.txt").unlink()
     # owner and mode are the importer's (the invoking user, 0755), not the bundle's
     st = os.stat(mnt)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (os.getuid(), os.getgid(), 0o755)

@@ -38,7 +38,7 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     subprocess.run(["zfs", "snapshot", f"{repo.name}@autosnap"], check=True)
     subprocess.run(["zfs", "set", "com.sun:auto-snapshot=true", f"{repo.name}@autosnap"], check=True)
     plain = Repository(f"{parent}/plain", zfs=sandbox.zfs)  # inherits its mountpoint: no zoned
-    with plain.begin(owner=OWNER) as tx:
+    with plain.begin(mountpoint=str(sandbox.mount_dir / "here" / "plain"), owner=OWNER) as tx:
         Path(tx.path, "b.txt").write_text("b")
     open_tx = repo.begin()  # a workspace: a clone, zoned, with its record
     subprocess.run(["zfs", "snapshot", "-r", f"{parent}@rep"], check=True)

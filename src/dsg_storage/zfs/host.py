@@ -223,7 +223,7 @@ class Host:
 
         def attempt() -> None:
             try:
-                self.syscalls.remount(path, readonly=True, flags=self.flags_of(dataset))
+                self.syscalls.remount(path, readonly=True, flags=self._flags_at(path))
             except OSError as exc:
                 raise from_errno(exc.errno, f"cannot make {dataset} at {path} read-only", dataset) from exc
 
@@ -239,11 +239,19 @@ class Host:
             ) from exc
         self.steps.done("freeze", dataset)
 
+    @staticmethod
+    def _flags_at(path: str) -> int:
+        """The nosuid, nodev and noexec flags of the mount at ``path`` now: a remount sets
+        a mount's flags anew, and a freeze or thaw keeps them as the mount has them (no
+        read of the properties, which the mount was made from)."""
+        kept = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC  # the same bits as MS_NOSUID...
+        return os.statvfs(path).f_flag & kept
+
     def thaw(self, dataset: str, path: str) -> None:
         """Make ``dataset`` at ``path`` writable again (undo ``freeze``)."""
         self.guard.check(dataset)
         try:
-            self.syscalls.remount(path, readonly=False, flags=self.flags_of(dataset))
+            self.syscalls.remount(path, readonly=False, flags=self._flags_at(path))
         except OSError as exc:
             raise from_errno(exc.errno, f"cannot make {dataset} at {path} writable again", dataset) from exc
         self.steps.done("thaw", dataset)
