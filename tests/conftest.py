@@ -17,6 +17,25 @@ if os.environ.get("DSG_TESTPOOL_IN_VM"):
 REPORTED = ("crash_points", "random_kills")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--random-kills",
+        type=int,
+        default=25,
+        help="SIGKILLs at random moments per random-kill crash test (default 25, each run a new seed; "
+        "the sweeps kill at every step whatever this says): more for a deeper run, e.g. 200",
+    )
+
+
+@pytest.fixture
+def random_kills(request: pytest.FixtureRequest) -> int:
+    """How many random kills a random-kill crash test makes (``--random-kills``)."""
+    count = int(request.config.getoption("--random-kills"))
+    if count < 1:
+        raise pytest.UsageError("--random-kills takes a count of at least 1")
+    return count
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the crash-safety counts the tests recorded (record_property)."""
     lines = []

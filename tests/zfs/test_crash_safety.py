@@ -295,10 +295,9 @@ def test_recovery_killed_midway_is_itself_recovered(box: Sandbox, record_propert
     crash_every_step(box, record_property, "recover", "recover", setup, [NEW])
 
 
-RANDOM_KILLS = 50
-
-
-def test_random_kills_during_sync_commits_end_old_or_new(box: Sandbox, record_property: Callable) -> None:
+def test_random_kills_during_sync_commits_end_old_or_new(
+    box: Sandbox, record_property: Callable, random_kills: int
+) -> None:
     repo, mnt = existing(box, "repo")
     current = dict(OLD)
     seed = random.randrange(2**32)
@@ -307,7 +306,7 @@ def test_random_kills_during_sync_commits_end_old_or_new(box: Sandbox, record_pr
     span = _timed_child(lambda: _sync_write(repo, "warmup"))
     current = {"n": "warmup"}
     outcomes = {"old": 0, "new": 0}
-    for run in range(RANDOM_KILLS):
+    for run in range(random_kills):
         target = {"n": str(run)}
         in_child(lambda run=run: _sync_write(repo, str(run)), kill_after=rng.uniform(0, span * 1.2))
         repo.recover()
@@ -317,10 +316,12 @@ def test_random_kills_during_sync_commits_end_old_or_new(box: Sandbox, record_pr
         found = assert_clean(box, repo, mnt, [current, target])
         outcomes["new" if found else "old"] += 1
         current = [current, target][found]
-    record_property("random_kills", f"seed={seed} runs={RANDOM_KILLS} old={outcomes['old']} new={outcomes['new']}")
+    record_property("random_kills", f"seed={seed} runs={random_kills} old={outcomes['old']} new={outcomes['new']}")
 
 
-def test_random_kills_of_sync_commits_always_complete_them(box: Sandbox, record_property: Callable) -> None:
+def test_random_kills_of_sync_commits_always_complete_them(
+    box: Sandbox, record_property: Callable, random_kills: int
+) -> None:
     """A commit killed at a random moment (an OOM kill, a timeout) is completed by
     recovery: no transaction is ever left open, and a new begin works at once."""
     repo, mnt = existing(box, "repo")
@@ -331,7 +332,7 @@ def test_random_kills_of_sync_commits_always_complete_them(box: Sandbox, record_
     span = _timed_child(lambda: repo.commit(tx.id))
     outcomes = {"new": 0, "not begun": 0}
     current = {**OLD, "n": "warmup"}
-    for run in range(RANDOM_KILLS):
+    for run in range(random_kills):
         tx = repo.begin()
         Path(tx.path, "n").write_text(str(run))
         in_child(lambda tx=tx: repo.commit(tx.id), kill_after=rng.uniform(0, span * 1.2))
@@ -348,7 +349,7 @@ def test_random_kills_of_sync_commits_always_complete_them(box: Sandbox, record_
             outcomes["new"] += 1
         assert_clean(box, repo, mnt, [current])
         assert repo.pending() == []
-    record_property("random_kills", f"commits seed={seed} runs={RANDOM_KILLS} {outcomes}")
+    record_property("random_kills", f"commits seed={seed} runs={random_kills} {outcomes}")
     assert outcomes["new"] > outcomes["not begun"], outcomes
 
 
