@@ -37,28 +37,38 @@ class Canned(ZfsCommand):
             if all(w in args for w in words):
                 if datasets is None:
                     raise DatasetNotFoundError(f"zfs: {args[-1]}: dataset does not exist", dataset=args[-1])
+                if "-H" in args:  # names alone, one a line
+                    return "".join(f"{name}\n" for name in datasets)
                 return json.dumps({"output_version": {"command": f"zfs {args[0]}"}, "datasets": datasets})
         raise AssertionError(f"unexpected zfs {args}")
 
 
 def family_answers() -> dict[tuple[str, ...], Any]:
     return {
-        ("list", "tank/data"): {
+        ("list", "-H", "tank/data"): {"tank/data": {}, REPO: {}, WS: {}, "tank/data/ab": {}},
+        ("get", "all", "tank/data", REPO, WS): {
             "tank/data": _ds("tank/data", {"mountpoint": ("/srv", "LOCAL"), "origin": ("-", "NONE")}),
-            REPO: _ds(REPO, {"mountpoint": ("/srv/a", "INHERITED"), "origin": ("-", "NONE")}),
-            WS: _ds(WS, {"mountpoint": ("/srv/a.ws", "LOCAL"), "origin": (f"{REPO}@dsg-base-x", "NONE")}),
-            "tank/data/ab": _ds("tank/data/ab", {"mountpoint": ("/srv/ab", "INHERITED"), "origin": ("-", "NONE")}),
-        },
-        ("get", REPO, WS): {
             REPO: _ds(
                 REPO,
                 {
+                    "mountpoint": ("/srv/a", "INHERITED"),
+                    "origin": ("-", "NONE"),
                     "dsg-storage:owner": ("1000:1000", "LOCAL"),
+                    "dsg-storage:inherited": ("x", "INHERITED"),  # not its own
                     "com.example:note": ("a\tb\nc", "LOCAL"),  # another tool's, set here: kept
                     "compression": ("lz4", "LOCAL"),  # native: not a family property
+                    "zoned": ("off", "DEFAULT"),
                 },
             ),
-            WS: _ds(WS, {"dsg-storage:tx": ("T", "LOCAL"), "zoned": ("on", "LOCAL")}),
+            WS: _ds(
+                WS,
+                {
+                    "mountpoint": ("/srv/a.ws", "LOCAL"),
+                    "origin": (f"{REPO}@dsg-base-x", "NONE"),
+                    "dsg-storage:tx": ("T", "LOCAL"),
+                    "zoned": ("on", "LOCAL"),
+                },
+            ),
         },
     }
 
@@ -75,9 +85,14 @@ def test_the_family_is_described_as_the_channel_program_describes_it() -> None:
 
 def test_a_replica_is_one_whose_properties_of_ours_were_all_received() -> None:
     answers = family_answers()
-    answers[("get", REPO, WS)] = {
-        REPO: _ds(REPO, {"dsg-storage:owner": ("1000:1000", "RECEIVED"), "com.example:x": ("1", "RECEIVED")})
-    }
+    answers[("get", "all", "tank/data", REPO, WS)][REPO] = _ds(
+        REPO,
+        {
+            "mountpoint": ("/srv/a", "INHERITED"),
+            "dsg-storage:owner": ("1000:1000", "RECEIVED"),
+            "com.example:x": ("1", "RECEIVED"),  # not ours: not kept
+        },
+    )
     family = CommandListing(Canned(answers)).family(REPO, PREFIX)
     assert family[REPO] == {"dsg-storage:owner": "1000:1000", "@received": "yes", "mountpoint": "/srv/a"}
 
@@ -112,14 +127,15 @@ def test_filesystems_of_a_missing_dataset_are_none() -> None:
 
 def test_output_that_is_not_zfs_json_is_our_error_never_a_traceback() -> None:
     rng = random.Random(20261203)
-    good = json.dumps({"datasets": family_answers()[("list", "tank/data")]})
+    good = json.dumps({"datasets": family_answers()[("get", "all", "tank/data", REPO, WS)]})
+    names = f"tank/data\n{REPO}\n{WS}\n"
     for _ in range(500):
         cut = rng.randrange(len(good))
         junk = good[:cut] + rng.choice(["", "}", "\x00", '"x"', "[]", "null", "{}"]) + good[cut + rng.randrange(3) :]
 
         class Junk(ZfsCommand):
             def __call__(self, *args: str, out: str = junk) -> str:
-                return out
+                return names if "-H" in args else out
 
         try:
             CommandListing(Junk()).family(REPO, PREFIX)

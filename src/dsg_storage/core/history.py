@@ -12,18 +12,21 @@ whole history either way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .. import names
 from ..zfs.port import Catalog, Snapshot, ZfsPort
 
 
-def lineage(zfs: Catalog, repository: str) -> list[Snapshot]:
+def lineage(zfs: Catalog, repository: str, *, head: Mapping[str, str] | None = None) -> list[Snapshot]:
     """Snapshots of ``repository``, oldest first, preceded by those of an old head (or,
     after a commit that failed past its promote, of the open workspace) it is still a
-    clone of, up to its origin."""
+    clone of, up to its origin. ``head``: the repository's properties as the caller has
+    just read them (its family's), whose ``origin`` saves a read."""
     own = zfs.snapshots(repository)
-    origin = (zfs.filesystems(repository).get(repository) or {}).get("origin", "")
+    if head is None:
+        head = zfs.filesystems(repository).get(repository) or {}
+    origin = head.get("origin", "")
     source = origin.split("@", 1)[0]
     parsed = names.parse_temporary(source)
     if not parsed or parsed[0] != repository or parsed[1] not in ("old", "ws"):

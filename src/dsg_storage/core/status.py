@@ -50,9 +50,9 @@ def history(zfs: ZfsPort, name: str) -> list[Commit]:
     return _commits(zfs, name)
 
 
-def _commits(zfs: ZfsPort, name: str) -> list[Commit]:
+def _commits(zfs: ZfsPort, name: str, head: Mapping[str, str] | None = None) -> list[Commit]:
     # Named as the repository's, also while an old head still keeps some (see lineage).
-    return [attrs.evolve(c, snapshot=f"{name}@{c.name}") for c in commits_of(lineage(zfs, name))]
+    return [attrs.evolve(c, snapshot=f"{name}@{c.name}") for c in commits_of(lineage(zfs, name, head=head))]
 
 
 def pending(seen: PoolView, host: HostPort) -> list[PendingTransaction]:
@@ -76,7 +76,7 @@ def status(zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None) ->
     """Mountpoint, owner, mode, last commit, pending transactions and leftovers of ``name``."""
     seen = view(zfs, name, policy)
     head = seen.head
-    commits = _commits(zfs, name) if head is not None else []  # the view has seen it exists
+    commits = _commits(zfs, name, head) if head is not None else []  # the view has seen it exists
     return RepositoryStatus(
         repository=name,
         exists=head is not None,

@@ -128,18 +128,28 @@ class CommandListing:
 
     def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
         """``dataset`` and its ``dataset.dsg-*`` siblings, described as ``programs.FAMILY``
-        describes them; the parent with its mountpoint. Two commands: the parent's children,
-        then the properties of the members only."""
+        describes them; the parent with its mountpoint. Two commands whatever the number
+        of siblings: the parent's children by name alone, then every property (with its
+        source) of the parent and the members."""
         parent, mark = dataset.rsplit("/", 1)[0], dataset + ".dsg-"
-        listed = self.run.json(
-            "list", "-d", "1", "-t", "filesystem", "-o", "name,mountpoint,origin", parent, missing_ok=True
-        )
-        if parent not in listed:
-            return {}
-        members = [n for n in listed if n != parent and (n == dataset or n.startswith(mark))]
-        local = self.run.json("get", "-s", "local,received", "all", *members, missing_ok=True) if members else {}
-        found = {name: self._described(listed[name], local.get(name) or {}, prefix, family=True) for name in members}
-        found[parent] = {"mountpoint": listed[parent].get("mountpoint", ("none", ""))[0]}
+        for _ in range(3):  # a member destroyed between the two commands: list again
+            try:
+                children = self.run("list", "-H", "-d", "1", "-t", "filesystem", "-o", "name", parent).splitlines()
+            except DatasetNotFoundError:
+                return {}
+            members = [n for n in children if n != parent and (n == dataset or n.startswith(mark))]
+            try:
+                props = self.run.json("get", "all", parent, *members)
+                break
+            except DatasetNotFoundError:
+                continue
+        else:
+            raise ZfsError(f"the datasets of {dataset} kept changing while they were listed", dataset=dataset)
+        missing = [name for name in (parent, *members) if name not in props]
+        if missing:
+            raise ZfsError(f"zfs get listed no properties of {', '.join(missing)}", dataset=dataset)
+        found = {name: self._described(props[name], props[name], prefix, family=True) for name in members}
+        found[parent] = {"mountpoint": props[parent].get("mountpoint", ("none", ""))[0]}
         return found
 
     @staticmethod
