@@ -256,7 +256,13 @@ def run(
             "-serial", "stdio",
         ]  # fmt: skip
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_us,  # noqa: PLW1509 (no threads here)
+        )
         try:
             _stream(proc, Watchdog(silence=silence_timeout, overall=timeout, started=started))
         except VMTimeout:
@@ -272,6 +278,16 @@ def run(
             raise VMError(f"the VM stopped (qemu exit {proc.returncode}) without reporting the command's exit code")
         _log(f"phase vm-total: {time.monotonic() - started:.1f}s")
         return int(rc_file.read_text().strip())
+
+
+def _die_with_us() -> None:
+    """Run in qemu's process before exec: the kernel kills it when this runner dies,
+    however it dies (a SIGTERM or SIGKILL skips the cleanup above), instead of leaving a
+    VM running on, orphaned, on a machine's cores."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _stream(
