@@ -63,6 +63,14 @@ P_RETENTION, P_KEEP = prop("retention"), prop("keep")
 # On a commit snapshot: when and by which transaction, with its message; on a snapshot
 # taken by request, when it was asked for.
 P_COMMITTED, P_MESSAGE, P_REQUESTED = prop("committed"), prop("message"), prop("requested")
+#: Every user property of ours this version sets, on datasets and snapshots: what the
+#: read-only commands ask ``zfs get`` for by name (``zfs.listing``), since asking for
+#: ``all`` makes ZFS compute every native property of every snapshot.
+OUR_PROPS = (
+    P_TX, P_PATTERN, P_REPO, P_MOUNTPOINT, P_OWNER, P_MODE, P_PATH, P_BEGUN, P_INHERITS, P_STATE,
+    P_COMMIT_MESSAGE, P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT, P_LEFT_BASES, P_RECOVERY_NOTE,
+    P_RETENTION, P_KEEP, P_COMMITTED, P_MESSAGE, P_REQUESTED,
+)  # fmt: skip
 
 
 def new_tx_id(now: datetime | None = None) -> str:

@@ -8,8 +8,11 @@ import json
 import random
 from typing import Any
 
+import pytest
+
+from dsg_storage import names
 from dsg_storage.errors import DatasetNotFoundError, ZfsError
-from dsg_storage.zfs.listing import CommandListing, ZfsCommand
+from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
 
 PREFIX = "dsg-storage:"
 REPO, WS = "tank/data/a", "tank/data/a.dsg-ws-20261203T000000Z-abcdef"
@@ -141,3 +144,61 @@ def test_output_that_is_not_zfs_json_is_our_error_never_a_traceback() -> None:
             CommandListing(Junk()).family(REPO, PREFIX)
         except ZfsError:
             pass
+
+
+def test_with_our_properties_known_a_snapshot_list_is_one_zfs_get_of_them() -> None:
+    snap = f"{REPO}@dsg-commit-1"
+    run = Canned(
+        {
+            ("get", "snapshot"): {
+                snap: _ds(
+                    snap,
+                    {
+                        "guid": ("18446744073709551615", "NONE"),
+                        "createtxg": ("9", "NONE"),
+                        "creation": ("5", "NONE"),
+                        "dsg-storage:tx": ("T", "LOCAL"),
+                        "dsg-storage:owner": ("0:0", "INHERITED"),  # the repository's: not the snapshot's
+                        "dsg-storage:message": ("-", "NONE"),  # not set
+                    },
+                )
+            }
+        }
+    )
+    (listed,) = CommandListing(run, known=names.OUR_PROPS).snapshots(REPO, PREFIX)
+    assert len(run.ran) == 1 and "all" not in run.ran[0] and "dsg-storage:message" in run.ran[0][-2]
+    assert snapshot_of(listed).user_props == {"dsg-storage:tx": "T"}
+    assert snapshot_of(listed).guid == 2**64 - 1
+
+
+def test_with_our_properties_known_filesystems_are_one_zfs_get() -> None:
+    run = Canned(
+        {
+            ("get", "-r"): {
+                REPO: _ds(
+                    REPO,
+                    {
+                        "mountpoint": ("/srv/a", "INHERITED"),
+                        "origin": ("-", "NONE"),
+                        "dsg-storage:owner": ("0:0", "LOCAL"),
+                    },
+                )
+            }
+        }
+    )
+    assert CommandListing(run, known=names.OUR_PROPS).filesystems(REPO, PREFIX) == {
+        REPO: {"dsg-storage:owner": "0:0", "mountpoint": "/srv/a"}
+    }
+    assert len(run.ran) == 1
+
+
+def test_every_property_of_ours_is_known() -> None:
+    """A property added to names.py and not to OUR_PROPS would vanish from status and
+    history (they list the known ones by name)."""
+    defined = {v for k, v in vars(names).items() if k.startswith("P_") and v.startswith(names.PROP_PREFIX)}
+    assert defined == set(names.OUR_PROPS)
+
+
+def test_a_snapshot_listed_without_its_numbers_is_our_error() -> None:
+    with pytest.raises(ZfsError):
+        snapshot_of({"name": f"{REPO}@x", "guid": "1"})

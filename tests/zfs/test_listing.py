@@ -11,7 +11,9 @@ from typing import Any
 
 from dsg_storage import Repository
 from dsg_storage.core.view import family_in
+from dsg_storage.names import PROP_PREFIX
 from dsg_storage.zfs.boundary import open_zfs
+from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
 from dsg_storage.zfs.programs import on_off
 
 from .cli import dsg_json
@@ -46,11 +48,16 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     replica = f"{sandbox.dataset}/there/survey"
 
     programs, commands = sandbox.zfs, open_zfs(sandbox.allow, listing="commands")
+    everything = CommandListing(ZfsCommand())  # what a read-only pool is listed with: all of ours
     for name in (repo.name, plain.name, replica, f"{parent}/none"):
         assert same(commands.family(name)) == same(programs.family(name)), name
-        assert commands.snapshots(name) == programs.snapshots(name) if name != f"{parent}/none" else True
-    assert same(commands.filesystems(sandbox.dataset)) == same(programs.filesystems(sandbox.dataset))
-    assert commands.filesystems(f"{parent}/none") == programs.filesystems(f"{parent}/none") == {}
+        if name != f"{parent}/none":
+            assert commands.snapshots(name) == programs.snapshots(name), name
+            full = sorted(map(snapshot_of, everything.snapshots(name, PROP_PREFIX)), key=lambda s: s.createtxg)
+            assert full == programs.snapshots(name), name
+    for under in (sandbox.dataset, f"{parent}/none"):
+        assert same(commands.filesystems(under)) == same(programs.filesystems(under)), under
+        assert same(everything.filesystems(under, PROP_PREFIX)) == same(programs.filesystems(under)), under
     # what the comparison covered
     family = programs.family(repo.name)
     assert len(family) == 3 and family[repo.name]["com.example:note"] == "a\tb\nc"

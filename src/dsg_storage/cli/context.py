@@ -82,9 +82,9 @@ class Context:
         return self.boundary(self.allow if allow is None else allow)
 
     def lists(self, allow: AllowList | None = None) -> ZfsPort:
-        """The boundary for a command that only reads (``status``, ``history``, ``repos``,
-        ``snapshot-ok``): its lists by ``zfs`` commands, confined to ``allow`` (default:
-        the command's allow-list)."""
+        """The boundary for a command that only reads one repository or a few datasets
+        (``status``, ``history``, ``snapshot-ok``): its lists by ``zfs`` commands, confined
+        to ``allow`` (default: the command's allow-list)."""
         return (self.lister or self.boundary)(self.allow if allow is None else allow)
 
     def repository(self, name: str) -> Repository:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
     """The reader the flags ask for (live, offline, cached), its access said on stderr;
-    ``lists_only``: the command reads lists alone (``history``, ``repos``), which live it
-    takes from ``zfs`` commands, without loading libzfs_core (``Context.lists``)."""
+    ``lists_only``: the command reads one repository's lists alone (``history``), which
+    live it takes from ``zfs`` commands, without loading libzfs_core (``Context.lists``)."""
     from ..read.cache import ENV as CACHE_ENV
     from ..read.cache import ReadCache
     from ..read.offline import open_offline
@@ -88,7 +88,9 @@ def repos(ctx: Context) -> int:
     import attrs
 
     args = ctx.args
-    with _reader(ctx, lists_only=True) as reader:
+    # Not lists_only: one history per repository, which through zfs commands would be
+    # processes per repository; channel programs are cheaper there.
+    with _reader(ctx) as reader:
         found = reader.repositories(args.under)
         extra = _access(ctx, reader, "repositories", args.under or str(reader.pool))
         ctx.emit(

@@ -155,9 +155,10 @@ class Zfs:
         self.command = ZfsCommand(preexec=self.host.syscalls.die_with_parent)
         if listing not in ("programs", "commands"):
             raise ValueError(f"listing is 'programs' or 'commands', not {listing!r}")
-        by_commands = CommandListing(self.command)
         self.listing: ProgramListing | CommandListing = (
-            by_commands if listing == "commands" else ProgramListing(self._read_program, by_commands)
+            CommandListing(self.command, known=_names.OUR_PROPS)
+            if listing == "commands"
+            else ProgramListing(self._read_program, CommandListing(self.command))
         )
 
     @property

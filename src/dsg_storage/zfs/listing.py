@@ -4,7 +4,7 @@
 changing call uses. ``CommandListing`` runs ``zfs list``/``zfs get -j -p``: a process of
 the ``zfs`` command costs less than loading libzfs_core (whose import parses its C
 declarations: ~1 s under emulation, where ``zfs list REPO`` takes ~60 ms), so the
-read-only commands (``status``, ``history``, ``repos``, ``snapshot-ok``) list this way and
+read-only commands (``status``, ``history``, ``snapshot-ok``) list this way and
 never load the bindings; and channel programs refuse a pool imported read-only (EROFS),
 so offline reads list this way too. Both give the same answers (the same keys, the same
 values as text): a real-ZFS test compares them.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import _log
@@ -99,13 +99,29 @@ def _own(props: Mapping[str, tuple[str, str]], prefix: str, *, any_local: bool =
 
 
 class CommandListing:
-    """The boundary's lists, read by running ``zfs list``/``zfs get`` (module docstring)."""
+    """The boundary's lists, read by running ``zfs list``/``zfs get`` (module docstring).
 
-    def __init__(self, run: ZfsCommand) -> None:
+    ``known``: our user properties by name (``names.OUR_PROPS``): snapshots and
+    filesystems are then listed by one ``zfs get`` of those and the few native ones
+    needed, where ``zfs get all`` would make ZFS work out every native property of every
+    snapshot (~40 ms each under emulation: 17 s for 300 snapshots, against 2.6 s). A
+    property of ours that this version does not know is then not listed; without
+    ``known`` (reading a read-only pool, where a bundle export must carry them all)
+    everything of ours is."""
+
+    def __init__(self, run: ZfsCommand, known: Sequence[str] | None = None) -> None:
         self.run = run
+        self.known = tuple(known) if known is not None else None
 
     def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
         """Snapshots of ``dataset``: name, guid, createtxg, creation, user (own properties)."""
+        if self.known is not None:
+            natives = ("guid", "createtxg", "creation")
+            got = self.run.json("get", "-t", "snapshot", "-d", "1", ",".join((*natives, *self.known)), dataset)
+            return [
+                {"name": name, **{k: props[k][0] for k in natives if k in props}, "user": _own(props, prefix)}
+                for name, props in got.items()
+            ]
         listed = self.run.json("list", "-t", "snapshot", "-d", "1", "-o", "name,guid,createtxg,creation", dataset)
         local = self.run.json("get", "-t", "snapshot", "-d", "1", "-s", "local,received", "all", dataset)
         return [
@@ -120,6 +136,10 @@ class CommandListing:
     def filesystems(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it: own user properties (ours received
         too), ``mountpoint``, ``origin`` for a clone. Empty if ``under`` is absent."""
+        if self.known is not None:
+            wanted = ",".join(("mountpoint", "origin", *self.known))
+            got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
+            return {name: self._described(props, props, prefix, family=False) for name, props in got.items()}
         listed = self.run.json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint,origin", under, missing_ok=True)
         local = self.run.json("get", "-r", "-t", "filesystem", "-s", "local,received", "all", under, missing_ok=True)
         return {
@@ -211,10 +231,13 @@ class PoolReadOnly(Exception):
 
 def snapshot_of(item: Mapping[str, Any]) -> Snapshot:
     """A listed snapshot (either listing's shape) as a ``Snapshot``."""
-    return Snapshot(
-        name=item["name"],
-        guid=u64(item["guid"]),
-        createtxg=int(item["createtxg"]),
-        creation=int(item["creation"]),
-        user_props=dict(item.get("user") or {}),
-    )
+    try:
+        return Snapshot(
+            name=item["name"],
+            guid=u64(item["guid"]),
+            createtxg=int(item["createtxg"]),
+            creation=int(item["creation"]),
+            user_props=dict(item.get("user") or {}),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ZfsError(f"a snapshot listed without its {exc}: {dict(item)!r:.200}") from exc
