@@ -45,6 +45,21 @@ def test_userland_answers_equal_the_kernels_live_answers(images: Path) -> None:
     assert reading == live
 
 
+def test_xattrs_read_in_userland_as_the_kernel_shows_them(images: Path) -> None:
+    binary = bytes(range(256)) * 4
+    with open_userland(str(images / "small.img")) as reader:
+        for repo in ("dsgul/repos/survey", "dsgul/dirx/old"):  # xattr=sa, xattr=dir
+            last = reader.history(repo)[-1].name
+            data = reader.stat(repo, "sub/deeper/data.bin")
+            assert data.xattrs == (("user.binary", binary), ("user.empty", b"")), repo
+            assert reader.stat(repo, "sub").xattrs == (("user.dir", b"on a directory"),), repo
+            assert reader.stat(repo, "file0.txt", commit=last).xattrs == (("user.note", b"note 0"),), repo
+            assert reader.stat(repo, "link").xattrs == () and data.xattrs_omitted == 0
+    live = json.loads((images / "small.live.json").read_text())
+    shown = {e["path"]: e["xattrs"] for e in live["files"]["dsgul/dirx/old@HEAD"]}
+    assert shown["sub"] == {"user.dir": "b24gYSBkaXJlY3Rvcnk="}  # the kernel saw them too
+
+
 def test_a_session_writes_not_one_byte(images: Path, tmp_path: Path) -> None:
     image = tmp_path / "small.img"
     shutil.copyfile(images / "small.img", image)

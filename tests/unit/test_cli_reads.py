@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 
 import pytest
 
@@ -63,6 +64,7 @@ def test_ls_and_stat_show_the_heads_files(cli: InProcess, monkeypatch: pytest.Mo
     entry = cli.ok("stat", REPO, "sub/b.txt")
     assert (entry["path"], entry["size"], entry["type"]) == ("sub/b.txt", 5, "file")
     assert cli.ok("ls", REPO, "sub", text=True).splitlines()[-1].endswith("\t5\tsub/b.txt")
+    assert entry["xattrs"] == {} and entry["xattrs_omitted"] == 0
     ran = cli("stat", REPO, "nope.txt")
     assert ran.status == 4 and ran.err == "access: live\ndsg-storage: nope.txt: no such file in the repository\n"
 
@@ -91,3 +93,14 @@ def test_reads_record_to_the_cache_and_cached_needs_offline(cli: InProcess) -> N
     assert ran.status == 2 and "go with --offline" in ran.err
     ran = cli("--cached", "--offline", "history", REPO)
     assert ran.status == 2 and "--cached needs a read cache" in ran.err
+
+
+def test_stat_shows_a_files_user_xattrs_in_base64(cli: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_files(cli, monkeypatch)
+    path = cli.tmp / "srv" / "a" / "a.txt"
+    os.setxattr(path, "user.checksum", b"sha256:\x00\xff")
+    os.setxattr(path, "user.origin", b"")
+    entry = cli.ok("stat", REPO, "a.txt")
+    assert entry["xattrs"] == {"user.checksum": base64.b64encode(b"sha256:\x00\xff").decode(), "user.origin": ""}
+    listed = {e["path"]: e["xattrs"] for e in cli.ok("ls", REPO)}
+    assert listed["a.txt"] == entry["xattrs"] and listed["sub/b.txt"] == {}

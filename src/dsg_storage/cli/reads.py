@@ -112,10 +112,10 @@ def stat(ctx: Context) -> int:
 
 
 def _entries(ctx: Context, reader: Reader, entries: list[Any], *, one: bool) -> int:
-    import attrs
+    from ..read.reader import entry_to_json
 
     fresh = reader.freshness("files", ctx.args.repo)[0]
-    records = [{**attrs.asdict(e), "access": reader.mode.value, "freshness": fresh, "age": 0.0} for e in entries]
+    records = [{**entry_to_json(e), "access": reader.mode.value, "freshness": fresh, "age": 0.0} for e in entries]
     ctx.emit(
         records[0] if one else records,
         "\n".join(f"{e.type}\t{e.mode}\t{e.uid}:{e.gid}\t{e.size}\t{shown(e.path or '.')}" for e in entries),

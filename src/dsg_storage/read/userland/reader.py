@@ -22,6 +22,7 @@ from ...core.history import find_snapshot
 from ...errors import InvalidArgumentError, PoolForeignError, PoolNotFoundError, PoolOpenError, RepositoryNotFoundError
 from ...zfs import zpool as _zpool
 from ...zfs.port import Catalog
+from .. import xattrs as _xattrs
 from ..reader import FileEntry, Mode, Reader
 from . import protocol, provision
 from .catalog import PoolCatalog
@@ -53,9 +54,13 @@ def entry_of(path: str, st: dict[str, Any]) -> FileEntry:
     if stat_.S_ISLNK(mode) and st.get("symlink") is not None:
         target = os.fsdecode(bytes.fromhex(st["symlink"]).rstrip(b"\0"))
     seconds, nanos = st["mtime"]
+    found = _xattrs.bounded(
+        (_xattrs.linux_name(name), None if value is None else bytes.fromhex(value))
+        for name, value in st.get("xattrs", [])
+    )
     return FileEntry(
         path, _kind(mode), int(st["size"]), f"{stat_.S_IMODE(mode):04o}", int(st["uid"]), int(st["gid"]),
-        seconds * 1_000_000_000 + nanos, target,
+        seconds * 1_000_000_000 + nanos, target, *found,
     )  # fmt: skip
 
 
