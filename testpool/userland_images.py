@@ -12,6 +12,9 @@ Real ZFS makes every image; the host never could. In OUTDIR:
   dataset that is not a repository; ``small.live.json``: what the kernel's live read of
   it answered (``testpool/parity.read_everything``), the reference the userland answers
   must equal.
+- ``crypt.img``: ``dsgul/passphrase`` (``keyformat=passphrase``) and ``dsgul/raw``
+  (``keyformat=raw``), encryption roots holding repositories ``survey`` and ``notes``;
+  ``crypt.json``: their keys (hex); ``crypt.live.json``: the live reading, keys loaded.
 - ``active.img``: a copy of a pool taken while it was imported (its labels say ACTIVE).
 - ``damaged.img``: ``small.img`` with one data block of ``damaged.json``'s file overwritten.
 - ``bench.img`` (``--bench``): 3,000 small files and one 512 MiB file, for benchmarks/.
@@ -41,6 +44,7 @@ MiB = 1 << 20
 POOL = "dsgul"
 #: The file whose block damaged.img breaks (incompressible, compression off).
 DAMAGED_FILE = "big/victim.bin"
+PASSPHRASE = "correct horse battery staple"
 
 
 def run(*args: str) -> str:
@@ -140,6 +144,29 @@ def active(out: Path) -> None:
         image.unlink()
 
 
+def crypt(out: Path, work: Path) -> None:
+    """Encrypted repositories: one under a passphrase, one under a raw key."""
+    image = out / "crypt.img"
+    temp = "dsgul-crypt"
+    keys = {"passphrase": PASSPHRASE.encode(), "raw": os.urandom(32)}
+    repos = {"passphrase": "survey", "raw": "notes"}  # mounted at work/mnt/<name>: one each
+    new_pool(image, 128 * MiB, temp)
+    try:
+        for form, key in keys.items():
+            keyfile = work / f"key-{form}"
+            keyfile.write_bytes(key)
+            run("zfs", "create", "-o", "encryption=on", "-o", f"keyformat={form}",
+                "-o", f"keylocation=file://{keyfile}", f"{temp}/{form}")  # fmt: skip
+            fill_repository(Repository(f"{temp}/{form}/{repos[form]}", allow=temp), work, 2)
+        with open_live() as reader:
+            live = read_everything(reader, temp)
+        text = json.dumps(live, sort_keys=True, indent=1)
+        (out / "crypt.live.json").write_text(text.replace(f'"{temp}/', f'"{POOL}/').replace(f'"{temp}@', f'"{POOL}@'))
+    finally:
+        run("zpool", "export", temp)
+    (out / "crypt.json").write_text(json.dumps({form: key.hex() for form, key in keys.items()}))
+
+
 def bench(out: Path, work: Path) -> None:
     image = out / "bench.img"
     temp = "dsgul-bench"
@@ -168,6 +195,7 @@ def main(argv: list[str]) -> int:
     local = Path(run("mktemp", "-d", "-p", "/var/tmp").strip())
     small(local, work)
     active(local)
+    crypt(local, work)
     if "--bench" in argv[1:]:
         bench(local, work)
     for made in sorted(local.iterdir()):

@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
+
+from dsg_storage.errors import DsgStorageError
 
 from .conftest import InProcess
 
@@ -104,3 +107,18 @@ def test_stat_shows_a_files_user_xattrs_in_base64(cli: InProcess, monkeypatch: p
     assert entry["xattrs"] == {"user.checksum": base64.b64encode(b"sha256:\x00\xff").decode(), "user.origin": ""}
     listed = {e["path"]: e["xattrs"] for e in cli.ok("ls", REPO)}
     assert listed["a.txt"] == entry["xattrs"] and listed["sub/b.txt"] == {}
+
+
+def test_key_files_name_their_encryption_root_or_every_one(cli: InProcess, tmp_path: Path) -> None:
+    from dsg_storage.cli.reads import _key_files
+
+    (tmp_path / "k").write_bytes(b"one passphrase\n")
+    (tmp_path / "a=b").write_bytes(b"raw")
+    assert _key_files([f"tank/secret={tmp_path / 'k'}", str(tmp_path / "a=b")]) == {
+        "tank/secret": b"one passphrase\n",
+        "": b"raw",
+    }
+    with pytest.raises(DsgStorageError, match="two keys for every encryption root"):
+        _key_files([str(tmp_path / "k"), str(tmp_path / "k")])
+    ran = cli("--key-file", str(tmp_path / "k"), "ls", REPO)
+    assert ran.status != 0 and "--key-file go with --userland" in ran.err

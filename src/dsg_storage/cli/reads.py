@@ -40,9 +40,10 @@ def _reader(ctx: Context) -> Iterator[Reader]:
 
         if args.offline or args.cached or not args.search_path:
             raise InvalidArgumentError("--userland takes --search-path PATHS (and --pool, --force); not --offline")
-        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.force)
-    elif args.force:
-        raise InvalidArgumentError("--force goes with --userland")
+        keys = _key_files(args.key_file or [])
+        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.force, keys=keys)
+    elif args.force or args.key_file:
+        raise InvalidArgumentError("--force and --key-file go with --userland")
     elif args.offline:
         reader = open_offline(args.search_path, pool=args.pool, cache=cache, cached=args.cached)
     elif args.search_path or args.pool or args.cached:
@@ -52,6 +53,21 @@ def _reader(ctx: Context) -> Iterator[Reader]:
     with reader:
         ctx.note(f"access: {shown(reader.describe())}")
         yield reader
+
+
+def _key_files(given: list[str]) -> dict[str, bytes]:
+    """``--key-file [ROOT=]FILE`` values as ``open_userland``'s keys (the files read here)."""
+    from ..read.userland import read_key_file
+
+    keys: dict[str, bytes] = {}
+    for value in given:
+        root, sep, path = value.partition("=")
+        if not sep or root.startswith((".", "/")):  # no ROOT=: a path, perhaps holding '='
+            root, path = "", value
+        if root in keys:
+            raise InvalidArgumentError(f"--key-file: two keys for {root or 'every encryption root'}")
+        keys[root] = read_key_file(path)
+    return keys
 
 
 def _access(ctx: Context, reader: Reader, kind: str, key: str) -> dict[str, Any]:

@@ -71,6 +71,8 @@ MAX_NAME = 1024  # zap_attribute_alloc's name buffer (ZAP_MAXNAMELEN)
 MAX_XATTRS = 256
 MAX_XATTR_VALUE = 64 << 10
 DATA_TYPE_BYTE_ARRAY = 10
+DCP_CMD_NONE = 0
+EACCES, EEXIST, ECKSUM = 13, 17, 52  # ECKSUM is EBADE in libzpool
 
 
 class ImportArgs(ctypes.Structure):  # importargs_t (libzutil.h, OpenZFS 2.3)
@@ -144,6 +146,12 @@ class Zpool:
         z.sa_handle_destroy.argtypes = [c_void_p]
         nv.nvlist_unpack.argtypes = [c_char_p, ctypes.c_size_t, c_void_p, c_int]
         nv.nvlist_free.argtypes = [c_void_p]
+        nv.fnvlist_alloc.restype = c_void_p
+        nv.fnvlist_free.argtypes = [c_void_p]
+        nv.fnvlist_add_uint8_array.argtypes = [c_void_p, c_char_p, c_void_p, c_uint32]
+        z.dsl_crypto_params_create_nvlist.argtypes = [c_int, c_void_p, c_void_p, c_void_p]
+        z.dsl_crypto_params_free.argtypes = [c_void_p, c_int]
+        z.spa_keystore_load_wkey.argtypes = [c_char_p, c_void_p, c_int]
         z.kernel_init(SPA_MODE_READ)
         self.pool: str | None = None
         self.objsets: dict[str, tuple[int, Any]] = {}  # name -> (objset, SA table)
@@ -257,7 +265,9 @@ class Zpool:
         if name in self.objsets:
             return self.objsets[name]
         os_ = c_void_p()
-        err = self.z.dmu_objset_hold_flags(name.encode(), 0, self._tag, byref(os_))
+        # decrypt: an encrypted dataset reads through the key loaded by load_key (EACCES
+        # without it); an unencrypted one ignores the flag
+        err = self.z.dmu_objset_hold_flags(name.encode(), 1, self._tag, byref(os_))
         if err:
             raise Failed(err, f"{name}: {os.strerror(err)}")
         self.z.dsl_dataset_long_hold(c_void_p(self.z.dmu_objset_ds(os_)), self._tag)
@@ -363,6 +373,28 @@ class Zpool:
             raise Failed(err, f"object {obj}: {what}: {os.strerror(err)}")
         return buf.raw[: size.value]
 
+    def load_key(self, root: str, key: bytes) -> dict[str, Any]:
+        """Load the wrapping key of encryption root ``root`` (as zdb -K does); a wrong key
+        is EACCES, at once."""
+        z, nv = self.z, self.nv
+        params = c_void_p(nv.fnvlist_alloc())
+        dcp = c_void_p()
+        try:
+            data = (ctypes.c_uint8 * len(key)).from_buffer_copy(key)
+            nv.fnvlist_add_uint8_array(params, b"wkeydata", data, len(key))
+            err = z.dsl_crypto_params_create_nvlist(DCP_CMD_NONE, None, params, byref(dcp))
+            if err:
+                raise Failed(err, f"{root}: the key is not usable: {os.strerror(err)}")
+            err = z.spa_keystore_load_wkey(root.encode(), dcp, 0)
+            z.dsl_crypto_params_free(dcp, 1 if err else 0)  # once loaded, the keystore owns it
+        finally:
+            nv.fnvlist_free(params)
+        if err in (EACCES, ECKSUM):
+            raise Failed(EACCES, f"{root}: wrong key")
+        if err and err != EEXIST:  # EEXIST: loaded already
+            raise Failed(err, f"{root}: the key could not be loaded: {os.strerror(err)}")
+        return {"root": root}
+
     # ------------------------------------------------------------------ xattrs
     def xattrs(self, name: str, obj: int, directory: int | None, packed: bytes | None) -> list[list[Any]]:
         """[[name as stored, value in hex or None if too large]...]: those of the file's
@@ -446,6 +478,7 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
         "entries": lambda r: zpool.entries(str(r["dataset"]), int(r["obj"])),
         "stat": lambda r: zpool.stat(str(r["dataset"]), int(r["obj"])),
         "walk": lambda r: walk(zpool, str(r["dataset"]), int(r["obj"]), out),
+        "load_key": lambda r: zpool.load_key(str(r["root"]), bytes.fromhex(str(r["key"]))),
         "read": lambda r: zpool.read(str(r["dataset"]), int(r["obj"]), int(r["offset"]), int(r["length"]), out),
     }
     for line in requests:
