@@ -464,7 +464,7 @@ class Zpool:
             if err:
                 raise Failed(err, f"object {obj} at offset {offset + done}: {os.strerror(err)}")
             out.write(b'{"data": %d}\n' % n)
-            out.write(buf.raw[:n])
+            out.write(memoryview(buf)[:n])
             done += n
         return done
 
