@@ -28,7 +28,7 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dsg_storage.read.offline import open_offline
-from dsg_storage.read.reader import Reader, commit_to_json, open_live
+from dsg_storage.read.reader import Reader, commit_to_json, entry_to_json, open_live
 from dsg_storage.zfs import zpool as _zpool
 
 
@@ -42,7 +42,7 @@ def read_everything(reader: Reader, under: str) -> dict[str, Any]:
         for commit in [None, *(c.name for c in commits)]:
             listing = []
             for entry in reader.files(repo.name, commit=commit):
-                record = vars_of(entry)
+                record = entry_to_json(entry)
                 if entry.type == "file":
                     record["sha256"] = hashlib.sha256(reader.read(repo.name, entry.path, commit=commit)).hexdigest()
                 listing.append(record)

@@ -5,11 +5,16 @@
 
 Real ZFS makes every image; the host never could. In OUTDIR:
 
-- ``small.img``: pool ``dsgul``, exported, holding two repositories written through the
-  library (regular, empty, sparse and hard-linked files, a directory tree, a symbolic
-  link, a fifo, extended attributes, several commits), a plain dataset that is not a
-  repository; ``small.live.json``: what the kernel's live read of it answered
-  (``testpool/parity.read_everything``), the reference the userland answers must equal.
+- ``small.img``: pool ``dsgul``, exported, holding three repositories written through
+  the library (regular, empty, sparse and hard-linked files, a directory tree, a symbolic
+  link, a fifo, extended attributes: in the files' SA under ``repos/`` (``xattr=sa``),
+  in hidden directories under ``dirx/`` (``xattr=dir``); several commits), a plain
+  dataset that is not a repository; ``small.live.json``: what the kernel's live read of
+  it answered (``testpool/parity.read_everything``), the reference the userland answers
+  must equal.
+- ``crypt.img``: ``dsgul/passphrase`` (``keyformat=passphrase``) and ``dsgul/raw``
+  (``keyformat=raw``), encryption roots holding repositories ``survey`` and ``notes``;
+  ``crypt.json``: their keys (hex); ``crypt.live.json``: the live reading, keys loaded.
 - ``active.img``: a copy of a pool taken while it was imported (its labels say ACTIVE).
 - ``damaged.img``: ``small.img`` with one data block of ``damaged.json``'s file overwritten.
 - ``bench.img`` (``--bench``): 3,000 small files and one 512 MiB file, for benchmarks/.
@@ -39,6 +44,7 @@ MiB = 1 << 20
 POOL = "dsgul"
 #: The file whose block damaged.img breaks (incompressible, compression off).
 DAMAGED_FILE = "big/victim.bin"
+PASSPHRASE = "correct horse battery staple"
 
 
 def run(*args: str) -> str:
@@ -79,6 +85,9 @@ def fill_repository(repo: Repository, work: Path, commits: int) -> None:
             if not (root / "fifo").exists():
                 os.mkfifo(root / "fifo")
             os.setxattr(root / f"file{n}.txt", "user.note", f"note {n}".encode())
+            os.setxattr(root / "sub" / "deeper" / "data.bin", "user.binary", bytes(range(256)) * 4)
+            os.setxattr(root / "sub" / "deeper" / "data.bin", "user.empty", b"")
+            os.setxattr(root / "sub", "user.dir", b"on a directory")
             os.chown(root / "empty", 1234, 5678)
             os.utime(root / "empty", ns=(1_600_000_000_123_456_789, 1_600_000_000_987_654_321))
             (root / "big").mkdir(exist_ok=True)
@@ -91,10 +100,13 @@ def small(out: Path, work: Path) -> None:
     temp = "dsgul-small"
     new_pool(image, 256 * MiB, temp, "-O", "compression=off")
     try:
-        run("zfs", "create", f"{temp}/repos")
+        # xattrs kept in the files' SA (Linux's usual) under repos/, in hidden directories under dirx/
+        run("zfs", "create", "-o", "xattr=sa", f"{temp}/repos")
+        run("zfs", "create", "-o", "xattr=dir", f"{temp}/dirx")
         run("zfs", "create", "-o", "mountpoint=none", f"{temp}/plain")
         fill_repository(Repository(f"{temp}/repos/survey", allow=temp), work, 3)
         fill_repository(Repository(f"{temp}/repos/notes", allow=temp), work, 1)
+        fill_repository(Repository(f"{temp}/dirx/old", allow=temp), work, 1)
         with open_live() as reader:
             live = read_everything(reader, temp)
             # where damaged.img breaks a block: the victim of the last commit of survey
@@ -132,6 +144,29 @@ def active(out: Path) -> None:
         image.unlink()
 
 
+def crypt(out: Path, work: Path) -> None:
+    """Encrypted repositories: one under a passphrase, one under a raw key."""
+    image = out / "crypt.img"
+    temp = "dsgul-crypt"
+    keys = {"passphrase": PASSPHRASE.encode(), "raw": os.urandom(32)}
+    repos = {"passphrase": "survey", "raw": "notes"}  # mounted at work/mnt/<name>: one each
+    new_pool(image, 128 * MiB, temp)
+    try:
+        for form, key in keys.items():
+            keyfile = work / f"key-{form}"
+            keyfile.write_bytes(key)
+            run("zfs", "create", "-o", "encryption=on", "-o", f"keyformat={form}",
+                "-o", f"keylocation=file://{keyfile}", f"{temp}/{form}")  # fmt: skip
+            fill_repository(Repository(f"{temp}/{form}/{repos[form]}", allow=temp), work, 2)
+        with open_live() as reader:
+            live = read_everything(reader, temp)
+        text = json.dumps(live, sort_keys=True, indent=1)
+        (out / "crypt.live.json").write_text(text.replace(f'"{temp}/', f'"{POOL}/').replace(f'"{temp}@', f'"{POOL}@'))
+    finally:
+        run("zpool", "export", temp)
+    (out / "crypt.json").write_text(json.dumps({form: key.hex() for form, key in keys.items()}))
+
+
 def bench(out: Path, work: Path) -> None:
     image = out / "bench.img"
     temp = "dsgul-bench"
@@ -160,6 +195,7 @@ def main(argv: list[str]) -> int:
     local = Path(run("mktemp", "-d", "-p", "/var/tmp").strip())
     small(local, work)
     active(local)
+    crypt(local, work)
     if "--bench" in argv[1:]:
         bench(local, work)
     for made in sorted(local.iterdir()):

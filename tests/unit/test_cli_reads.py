@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
+
+from dsg_storage.errors import DsgStorageError
 
 from .conftest import InProcess
 
@@ -63,6 +67,7 @@ def test_ls_and_stat_show_the_heads_files(cli: InProcess, monkeypatch: pytest.Mo
     entry = cli.ok("stat", REPO, "sub/b.txt")
     assert (entry["path"], entry["size"], entry["type"]) == ("sub/b.txt", 5, "file")
     assert cli.ok("ls", REPO, "sub", text=True).splitlines()[-1].endswith("\t5\tsub/b.txt")
+    assert entry["xattrs"] == {} and entry["xattrs_omitted"] == 0
     ran = cli("stat", REPO, "nope.txt")
     assert ran.status == 4 and ran.err == "access: live\ndsg-storage: nope.txt: no such file in the repository\n"
 
@@ -91,3 +96,29 @@ def test_reads_record_to_the_cache_and_cached_needs_offline(cli: InProcess) -> N
     assert ran.status == 2 and "go with --offline" in ran.err
     ran = cli("--cached", "--offline", "history", REPO)
     assert ran.status == 2 and "--cached needs a read cache" in ran.err
+
+
+def test_stat_shows_a_files_user_xattrs_in_base64(cli: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_files(cli, monkeypatch)
+    path = cli.tmp / "srv" / "a" / "a.txt"
+    os.setxattr(path, "user.checksum", b"sha256:\x00\xff")
+    os.setxattr(path, "user.origin", b"")
+    entry = cli.ok("stat", REPO, "a.txt")
+    assert entry["xattrs"] == {"user.checksum": base64.b64encode(b"sha256:\x00\xff").decode(), "user.origin": ""}
+    listed = {e["path"]: e["xattrs"] for e in cli.ok("ls", REPO)}
+    assert listed["a.txt"] == entry["xattrs"] and listed["sub/b.txt"] == {}
+
+
+def test_key_files_name_their_encryption_root_or_every_one(cli: InProcess, tmp_path: Path) -> None:
+    from dsg_storage.cli.reads import _key_files
+
+    (tmp_path / "k").write_bytes(b"one passphrase\n")
+    (tmp_path / "a=b").write_bytes(b"raw")
+    assert _key_files([f"tank/secret={tmp_path / 'k'}", str(tmp_path / "a=b")]) == {
+        "tank/secret": b"one passphrase\n",
+        "": b"raw",
+    }
+    with pytest.raises(DsgStorageError, match="two keys for every encryption root"):
+        _key_files([str(tmp_path / "k"), str(tmp_path / "k")])
+    ran = cli("--key-file", str(tmp_path / "k"), "ls", REPO)
+    assert ran.status != 0 and "--key-file go with --userland" in ran.err

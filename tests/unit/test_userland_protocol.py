@@ -117,6 +117,12 @@ STAT = {
 def test_entries_are_made_from_checked_stats() -> None:
     link = {**STAT, "mode": 0o120777, "symlink": b"sub/x".hex()}
     assert entry_of("a", protocol.stat_record(STAT)).mtime_ns == 3_000_000_004
+    # xattrs as ZFS stores them: with their namespace, or without (Solaris-style: user's)
+    tagged = {**STAT, "xattrs": [["user.a", b"1".hex()], ["b", ""], ["trusted.t", "00"], ["user.big", None]]}
+    entry = entry_of("a", protocol.stat_record(tagged))
+    assert entry.xattrs == (("user.a", b"1"), ("user.b", b"")) and entry.xattrs_omitted == 1
+    with pytest.raises(protocol.HelperProtocolError, match="xattrs"):
+        protocol.stat_record({**STAT, "xattrs": [["user.a", "zz"]]})
     assert entry_of("l", protocol.stat_record(link)).target == "sub/x"
     assert entry_of("l", protocol.stat_record(link)).type == "symlink"
 
@@ -180,6 +186,12 @@ def _check_all(message: dict[str, Any]) -> None:
             check(message)  # type: ignore[operator]
         except protocol.HelperProtocolError:
             pass  # refused: what the test wants of bad input
+        try:
+            found = protocol.entry(message)
+            if found is not None:
+                entry_of(*found)  # a stat that passed the checks always makes an entry
+        except protocol.HelperProtocolError:
+            pass
         for value in message.values():
             try:
                 protocol.stat_record(value)
@@ -196,6 +208,7 @@ def test_fuzzed_helper_lines_are_refused_cleanly() -> None:
         b'{"data": 1048576}',
         json.dumps({"ok": True, "result": [{"name": "p", "pool_guid": 1, "state": 1, "hostid": 0}]}).encode(),
         json.dumps({"entry": ["a/b", STAT]}).encode(),
+        json.dumps({"entry": ["a/c", {**STAT, "xattrs": [["user.n", "6869"], ["x", None]]}]}).encode(),
         json.dumps({"ok": True, "result": [{"name": "p/r", "objset_type": 2, "props": {}}]}).encode(),
         b'{"ok": false, "errno": 52, "error": "checksum"}',
     ]

@@ -22,7 +22,7 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 #: Global options that take a value (``--opt VALUE``): what ``command_in`` skips over. One
 #: added to ``build`` but not here fails safe: ``command_in`` then finds no command, and
 #: the whole grammar is built.
-_VALUED = ("--allow", "--search-path", "--pool", "--cache")
+_VALUED = ("--allow", "--search-path", "--pool", "--cache", "--key-file")
 _FLAGS = ("--json", "--verbose", "-v", "--offline", "--userland", "--force", "--cached", "--primary")
 
 
@@ -73,6 +73,13 @@ def build(only: str | None = None) -> argparse.ArgumentParser:
         help="with --offline: files, directories or devices to search (repeatable; colon-separated accepted)",
     )
     parser.add_argument("--pool", metavar="NAME|ID", help="with --offline: which pool, when the paths hold several")
+    parser.add_argument(
+        "--key-file",
+        action="append",
+        metavar="[ROOT=]FILE",
+        help="with --userland: the key of encryption root ROOT (default: of every encrypted dataset) "
+        "as zfs load-key reads it (repeatable; ./FILE for a file whose name holds '=')",
+    )
     parser.add_argument(
         "--cache", metavar="FILE", help="read cache: live reads are recorded there ($DSG_STORAGE_CACHE)"
     )

@@ -42,9 +42,10 @@ def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
 
         if args.offline or args.cached or not args.search_path:
             raise InvalidArgumentError("--userland takes --search-path PATHS (and --pool, --force); not --offline")
-        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.force)
-    elif args.force:
-        raise InvalidArgumentError("--force goes with --userland")
+        keys = _key_files(args.key_file or [])
+        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.force, keys=keys)
+    elif args.force or args.key_file:
+        raise InvalidArgumentError("--force and --key-file go with --userland")
     elif args.offline:
         reader = open_offline(args.search_path, pool=args.pool, cache=cache, cached=args.cached)
     elif args.search_path or args.pool or args.cached:
@@ -54,6 +55,21 @@ def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
     with reader:
         ctx.note(f"access: {shown(reader.describe())}")
         yield reader
+
+
+def _key_files(given: list[str]) -> dict[str, bytes]:
+    """``--key-file [ROOT=]FILE`` values as ``open_userland``'s keys (the files read here)."""
+    from ..read.userland import read_key_file
+
+    keys: dict[str, bytes] = {}
+    for value in given:
+        root, sep, path = value.partition("=")
+        if not sep or root.startswith((".", "/")):  # no ROOT=: a path, perhaps holding '='
+            root, path = "", value
+        if root in keys:
+            raise InvalidArgumentError(f"--key-file: two keys for {root or 'every encryption root'}")
+        keys[root] = read_key_file(path)
+    return keys
 
 
 def _access(ctx: Context, reader: Reader, kind: str, key: str) -> dict[str, Any]:
@@ -116,10 +132,10 @@ def stat(ctx: Context) -> int:
 
 
 def _entries(ctx: Context, reader: Reader, entries: list[Any], *, one: bool) -> int:
-    import attrs
+    from ..read.reader import entry_to_json
 
     fresh = reader.freshness("files", ctx.args.repo)[0]
-    records = [{**attrs.asdict(e), "access": reader.mode.value, "freshness": fresh, "age": 0.0} for e in entries]
+    records = [{**entry_to_json(e), "access": reader.mode.value, "freshness": fresh, "age": 0.0} for e in entries]
     ctx.emit(
         records[0] if one else records,
         "\n".join(f"{e.type}\t{e.mode}\t{e.uid}:{e.gid}\t{e.size}\t{shown(e.path or '.')}" for e in entries),

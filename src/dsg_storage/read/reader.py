@@ -47,6 +47,7 @@ from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.mounts import reader_dir_prefix
 from ..zfs.port import Catalog, ZfsPort
+from . import xattrs as _xattrs
 from .cache import ReadCache, age_of
 
 _R = TypeVar("_R", "RepositoryInfo", Commit)
@@ -74,9 +75,14 @@ class FileEntry:
     gid: int
     mtime_ns: int
     target: str | None = None  # a symlink's target
+    #: user.* extended attributes, (name, value) by name, bounded (see read/xattrs.py)
+    xattrs: _xattrs.Xattrs = ()
+    xattrs_omitted: int = 0  # user.* attributes past the bound, or not readable here
 
     @classmethod
-    def of(cls, path: str, st: os.stat_result, target: str | None) -> FileEntry:
+    def of(
+        cls, path: str, st: os.stat_result, target: str | None, found: tuple[_xattrs.Xattrs, int] = ((), 0)
+    ) -> FileEntry:
         kind = (
             "dir"
             if stat_.S_ISDIR(st.st_mode)
@@ -87,8 +93,9 @@ class FileEntry:
             else "other"
         )
         return cls(
-            path, kind, st.st_size, f"{stat_.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid, st.st_mtime_ns, target
-        )
+            path, kind, st.st_size, f"{stat_.S_IMODE(st.st_mode):04o}", st.st_uid, st.st_gid, st.st_mtime_ns, target,
+            *found,
+        )  # fmt: skip
 
 
 @attrs.frozen
@@ -105,7 +112,7 @@ def _entry_at(dirfd: int, name: str, rel: str) -> FileEntry:
     """The entry ``name`` of ``dirfd`` ("" for the directory itself), never following a link."""
     st = os.stat(name or ".", dir_fd=dirfd, follow_symlinks=False)
     target = os.readlink(name, dir_fd=dirfd) if name and stat_.S_ISLNK(st.st_mode) else None
-    return FileEntry.of(rel, st, target)
+    return FileEntry.of(rel, st, target, _xattrs.read_at(dirfd, name))
 
 
 def _open_root(path: str) -> int:
@@ -123,6 +130,11 @@ def _has_fields(item: object, fields: dict[str, Any]) -> bool:
 
 def commit_to_json(commit: Commit) -> dict[str, Any]:
     return {**attrs.asdict(commit), "name": commit.name}
+
+
+def entry_to_json(entry: FileEntry) -> dict[str, Any]:
+    """A FileEntry as ``--json`` shows it: its fields, the xattr values in base64."""
+    return {**attrs.asdict(entry), "xattrs": _xattrs.to_json(entry.xattrs)}
 
 
 class Reader:

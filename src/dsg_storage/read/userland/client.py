@@ -9,6 +9,7 @@ the session is over: every later call raises the same kind of error at once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import subprocess
@@ -62,6 +63,8 @@ class Helper:
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self._out = self.proc.stdout.fileno()
         os.set_blocking(self._out, False)
+        with contextlib.suppress(OSError):  # 1 MiB frames in one piece (Linux's default pipe is 64 KiB)
+            fcntl.fcntl(self._out, fcntl.F_SETPIPE_SZ, 1 << 20)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._out, selectors.EVENT_READ)
         self.pid = protocol.hello(protocol.parse(self._line(self._deadline(None))))
@@ -156,7 +159,8 @@ class Helper:
     def _exactly(self, size: int, deadline: float) -> bytes:
         while len(self._buffer) < size:
             self._fill(deadline)
-        data = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:size])
         del self._buffer[:size]
         return data
 

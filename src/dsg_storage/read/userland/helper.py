@@ -66,6 +66,13 @@ ZPL = {
 ZPL_END = len(ZPL)
 CHUNK = 1 << 20
 MAX_NAME = 1024  # zap_attribute_alloc's name buffer (ZAP_MAXNAMELEN)
+#: Extended attributes sent per file at most, and the largest value sent (Linux's
+#: XATTR_SIZE_MAX); a larger one is sent as null. The parent bounds them further.
+MAX_XATTRS = 256
+MAX_XATTR_VALUE = 64 << 10
+DATA_TYPE_BYTE_ARRAY = 10
+DCP_CMD_NONE = 0
+EACCES, EEXIST, ECKSUM = 13, 17, 52  # ECKSUM is EBADE in libzpool
 
 
 class ImportArgs(ctypes.Structure):  # importargs_t (libzutil.h, OpenZFS 2.3)
@@ -137,6 +144,14 @@ class Zpool:
         z.sa_lookup.argtypes = [c_void_p, c_uint16, c_void_p, c_uint32]
         z.sa_size.argtypes = [c_void_p, c_uint16, c_void_p]
         z.sa_handle_destroy.argtypes = [c_void_p]
+        nv.nvlist_unpack.argtypes = [c_char_p, ctypes.c_size_t, c_void_p, c_int]
+        nv.nvlist_free.argtypes = [c_void_p]
+        nv.fnvlist_alloc.restype = c_void_p
+        nv.fnvlist_free.argtypes = [c_void_p]
+        nv.fnvlist_add_uint8_array.argtypes = [c_void_p, c_char_p, c_void_p, c_uint32]
+        z.dsl_crypto_params_create_nvlist.argtypes = [c_int, c_void_p, c_void_p, c_void_p]
+        z.dsl_crypto_params_free.argtypes = [c_void_p, c_int]
+        z.spa_keystore_load_wkey.argtypes = [c_char_p, c_void_p, c_int]
         z.kernel_init(SPA_MODE_READ)
         self.pool: str | None = None
         self.objsets: dict[str, tuple[int, Any]] = {}  # name -> (objset, SA table)
@@ -250,7 +265,9 @@ class Zpool:
         if name in self.objsets:
             return self.objsets[name]
         os_ = c_void_p()
-        err = self.z.dmu_objset_hold_flags(name.encode(), 0, self._tag, byref(os_))
+        # decrypt: an encrypted dataset reads through the key loaded by load_key (EACCES
+        # without it); an unencrypted one ignores the flag
+        err = self.z.dmu_objset_hold_flags(name.encode(), 1, self._tag, byref(os_))
         if err:
             raise Failed(err, f"{name}: {os.strerror(err)}")
         self.z.dsl_dataset_long_hold(c_void_p(self.z.dmu_objset_ds(os_)), self._tag)
@@ -338,13 +355,15 @@ class Zpool:
                 if err:
                     raise Failed(err, f"object {obj}: {attr}: {os.strerror(err)}")
                 out[attr] = [pair[0], pair[1]]
-            for attr in ("symlink", "dxattr"):
-                out[attr] = self._variable(hdl, table[ZPL[attr]], obj, attr)
+            link = self._variable(hdl, table[ZPL["symlink"]], obj, "symlink")
+            out["symlink"] = None if link is None else link.hex()
+            packed = self._variable(hdl, table[ZPL["dxattr"]], obj, "dxattr")
         finally:
             self.z.sa_handle_destroy(hdl)
+        out["xattrs"] = self.xattrs(name, obj, out["xattr"], packed)
         return out
 
-    def _variable(self, hdl: Any, attr: int, obj: int, what: str) -> str | None:
+    def _variable(self, hdl: Any, attr: int, obj: int, what: str) -> bytes | None:
         size = c_int()
         if self.z.sa_size(hdl, attr, byref(size)) != 0:
             return None
@@ -352,7 +371,88 @@ class Zpool:
         err = self.z.sa_lookup(hdl, attr, buf, size.value)
         if err:
             raise Failed(err, f"object {obj}: {what}: {os.strerror(err)}")
-        return buf.raw[: size.value].hex()
+        return buf.raw[: size.value]
+
+    def load_key(self, root: str, key: bytes) -> dict[str, Any]:
+        """Load the wrapping key of encryption root ``root`` (as zdb -K does); a wrong key
+        is EACCES, at once."""
+        z, nv = self.z, self.nv
+        params = c_void_p(nv.fnvlist_alloc())
+        dcp = c_void_p()
+        try:
+            data = (ctypes.c_uint8 * len(key)).from_buffer_copy(key)
+            nv.fnvlist_add_uint8_array(params, b"wkeydata", data, len(key))
+            err = z.dsl_crypto_params_create_nvlist(DCP_CMD_NONE, None, params, byref(dcp))
+            if err:
+                raise Failed(err, f"{root}: the key is not usable: {os.strerror(err)}")
+            err = z.spa_keystore_load_wkey(root.encode(), dcp, 0)
+            z.dsl_crypto_params_free(dcp, 1 if err else 0)  # once loaded, the keystore owns it
+        finally:
+            nv.fnvlist_free(params)
+        if err in (EACCES, ECKSUM):
+            raise Failed(EACCES, f"{root}: wrong key")
+        if err and err != EEXIST:  # EEXIST: loaded already
+            raise Failed(err, f"{root}: the key could not be loaded: {os.strerror(err)}")
+        return {"root": root}
+
+    # ------------------------------------------------------------------ xattrs
+    def xattrs(self, name: str, obj: int, directory: int | None, packed: bytes | None) -> list[list[Any]]:
+        """[[name as stored, value in hex or None if too large]...]: those of the file's
+        hidden xattr directory (``xattr=dir``), then those in its SA (``xattr=sa``),
+        which win on a name held by both, as the ZPL reads them."""
+        found: dict[str, str | None] = {}
+        if directory:
+            for child, child_obj in self.entries(name, directory)[:MAX_XATTRS]:
+                found[child] = self._xattr_value(name, child_obj)
+        if packed:
+            found.update(self._sa_xattrs(obj, packed))
+        return [[n, v] for n, v in sorted(found.items())[:MAX_XATTRS]]
+
+    def _xattr_value(self, name: str, obj: int) -> str | None:
+        """The contents of an xattr directory's file, hex; None past MAX_XATTR_VALUE."""
+        size = self.stat_size(name, obj)
+        if size > MAX_XATTR_VALUE:
+            return None
+        os_, _ = self.objset(name)
+        buf = ctypes.create_string_buffer(max(size, 1))
+        err = self.z.dmu_read(c_void_p(os_), obj, 0, size, buf, 0)
+        if err:
+            raise Failed(err, f"xattr object {obj}: {os.strerror(err)}")
+        return buf.raw[:size].hex()
+
+    def stat_size(self, name: str, obj: int) -> int:
+        os_, table = self.objset(name)
+        hdl, size = c_void_p(), c_uint64()
+        err = self.z.sa_handle_get(c_void_p(os_), obj, None, SA_HDL_PRIVATE, byref(hdl))
+        if err:
+            raise Failed(err, f"object {obj}: {os.strerror(err)}")
+        try:
+            err = self.z.sa_lookup(hdl, table[ZPL["size"]], byref(size), 8)
+        finally:
+            self.z.sa_handle_destroy(hdl)
+        if err:
+            raise Failed(err, f"object {obj}: size: {os.strerror(err)}")
+        return size.value
+
+    def _sa_xattrs(self, obj: int, packed: bytes) -> dict[str, str | None]:
+        """The SA xattrs: an XDR-packed nvlist of byte arrays, unpacked by libnvpair."""
+        nvl = c_void_p()
+        err = self.nv.nvlist_unpack(packed, len(packed), byref(nvl), 0)
+        if err:
+            raise Failed(err, f"object {obj}: its SA xattrs do not unpack: {os.strerror(err)}")
+        out: dict[str, str | None] = {}
+        try:
+            pair = self.nv.nvlist_next_nvpair(nvl, None)
+            while pair and len(out) < MAX_XATTRS:
+                key = self.nv.nvpair_name(c_void_p(pair)).decode("utf-8", "surrogateescape")
+                if self.nv.nvpair_type(c_void_p(pair)) == DATA_TYPE_BYTE_ARRAY:
+                    data, n = POINTER(ctypes.c_ubyte)(), c_uint32()
+                    self.nv.nvpair_value_byte_array(c_void_p(pair), byref(data), byref(n))
+                    out[key] = ctypes.string_at(data, n.value).hex() if n.value <= MAX_XATTR_VALUE else None
+                pair = self.nv.nvlist_next_nvpair(nvl, c_void_p(pair))
+        finally:
+            self.nv.nvlist_free(nvl)
+        return out
 
     def read(self, name: str, obj: int, offset: int, length: int, out: Any) -> int:
         os_, _ = self.objset(name)
@@ -364,7 +464,7 @@ class Zpool:
             if err:
                 raise Failed(err, f"object {obj} at offset {offset + done}: {os.strerror(err)}")
             out.write(b'{"data": %d}\n' % n)
-            out.write(buf.raw[:n])
+            out.write(memoryview(buf)[:n])
             done += n
         return done
 
@@ -378,6 +478,7 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
         "entries": lambda r: zpool.entries(str(r["dataset"]), int(r["obj"])),
         "stat": lambda r: zpool.stat(str(r["dataset"]), int(r["obj"])),
         "walk": lambda r: walk(zpool, str(r["dataset"]), int(r["obj"]), out),
+        "load_key": lambda r: zpool.load_key(str(r["root"]), bytes.fromhex(str(r["key"]))),
         "read": lambda r: zpool.read(str(r["dataset"]), int(r["obj"]), int(r["offset"]), int(r["length"]), out),
     }
     for line in requests:

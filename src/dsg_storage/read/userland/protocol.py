@@ -28,6 +28,8 @@ MAX_FRAME = 4 << 20
 #: stat fields the helper sends, with their types (None allowed where it may be absent).
 _STAT_INTS = ("obj", "mode", "size", "uid", "gid", "links")
 _STAT_TIMES = ("atime", "mtime", "ctime")
+#: Extended attributes a stat may carry (the helper sends at most as many).
+MAX_XATTRS = 256
 
 
 class UserlandError(DsgStorageError, OSError):
@@ -56,7 +58,8 @@ def parse(line: bytes) -> dict[str, Any]:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A non-negative integer that fits the 64 bits ZFS keeps it in."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
 
 
 def hello(message: dict[str, Any]) -> int:
@@ -97,11 +100,27 @@ def stat_record(value: object) -> dict[str, Any]:
         pair = value.get(name)
         if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(v) for v in pair)):
             raise HelperProtocolError(f"a stat from the helper has no valid {name}: {str(value)[:120]}")
-    for name in ("symlink", "dxattr"):
-        raw = value.get(name)
-        if raw is not None and not (isinstance(raw, str) and _is_hex(raw)):
-            raise HelperProtocolError(f"a stat from the helper has a bad {name}")
+    raw = value.get("symlink")
+    if raw is not None and not (isinstance(raw, str) and _is_hex(raw)):
+        raise HelperProtocolError("a stat from the helper has a bad symlink")
+    if not _is_xattrs(value.get("xattrs", [])):
+        raise HelperProtocolError(f"a stat from the helper has bad xattrs: {str(value.get('xattrs'))[:120]}")
     return value
+
+
+def _is_xattrs(value: object) -> bool:
+    """[[name, hex value or None]...], at most MAX_XATTRS of them."""
+    return (
+        isinstance(value, list)
+        and len(value) <= MAX_XATTRS
+        and all(
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and (item[1] is None or (isinstance(item[1], str) and _is_hex(item[1])))
+            for item in value
+        )
+    )
 
 
 def _is_hex(text: str) -> bool:

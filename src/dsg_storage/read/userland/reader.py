@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 import stat as stat_
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 from ... import names as _names
@@ -22,16 +22,20 @@ from ...core.history import find_snapshot
 from ...errors import InvalidArgumentError, PoolForeignError, PoolNotFoundError, PoolOpenError, RepositoryNotFoundError
 from ...zfs import zpool as _zpool
 from ...zfs.port import Catalog
+from .. import xattrs as _xattrs
 from ..reader import FileEntry, Mode, Reader
+from . import keys as _keys
 from . import protocol, provision
 from .catalog import PoolCatalog
 from .client import DEFAULT_TIMEOUT, Helper, HelperRequestError
+from .keys import EncryptionKeyError
 from .protocol import UserlandError
 
 POOL_STATE_ACTIVE = 0
 #: errnos of a block that failed its checksum (ECKSUM is EBADE in libzpool) or an I/O error.
 _DAMAGED = (52, 5)
 _READ_SIZE = 8 << 20
+_EACCES = 13  # a locked dataset, a wrong key
 
 
 class DamagedFileError(UserlandError):
@@ -53,9 +57,13 @@ def entry_of(path: str, st: dict[str, Any]) -> FileEntry:
     if stat_.S_ISLNK(mode) and st.get("symlink") is not None:
         target = os.fsdecode(bytes.fromhex(st["symlink"]).rstrip(b"\0"))
     seconds, nanos = st["mtime"]
+    found = _xattrs.bounded(
+        (_xattrs.linux_name(name), None if value is None else bytes.fromhex(value))
+        for name, value in st.get("xattrs", [])
+    )
     return FileEntry(
         path, _kind(mode), int(st["size"]), f"{stat_.S_IMODE(mode):04o}", int(st["uid"]), int(st["gid"]),
-        seconds * 1_000_000_000 + nanos, target,
+        seconds * 1_000_000_000 + nanos, target, *found,
     )  # fmt: skip
 
 
@@ -122,6 +130,16 @@ class UserlandReader(Reader):
         except HelperRequestError as exc:
             if exc.code in _DAMAGED:
                 raise DamagedFileError(f"{shown or '.'}: damaged on disk ({exc.message})") from None
+            dataset = str(args.get("dataset", "")).split("@", 1)[0]
+            record = self.catalog.records.get(dataset)
+            root = _keys.encryption_root(record["props"]) if record else None
+            if exc.code == _EACCES and root:
+                raise EncryptionKeyError(
+                    f"{self._outside(dataset)} is encrypted (encryption root {self._outside(root)}) "
+                    "and its key was not given",
+                    dataset=self._outside(dataset),
+                    hint=f"give the key: --key-file {self._outside(root)}=FILE (open_userland(keys=...))",
+                ) from None
             raise
 
     def files(self, repo: str, path: str = "", *, commit: str | None = None) -> list[FileEntry]:
@@ -195,16 +213,20 @@ def open_userland(
     force: bool = False,
     cache: str | os.PathLike[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    keys: Mapping[str, bytes] | None = None,
 ) -> UserlandReader:
     """Open the exported pool on ``search_paths`` (files or directories) for reading in
     userland. ``pool`` (name or numeric id) picks one among several; ``force`` reads a pool
     whose labels say it is in use (ACTIVE) on some host; ``cache`` is where a private
     OpenZFS userland is kept (default ``~/.cache/dsg-storage/userland``); ``timeout``
-    bounds every request to the helper (seconds).
+    bounds every request to the helper (seconds). ``keys`` unlock encrypted datasets:
+    encryption root -> the contents of its key file (``""``: every root not named; see
+    ``userland/keys.py``); they reach the helper on its pipe, loaded in its memory only.
 
     Raises PoolNotFoundError, PoolForeignError, PoolOpenError, UserlandUnavailableError
-    (no OpenZFS userland to be had), HelperCrashedError/HelperTimeoutError; whatever is
-    raised, no helper process is left running.
+    (no OpenZFS userland to be had), EncryptionKeyError (a key is wrong or malformed),
+    HelperCrashedError/HelperTimeoutError; whatever is raised, no helper process is left
+    running. Nothing is written to the pool, whatever happens: a crash leaves it as it was.
     """
     paths = _zpool.split_search_paths(search_paths)
     if not paths or not any(os.path.exists(p) for p in paths):
@@ -217,10 +239,29 @@ def open_userland(
         name, guid = str(config["name"]), int(config["pool_guid"])
         helper.call("import", guid=guid, name=name)
         catalog = PoolCatalog(protocol.dataset_records(helper.call("datasets", under=name)))
+        _load_keys(helper, catalog, keys or {})
     except BaseException:
         helper.close()
         raise
     return UserlandReader(helper, catalog, pool=name, userland=userland)
+
+
+def _load_keys(helper: Helper, catalog: PoolCatalog, keys: Mapping[str, bytes]) -> None:
+    """Load the key of each encryption root that ``keys`` gives one for, or say which is wrong."""
+    roots = {root for record in catalog.records.values() if (root := _keys.encryption_root(record["props"]))}
+    for root, material in _keys.assign(keys, roots).items():
+        record = catalog.records.get(root)
+        if record is None:
+            raise EncryptionKeyError(f"the encryption root {root} is not among the pool's datasets", dataset=root)
+        wrapping = _keys.wrapping_key(root, record["props"], material)
+        try:
+            helper.call("load_key", root=root, key=wrapping.hex())
+        except HelperRequestError as exc:
+            if exc.code != _EACCES:
+                raise
+            raise EncryptionKeyError(
+                f"the key given for {root} is wrong", dataset=root, hint="check the key file (and its format)"
+            ) from None
 
 
 def _choose(configs: list[dict[str, Any]], wanted: str | None, paths: list[str], *, force: bool) -> dict[str, Any]:
