@@ -202,3 +202,24 @@ def test_every_property_of_ours_is_known() -> None:
 def test_a_snapshot_listed_without_its_numbers_is_our_error() -> None:
     with pytest.raises(ZfsError):
         snapshot_of({"name": f"{REPO}@x", "guid": "1"})
+
+
+def test_the_families_of_a_pool_are_one_zfs_get_of_our_properties() -> None:
+    run = Canned(
+        {
+            ("get", "-r"): {
+                "tank/data": _ds("tank/data", {"mountpoint": ("/srv", "LOCAL"), "origin": ("-", "NONE")}),
+                REPO: _ds(REPO, {"mountpoint": ("/srv/a", "INHERITED"), "dsg-storage:owner": ("0:0", "RECEIVED")}),
+                WS: _ds(
+                    WS, {"mountpoint": ("/w", "LOCAL"), "zoned": ("on", "LOCAL"), "dsg-storage:tx": ("T", "LOCAL")}
+                ),
+            }
+        }
+    )
+    found = CommandListing(run, known=names.OUR_PROPS).families("tank/data", PREFIX)
+    assert len(run.ran) == 1 and "zoned" in run.ran[0][-2]
+    assert found == {
+        "tank/data": {"mountpoint": "/srv"},
+        REPO: {"dsg-storage:owner": "0:0", "@received": "yes", "mountpoint": "/srv/a"},
+        WS: {"dsg-storage:tx": "T", "zoned": "on", "mountpoint": "/w"},
+    }

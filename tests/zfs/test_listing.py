@@ -65,6 +65,10 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     assert programs.family(replica)[replica]["@received"] == "yes"
     assert {"autosnap", "rep", f"dsg-base-{open_tx.id}"} <= {s.short_name for s in programs.snapshots(repo.name)}
 
+    by_commands = commands.families(sandbox.dataset)  # recover --pool's read: ours only
+    for name, props in programs.families(sandbox.dataset).items():
+        ours = {k: v for k, v in props.items() if ":" not in k or k.startswith(PROP_PREFIX)}
+        assert same({name: by_commands[name]}) == same({name: ours}), name
     listing = programs.families(sandbox.dataset)
     for name in (repo.name, plain.name, replica):
         assert same(family_in(listing, name) or {}) == same(programs.family(name)), name

@@ -101,7 +101,9 @@ def recover_pool(ctx: Context) -> int:
             results.append({"repository": name, "steps": steps})
             lines += [shown(f"{name}: {step}") for step in steps] or [shown(f"{name}: nothing to do")]
     else:
-        for done in recover_pool(args.recover_pool, zfs=zfs, policy=policy, settings=ctx.settings):
+        # The pool-wide read through zfs commands: nothing to recover loads no bindings.
+        done_all = recover_pool(args.recover_pool, zfs=zfs, policy=policy, settings=ctx.settings, lists=ctx.lists())
+        for done in done_all:
             entry: dict[str, Any] = {"repository": done.repository, "actions": list(done.actions)}
             if done.error is not None:
                 entry["error"] = str(done.error)

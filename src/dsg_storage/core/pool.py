@@ -74,6 +74,7 @@ def recover_pool(
     lock_timeout: float = 10.0,
     policy: PoolPropertyPolicy | None = None,
     settings: Settings | None = None,
+    lists: ZfsPort | None = None,
 ) -> list[Recovered]:
     """Recover every repository of ``pool`` that ``allow`` covers (``repositories_in``),
     one after the other, each under its own lock as ``Repository.recover`` (``settings``:
@@ -83,6 +84,10 @@ def recover_pool(
     that reading shows quiet (no temporary dataset, nothing unfinished) and for which
     recovery would plan nothing is reported as such without its lock or another read,
     so the cost grows with the pool's size, not with a process or a lock per repository.
+    ``lists``: the boundary that pool-wide read goes through (default ``zfs``; the command
+    line gives one that lists by ``zfs get``, so that a pool with nothing to recover
+    never loads libzfs_core); a repository it shows anything unfinished on is read again
+    through ``zfs`` before anything is done.
 
     A repository whose recovery fails (busy, damaged, the pool read-only) is reported in
     its ``Recovered.error`` and the others are still recovered; the caller decides what
@@ -90,7 +95,7 @@ def recover_pool(
     any other call; after a crash in it, running it again finishes.
     """
     zfs = zfs if zfs is not None else open_zfs(allow)
-    listing = _listing(zfs, pool)
+    listing = _listing(lists or zfs, pool)
     mounts, orphaned = zfs.host.mounts(), zfs.host.orphaned_reader_mounts()
     done = []
     for repository in _repositories(zfs, listing):

@@ -260,9 +260,9 @@ class Zfs:
 
     def families(self, under: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it, each described as ``family`` describes
-        its members. One read for all the repositories below ``under``."""
-        raw = self.program(_names.pool_of(under), programs.FAMILIES, [under, _names.PROP_PREFIX], sync=False)
-        return {name: dict(props) for name, props in (raw or {}).items()}
+        its members (listing by commands: other tools' properties left out). One read for
+        all the repositories below ``under``."""
+        return self.listing.families(under, _names.PROP_PREFIX)
 
     # ------------------------------------------------------------------ writes
     def create(self, name: str, props: Mapping[str, str | int] | None = None) -> None:

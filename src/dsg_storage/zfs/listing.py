@@ -146,6 +146,20 @@ class CommandListing:
             name: self._described(info, local.get(name) or {}, prefix, family=False) for name, info in listed.items()
         }
 
+    def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
+        """``under`` and every filesystem below it, described as ``family`` describes its
+        members, except that with ``known`` properties of ours the properties other tools
+        set are left out (a plan made from them alone is never carried out: see
+        ``core.pool``). One command."""
+        if self.known is None:
+            return {
+                name: {**props, **self.family(name, prefix).get(name, {})}
+                for name, props in self.filesystems(under, prefix).items()
+            }
+        wanted = ",".join(("mountpoint", "origin", "zoned", *self.known))
+        got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
+        return {name: self._described(props, props, prefix, family=True) for name, props in got.items()}
+
     def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
         """``dataset`` and its ``dataset.dsg-*`` siblings, described as ``programs.FAMILY``
         describes them; the parent with its mountpoint. Two commands whatever the number
@@ -216,6 +230,15 @@ class ProgramListing:
         except PoolReadOnly:
             return self.fallback.filesystems(under, prefix)
         return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
+
+    def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
+        from . import programs
+
+        try:
+            raw = self.program(under, programs.FAMILIES, [under, prefix]) or {}
+        except PoolReadOnly:
+            return self.fallback.families(under, prefix)
+        return {name: dict(props) for name, props in raw.items()}
 
     def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs
