@@ -63,14 +63,20 @@ P_RETENTION, P_KEEP = prop("retention"), prop("keep")
 # On a commit snapshot: when and by which transaction, with its message; on a snapshot
 # taken by request, when it was asked for.
 P_COMMITTED, P_MESSAGE, P_REQUESTED = prop("committed"), prop("message"), prop("requested")
+# On a snapshot the queue took (which queued request it was); on a workspace the HRDAG/dsg
+# drop-in opened (dsg's own transaction id).
+P_QUEUE_ID, P_DSG_TRANSACTION = prop("queue-id"), prop("dsg-transaction")
 #: Every user property of ours this version sets, on datasets and snapshots: what the
 #: read-only commands ask ``zfs get`` for by name (``zfs.listing``), since asking for
 #: ``all`` makes ZFS compute every native property of every snapshot.
 OUR_PROPS = (
     P_TX, P_PATTERN, P_REPO, P_MOUNTPOINT, P_OWNER, P_MODE, P_PATH, P_BEGUN, P_INHERITS, P_STATE,
     P_COMMIT_MESSAGE, P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT, P_LEFT_BASES, P_RECOVERY_NOTE,
-    P_RETENTION, P_KEEP, P_COMMITTED, P_MESSAGE, P_REQUESTED,
+    P_RETENTION, P_KEEP, P_COMMITTED, P_MESSAGE, P_REQUESTED, P_QUEUE_ID, P_DSG_TRANSACTION,
 )  # fmt: skip
+#: Those of them set on snapshots: all a snapshot list asks for (each one asked costs a
+#: lookup per snapshot).
+SNAPSHOT_PROPS = (P_TX, P_COMMITTED, P_MESSAGE, P_REQUESTED, P_KEEP, P_QUEUE_ID)
 
 
 def new_tx_id(now: datetime | None = None) -> str:

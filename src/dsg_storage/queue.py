@@ -68,7 +68,7 @@ ENV_VAR = "DSG_STORAGE_QUEUE"
 DEFAULT_PATH = "/var/lib/dsg-storage/queue.sqlite"
 MAX_PENDING_ENV = "DSG_STORAGE_QUEUE_MAX_PENDING"
 DEFAULT_MAX_PENDING = 10_000
-P_QUEUE_ID, P_REQUESTED = _names.prop("queue-id"), _names.prop("requested")
+P_QUEUE_ID, P_REQUESTED = _names.P_QUEUE_ID, _names.P_REQUESTED
 
 
 class ItemState(enum.StrEnum):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,10 +195,18 @@ def test_with_our_properties_known_filesystems_are_one_zfs_get() -> None:
 
 
 def test_every_property_of_ours_is_known() -> None:
-    """A property added to names.py and not to OUR_PROPS would vanish from status and
-    history (they list the known ones by name)."""
+    """A property added and not to OUR_PROPS would vanish from status and history (they
+    list the known ones by name): every one is defined in names.py, and listed."""
     defined = {v for k, v in vars(names).items() if k.startswith("P_") and v.startswith(names.PROP_PREFIX)}
     assert defined == set(names.OUR_PROPS)
+    assert set(names.SNAPSHOT_PROPS) <= defined
+    src = Path(names.__file__).parent
+    elsewhere = {
+        names.prop(name)
+        for path in src.rglob("*.py")
+        for name in re.findall(r"\bprop\(\s*[\"']([^\"']+)[\"']", path.read_text())
+    }
+    assert elsewhere <= set(names.OUR_PROPS), "define our properties in names.py (OUR_PROPS)"
 
 
 def test_a_snapshot_listed_without_its_numbers_is_our_error() -> None:

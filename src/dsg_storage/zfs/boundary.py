@@ -156,7 +156,7 @@ class Zfs:
         if listing not in ("programs", "commands"):
             raise ValueError(f"listing is 'programs' or 'commands', not {listing!r}")
         self.listing: ProgramListing | CommandListing = (
-            CommandListing(self.command, known=_names.OUR_PROPS)
+            CommandListing(self.command, known=_names.OUR_PROPS, on_snapshots=_names.SNAPSHOT_PROPS)
             if listing == "commands"
             else ProgramListing(self._read_program, CommandListing(self.command))
         )

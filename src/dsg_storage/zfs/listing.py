@@ -109,15 +109,20 @@ class CommandListing:
     ``known`` (reading a read-only pool, where a bundle export must carry them all)
     everything of ours is."""
 
-    def __init__(self, run: ZfsCommand, known: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, run: ZfsCommand, known: Sequence[str] | None = None, on_snapshots: Sequence[str] | None = None
+    ) -> None:
         self.run = run
         self.known = tuple(known) if known is not None else None
+        #: those of ``known`` set on snapshots (``names.SNAPSHOT_PROPS``): ZFS looks each
+        #: one asked for up on every snapshot
+        self.on_snapshots = tuple(on_snapshots) if on_snapshots is not None else self.known
 
     def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
         """Snapshots of ``dataset``: name, guid, createtxg, creation, user (own properties)."""
-        if self.known is not None:
+        if self.on_snapshots is not None:
             natives = ("guid", "createtxg", "creation")
-            got = self.run.json("get", "-t", "snapshot", "-d", "1", ",".join((*natives, *self.known)), dataset)
+            got = self.run.json("get", "-t", "snapshot", "-d", "1", ",".join((*natives, *self.on_snapshots)), dataset)
             return [
                 {"name": name, **{k: props[k][0] for k in natives if k in props}, "user": _own(props, prefix)}
                 for name, props in got.items()
