@@ -444,4 +444,9 @@ class Zfs:
         return private
 
     def _zfs_command(self, *args: str) -> str:
-        return self.command(*args)
+        """A ``zfs`` command that changes or compares (``set``, ``diff``), logged; lists
+        by command are not (a read-only command would import logging for them)."""
+        started = time.monotonic()
+        out = self.command(*args)
+        log.debug("zfs %s: %.0f ms", " ".join(args), (time.monotonic() - started) * 1000)
+        return out

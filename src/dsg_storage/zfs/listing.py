@@ -15,16 +15,12 @@ values as text): a real-ZFS test compares them.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .. import _log
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
 from .port import Snapshot
 from .programs import u64
-
-log = _log.getLogger("dsg_storage")
 
 
 class ZfsCommand:
@@ -43,11 +39,9 @@ class ZfsCommand:
         executable = shutil.which("zfs")
         if executable is None:
             raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")
-        started = time.monotonic()
         result = subprocess.run(
             [executable, *args], capture_output=True, text=True, check=False, preexec_fn=self.preexec
         )
-        log.debug("zfs %s: %.0f ms", " ".join(args), (time.monotonic() - started) * 1000)
         if result.returncode != 0:
             message = result.stderr.strip() or f"exit {result.returncode}"
             cls = DatasetNotFoundError if "does not exist" in message else ZfsError
