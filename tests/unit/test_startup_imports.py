@@ -95,6 +95,21 @@ def test_status_loads_no_transaction_code(tmp_path: Path) -> None:
     } & modules == set()
 
 
+def test_history_loads_no_transaction_code(tmp_path: Path) -> None:
+    code = "from dsg_storage.cli import main\nassert main(['history', 'dsgtest/no-such-repo']) in (1, 4)"
+    modules = loaded_after(code, tmp_path)
+    assert "dsg_storage.read.reader" in modules
+    assert {
+        "dsg_storage.core.repository",
+        "dsg_storage.core.patterns",
+        "dsg_storage.core.recovery",
+        "dsg_storage.queue",
+        "dsg_storage.zfs.zpool",
+        "sqlite3",
+        "logging",
+    } & modules == set()
+
+
 def test_every_exported_name_still_imports() -> None:
     exported = {name: getattr(dsg_storage, name) for name in dsg_storage.__all__}
     assert exported["Repository"].__module__ == "dsg_storage.core.repository"

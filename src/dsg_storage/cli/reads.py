@@ -29,7 +29,6 @@ def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
     live it takes from ``zfs`` commands, without loading libzfs_core (``Context.lists``)."""
     from ..read.cache import ENV as CACHE_ENV
     from ..read.cache import ReadCache
-    from ..read.offline import open_offline
     from ..read.reader import open_live
 
     args, inv = ctx.args, ctx.caller
@@ -47,6 +46,8 @@ def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
     elif args.force or args.key_file:
         raise InvalidArgumentError("--force and --key-file go with --userland")
     elif args.offline:
+        from ..read.offline import open_offline
+
         reader = open_offline(args.search_path, pool=args.pool, cache=cache, cached=args.cached)
     elif args.search_path or args.pool or args.cached:
         raise InvalidArgumentError("--search-path, --pool and --cached go with --offline")

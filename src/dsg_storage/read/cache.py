@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -84,6 +83,8 @@ class ReadCache:
         self.owner = owner
         with self._as_owner():
             self.path = Path(hostfs.private_path(path, narrow=False))  # a place the user chose: keep its mode
+            import sqlite3  # here: a read that uses no cache does not load it
+
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(

@@ -31,8 +31,6 @@ from .. import hostfs
 from .. import names as _names
 from ..core.history import find_snapshot, lineage
 from ..core.records import Commit, commits_of
-from ..core.repository import Repository
-from ..core.transaction import Transaction
 from ..errors import (
     CacheMissError,
     DatasetNotFoundError,
@@ -49,6 +47,11 @@ from ..zfs.mounts import reader_dir_prefix
 from ..zfs.port import Catalog, ZfsPort
 from . import xattrs as _xattrs
 from .cache import ReadCache, age_of
+
+TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
+if TYPE_CHECKING:
+    from ..core.repository import Repository
+    from ..core.transaction import Transaction
 
 _R = TypeVar("_R", "RepositoryInfo", Commit)
 
@@ -524,6 +527,8 @@ class RepositoryView:
                 dataset=self.name,
                 hint="changes need the pool imported normally",
             )
+        from ..core.repository import Repository  # here: reads need none of the transaction code
+
         return Repository(self.name, zfs=self.reader._zfs)
 
     def begin(self, **kwargs: Any) -> Transaction:
