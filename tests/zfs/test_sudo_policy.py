@@ -110,7 +110,10 @@ def box(sudo_setup: None, worker_id: str, request: pytest.FixtureRequest) -> Ite
             for path in paths:
                 subprocess.run(["umount", path], check=False)
     if b.exists():
-        subprocess.run(["zfs", "destroy", "-r", "-f", b.dataset], check=True)
+        # check=False: it may be gone between the two commands (once seen in a full run,
+        # right after the exclusive pool was handed back); what counts is that it is gone.
+        subprocess.run(["zfs", "destroy", "-r", "-f", b.dataset], check=False)
+    assert not b.exists(), f"{b.dataset} was left behind"
     for path in MNT.glob(f"{leaf}*"):
         if path.is_dir() and not path.is_symlink():
             path.rmdir()
