@@ -122,3 +122,14 @@ def test_key_files_name_their_encryption_root_or_every_one(cli: InProcess, tmp_p
         _key_files([str(tmp_path / "k"), str(tmp_path / "k")])
     ran = cli("--key-file", str(tmp_path / "k"), "ls", REPO)
     assert ran.status != 0 and "--key-file go with --userland" in ran.err
+
+
+def test_a_force_before_the_command_is_userlands_and_refused_without_it(cli: InProcess, tmp_path: Path) -> None:
+    """``--force`` before the command is --userland's: never taken for bundle export's
+    or lock's own ``--force`` (which comes after the command), nor dropped silently."""
+    cli.repository()
+    out = tmp_path / "b.dsgb"
+    ran = cli("--force", "bundle", "export", REPO, "-o", str(out))
+    assert ran.status == 2 and "go with --userland" in ran.err and not out.exists()
+    ran = cli("--force", "ls", REPO)
+    assert ran.status == 2 and "go with --userland" in ran.err

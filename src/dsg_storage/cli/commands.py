@@ -173,6 +173,10 @@ def run(ctx: Context) -> int:
     """Run the parsed command with its context; returns its exit status (errors raise)."""
     args = ctx.args
     _check_sudo(args, ctx.caller)
+    if not getattr(args, "userland", False) and (getattr(args, "userland_force", False) or args.key_file):
+        raise InvalidArgumentError(
+            "--force and --key-file go with --userland (before the command: a command's own --force comes after it)"
+        )
     if (args.offline or getattr(args, "userland", False)) and args.command not in READ_COMMANDS:
         if args.command == "status":
             raise InvalidArgumentError("status needs a live pool; offline, use repos, history, ls, stat or cat")

@@ -64,7 +64,12 @@ def build(only: str | None = None) -> argparse.ArgumentParser:
         help="read an exported pool in userland (libzpool in a helper process): no ZFS module, no root",
     )
     parser.add_argument(
-        "--force", action="store_true", help="with --userland: read a pool whose labels say it is in use elsewhere"
+        "--force",
+        action="store_true",
+        # Not "force": bundle export's and lock's own --force (after the command) would
+        # overwrite it with their default, and this one would be dropped without a word.
+        dest="userland_force",
+        help="with --userland: read a pool whose labels say it is in use elsewhere",
     )
     parser.add_argument(
         "--search-path",

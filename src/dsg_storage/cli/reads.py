@@ -42,9 +42,7 @@ def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
         if args.offline or args.cached or not args.search_path:
             raise InvalidArgumentError("--userland takes --search-path PATHS (and --pool, --force); not --offline")
         keys = _key_files(args.key_file or [])
-        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.force, keys=keys)
-    elif args.force or args.key_file:
-        raise InvalidArgumentError("--force and --key-file go with --userland")
+        reader: Reader = open_userland(args.search_path, pool=args.pool, force=args.userland_force, keys=keys)
     elif args.offline:
         from ..read.offline import open_offline
 
