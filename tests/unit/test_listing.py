@@ -233,3 +233,24 @@ def test_the_families_of_a_pool_are_one_zfs_get_of_our_properties() -> None:
         REPO: {"dsg-storage:owner": "0:0", "@received": "yes", "mountpoint": "/srv/a"},
         WS: {"dsg-storage:tx": "T", "zoned": "on", "mountpoint": "/w"},
     }
+
+
+def test_without_our_properties_known_the_families_are_two_commands_whatever_their_number() -> None:
+    listed = {
+        n: _ds(n, {"mountpoint": (f"/srv/{i}", "INHERITED"), "origin": ("-", "NONE")}) for i, n in enumerate([REPO, WS])
+    }
+    run = Canned(
+        {
+            ("list", "-r"): listed,
+            ("get", "-r"): {
+                REPO: _ds(REPO, {"dsg-storage:owner": ("0:0", "RECEIVED"), "com.example:x": ("1", "LOCAL")}),
+                WS: _ds(WS, {"zoned": ("on", "LOCAL"), "dsg-storage:tx": ("T", "LOCAL")}),
+            },
+        }
+    )
+    found = CommandListing(run).families("tank/data", PREFIX)
+    assert len(run.ran) == 2
+    assert found == {
+        REPO: {"dsg-storage:owner": "0:0", "com.example:x": "1", "@received": "yes", "mountpoint": "/srv/0"},
+        WS: {"dsg-storage:tx": "T", "zoned": "on", "mountpoint": "/srv/1"},
+    }

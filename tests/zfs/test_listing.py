@@ -69,6 +69,7 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     for name, props in programs.families(sandbox.dataset).items():
         ours = {k: v for k, v in props.items() if ":" not in k or k.startswith(PROP_PREFIX)}
         assert same({name: by_commands[name]}) == same({name: ours}), name
+    assert same(everything.families(sandbox.dataset, PROP_PREFIX)) == same(programs.families(sandbox.dataset))
     listing = programs.families(sandbox.dataset)
     for name in (repo.name, plain.name, replica):
         assert same(family_in(listing, name) or {}) == same(programs.family(name)), name

@@ -139,22 +139,24 @@ class CommandListing:
             wanted = ",".join(("mountpoint", "origin", *self.known))
             got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
             return {name: self._described(props, props, prefix, family=False) for name, props in got.items()}
+        return self._everything_below(under, prefix, family=False)
+
+    def _everything_below(self, under: str, prefix: str, *, family: bool) -> dict[str, dict[str, str]]:
+        """Without ``known``: ``under`` and every filesystem below it described from two
+        commands, their mountpoints and origins, then every property set on them."""
         listed = self.run.json("list", "-r", "-t", "filesystem", "-o", "name,mountpoint,origin", under, missing_ok=True)
         local = self.run.json("get", "-r", "-t", "filesystem", "-s", "local,received", "all", under, missing_ok=True)
         return {
-            name: self._described(info, local.get(name) or {}, prefix, family=False) for name, info in listed.items()
+            name: self._described(info, local.get(name) or {}, prefix, family=family) for name, info in listed.items()
         }
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it, described as ``family`` describes its
         members, except that with ``known`` properties of ours the properties other tools
         set are left out (a plan made from them alone is never carried out: see
-        ``core.pool``). One command."""
+        ``core.pool``). One command (two without ``known``)."""
         if self.known is None:
-            return {
-                name: {**props, **self.family(name, prefix).get(name, {})}
-                for name, props in self.filesystems(under, prefix).items()
-            }
+            return self._everything_below(under, prefix, family=True)
         wanted = ",".join(("mountpoint", "origin", "zoned", *self.known))
         got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
         return {name: self._described(props, props, prefix, family=True) for name, props in got.items()}
@@ -243,7 +245,10 @@ class ProgramListing:
         from . import programs
 
         parent = dataset.rsplit("/", 1)[0]
-        raw = self.program(dataset, programs.FAMILY, [parent, dataset, prefix])
+        try:
+            raw = self.program(dataset, programs.FAMILY, [parent, dataset, prefix])
+        except PoolReadOnly:
+            return self.fallback.family(dataset, prefix)
         return {name: dict(props) for name, props in (raw or {}).items()}
 
 
