@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 
@@ -127,12 +128,25 @@ def quiet_view(
         return None
     if head.get(P_TX) and head.get(P_STATE) != Phase.COMMITTED:
         return None  # a commit to finish: observe asks whether its snapshot exists
+    return _seen(repository, family, mounts, orphaned)
+
+
+def _seen(
+    repository: str,
+    family: Mapping[str, Mapping[str, str]],
+    mounts: Mapping[str, Sequence[str]],
+    orphaned: Sequence[tuple[str, str]],
+    **facts: Any,
+) -> PoolView:
+    """The view of ``repository`` from its family and the host's mounts (the reader mounts
+    left by dead readers, of its family's datasets), with the ``facts`` some states need."""
     return PoolView(
         repository,
         family,
         {dataset: tuple(paths) for dataset, paths in mounts.items()},
         datetime.now(UTC),
         orphaned_mounts=tuple((source, path) for source, path in orphaned if source.split("@")[0] in family),
+        **facts,
     )
 
 
@@ -170,7 +184,7 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
     ``conflicts=False`` skips the conflict check of commits stopped between renames;
     ``unfinished_begin`` is what the step lock's file notes (``core.lock``)."""
     family = zfs.family(repository)
-    mounts = {dataset: tuple(paths) for dataset, paths in zfs.host.mounts().items()}
+    mounts = zfs.host.mounts()
     head = family.get(repository)
     found: dict[str, tuple[str, ...]] = {}
     snapshots: tuple[str, ...] = ()
@@ -186,23 +200,19 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
         snapshot = head.get(P_COMMIT_SNAPSHOT)
         if snapshot and head.get(P_STATE) != Phase.COMMITTED:
             commit_snapshot_exists = zfs.exists(snapshot)
-    orphans = tuple(
-        (source, path) for source, path in zfs.host.orphaned_reader_mounts() if source.split("@")[0] in family
-    )
     foreign = {}
     for dataset in family:  # retired temporaries: what other tools made of them (``core.retire``)
         parsed = names.parse_temporary(dataset)
         if parsed and parsed[0] == repository and parsed[1] in ("old", "gone"):
             foreign[dataset] = zfs.foreign(dataset, names.base_places(repository, parsed[2]))
-    return PoolView(
+    return _seen(
         repository,
         family,
         mounts,
-        datetime.now(UTC),
-        found,
-        snapshots,
-        commit_snapshot_exists,
-        orphans,
-        unfinished_begin,
-        foreign,
+        zfs.host.orphaned_reader_mounts(),
+        conflicts=found,
+        snapshots=snapshots,
+        commit_snapshot_exists=commit_snapshot_exists,
+        unfinished_begin=unfinished_begin,
+        foreign=foreign,
     )
