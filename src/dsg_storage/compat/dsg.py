@@ -42,15 +42,13 @@ from ..errors import (
     InvalidNameError,
     TransactionNotFoundError,
 )
-from ..names import P_DSG_TRANSACTION as _P_DSG_TRANSACTION
+from ..names import P_DSG_TRANSACTION  # dsg's transaction id, on the workspace it began
 from ..zfs.allow import AllowList
 from ..zfs.boundary import Zfs, open_zfs
 from ..zfs.port import Batch
 
 log = _log.getLogger("dsg_storage")
 
-#: dsg's transaction id, on the temporary dataset of the transaction it began.
-P_DSG_TRANSACTION = _P_DSG_TRANSACTION
 #: Longer ids are refused: the id is stored in the pool and shown in messages.
 MAX_ID_LEN = 1024
 #: The metadata dsg's init copies into the repository's .dsg directory.
