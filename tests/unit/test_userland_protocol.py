@@ -28,7 +28,7 @@ def fake_helper(tmp_path: Path, body: str) -> list[str]:
     script.write_text(
         "import json, os, sys\n"
         "out = sys.stdout.buffer\n"
-        'out.write(b\'{"hello": 1, "pid": 7}\\n\'); out.flush()\n'
+        'out.write(b\'{"hello": 2, "pid": 7}\\n\'); out.flush()\n'
         "for line in sys.stdin.buffer:\n"
         "    req = json.loads(line)\n" + textwrap.indent(textwrap.dedent(body), "    ") + "    out.flush()\n"
     )
@@ -65,6 +65,50 @@ def test_a_short_read_is_an_error_never_a_short_file(tmp_path: Path) -> None:
     with pytest.raises(protocol.HelperProtocolError, match="3 bytes of the 5"):
         helper.read("pool/ds", 5, 0, 5)
     helper.close()
+
+
+def test_a_large_read_lands_whole_in_the_callers_buffer(tmp_path: Path) -> None:
+    # frames larger than the pipe, written in pieces: the bytes go straight into the view
+    body = (
+        'n = req["length"]; data = bytes(range(256)) * (n // 256)\n'
+        "for at in range(0, n, 300_000):\n"
+        "    piece = data[at : at + 300_000]\n"
+        "    out.write(b'{\"data\": %d}\\n' % len(piece)); out.flush(); out.write(piece); out.flush()\n"
+        'out.write(b\'{"ok": true, "result": %d}\\n\' % n)\n'
+    )
+    helper = Helper(fake_helper(tmp_path, body))
+    into = bytearray(3 << 20)
+    assert helper.read_into("pool/ds", 5, 0, memoryview(into)) == len(into)
+    assert into == bytes(range(256)) * (len(into) // 256)
+    helper.close()
+
+
+def test_a_walk_streams_batches_of_checked_entries(tmp_path: Path) -> None:
+    batch = json.dumps({"entries": [["a", STAT], ["a/b", {**STAT, "obj": 9}]]})
+    body = f"out.write({batch!r}.encode() + b'\\n' + b'{{\"ok\": true, \"result\": 2}}\\n')\n"
+    helper = Helper(fake_helper(tmp_path, body))
+    assert [(path, st["obj"]) for path, st in helper.walk("p/r", 4)] == [("a", 8), ("a/b", 9)]
+    helper.close()
+    for bad in (
+        ["/a", STAT],
+        ["a/../b", STAT],
+        ["a//b", STAT],
+        ["a", {**STAT, "size": -1}],
+        ["a", {**STAT, "mtime": [1]}],
+    ):
+        with pytest.raises(protocol.HelperProtocolError):
+            protocol.entries({"entries": [bad]})
+
+
+def test_a_resolve_reply_must_match_the_paths_depth() -> None:
+    found = {"stat": STAT, "depth": 2, "missing": False, "blocked": False}
+    assert protocol.resolved(found, 2) == (STAT, False, False)
+    with pytest.raises(protocol.HelperProtocolError, match="wrong depth"):
+        protocol.resolved({**found, "depth": 1}, 2)
+    assert protocol.resolved({**found, "depth": 1, "missing": True}, 2)[1] is True
+    for bad in ({**found, "depth": 3}, {**found, "missing": True, "blocked": True}, {**found, "stat": {}}):
+        with pytest.raises(protocol.HelperProtocolError):
+            protocol.resolved(bad, 2)
 
 
 def test_a_crash_is_our_error_with_the_helpers_last_words(tmp_path: Path) -> None:
@@ -180,19 +224,22 @@ def _mutations(rng: random.Random, line: bytes) -> bytes:
 
 
 def _check_all(message: dict[str, Any]) -> None:
-    for check in (protocol.hello, protocol.frame_size, protocol.outcome, protocol.entry, protocol.stat_record,
+    for check in (protocol.hello, protocol.frame_size, protocol.outcome, protocol.entries, protocol.stat_record,
                   protocol.dataset_records, protocol.pool_configs):  # fmt: skip
         try:
             check(message)  # type: ignore[operator]
         except protocol.HelperProtocolError:
             pass  # refused: what the test wants of bad input
         try:
-            found = protocol.entry(message)
-            if found is not None:
+            for found in protocol.entries(message) or []:
                 entry_of(*found)  # a stat that passed the checks always makes an entry
         except protocol.HelperProtocolError:
             pass
         for value in message.values():
+            try:
+                protocol.resolved(value, 2)
+            except protocol.HelperProtocolError:
+                pass
             try:
                 protocol.stat_record(value)
                 protocol.dataset_records(value)
@@ -204,11 +251,13 @@ def _check_all(message: dict[str, Any]) -> None:
 def test_fuzzed_helper_lines_are_refused_cleanly() -> None:
     rng = random.Random(SEED)
     sound = [
-        b'{"hello": 1, "pid": 7}',
+        b'{"hello": 2, "pid": 7}',
         b'{"data": 1048576}',
         json.dumps({"ok": True, "result": [{"name": "p", "pool_guid": 1, "state": 1, "hostid": 0}]}).encode(),
-        json.dumps({"entry": ["a/b", STAT]}).encode(),
-        json.dumps({"entry": ["a/c", {**STAT, "xattrs": [["user.n", "6869"], ["x", None]]}]}).encode(),
+        json.dumps(
+            {"entries": [["a/b", STAT], ["a/c", {**STAT, "xattrs": [["user.n", "6869"], ["x", None]]}]]}
+        ).encode(),
+        json.dumps({"ok": True, "result": {"stat": STAT, "depth": 1, "missing": False, "blocked": False}}).encode(),
         json.dumps({"ok": True, "result": [{"name": "p/r", "objset_type": 2, "props": {}}]}).encode(),
         b'{"ok": false, "errno": 52, "error": "checksum"}',
     ]

@@ -24,6 +24,8 @@ from .protocol import HelperProtocolError, UserlandError
 #: Seconds a request may take by default (an import of a large pool, a slow disk).
 DEFAULT_TIMEOUT = 120.0
 _STDERR_TAIL = 4000
+#: Bytes read at a time for a line before a data frame (``{"data": 1048576}`` is 19).
+_HEADER = 64
 
 
 class HelperCrashedError(UserlandError):
@@ -75,7 +77,7 @@ class Helper:
         deadline = self._send(op, timeout, args)
         while True:
             message = protocol.parse(self._line(deadline))
-            if "entry" in message or "data" in message:
+            if "entries" in message or "data" in message:
                 raise self._fail(HelperProtocolError(f"the helper sent a stream for {op!r}"))
             return self._result(message, op)
 
@@ -84,30 +86,38 @@ class Helper:
         deadline = self._send("walk", timeout, {"dataset": dataset, "obj": obj})
         while True:
             message = protocol.parse(self._line(deadline))
-            found = protocol.entry(message)
+            found = protocol.entries(message)
             if found is None:
                 self._result(message, "walk")
                 return
-            yield found
+            yield from found
 
     def read(self, dataset: str, obj: int, offset: int, length: int, *, timeout: float | None = None) -> bytes:
         """Bytes [offset, offset+length) of object ``obj``, exactly ``length`` of them."""
+        out = bytearray(length)
+        self.read_into(dataset, obj, offset, memoryview(out), timeout=timeout)
+        return bytes(out)
+
+    def read_into(self, dataset: str, obj: int, offset: int, into: memoryview, *, timeout: float | None = None) -> int:
+        """Fill ``into`` with the bytes of object ``obj`` from ``offset``, all of them or an
+        error: the frames' bytes go from the pipe straight into ``into``, never through a
+        buffer of ours (at 1 MiB a frame, each copy costs as much as the read)."""
+        length = len(into)
         deadline = self._send("read", timeout, {"dataset": dataset, "obj": obj, "offset": offset, "length": length})
-        chunks: list[bytes] = []
         got = 0
         while True:
-            message = protocol.parse(self._line(deadline))
+            message = protocol.parse(self._line(deadline, small=True))
             size = protocol.frame_size(message)
             if size is None:
                 self._result(message, "read")
                 break
             if got + size > length:
                 raise self._fail(HelperProtocolError(f"the helper sent more than the {length} bytes asked"))
-            chunks.append(self._exactly(size, deadline))
+            self._exactly_into(into[got : got + size], deadline)
             got += size
         if got != length:
             raise self._fail(HelperProtocolError(f"the helper sent {got} bytes of the {length} asked"))
-        return b"".join(chunks)
+        return got
 
     def _send(self, op: str, timeout: float | None, args: dict[str, Any]) -> float:
         if self._dead is not None:
@@ -130,22 +140,28 @@ class Helper:
     def _deadline(self, timeout: float | None) -> float:
         return self._clock() + (self.timeout if timeout is None else timeout)
 
-    def _fill(self, deadline: float) -> None:
-        """Read what the helper has sent, waiting at most until ``deadline``."""
+    def _wait(self, deadline: float) -> None:
+        """Return when the helper has sent something, or stop it at ``deadline``."""
         left = deadline - self._clock()
         if left <= 0 or not self._selector.select(timeout=left):
             raise self._fail(
                 HelperTimeoutError(f"the userland helper did not answer within {self.timeout:g}s and was stopped")
             )
+
+    def _fill(self, deadline: float, size: int = 1 << 20) -> None:
+        """Read up to ``size`` bytes the helper has sent, waiting at most until ``deadline``."""
+        self._wait(deadline)
         try:
-            chunk = os.read(self._out, 1 << 20)
+            chunk = os.read(self._out, size)
         except BlockingIOError:
             return
         if not chunk:
             raise self._fail(self._crashed("before answering"))
         self._buffer += chunk
 
-    def _line(self, deadline: float) -> bytes:
+    def _line(self, deadline: float, *, small: bool = False) -> bytes:
+        """The next line; ``small``: read in small steps, so that the bytes of a data frame
+        after it stay in the pipe for ``_exactly_into``."""
         while True:
             end = self._buffer.find(b"\n")
             if end >= 0:
@@ -154,15 +170,23 @@ class Helper:
                 return line
             if len(self._buffer) > protocol.MAX_LINE:
                 raise self._fail(HelperProtocolError(f"the helper sent a line longer than {protocol.MAX_LINE} bytes"))
-            self._fill(deadline)
+            self._fill(deadline, _HEADER if small else 1 << 20)
 
-    def _exactly(self, size: int, deadline: float) -> bytes:
-        while len(self._buffer) < size:
-            self._fill(deadline)
-        with memoryview(self._buffer) as view:
-            data = bytes(view[:size])
-        del self._buffer[:size]
-        return data
+    def _exactly_into(self, into: memoryview, deadline: float) -> None:
+        """Fill ``into`` with the next len(into) bytes: those read ahead, then the pipe's."""
+        ahead = min(len(self._buffer), len(into))
+        into[:ahead] = self._buffer[:ahead]
+        del self._buffer[:ahead]
+        done = ahead
+        while done < len(into):
+            self._wait(deadline)
+            try:
+                n = os.readv(self._out, [into[done:]])
+            except BlockingIOError:
+                continue
+            if not n:
+                raise self._fail(self._crashed("in the middle of a file's bytes"))
+            done += n
 
     # ------------------------------------------------------------------ ending
     def _crashed(self, when: str) -> HelperCrashedError:

@@ -26,7 +26,7 @@ import sys
 from ctypes import POINTER, byref, c_char_p, c_int, c_uint16, c_uint32, c_uint64, c_void_p
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2
 SPA_MODE_READ = 1
 ZFS_IMPORT_SKIP_MMP = 0x20
 DS_FIND_SNAPSHOTS, DS_FIND_CHILDREN = 1, 2
@@ -65,11 +65,17 @@ ZPL = {
 }
 ZPL_END = len(ZPL)
 CHUNK = 1 << 20
+#: The ARC's bounds (its minimum is the least arc_tuning_update accepts: two of the
+#: largest blocks, 2 << SPA_MAXBLOCKSHIFT).
+ARC_MIN, ARC_MAX = 32 << 20, 64 << 20
 MAX_NAME = 1024  # zap_attribute_alloc's name buffer (ZAP_MAXNAMELEN)
 #: Extended attributes sent per file at most, and the largest value sent (Linux's
 #: XATTR_SIZE_MAX); a larger one is sent as null. The parent bounds them further.
 MAX_XATTRS = 256
 MAX_XATTR_VALUE = 64 << 10
+#: Bytes of values sent per file at most (the parent shows 64 KiB of ``user.*`` ones).
+MAX_XATTR_TOTAL = 1 << 20
+OTHER_NAMESPACES = ("trusted.", "security.", "system.")
 DATA_TYPE_BYTE_ARRAY = 10
 DCP_CMD_NONE = 0
 EACCES, EEXIST, ECKSUM = 13, 17, 52  # ECKSUM is EBADE in libzpool
@@ -113,6 +119,46 @@ class ZapAttribute(ctypes.Structure):  # zap_attribute_t's fixed part
     ]
 
 
+class SaBulkAttr(ctypes.Structure):  # sa_bulk_attr_t (sys/sa.h)
+    _fields_ = [
+        ("sa_data", c_void_p),
+        ("sa_data_func", c_void_p),
+        ("sa_length", c_uint16),
+        ("sa_attr", c_uint16),
+        ("sa_addr", c_void_p),
+        ("sa_buftype", c_uint16),
+        ("sa_size", c_uint16),
+    ]
+
+
+#: The attributes every znode has, read in one sa_bulk_lookup: (name, 64-bit words).
+FIXED = (("mode", 1), ("size", 1), ("uid", 1), ("gid", 1), ("links", 1), ("parent", 1))
+TIMES = ("atime", "mtime", "ctime")
+S_IFMT, S_IFDIR, S_IFLNK = 0o170000, 0o040000, 0o120000
+#: Directories whose objects resolve() remembers (a read-only pool never changes them).
+MAX_REMEMBERED = 65536
+#: A walk's entries go out in batches of at most this many, or about this many bytes.
+BATCH_ENTRIES, BATCH_BYTES = 512, 1 << 20
+
+
+class Objset:
+    """One held filesystem or snapshot: its objset, SA table and a reusable bulk lookup
+    of the FIXED and TIMES attributes (the helper is single-threaded)."""
+
+    def __init__(self, handle: int, table: Any) -> None:
+        self.handle = c_void_p(handle)
+        self.table = table
+        words = sum(n for _, n in FIXED) + 2 * len(TIMES)
+        self.values = (c_uint64 * words)()
+        self.bulk = (SaBulkAttr * (len(FIXED) + len(TIMES)))()
+        base, at = ctypes.addressof(self.values), 0
+        for i, (attr, n) in enumerate([*FIXED, *((t, 2) for t in TIMES)]):
+            self.bulk[i].sa_attr = table[ZPL[attr]]
+            self.bulk[i].sa_data = base + 8 * at
+            self.bulk[i].sa_length = 8 * n
+            at += n
+
+
 class Failed(Exception):
     def __init__(self, err: int, message: str) -> None:
         super().__init__(message)
@@ -152,9 +198,16 @@ class Zpool:
         z.dsl_crypto_params_create_nvlist.argtypes = [c_int, c_void_p, c_void_p, c_void_p]
         z.dsl_crypto_params_free.argtypes = [c_void_p, c_int]
         z.spa_keystore_load_wkey.argtypes = [c_char_p, c_void_p, c_int]
+        # The ARC's bounds before kernel_init sizes it, as zdb sets them: libzpool's own
+        # default is most of the machine's memory (5/8 of it, never given back), and a
+        # reader streams files once, so a small cache costs nothing.
+        c_uint64.in_dll(z, "zfs_arc_min").value = ARC_MIN
+        c_uint64.in_dll(z, "zfs_arc_max").value = ARC_MAX
         z.kernel_init(SPA_MODE_READ)
         self.pool: str | None = None
-        self.objsets: dict[str, tuple[int, Any]] = {}  # name -> (objset, SA table)
+        self.objsets: dict[str, Objset] = {}
+        self.dirs: dict[tuple[str, str], int] = {}  # (dataset, path) -> directory object
+        self._readbuf = ctypes.create_string_buffer(CHUNK)
         self._tag = ctypes.create_string_buffer(b"dsg-storage-userland")
 
     # ------------------------------------------------------------------ nvlists
@@ -260,7 +313,7 @@ class Zpool:
             self.z.dmu_objset_rele(os_, self._tag)
         return {"name": name, "objset_type": kind, "props": props}
 
-    def objset(self, name: str) -> tuple[int, Any]:
+    def objset(self, name: str) -> Objset:
         """The objset of filesystem or snapshot ``name``, held for the session, its SA set up."""
         if name in self.objsets:
             return self.objsets[name]
@@ -283,7 +336,7 @@ class Zpool:
         err = self.z.sa_setup(os_, sa_obj, byref(table_reg), ZPL_END, byref(table))
         if err:
             raise Failed(err, f"{name}: sa_setup: {os.strerror(err)}")
-        self.objsets[name] = (os_.value or 0, table)
+        self.objsets[name] = Objset(os_.value or 0, table)
         return self.objsets[name]
 
     def _zap(self, os_: Any, obj: int, key: bytes, out: c_uint64) -> None:
@@ -292,36 +345,50 @@ class Zpool:
             raise Failed(err, f"object {obj}: {key.decode()}: {os.strerror(err)}")
 
     def root(self, name: str) -> int:
-        os_, _ = self.objset(name)
         out = c_uint64()
-        self._zap(c_void_p(os_), MASTER_NODE_OBJ, b"ROOT", out)
+        self._zap(self.objset(name).handle, MASTER_NODE_OBJ, b"ROOT", out)
         return out.value
 
     def resolve(self, name: str, path: str) -> dict[str, Any]:
-        """The stats along ``path`` from the root, never following a link: it stops at a
-        component that is not a directory (``blocked``) or does not exist (``missing``)."""
-        os_, _ = self.objset(name)
-        chain = [self.stat(name, self.root(name))]
-        for part in [p for p in path.split("/") if p]:
-            if (chain[-1]["mode"] & 0o170000) != 0o040000:
-                return {"chain": chain, "missing": False, "blocked": True}
+        """The stat of ``path`` from the root, never following a link: ``depth`` is how many
+        components were resolved; it stops at a component that is not a directory
+        (``blocked``: the stat is that component's) or does not exist (``missing``: the
+        stat is its directory's). Directories on the way are remembered for the session."""
+        handle = self.objset(name).handle
+        parts = [p for p in path.split("/") if p]
+        depth, obj = 0, None
+        for n in range(len(parts), 0, -1):  # the deepest directory already known
+            obj = self.dirs.get((name, "/".join(parts[:n])))
+            if obj is not None:
+                depth = n
+                break
+        if obj is None:
+            obj = self.root(name)
+        st = self.stat(name, obj)
+        for part in parts[depth:]:
+            if (st["mode"] & S_IFMT) != S_IFDIR:
+                return {"stat": st, "depth": depth, "missing": False, "blocked": True}
             de = c_uint64()
-            err = self.z.zap_lookup(
-                c_void_p(os_), chain[-1]["obj"], part.encode("utf-8", "surrogateescape"), 8, 1, byref(de)
-            )
+            err = self.z.zap_lookup(handle, obj, part.encode("utf-8", "surrogateescape"), 8, 1, byref(de))
             if err == 2:
-                return {"chain": chain, "missing": True, "blocked": False}
+                return {"stat": st, "depth": depth, "missing": True, "blocked": False}
             if err:
                 raise Failed(err, f"{path}: {os.strerror(err)}")
-            chain.append(self.stat(name, de.value & ((1 << 48) - 1)))
-        return {"chain": chain, "missing": False, "blocked": False}
+            obj = de.value & ((1 << 48) - 1)
+            st = self.stat(name, obj)
+            depth += 1
+            if (st["mode"] & S_IFMT) == S_IFDIR:
+                if len(self.dirs) >= MAX_REMEMBERED:
+                    self.dirs.clear()
+                self.dirs[(name, "/".join(parts[:depth]))] = obj
+        return {"stat": st, "depth": depth, "missing": False, "blocked": False}
 
     def entries(self, name: str, obj: int) -> list[tuple[str, int]]:
-        os_, _ = self.objset(name)
+        handle = self.objset(name).handle
         cursor = ctypes.create_string_buffer(256)  # zap_cursor_t is 56 bytes
         attr = self.z.zap_attribute_alloc()
         out = []
-        self.z.zap_cursor_init(cursor, c_void_p(os_), obj)
+        self.z.zap_cursor_init(cursor, handle, obj)
         try:
             while self.z.zap_cursor_retrieve(cursor, c_void_p(attr)) == 0:
                 za = ZapAttribute.from_address(attr)
@@ -336,31 +403,30 @@ class Zpool:
         return sorted(out)
 
     def stat(self, name: str, obj: int) -> dict[str, Any]:
-        os_, table = self.objset(name)
+        objset = self.objset(name)
+        table, values = objset.table, objset.values
         hdl = c_void_p()
-        err = self.z.sa_handle_get(c_void_p(os_), obj, None, SA_HDL_PRIVATE, byref(hdl))
+        err = self.z.sa_handle_get(objset.handle, obj, None, SA_HDL_PRIVATE, byref(hdl))
         if err:
             raise Failed(err, f"object {obj}: {os.strerror(err)}")
         try:
-            out: dict[str, Any] = {"obj": obj}
-            for attr in ("mode", "size", "uid", "gid", "links", "parent", "xattr"):
-                value = c_uint64()
-                err = self.z.sa_lookup(hdl, table[ZPL[attr]], byref(value), 8)
-                if err and attr not in ("xattr",):
-                    raise Failed(err, f"object {obj}: {attr}: {os.strerror(err)}")
-                out[attr] = value.value if not err else None
-            for attr in ("atime", "mtime", "ctime"):
-                pair = (c_uint64 * 2)()
-                err = self.z.sa_lookup(hdl, table[ZPL[attr]], pair, 16)
-                if err:
-                    raise Failed(err, f"object {obj}: {attr}: {os.strerror(err)}")
-                out[attr] = [pair[0], pair[1]]
-            link = self._variable(hdl, table[ZPL["symlink"]], obj, "symlink")
+            err = self.z.sa_bulk_lookup(hdl, objset.bulk, len(objset.bulk))
+            if err:
+                raise Failed(err, f"object {obj}: its attributes: {os.strerror(err)}")
+            mode, size, uid, gid, links, parent, *times = values
+            out: dict[str, Any] = {
+                "obj": obj, "mode": mode, "size": size, "uid": uid, "gid": gid, "links": links, "parent": parent,
+                "atime": times[0:2], "mtime": times[2:4], "ctime": times[4:6],
+            }  # fmt: skip
+            directory = c_uint64()
+            err = self.z.sa_lookup(hdl, table[ZPL["xattr"]], byref(directory), 8)
+            out["xattr"] = None if err else directory.value
+            link = self._variable(hdl, table[ZPL["symlink"]], obj, "symlink") if mode & S_IFMT == S_IFLNK else None
             out["symlink"] = None if link is None else link.hex()
             packed = self._variable(hdl, table[ZPL["dxattr"]], obj, "dxattr")
         finally:
             self.z.sa_handle_destroy(hdl)
-        out["xattrs"] = self.xattrs(name, obj, out["xattr"], packed)
+        out["xattrs"] = self.xattrs(name, obj, out["xattr"], packed) if out["xattr"] or packed else []
         return out
 
     def _variable(self, hdl: Any, attr: int, obj: int, what: str) -> bytes | None:
@@ -406,28 +472,35 @@ class Zpool:
                 found[child] = self._xattr_value(name, child_obj)
         if packed:
             found.update(self._sa_xattrs(obj, packed))
-        return [[n, v] for n, v in sorted(found.items())[:MAX_XATTRS]]
+        out, total = [], 0
+        for key, value in sorted(found.items())[:MAX_XATTRS]:
+            # Values the parent never shows (other namespaces; past its bound) go as None,
+            # which keeps a stat line far below the parent's longest.
+            if value is not None and (key.startswith(OTHER_NAMESPACES) or total + len(value) // 2 > MAX_XATTR_TOTAL):
+                value = None
+            total += len(value or "") // 2
+            out.append([key, value])
+        return out
 
     def _xattr_value(self, name: str, obj: int) -> str | None:
         """The contents of an xattr directory's file, hex; None past MAX_XATTR_VALUE."""
         size = self.stat_size(name, obj)
         if size > MAX_XATTR_VALUE:
             return None
-        os_, _ = self.objset(name)
         buf = ctypes.create_string_buffer(max(size, 1))
-        err = self.z.dmu_read(c_void_p(os_), obj, 0, size, buf, 0)
+        err = self.z.dmu_read(self.objset(name).handle, obj, 0, size, buf, 0)
         if err:
             raise Failed(err, f"xattr object {obj}: {os.strerror(err)}")
         return buf.raw[:size].hex()
 
     def stat_size(self, name: str, obj: int) -> int:
-        os_, table = self.objset(name)
+        objset = self.objset(name)
         hdl, size = c_void_p(), c_uint64()
-        err = self.z.sa_handle_get(c_void_p(os_), obj, None, SA_HDL_PRIVATE, byref(hdl))
+        err = self.z.sa_handle_get(objset.handle, obj, None, SA_HDL_PRIVATE, byref(hdl))
         if err:
             raise Failed(err, f"object {obj}: {os.strerror(err)}")
         try:
-            err = self.z.sa_lookup(hdl, table[ZPL["size"]], byref(size), 8)
+            err = self.z.sa_lookup(hdl, objset.table[ZPL["size"]], byref(size), 8)
         finally:
             self.z.sa_handle_destroy(hdl)
         if err:
@@ -455,12 +528,11 @@ class Zpool:
         return out
 
     def read(self, name: str, obj: int, offset: int, length: int, out: Any) -> int:
-        os_, _ = self.objset(name)
-        buf = ctypes.create_string_buffer(CHUNK)
+        handle, buf = self.objset(name).handle, self._readbuf
         done = 0
         while done < length:
             n = min(CHUNK, length - done)
-            err = self.z.dmu_read(c_void_p(os_), obj, offset + done, n, buf, 0)
+            err = self.z.dmu_read(handle, obj, offset + done, n, buf, 0)
             if err:
                 raise Failed(err, f"object {obj} at offset {offset + done}: {os.strerror(err)}")
             out.write(b'{"data": %d}\n' % n)
@@ -496,18 +568,28 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
 
 
 def walk(zpool: Zpool, name: str, obj: int, out: Any) -> int:
-    """Every entry below directory ``obj``, depth first, as ``{"entry": [path, stat]}`` lines."""
+    """Every entry below directory ``obj``, depth first, as ``{"entries": [[path, stat]...]}``
+    lines (batched: one JSON line per entry would cost the parent more than the stat)."""
     count = 0
+    batch: list[bytes] = []
+    size = 0
     stack = [("", obj)]
     while stack:
         prefix, directory = stack.pop()
         for child, child_obj in zpool.entries(name, directory):
             st = zpool.stat(name, child_obj)
             path = f"{prefix}{child}"
-            out.write(json.dumps({"entry": [path, st]}).encode() + b"\n")
+            item = json.dumps([path, st]).encode()
+            batch.append(item)
+            size += len(item)
             count += 1
-            if (st["mode"] & 0o170000) == 0o040000:
+            if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
+                out.write(b'{"entries": [' + b",".join(batch) + b"]}\n")
+                batch, size = [], 0
+            if (st["mode"] & S_IFMT) == S_IFDIR:
                 stack.append((path + "/", child_obj))
+    if batch:
+        out.write(b'{"entries": [' + b",".join(batch) + b"]}\n")
     return count
 
 

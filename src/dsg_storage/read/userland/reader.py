@@ -57,9 +57,13 @@ def entry_of(path: str, st: dict[str, Any]) -> FileEntry:
     if stat_.S_ISLNK(mode) and st.get("symlink") is not None:
         target = os.fsdecode(bytes.fromhex(st["symlink"]).rstrip(b"\0"))
     seconds, nanos = st["mtime"]
-    found = _xattrs.bounded(
-        (_xattrs.linux_name(name), None if value is None else bytes.fromhex(value))
-        for name, value in st.get("xattrs", [])
+    stored = st.get("xattrs")
+    found = (
+        _xattrs.bounded(
+            (_xattrs.linux_name(name), None if value is None else bytes.fromhex(value)) for name, value in stored
+        )
+        if stored
+        else ((), 0)
     )
     return FileEntry(
         path, _kind(mode), int(st["size"]), f"{stat_.S_IMODE(mode):04o}", int(st["uid"]), int(st["gid"]),
@@ -112,17 +116,12 @@ class UserlandReader(Reader):
         norm = "" if norm in ("", ".") else norm
         source = self._source(repo, commit)
         found = self._ask("resolve", shown=path, dataset=source, path=norm)
-        chain = found.get("chain") if isinstance(found, dict) else None
-        if not isinstance(chain, list) or not chain or len(chain) > norm.count("/") + 2:
-            raise protocol.HelperProtocolError("the helper's resolve reply is malformed")
-        stats = [protocol.stat_record(st) for st in chain]
-        if found.get("missing") or found.get("blocked"):
-            if found.get("blocked") and stat_.S_ISLNK(stats[-1]["mode"]):
+        st, missing, blocked = protocol.resolved(found, norm.count("/") + 1 if norm else 0)
+        if missing or blocked:
+            if blocked and stat_.S_ISLNK(st["mode"]):
                 raise InvalidArgumentError(f"{path}: a component is a symbolic link (links are not followed)")
             raise FileNotFoundError(2, "no such file in the repository", path)
-        if len(stats) != (norm.count("/") + 2 if norm else 1):
-            raise protocol.HelperProtocolError("the helper resolved a path to the wrong depth")
-        return source, norm, stats[-1]
+        return source, norm, st
 
     def _ask(self, op: str, *, shown: str, **args: Any) -> Any:
         try:
@@ -193,7 +192,7 @@ class _UserlandFile(io.RawIOBase):
         if want <= 0:
             return 0
         try:
-            data = self.helper.read(self.dataset, self.obj, self.pos, want)
+            got = self.helper.read_into(self.dataset, self.obj, self.pos, memoryview(buffer).cast("B")[:want])
         except HelperRequestError as exc:
             if exc.code in _DAMAGED:
                 raise DamagedFileError(
@@ -201,9 +200,8 @@ class _UserlandFile(io.RawIOBase):
                     f"({exc.message}); nothing past offset {self.pos} can be read"
                 ) from None
             raise
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        self.pos += got
+        return got
 
 
 def open_userland(
