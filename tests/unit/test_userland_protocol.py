@@ -16,21 +16,33 @@ import pytest
 from dsg_storage.errors import DsgStorageError, PoolForeignError
 from dsg_storage.read.userland import protocol
 from dsg_storage.read.userland.catalog import PoolCatalog, mountpoint, own_user_props
-from dsg_storage.read.userland.client import Helper, HelperCrashedError, HelperRequestError, HelperTimeoutError
+from dsg_storage.read.userland.client import (
+    WINDOW,
+    Helper,
+    HelperCrashedError,
+    HelperRequestError,
+    HelperTimeoutError,
+)
 from dsg_storage.read.userland.reader import _choose, entry_of
 
 SEED = 26
 
 
 def fake_helper(tmp_path: Path, body: str) -> list[str]:
-    """argv of a helper whose reply to each request is ``body`` (Python, with ``req``, ``out``)."""
+    """argv of a helper whose reply to each request is ``body`` (Python, with ``req``, ``out``
+    and ``win``, the shared window file bytes go into); it maps the window as ours does."""
     script = tmp_path / "fake_helper.py"
     script.write_text(
-        "import json, os, sys\n"
+        "import json, mmap, os, sys\n"
         "out = sys.stdout.buffer\n"
         'out.write(b\'{"hello": 2, "pid": 7}\\n\'); out.flush()\n'
         "for line in sys.stdin.buffer:\n"
-        "    req = json.loads(line)\n" + textwrap.indent(textwrap.dedent(body), "    ") + "    out.flush()\n"
+        "    req = json.loads(line)\n"
+        '    if req["op"] == "window":\n'
+        '        win = mmap.mmap(req["fd"], req["size"])\n'
+        '        out.write(b\'{"ok": true, "result": 0}\\n\'); out.flush(); continue\n'
+        + textwrap.indent(textwrap.dedent(body), "    ")
+        + "    out.flush()\n"
     )
     return [sys.executable, str(script)]
 
@@ -52,34 +64,32 @@ def test_an_error_reply_carries_its_errno(tmp_path: Path) -> None:
     helper.close()
 
 
-def test_data_frames_are_streamed_and_counted(tmp_path: Path) -> None:
-    body = 'out.write(b\'{"data": 3}\\nabc{"data": 2}\\nde{"ok": true, "result": 5}\\n\')\n'
+def test_file_bytes_come_through_the_window(tmp_path: Path) -> None:
+    body = 'win[: req["length"]] = b"abcde"[: req["length"]]; out.write(b\'{"ok": true, "result": 5}\\n\')\n'
     helper = Helper(fake_helper(tmp_path, body))
     assert helper.read("pool/ds", 5, 0, 5) == b"abcde"
     helper.close()
 
 
 def test_a_short_read_is_an_error_never_a_short_file(tmp_path: Path) -> None:
-    body = 'out.write(b\'{"data": 3}\\nabc{"ok": true, "result": 3}\\n\')\n'
-    helper = Helper(fake_helper(tmp_path, body))
-    with pytest.raises(protocol.HelperProtocolError, match="3 bytes of the 5"):
+    helper = Helper(fake_helper(tmp_path, 'out.write(b\'{"ok": true, "result": 3}\\n\')\n'))
+    with pytest.raises(protocol.HelperProtocolError, match="read 3 bytes of the 5"):
         helper.read("pool/ds", 5, 0, 5)
+    assert helper.proc.poll() is not None, "the session ends with the protocol broken"
     helper.close()
 
 
-def test_a_large_read_lands_whole_in_the_callers_buffer(tmp_path: Path) -> None:
-    # frames larger than the pipe, written in pieces: the bytes go straight into the view
+def test_a_large_read_is_asked_a_window_at_a_time(tmp_path: Path) -> None:
+    # each request at most WINDOW bytes, the offsets following on: the bytes land in order
     body = (
-        'n = req["length"]; data = bytes(range(256)) * (n // 256)\n'
-        "for at in range(0, n, 300_000):\n"
-        "    piece = data[at : at + 300_000]\n"
-        "    out.write(b'{\"data\": %d}\\n' % len(piece)); out.flush(); out.write(piece); out.flush()\n"
+        'n, at = req["length"], req["offset"]\n'
+        "win[:n] = bytes((at + i) % 251 for i in range(n))\n"
         'out.write(b\'{"ok": true, "result": %d}\\n\' % n)\n'
     )
     helper = Helper(fake_helper(tmp_path, body))
-    into = bytearray(3 << 20)
+    into = bytearray(WINDOW + 1000)
     assert helper.read_into("pool/ds", 5, 0, memoryview(into)) == len(into)
-    assert into == bytes(range(256)) * (len(into) // 256)
+    assert into == bytes(i % 251 for i in range(len(into)))
     helper.close()
 
 
@@ -224,7 +234,7 @@ def _mutations(rng: random.Random, line: bytes) -> bytes:
 
 
 def _check_all(message: dict[str, Any]) -> None:
-    for check in (protocol.hello, protocol.frame_size, protocol.outcome, protocol.entries, protocol.stat_record,
+    for check in (protocol.hello, protocol.outcome, protocol.entries, protocol.stat_record,
                   protocol.dataset_records, protocol.pool_configs):  # fmt: skip
         try:
             check(message)  # type: ignore[operator]
@@ -252,7 +262,6 @@ def test_fuzzed_helper_lines_are_refused_cleanly() -> None:
     rng = random.Random(SEED)
     sound = [
         b'{"hello": 2, "pid": 7}',
-        b'{"data": 1048576}',
         json.dumps({"ok": True, "result": [{"name": "p", "pool_guid": 1, "state": 1, "hostid": 0}]}).encode(),
         json.dumps(
             {"entries": [["a/b", STAT], ["a/c", {**STAT, "xattrs": [["user.n", "6869"], ["x", None]]}]]}

@@ -7,7 +7,8 @@ started through the private userland's own loader (see ``userland/provision.py``
 
 It speaks the protocol of ``userland/protocol.py``: one JSON request a line on stdin,
 JSON lines back on the protocol descriptor (stdout as it was at start; libzpool's own
-chatter goes to stderr), file bytes as ``{"data": N}`` lines each followed by N raw bytes.
+chatter goes to stderr); file bytes go into the window, a shared memory file the parent
+made and passed (``window``), and the reply says how many.
 
 libzpool runs with ``kernel_init(SPA_MODE_READ)``: every pool it imports is read-only and
 its devices are opened ``O_RDONLY``. The pool is imported into this process's private
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import sys
 from ctypes import POINTER, byref, c_char_p, c_int, c_uint16, c_uint32, c_uint64, c_void_p
@@ -207,7 +209,7 @@ class Zpool:
         self.pool: str | None = None
         self.objsets: dict[str, Objset] = {}
         self.dirs: dict[tuple[str, str], int] = {}  # (dataset, path) -> directory object
-        self._readbuf = ctypes.create_string_buffer(CHUNK)
+        self.window: Any = None  # the parent's shared memory (window()), as a ctypes array
         self._tag = ctypes.create_string_buffer(b"dsg-storage-userland")
 
     # ------------------------------------------------------------------ nvlists
@@ -527,16 +529,23 @@ class Zpool:
             self.nv.nvlist_free(nvl)
         return out
 
-    def read(self, name: str, obj: int, offset: int, length: int, out: Any) -> int:
-        handle, buf = self.objset(name).handle, self._readbuf
+    def map_window(self, fd: int, size: int) -> int:
+        """Map the parent's shared memory file: where ``read`` puts file bytes."""
+        self._window_map = mmap.mmap(fd, size)
+        self.window = (ctypes.c_char * size).from_buffer(self._window_map)
+        return size
+
+    def read(self, name: str, obj: int, offset: int, length: int) -> int:
+        """Bytes [offset, offset+length) of object ``obj`` into the window, in CHUNK reads."""
+        if self.window is None or length > len(self.window):
+            raise Failed(22, f"a read of {length} bytes does not fit the window")
+        handle, base = self.objset(name).handle, ctypes.addressof(self.window)
         done = 0
         while done < length:
             n = min(CHUNK, length - done)
-            err = self.z.dmu_read(handle, obj, offset + done, n, buf, 0)
+            err = self.z.dmu_read(handle, obj, offset + done, n, base + done, 0)
             if err:
                 raise Failed(err, f"object {obj} at offset {offset + done}: {os.strerror(err)}")
-            out.write(b'{"data": %d}\n' % n)
-            out.write(memoryview(buf)[:n])
             done += n
         return done
 
@@ -551,7 +560,8 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
         "stat": lambda r: zpool.stat(str(r["dataset"]), int(r["obj"])),
         "walk": lambda r: walk(zpool, str(r["dataset"]), int(r["obj"]), out),
         "load_key": lambda r: zpool.load_key(str(r["root"]), bytes.fromhex(str(r["key"]))),
-        "read": lambda r: zpool.read(str(r["dataset"]), int(r["obj"]), int(r["offset"]), int(r["length"]), out),
+        "window": lambda r: zpool.map_window(int(r["fd"]), int(r["size"])),
+        "read": lambda r: zpool.read(str(r["dataset"]), int(r["obj"]), int(r["offset"]), int(r["length"])),
     }
     for line in requests:
         request = json.loads(line)

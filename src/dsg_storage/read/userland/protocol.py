@@ -5,7 +5,8 @@ helper answers each with JSON lines on its stdout:
 
 - ``{"hello": 1, "pid": N}`` once, at start (the protocol version);
 - for ``walk``: any number of ``{"entries": [[path, stat]...]}`` lines before the reply;
-- for ``read``: ``{"data": N}`` lines, each followed by exactly N raw bytes;
+- for ``read``: nothing before the reply, whose result is how many bytes the helper put
+  into the window (shared memory the parent made, sealed at its size: ``client.WINDOW``);
 - then ``{"ok": true, "result": ...}`` or ``{"ok": false, "errno": E, "error": "..."}``.
 
 Everything the helper sends is outside input (it reads a pool image someone else made):
@@ -23,8 +24,6 @@ from ...errors import DsgStorageError
 VERSION = 2
 #: Longest line accepted from the helper (a dataset list of a large pool fits).
 MAX_LINE = 16 << 20
-#: Largest data frame (the helper sends 1 MiB).
-MAX_FRAME = 4 << 20
 #: stat fields the helper sends, with their types (None allowed where it may be absent).
 _STAT_INTS = ("obj", "mode", "size", "uid", "gid", "links")
 _STAT_TIMES = ("atime", "mtime", "ctime")
@@ -70,16 +69,6 @@ def hello(message: dict[str, Any]) -> int:
     if message.get("hello") != VERSION or not _is_int(message.get("pid")):
         raise HelperProtocolError(f"the helper does not speak protocol {VERSION}: {str(message)[:120]}")
     return int(message["pid"])
-
-
-def frame_size(message: dict[str, Any]) -> int | None:
-    """N for a ``{"data": N}`` line, None for any other line."""
-    if "data" not in message:
-        return None
-    size = message["data"]
-    if not _is_int(size) or size > MAX_FRAME or len(message) != 1:
-        raise HelperProtocolError(f"bad data frame from the helper: {str(message)[:120]}")
-    return int(size)
 
 
 def outcome(message: dict[str, Any]) -> tuple[bool, Any, int, str]:
