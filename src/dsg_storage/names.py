@@ -66,6 +66,11 @@ P_COMMITTED, P_MESSAGE, P_REQUESTED = prop("committed"), prop("message"), prop("
 # On a snapshot the queue took (which queued request it was); on a workspace the HRDAG/dsg
 # drop-in opened (dsg's own transaction id).
 P_QUEUE_ID, P_DSG_TRANSACTION = prop("queue-id"), prop("dsg-transaction")
+#: Native properties that make a file system's contents harmless (nosuid, nodev, noexec
+#: mounts): where set on a repository itself (by hand, or by a bundle import) its
+#: workspace is cloned with the same values, since a clone takes its properties from its
+#: parent, not from its origin, and the workspace becomes the repository at commit.
+CARRIED_FLAGS = ("setuid", "devices", "exec")
 #: Every user property of ours this version sets, on datasets and snapshots: what the
 #: read-only commands ask ``zfs get`` for by name (``zfs.listing``), since asking for
 #: ``all`` makes ZFS compute every native property of every snapshot.

@@ -13,6 +13,7 @@ from dsg_storage.core.records import left_bases
 from dsg_storage.names import P_AUTO_SNAPSHOT, P_LEFT_BASES, P_RECOVERY_NOTE
 from dsg_storage.settings import Settings
 from dsg_storage.zfs.port import Foreign
+from dsg_storage.zfs.programs import on_off
 
 from ..fakes import FakeZfs
 
@@ -103,6 +104,20 @@ def test_temporaries_carry_auto_snapshot_false_and_the_repository_keeps_its_owne
     tx.commit()
     assert fake(repo).datasets[REPO][P_AUTO_SNAPSHOT] == "true"
     assert fake(repo).datasets[REPO]["com.example:note"] == "mine"
+
+
+def test_a_workspace_is_cloned_with_the_repositorys_own_setuid_devices_and_exec(repo: Repository) -> None:
+    # a clone takes its parent's properties, not its origin's: without these the contents
+    # of an imported bundle would run setuid in the workspace and, after commit, for good
+    tx = repo.begin()
+    assert not {"setuid", "devices", "exec"} & set(fake(repo).datasets[tx.dataset])  # inherited: nothing to carry
+    tx.rollback()
+    fake(repo).datasets[REPO].update({"setuid": "off", "devices": "off"})
+    tx = repo.begin()
+    workspace = fake(repo).datasets[tx.dataset]
+    assert (on_off(workspace["setuid"]), on_off(workspace["devices"]), "exec" in workspace) == ("off", "off", False)
+    tx.commit()
+    assert (on_off(fake(repo).datasets[REPO]["setuid"]), on_off(fake(repo).datasets[REPO]["devices"])) == ("off", "off")
 
 
 def test_why_a_temporary_is_kept_names_the_holds_and_the_bookmarks() -> None:

@@ -123,6 +123,18 @@ def test_setuid_files_and_devices_from_a_bundle_give_nothing(
     st = os.stat(mnt)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (os.getuid(), os.getgid(), 0o755)
     assert (result.owner, result.mode) == (f"{os.getuid()}:{os.getgid()}", "0755")
+    # A transaction's workspace is a clone, and a clone takes its properties from its
+    # parent, not from its origin: setuid=off and devices=off must go with it, while it is
+    # open and once it is the repository.
+    with target.begin() as tx:
+        workspace = Path(tx.path)
+        reachable_by_nobody(workspace)
+        assert euid_as_nobody(workspace) == "65534" and not device_opens_as_nobody(workspace)
+        (workspace / "note.txt").write_text("a change after the import")
+        tx.commit("after the import")
+    assert (zfs_get("setuid", target.name), zfs_get("devices", target.name)) == ("off", "off")
+    assert {"nosuid", "nodev"} <= mount_options(target.name)
+    assert euid_as_nobody(mnt) == "65534" and not device_opens_as_nobody(mnt)
 
     # an incremental bundle onto a repository made here (setuid inherited on) is defused too
     other = Repository(f"{sandbox.dataset}/inc", allow=sandbox.allow)

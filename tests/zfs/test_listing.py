@@ -39,6 +39,7 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     subprocess.run(["zfs", "set", "com.example:note=a\tb\nc", repo.name], check=True)  # another tool's
     subprocess.run(["zfs", "snapshot", f"{repo.name}@autosnap"], check=True)
     subprocess.run(["zfs", "set", "com.sun:auto-snapshot=true", f"{repo.name}@autosnap"], check=True)
+    subprocess.run(["zfs", "set", "setuid=off", "exec=off", repo.name], check=True)  # carried to its workspace
     plain = Repository(f"{parent}/plain", zfs=sandbox.zfs)  # inherits its mountpoint: no zoned
     with plain.begin(mountpoint=str(sandbox.mount_dir / "here" / "plain"), owner=OWNER) as tx:
         Path(tx.path, "b.txt").write_text("b")
@@ -63,6 +64,13 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     assert len(family) == 3 and family[repo.name]["com.example:note"] == "a\tb\nc"
     assert on_off(family[open_tx.dataset]["zoned"]) == "on" and "origin" in family[open_tx.dataset]
     assert programs.family(replica)[replica]["@received"] == "yes"
+    assert (family[repo.name]["setuid"], family[repo.name]["exec"], "devices" in family[repo.name]) == (
+        "off",
+        "off",
+        False,
+    )
+    assert (family[open_tx.dataset]["setuid"], family[open_tx.dataset]["exec"]) == ("off", "off")
+    assert programs.family(replica)[replica]["setuid"] == "off"  # received with it
     assert {"autosnap", "rep", f"dsg-base-{open_tx.id}"} <= {s.short_name for s in programs.snapshots(repo.name)}
 
     by_commands = commands.families(sandbox.dataset)  # recover --pool's read: ours only

@@ -16,6 +16,7 @@ transaction destroys the workspace and the base. The old head and the base are r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import attrs
@@ -29,9 +30,20 @@ from ..errors import (
     InvalidArgumentError,
     TransactionInProgressError,
 )
-from ..names import P_AUTO_SNAPSHOT, P_COMMIT_MESSAGE, P_MODE, P_OWNER, P_PENDING, P_RECOVERY_NOTE, P_STATE, P_TX
+from ..names import (
+    CARRIED_FLAGS,
+    P_AUTO_SNAPSHOT,
+    P_COMMIT_MESSAGE,
+    P_MODE,
+    P_OWNER,
+    P_PENDING,
+    P_RECOVERY_NOTE,
+    P_STATE,
+    P_TX,
+)
 from ..zfs.allow import AllowList
 from ..zfs.port import Batch, ZfsPort
+from ..zfs.programs import on_off
 from .actions import Action, Apply, ApplyOwner, Clone, Create, DestroySnapshots, Freeze, Mount, Rename, Thaw, Unmount
 from .options import Owner, check_mountpoint, parse_mode
 from .placement import place_recorded_head
@@ -302,10 +314,11 @@ def _opening(record: Record) -> list[Action]:
     return [Mount(record.dataset, record.path), ApplyOwner(record.path, record.owner, record.mode, record.dataset)]
 
 
-def begin_actions(pattern: TransactionPattern, record: Record, repository: str) -> tuple[list[Action], list[Action]]:
+def begin_actions(pattern: TransactionPattern, record: Record, view: PoolView) -> tuple[list[Action], list[Action]]:
     """Begin's two phases: create the temporary dataset (the pattern's), then open it
     (``_opening``); between them the lock file notes the begin as unfinished."""
-    return pattern.begin(repository, record, _creation_props(record, repository)), _opening(record)
+    props = _creation_props(record, view.repository, view.head or {})
+    return pattern.begin(view.repository, record, props), _opening(record)
 
 
 def commit_actions(view: PoolView, record: Record, message: str | None, wait: float = 0.0) -> list[Action]:
@@ -327,8 +340,11 @@ def _intent(record: Record, message: str | None) -> Action:
     return Apply(wish + pattern_of(record).first_of_commit(record))
 
 
-def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
-    """What a temporary dataset is created with: the record, atime off (reads must not
+def _creation_props(record: Record, repository: str, head: Mapping[str, str]) -> dict[str, str | int]:
+    """What a temporary dataset is created with: the record, the ``CARRIED_FLAGS`` the
+    repository (``head``) has of its own (a clone would take its parent's: a bundle's
+    setuid files would work in the workspace and, after commit, in the repository),
+    atime off (reads must not
     count as changes in the conflict check at commit) and, unless it inherits one, the
     repository's own mountpoint, so that commit has no native property to set (libzfs_core
     cannot set one; ``zfs set`` costs a process and a walk of every snapshot).
@@ -341,7 +357,9 @@ def _creation_props(record: Record, repository: str) -> dict[str, str | int]:
     local: dict[str, str | int] = {} if record.inherits else {"mountpoint": record.mountpoint, "zoned": 1}
     # Snapshot tools that honour com.sun:auto-snapshot never snapshot a temporary: what
     # they take of uncommitted work would otherwise become the repository's at commit.
-    return {**local, "atime": 0, P_AUTO_SNAPSHOT: "false", **record.props(repository)}
+    # As numbers: lzc_clone takes a native index property by its value, not its name.
+    carried = {flag: 1 if on_off(head[flag]) == "on" else 0 for flag in CARRIED_FLAGS if flag in head}
+    return {**local, **carried, "atime": 0, P_AUTO_SNAPSHOT: "false", **record.props(repository)}
 
 
 def new_transaction(

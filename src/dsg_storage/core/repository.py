@@ -295,7 +295,7 @@ class Repository:
                 pattern, record = new_transaction(
                     view, self.zfs.allow, names.new_tx_id(), wanted=(mountpoint, owner, mode)
                 )
-                actions = [a for phase in begin_actions(pattern, record, self.name) for a in phase]
+                actions = [a for phase in begin_actions(pattern, record, view) for a in phase]
                 return [
                     *lines,
                     f"begin ({pattern.kind.value}): a new transaction",
@@ -353,12 +353,13 @@ class Repository:
         for name in (self.name, names.workspace_dataset(self.name, tx)):
             self.zfs.allow.check(name)
         with self.exclusive():
-            pattern, record = new_transaction(self._recovered(), self.zfs.allow, tx, wanted=(mountpoint, owner, mode))
+            view = self._recovered()
+            pattern, record = new_transaction(view, self.zfs.allow, tx, wanted=(mountpoint, owner, mode))
             assert self._lock is not None  # held: exclusive()
             # The pool records the transaction as open from its first sync task on; until
             # begin's last step the lock file says it is not finished (see ``core.lock``).
             self._lock.note_begin(tx)
-            created, opening = begin_actions(pattern, record, self.name)
+            created, opening = begin_actions(pattern, record, view)
             self._run(created)
             self._run(opening)
             self._lock.clear()

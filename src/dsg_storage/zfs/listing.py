@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
+from ..names import CARRIED_FLAGS
 from .port import Snapshot
 from .programs import u64
 
@@ -157,7 +158,7 @@ class CommandListing:
         ``core.pool``). One command (two without ``known``)."""
         if self.known is None:
             return self._everything_below(under, prefix, family=True)
-        wanted = ",".join(("mountpoint", "origin", "zoned", *self.known))
+        wanted = ",".join(("mountpoint", "origin", "zoned", *CARRIED_FLAGS, *self.known))
         got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
         return {name: self._described(props, props, prefix, family=True) for name, props in got.items()}
 
@@ -198,6 +199,9 @@ class CommandListing:
                 props["@received"] = "yes"  # a replica of another host's dataset (FAMILY)
             if own.get("zoned", ("", ""))[1] == "LOCAL":
                 props["zoned"] = own["zoned"][0]
+            for flag in CARRIED_FLAGS:
+                if own.get(flag, ("", ""))[1] in ("LOCAL", "RECEIVED"):
+                    props[flag] = own[flag][0]
         origin = listed.get("origin", ("-", ""))[0]
         if origin not in ("", "-"):
             props["origin"] = origin

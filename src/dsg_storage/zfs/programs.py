@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from ..names import CARRIED_FLAGS
+
 
 def u64(value: int) -> int:
     """nvlists hand uint64 values (GUIDs) to Lua and back as signed int64."""
@@ -261,9 +263,14 @@ return out
 
 
 # How FAMILY and FAMILIES describe one filesystem: the user properties set on it, ours
-# received with it, its origin, its mountpoint and its own zoned value (only when set on
-# it); "@received" when our properties were all received, none set here (a replica).
-_DESCRIBE = """
+# received with it, its origin, its mountpoint, its own zoned value (only when set on
+# it) and its names.CARRIED_FLAGS set on it or received; "@received" when our properties
+# were all received, none set here (a replica).
+_DESCRIBE = (
+    "local CARRIED = {"
+    + ", ".join(f'"{flag}"' for flag in CARRIED_FLAGS)
+    + "}"
+    + """
 local function describe(ds, prefix)
     local props = {}
     local mine, received = 0, 0
@@ -279,9 +286,14 @@ local function describe(ds, prefix)
     props["mountpoint"] = zfs.get_prop(ds, "mountpoint")
     local zoned, source = zfs.get_prop(ds, "zoned")
     if source == ds then props["zoned"] = zoned end
+    for _, flag in ipairs(CARRIED) do
+        local value, from = zfs.get_prop(ds, flag)
+        if from == ds or from == "$recvd" then props[flag] = value end
+    end
     return props
 end
 """
+)
 
 # A dataset and its siblings whose names start with NAME.dsg- (dsg-storage's temporary
 # datasets), each described (above); the parent with its mountpoint only.
