@@ -121,6 +121,20 @@ def test_a_resolve_reply_must_match_the_paths_depth() -> None:
             protocol.resolved(bad, 2)
 
 
+def test_a_fetch_is_the_whole_of_a_regular_file_or_nothing() -> None:
+    found = {"stat": STAT, "depth": 1, "missing": False, "blocked": False}
+    assert protocol.fetched(found, STAT, WINDOW) is None
+    assert protocol.fetched({**found, "fetched": 5}, STAT, WINDOW) == 5
+    for bad, st in (
+        (4, STAT),  # short: never a truncated file taken for whole
+        (5, {**STAT, "mode": 0o120777}),  # not a regular file
+        (True, STAT),
+        (WINDOW + 1, {**STAT, "size": WINDOW + 1}),
+    ):
+        with pytest.raises(protocol.HelperProtocolError):
+            protocol.fetched({**found, "fetched": bad}, st, WINDOW)
+
+
 def test_a_crash_is_our_error_with_the_helpers_last_words(tmp_path: Path) -> None:
     helper = Helper(
         fake_helper(tmp_path, 'sys.stderr.write("VERIFY failed: boom\\n"); sys.stderr.flush(); os.abort()\n')
@@ -248,6 +262,8 @@ def _check_all(message: dict[str, Any]) -> None:
         for value in message.values():
             try:
                 protocol.resolved(value, 2)
+                if isinstance(value, dict):
+                    protocol.fetched(value, STAT, WINDOW)
             except protocol.HelperProtocolError:
                 pass
             try:
@@ -267,6 +283,9 @@ def test_fuzzed_helper_lines_are_refused_cleanly() -> None:
             {"entries": [["a/b", STAT], ["a/c", {**STAT, "xattrs": [["user.n", "6869"], ["x", None]]}]]}
         ).encode(),
         json.dumps({"ok": True, "result": {"stat": STAT, "depth": 1, "missing": False, "blocked": False}}).encode(),
+        json.dumps(
+            {"ok": True, "result": {"stat": STAT, "depth": 1, "missing": False, "blocked": False, "fetched": 5}}
+        ).encode(),
         json.dumps({"ok": True, "result": [{"name": "p/r", "objset_type": 2, "props": {}}]}).encode(),
         b'{"ok": false, "errno": 52, "error": "checksum"}',
     ]

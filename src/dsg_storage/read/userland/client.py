@@ -119,6 +119,10 @@ class Helper:
             into[done : done + want] = self._window[:want]
         return len(into)
 
+    def window_bytes(self, size: int) -> bytes:
+        """The first ``size`` bytes of the window, as the last request left them."""
+        return self._window[:size]
+
     def _windows(
         self, dataset: str, obj: int, offset: int, length: int, timeout: float | None
     ) -> Iterator[tuple[int, int]]:

@@ -136,7 +136,7 @@ class SaBulkAttr(ctypes.Structure):  # sa_bulk_attr_t (sys/sa.h)
 #: The attributes every znode has, read in one sa_bulk_lookup: (name, 64-bit words).
 FIXED = (("mode", 1), ("size", 1), ("uid", 1), ("gid", 1), ("links", 1), ("parent", 1))
 TIMES = ("atime", "mtime", "ctime")
-S_IFMT, S_IFDIR, S_IFLNK = 0o170000, 0o040000, 0o120000
+S_IFMT, S_IFDIR, S_IFLNK, S_IFREG = 0o170000, 0o040000, 0o120000, 0o100000
 #: Directories whose objects resolve() remembers (a read-only pool never changes them).
 MAX_REMEMBERED = 65536
 #: A walk's entries go out in batches of at most this many, or about this many bytes.
@@ -385,6 +385,15 @@ class Zpool:
                 self.dirs[(name, "/".join(parts[:depth]))] = obj
         return {"stat": st, "depth": depth, "missing": False, "blocked": False}
 
+    def fetch(self, name: str, path: str, limit: int) -> dict[str, Any]:
+        """``resolve``, and a regular file of at most ``limit`` bytes read into the window
+        by the same request (``fetched``: how many bytes)."""
+        found = self.resolve(name, path)
+        st = found["stat"]
+        if not (found["missing"] or found["blocked"]) and (st["mode"] & S_IFMT) == S_IFREG and st["size"] <= limit:
+            found["fetched"] = self.read(name, st["obj"], 0, st["size"])
+        return found
+
     def entries(self, name: str, obj: int) -> list[tuple[str, int]]:
         handle = self.objset(name).handle
         cursor = ctypes.create_string_buffer(256)  # zap_cursor_t is 56 bytes
@@ -555,7 +564,11 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
         "find": lambda r: zpool.find(list(r["paths"])),
         "import": lambda r: zpool.import_pool(int(r["guid"]), str(r["name"])),
         "datasets": lambda r: zpool.datasets(str(r["under"])),
-        "resolve": lambda r: zpool.resolve(str(r["dataset"]), str(r["path"])),
+        "resolve": lambda r: (
+            zpool.fetch(str(r["dataset"]), str(r["path"]), int(r["fetch"]))
+            if "fetch" in r
+            else zpool.resolve(str(r["dataset"]), str(r["path"]))
+        ),
         "entries": lambda r: zpool.entries(str(r["dataset"]), int(r["obj"])),
         "stat": lambda r: zpool.stat(str(r["dataset"]), int(r["obj"])),
         "walk": lambda r: walk(zpool, str(r["dataset"]), int(r["obj"]), out),

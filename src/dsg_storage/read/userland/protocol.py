@@ -162,6 +162,17 @@ def resolved(value: object, depth: int) -> tuple[dict[str, Any], bool, bool]:
     return stat_record(value.get("stat")), missing, blocked
 
 
+def fetched(value: dict[str, Any], st: dict[str, Any], window: int) -> int | None:
+    """How many bytes of a regular file a ``resolve`` with ``fetch`` put into the window:
+    all of it, or None (not fetched)."""
+    count = value.get("fetched")
+    if count is None:
+        return None
+    if not _is_int(count) or count != st["size"] or count > window or (st["mode"] & 0o170000) != 0o100000:
+        raise HelperProtocolError(f"the helper fetched {str(count)[:40]} bytes of a file of {st['size']}")
+    return int(count)
+
+
 def dataset_records(value: object) -> list[dict[str, Any]]:
     """The ``datasets`` result: [{"name", "objset_type", "props": {name: value...}}]."""
     if not isinstance(value, list):
