@@ -3,6 +3,7 @@ script speaking (or breaking) the protocol. Real pools: tests/host/test_userland
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import sys
@@ -23,7 +24,9 @@ from dsg_storage.read.userland.client import (
     HelperRequestError,
     HelperTimeoutError,
 )
+from dsg_storage.read.userland.provision import HELPER
 from dsg_storage.read.userland.reader import _choose, entry_of
+from dsg_storage.read.xattrs import linux_name
 
 SEED = 26
 
@@ -133,6 +136,16 @@ def test_a_fetch_is_the_whole_of_a_regular_file_or_nothing() -> None:
     ):
         with pytest.raises(protocol.HelperProtocolError):
             protocol.fetched({**found, "fetched": bad}, st, WINDOW)
+
+
+def test_the_helper_orders_xattrs_by_the_names_the_parent_shows() -> None:
+    # the helper (a script that imports nothing of ours) leaves out what the parent would
+    spec = importlib.util.spec_from_file_location("userland_helper", HELPER)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name in ("note", "user.note", "trusted.t", "security.selinux", "system.posix_acl_access", "usernote", "x.y"):
+        assert script.linux_name(name) == linux_name(name), name
 
 
 def test_a_crash_is_our_error_with_the_helpers_last_words(tmp_path: Path) -> None:

@@ -121,6 +121,11 @@ class ZapAttribute(ctypes.Structure):  # zap_attribute_t's fixed part
     ]
 
 
+def linux_name(stored: str) -> str:
+    """As ``read/xattrs.linux_name`` (this script imports nothing of ours)."""
+    return stored if stored.startswith((*OTHER_NAMESPACES, "user.")) else "user." + stored
+
+
 class SaBulkAttr(ctypes.Structure):  # sa_bulk_attr_t (sys/sa.h)
     _fields_ = [
         ("sa_data", c_void_p),
@@ -484,7 +489,10 @@ class Zpool:
         if packed:
             found.update(self._sa_xattrs(obj, packed))
         out, total = [], 0
-        for key, value in sorted(found.items())[:MAX_XATTRS]:
+        # In the order the parent takes them: by Linux name (a name stored without a
+        # namespace is the user's), so what is left out here is what it leaves out.
+        ordered = sorted(found.items(), key=lambda item: linux_name(item[0]))
+        for key, value in ordered[:MAX_XATTRS]:
             # Values the parent never shows (other namespaces; past its bound) go as None,
             # which keeps a stat line far below the parent's longest.
             if value is not None and (key.startswith(OTHER_NAMESPACES) or total + len(value) // 2 > MAX_XATTR_TOTAL):
