@@ -136,7 +136,7 @@ class Helper:
         while done < length:
             want = min(length - done, WINDOW)
             got = self.call("read", timeout=timeout, dataset=dataset, obj=obj, offset=offset + done, length=want)
-            if got != want:
+            if type(got) is not int or got != want:
                 raise self._fail(HelperProtocolError(f"the helper read {got!r} bytes of the {want} asked"))
             yield done, want
             done += want

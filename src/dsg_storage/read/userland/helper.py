@@ -601,26 +601,30 @@ def serve(zpool: Zpool, requests: Any, out: Any) -> None:
 def walk(zpool: Zpool, name: str, obj: int, out: Any) -> int:
     """Every entry below directory ``obj``, depth first, as ``{"entries": [[path, stat]...]}``
     lines (batched: one JSON line per entry would cost the parent more than the stat)."""
-    count = 0
+    count = size = 0
     batch: list[bytes] = []
-    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        out.write(b'{"entries": [' + b",".join(batch) + b"]}\n")
+        batch.clear()
+        size = 0
+
     stack = [("", obj)]
     while stack:
         prefix, directory = stack.pop()
         for child, child_obj in zpool.entries(name, directory):
             st = zpool.stat(name, child_obj)
             path = f"{prefix}{child}"
-            item = json.dumps([path, st]).encode()
-            batch.append(item)
-            size += len(item)
+            batch.append(json.dumps([path, st]).encode())
+            size += len(batch[-1])
             count += 1
             if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
-                out.write(b'{"entries": [' + b",".join(batch) + b"]}\n")
-                batch, size = [], 0
+                flush()
             if (st["mode"] & S_IFMT) == S_IFDIR:
                 stack.append((path + "/", child_obj))
     if batch:
-        out.write(b'{"entries": [' + b",".join(batch) + b"]}\n")
+        flush()
     return count
 
 

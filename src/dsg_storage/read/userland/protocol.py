@@ -17,6 +17,7 @@ reply is a ``HelperProtocolError``, never a traceback or an unbounded read.
 from __future__ import annotations
 
 import json
+import stat as stat_
 from typing import Any
 
 from ...errors import DsgStorageError
@@ -168,7 +169,7 @@ def fetched(value: dict[str, Any], st: dict[str, Any], window: int) -> int | Non
     count = value.get("fetched")
     if count is None:
         return None
-    if not _is_int(count) or count != st["size"] or count > window or (st["mode"] & 0o170000) != 0o100000:
+    if not _is_int(count) or count != st["size"] or count > window or not stat_.S_ISREG(st["mode"]):
         raise HelperProtocolError(f"the helper fetched {str(count)[:40]} bytes of a file of {st['size']}")
     return int(count)
 
