@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bench_cli import console_script, install
 
@@ -494,9 +494,9 @@ class Meter:
         zfs.steps.observer = self._step
         program = zfs.program
 
-        def counted(pool: str, source: str, args: Sequence[str], *, sync: bool) -> object:
+        def counted(pool: str, source: str, args: Sequence[str], *, sync: bool, **kwargs: Any) -> object:
             self.tally["sync programs" if sync else "read programs"] += 1
-            return program(pool, source, args, sync=sync)
+            return program(pool, source, args, sync=sync, **kwargs)
 
         zfs.program = counted  # type: ignore[method-assign]
         self._count("exists", "exists")

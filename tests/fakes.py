@@ -25,6 +25,7 @@ from dsg_storage.transfer import sendstream
 from dsg_storage.zfs.allow import AllowList
 from dsg_storage.zfs.host import BoundarySteps, Guard
 from dsg_storage.zfs.port import Batch, BatchResult, Foreign, Snapshot, ZfsPort
+from dsg_storage.zfs.reads import Read, mount_flags_of
 
 DRR_END = 2
 _END = struct.Struct("<II32xQ")  # drr_type, drr_payloadlen, drr_checksum, drr_toguid
@@ -42,6 +43,7 @@ class FakeHost:
     def __init__(self, pool: FakeZfs) -> None:
         self.pool = pool
         self.table: dict[str, list[str]] = {}
+        self.flags: dict[str, int] = {}  # path -> the mount(2) flags it was mounted with
         self.dirs: set[str] = set()
         self.owners: dict[str, tuple[int, int, int]] = {}
         self.frozen: set[str] = set()
@@ -63,7 +65,7 @@ class FakeHost:
         self.frozen.discard(path)
         self.pool.steps.done("thaw", dataset)
 
-    def mount(self, dataset: str, path: str) -> None:
+    def mount(self, dataset: str, path: str, *, flags: int | None = None) -> None:
         self.pool.guard.check(dataset)
         if dataset not in self.pool.datasets:
             raise DatasetNotFoundError(f"{dataset}: no such dataset", dataset=dataset)
@@ -71,6 +73,7 @@ class FakeHost:
             return
         self.make_dir(path)
         self.table.setdefault(dataset, []).append(path)
+        self.flags[path] = self.pool.mount_flags(dataset) if flags is None else flags
         self.pool.steps.done("mount", dataset)
 
     def unmount(self, dataset: str, path: str | None = None, *, lazy: bool = False) -> None:
@@ -196,13 +199,26 @@ class FakeZfs:
     def families(self, under: str) -> dict[str, dict[str, str]]:
         return self.filesystems(under)
 
-    def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
+    def foreign(self, dataset: str, bases: Sequence[str], *, written_of: str | None = None) -> Foreign:
         """Snapshots of ``dataset`` made after the first of ``bases`` that exists; one in
-        ``busy`` is held (tag "busy")."""
+        ``busy`` is held (tag "busy"). ``written_of``: as ``get_props`` reports written@."""
         base = next((b for b in bases if b in self.snaps), "")
         after = int(self.snaps.get(base, {}).get("createtxg", "0"))
         found = [s for s in self.snapshots(dataset) if s.createtxg > after]
-        return Foreign(tuple((s.short_name, ("busy",) if s.name in self.busy else ()) for s in found))
+        written = None
+        if base and written_of and written_of in self.datasets:
+            written = int((self.get_props(written_of, [f"written@{base}"]) or {})[f"written@{base}"])
+        return Foreign(
+            tuple((s.short_name, ("busy",) if s.name in self.busy else ()) for s in found),
+            base=base or None,
+            written=written,
+        )
+
+    def mount_flags(self, dataset: str) -> int:
+        return mount_flags_of(self.datasets.get(dataset, {}))
+
+    def together(self, *reads: Read) -> tuple[Any, ...]:
+        return tuple(read.ask(self) for read in reads)
 
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         clones: dict[str, list[str]] = {}

@@ -12,6 +12,7 @@ from dsg_storage import DatasetBusyError, Queue, ReplicaError, Repository
 from dsg_storage.core.records import left_bases
 from dsg_storage.names import P_AUTO_SNAPSHOT, P_LEFT_BASES, P_RECOVERY_NOTE
 from dsg_storage.settings import Settings
+from dsg_storage.zfs.mounts import MS_NODEV, MS_NOSUID
 from dsg_storage.zfs.port import Foreign
 from dsg_storage.zfs.programs import on_off
 
@@ -118,6 +119,7 @@ def test_a_workspace_is_cloned_with_the_repositorys_own_setuid_devices_and_exec(
     assert (on_off(workspace["setuid"]), on_off(workspace["devices"]), "exec" in workspace) == ("off", "off", False)
     tx.commit()
     assert (on_off(fake(repo).datasets[REPO]["setuid"]), on_off(fake(repo).datasets[REPO]["devices"])) == ("off", "off")
+    assert fake(repo).host.flags["/srv/survey"] == MS_NOSUID | MS_NODEV  # mounted as its properties ask
 
 
 def test_why_a_temporary_is_kept_names_the_holds_and_the_bookmarks() -> None:

@@ -469,7 +469,8 @@ def test_recovery_finishes_a_commit_stopped_between_its_renames(pool: FakeZfs, t
 
 def test_recovery_leaves_a_conflicting_commit_open_with_everything_back_in_place(pool: FakeZfs, tmp_path: Path) -> None:
     pool.datasets[OLD] = committed_head(**{P_PENDING: TX})
-    pool.datasets[WS] = tx_props()
+    pool.datasets[WS] = {**tx_props(), "origin": f"{OLD}@dsg-base-{TX}"}
+    pool.snaps[f"{OLD}@dsg-base-{TX}"] = {P_TX: TX, "createtxg": "1"}
     pool.changed[OLD] = ["M\t/late.txt"]
     actions = repository(pool, tmp_path).recover()
     assert actions[0].endswith("transaction left open")

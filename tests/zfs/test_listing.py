@@ -9,12 +9,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dsg_storage import Repository
+from dsg_storage import Repository, names
 from dsg_storage.core.view import family_in
 from dsg_storage.names import PROP_PREFIX
 from dsg_storage.zfs.boundary import open_zfs
 from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
+from dsg_storage.zfs.mounts import MS_NOEXEC, MS_NOSUID
 from dsg_storage.zfs.programs import on_off
+from dsg_storage.zfs.reads import FamilyRead, ForeignRead, MountFlagsRead
 
 from .cli import dsg_json
 from .conftest import Sandbox
@@ -88,3 +90,28 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     history = dsg_json("history", repo.name, allow=sandbox.dataset)
     assert [c["message"] for c in history] == ["first"]
     open_tx.rollback()
+
+
+def test_reads_asked_together_answer_as_each_alone(sandbox: Sandbox) -> None:
+    """One program for the reads of one moment (a commit's): the family, what other tools
+    made of a workspace with what the repository wrote since the base, the mount flags."""
+    repo = Repository(f"{sandbox.dataset}/together", zfs=sandbox.zfs)
+    with repo.begin(mountpoint=str(sandbox.mount_dir / "together"), owner=OWNER) as first:
+        Path(first.path, "a.txt").write_text("a")
+    subprocess.run(["zfs", "set", "setuid=off", "exec=off", repo.name], check=True)
+    tx = repo.begin()
+    subprocess.run(["zfs", "snapshot", f"{tx.dataset}@autosnap"], check=True)  # another tool's, of the work
+    Path(sandbox.mount_dir / "together" / "late.txt").write_text("written after begin")
+    subprocess.run(["zfs", "snapshot", f"{repo.name}@synced"], check=True)  # every write on disk
+    zfs = sandbox.zfs
+    bases = names.base_places(repo.name, tx.id)
+    reads = FamilyRead(repo.name), ForeignRead(tx.dataset, bases, written_of=repo.name), MountFlagsRead(repo.name)
+    family, foreign, flags = zfs.together(*reads)
+    assert family == zfs.family(repo.name)
+    alone = zfs.foreign(tx.dataset, bases, written_of=repo.name)
+    assert (foreign, foreign.base, foreign.written) == (alone, alone.base, alone.written)
+    assert [name for name, _ in foreign.snapshots] == ["autosnap"]
+    assert foreign.base == names.base_snapshot(repo.name, tx.id) and foreign.written and foreign.written > 0
+    assert flags == zfs.mount_flags(repo.name) == MS_NOSUID | MS_NOEXEC
+    assert zfs.foreign(tx.dataset, bases).written is None  # not asked
+    tx.rollback()

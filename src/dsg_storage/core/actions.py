@@ -144,12 +144,14 @@ class SetNative:
 class Mount:
     dataset: str
     path: str
+    #: the mount(2) flags read at this moment (``PoolView.mount_flags``); None: read them now
+    flags: int | None = attrs.field(default=None, eq=False)
 
     def describe(self) -> str:
         return f"mount {self.dataset} at {self.path}"
 
     def apply(self, zfs: ZfsPort) -> None:
-        zfs.host.mount(self.dataset, self.path)
+        zfs.host.mount(self.dataset, self.path, flags=self.flags)
 
 
 @attrs.frozen

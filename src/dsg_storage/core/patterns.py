@@ -42,14 +42,14 @@ from ..names import (
     P_TX,
 )
 from ..zfs.allow import AllowList
-from ..zfs.port import Batch, ZfsPort
+from ..zfs.port import Batch, Foreign, ZfsPort
 from ..zfs.programs import on_off
 from .actions import Action, Apply, ApplyOwner, Clone, Create, DestroySnapshots, Freeze, Mount, Rename, Thaw, Unmount
 from .options import Owner, check_mountpoint, parse_mode
 from .placement import place_recorded_head
 from .records import Pattern, Phase, Record, left_bases
 from .retire import destroy_base
-from .view import PoolView, changes_since_base
+from .view import PoolView, changes_since_base, since_base
 
 DEFAULT_MODE = 0o755
 
@@ -90,17 +90,22 @@ class TransactionPattern:
         change to the repository (``wait``: how long a writer may take to finish)."""
         return [Unmount(record.dataset)]
 
-    def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
+    def since_base(self, zfs: ZfsPort, repo: str, record: Record) -> Foreign:
+        """After ``detach``, one read for ``changes`` and ``strays``: what happened to the
+        temporary (and, for sync, to the repository set aside) since the base."""
+        return zfs.foreign(record.dataset, self.bases(repo, record.tx))
+
+    def changes(self, zfs: ZfsPort, repo: str, record: Record, since: Foreign) -> list[str]:
         """After ``detach``: files of the repository changed since begin (a conflict)."""
         return []
 
-    def strays(self, zfs: ZfsPort, view: PoolView, record: Record) -> list[Action]:
+    def strays(self, view: PoolView, record: Record, foreign: Foreign) -> list[Action]:
         """Just before the commit point: the snapshots other tools took of the temporary
         since its base (a recursive ``zfs snapshot -r PARENT@x``) would become the
         repository's and show uncommitted work under its name: destroyed, and said so
         on the repository (``status``). One that is held cannot be: the commit is refused
-        (DatasetBusyError naming the hold; nothing changed, the transaction stays open)."""
-        foreign = zfs.foreign(record.dataset, self.bases(view.repository, record.tx))
+        (DatasetBusyError naming the hold; nothing changed, the transaction stays open).
+        ``foreign``: ``since_base``'s read."""
         if foreign.held:
             held = ", ".join(f"@{name} (held by {', '.join(tags)})" for name, tags in foreign.held.items())
             raise DatasetBusyError(
@@ -228,8 +233,11 @@ class Sync(TransactionPattern):
         freeze: list[Action] = [Freeze(repo, path, wait) for path in view.mounted_at(repo)]
         return [Unmount(record.dataset), *freeze, Rename(repo, names.old_dataset(repo, record.tx))]
 
-    def changes(self, zfs: ZfsPort, repo: str, record: Record) -> list[str]:
-        return changes_since_base(zfs, repo, record.tx)
+    def since_base(self, zfs: ZfsPort, repo: str, record: Record) -> Foreign:
+        return since_base(zfs, repo, record.tx)
+
+    def changes(self, zfs: ZfsPort, repo: str, record: Record, since: Foreign) -> list[str]:
+        return changes_since_base(zfs, repo, record.tx, since)
 
     def first_of_commit(self, record: Record) -> Batch:
         # The history moves to the workspace now, before the repository is renamed away:

@@ -33,7 +33,9 @@ def place_head(  # noqa: PLR0917  the view, then a head's placement as recorded_
     if not inherits and (view.head or {}).get("mountpoint") != mountpoint:
         actions.append(SetMountpoint(repo, mountpoint))
     if mountpoint not in view.mounted_at(repo):
-        actions.append(Mount(repo, mountpoint))
+        # Flags read with the view are of this moment: only unmounts and the mountpoint
+        # property lie between (docs/archive/0002); otherwise they are read at the mount.
+        actions.append(Mount(repo, mountpoint, flags=view.mount_flags.get(repo)))
     actions.append(ApplyOwner(mountpoint, owner, mode, repo))
     return actions
 

@@ -111,11 +111,11 @@ class Repository:
     def exists(self) -> bool:
         return self.zfs.exists(self.name)
 
-    def view(self) -> PoolView:
+    def view(self, *, committed: str | None = None) -> PoolView:
         """What the pool shows about this repository now (no lock taken), checked
-        against the policy when there is one."""
+        against the policy when there is one (``committed``: ``core.view.observe``)."""
         unfinished = self._lock.unfinished_begin() if self._lock is not None else None
-        return status.view(self.zfs, self.name, self.policy, unfinished_begin=unfinished)
+        return status.view(self.zfs, self.name, self.policy, unfinished_begin=unfinished, committed=committed)
 
     def history(self) -> list[Commit]:
         """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
@@ -379,8 +379,9 @@ class Repository:
             record = attrs.evolve(record, phase=Phase.COMMITTING, message=message or record.message)
             try:
                 self._run(detach)
-                changes = pattern.changes(self.zfs, self.name, record)
-                strays = [] if changes else pattern.strays(self.zfs, view, record)
+                since = pattern.since_base(self.zfs, self.name, record)  # one read of this moment
+                changes = pattern.changes(self.zfs, self.name, record, since)
+                strays = [] if changes else pattern.strays(view, record, since)
             except Exception:
                 self._reattach(record)  # nothing changed: put the names and mounts back
                 raise
@@ -399,7 +400,7 @@ class Repository:
                 self._reattach(record)
                 raise pattern.commit_point_failed(exc, self.name, tx) from exc
             committed = attrs.evolve(record, dataset=self.name)
-            view = self.view()
+            view = self.view(committed=tx)
             outcome = self._run(finish_commit(view, committed))
             snapshot = commit_snapshot_of(view)
             guid, createtxg = outcome.created.get(snapshot, (0, 0))

@@ -31,11 +31,17 @@ class PoolPropertyPolicy(Protocol):
 
 
 def view(
-    zfs: ZfsPort, name: str, policy: PoolPropertyPolicy | None = None, *, unfinished_begin: str | None = None
+    zfs: ZfsPort,
+    name: str,
+    policy: PoolPropertyPolicy | None = None,
+    *,
+    unfinished_begin: str | None = None,
+    committed: str | None = None,
 ) -> PoolView:
     """What the pool shows about repository ``name`` now, checked against ``policy``
-    when there is one (``unfinished_begin``: see ``core.lock``)."""
-    seen = observe(zfs, name, unfinished_begin=unfinished_begin)
+    when there is one (``unfinished_begin``: see ``core.lock``; ``committed``: see
+    ``core.view.observe``)."""
+    seen = observe(zfs, name, unfinished_begin=unfinished_begin, committed=committed)
     if policy is not None:
         for dataset, props in seen.family.items():
             if dataset == name or dataset.startswith(name + ".dsg-"):

@@ -16,9 +16,11 @@ from typing import Any
 import attrs
 
 from .. import names
+from ..errors import DatasetNotFoundError
 from ..names import P_COMMIT_SNAPSHOT, P_IMPORT, P_STATE, P_TX
 from ..zfs.port import Foreign, ZfsPort
 from ..zfs.programs import on_off
+from ..zfs.reads import FamilyRead, ForeignRead, MountFlagsRead
 from .records import Phase, Record
 
 
@@ -39,6 +41,9 @@ class PoolView:
     unfinished_begin: str | None = None
     #: retired temporaries (old heads, undone ones kept) -> what other tools made of them
     foreign: Mapping[str, Foreign] = attrs.Factory(dict)
+    #: dataset -> the mount(2) flags its properties asked for, read with the family (only
+    #: where a mount follows at the same moment: ``observe``'s ``committed``)
+    mount_flags: Mapping[str, int] = attrs.Factory(dict)
 
     @property
     def head(self) -> Mapping[str, str] | None:
@@ -169,21 +174,46 @@ def changes_since(zfs: ZfsPort, filesystem: str, snapshot: str, *, ignore_root: 
     return [line for line in lines if not (ignore_root and line.split("\t")[-1] in ("/", ""))]
 
 
-def changes_since_base(zfs: ZfsPort, repository: str, tx: str) -> list[str]:
-    """Files of the old head (``REPO.dsg-old-TX``) changed since the transaction's base
-    (``changes_since``), asked after commit's rename."""
-    old, short = names.old_dataset(repository, tx), names.base_snapshot(repository, tx).split("@", 1)[1]
-    # Where the base is: on the old head, or on the workspace once commit promoted it
-    # (the old head is then a clone of it).
-    holder = old if zfs.exists(f"{old}@{short}") else names.workspace_dataset(repository, tx)
-    return changes_since(zfs, old, f"{holder}@{short}")
+def since_base(zfs: ZfsPort, repository: str, tx: str) -> Foreign:
+    """What happened since sync transaction ``tx``'s base, in one read after commit's
+    rename: other tools' snapshots of the workspace, where the base is (on the old head,
+    or on the workspace once commit promoted it) and what the old head
+    (``REPO.dsg-old-TX``) has written since it (``changes_since_base``)."""
+    workspace, old = names.workspace_dataset(repository, tx), names.old_dataset(repository, tx)
+    return zfs.foreign(workspace, names.base_places(repository, tx), written_of=old)
 
 
-def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished_begin: str | None = None) -> PoolView:
+def changes_since_base(zfs: ZfsPort, repository: str, tx: str, since: Foreign) -> list[str]:
+    """Files of the old head changed since the transaction's base (``changes_since``),
+    from ``since_base``'s read; zero bytes written (the usual case) settles it at once."""
+    old = names.old_dataset(repository, tx)
+    if since.base is None or since.written is None:
+        raise DatasetNotFoundError(
+            f"the base snapshot of transaction {tx} is gone from {repository}'s datasets: changes since it "
+            "cannot be checked",
+            dataset=old,
+            hint="nothing was changed; roll the transaction back",
+        )
+    if not since.written:
+        return []
+    return zfs.changed_files(since.base, old)
+
+
+def observe(
+    zfs: ZfsPort,
+    repository: str,
+    *,
+    conflicts: bool = True,
+    unfinished_begin: str | None = None,
+    committed: str | None = None,
+) -> PoolView:
     """Read what the pool shows about ``repository`` now (see the module's docstring);
     ``conflicts=False`` skips the conflict check of commits stopped between renames;
-    ``unfinished_begin`` is what the step lock's file notes (``core.lock``)."""
-    family = zfs.family(repository)
+    ``unfinished_begin`` is what the step lock's file notes (``core.lock``).
+    ``committed``: the transaction whose commit point just passed; what finishing it
+    needs (the old head's foreign snapshots, the repository's mount flags) is read with
+    the family, in one program."""
+    family, known, flags = _family_read(zfs, repository, committed)
     mounts = zfs.host.mounts()
     head = family.get(repository)
     found: dict[str, tuple[str, ...]] = {}
@@ -193,7 +223,8 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
         for dataset in family:
             parsed = names.parse_temporary(dataset)
             if parsed and parsed[1] == "old" and names.workspace_dataset(repository, parsed[2]) in family:
-                found[parsed[2]] = tuple(changes_since_base(zfs, repository, parsed[2]))
+                since = since_base(zfs, repository, parsed[2])
+                found[parsed[2]] = tuple(changes_since_base(zfs, repository, parsed[2], since))
     elif head is not None:
         if head.get(P_IMPORT):
             snapshots = tuple(s.short_name for s in zfs.snapshots(repository))
@@ -204,7 +235,10 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
     for dataset in family:  # retired temporaries: what other tools made of them (``core.retire``)
         parsed = names.parse_temporary(dataset)
         if parsed and parsed[0] == repository and parsed[1] in ("old", "gone"):
-            foreign[dataset] = zfs.foreign(dataset, names.base_places(repository, parsed[2]))
+            if dataset in known:
+                foreign[dataset] = known[dataset]
+            else:
+                foreign[dataset] = zfs.foreign(dataset, names.base_places(repository, parsed[2]))
     return _seen(
         repository,
         family,
@@ -215,4 +249,22 @@ def observe(zfs: ZfsPort, repository: str, *, conflicts: bool = True, unfinished
         commit_snapshot_exists=commit_snapshot_exists,
         unfinished_begin=unfinished_begin,
         foreign=foreign,
+        mount_flags=flags,
     )
+
+
+def _family_read(
+    zfs: ZfsPort, repository: str, committed: str | None
+) -> tuple[dict[str, dict[str, str]], dict[str, Foreign], dict[str, int]]:
+    """``repository``'s family; after ``committed``'s commit point, with its old head's
+    foreign snapshots and the repository's mount flags, read together."""
+    if committed is None:
+        return zfs.family(repository), {}, {}
+    old = names.old_dataset(repository, committed)
+    reads = (
+        FamilyRead(repository),
+        ForeignRead(old, names.base_places(repository, committed)),
+        MountFlagsRead(repository),
+    )
+    family, foreign, flags = zfs.together(*reads)
+    return family, {old: foreign}, {repository: flags}

@@ -62,6 +62,7 @@ from .listing import CommandListing, PoolReadOnly, ProgramListing, ZfsCommand, s
 from .mounts import MOUNT_FLAG_PROPS
 from .port import Foreign, Snapshot
 from .programs import Batch, BatchResult, u64
+from .reads import Read, mount_flags_of, together_args
 
 log = _log.getLogger("dsg_storage")
 T = TypeVar("T")
@@ -203,8 +204,9 @@ class Zfs:
     def exists(self, name: str) -> bool:
         return bool(self._call(name, self.lzc.lzc_exists, _b(name)))
 
-    def program(self, pool: str, source: str, args: Sequence[str], *, sync: bool) -> Any:
+    def program(self, pool: str, source: str, args: Sequence[str], *, sync: bool, subject: str | None = None) -> Any:
         """Run a channel program (Lua) on ``pool``; returns its decoded return value.
+        Its errors name ``subject`` (default: the first argument).
 
         Callers of a ``sync`` (changing) program check the allow-list for its targets.
         """
@@ -216,7 +218,22 @@ class Zfs:
         except self._lzc_errors.ZFSError as exc:
             if getattr(exc, "errno", None) == errno.EROFS:
                 raise PoolReadOnly(pool) from exc
-            raise from_pyzfs(exc, args[0] if args else pool) from exc
+            raise from_pyzfs(exc, subject or (args[0] if args else pool)) from exc
+
+    def together(self, *reads: Read) -> tuple[Any, ...]:
+        """``reads`` of one moment (all of one pool), answered by one read-only channel
+        program, each as its own port method answers it (``zfs.reads``)."""
+        if len(reads) < 2:
+            return tuple(read.ask(self) for read in reads)
+        pool = _names.pool_of(reads[0].dataset)
+        if any(_names.pool_of(read.dataset) != pool for read in reads):
+            raise ValueError("reads asked together must be of one pool")
+        source = programs.together([read.source for read in reads])
+        try:
+            raw = self.program(pool, source, together_args(reads), sync=False, subject=reads[0].dataset) or {}
+        except PoolReadOnly:
+            return tuple(read.ask(self) for read in reads)
+        return tuple(read.parse(raw.get(str(i))) for i, read in enumerate(reads, 1))
 
     def get_props(self, dataset: str, names: Iterable[str]) -> dict[str, Any] | None:
         """Properties of ``dataset`` (native or user) that are set; None if it does not exist."""
@@ -230,9 +247,11 @@ class Zfs:
         snaps = [snapshot_of(item) for item in self.listing.snapshots(dataset, user_prefix)]
         return sorted(snaps, key=lambda s: s.createtxg)
 
-    def foreign(self, dataset: str, bases: Sequence[str]) -> Foreign:
-        """What other tools made of ``dataset`` since its base (``programs.FOREIGN``)."""
-        return Foreign.parse(self.program(_names.pool_of(dataset), programs.FOREIGN, [dataset, *bases], sync=False))
+    def foreign(self, dataset: str, bases: Sequence[str], *, written_of: str | None = None) -> Foreign:
+        """What other tools made of ``dataset`` since its base (``programs.FOREIGN``); with
+        ``written_of``, in the same read, what that filesystem has written since the base."""
+        args = [dataset, written_of or "", *bases]
+        return Foreign.parse(self.program(_names.pool_of(dataset), programs.FOREIGN, args, sync=False))
 
     def filesystems(self, under: str, user_prefix: str = _names.PROP_PREFIX) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it: their own user properties under
@@ -408,11 +427,7 @@ class Zfs:
             props = self.get_props(dataset, list(MOUNT_FLAG_PROPS)) or {}
         except PoolReadOnly:  # offline: read-only mounts get nosuid,nodev anyway
             return 0
-        flags = 0
-        for prop, (value, flag) in MOUNT_FLAG_PROPS.items():
-            if programs.on_off(props.get(prop)) == value:
-                flags |= flag
-        return flags
+        return mount_flags_of(props)
 
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
         """Files changed in ``filesystem`` since ``snapshot`` (``zfs diff`` lines: "M\t/path").

@@ -152,8 +152,10 @@ class Host:
         return orphaned_reader_mounts()
 
     # ------------------------------------------------------------------ mounts
-    def mount(self, dataset: str, path: str) -> None:
-        """Mount ``dataset`` at ``path`` (created if missing) unless it is mounted there already."""
+    def mount(self, dataset: str, path: str, *, flags: int | None = None) -> None:
+        """Mount ``dataset`` at ``path`` (created if missing) unless it is mounted there
+        already, with the mount(2) flags its properties ask for: read now, or ``flags``
+        when they were read at this moment already (``zfs.reads.MountFlagsRead``)."""
         self.guard.check(dataset)
         self.guard.check_place(path)
         if path in zfs_mounts().get(dataset, []):
@@ -166,7 +168,7 @@ class Host:
             if created:
                 self.steps.done("mkdir", path)
             try:
-                hostfs.mount_at(dataset, dirfd, "zfsutil", self.flags_of(dataset))
+                hostfs.mount_at(dataset, dirfd, "zfsutil", self.flags_of(dataset) if flags is None else flags)
             except OSError as exc:
                 elsewhere = [p for p in zfs_mounts().get(dataset, []) if p != path]
                 detail = f" (it is mounted at {', '.join(elsewhere)})" if elsewhere else ""

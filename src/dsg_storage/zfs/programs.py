@@ -7,7 +7,7 @@ guards it is a ``Batch``. pyzfs passes ``params`` as ``args["argv"]`` (a table).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -84,19 +84,27 @@ return out
 )
 
 # What other tools made of one of our temporary datasets since a transaction began:
-# argv = {dataset, base snapshot, ...}: the base's full name where it may be (the first
-# that exists counts). The snapshots of the dataset created after the base (all of them
-# when it is gone), each with its holds' tags, and its bookmarks. Keyed by short name.
+# argv = {dataset, written_of, base snapshot, ...}: the base's full name where it may be
+# (the first that exists counts). The snapshots of the dataset created after the base
+# (all of them when it is gone), each with its holds' tags, and its bookmarks, keyed by
+# short name; the base found; and, when written_of names a filesystem, its written@base
+# (a commit's conflict check, of the same moment: one read instead of three).
 FOREIGN = (
     LUA_PREAMBLE
     + """
-local ds = argv[1]
+local ds, written_of = argv[1], argv[2]
 local out = {snapshots = {}, bookmarks = {}}
-if not zfs.exists(ds) then return out end
 local after = 0
-for i = 2, #argv do
-    if after == 0 and zfs.exists(argv[i]) then after = zfs.get_prop(argv[i], "createtxg") end
+for i = 3, #argv do
+    if after == 0 and zfs.exists(argv[i]) then
+        after = zfs.get_prop(argv[i], "createtxg")
+        out.base = argv[i]
+    end
 end
+if out.base ~= nil and written_of ~= "" and zfs.exists(written_of) then
+    out.written = zfs.get_prop(written_of, "written@" .. out.base)
+end
+if not zfs.exists(ds) then return out end
 for snap in zfs.list.snapshots(ds) do
     local txg = zfs.get_prop(snap, "createtxg")
     if txg > after then
@@ -328,6 +336,27 @@ if zfs.exists(argv[1]) then visit(argv[1]) end
 return out
 """
 )
+
+
+def together(sources: Sequence[str]) -> str:
+    """One read-only program running the read programs ``sources`` (each ``LUA_PREAMBLE``
+    and a body) one after the other, each as a function of its own part of argv: argv =
+    {n1, the first's n1 arguments, n2, ...}. Returns {"1" = the first's result, ...}."""
+    parts = [
+        'local all = (...)["argv"]',
+        "local out, at = {}, 1",
+        "local function part()",
+        "    local n, own = tonumber(all[at]), {}",
+        "    for j = 1, n do own[j] = all[at + j] end",
+        "    at = at + n + 1",
+        "    return own",
+        "end",
+    ]
+    for i, source in enumerate(sources, 1):
+        if not source.startswith(LUA_PREAMBLE):
+            raise ValueError("not a read program of ours")
+        parts += [f"local function read{i}(argv)", source[len(LUA_PREAMBLE) :], "end", f'out["{i}"] = read{i}(part())']
+    return "\n".join([*parts, "return out"])
 
 
 @attrs.frozen
