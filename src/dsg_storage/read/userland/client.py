@@ -53,6 +53,7 @@ class Helper:
         self, argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.timeout = timeout
+        self._allowed = timeout
         self._clock = clock
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  kept for the process's life, closed by close()
         self._buffer = bytearray()
@@ -160,14 +161,15 @@ class Helper:
 
     # ------------------------------------------------------------------ bytes
     def _deadline(self, timeout: float | None) -> float:
-        return self._clock() + (self.timeout if timeout is None else timeout)
+        self._allowed = self.timeout if timeout is None else timeout  # what a timeout error names
+        return self._clock() + self._allowed
 
     def _fill(self, deadline: float) -> None:
         """Read what the helper has sent, waiting at most until ``deadline``."""
         left = deadline - self._clock()
         if left <= 0 or not self._selector.select(timeout=left):
             raise self._fail(
-                HelperTimeoutError(f"the userland helper did not answer within {self.timeout:g}s and was stopped")
+                HelperTimeoutError(f"the userland helper did not answer within {self._allowed:g}s and was stopped")
             )
         try:
             chunk = os.read(self._out, 1 << 20)
