@@ -51,22 +51,64 @@ def test_recover_pool_skips_only_what_recovery_would_leave_alone(cli: InProcess)
     alone, an unmounted one is remounted, an open transaction is left open."""
     from dsg_storage.core.pool import _listing, _nothing_to_do
     from dsg_storage.core.repository import Repository
+    from dsg_storage.core.view import members_by_repository, mount_table
 
     quiet, unmounted, busy = cli.repository("tank/data/a"), cli.repository("tank/data/b"), cli.repository("tank/data/c")
     tx = cli.ok("begin", busy)["tx"]
     cli.pool.host.unmount(unmounted)
     zfs = cli.boundary(AllowList.parse("tank/data"))
     listing = _listing(zfs, "tank")
-    mounts = zfs.host.mounts()
+    siblings, mounts = members_by_repository(listing), mount_table(zfs.host.mounts())
     for name in (quiet, unmounted, busy):
         planned = Repository(name, zfs=zfs, settings=Settings.from_environ(cli.env)).plan("recover")
-        if _nothing_to_do(listing, name, mounts, [], None):
+        if _nothing_to_do(listing, siblings, name, mounts, [], None):
             assert planned == [], name
-    assert _nothing_to_do(listing, quiet, mounts, [], None)
-    assert not _nothing_to_do(listing, unmounted, mounts, [], None)
-    assert not _nothing_to_do(listing, busy, mounts, [], None)  # a transaction: the full way decides
+    assert _nothing_to_do(listing, siblings, quiet, mounts, [], None)
+    assert not _nothing_to_do(listing, siblings, unmounted, mounts, [], None)
+    assert not _nothing_to_do(listing, siblings, busy, mounts, [], None)  # a transaction: the full way decides
 
     done = {r["repository"]: r["actions"] for r in cli.ok("recover", "--pool", "tank")["repositories"]}
     assert done == {quiet: [], unmounted: [f"remounted {unmounted} at {cli.tmp}/srv/b"], busy: []}
     assert cli.pool.host.mounts()[unmounted] == [f"{cli.tmp}/srv/b"]
     assert [p["tx"] for p in cli.ok("status", busy)["pending"]] == [tx]
+
+
+def test_families_cut_from_one_index_are_the_families_cut_one_by_one() -> None:
+    from dsg_storage.core.view import family_in, members_by_repository
+
+    listing = {
+        name: {"mountpoint": f"/m/{name}"}
+        for name in (
+            "tank/data",
+            "tank/data/r",
+            "tank/data/r.dsg-ws-20261204T000000Z-abcdef",
+            "tank/data/r.dsg-x.dsg-old-20261204T000000Z-abcdef",  # a member of r and of r.dsg-x
+            "tank/data/r.dsg-x",
+            "tank/data/r2",
+            "tank/data/r/child.dsg-ws-20261204T000000Z-abcdef",  # not a sibling of r
+            "tank/other/r.dsg-ws-20261204T000000Z-abcdef",  # another parent
+        )
+    }
+    members = members_by_repository(listing)
+    for repository in ("tank/data/r", "tank/data/r.dsg-x", "tank/data/r2", "tank/data/r/child", "tank/none/r"):
+        alone = family_in(listing, repository)
+        assert family_in(listing, repository, members) == alone, repository
+        expected = (
+            None
+            if alone is None
+            else {
+                name
+                for name in listing
+                if name.rsplit("/", 1)[0] == repository.rsplit("/", 1)[0]
+                and (name == repository or name.startswith(repository + ".dsg-"))
+            }
+            | {repository.rsplit("/", 1)[0]}
+        )
+        assert (set(alone) if alone is not None else None) == expected, repository
+    assert set(family_in(listing, "tank/data/r") or {}) == {
+        "tank/data",
+        "tank/data/r",
+        "tank/data/r.dsg-ws-20261204T000000Z-abcdef",
+        "tank/data/r.dsg-x.dsg-old-20261204T000000Z-abcdef",
+        "tank/data/r.dsg-x",
+    }

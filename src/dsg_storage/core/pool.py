@@ -22,7 +22,7 @@ from ..zfs.port import ZfsPort
 from .recovery import plan_recovery
 from .repository import Repository
 from .status import PoolPropertyPolicy
-from .view import family_in, quiet_view
+from .view import family_in, members_by_repository, mount_table, quiet_view
 
 TYPE_CHECKING = False  # not typing's: see dsg_storage/__init__.py
 if TYPE_CHECKING:
@@ -96,10 +96,11 @@ def recover_pool(
     """
     zfs = zfs if zfs is not None else open_zfs(allow)
     listing = _listing(lists or zfs, pool)
-    mounts, orphaned = zfs.host.mounts(), zfs.host.orphaned_reader_mounts()
+    members = members_by_repository(listing)
+    mounts, orphaned = mount_table(zfs.host.mounts()), zfs.host.orphaned_reader_mounts()
     done = []
     for repository in _repositories(zfs, listing):
-        if _nothing_to_do(listing, repository, mounts, orphaned, policy):
+        if _nothing_to_do(listing, members, repository, mounts, orphaned, policy):
             done.append(Recovered(repository))
             continue
         try:
@@ -112,10 +113,11 @@ def recover_pool(
     return done
 
 
-def _nothing_to_do(
+def _nothing_to_do(  # noqa: PLR0917  the pool-wide reads, made once, then the repository
     listing: dict[str, dict[str, str]],
+    members: dict[str, list[str]],
     repository: str,
-    mounts: dict[str, list[str]],
+    mounts: dict[str, tuple[str, ...]],
     orphaned: list[tuple[str, str]],
     policy: PoolPropertyPolicy | None,
 ) -> bool:
@@ -123,7 +125,7 @@ def _nothing_to_do(
     a quiet repository (``quiet_view``) that passes the policy and for which recovery plans
     no step, or a replica (never acted on). Anything else, an error included, takes the
     full way, which reads again under the lock and reports what it finds."""
-    family = family_in(listing, repository)
+    family = family_in(listing, repository, members)
     seen = quiet_view(family, repository, mounts, orphaned) if family is not None else None
     if seen is None:
         return False

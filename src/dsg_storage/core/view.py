@@ -101,19 +101,34 @@ class PoolView:
         return f"{base.rstrip('/')}/{leaf}"
 
 
-def family_in(listing: Mapping[str, Mapping[str, str]], repository: str) -> dict[str, dict[str, str]] | None:
+def members_by_repository(listing: Mapping[str, object]) -> dict[str, list[str]]:
+    """``listing``'s names by the repository whose family they would be members of (the
+    name itself, and each ``REPO`` it begins ``REPO.dsg-`` with): made once, so that
+    cutting the families of all its repositories (``family_in``) costs the listing's
+    size, not its square."""
+    found: dict[str, list[str]] = {}
+    mark = ".dsg-"
+    for name in listing:
+        found.setdefault(name, []).append(name)
+        leaf_at = name.rfind("/") + 1
+        at = name.find(mark, leaf_at)
+        while at > leaf_at:
+            found.setdefault(name[:at], []).append(name)
+            at = name.find(mark, at + 1)
+    return found
+
+
+def family_in(
+    listing: Mapping[str, Mapping[str, str]], repository: str, members: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, dict[str, str]] | None:
     """``repository``'s family (``ZfsPort.family``) cut from ``listing`` (``ZfsPort.families``
     of a dataset above it): the same members, described the same way. None when the
-    listing does not hold its parent."""
+    listing does not hold its parent. ``members``: ``members_by_repository(listing)``, made once for many."""
     parent = repository.rsplit("/", 1)[0]
     if parent not in listing:
         return None
-    mark = repository + ".dsg-"
-    found = {
-        name: dict(props)
-        for name, props in listing.items()
-        if name.rsplit("/", 1)[0] == parent and (name == repository or name.startswith(mark))
-    }
+    index = members if members is not None else members_by_repository(listing)
+    found = {name: dict(listing[name]) for name in index.get(repository, ())}
     found[parent] = {"mountpoint": listing[parent].get("mountpoint", "none")}
     return found
 
@@ -121,11 +136,12 @@ def family_in(listing: Mapping[str, Mapping[str, str]], repository: str) -> dict
 def quiet_view(
     family: Mapping[str, Mapping[str, str]],
     repository: str,
-    mounts: Mapping[str, Sequence[str]],
+    mounts: Mapping[str, tuple[str, ...]],
     orphaned: Sequence[tuple[str, str]],
 ) -> PoolView | None:
     """``observe``'s view of a quiet repository from reads already made (its family, the
-    mount table, the orphaned reader mounts): one that exists with no temporary dataset
+    mount table as ``mount_table`` gives it, the orphaned reader mounts; the views of many
+    repositories share them): one that exists with no temporary dataset
     and no import mark, for which ``observe`` would read nothing else. None otherwise:
     such a repository needs ``observe``."""
     head = family.get(repository)
@@ -136,10 +152,15 @@ def quiet_view(
     return _seen(repository, family, mounts, orphaned)
 
 
+def mount_table(mounts: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """``HostPort.mounts``'s answer as a view holds it (read-only)."""
+    return {dataset: tuple(paths) for dataset, paths in mounts.items()}
+
+
 def _seen(
     repository: str,
     family: Mapping[str, Mapping[str, str]],
-    mounts: Mapping[str, Sequence[str]],
+    mounts: Mapping[str, tuple[str, ...]],
     orphaned: Sequence[tuple[str, str]],
     **facts: Any,
 ) -> PoolView:
@@ -148,7 +169,7 @@ def _seen(
     return PoolView(
         repository,
         family,
-        {dataset: tuple(paths) for dataset, paths in mounts.items()},
+        mounts,
         datetime.now(UTC),
         orphaned_mounts=tuple((source, path) for source, path in orphaned if source.split("@")[0] in family),
         **facts,
@@ -214,7 +235,7 @@ def observe(
     needs (the old head's foreign snapshots, the repository's mount flags) is read with
     the family, in one program."""
     family, known, flags = _family_read(zfs, repository, committed)
-    mounts = zfs.host.mounts()
+    mounts = mount_table(zfs.host.mounts())
     head = family.get(repository)
     found: dict[str, tuple[str, ...]] = {}
     snapshots: tuple[str, ...] = ()
