@@ -59,10 +59,9 @@ from . import programs
 from .errors import DatasetChangedError, from_errno, from_pyzfs
 from .host import BoundaryStep, BoundarySteps, Guard, Host, retry_busy
 from .listing import CommandListing, PoolReadOnly, ProgramListing, ZfsCommand, snapshot_of
-from .mounts import MOUNT_FLAG_PROPS
 from .port import Foreign, Snapshot
 from .programs import Batch, BatchResult, u64
-from .reads import Read, mount_flags_of, together_args
+from .reads import ForeignRead, MountFlagsRead, Read, together_args
 
 log = _log.getLogger("dsg_storage")
 T = TypeVar("T")
@@ -220,6 +219,10 @@ class Zfs:
                 raise PoolReadOnly(pool) from exc
             raise from_pyzfs(exc, subject or (args[0] if args else pool)) from exc
 
+    def _read(self, read: Read) -> Any:
+        """One read alone, in its own program (as ``together`` asks it with others)."""
+        return read.parse(self.program(_names.pool_of(read.dataset), read.source, read.args(), sync=False))
+
     def together(self, *reads: Read) -> tuple[Any, ...]:
         """``reads`` of one moment (all of one pool), answered by one read-only channel
         program, each as its own port method answers it (``zfs.reads``)."""
@@ -250,8 +253,8 @@ class Zfs:
     def foreign(self, dataset: str, bases: Sequence[str], *, written_of: str | None = None) -> Foreign:
         """What other tools made of ``dataset`` since its base (``programs.FOREIGN``); with
         ``written_of``, in the same read, what that filesystem has written since the base."""
-        args = [dataset, written_of or "", *bases]
-        return Foreign.parse(self.program(_names.pool_of(dataset), programs.FOREIGN, args, sync=False))
+        found: Foreign = self._read(ForeignRead(dataset, bases, written_of))
+        return found
 
     def filesystems(self, under: str, user_prefix: str = _names.PROP_PREFIX) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it: their own user properties under
@@ -424,10 +427,10 @@ class Zfs:
         ask for, as ``zfs mount`` derives them (mount(2) itself ignores the properties:
         without these flags a dataset with ``setuid=off`` would still honour setuid bits)."""
         try:
-            props = self.get_props(dataset, list(MOUNT_FLAG_PROPS)) or {}
+            flags: int = self._read(MountFlagsRead(dataset))
         except PoolReadOnly:  # offline: read-only mounts get nosuid,nodev anyway
             return 0
-        return mount_flags_of(props)
+        return flags
 
     def changed_files(self, snapshot: str, filesystem: str) -> list[str]:
         """Files changed in ``filesystem`` since ``snapshot`` (``zfs diff`` lines: "M\t/path").
