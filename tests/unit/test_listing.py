@@ -14,7 +14,7 @@ import pytest
 
 from dsg_storage import names
 from dsg_storage.errors import DatasetNotFoundError, ZfsError
-from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
+from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of, table
 
 PREFIX = "dsg-storage:"
 REPO, WS = "tank/data/a", "tank/data/a.dsg-ws-20261203T000000Z-abcdef"
@@ -42,10 +42,28 @@ class Canned(ZfsCommand):
             if all(w in args for w in words):
                 if datasets is None:
                     raise DatasetNotFoundError(f"zfs: {args[-1]}: dataset does not exist", dataset=args[-1])
+                if "name,property,value,source" in args:
+                    return as_text(datasets, args[-2].split(","))
                 if "-H" in args:  # names alone, one a line
                     return "".join(f"{name}\n" for name in datasets)
                 return json.dumps({"output_version": {"command": f"zfs {args[0]}"}, "datasets": datasets})
         raise AssertionError(f"unexpected zfs {args}")
+
+
+def _source(kind: str) -> str:
+    return {"LOCAL": "local", "RECEIVED": "received", "INHERITED": "inherited from tank", "NONE": "-"}[kind]
+
+
+def as_text(datasets: dict[str, Any], props: list[str]) -> str:
+    """``datasets`` (JSON) as ``zfs get -H -p -o name,property,value,source PROPS``
+    prints them: a line per dataset and property asked for, ``-`` where not set."""
+    lines = []
+    for name, info in datasets.items():
+        for key in props:
+            got = info["properties"].get(key)
+            value, source = (got["value"], _source(got["source"]["type"])) if got else ("-", "-")
+            lines.append(f"{name}\t{key}\t{value}\t{source}\n")
+    return "".join(lines)
 
 
 def family_answers() -> dict[tuple[str, ...], Any]:
@@ -191,7 +209,7 @@ def test_with_our_properties_known_filesystems_are_one_zfs_get() -> None:
     assert CommandListing(run, known=names.OUR_PROPS).filesystems(REPO, PREFIX) == {
         REPO: {"dsg-storage:owner": "0:0", "mountpoint": "/srv/a"}
     }
-    assert len(run.ran) == 1
+    assert len(run.ran) == 1 and "-H" in run.ran[0]
 
 
 def test_every_property_of_ours_is_known() -> None:
@@ -227,7 +245,7 @@ def test_the_families_of_a_pool_are_one_zfs_get_of_our_properties() -> None:
         }
     )
     found = CommandListing(run, known=names.OUR_PROPS).families("tank/data", PREFIX)
-    assert len(run.ran) == 1 and "zoned" in run.ran[0][-2]
+    assert len(run.ran) == 1 and "zoned" in run.ran[0][-2] and "-H" in run.ran[0]
     assert found == {
         "tank/data": {"mountpoint": "/srv"},
         REPO: {"dsg-storage:owner": "0:0", "@received": "yes", "mountpoint": "/srv/a"},
@@ -254,3 +272,43 @@ def test_without_our_properties_known_the_families_are_two_commands_whatever_the
         REPO: {"dsg-storage:owner": "0:0", "com.example:x": "1", "@received": "yes", "mountpoint": "/srv/0"},
         WS: {"dsg-storage:tx": "T", "zoned": "on", "mountpoint": "/srv/1"},
     }
+
+
+def test_a_value_with_a_newline_is_read_again_as_json_and_kept_whole() -> None:
+    message = "fix\n\nlonger\ttext"
+    run = Canned(
+        {
+            ("get", "-r"): {
+                REPO: _ds(REPO, {"mountpoint": ("/srv/a", "LOCAL"), "dsg-storage:owner": ("0:0", "LOCAL")}),
+                WS: _ds(WS, {"mountpoint": ("/w", "LOCAL"), "dsg-storage:commit-message": (message, "LOCAL")}),
+            }
+        }
+    )
+    found = CommandListing(run, known=names.OUR_PROPS).families("tank/data", PREFIX)
+    assert [("-H" in ran, "-j" in ran) for ran in run.ran] == [(True, False), (False, True)]
+    assert found[WS]["dsg-storage:commit-message"] == message
+    assert found[REPO] == {"dsg-storage:owner": "0:0", "mountpoint": "/srv/a"}
+
+
+def test_forged_values_never_change_or_hide_a_real_dataset_in_the_text_read() -> None:
+    """Seeded: values drawn from pieces of real lines, tabs and newlines; the text read
+    is either refused (None: the caller reads JSON) or gives every real dataset exactly
+    its properties, and names nothing real it should not."""
+    rng = random.Random(20261205)
+    props = ["mountpoint", "dsg-storage:owner", "dsg-storage:commit-message"]
+    names_ = ["tank/a", "tank/b", "tank/c"]
+    pieces = ["\t", "\n", "local", "-", "tank/b", "tank/x", *props, "v"]
+    refused = 0
+    for _ in range(3000):
+        real = {
+            n: {p: ("".join(rng.choice(pieces) for _ in range(rng.randrange(6))), "LOCAL") for p in props}
+            for n in names_
+        }
+        text = "".join(f"{n}\t{p}\t{v}\tlocal\n" for n, ps in real.items() for p, (v, _) in ps.items())
+        got = table(text, props)
+        if got is None:
+            refused += 1
+            continue
+        for n in names_:
+            assert got[n] == real[n]
+    assert 0 < refused < 3000

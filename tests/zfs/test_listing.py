@@ -115,3 +115,38 @@ def test_reads_asked_together_answer_as_each_alone(sandbox: Sandbox) -> None:
     assert flags == zfs.mount_flags(repo.name) == MS_NOSUID | MS_NOEXEC
     assert zfs.foreign(tx.dataset, bases).written is None  # not asked
     tx.rollback()
+
+
+class Recording(ZfsCommand):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ran: list[tuple[str, ...]] = []
+
+    def __call__(self, *args: str) -> str:
+        self.ran.append(args)
+        return super().__call__(*args)
+
+
+def test_the_pool_wide_text_read_gives_way_to_json_for_a_value_with_a_newline(sandbox: Sandbox) -> None:
+    """``recover --pool`` reads ``zfs get -H`` text, which a multi-line commit message on
+    a workspace (set there until the commit snapshot has it) would break: the read is
+    made again as JSON, and both answer as the channel program does."""
+    repo = Repository(f"{sandbox.dataset}/texts", zfs=sandbox.zfs)
+    with repo.begin(mountpoint=str(sandbox.mount_dir / "texts"), owner=OWNER) as first:
+        Path(first.path, "a.txt").write_text("a")
+    tx = repo.begin()
+    for message, ways in (("one line", [["-H"]]), ("fix\n\nsecond\tline", [["-H"], ["-j"]])):
+        subprocess.run(["zfs", "set", f"{names.P_COMMIT_MESSAGE}={message}", tx.dataset], check=True)
+        run = Recording()
+        listing = CommandListing(run, known=names.OUR_PROPS, on_snapshots=names.SNAPSHOT_PROPS)
+        by_commands = listing.families(sandbox.dataset, PROP_PREFIX)
+        assert [[w for w in ("-H", "-j") if w in args] for args in run.ran] == ways
+        by_programs = sandbox.zfs.families(sandbox.dataset)
+        assert by_commands[tx.dataset][names.P_COMMIT_MESSAGE] == message
+        assert same({n: by_commands[n] for n in (repo.name, tx.dataset)}) == same(
+            {
+                n: {k: v for k, v in by_programs[n].items() if ":" not in k or k.startswith(PROP_PREFIX)}
+                for n in (repo.name, tx.dataset)
+            }
+        )
+    tx.rollback()

@@ -9,7 +9,11 @@ never load the bindings; and channel programs refuse a pool imported read-only (
 so offline reads list this way too. Both give the same answers (the same keys, the same
 values as text): a real-ZFS test compares them.
 
-``-j`` (JSON) and never ``-H`` text: property values may hold tabs and newlines.
+Property values may hold tabs and newlines, so ``-H`` text is read only where the
+properties asked for are known and the lines must come in their order
+(``ZfsCommand.get``), and ``-j`` JSON everywhere else and whenever that text is not of
+that shape. The text is read because it costs less: at 1,000 repositories, ``zfs get
+-r -j`` of our properties takes 5.3 s and ``-H`` 3.3 s (``zfs list -r`` 3.1 s).
 """
 
 from __future__ import annotations
@@ -64,6 +68,60 @@ class ZfsCommand:
             return _parsed(json.loads(out))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ZfsError(f"zfs {args[0]} -j printed what is not its JSON ({exc!r})", dataset=args[-1]) from exc
+
+    def get(
+        self, props: Sequence[str], dataset: str, *options: str, missing_ok: bool = False
+    ) -> dict[str, dict[str, tuple[str, str]]]:
+        """``zfs get OPTIONS PROPS DATASET`` as ``json`` gives it, read from ``-H`` text
+        (``table``); JSON again where the text is not of its shape (a value with a newline)."""
+        wanted = ",".join(props)
+        try:
+            out = self("get", "-H", "-p", "-o", "name,property,value,source", *options, wanted, dataset)
+        except DatasetNotFoundError:
+            if missing_ok:
+                return {}
+            raise
+        found = table(out, props)
+        if found is None:
+            return self.json("get", *options, wanted, dataset, missing_ok=missing_ok)
+        return found
+
+
+#: ``zfs get -H``'s source column as the JSON source types.
+_SOURCES = {"local": "LOCAL", "received": "RECEIVED", "-": "NONE", "default": "DEFAULT", "temporary": "TEMPORARY"}
+
+
+def table(out: str, props: Sequence[str]) -> dict[str, dict[str, tuple[str, str]]] | None:
+    """``zfs get -H -p -o name,property,value,source PROPS ...`` output as ``ZfsCommand.json``
+    gives it, or None where it is not exactly that: every dataset's lines one per
+    property of ``props`` in their order, four columns, each dataset once. A value with
+    a tab or a newline breaks that shape (the caller reads JSON instead); a value forged
+    to look like whole lines of another dataset can only add a name that does not
+    exist, never change or hide a real one's (a second block of a listed name is not
+    of the shape)."""
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    lines = out.split("\n")
+    if lines[-1] != "" or (len(lines) - 1) % len(props):
+        return None
+    current: dict[str, tuple[str, str]] = {}
+    name = ""
+    for at, line in enumerate(lines[:-1]):
+        fields = line.split("\t")
+        if len(fields) != 4:
+            return None
+        expected = props[at % len(props)]
+        if at % len(props) == 0:
+            name = fields[0]
+            if not name or name in found:
+                return None
+            current = found[name] = {}
+        if fields[0] != name or fields[1] != expected:
+            return None
+        source = _SOURCES.get(fields[3]) or ("INHERITED" if fields[3].startswith("inherited from ") else None)
+        if source is None:
+            return None
+        current[expected] = (fields[2], source)
+    return found
 
 
 def _parsed(document: Any) -> dict[str, dict[str, tuple[str, str]]]:
@@ -137,8 +195,8 @@ class CommandListing:
         """``under`` and every filesystem below it: own user properties (ours received
         too), ``mountpoint``, ``origin`` for a clone. Empty if ``under`` is absent."""
         if self.known is not None:
-            wanted = ",".join(("mountpoint", "origin", *self.known))
-            got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
+            wanted = ("mountpoint", "origin", *self.known)
+            got = self.run.get(wanted, under, "-r", "-t", "filesystem", missing_ok=True)
             return {name: self._described(props, props, prefix, family=False) for name, props in got.items()}
         return self._everything_below(under, prefix, family=False)
 
@@ -158,8 +216,8 @@ class CommandListing:
         ``core.pool``). One command (two without ``known``)."""
         if self.known is None:
             return self._everything_below(under, prefix, family=True)
-        wanted = ",".join(("mountpoint", "origin", "zoned", *CARRIED_FLAGS, *self.known))
-        got = self.run.json("get", "-r", "-t", "filesystem", wanted, under, missing_ok=True)
+        wanted = ("mountpoint", "origin", "zoned", *CARRIED_FLAGS, *self.known)
+        got = self.run.get(wanted, under, "-r", "-t", "filesystem", missing_ok=True)
         return {name: self._described(props, props, prefix, family=True) for name, props in got.items()}
 
     def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
