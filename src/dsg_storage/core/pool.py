@@ -20,7 +20,6 @@ from ..zfs.allow import AllowList
 from ..zfs.boundary import open_zfs
 from ..zfs.port import ZfsPort
 from .recovery import plan_recovery
-from .repository import Repository
 from .status import PoolPropertyPolicy
 from .view import family_in, members_by_repository, mount_table, quiet_view
 
@@ -103,6 +102,8 @@ def recover_pool(
         if _nothing_to_do(listing, members, repository, mounts, orphaned, policy):
             done.append(Recovered(repository))
             continue
+        from .repository import Repository  # here: a pool with nothing to recover never loads it
+
         try:
             repo = Repository(repository, zfs=zfs, lock_timeout=lock_timeout, policy=policy, settings=settings)
             actions = repo.recover()
