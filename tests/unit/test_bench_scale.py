@@ -162,3 +162,9 @@ def test_rounds_interleave_and_a_slow_failing_or_wrong_command_is_not_repeated(b
     assert "not repeated" in rows["slow"]
     assert rows["broken"] == f"{'broken':<52} failed: exit 1: no such pool"
     assert rows["wrong"].endswith("failed: unexpected output: no")
+
+
+def test_a_second_baseline_prints_its_own_ratio(bench: ModuleType) -> None:
+    case = bench.Case("ours", ["ours"], baseline="zfs list", also="by name", samples=[0.6])
+    row = case.row({"ours": 0.6, "zfs list": 0.3, "by name": 0.1})
+    assert row.split()[3:] == ["zfs", "list", "2.00x", "(6.00x", "by", "name)"]
