@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
 from .. import names as _names
 from ..errors import InvalidArgumentError, InvalidNameError, RepositoryNotFoundError
 from ..names import P_KEEP, P_RETENTION
-from ..zfs.port import Batch
+from ..zfs.port import Batch, Snapshot
+from . import status
 from .repository import Repository
 from .retention import Candidate, Plan, RetentionPolicy, plan
 
@@ -84,8 +85,9 @@ def mark_keep(repo: Repository, commit: str, *, keep: bool = True) -> str:
     return snapshot
 
 
-def _protections(repo: Repository) -> dict[str, str]:
-    """Snapshots that must stay, with why: holds, clones, keep marks."""
+def _protections(repo: Repository, seen: Sequence[Snapshot]) -> dict[str, str]:
+    """Snapshots that must stay, with why: holds, clones, keep marks (of the repository's
+    own snapshots among ``seen``)."""
     protected: dict[str, str] = {}
     for name, (holds, clones) in repo.zfs.snapshot_guards(repo.name).items():
         if holds:
@@ -93,8 +95,8 @@ def _protections(repo: Repository) -> dict[str, str]:
         elif clones:
             workspaces = [c for c in clones if (_names.parse_temporary(c) or ("", "", ""))[1] == "ws"]
             protected[name] = f"open transaction {workspaces[0]}" if workspaces else f"origin of {clones[0]}"
-    for snap in repo.zfs.snapshots(repo.name):
-        if snap.user_props.get(P_KEEP) == "yes":
+    for snap in seen:
+        if snap.name.startswith(f"{repo.name}@") and snap.user_props.get(P_KEEP) == "yes":
             protected.setdefault(snap.name, "marked keep")
     return protected
 
@@ -129,8 +131,11 @@ def prune(
         repo.recover()
         step("recovered")
     with repo.exclusive():
-        history = repo.history()
-        decided = plan([Candidate(c.snapshot, c.committed) for c in history], policy, protected=_protections(repo))
+        seen = status.snapshots(repo.zfs, repo.name)  # one read for the commits and their keep marks
+        history = status.commits_named(repo.name, seen)
+        decided = plan(
+            [Candidate(c.snapshot, c.committed) for c in history], policy, protected=_protections(repo, seen)
+        )
         doomed = decided.destroy
         steps = tuple(f"destroy {name}" for name in doomed)
         step("planned")

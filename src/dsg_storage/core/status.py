@@ -8,7 +8,7 @@ actions, recovery), because at the command line importing is most of what a read
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -17,7 +17,7 @@ import attrs
 from .. import names
 from ..errors import RepositoryNotFoundError
 from ..names import P_IMPORT, P_MODE, P_OWNER, P_RECOVERY_NOTE
-from ..zfs.port import HostPort, ZfsPort
+from ..zfs.port import HostPort, Snapshot, ZfsPort
 from .history import lineage
 from .records import Commit, PendingTransaction, RepositoryStatus, commits_of, left_bases
 from .view import PoolView, observe
@@ -51,14 +51,25 @@ def view(
 
 def history(zfs: ZfsPort, name: str) -> list[Commit]:
     """Commits, oldest first. Raises RepositoryNotFoundError if the dataset is missing."""
+    return commits_named(name, snapshots(zfs, name))
+
+
+def snapshots(zfs: ZfsPort, name: str) -> list[Snapshot]:
+    """The snapshots ``history`` reads (``lineage``: an old head's first), for a caller
+    that needs more of them than the commits. RepositoryNotFoundError if it is missing."""
     if not zfs.exists(name):
         raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name)
-    return _commits(zfs, name)
+    return lineage(zfs, name)
+
+
+def commits_named(name: str, seen: Sequence[Snapshot]) -> list[Commit]:
+    """The commits among ``seen`` named as repository ``name``'s, also those an old head
+    still keeps (see ``lineage``)."""
+    return [attrs.evolve(c, snapshot=f"{name}@{c.name}") for c in commits_of(seen)]
 
 
 def _commits(zfs: ZfsPort, name: str, head: Mapping[str, str] | None = None) -> list[Commit]:
-    # Named as the repository's, also while an old head still keeps some (see lineage).
-    return [attrs.evolve(c, snapshot=f"{name}@{c.name}") for c in commits_of(lineage(zfs, name, head=head))]
+    return commits_named(name, lineage(zfs, name, head=head))
 
 
 def pending(seen: PoolView, host: HostPort) -> list[PendingTransaction]:
