@@ -3,7 +3,9 @@
 
 Run against real ZFS (inside the VM when this machine has none):
 
-    ./testpool/run python3 benchmarks/bench_scale.py            # 1,000 repositories, 10,000 commits
+    ./testpool/run sh -c 'python3 -m dsg_storage.testpool.pool destroy &&
+        python3 -m dsg_storage.testpool.pool create --size 4G &&
+        python3 benchmarks/bench_scale.py'                       # 1,000 repositories, 10,000 commits
     ./testpool/run python3 benchmarks/bench_scale.py --quick    # 50 and 500: a smoke test
     ./testpool/run python3 benchmarks/bench_scale.py --repos 200 --commits 2000 --rounds 5
 
@@ -25,7 +27,9 @@ Everything lives under ``dsgtest/bench-scale``, destroyed first and at the end:
    (``dsg-commit-<UTC time>`` with ``dsg-storage:tx`` and ``dsg-storage:committed``, as
    ``core.records.commits_of`` reads them) taken one sync task each, since ZFS takes one
    snapshot of a dataset per transaction group; the longest part of the set-up, so it
-   runs while part 1 is built. Timed: ``history``, ``status``, ``prune --keep-last 5
+   runs while part 1 is built. The metadata of 10,000 snapshots and 1,000 datasets
+   does not fit the test pool's default 1 GiB: the full run needs a bigger pool (above);
+   a pool that fills up stops the set-up with the size to give it. Timed: ``history``, ``status``, ``prune --keep-last 5
    --dry-run`` and ``cat FILE --commit OLDEST`` (the init's commit) against ``zfs list
    -t snapshot REPO`` (and by name alone, as in part 1).
 3. What one sync begin+commit does, counted in this process on r0000 (among its
@@ -68,6 +72,7 @@ from dsg_storage.core.options import Owner, parse_mode
 from dsg_storage.core.pool import repositories_in
 from dsg_storage.core.records import RepositoryStatus
 from dsg_storage.core.status import status
+from dsg_storage.errors import NoSpaceError
 from dsg_storage.names import P_COMMITTED, P_MODE, P_OWNER, P_TX
 from dsg_storage.zfs.boundary import Zfs, open_zfs, zfs_version
 from dsg_storage.zfs.host import BoundaryStep
@@ -625,6 +630,13 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="dsg-bench-scale-") as tmp:
             run(args, Path(tmp))
+    except NoSpaceError as exc:
+        print(
+            f"bench_scale: the pool filled up during the set-up ({exc}); --repos {args.repos} and "
+            f"--commits {args.commits} need a bigger pool than this one: see the docstring (--size 4G)",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         teardown()
         print(f"\ntotal {time.perf_counter() - started:.0f} s", flush=True)
