@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import bench_scale as scale
-from bench_cli import CONSOLE_SCRIPT, run_once
+from bench_cli import CONSOLE_SCRIPT, install, run_once
 
 COMMANDS = {
     "history": ["history", scale.DEEP],
@@ -34,13 +33,11 @@ COMMANDS = {
 
 def installed(tree: Path, tmp: Path, name: str) -> tuple[list[str], dict[str, str]]:
     """The console script and environment that run ``tree``'s package from ``tmp``."""
-    site = tmp / name / "site"
-    shutil.copytree(tree / "src" / "dsg_storage", site / "dsg_storage", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DSG_STORAGE_ALLOW", "PYTHONDONTWRITEBYTECODE")}
+    install(tmp / name / "site", env, tree / "src" / "dsg_storage")
+    # Not bench_cli.console_script: an installed dsg-storage on PATH would run neither tree.
     script = tmp / name / "dsg-storage"
     script.write_text(CONSOLE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("DSG_STORAGE_ALLOW", "PYTHONDONTWRITEBYTECODE")}
-    others = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not Path(p, "dsg_storage").exists()]
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *others])
     env["PYTHONPYCACHEPREFIX"] = str(tmp / name / "pycache")
     env["DSG_STORAGE_QUEUE"] = str(tmp / name / "queue.sqlite")
     return [sys.executable, str(script), "--allow", scale.DEEP_PARENT], env

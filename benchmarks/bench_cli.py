@@ -84,15 +84,16 @@ def console_script(tmp: Path) -> list[str]:
     return [sys.executable, str(script)]
 
 
-def install(site: Path, env: dict[str, str]) -> None:
-    """Copy the package onto this machine's own disk and put it first on the path, in place
-    of the checkout: a checkout shared into the VM (9p) makes every lookup of every module
-    on the path a round trip to the host, which an installed package does not pay."""
-    import dsg_storage
+def install(site: Path, env: dict[str, str], package: Path | None = None) -> None:
+    """Copy the package (``package``, else the one imported here) onto this machine's own
+    disk and put it first on the path, in place of the checkout: a checkout shared into
+    the VM (9p) makes every lookup of every module on the path a round trip to the host,
+    which an installed package does not pay."""
+    if package is None:
+        import dsg_storage
 
-    shutil.copytree(
-        Path(dsg_storage.__file__).parent, site / "dsg_storage", ignore=shutil.ignore_patterns("__pycache__")
-    )
+        package = Path(dsg_storage.__file__).parent
+    shutil.copytree(package, site / "dsg_storage", ignore=shutil.ignore_patterns("__pycache__"))
     others = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not Path(p, "dsg_storage").exists()]
     env["PYTHONPATH"] = os.pathsep.join([str(site), *others])
 
