@@ -225,6 +225,29 @@ def test_a_surrogate_pair_is_text_a_lone_one_in_a_key_is_not() -> None:
         safejson.loads(b'[[["ok", "\\ud83d"]]]', max_size=100)
 
 
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '["\ud800"]'.encode("utf-8", "surrogatepass"),  # a surrogate's UTF-8 form, no escape
+        '["\ud800"]'.encode("utf-16-le", "surrogatepass"),  # json reads UTF-16 by its NULs
+        '["\ud800"]'.encode("utf-32", "surrogatepass"),  # and UTF-32 by its BOM
+        b'{"\\\\":"\\ud800"}',  # an escape after an escaped backslash
+    ],
+)
+def test_a_lone_surrogate_is_found_however_the_bytes_spell_it(raw: bytes) -> None:
+    # loads skips its walk for surrogates where the raw bytes rule them out; these do not.
+    with pytest.raises(safejson.JsonLimitError, match="lone surrogate"):
+        safejson.loads(raw, max_size=100)
+
+
+def test_nesting_is_refused_one_level_past_the_limit_even_in_a_small_record() -> None:
+    # loads skips its depth walk where there are no more containers than the limit.
+    deep = b"[" * safejson.MAX_DEPTH + b"]" * safejson.MAX_DEPTH
+    assert safejson.loads(deep, max_size=1000) is not None
+    with pytest.raises(safejson.JsonLimitError, match="nested more than"):
+        safejson.loads(b"[" + deep + b"]", max_size=1000)
+
 def trailer_entries(path: Path) -> list[dict[str, Any]]:
     return [
         {"index": p.index, "info": dict(p.info), "size": p.size, "digest": p.digest, "offset": p.offset}
@@ -330,7 +353,9 @@ def _strings(path: Path) -> Path:
 
 def _many(path: Path) -> Path:
     meta = craft.dumps(craft.metadata(REPO, SNAPS))
-    return craft.write_raw(path, meta, [(b'{"p":"' + b"q" * 200 + b'"}', b"")] * 150_000)  # ~64 MiB of records
+    # One part more than the limit (the reader refuses at part 100,001, having walked every
+    # part before it); ~64 MiB of records.
+    return craft.write_raw(path, meta, [(b'{"p":"' + b"q" * 420 + b'"}', b"")] * (layout.MAX_PARTS + 1))
 
 
 def _consistent(path: Path) -> Path:
@@ -347,7 +372,7 @@ def _huge_stream() -> list[tuple[bytes, bytes]]:
 CRAFTED_64_MIB = {
     "16 MiB of nested lists as metadata": _lists,
     "16 MiB strings in metadata and trailer": _strings,
-    "150,000 tiny parts": _many,
+    "100,001 tiny parts": _many,
     "a consistent 64 MiB bundle": _consistent,
 }
 

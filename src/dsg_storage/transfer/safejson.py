@@ -58,9 +58,14 @@ def loads(
         raise JsonLimitError(f"it is not valid JSON ({exc})", exc) from None
     except ValueError as exc:  # UnicodeDecodeError
         raise JsonLimitError(f"it is not valid JSON ({exc})") from None
-    if depth(value, max_depth) > max_depth:
+    # The walks below are skipped where the raw bytes rule out what they look for (most
+    # records of a bundle are small and plain): nesting needs at least as many containers,
+    # and a lone surrogate needs a \u escape or bytes beyond ASCII (a BOM, a surrogate's
+    # UTF-8 form) or a NUL (which makes json read UTF-16 or UTF-32).
+    if containers > max_depth and depth(value, max_depth) > max_depth:
         raise JsonLimitError(f"it is nested more than {max_depth} levels deep")
-    if not _all_text(value):
+    plain = data.isascii() and b"\\u" not in data and b"\x00" not in data
+    if not plain and not _all_text(value):
         raise JsonLimitError("it holds a string that is not Unicode text (a lone surrogate, such as \\ud800)")
     return value
 
