@@ -25,6 +25,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="SIGKILLs at random moments per random-kill crash test (default 25, each run a new seed; "
         "the sweeps kill at every step whatever this says): more for a deeper run, e.g. 200",
     )
+    parser.addoption(
+        "--race-rounds",
+        type=int,
+        default=20,
+        help="rounds of each race of two processes to begin (default 20; each round is a fresh race "
+        "whose loser must be refused): more for a deeper run, e.g. 200",
+    )
 
 
 @pytest.fixture
@@ -33,6 +40,15 @@ def random_kills(request: pytest.FixtureRequest) -> int:
     count = int(request.config.getoption("--random-kills"))
     if count < 1:
         raise pytest.UsageError("--random-kills takes a count of at least 1")
+    return count
+
+
+@pytest.fixture
+def race_rounds(request: pytest.FixtureRequest) -> int:
+    """How many rounds a race-to-begin test runs (``--race-rounds``)."""
+    count = int(request.config.getoption("--race-rounds"))
+    if count < 1:
+        raise pytest.UsageError("--race-rounds takes a count of at least 1")
     return count
 
 

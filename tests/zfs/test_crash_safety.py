@@ -413,18 +413,18 @@ def _race(repos: list[str], allow: str, rounds: int) -> list[bool]:
     return outcomes
 
 
-def test_two_processes_racing_to_begin_never_both_win(box: Sandbox) -> None:
+def test_two_processes_racing_to_begin_never_both_win(box: Sandbox, race_rounds: int) -> None:
     repo, _ = existing(box, "repo")
-    rounds = 100
+    rounds = race_rounds
     outcomes = _race([repo.name, repo.name], box.dataset, rounds)
     assert outcomes.count(True) == rounds  # exactly one winner in every round
     assert repo.pending() == []
 
 
-def test_racing_on_different_repositories_all_win(box: Sandbox) -> None:
+def test_racing_on_different_repositories_all_win(box: Sandbox, race_rounds: int) -> None:
     a, _ = existing(box, "a")
     b, _ = existing(box, "b")
-    rounds = 50
+    rounds = race_rounds
     outcomes = _race([a.name, b.name], box.dataset, rounds)
     assert outcomes == [True] * (2 * rounds)
 
