@@ -225,7 +225,6 @@ def test_a_surrogate_pair_is_text_a_lone_one_in_a_key_is_not() -> None:
         safejson.loads(b'[[["ok", "\\ud83d"]]]', max_size=100)
 
 
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -247,6 +246,7 @@ def test_nesting_is_refused_one_level_past_the_limit_even_in_a_small_record() ->
     assert safejson.loads(deep, max_size=1000) is not None
     with pytest.raises(safejson.JsonLimitError, match="nested more than"):
         safejson.loads(b"[" + deep + b"]", max_size=1000)
+
 
 def trailer_entries(path: Path) -> list[dict[str, Any]]:
     return [
