@@ -79,6 +79,9 @@ OUR_PROPS = (
     P_COMMIT_MESSAGE, P_PENDING, P_COMMIT_SNAPSHOT, P_IMPORT, P_LEFT_BASES, P_RECOVERY_NOTE,
     P_RETENTION, P_KEEP, P_COMMITTED, P_MESSAGE, P_REQUESTED, P_QUEUE_ID, P_DSG_TRANSACTION,
 )  # fmt: skip
+#: Those of them a caller may set through ``Repository.begin(properties=...)``: the
+#: HRDAG/dsg drop-in's transaction id, recorded with the workspace as it is created.
+CALLER_PROPS = (P_DSG_TRANSACTION,)
 #: Those of them set on snapshots: all a snapshot list asks for (each one asked costs a
 #: lookup per snapshot).
 SNAPSHOT_PROPS = (P_TX, P_COMMITTED, P_MESSAGE, P_REQUESTED, P_KEEP, P_QUEUE_ID)

@@ -1,11 +1,12 @@
-"""Owner, mode and mountpoint parsing: pure logic, no ZFS."""
+"""Owner, mode, mountpoint and user property checks: pure logic, no ZFS."""
 
 from __future__ import annotations
 
 import pytest
 
 from dsg_storage import InvalidArgumentError, Owner
-from dsg_storage.core.options import check_mountpoint, parse_mode
+from dsg_storage.core.options import check_mountpoint, check_user_properties, parse_mode
+from dsg_storage.names import P_AUTO_SNAPSHOT, P_DSG_TRANSACTION, P_STATE, P_TX
 
 
 def test_owner_accepts_numbers_names_and_tuples() -> None:
@@ -43,3 +44,32 @@ def test_mountpoints_must_be_absolute_and_normalized() -> None:
     for bad in ("srv/data", "/", "/srv/../etc", "/srv//data", "/srv/./data"):
         with pytest.raises(InvalidArgumentError):
             check_mountpoint(bad)
+
+
+def test_user_properties_zfs_would_take_are_kept() -> None:
+    props = {"org.example:job": "42", "a:b": "", "x.y-z_0:w": "é" * 4095, P_DSG_TRANSACTION: "sync 7"}
+    assert check_user_properties(props) == props
+
+
+@pytest.mark.parametrize(
+    "props",
+    [
+        {"nocolon": "v"},  # a native property's form: not a user property
+        {"Org.example:job": "v"},  # ZFS takes lowercase only
+        {"org example:job": "v"},
+        {"": "v"},
+        {"a:" + "b" * 254: "v"},  # 256 characters: ZFS takes fewer
+        {P_TX: "20261121T071530Z-3fa2c1"},  # the transaction's own record
+        {P_STATE: "committed"},
+        {P_AUTO_SNAPSHOT: "true"},  # managed on our temporaries
+        {"a:b": "nul\0inside"},
+        {"a:b": "x" * 8192},
+        {"a:b": "é" * 4096},  # 8,192 bytes of UTF-8
+        {"a:b": "lone \udc80 surrogate"},
+        {"a:b": 7},
+        {3: "v"},
+    ],
+)
+def test_user_properties_zfs_or_we_would_refuse_are_refused_by_name(props: dict) -> None:
+    with pytest.raises(InvalidArgumentError, match="property"):
+        check_user_properties(props)

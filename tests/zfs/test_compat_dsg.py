@@ -18,6 +18,7 @@ from dsg_storage import ConflictError, TransactionInProgressError, TransactionNo
 from dsg_storage.compat.dsg import P_DSG_TRANSACTION, ZFSOperations, dataset_for
 
 from .conftest import POOL, Sandbox
+from .test_crash_safety import at_step, in_child
 
 
 def files(path: Path | str) -> dict[str, str]:
@@ -25,10 +26,11 @@ def files(path: Path | str) -> dict[str, str]:
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def ops_for(sandbox: Sandbox, leaf: str = "repo") -> ZFSOperations:
-    """dsg's call: the pool, the repository's name within it, where it is mounted."""
+def ops_for(sandbox: Sandbox, leaf: str = "repo", *, traced: bool = False) -> ZFSOperations:
+    """dsg's call: the pool, the repository's name within it, where it is mounted;
+    ``traced``: through the sandbox's boundary, which a crash test watches."""
     repo_name = f"{sandbox.dataset.removeprefix(POOL + '/')}/{leaf}"
-    return ZFSOperations(POOL, repo_name, str(sandbox.mount_dir / leaf))
+    return ZFSOperations(POOL, repo_name, str(sandbox.mount_dir / leaf), zfs=sandbox.zfs if traced else None)
 
 
 def commits(sandbox: Sandbox, leaf: str = "repo") -> list[str]:
@@ -138,6 +140,29 @@ def test_begin_again_with_the_same_id_gives_the_same_path_and_a_second_writer_is
         "s1",
     ]
     ops.rollback("s1")
+
+
+def test_a_begin_killed_after_any_step_leaves_no_open_transaction_without_dsgs_id(sandbox: Sandbox) -> None:
+    """dsg's id is created with the workspace: a transaction a killed begin left open is
+    found by that id (begin gives its path again, rollback ends it)."""
+    k = 0
+    while True:
+        k += 1
+        ops = ops_for(sandbox, f"r{k}", traced=True)
+        init_with(ops, {"a.txt": "1"})
+        outcome = in_child(lambda ops=ops: ops.begin("s"), crash_at=at_step(k), zfs=sandbox.zfs)
+        ops.repository.recover()
+        family = sandbox.zfs.family(ops.dataset_name)
+        left_open = [p for p in ops.repository.pending() if p.state == "open"]
+        assert [family[p.dataset].get(P_DSG_TRANSACTION) for p in left_open] in ([], ["s"]), (k, left_open)
+        path = ops.begin("s")  # the one left open, or a new one
+        assert path == (left_open[0].path if left_open else path) and files(path) == {"a.txt": "1"}
+        ops.rollback("s")
+        assert files(ops.mount_path) == {"a.txt": "1"} and ops.repository.pending() == []
+        if outcome == "done":
+            break
+        assert k < 40, "begin never finished"
+    assert k > 2, f"only {k - 1} crash points"
 
 
 def test_a_write_to_the_repository_after_begin_is_a_conflict_not_a_lost_update(sandbox: Sandbox) -> None:

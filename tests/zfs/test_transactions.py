@@ -172,6 +172,30 @@ def test_ten_commits_and_ten_rollbacks_leak_nothing(sandbox: Sandbox) -> None:
     assert files(mnt) == {"n": "9"}
 
 
+def test_properties_given_to_begin_are_the_workspaces_then_the_repositorys(sandbox: Sandbox) -> None:
+    """A caller's user properties are created with the workspace and stay on the
+    repository; a sync that gives one anew has the last word, one that gives none keeps
+    the repository's; one a caller may not give is refused before anything changes."""
+    repo, mnt = Repository(f"{sandbox.dataset}/repo", zfs=sandbox.zfs), sandbox.mount_dir / "repo"
+    tx = repo.begin(mountpoint=str(mnt), properties={"org.example:job": "init 1"})
+    assert zfs_prop(tx.dataset, "org.example:job") == "init 1"
+    tx.commit()
+    assert zfs_prop(repo.name, "org.example:job") == "init 1"
+    subprocess.run(["zfs", "set", "org.example:site=field office", repo.name], check=True)  # someone else's
+    tx = repo.begin(properties={"org.example:job": "nightly 7"})
+    assert zfs_prop(tx.dataset, "org.example:job") == "nightly 7"
+    tx.commit()
+    assert zfs_prop(repo.name, "org.example:job") == "nightly 7"
+    with repo.begin() as tx:
+        Path(tx.path, "a").write_text("3")
+    assert [zfs_prop(repo.name, p) for p in ("org.example:job", "org.example:site")] == ["nightly 7", "field office"]
+    before = (sandbox.datasets(), sandbox.mounts())
+    for refused in ({"dsg-storage:state": "committed"}, {"NoColon": "x"}, {"org.example:job": "a\0b"}):
+        with pytest.raises(InvalidArgumentError, match="property"):
+            repo.begin(properties=refused)
+    assert (sandbox.datasets(), sandbox.mounts()) == before and repo.pending() == []
+
+
 def test_allow_list_refusal_touches_nothing(sandbox: Sandbox) -> None:
     outside = Repository(f"{sandbox.dataset}/repo", zfs=Zfs(sandbox.allow.parse("dsgtest/elsewhere")))
     with pytest.raises(NotAllowedError, match="outside the allowed"):

@@ -1,4 +1,5 @@
-"""Parsing and checking what a user says about a repository: mount path, owner, mode."""
+"""Parsing and checking what a user says about a repository: mount path, owner, mode,
+the user properties recorded with a transaction."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import grp
 import os
 import posixpath
 import pwd
+import re
+from collections.abc import Mapping
 
 import attrs
 
+from .. import names
 from ..errors import InvalidArgumentError
 
 
@@ -94,3 +98,39 @@ def check_mountpoint(path: str) -> str:
     if normal == "/":
         raise InvalidArgumentError("mountpoint '/' is refused")
     return normal
+
+
+#: A ZFS user property's name (zfsprops(7)): a colon among lowercase letters, digits and
+#: ``:-._``, shorter than 256 characters; its value shorter than 8192 bytes.
+_USER_PROP = re.compile(r"[a-z0-9:._-]*:[a-z0-9:._-]*")
+_MAX_NAME, _MAX_VALUE = 255, 8191
+
+
+def check_user_properties(props: Mapping[str, str]) -> dict[str, str]:
+    """``props`` as ``Repository.begin`` records them with a transaction: each a ZFS user
+    property ZFS would take, none of those dsg-storage keeps for itself (its own
+    ``dsg-storage:`` names, except ``names.CALLER_PROPS``, and the snapshot tools' skip
+    mark, which it manages on its temporaries)."""
+    checked: dict[str, str] = {}
+    for key, value in props.items():
+        if not isinstance(key, str) or not _USER_PROP.fullmatch(key) or len(key) > _MAX_NAME:
+            raise InvalidArgumentError(
+                f"property {key!r} is not a ZFS user property name "
+                "(module:property, lowercase letters, digits and ':-._', at most 255)"
+            )
+        if (key.startswith(names.PROP_PREFIX) and key not in names.CALLER_PROPS) or key == names.P_AUTO_SNAPSHOT:
+            raise InvalidArgumentError(f"property {key!r} is dsg-storage's own: a transaction cannot be given it")
+        if not isinstance(value, str) or not _storable(value):
+            raise InvalidArgumentError(
+                f"property {key}: its value is not UTF-8 text of at most {_MAX_VALUE} bytes without NUL"
+            )
+        checked[key] = value
+    return checked
+
+
+def _storable(value: str) -> bool:
+    """Whether ZFS can hold ``value``: UTF-8 (no lone surrogate), no NUL, short enough."""
+    try:
+        return "\0" not in value and len(value.encode("utf-8")) <= _MAX_VALUE
+    except UnicodeEncodeError:
+        return False

@@ -322,10 +322,13 @@ def _opening(record: Record) -> list[Action]:
     return [Mount(record.dataset, record.path), ApplyOwner(record.path, record.owner, record.mode, record.dataset)]
 
 
-def begin_actions(pattern: TransactionPattern, record: Record, view: PoolView) -> tuple[list[Action], list[Action]]:
+def begin_actions(
+    pattern: TransactionPattern, record: Record, view: PoolView, caller: Mapping[str, str] | None = None
+) -> tuple[list[Action], list[Action]]:
     """Begin's two phases: create the temporary dataset (the pattern's), then open it
-    (``_opening``); between them the lock file notes the begin as unfinished."""
-    props = _creation_props(record, view.repository, view.head or {})
+    (``_opening``); between them the lock file notes the begin as unfinished. ``caller``:
+    the caller's user properties (``options.check_user_properties``), created with it."""
+    props = {**(caller or {}), **_creation_props(record, view.repository, view.head or {})}
     return pattern.begin(view.repository, record, props), _opening(record)
 
 

@@ -121,8 +121,9 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     if not record.inherits:  # mountable where it records from now on (see patterns._creation_props)
         batch = batch.inherit(repo, "zoned")
     # The user properties the repository's owner (or a tool) set on it come with it, and
-    # snapshot tools see it as before (``com.sun:auto-snapshot`` as it had it, or unset).
-    own = _owners_props(view.family.get(retired[0]) or {}) if retired else {}
+    # snapshot tools see it as before (``com.sun:auto-snapshot`` as it had it, or unset);
+    # where the new head has one of its own (given to begin), the new one stays.
+    own = _owners_props(view.family.get(retired[0]) or {}, view.head or {}) if retired else {}
     batch = batch.set(repo, own) if own else batch
     if P_AUTO_SNAPSHOT not in own:
         batch = batch.inherit(repo, P_AUTO_SNAPSHOT)
@@ -139,9 +140,14 @@ def finish_commit(view: PoolView, record: Record) -> list[Action]:
     return actions
 
 
-def _owners_props(props: Mapping[str, str]) -> dict[str, str]:
-    """The user properties (``module:property``) an old head had of its own, but ours."""
-    return {key: value for key, value in props.items() if ":" in key and not key.startswith(names.PROP_PREFIX)}
+def _owners_props(props: Mapping[str, str], head: Mapping[str, str]) -> dict[str, str]:
+    """The user properties (``module:property``) an old head had of its own, but ours and
+    those the new ``head`` has (our temporaries' ``com.sun:auto-snapshot`` aside)."""
+    return {
+        key: value
+        for key, value in props.items()
+        if ":" in key and not key.startswith(names.PROP_PREFIX) and (key not in head or key == P_AUTO_SNAPSHOT)
+    }
 
 
 def _renamed_base(view: PoolView, tx: str, foreign: Foreign) -> str:

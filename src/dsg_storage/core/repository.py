@@ -14,7 +14,7 @@ the step it guards (channel-program batches). The states recovery handles are li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -39,7 +39,7 @@ from ..zfs.port import Batch, ZfsPort
 from . import status
 from .actions import Action, Apply, Outcome, execute
 from .lock import HeldLock, repository_lock
-from .options import Owner
+from .options import Owner, check_user_properties
 from .patterns import begin_actions, commit_actions, new_transaction, pattern_of
 from .receive import Received, StreamSource, plan_receive
 from .records import Commit, PendingTransaction, Phase, Record, RepositoryStatus
@@ -333,6 +333,7 @@ class Repository:
         mountpoint: str | None = None,
         owner: Owner | str | tuple[int, int] | None = None,
         mode: str | int | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> Transaction:
         """Open a transaction; the pattern is *init* if the dataset is missing, else *sync*.
 
@@ -340,7 +341,10 @@ class Repository:
         ``mountpoint`` is required for init; for sync it defaults to the repository's
         and, if different, moves the repository there at commit. ``owner``/``mode`` default
         to what init recorded (init: the current user, 0755) and are applied to the root
-        of the workspace now and of the repository at commit.
+        of the workspace now and of the repository at commit. ``properties``: ZFS user
+        properties of the caller's (``org.example:job``) that the workspace is created
+        with, in begin's first step (never a transaction without them), and that the
+        repository carries after commit.
 
         One writer per repository: raises TransactionInProgressError while another
         transaction is open. After a crash during begin, the next call on the repository
@@ -348,7 +352,7 @@ class Repository:
         the middle of a begin, its transaction is left open instead: see
         ``core.lock``); the repository's content is never touched by begin.
         """
-        tx = names.new_tx_id()
+        tx, caller = names.new_tx_id(), check_user_properties(properties or {})
         # Fail before any change if a temporary dataset would be outside the allow-list.
         for name in (self.name, names.workspace_dataset(self.name, tx)):
             self.zfs.allow.check(name)
@@ -359,7 +363,7 @@ class Repository:
             # The pool records the transaction as open from its first sync task on; until
             # begin's last step the lock file says it is not finished (see ``core.lock``).
             self._lock.note_begin(tx)
-            created, opening = begin_actions(pattern, record, view)
+            created, opening = begin_actions(pattern, record, view, caller)
             self._run(created)
             self._run(opening)
             self._lock.clear()
@@ -484,6 +488,9 @@ def begin(
     owner: Owner | str | tuple[int, int] | None = None,
     mode: str | int | None = None,
     allow: AllowList | str | None = None,
+    properties: Mapping[str, str] | None = None,
 ) -> Transaction:
     """Shorthand for ``Repository(repository, allow=allow).begin(...)``."""
-    return Repository(repository, allow=allow).begin(mountpoint=mountpoint, owner=owner, mode=mode)
+    return Repository(repository, allow=allow).begin(
+        mountpoint=mountpoint, owner=owner, mode=mode, properties=properties
+    )
