@@ -36,10 +36,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that take the pool for themselves (``dsgtest_exclusive``: they export and
-    import it) run first. The other worker waits through each of them wherever they
-    come; with unit tests in the same run (the whole suite in the VM, ``./testpool/run
-    python3 -m pytest -n 2``), xdist hands it a run of those meanwhile, which never wait
-    for the pool (in collection order it sat idle through each, ~250 s a run)."""
+    import it) run first. A test that waits for them stalls its worker; xdist hands each
+    worker a run of consecutive tests to start with, so while the first runs these the
+    other runs unit tests, which never wait for the pool (in collection order they came
+    among the ZFS tests and the other worker sat idle through each, ~250 s a run)."""
     items.sort(key=lambda item: "dsgtest_exclusive" not in getattr(item, "fixturenames", ()))
 
 
