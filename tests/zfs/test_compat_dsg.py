@@ -143,14 +143,17 @@ def test_begin_again_with_the_same_id_gives_the_same_path_and_a_second_writer_is
 
 
 def test_a_begin_killed_after_any_step_leaves_no_open_transaction_without_dsgs_id(sandbox: Sandbox) -> None:
-    """dsg's id is created with the workspace: a transaction a killed begin left open is
-    found by that id (begin gives its path again, rollback ends it)."""
+    """dsg's id is created with the workspace: whatever step a begin is killed after, each
+    temporary dataset it made carries the id, and a transaction it left open is found by
+    it (begin gives its path again, rollback ends it)."""
     k = 0
     while True:
         k += 1
         ops = ops_for(sandbox, f"r{k}", traced=True)
         init_with(ops, {"a.txt": "1"})
         outcome = in_child(lambda ops=ops: ops.begin("s"), crash_at=at_step(k), zfs=sandbox.zfs)
+        made = {n: p for n, p in sandbox.zfs.family(ops.dataset_name).items() if n.startswith(ops.dataset_name + ".")}
+        assert [p.get(P_DSG_TRANSACTION) for p in made.values()] in ([], ["s"]), (k, made)
         ops.repository.recover()
         family = sandbox.zfs.family(ops.dataset_name)
         left_open = [p for p in ops.repository.pending() if p.state == "open"]
