@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,15 +49,21 @@ def imported_guids() -> set[str]:
     return set(zpool("list", "-H", "-o", "guid").split())
 
 
+@pytest.fixture(autouse=True)
+def own_tempdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test mounts under a temporary directory of its own, so that what it left is
+    told apart from what other workers' readers and offline pools mount meanwhile."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+
+
 def our_mounts(marker: str) -> list[str]:
-    """Mounts under ``marker`` that are not of the live pool: other workers' readers
-    mount the live ``dsgtest`` while these tests run, the offline pool is ``dsgtest-ro-*``."""
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fstype, source = ([*line.partition(" - ")[2].split(), "", ""])[:2]
-        if marker in line and not (fstype == "zfs" and source.split("/")[0].split("@")[0] == "dsgtest"):
-            found.append(line)
-    return found
+    """This test's mounts under directories named ``marker*``."""
+    prefix = f"{tempfile.gettempdir()}/{marker}"
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line for line in lines if line.split()[4].startswith(prefix)]
 
 
 @attrs.frozen
@@ -138,6 +145,7 @@ def test_offline_open_reads_history_and_files_of_an_exported_pool(exported: Expo
         assert reader.stat("dsgtest/repos/survey", "sub/data.bin", commit=history[0].name).size == 3000
         with pytest.raises(FileNotFoundError):
             reader.read("dsgtest/repos/survey", "file1.txt", commit=history[0].name)
+        assert our_mounts("dsg-storage-read-"), "the teardown's check must see this session's mounts"
     # the fixture checks: exported again, nothing mounted
 
 

@@ -67,7 +67,8 @@ def _open(paths: list[str], wanted: str | None) -> Reader:  # noqa: C901  one re
     imported = _zpool.imported_pools()
     reals = {os.path.realpath(p) for p in paths}
     for live in imported.values():
-        if reals & {os.path.realpath(d) for d in live.devices} and wanted in (None, live.name, str(live.guid)):
+        known_as = (live.name,) if live.guid is None else (live.name, str(live.guid))
+        if reals & {os.path.realpath(d) for d in live.devices} and (wanted is None or wanted in known_as):
             # Already imported here: read it as it is, never change it.
             return Reader(
                 open_zfs(AllowList(()), read_only=True),

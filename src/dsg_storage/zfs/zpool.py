@@ -65,7 +65,7 @@ class FoundPool:
 @attrs.frozen
 class ImportedPool:
     name: str
-    guid: int
+    guid: int | None  # None while the pool is not loaded (being imported or created, or faulted)
     health: str
     altroot: str | None
     readonly: bool
@@ -137,15 +137,28 @@ def parse_import_listing(text: str) -> list[FoundPool]:
     return pools
 
 
+def parse_pool_list(text: str) -> dict[str, ImportedPool]:
+    """``zpool list -H -p -o name,guid,health,altroot`` by name. A pool another process is
+    importing or creating right now is listed before it is loaded, with ``-`` for its
+    guid: it is kept, with no guid, rather than failing every reader of the listing."""
+    pools: dict[str, ImportedPool] = {}
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 4 or not fields[0] or not re.fullmatch(r"[0-9]+|-", fields[1]):
+            raise PoolOpenError(f"zpool list printed a line this version cannot read: {line[:200]!r}")
+        name, guid, health, altroot = fields
+        pools[name] = ImportedPool(
+            name, None if guid == "-" else int(guid), health, None if altroot == "-" else altroot, False, ()
+        )
+    return pools
+
+
 def imported_pools() -> dict[str, ImportedPool]:
     """Pools imported on this host, by name, with their device paths."""
     listing = _zpool("list", "-H", "-p", "-o", "name,guid,health,altroot", check=False)
     if listing.returncode != 0:
         return {}
-    pools: dict[str, ImportedPool] = {}
-    for line in listing.stdout.splitlines():
-        name, guid, health, altroot = line.split("\t")
-        pools[name] = ImportedPool(name, int(guid), health, None if altroot == "-" else altroot, False, ())
+    pools = parse_pool_list(listing.stdout)
     if not pools:
         return pools
     devices: dict[str, list[str]] = {name: [] for name in pools}
