@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Read-only commands of two source trees side by side, on one repository with a history.
 
-    ./testpool/run python3 benchmarks/ab_cli.py --before OLD_CHECKOUT [--commits 1000] [--rounds 5]
+    ./testpool/run python3 benchmarks/ab_cli.py --before OLD_CHECKOUT [--commits 1000] [--rounds 5] [--siblings N]
 
 ``OLD_CHECKOUT`` holds the other tree's ``src/`` (``git archive COMMIT src | tar -x -C DIR``).
 One repository is made as ``bench_scale.py`` makes its long history (a library init,
@@ -48,6 +48,9 @@ def main() -> int:
     parser.add_argument("--before", type=Path, required=True, help="a checkout whose src/ is the other tree")
     parser.add_argument("--commits", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--siblings", type=int, default=0, help="other filesystems beside the repository (status reads its siblings)"
+    )
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": Path(__file__).resolve().parents[1]}
     subprocess.run(["zfs", "destroy", "-R", "-f", scale.ROOT], capture_output=True, check=False)
@@ -56,6 +59,8 @@ def main() -> int:
         scale.zfs_cmd("create", scale.DEEP_PARENT)
         scale.init_repository(scale.boundary(scale.DEEP_PARENT), scale.DEEP)
         print(scale.grow_history(scale.DEEP, args.commits), flush=True)
+        for i in range(args.siblings):
+            scale.zfs_cmd("create", "-o", "canmount=off", f"{scale.DEEP_PARENT}/other-{i:05d}")
         with tempfile.TemporaryDirectory(prefix="dsg-ab-cli-") as tmp:
             runs = {name: installed(tree, Path(tmp), name) for name, tree in trees.items()}
             for cli, env in runs.values():
@@ -68,7 +73,7 @@ def main() -> int:
                     for command, argv in COMMANDS.items():
                         took[command, name].append(run_once([*cli, *argv], env, Path(tmp)))
                 scale.note(f"round {n + 1}/{args.rounds}")
-        print(f"\n{args.commits + 1} commits, {args.rounds} rounds (median ms)")
+        print(f"\n{args.commits + 1} commits, {args.siblings} siblings, {args.rounds} rounds (median ms)")
         print(f"{'command':<18} {'before':>9} {'after':>9} {'after/before':>13}")
         for command in COMMANDS:
             before, after = (statistics.median(took[command, t]) for t in ("before", "after"))

@@ -14,6 +14,7 @@ import pytest
 
 from dsg_storage import names
 from dsg_storage.errors import DatasetNotFoundError, ZfsError
+from dsg_storage.zfs import programs
 from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of, table
 
 PREFIX = "dsg-storage:"
@@ -122,6 +123,48 @@ def test_a_replica_is_one_whose_properties_of_ours_were_all_received() -> None:
 
 def test_a_missing_parent_is_an_empty_family() -> None:
     assert CommandListing(Canned({("list",): None})).family(REPO, PREFIX) == {}
+
+
+class ByProgram(Canned):
+    """``zfs program`` answered with ``program`` (text, or an error to raise); every other
+    command as ``Canned`` answers it."""
+
+    def __init__(self, answers: dict[tuple[str, ...], Any], program: str | ZfsError) -> None:
+        super().__init__(answers)
+        self.program = program
+        self.stdin: list[str | None] = []
+
+    def __call__(self, *args: str, stdin: str | None = None) -> str:
+        if args[0] != "program":
+            return super().__call__(*args)
+        self.ran.append(args)
+        self.stdin.append(stdin)
+        if isinstance(self.program, ZfsError):
+            raise self.program
+        return self.program
+
+
+def test_as_root_the_family_is_the_channel_program_run_by_one_zfs_program() -> None:
+    answer = {REPO: {"mountpoint": "/srv/a", "dsg-storage:owner": "1000:1000"}, "tank/data": {"mountpoint": "/srv"}}
+    run = ByProgram({}, json.dumps({"return": answer}))
+    assert CommandListing(run, programs=True).family(REPO, PREFIX) == answer
+    assert run.ran == [("program", "-n", "-j", "tank", "/dev/stdin", "tank/data", REPO, PREFIX)]
+    assert run.stdin == [programs.FAMILY]
+
+
+def test_a_pool_that_refuses_the_program_is_read_by_the_commands() -> None:
+    for refusal in ("Channel program execution failed: pool is read-only", "cannot open 'tank': no such pool"):
+        run = ByProgram(family_answers(), ZfsError(f"zfs program -n -j tank: {refusal}", dataset=PREFIX))
+        assert CommandListing(run, programs=True).family(REPO, PREFIX) == CommandListing(
+            Canned(family_answers())
+        ).family(REPO, PREFIX)
+        assert [args[0] for args in run.ran] == ["program", "list", "get"]
+
+
+def test_a_program_that_fails_otherwise_is_our_error() -> None:
+    for answer in (ZfsError("zfs program: Channel program execution failed:\nTimed out."), "{", '{"x": 1}', "[]"):
+        with pytest.raises(ZfsError):
+            CommandListing(ByProgram(family_answers(), answer), programs=True).family(REPO, PREFIX)
 
 
 def test_snapshots_carry_only_their_own_properties_of_ours() -> None:

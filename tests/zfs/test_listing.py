@@ -52,8 +52,11 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
 
     programs, commands = sandbox.zfs, open_zfs(sandbox.allow, listing="commands")
     everything = CommandListing(ZfsCommand())  # what a read-only pool is listed with: all of ours
+    assert commands.listing.programs  # as root, `zfs program` of the family read
+    by_names = CommandListing(ZfsCommand(), known=names.OUR_PROPS)  # not root: the two commands
     for name in (repo.name, plain.name, replica, f"{parent}/none"):
         assert same(commands.family(name)) == same(programs.family(name)), name
+        assert same(by_names.family(name, PROP_PREFIX)) == same(programs.family(name)), name
         if name != f"{parent}/none":
             assert commands.snapshots(name) == programs.snapshots(name), name
             full = sorted(map(snapshot_of, everything.snapshots(name, PROP_PREFIX)), key=lambda s: s.createtxg)

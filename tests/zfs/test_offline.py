@@ -30,10 +30,13 @@ from dsg_storage import (
     Repository,
     RepositoryNotFoundError,
 )
+from dsg_storage.names import P_OWNER
 from dsg_storage.read.cache import ReadCache
 from dsg_storage.read.offline import open_offline
 from dsg_storage.read.reader import Mode, open_live
 from dsg_storage.testpool.pool import DEFAULT_FILE  # the live dsgtest pool's own file
+from dsg_storage.zfs.allow import AllowList
+from dsg_storage.zfs.boundary import open_zfs
 
 from .conftest import Sandbox
 
@@ -146,6 +149,14 @@ def test_offline_open_reads_history_and_files_of_an_exported_pool(exported: Expo
         with pytest.raises(FileNotFoundError):
             reader.read("dsgtest/repos/survey", "file1.txt", commit=history[0].name)
         assert our_mounts("dsg-storage-read-"), "the teardown's check must see this session's mounts"
+        # `status` lists by commands, and as root runs the family read by `zfs program`,
+        # which a pool imported read-only refuses: the commands answer instead
+        survey = f"{reader.imported_as}/repos/survey"
+        by_commands = open_zfs(AllowList(()), read_only=True, listing="commands")
+        assert by_commands.listing.programs
+        family = by_commands.family(survey)
+        assert family == open_zfs(AllowList(()), read_only=True).family(survey)
+        assert family[survey][P_OWNER] == "1000:1000" and f"{reader.imported_as}/repos" in family
     # the fixture checks: exported again, nothing mounted
 
 

@@ -156,7 +156,12 @@ class Zfs:
         if listing not in ("programs", "commands"):
             raise ValueError(f"listing is 'programs' or 'commands', not {listing!r}")
         self.listing: ProgramListing | CommandListing = (
-            CommandListing(self.command, known=_names.OUR_PROPS, on_snapshots=_names.SNAPSHOT_PROPS)
+            CommandListing(
+                self.command,
+                known=_names.OUR_PROPS,
+                on_snapshots=_names.SNAPSHOT_PROPS,
+                programs=os.geteuid() == 0,  # channel programs are root's alone (zfs-program(8))
+            )
             if listing == "commands"
             else ProgramListing(self._read_program, CommandListing(self.command))
         )

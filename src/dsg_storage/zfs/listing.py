@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
-from ..names import CARRIED_FLAGS
+from ..names import CARRIED_FLAGS, pool_of
 from .port import Snapshot
 from .programs import u64
 
@@ -36,7 +36,7 @@ class ZfsCommand:
     def __init__(self, preexec: Callable[[], None] | None = None) -> None:
         self.preexec = preexec
 
-    def __call__(self, *args: str) -> str:
+    def __call__(self, *args: str, stdin: str | None = None) -> str:
         # Imported here: most calls of ours run no command.
         import shutil
         import subprocess
@@ -45,7 +45,7 @@ class ZfsCommand:
         if executable is None:
             raise ZfsUnavailableError("the 'zfs' command is missing", hint="install zfsutils-linux")
         result = subprocess.run(
-            [executable, *args], capture_output=True, text=True, check=False, preexec_fn=self.preexec
+            [executable, *args], input=stdin, capture_output=True, text=True, check=False, preexec_fn=self.preexec
         )
         if result.returncode != 0:
             message = result.stderr.strip() or f"exit {result.returncode}"
@@ -151,6 +151,12 @@ def _own(props: Mapping[str, tuple[str, str]], prefix: str, *, any_local: bool =
     }
 
 
+#: How ``zfs program`` says the pool refuses or lacks what a read needs: the pool is
+#: imported read-only (channel programs need a writable pool, even ``-n``), or is not
+#: there (the commands then say so as they always did).
+_PROGRAM_REFUSED = ("pool is read-only", "no such pool")
+
+
 class CommandListing:
     """The boundary's lists, read by running ``zfs list``/``zfs get`` (module docstring).
 
@@ -163,9 +169,16 @@ class CommandListing:
     everything of ours is."""
 
     def __init__(
-        self, run: ZfsCommand, known: Sequence[str] | None = None, on_snapshots: Sequence[str] | None = None
+        self,
+        run: ZfsCommand,
+        known: Sequence[str] | None = None,
+        on_snapshots: Sequence[str] | None = None,
+        *,
+        programs: bool = False,
     ) -> None:
         self.run = run
+        #: root may run channel programs: ``family`` is then one ``zfs program -n``
+        self.programs = programs
         self.known = tuple(known) if known is not None else None
         #: those of ``known`` set on snapshots (``names.SNAPSHOT_PROPS``): ZFS looks each
         #: one asked for up on every snapshot
@@ -222,9 +235,15 @@ class CommandListing:
 
     def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
         """``dataset`` and its ``dataset.dsg-*`` siblings, described as ``programs.FAMILY``
-        describes them; the parent with its mountpoint. Two commands whatever the number
-        of siblings: the parent's children by name alone, then every property (with its
-        source) of the parent and the members."""
+        describes them; the parent with its mountpoint. With ``programs``, that program
+        itself through ``zfs program -n`` (one process; the kernel walks the siblings);
+        where the pool refuses it (imported read-only), or otherwise, two commands
+        whatever the number of siblings: the parent's children by name alone, then every
+        property (with its source) of the parent and the members."""
+        if self.programs:
+            found = self._family_program(dataset, prefix)
+            if found is not None:
+                return found
         parent, mark = dataset.rsplit("/", 1)[0], dataset + ".dsg-"
         for _ in range(3):  # a member destroyed between the two commands: list again
             try:
@@ -245,6 +264,27 @@ class CommandListing:
         found = {name: self._described(props[name], props[name], prefix, family=True) for name in members}
         found[parent] = {"mountpoint": props[parent].get("mountpoint", ("none", ""))[0]}
         return found
+
+    def _family_program(self, dataset: str, prefix: str) -> dict[str, dict[str, str]] | None:
+        """``programs.FAMILY`` run by the ``zfs`` command (its source on standard input),
+        as ``ProgramListing.family`` answers; None where the pool refuses channel
+        programs (imported read-only) or does not exist (the commands then answer)."""
+        from . import programs
+
+        parent = dataset.rsplit("/", 1)[0]
+        try:
+            out = self.run(
+                "program", "-n", "-j", pool_of(dataset), "/dev/stdin", parent, dataset, prefix, stdin=programs.FAMILY
+            )
+        except ZfsError as exc:
+            if any(refusal in str(exc) for refusal in _PROGRAM_REFUSED):
+                return None
+            raise
+        try:
+            raw = json.loads(out)["return"] or {}
+            return {str(name): dict(props) for name, props in raw.items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ZfsError(f"zfs program -j printed what is not its JSON ({exc!r})", dataset=dataset) from exc
 
     @staticmethod
     def _described(
