@@ -153,7 +153,11 @@ def test_as_root_the_family_is_the_channel_program_run_by_one_zfs_program() -> N
 
 
 def test_a_pool_that_refuses_the_program_is_read_by_the_commands() -> None:
-    for refusal in ("Channel program execution failed: pool is read-only", "cannot open 'tank': no such pool"):
+    for refusal in (
+        "Channel program execution failed: pool is read-only",
+        "cannot open 'tank': no such pool",
+        "Channel program execution failed:\nPermission denied. Channel programs must be run as root.",
+    ):
         run = ByProgram(family_answers(), ZfsError(f"zfs program -n -j tank: {refusal}", dataset=PREFIX))
         assert CommandListing(run, programs=True).family(REPO, PREFIX) == CommandListing(
             Canned(family_answers())

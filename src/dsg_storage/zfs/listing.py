@@ -152,9 +152,10 @@ def _own(props: Mapping[str, tuple[str, str]], prefix: str, *, any_local: bool =
 
 
 #: How ``zfs program`` says the pool refuses or lacks what a read needs: the pool is
-#: imported read-only (channel programs need a writable pool, even ``-n``), or is not
-#: there (the commands then say so as they always did).
-_PROGRAM_REFUSED = ("pool is read-only", "no such pool")
+#: imported read-only (channel programs need a writable pool, even ``-n``), is not
+#: there (the commands then say so as they always did), or uid 0 lacks the privilege
+#: (root of a user namespace, where ``zfs get`` may still work).
+_PROGRAM_REFUSED = ("pool is read-only", "no such pool", "must be run as root")
 
 
 class CommandListing:
