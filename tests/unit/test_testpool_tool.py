@@ -220,6 +220,30 @@ def test_a_silent_guest_or_one_past_the_overall_limit_is_reported(
     assert out.getvalue() == b"booted\n"
 
 
+def test_a_guest_that_stopped_before_the_command_started_is_booted_again(tmp_path: Path) -> None:
+    # Nothing in the control share: the guest died while booting (a panic under TCG).
+    assert vm.command_exit_code(tmp_path, qemu_rc=0) is None
+    (tmp_path / vm.STARTED).touch()
+    with pytest.raises(vm.VMError, match="without reporting the command's exit code"):
+        vm.command_exit_code(tmp_path, qemu_rc=0)  # the command may have run: never again
+    (tmp_path / "rc").write_text("3\n")
+    assert vm.command_exit_code(tmp_path, qemu_rc=0) == 3
+    (tmp_path / "rc").write_text("oops\n")
+    with pytest.raises(vm.VMError, match="'oops'"):
+        vm.command_exit_code(tmp_path, qemu_rc=0)
+
+
+def test_a_setup_failure_in_the_guest_is_its_exit_code_not_a_second_boot(tmp_path: Path) -> None:
+    (tmp_path / "rc").write_text("125\n")  # main.sh could not mount the checkout: before "started"
+    assert vm.command_exit_code(tmp_path, qemu_rc=0) == 125
+
+
+def test_the_guest_marks_the_start_of_the_command_after_its_set_up() -> None:
+    script = vm._guest_main(Path("/work/x"), "true", deps=False)
+    mark, command = script.index(f": > /ctl/{vm.STARTED}"), script.index("exec /bin/sh -c")
+    assert script.index("modprobe zfs") < script.index("cd /work/x") < mark < command
+
+
 def test_the_limits_on_the_command_line() -> None:
     run = cli.build_parser().parse_args(["run", "--", "true"])
     assert (run.silence_timeout, run.timeout) == (vm.DEFAULT_SILENCE_TIMEOUT, None)

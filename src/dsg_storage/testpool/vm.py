@@ -6,7 +6,8 @@ input of the build, so that changing the package list or the build script rebuil
 A run boots the image with a checkout shared at the same path as on the host, runs one
 shell command there as root with the zfs module loaded, streams its output and returns
 its exit code. A watchdog kills a VM that printed nothing for a while (a hung guest),
-and one past an overall limit when the caller sets one; either is reported.
+and one past an overall limit when the caller sets one; either is reported. A guest
+that stops before the command started (a kernel panic while booting) is booted once more.
 
 Standard library only: this runs on the host, before anything is installed, and it never
 imports the rest of dsg_storage (``testpool/run`` loads this package on its own).
@@ -46,6 +47,11 @@ IMAGE_INPUTS = ("build-image.sh", "guest-init.sh", "image-packages.txt")
 DEFAULT_SILENCE_TIMEOUT = 1200.0
 #: No overall limit by default: a run that keeps printing is making progress.
 DEFAULT_TIMEOUT: float | None = None
+#: Boots per run. A guest under software emulation has been seen to panic while booting
+#: (once in ~15 boots); nothing of the command has run then, so booting again is safe.
+BOOT_ATTEMPTS = 2
+#: The file main.sh creates in the control share just before the command starts.
+STARTED = "started"
 BUILD_TIMEOUT = float(os.environ.get("DSG_VM_BUILD_TIMEOUT", "1800"))
 BOOT_FLAGS = (
     # Software emulation: the paravirtual /dev/kvm here crashes stock kernels and then hangs.
@@ -198,6 +204,8 @@ mkdir -p {quoted}
 modprobe zfs || exit 125
 echo "[testpool] phase boot: guest ready after $(cut -d' ' -f1 /proc/uptime)s of uptime" >&2
 cd {quoted} || exit 125
+# From here on the command may have run: a guest that dies later is not booted again.
+: > /ctl/{STARTED}
 # Bytecode goes to the guest's own disk (gone at power-off), never into the shared
 # checkout: without it every Python process a test starts would compile each module it
 # imports anew, from sources read through 9p.
@@ -256,28 +264,49 @@ def run(
             "-serial", "stdio",
         ]  # fmt: skip
         started = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_us,  # noqa: PLW1509 (no threads here)
-        )
-        try:
-            _stream(proc, Watchdog(silence=silence_timeout, overall=timeout, started=started))
-        except VMTimeout:
+        for attempt in range(1, BOOT_ATTEMPTS + 1):
+            qemu_rc = _boot(argv, Watchdog(silence=silence_timeout, overall=timeout, started=started))
+            rc = command_exit_code(ctl, qemu_rc)
+            if rc is not None:
+                _log(f"phase vm-total: {time.monotonic() - started:.1f}s")
+                return rc
+            if attempt < BOOT_ATTEMPTS:
+                _log(f"the guest stopped (qemu exit {qemu_rc}) before the command started: booting it again")
+        raise VMError(f"the guest stopped before the command started, {BOOT_ATTEMPTS} boots in a row")
+
+
+def command_exit_code(ctl: Path, qemu_rc: int) -> int | None:
+    """The command's exit code from the control share ``ctl`` after the guest stopped;
+    None when the guest stopped before the command started (boot again); VMError when it
+    stopped while the command ran, without reporting how it ended."""
+    rc_file = ctl / "rc"
+    if rc_file.exists():
+        text = rc_file.read_text().strip()
+        if not text.isdigit():
+            raise VMError(f"the guest reported {text!r} as the command's exit code")
+        return int(text)
+    if not (ctl / STARTED).exists():
+        return None
+    raise VMError(f"the VM stopped (qemu exit {qemu_rc}) without reporting the command's exit code")
+
+
+def _boot(argv: list[str], watchdog: Watchdog) -> int:
+    """Boot qemu with ``argv``, stream its console until it exits; its exit code. A limit
+    that fires kills it (VMTimeout)."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_us,  # noqa: PLW1509 (no threads here)
+    )
+    try:
+        _stream(proc, watchdog)
+    finally:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
-            raise
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        rc_file = ctl / "rc"
-        if not rc_file.exists():
-            raise VMError(f"the VM stopped (qemu exit {proc.returncode}) without reporting the command's exit code")
-        _log(f"phase vm-total: {time.monotonic() - started:.1f}s")
-        return int(rc_file.read_text().strip())
+    return proc.returncode
 
 
 def _die_with_us() -> None:
