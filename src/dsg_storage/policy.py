@@ -17,6 +17,8 @@ trusted to limit it. The limits come from ``/etc/dsg-storage/policy.toml`` inste
     max_size = 107374182400          # bytes: a larger bundle of the caller's is refused
     [output]
     under = ["/home", "/srv/export"] # where -o / --cache files may be written
+    [properties]
+    allow = ["org.example:"]         # user properties 'begin --property' may set ("module:" = all of it)
 
 The file is used only if it, and every directory above it, is owned by root and
 writable by nobody else, reached without a symbolic link; otherwise ``PolicyError``.
@@ -54,6 +56,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "owners": {"allow": list},
     "bundles": {"require_signed": bool, "allowed_signers": str, "max_size": int},
     "output": {"under": list},
+    "properties": {"allow": list},
 }
 EXAMPLE = """\
 version = 1
@@ -102,6 +105,18 @@ def _size(value: int | None, where: str) -> int | None:
     return value
 
 
+def _property_names(value: list[Any]) -> tuple[str, ...]:
+    """``[properties] allow``: user property names (``module:name``) or modules (``module:``)."""
+    names = _strings(value, "[properties] allow")
+    for name in names:
+        module, colon, _ = name.partition(":")
+        if not colon or not module or name != name.strip() or len(name) > 255:
+            raise InvalidArgumentError(
+                f"[properties] allow: {name!r} is not a user property name (module:name) or a module (module:)"
+            )
+    return names
+
+
 def _check_schema(doc: dict[str, Any]) -> None:
     """The policy's version, and only known sections and keys, each of its type."""
     if doc.get("version", 1) != 1:
@@ -139,6 +154,7 @@ class SudoPolicy:
     max_bundle_size: int | None = None
     invoker: Owner | None = None
     caller: AllowList | None = None
+    properties: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -146,8 +162,10 @@ class SudoPolicy:
         """Parse policy TOML (schema in the module docstring); unknown keys are errors."""
         try:
             doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or an integer of more digits than Python converts
             raise PolicyError(f"{source} is not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level of nested arrays
+            raise PolicyError(f"{source} is not valid TOML: nested too deeply") from None
         try:
             return cls._from_doc(doc, source, invoker)
         except InvalidArgumentError as exc:
@@ -178,6 +196,7 @@ class SudoPolicy:
             max_bundle_size=_size(section["bundles"].get("max_size"), "[bundles] max_size"),
             output_under=_dirs(section["output"].get("under", []), "[output] under", root_ok=True),
             invoker=invoker,
+            properties=_property_names(section["properties"].get("allow", [])),
         )
 
     @classmethod
@@ -188,13 +207,19 @@ class SudoPolicy:
         fd = _open_roots_file(path, "policy file", PolicyError)
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(MAX_SIZE + 1)
+        return cls.from_bytes(data, source=path, invoker=invoker)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "<policy>", invoker: Owner | None = None) -> SudoPolicy:
+        """The policy in ``data`` (a file's bytes): at most MAX_SIZE bytes of UTF-8 TOML,
+        else PolicyError naming ``source``."""
         if len(data) > MAX_SIZE:
-            raise PolicyError(f"policy file {path} is larger than {MAX_SIZE} bytes")
+            raise PolicyError(f"policy file {source} is larger than {MAX_SIZE} bytes")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise PolicyError(f"policy file {path} is not UTF-8 text") from None
-        return cls.parse(text, source=path, invoker=invoker)
+            raise PolicyError(f"policy file {source} is not UTF-8 text") from None
+        return cls.parse(text, source=source, invoker=invoker)
 
     def signers_file(self, given: str | os.PathLike[str] | None = None) -> str | None:
         """The allowed-signers file signatures are checked against through sudo: the one
@@ -307,6 +332,20 @@ class SudoPolicy:
                 hint="write it under an allowed directory, or ask the administrator to add one to [output] under",
             )
         return full
+
+    def check_properties(self, props: Mapping[str, str]) -> None:
+        """NotAllowedError unless ``[properties] allow`` names each of ``props`` (user
+        properties a transaction is to be created with: ``begin --property``), by its
+        full name or its module (``org.example:``). A caller's property on a repository can
+        steer other tools (``syncoid:sync``, a snapshot tool's marks): none is allowed
+        unless the policy says so."""
+        for key in props:
+            if not any(key == name or (name.endswith(":") and key.startswith(name)) for name in self.properties):
+                raise NotAllowedError(
+                    f"property {key!r} is not one {self.source} allows a caller to set "
+                    f"({', '.join(self.properties) or 'none'})",
+                    hint="ask the administrator to add it, or its module ('org.example:'), to [properties] allow",
+                )
 
     def check_repository_props(self, dataset: str, props: Mapping[str, str]) -> None:
         """Check the properties that steer root, as read from the pool (anyone who can set

@@ -34,6 +34,34 @@ def test_begin_prints_its_transaction_as_text(cli: InProcess) -> None:
     assert pattern == "sync" and path.endswith(tx)
 
 
+def test_begin_property_flags_go_with_the_workspace_and_stay_after_commit(cli: InProcess) -> None:
+    cli.repository()
+    begun = cli.ok("begin", REPO, "--property", "org.example:job=nightly 7", "--property", "org.example:by=a=b")
+    workspace = next(name for name in cli.pool.datasets if begun["tx"] in name)
+    assert cli.pool.datasets[workspace]["org.example:job"] == "nightly 7"
+    cli.ok("commit", REPO, begun["tx"])
+    assert (cli.pool.datasets[REPO]["org.example:job"], cli.pool.datasets[REPO]["org.example:by"]) == (
+        "nightly 7",
+        "a=b",
+    )
+
+
+def test_bad_begin_property_flags_are_exit_2_before_anything_changes(cli: InProcess) -> None:
+    cli.repository()
+    before = dict(cli.pool.datasets)
+    for flags, words in (
+        (["--property", "org.example:job"], "NAME=VALUE"),
+        (["--property", "org.example:a=1", "--property", "org.example:a=2"], "given twice"),
+        (["--property", "NoColon=x"], "not a ZFS user property name"),
+        (["--property", "dsg-storage:state=committed"], "dsg-storage's own"),
+        (["--property", "com.sun:auto-snapshot=true"], "dsg-storage's own"),
+    ):
+        for dry in ([], ["--dry-run"]):
+            ran = cli("begin", REPO, *flags, *dry)
+            assert ran.status == 2 and words in ran.err and "Traceback" not in ran.err, (flags, ran.err)
+    assert cli.pool.datasets == before
+
+
 def test_begin_outside_the_allow_list_is_refused_and_changes_nothing(cli: InProcess) -> None:
     before = dict(cli.pool.datasets)
     ran = cli("begin", "tank/other/a", "--mountpoint", str(cli.tmp / "x"))

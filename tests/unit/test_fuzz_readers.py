@@ -1,5 +1,5 @@
-"""Seeded fuzzing of the readers of outside files: a mutated bundle or lock file either
-reads or is refused with one of our errors (``DsgStorageError``), never another
+"""Seeded fuzzing of the readers of outside files: a mutated bundle, lock file or sudo
+policy file either reads or is refused with one of our errors (``DsgStorageError``), never another
 exception, never a hang, never a large allocation.
 
 Each test starts from a sound file (a crafted repository bundle, ``tests/craft.py``; a
@@ -34,7 +34,9 @@ import pytest
 from dsg_storage.cli import bundle_text
 from dsg_storage.cli.bundles import bundle_json as _bundle_json
 from dsg_storage.cli.commands import main as cli_main
-from dsg_storage.errors import DsgStorageError
+from dsg_storage.core.options import Owner
+from dsg_storage.errors import DsgStorageError, NotAllowedError
+from dsg_storage.policy import SudoPolicy
 from dsg_storage.present import shown
 from dsg_storage.transfer import check, reader, sendstream
 from dsg_storage.transfer import lockfile as lf
@@ -436,3 +438,53 @@ def test_a_lock_file_on_disk_with_a_huge_length_field_is_read_in_bounded_memory(
     with allocation_peak() as peak, pytest.raises(DsgStorageError, match="larger than"):
         lf.read(path)
     assert peak[0] < 2 * lf.MAX_SIZE + (1 << 20)
+
+
+# ---------------------------------------------------------------------------- the sudo policy
+POLICY_ROUNDS = 2000
+POLICY = b"""version = 1
+[datasets]
+allow = ["tank/data", "vault"]
+[mountpoints]
+under = ["/srv/repos"]
+[owners]
+allow = ["invoker", "2000:2000"]
+[bundles]
+require_signed = true
+max_size = 107374182400
+[output]
+under = ["/home/alice"]
+[properties]
+allow = ["org.example:", "net.other:job"]
+"""
+TOML_PIECES = [b"[", b"]", b'"', b"=", b"\n", b"\n[properties]\nallow = [1]\n", b"\n[x]\n", b"'''", b"\\u", b"1e999"]
+
+
+def mutated_policy(rng: random.Random) -> tuple[bytes, str]:
+    kind = rng.choice([*BYTE_DAMAGE, "text", "toml", "toml"])
+    if kind in BYTE_DAMAGE:
+        return byte_damage(rng, POLICY, kind, spots=2, insert=16)
+    if kind == "text":
+        return mutate_text(rng, POLICY)
+    at, piece = rng.randrange(len(POLICY) + 1), rng.choice(TOML_PIECES)
+    return POLICY[:at] + piece + POLICY[at:], f"{piece!r} inserted at byte {at}"
+
+
+def read_policy(data: bytes) -> None:
+    """A policy file's bytes as ``SudoPolicy.load`` reads them, then every check asked of it."""
+    policy = SudoPolicy.from_bytes(data, source="fuzz.toml", invoker=Owner(1000, 1000))
+    for asked in (
+        lambda: policy.check_dataset("tank/data/a"),
+        lambda: policy.check_mountpoint("/srv/repos/a"),
+        lambda: policy.check_owner("1000:1000"),
+        lambda: policy.check_output("/home/alice/x"),
+        lambda: policy.check_properties({"org.example:job": "x"}),
+    ):
+        with contextlib.suppress(NotAllowedError):  # a refusal is an answer; anything else fails the round
+            asked()
+
+
+def test_mutated_policy_files_read_or_are_refused_with_our_errors() -> None:
+    read_policy(POLICY)
+    outcome = run_rounds(POLICY_ROUNDS, mutated_policy, read_policy)
+    assert outcome["refused"] > POLICY_ROUNDS // 4 and outcome["accepted"] > POLICY_ROUNDS // 10, outcome

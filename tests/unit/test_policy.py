@@ -25,6 +25,8 @@ allow = ["invoker", "2000:2000"]
 require_signed = true
 [output]
 under = ["/home/alice"]
+[properties]
+allow = ["org.example:", "net.other:job"]
 """
 
 
@@ -39,6 +41,7 @@ def test_parse_reads_every_section(policy: SudoPolicy) -> None:
     assert policy.owners == (ALICE, Owner(2000, 2000))
     assert policy.require_signed_bundles is True
     assert policy.output_under == ("/home/alice",)
+    assert policy.properties == ("org.example:", "net.other:job")
 
 
 def test_defaults_allow_nothing_but_the_invoker_as_owner() -> None:
@@ -66,12 +69,25 @@ def test_defaults_allow_nothing_but_the_invoker_as_owner() -> None:
         "[owners]\nallow = ['nosuchuser:nosuchgroup']",
         "version = 2",
         "[bundles]\nrequire_signed = 'yes'",
+        "[properties]\nallow = ['nocolon']",
+        "[properties]\nallow = [':job']",
+        "[properties]\nallow = 'org.example:'",
         "not toml at all [",
     ],
 )
 def test_a_malformed_policy_is_refused_with_its_source(text: str) -> None:
     with pytest.raises(PolicyError, match="p.toml"):
         SudoPolicy.parse(text, source="p.toml", invoker=ALICE)
+
+
+def test_properties_are_allowed_by_name_or_module_and_none_by_default(policy: SudoPolicy) -> None:
+    policy.check_properties({"org.example:job": "x", "org.example:site": "y", "net.other:job": "z"})
+    for key in ("net.other:site", "syncoid:sync", "org.example.evil:job", "org.examplex:job"):
+        with pytest.raises(NotAllowedError, match=f"{key}.*policy.toml"):
+            policy.check_properties({"org.example:job": "x", key: "v"})
+    with pytest.raises(NotAllowedError, match="none"):
+        SudoPolicy.parse("", invoker=ALICE).check_properties({"org.example:job": "x"})
+    SudoPolicy.parse("", invoker=ALICE).check_properties({})  # no --property: nothing to allow
 
 
 def test_datasets_are_checked_and_the_caller_can_only_narrow(policy: SudoPolicy) -> None:

@@ -34,6 +34,7 @@ from dsg_storage.zfs.mounts import zfs_mounts
 
 from .cli import dsg
 from .conftest import POOL
+from .test_transactions import zfs_prop
 
 USER = 65534
 PARENT = f"{POOL}/sudo-policy"
@@ -57,6 +58,8 @@ under = ["{OUT}"]
 [bundles]
 allowed_signers = "{SIGNERS}"
 max_size = {MAX_BUNDLE}
+[properties]
+allow = ["org.example:"]
 """
 
 
@@ -383,6 +386,27 @@ def test_reads_never_follow_a_link_planted_in_the_repository(box: Box) -> None:
     assert cli("cat", box.dataset, "ok.txt").stdout == "fine\n"
     assert cli("cat", box.dataset, "../../etc/passwd").returncode == 2
     refused(cli("stat", f"{POOL}/elsewhere", "x"), "outside what")
+
+
+def test_begin_sets_only_the_user_properties_the_policy_allows(box: Box) -> None:
+    """``--property`` through sudo: a module the policy names is set and kept after
+    commit; any other (here syncoid's, which would stop the repository's replication)
+    is refused before anything changes, whatever else the command asks."""
+    make_repo(box)
+    refused(cli("begin", box.dataset, "--property", "syncoid:sync=false"), "syncoid:sync", "[properties] allow")
+    refused(cli("begin", box.dataset, "--property", "org.example:job=1", "--property", "syncoid:sync=false"))
+    assert zfs_prop(box.dataset, "syncoid:sync") == "-" and not workspaces(box)
+    begun = cli("--json", "begin", box.dataset, "--property", "org.example:job=nightly 7")
+    assert begun.returncode == 0, begun.stderr
+    tx = json.loads(begun.stdout)
+    done = cli("commit", box.dataset, tx["tx"])
+    assert done.returncode == 0, done.stderr
+    assert zfs_prop(box.dataset, "org.example:job") == "nightly 7"
+    assert (box.mnt / "a.txt").read_text() == "alpha\n"
+
+
+def workspaces(box: Box) -> list[str]:
+    return [n for n in Zfs(AllowList()).children(PARENT) if n.startswith(box.dataset) and n != box.dataset]
 
 
 # ---------------------------------------------------------------------- pool properties

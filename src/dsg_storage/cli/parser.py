@@ -121,6 +121,15 @@ def _begin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mountpoint", help="where the repository is mounted (required for init)")
     p.add_argument("--owner", metavar="UID:GID", help="owner of the repository's root directory")
     p.add_argument("--mode", metavar="OCTAL", help="mode of the repository's root directory, e.g. 0750")
+    p.add_argument(
+        "--property",
+        dest="properties",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a ZFS user property (org.example:job=nightly) the workspace is created with and the "
+        "repository keeps after commit (repeatable; through sudo, only those the policy's [properties] allows)",
+    )
     _dry_run(p)
 
 

@@ -15,6 +15,7 @@ Under sudo:
   the invoking user, beneath the policy's ``[output] under``, never through a link,
   never replacing a file without ``--force`` (the metrics textfile always is);
 - the queue commands and metrics see only the items of datasets the policy allows;
+- ``begin --property`` sets only the user properties ``[properties] allow`` names;
 - files it reads (bundles, lock files) are opened as the invoking user.
 
 Nothing here changes state; a crash leaves only what the command itself left.
@@ -106,6 +107,11 @@ class Invocation:
         if owner is None:
             return str(self.invoker) if creating else None
         return str(self.policy.check_owner(owner))
+
+    def properties(self, props: dict[str, str]) -> dict[str, str]:
+        """``props`` (``begin --property``) if the policy's ``[properties] allow`` names each."""
+        self.policy.check_properties(props)
+        return props
 
     def output(self, path: str, *, force: bool) -> hostfs.OutputFile:
         """The file to write for ``-o``: checked against ``[output] under``, written as

@@ -30,14 +30,31 @@ def _steps(ctx: Context, steps: list[str]) -> int:
     return 0
 
 
+def properties(given: list[str]) -> dict[str, str]:
+    """``--property NAME=VALUE`` flags as a mapping, each name once and checked as
+    ``Repository.begin`` checks it (InvalidArgumentError)."""
+    from ..core.options import check_user_properties
+
+    props: dict[str, str] = {}
+    for item in given:
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise InvalidArgumentError(f"--property {item!r}: give NAME=VALUE, e.g. org.example:job=nightly")
+        if name in props:
+            raise InvalidArgumentError(f"--property {name!r} is given twice")
+        props[name] = value
+    return check_user_properties(props)
+
+
 def begin(ctx: Context) -> int:
     args, inv = ctx.args, ctx.caller
     repo = ctx.repository(args.repo)
     mountpoint = inv.mountpoint(args.mountpoint)
     owner = inv.owner(args.owner, creating=args.mountpoint is not None)
-    if args.dry_run:
+    props = inv.properties(properties(args.properties))
+    if args.dry_run:  # the properties were checked as begin would: a dry run refuses what it would
         return _steps(ctx, repo.plan("begin", mountpoint=mountpoint, owner=owner, mode=args.mode))
-    tx = repo.begin(mountpoint=mountpoint, owner=owner, mode=args.mode)
+    tx = repo.begin(mountpoint=mountpoint, owner=owner, mode=args.mode, properties=props)
     ctx.emit(
         {"tx": tx.id, "pattern": tx.pattern.value, "path": tx.path},
         f"{tx.id}\t{tx.pattern.value}\t{shown(tx.path)}",
