@@ -15,7 +15,7 @@ import pytest
 from dsg_storage import names
 from dsg_storage.errors import DatasetNotFoundError, ZfsError
 from dsg_storage.zfs import programs
-from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of, table
+from dsg_storage.zfs.listing import CommandError, CommandListing, ZfsCommand, snapshot_of, table
 
 PREFIX = "dsg-storage:"
 REPO, WS = "tank/data/a", "tank/data/a.dsg-ws-20261203T000000Z-abcdef"
@@ -158,7 +158,7 @@ def test_a_pool_that_refuses_the_program_is_read_by_the_commands() -> None:
         "cannot open 'tank': no such pool",
         "Channel program execution failed:\nPermission denied. Channel programs must be run as root.",
     ):
-        run = ByProgram(family_answers(), ZfsError(f"zfs program -n -j tank: {refusal}", dataset=PREFIX))
+        run = ByProgram(family_answers(), CommandError(f"zfs program -n -j tank: {refusal}", said=refusal))
         assert CommandListing(run, programs=True).family(REPO, PREFIX) == CommandListing(
             Canned(family_answers())
         ).family(REPO, PREFIX)
@@ -166,7 +166,10 @@ def test_a_pool_that_refuses_the_program_is_read_by_the_commands() -> None:
 
 
 def test_a_program_that_fails_otherwise_is_our_error() -> None:
-    for answer in (ZfsError("zfs program: Channel program execution failed:\nTimed out."), "{", '{"x": 1}', "[]"):
+    timed_out = "Channel program execution failed:\nTimed out."
+    # A dataset may be named like a refusal (names may hold spaces): only what zfs said counts.
+    named = f"zfs program -n -j tank /dev/stdin tank/data tank/data/no such pool {PREFIX}: {timed_out}"
+    for answer in (CommandError(named, said=timed_out), "{", '{"x": 1}', "[]"):
         with pytest.raises(ZfsError):
             CommandListing(ByProgram(family_answers(), answer), programs=True).family(REPO, PREFIX)
 

@@ -28,6 +28,15 @@ from .port import Snapshot
 from .programs import u64
 
 
+class CommandError(ZfsError):
+    """The ``zfs`` command failed; ``said``: what it printed on standard error (the
+    message also names the command line, whose dataset names are anyone's text)."""
+
+    def __init__(self, message: str, *, said: str, dataset: str | None = None) -> None:
+        super().__init__(message, dataset=dataset)
+        self.said = said
+
+
 class ZfsCommand:
     """Runs the ``zfs`` command: its output, or our error (DatasetNotFoundError when it
     says a dataset does not exist). ``preexec``: run in the child before exec (the
@@ -49,8 +58,9 @@ class ZfsCommand:
         )
         if result.returncode != 0:
             message = result.stderr.strip() or f"exit {result.returncode}"
-            cls = DatasetNotFoundError if "does not exist" in message else ZfsError
-            raise cls(f"zfs {' '.join(args)}: {message}", dataset=args[-1])
+            if "does not exist" in message:
+                raise DatasetNotFoundError(f"zfs {' '.join(args)}: {message}", dataset=args[-1])
+            raise CommandError(f"zfs {' '.join(args)}: {message}", said=message, dataset=args[-1])
         return result.stdout
 
     def json(self, *args: str, missing_ok: bool = False) -> dict[str, dict[str, tuple[str, str]]]:
@@ -277,8 +287,8 @@ class CommandListing:
             out = self.run(
                 "program", "-n", "-j", pool_of(dataset), "/dev/stdin", parent, dataset, prefix, stdin=programs.FAMILY
             )
-        except ZfsError as exc:
-            if any(refusal in str(exc) for refusal in _PROGRAM_REFUSED):
+        except CommandError as exc:
+            if any(refusal in exc.said for refusal in _PROGRAM_REFUSED):
                 return None
             raise
         try:
