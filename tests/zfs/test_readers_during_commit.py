@@ -18,6 +18,7 @@ import pytest
 
 from dsg_storage import DatasetBusyError, Repository
 
+from .cli import dsg, dsg_json
 from .conftest import Sandbox
 from .test_transactions import files
 
@@ -124,6 +125,10 @@ def test_the_library_reader_on_an_old_commit_does_not_block(sandbox: Sandbox, en
         assert files(mnt) == NEW
         history = [c.name for c in repo.history()]
         assert len(history) == 2 and history[0] == first
+        # the command line reads the head and its snapshots in one zfs get: through the old head too
+        assert [c["name"] for c in dsg_json("history", repo.name, allow=sandbox.dataset)] == history
+        cat = dsg("cat", repo.name, "f.txt", "--commit", first, allow=sandbox.dataset, json=False)
+        assert (cat.returncode, cat.stdout) == (0, "old"), cat.stderr
         sync(repo, "newer")  # and the next commit, with the promote still due
         assert files(mnt) == {"f.txt": "newer"}
         assert [c.name for c in repo.history()][:2] == history

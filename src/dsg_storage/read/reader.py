@@ -341,7 +341,8 @@ class Reader:
         try:
             source = self._incore(repo) if commit is None else f"{self._incore(repo)}@{commit.split('@', 1)[-1]}"
             try:
-                hostfs.verify_dataset_root(rootfd, source)
+                # what was mounted: an old head's snapshot while a promote is due (see _root)
+                hostfs.verify_dataset_root(rootfd, self._sources.get(source, source))
             except UnsafePathError as exc:
                 raise InvalidArgumentError(f"{root} is not {repo}'s root any more: {exc.message}") from None
             dirname, name = os.path.split(norm)
