@@ -28,7 +28,7 @@ COMMANDS = {
     "history": ["history", scale.DEEP],
     "status": ["status", scale.DEEP],
     "prune --dry-run": ["prune", scale.DEEP, "--keep-last", "5", "--dry-run"],
-}
+}  # and cat --commit OLDEST (the init's commit), once the repository is made
 
 
 def installed(tree: Path, tmp: Path, name: str) -> tuple[list[str], dict[str, str]]:
@@ -59,25 +59,27 @@ def main() -> int:
         scale.zfs_cmd("create", scale.DEEP_PARENT)
         scale.init_repository(scale.boundary(scale.DEEP_PARENT), scale.DEEP)
         print(scale.grow_history(scale.DEEP, args.commits), flush=True)
+        oldest = scale.boundary(scale.DEEP_PARENT).snapshots(scale.DEEP)[0].short_name
+        commands = {**COMMANDS, "cat --commit OLDEST": ["cat", scale.DEEP, scale.FILE, "--commit", oldest]}
         for i in range(args.siblings):
             scale.zfs_cmd("create", "-o", "canmount=off", f"{scale.DEEP_PARENT}/other-{i:05d}")
         with tempfile.TemporaryDirectory(prefix="dsg-ab-cli-") as tmp:
             runs = {name: installed(tree, Path(tmp), name) for name, tree in trees.items()}
             for cli, env in runs.values():
-                for argv in COMMANDS.values():
+                for argv in commands.values():
                     run_once([*cli, *argv], env, Path(tmp))
-            took: dict[tuple[str, str], list[float]] = {(c, t): [] for c in COMMANDS for t in trees}
+            took: dict[tuple[str, str], list[float]] = {(c, t): [] for c in commands for t in trees}
             for n in range(args.rounds):
                 for name in ("before", "after") if n % 2 == 0 else ("after", "before"):
                     cli, env = runs[name]
-                    for command, argv in COMMANDS.items():
+                    for command, argv in commands.items():
                         took[command, name].append(run_once([*cli, *argv], env, Path(tmp)))
                 scale.note(f"round {n + 1}/{args.rounds}")
         print(f"\n{args.commits + 1} commits, {args.siblings} siblings, {args.rounds} rounds (median ms)")
-        print(f"{'command':<18} {'before':>9} {'after':>9} {'after/before':>13}")
-        for command in COMMANDS:
+        print(f"{'command':<20} {'before':>9} {'after':>9} {'after/before':>13}")
+        for command in commands:
             before, after = (statistics.median(took[command, t]) for t in ("before", "after"))
-            print(f"{command:<18} {before:>9.1f} {after:>9.1f} {after / before:>12.3f}x")
+            print(f"{command:<20} {before:>9.1f} {after:>9.1f} {after / before:>12.3f}x")
     finally:
         scale.teardown()
     return 0

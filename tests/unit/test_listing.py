@@ -16,6 +16,7 @@ from dsg_storage import names
 from dsg_storage.errors import DatasetNotFoundError, ZfsError
 from dsg_storage.zfs import programs
 from dsg_storage.zfs.listing import CommandError, CommandListing, ZfsCommand, snapshot_of, table
+from dsg_storage.zfs.port import Snapshot
 
 PREFIX = "dsg-storage:"
 REPO, WS = "tank/data/a", "tank/data/a.dsg-ws-20261203T000000Z-abcdef"
@@ -260,6 +261,49 @@ def test_with_our_properties_known_filesystems_are_one_zfs_get() -> None:
         REPO: {"dsg-storage:owner": "0:0", "mountpoint": "/srv/a"}
     }
     assert len(run.ran) == 1 and "-H" in run.ran[0]
+
+
+def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_head_and_its_snapshots() -> None:
+    snap, child = f"{REPO}@dsg-commit-1", f"{REPO}/nested"
+    unset = ("-", "NONE")
+    run = Canned(
+        {
+            ("get", "-d", "filesystem,snapshot"): {
+                REPO: _ds(
+                    REPO,
+                    {
+                        "guid": ("5", "NONE"),
+                        "mountpoint": ("/srv/a", "INHERITED"),
+                        "origin": (f"{REPO}.dsg-old-T@dsg-commit-0", "NONE"),
+                        "dsg-storage:owner": ("0:0", "LOCAL"),
+                        "dsg-storage:tx": unset,
+                    },
+                ),
+                snap: _ds(
+                    snap,
+                    {
+                        "guid": ("18446744073709551615", "NONE"),
+                        "createtxg": ("9", "NONE"),
+                        "creation": ("5", "NONE"),
+                        "mountpoint": unset,  # not a snapshot's: zfs get prints '-'
+                        "origin": unset,
+                        "dsg-storage:tx": ("T", "LOCAL"),
+                        "dsg-storage:owner": ("0:0", "INHERITED"),  # the repository's
+                    },
+                ),
+                child: _ds(child, {"mountpoint": ("/srv/a/nested", "INHERITED")}),
+            }
+        }
+    )
+    head, snapshots = CommandListing(run, known=names.OUR_PROPS).head_and_snapshots(REPO, PREFIX)
+    assert len(run.ran) == 1 and "-H" in run.ran[0]
+    assert head == {"dsg-storage:owner": "0:0", "origin": f"{REPO}.dsg-old-T@dsg-commit-0", "mountpoint": "/srv/a"}
+    assert [snapshot_of(s) for s in snapshots] == [Snapshot(snap, 2**64 - 1, 9, 5, {"dsg-storage:tx": "T"})]
+
+
+def test_a_history_of_a_missing_dataset_is_not_found() -> None:
+    with pytest.raises(DatasetNotFoundError):
+        CommandListing(Canned({("get",): None}), known=names.OUR_PROPS).head_and_snapshots("tank/none", PREFIX)
 
 
 def test_every_property_of_ours_is_known() -> None:

@@ -9,10 +9,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dsg_storage import Repository, names
 from dsg_storage.core.view import family_in
+from dsg_storage.errors import ZfsError
 from dsg_storage.names import PROP_PREFIX
-from dsg_storage.zfs.boundary import open_zfs
+from dsg_storage.zfs.boundary import Zfs, open_zfs
 from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
 from dsg_storage.zfs.mounts import MS_NOEXEC, MS_NOSUID
 from dsg_storage.zfs.programs import on_off
@@ -29,6 +32,20 @@ def same(listed: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
     return {
         name: {k: on_off(v) if k == "zoned" else str(v) for k, v in props.items()} for name, props in listed.items()
     }
+
+
+def history_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], missing: str) -> None:
+    """History's read (the head and its snapshots: one ``zfs get`` by commands) answers
+    as the two reads it stands for, and fails for a dataset that does not exist."""
+    for name in datasets:
+        for listing in (commands, programs):
+            head, snaps = listing.head_and_snapshots(name)
+            assert same({name: head}) == same({name: programs.filesystems(name)[name]}), name
+            assert snaps == programs.snapshots(name), name
+            assert ".dsg-ws-" not in name or "origin" in head, name  # a workspace: a clone
+    for listing in (commands, programs):
+        with pytest.raises(ZfsError):  # the reader then says the repository does not exist
+            listing.head_and_snapshots(missing)
 
 
 def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
@@ -49,6 +66,8 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     subprocess.run(["zfs", "snapshot", "-r", f"{parent}@rep"], check=True)
     send_receive(["-R", f"{parent}@rep"], ["-u", "-x", "mountpoint", f"{sandbox.dataset}/there"])
     replica = f"{sandbox.dataset}/there/survey"
+    # a filesystem below a repository: not part of its history read
+    subprocess.run(["zfs", "create", "-o", "mountpoint=none", f"{plain.name}/nested"], check=True)
 
     programs, commands = sandbox.zfs, open_zfs(sandbox.allow, listing="commands")
     everything = CommandListing(ZfsCommand())  # what a read-only pool is listed with: all of ours
@@ -61,6 +80,7 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
             assert commands.snapshots(name) == programs.snapshots(name), name
             full = sorted(map(snapshot_of, everything.snapshots(name, PROP_PREFIX)), key=lambda s: s.createtxg)
             assert full == programs.snapshots(name), name
+    history_reads_agree(commands, programs, [repo.name, plain.name, replica, open_tx.dataset], f"{parent}/none")
     for under in (sandbox.dataset, f"{parent}/none"):
         assert same(commands.filesystems(under)) == same(programs.filesystems(under)), under
         assert same(everything.filesystems(under, PROP_PREFIX)) == same(programs.filesystems(under)), under

@@ -23,9 +23,10 @@ def lineage(zfs: Catalog, repository: str, *, head: Mapping[str, str] | None = N
     after a commit that failed past its promote, of the open workspace) it is still a
     clone of, up to its origin. ``head``: the repository's properties as the caller has
     just read them (its family's), whose ``origin`` saves a read."""
-    own = zfs.snapshots(repository)
     if head is None:
-        head = zfs.filesystems(repository).get(repository) or {}
+        head, own = zfs.head_and_snapshots(repository)
+    else:
+        own = zfs.snapshots(repository)
     origin = head.get("origin", "")
     source = origin.split("@", 1)[0]
     parsed = names.parse_temporary(source)

@@ -233,6 +233,28 @@ class CommandListing:
             name: self._described(info, local.get(name) or {}, prefix, family=family) for name, info in listed.items()
         }
 
+    def head_and_snapshots(self, dataset: str, prefix: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        """``dataset`` described as ``filesystems`` describes it, and its snapshots as
+        ``snapshots`` lists them: with ``known`` properties, one ``zfs get -d 1 -t
+        filesystem,snapshot`` (a snapshot lists ``mountpoint`` and ``origin`` as ``-``, a
+        filesystem the snapshot properties as unset; its child filesystems are left out).
+        ``history`` and ``cat --commit`` read this way: one ``zfs`` process fewer."""
+        if self.known is None or self.on_snapshots is None:
+            snapshots = self.snapshots(dataset, prefix)
+            return self.filesystems(dataset, prefix).get(dataset) or {}, snapshots
+        natives = ("guid", "createtxg", "creation")
+        wanted = tuple(dict.fromkeys((*natives, "mountpoint", "origin", *self.on_snapshots, *self.known)))
+        got = self.run.get(wanted, dataset, "-d", "1", "-t", "filesystem,snapshot")
+        head = got.get(dataset)
+        if head is None:
+            raise ZfsError(f"zfs get listed snapshots of {dataset} but not {dataset} itself", dataset=dataset)
+        snapshots = [
+            {"name": name, **{k: props[k][0] for k in natives if k in props}, "user": _own(props, prefix)}
+            for name, props in got.items()
+            if name.startswith(dataset + "@")
+        ]
+        return self._described(head, head, prefix, family=False), snapshots
+
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it, described as ``family`` describes its
         members, except that with ``known`` properties of ours the properties other tools
@@ -344,6 +366,10 @@ class ProgramListing:
         except PoolReadOnly:
             return self.fallback.filesystems(under, prefix)
         return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
+
+    def head_and_snapshots(self, dataset: str, prefix: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        snapshots = self.snapshots(dataset, prefix)  # first: it says when the dataset does not exist
+        return self.filesystems(dataset, prefix).get(dataset) or {}, snapshots
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs

@@ -81,6 +81,9 @@ class PoolCatalog:
             found[name] = fields
         return found
 
+    def head_and_snapshots(self, dataset: str) -> tuple[dict[str, str], list[Snapshot]]:
+        return self.filesystems(dataset).get(dataset) or {}, self.snapshots(dataset)
+
     def snapshots(self, dataset: str) -> list[Snapshot]:
         snaps = [
             Snapshot(
