@@ -185,8 +185,8 @@ class FakeZfs:
     def filesystems(self, under: str) -> dict[str, dict[str, str]]:
         return {k: dict(v) for k, v in self.datasets.items() if k == under or k.startswith(under + "/")}
 
-    def head_and_snapshots(self, dataset: str) -> tuple[dict[str, str], list[Snapshot]]:
-        return dict(self.datasets.get(dataset) or {}), self.snapshots(dataset)
+    def origin_and_snapshots(self, dataset: str) -> tuple[str, list[Snapshot]]:
+        return (self.datasets.get(dataset) or {}).get("origin", ""), self.snapshots(dataset)
 
     def children(self, dataset: str) -> list[str]:
         return sorted(k for k in self.datasets if k.rsplit("/", 1)[0] == dataset)

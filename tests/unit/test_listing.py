@@ -263,7 +263,7 @@ def test_with_our_properties_known_filesystems_are_one_zfs_get() -> None:
     assert len(run.ran) == 1 and "-H" in run.ran[0]
 
 
-def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_head_and_its_snapshots() -> None:
+def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_origin_and_the_snapshots() -> None:
     snap, child = f"{REPO}@dsg-commit-1", f"{REPO}/nested"
     unset = ("-", "NONE")
     run = Canned(
@@ -273,9 +273,7 @@ def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_head_and_its_
                     REPO,
                     {
                         "guid": ("5", "NONE"),
-                        "mountpoint": ("/srv/a", "INHERITED"),
                         "origin": (f"{REPO}.dsg-old-T@dsg-commit-0", "NONE"),
-                        "dsg-storage:owner": ("0:0", "LOCAL"),
                         "dsg-storage:tx": unset,
                     },
                 ),
@@ -285,8 +283,7 @@ def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_head_and_its_
                         "guid": ("18446744073709551615", "NONE"),
                         "createtxg": ("9", "NONE"),
                         "creation": ("5", "NONE"),
-                        "mountpoint": unset,  # not a snapshot's: zfs get prints '-'
-                        "origin": unset,
+                        "origin": unset,  # not a snapshot's: zfs get prints '-'
                         "dsg-storage:tx": ("T", "LOCAL"),
                         "dsg-storage:owner": ("0:0", "INHERITED"),  # the repository's
                     },
@@ -295,15 +292,23 @@ def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_head_and_its_
             }
         }
     )
-    head, snapshots = CommandListing(run, known=names.OUR_PROPS).head_and_snapshots(REPO, PREFIX)
+    listing = CommandListing(run, known=names.OUR_PROPS, on_snapshots=names.SNAPSHOT_PROPS)
+    origin, snapshots = listing.origin_and_snapshots(REPO, PREFIX)
     assert len(run.ran) == 1 and "-H" in run.ran[0]
-    assert head == {"dsg-storage:owner": "0:0", "origin": f"{REPO}.dsg-old-T@dsg-commit-0", "mountpoint": "/srv/a"}
+    # only what a snapshot list needs, and the origin: each property asked costs a lookup per snapshot
+    assert run.ran[0][-2].split(",") == ["guid", "createtxg", "creation", "origin", *names.SNAPSHOT_PROPS]
+    assert origin == f"{REPO}.dsg-old-T@dsg-commit-0"
     assert [snapshot_of(s) for s in snapshots] == [Snapshot(snap, 2**64 - 1, 9, 5, {"dsg-storage:tx": "T"})]
+
+
+def test_a_history_of_a_repository_that_is_no_clone_has_no_origin() -> None:
+    run = Canned({("get", "-d"): {REPO: _ds(REPO, {"guid": ("5", "NONE")})}})  # origin printed as '-'
+    assert CommandListing(run, known=names.OUR_PROPS).origin_and_snapshots(REPO, PREFIX) == ("", [])
 
 
 def test_a_history_of_a_missing_dataset_is_not_found() -> None:
     with pytest.raises(DatasetNotFoundError):
-        CommandListing(Canned({("get",): None}), known=names.OUR_PROPS).head_and_snapshots("tank/none", PREFIX)
+        CommandListing(Canned({("get",): None}), known=names.OUR_PROPS).origin_and_snapshots("tank/none", PREFIX)
 
 
 def test_every_property_of_ours_is_known() -> None:

@@ -35,17 +35,17 @@ def same(listed: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
 
 
 def history_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], missing: str) -> None:
-    """History's read (the head and its snapshots: one ``zfs get`` by commands) answers
+    """History's read (the origin and the snapshots: one ``zfs get`` by commands) answers
     as the two reads it stands for, and fails for a dataset that does not exist."""
     for name in datasets:
         for listing in (commands, programs):
-            head, snaps = listing.head_and_snapshots(name)
-            assert same({name: head}) == same({name: programs.filesystems(name)[name]}), name
+            origin, snaps = listing.origin_and_snapshots(name)
+            assert origin == programs.filesystems(name)[name].get("origin", ""), name
             assert snaps == programs.snapshots(name), name
-            assert ".dsg-ws-" not in name or "origin" in head, name  # a workspace: a clone
+            assert ".dsg-ws-" not in name or "@dsg-base-" in origin, name  # a workspace: a clone
     for listing in (commands, programs):
         with pytest.raises(ZfsError):  # the reader then says the repository does not exist
-            listing.head_and_snapshots(missing)
+            listing.origin_and_snapshots(missing)
 
 
 def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:

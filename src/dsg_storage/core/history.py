@@ -24,10 +24,9 @@ def lineage(zfs: Catalog, repository: str, *, head: Mapping[str, str] | None = N
     clone of, up to its origin. ``head``: the repository's properties as the caller has
     just read them (its family's), whose ``origin`` saves a read."""
     if head is None:
-        head, own = zfs.head_and_snapshots(repository)
+        origin, own = zfs.origin_and_snapshots(repository)
     else:
-        own = zfs.snapshots(repository)
-    origin = head.get("origin", "")
+        origin, own = head.get("origin", ""), zfs.snapshots(repository)
     source = origin.split("@", 1)[0]
     parsed = names.parse_temporary(source)
     if not parsed or parsed[0] != repository or parsed[1] not in ("old", "ws"):

@@ -267,14 +267,12 @@ class Zfs:
         ``origin``. Empty if absent."""
         return self.listing.filesystems(under, user_prefix)
 
-    def head_and_snapshots(
-        self, dataset: str, user_prefix: str = _names.PROP_PREFIX
-    ) -> tuple[dict[str, str], list[Snapshot]]:
-        """``dataset`` as ``filesystems`` describes it and its snapshots as ``snapshots``
-        lists them, read together (listing by commands: one ``zfs get`` process, not two).
-        ZfsError if it does not exist."""
-        head, items = self.listing.head_and_snapshots(dataset, user_prefix)
-        return head, sorted((snapshot_of(item) for item in items), key=lambda s: s.createtxg)
+    def origin_and_snapshots(self, dataset: str, user_prefix: str = _names.PROP_PREFIX) -> tuple[str, list[Snapshot]]:
+        """``dataset``'s ``origin`` ("" unless it is a clone) and its snapshots as
+        ``snapshots`` lists them, read together (listing by commands: one ``zfs get``
+        process, not two). ZfsError if it does not exist."""
+        origin, items = self.listing.origin_and_snapshots(dataset, user_prefix)
+        return origin, sorted((snapshot_of(item) for item in items), key=lambda s: s.createtxg)
 
     def children(self, dataset: str) -> list[str]:
         raw = self.program(_names.pool_of(dataset), programs.CHILDREN, [dataset], sync=False) or {}

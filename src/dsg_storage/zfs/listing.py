@@ -233,18 +233,17 @@ class CommandListing:
             name: self._described(info, local.get(name) or {}, prefix, family=family) for name, info in listed.items()
         }
 
-    def head_and_snapshots(self, dataset: str, prefix: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        """``dataset`` described as ``filesystems`` describes it, and its snapshots as
-        ``snapshots`` lists them: with ``known`` properties, one ``zfs get -d 1 -t
-        filesystem,snapshot`` (a snapshot lists ``mountpoint`` and ``origin`` as ``-``, a
-        filesystem the snapshot properties as unset; its child filesystems are left out).
-        ``history`` and ``cat --commit`` read this way: one ``zfs`` process fewer."""
-        if self.known is None or self.on_snapshots is None:
+    def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
+        """``dataset``'s ``origin`` ("" unless a clone) and its snapshots as ``snapshots``
+        lists them: with the snapshot properties known, one ``zfs get -d 1 -t
+        filesystem,snapshot`` of only what a snapshot list asks for and ``origin`` (each
+        property asked costs a lookup per snapshot; its child filesystems are left out).
+        ``history`` reads this way: one ``zfs`` process fewer."""
+        if self.on_snapshots is None:
             snapshots = self.snapshots(dataset, prefix)
-            return self.filesystems(dataset, prefix).get(dataset) or {}, snapshots
+            return (self.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
         natives = ("guid", "createtxg", "creation")
-        wanted = tuple(dict.fromkeys((*natives, "mountpoint", "origin", *self.on_snapshots, *self.known)))
-        got = self.run.get(wanted, dataset, "-d", "1", "-t", "filesystem,snapshot")
+        got = self.run.get((*natives, "origin", *self.on_snapshots), dataset, "-d", "1", "-t", "filesystem,snapshot")
         head = got.get(dataset)
         if head is None:
             raise ZfsError(f"zfs get listed snapshots of {dataset} but not {dataset} itself", dataset=dataset)
@@ -253,7 +252,8 @@ class CommandListing:
             for name, props in got.items()
             if name.startswith(dataset + "@")
         ]
-        return self._described(head, head, prefix, family=False), snapshots
+        origin = head.get("origin", ("-", ""))[0]
+        return ("" if origin == "-" else origin), snapshots
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it, described as ``family`` describes its
@@ -367,9 +367,9 @@ class ProgramListing:
             return self.fallback.filesystems(under, prefix)
         return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
 
-    def head_and_snapshots(self, dataset: str, prefix: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
         snapshots = self.snapshots(dataset, prefix)  # first: it says when the dataset does not exist
-        return self.filesystems(dataset, prefix).get(dataset) or {}, snapshots
+        return (self.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs

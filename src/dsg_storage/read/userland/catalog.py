@@ -81,8 +81,8 @@ class PoolCatalog:
             found[name] = fields
         return found
 
-    def head_and_snapshots(self, dataset: str) -> tuple[dict[str, str], list[Snapshot]]:
-        return self.filesystems(dataset).get(dataset) or {}, self.snapshots(dataset)
+    def origin_and_snapshots(self, dataset: str) -> tuple[str, list[Snapshot]]:
+        return (self.filesystems(dataset).get(dataset) or {}).get("origin", ""), self.snapshots(dataset)
 
     def snapshots(self, dataset: str) -> list[Snapshot]:
         snaps = [
