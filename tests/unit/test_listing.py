@@ -294,7 +294,7 @@ def test_with_our_properties_known_a_history_is_one_zfs_get_of_the_origin_and_th
     )
     listing = CommandListing(run, known=names.OUR_PROPS, on_snapshots=names.SNAPSHOT_PROPS)
     origin, snapshots = listing.origin_and_snapshots(REPO, PREFIX)
-    assert len(run.ran) == 1 and "-H" in run.ran[0]
+    assert len(run.ran) == 1 and "-j" in run.ran[0]  # messages may hold newlines: not -H text
     # only what a snapshot list needs, and the origin: each property asked costs a lookup per snapshot
     assert run.ran[0][-2].split(",") == ["guid", "createtxg", "creation", "origin", *names.SNAPSHOT_PROPS]
     assert origin == f"{REPO}.dsg-old-T@dsg-commit-0"

@@ -26,6 +26,8 @@ from .conftest import Sandbox
 from .test_replication import send_receive
 from .test_transactions import OWNER
 
+MESSAGE = "first\n\twith a second line"  # a newline and a tab: what -H text cannot carry
+
 
 def same(listed: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
     """Values as text; ``zoned`` by name (a channel program reports it as a number)."""
@@ -54,7 +56,7 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     repo = Repository(f"{parent}/survey", zfs=sandbox.zfs)
     first = repo.begin(mountpoint=str(sandbox.mount_dir / "survey"), owner=OWNER, mode="0750")
     Path(first.path, "a.txt").write_text("a")
-    first.commit("first")
+    first.commit(MESSAGE)
     subprocess.run(["zfs", "set", "com.example:note=a\tb\nc", repo.name], check=True)  # another tool's
     subprocess.run(["zfs", "snapshot", f"{repo.name}@autosnap"], check=True)
     subprocess.run(["zfs", "set", "com.sun:auto-snapshot=true", f"{repo.name}@autosnap"], check=True)
@@ -109,9 +111,9 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
 
     # and the commands that list this way answer as before
     status = dsg_json("status", repo.name, allow=sandbox.dataset)
-    assert [p["tx"] for p in status["pending"]] == [open_tx.id] and status["last_commit"]["message"] == "first"
+    assert [p["tx"] for p in status["pending"]] == [open_tx.id] and status["last_commit"]["message"] == MESSAGE
     history = dsg_json("history", repo.name, allow=sandbox.dataset)
-    assert [c["message"] for c in history] == ["first"]
+    assert [c["message"] for c in history] == [MESSAGE]
     open_tx.rollback()
 
 

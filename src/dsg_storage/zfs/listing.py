@@ -238,12 +238,15 @@ class CommandListing:
         lists them: with the snapshot properties known, one ``zfs get -d 1 -t
         filesystem,snapshot`` of only what a snapshot list asks for and ``origin`` (each
         property asked costs a lookup per snapshot; its child filesystems are left out).
-        ``history`` reads this way: one ``zfs`` process fewer."""
+        ``history`` reads this way: one ``zfs`` process fewer. As JSON, like ``snapshots``:
+        a commit message may hold a newline, which ``-H`` text cannot carry (``get`` would
+        then run a second, JSON read of every snapshot)."""
         if self.on_snapshots is None:
             snapshots = self.snapshots(dataset, prefix)
             return (self.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
         natives = ("guid", "createtxg", "creation")
-        got = self.run.get((*natives, "origin", *self.on_snapshots), dataset, "-d", "1", "-t", "filesystem,snapshot")
+        wanted = ",".join((*natives, "origin", *self.on_snapshots))
+        got = self.run.json("get", "-d", "1", "-t", "filesystem,snapshot", wanted, dataset)
         head = got.get(dataset)
         if head is None:
             raise ZfsError(f"zfs get listed snapshots of {dataset} but not {dataset} itself", dataset=dataset)
