@@ -96,6 +96,11 @@ def test_prune_never_destroys_held_marked_cloned_or_open_transaction_snapshots(s
     tx = repo.begin()  # an open sync transaction: a base snapshot and a workspace cloned from it
     Path(tx.path, "data.txt").write_text("in progress")
     before = set(sandbox.datasets())
+    # the dry run at the command line reads the guards by `zfs get`, the library by a channel program
+    dry = subprocess.run(
+        [*cli, "prune", repo.name, "--keep-last", "1", "--dry-run"], check=False, capture_output=True, text=True
+    )
+    assert dry.returncode == 0, dry.stderr
 
     result = prune(repo, RetentionPolicy(last=1))
 
@@ -104,6 +109,7 @@ def test_prune_never_destroys_held_marked_cloned_or_open_transaction_snapshots(s
     reasons = {d.snapshot: d.reasons for d in result.plan.keep}
     assert reasons[held] == ("held (1 hold)",) and reasons[marked] == ("marked keep",)
     assert reasons[cloned] == (f"origin of {sandbox.dataset}/users-clone",)
+    assert {k["snapshot"]: tuple(k["reasons"]) for k in json.loads(dry.stdout)["keep"]} == reasons
     gone = before - set(sandbox.datasets())
     assert gone == {h.split("/")[-1] for h in history if h not in remaining}
     assert f"repo@dsg-base-{tx.id}" in sandbox.datasets()

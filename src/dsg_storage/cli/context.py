@@ -87,14 +87,17 @@ class Context:
         to ``allow`` (default: the command's allow-list)."""
         return (self.lister or self.boundary)(self.allow if allow is None else allow)
 
-    def repository(self, name: str) -> Repository:
-        """``name`` as a Repository under the command's allow-list, policy and settings."""
+    def repository(self, name: str, *, reads_only: bool = False) -> Repository:
+        """``name`` as a Repository under the command's allow-list, policy and settings;
+        ``reads_only``: for a command that will only read it (``prune --dry-run``), on the
+        boundary that lists by ``zfs`` commands (``lists``)."""
         from .. import names
         from ..core.repository import Repository
 
         name = names.validate_repository(name)  # a bad name is exit 2 before the boundary opens
         primary = bool(getattr(self.args, "primary", False))
-        return Repository(name, zfs=self.zfs(), policy=self.caller.policy, settings=self.settings, primary=primary)
+        zfs = self.lists() if reads_only else self.zfs()
+        return Repository(name, zfs=zfs, policy=self.caller.policy, settings=self.settings, primary=primary)
 
     def queue(self) -> Queue:
         """The queue the settings name (``$DSG_STORAGE_QUEUE``, else its default)."""

@@ -44,7 +44,7 @@ def prune(ctx: Context) -> int:
     rules = {"last": args.keep_last, **{period: getattr(args, f"keep_{period}") for period in PERIODS}}
     policy = RetentionPolicy(**rules) if any(rules.values()) else None  # checked before any ZFS call
     # The sudo policy checks what recovery (prune's first step) reads from the pool.
-    repo = ctx.repository(args.repo)
+    repo = ctx.repository(args.repo, reads_only=args.dry_run)  # a dry run never loads libzfs_core
     if args.save_policy:
         if policy is None:
             raise InvalidArgumentError("--save-policy needs --keep-* rules to save")

@@ -15,7 +15,7 @@ from typing import Protocol
 import attrs
 
 from .. import names
-from ..errors import RepositoryNotFoundError
+from ..errors import DatasetNotFoundError, RepositoryNotFoundError, ZfsError
 from ..names import P_IMPORT, P_MODE, P_OWNER, P_RECOVERY_NOTE
 from ..zfs.port import HostPort, Snapshot, ZfsPort
 from .history import lineage
@@ -57,9 +57,12 @@ def history(zfs: ZfsPort, name: str) -> list[Commit]:
 def snapshots(zfs: ZfsPort, name: str) -> list[Snapshot]:
     """The snapshots ``history`` reads (``lineage``: an old head's first), for a caller
     that needs more of them than the commits. RepositoryNotFoundError if it is missing."""
-    if not zfs.exists(name):
-        raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name)
-    return lineage(zfs, name)
+    try:
+        return lineage(zfs, name)  # no exists() first: listing by commands, that would load libzfs_core
+    except ZfsError as exc:
+        if isinstance(exc, DatasetNotFoundError) or not zfs.exists(name):
+            raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name) from exc
+        raise
 
 
 def commits_named(name: str, seen: Sequence[Snapshot]) -> list[Commit]:

@@ -280,12 +280,8 @@ class Zfs:
 
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         """For each snapshot of ``dataset``: (number of holds, clones made from it). One
-        read-only channel program."""
-        raw = self.program(_names.pool_of(dataset), programs.SNAPSHOT_GUARDS, [dataset], sync=False) or {}
-        return {
-            name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
-            for name, info in raw.items()
-        }
+        read: a read-only channel program, or listing by commands one ``zfs get``."""
+        return self.listing.snapshot_guards(dataset)
 
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
         """``dataset`` and its ``dataset.dsg-*`` siblings with their own user properties,

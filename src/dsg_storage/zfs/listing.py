@@ -258,6 +258,19 @@ class CommandListing:
         origin = head.get("origin", ("-", ""))[0]
         return ("" if origin == "-" else origin), snapshots
 
+    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
+        """For each snapshot of ``dataset``: (number of holds, clones made from it), from
+        one ``zfs get userrefs,clones`` (``clones``: names joined by commas, ``-`` or
+        empty for none; a dataset name has no comma)."""
+        got = self.run.json("get", "-t", "snapshot", "-d", "1", "userrefs,clones", dataset)
+        guards: dict[str, tuple[int, list[str]]] = {}
+        for name, props in got.items():
+            refs, clones = props.get("userrefs", ("0", ""))[0], props.get("clones", ("", ""))[0]
+            if not refs.isdigit():
+                raise ZfsError(f"zfs get printed userrefs {refs!r} for {name}", dataset=dataset)
+            guards[name] = (int(refs), [c for c in clones.split(",") if c and c != "-"])
+        return guards
+
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         """``under`` and every filesystem below it, described as ``family`` describes its
         members, except that with ``known`` properties of ours the properties other tools
@@ -373,6 +386,18 @@ class ProgramListing:
     def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
         snapshots = self.snapshots(dataset, prefix)  # first: it says when the dataset does not exist
         return (self.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
+
+    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
+        from . import programs
+
+        try:
+            raw = self.program(dataset, programs.SNAPSHOT_GUARDS, [dataset]) or {}
+        except PoolReadOnly:
+            return self.fallback.snapshot_guards(dataset)
+        return {
+            name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
+            for name, info in raw.items()
+        }
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs
