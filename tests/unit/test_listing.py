@@ -306,6 +306,23 @@ def test_a_history_of_a_repository_that_is_no_clone_has_no_origin() -> None:
     assert CommandListing(run, known=names.OUR_PROPS).origin_and_snapshots(REPO, PREFIX) == ("", [])
 
 
+def test_the_guards_of_snapshots_are_one_zfs_get_of_holds_and_clones() -> None:
+    a, b = f"{REPO}@dsg-commit-1", f"{REPO}@dsg-commit-2"
+    run = Canned(
+        {
+            ("get", "userrefs,clones"): {
+                a: _ds(a, {"userrefs": ("2", "NONE"), "clones": (f"{WS},tank/other", "NONE")}),
+                b: _ds(b, {"userrefs": ("0", "NONE"), "clones": ("", "NONE")}),
+            }
+        }
+    )
+    guards = CommandListing(run, known=names.OUR_PROPS).snapshot_guards(REPO)
+    assert guards == {a: (2, [WS, "tank/other"]), b: (0, [])} and len(run.ran) == 1
+    forged = Canned({("get",): {a: _ds(a, {"userrefs": ("lots", "NONE"), "clones": ("-", "NONE")})}})
+    with pytest.raises(ZfsError, match="userrefs"):  # our error, not a ValueError
+        CommandListing(forged, known=names.OUR_PROPS).snapshot_guards(REPO)
+
+
 def test_a_history_of_a_missing_dataset_is_not_found() -> None:
     with pytest.raises(DatasetNotFoundError):
         CommandListing(Canned({("get",): None}), known=names.OUR_PROPS).origin_and_snapshots("tank/none", PREFIX)
