@@ -306,6 +306,12 @@ def test_a_history_of_a_repository_that_is_no_clone_has_no_origin() -> None:
     assert CommandListing(run, known=names.OUR_PROPS).origin_and_snapshots(REPO, PREFIX) == ("", [])
 
 
+def test_whether_a_name_exists_is_one_zfs_list() -> None:
+    there = Canned({("list", "-H"): {REPO: _ds(REPO, {})}})
+    assert CommandListing(there).exists(REPO) is True and there.ran == [("list", "-H", "-o", "name", REPO)]
+    assert CommandListing(Canned({("list",): None})).exists(f"{REPO}@gone") is False
+
+
 def test_the_guards_of_snapshots_are_one_zfs_get_of_holds_and_clones() -> None:
     a, b = f"{REPO}@dsg-commit-1", f"{REPO}@dsg-commit-2"
     run = Canned(

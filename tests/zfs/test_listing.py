@@ -5,7 +5,9 @@ repository's family from (``families``)."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from dsg_storage.zfs.mounts import MS_NOEXEC, MS_NOSUID
 from dsg_storage.zfs.programs import on_off
 from dsg_storage.zfs.reads import FamilyRead, ForeignRead, MountFlagsRead
 
-from .cli import dsg_json
+from .cli import dsg_json, with_src
 from .conftest import Sandbox
 from .test_replication import send_receive
 from .test_transactions import OWNER
@@ -175,3 +177,33 @@ def test_the_pool_wide_text_read_gives_way_to_json_for_a_value_with_a_newline(sa
             }
         )
     tx.rollback()
+
+
+def test_reads_of_one_repository_at_the_command_line_load_no_libzfs_core(sandbox: Sandbox) -> None:
+    """``history``, ``status``, ``ls``, ``stat``, ``cat`` (also of an old commit) and
+    ``prune --dry-run`` read by ``zfs`` commands: loading the bindings would cost more
+    than the read (~0.7 s under emulation). Whether a name exists is one ``zfs list``."""
+    repo = Repository(f"{sandbox.dataset}/light", zfs=sandbox.zfs)
+    with repo.begin(mountpoint=str(sandbox.mount_dir / "light"), owner=OWNER) as tx:
+        Path(tx.path, "a.txt").write_text("old")
+    with repo.begin() as tx:
+        Path(tx.path, "a.txt").write_text("new")
+    first = repo.history()[0].name
+    commands = open_zfs(sandbox.allow, listing="commands")
+    for name in (repo.name, f"{repo.name}@{first}", f"{repo.name}@nope", f"{sandbox.dataset}/none"):
+        assert commands.exists(name) == sandbox.zfs.exists(name), name
+    reads = {
+        "history": [repo.name],
+        "status": [repo.name],
+        "ls": [repo.name, ""],
+        "stat": [repo.name, "a.txt"],
+        "cat": [repo.name, "a.txt", "--commit", first],
+        "prune": [repo.name, "--keep-last", "1", "--dry-run"],
+    }
+    for command, args in reads.items():
+        argv = [sys.executable, "-X", "importtime", "-m", "dsg_storage", "--json", "--allow", sandbox.dataset]
+        done = subprocess.run([*argv, command, *args], capture_output=True, text=True, env=with_src(), check=False)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+        assert "libzfs_core" not in done.stderr, command
+    cat = dsg_json("cat", repo.name, "a.txt", "--commit", first, allow=sandbox.dataset)
+    assert base64.b64decode(cat["content_base64"]) == b"old"

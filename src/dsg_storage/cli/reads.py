@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
+def _reader(ctx: Context, *, one_repository: bool = False) -> Iterator[Reader]:
     """The reader the flags ask for (live, offline, cached), its access said on stderr;
-    ``lists_only``: the command reads one repository's lists alone (``history``), which
-    live it takes from ``zfs`` commands, without loading libzfs_core (``Context.lists``)."""
+    ``one_repository``: the command reads one repository (``history``, ``ls``, ``stat``,
+    ``cat``), whose lists (and whether it exists) live it takes from ``zfs`` commands,
+    without loading libzfs_core (``Context.lists``); files are read through mounts."""
     from ..read.cache import ENV as CACHE_ENV
     from ..read.cache import ReadCache
     from ..read.reader import open_live
@@ -50,7 +51,7 @@ def _reader(ctx: Context, *, lists_only: bool = False) -> Iterator[Reader]:
     elif args.search_path or args.pool or args.cached:
         raise InvalidArgumentError("--search-path, --pool and --cached go with --offline")
     else:
-        reader = open_live(cache=cache, zfs=ctx.lists() if lists_only else ctx.zfs())
+        reader = open_live(cache=cache, zfs=ctx.lists() if one_repository else ctx.zfs())
     with reader:
         ctx.note(f"access: {shown(reader.describe())}")
         yield reader
@@ -86,7 +87,7 @@ def history(ctx: Context) -> int:
     from ..read.reader import commit_to_json
 
     args = ctx.args
-    with _reader(ctx, lists_only=True) as reader:
+    with _reader(ctx, one_repository=True) as reader:
         commits = reader.history(args.repo)
         extra = _access(ctx, reader, "history", args.repo)
         ctx.emit(
@@ -103,7 +104,7 @@ def repos(ctx: Context) -> int:
     import attrs
 
     args = ctx.args
-    # Not lists_only: one history per repository, which through zfs commands would be
+    # Not one_repository: one history per repository, which through zfs commands would be
     # processes per repository; channel programs are cheaper there.
     with _reader(ctx) as reader:
         found = reader.repositories(args.under)
@@ -120,13 +121,13 @@ def repos(ctx: Context) -> int:
 
 def ls(ctx: Context) -> int:
     args = ctx.args
-    with _reader(ctx) as reader:
+    with _reader(ctx, one_repository=True) as reader:
         return _entries(ctx, reader, reader.files(args.repo, args.path, commit=args.commit), one=False)
 
 
 def stat(ctx: Context) -> int:
     args = ctx.args
-    with _reader(ctx) as reader:
+    with _reader(ctx, one_repository=True) as reader:
         return _entries(ctx, reader, [reader.stat(args.repo, args.path, commit=args.commit)], one=True)
 
 
@@ -143,7 +144,7 @@ def _entries(ctx: Context, reader: Reader, entries: list[Any], *, one: bool) -> 
 
 
 def cat(ctx: Context) -> int:
-    with _reader(ctx) as reader:
+    with _reader(ctx, one_repository=True) as reader:
         return _cat(ctx, reader)
 
 

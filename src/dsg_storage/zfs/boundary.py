@@ -163,7 +163,7 @@ class Zfs:
                 programs=os.geteuid() == 0,  # channel programs are root's alone (zfs-program(8))
             )
             if listing == "commands"
-            else ProgramListing(self._read_program, CommandListing(self.command))
+            else ProgramListing(self._read_program, CommandListing(self.command), self._lzc_exists)
         )
 
     @property
@@ -206,6 +206,11 @@ class Zfs:
 
     # ------------------------------------------------------------------ reads
     def exists(self, name: str) -> bool:
+        """Whether the dataset or snapshot ``name`` exists (``lzc_exists``; listing by
+        commands, one ``zfs list``, so that a read-only command never loads libzfs_core)."""
+        return self.listing.exists(name)
+
+    def _lzc_exists(self, name: str) -> bool:
         return bool(self._call(name, self.lzc.lzc_exists, _b(name)))
 
     def program(self, pool: str, source: str, args: Sequence[str], *, sync: bool, subject: str | None = None) -> Any:

@@ -233,6 +233,15 @@ class CommandListing:
             name: self._described(info, local.get(name) or {}, prefix, family=family) for name, info in listed.items()
         }
 
+    def exists(self, name: str) -> bool:
+        """Whether the filesystem or snapshot ``name`` exists: one ``zfs list`` (~0.1 s
+        under emulation, where loading libzfs_core for ``lzc_exists`` costs ~0.7 s)."""
+        try:
+            self.run("list", "-H", "-o", "name", name)
+        except DatasetNotFoundError:
+            return False
+        return True
+
     def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
         """``dataset``'s ``origin`` ("" unless a clone) and its snapshots as ``snapshots``
         lists them: with the snapshot properties known, one ``zfs get -d 1 -t
@@ -359,11 +368,15 @@ class CommandListing:
 class ProgramListing:
     """The boundary's lists, read by channel programs (``programs``); on a pool imported
     read-only (which refuses them) by ``fallback``. ``program(pool, source, args)`` runs
-    one read-only program and raises ``PoolReadOnly`` where the pool refuses it."""
+    one read-only program and raises ``PoolReadOnly`` where the pool refuses it;
+    ``exists(name)``: ``lzc_exists``."""
 
-    def __init__(self, program: Callable[[str, str, list[str]], Any], fallback: CommandListing) -> None:
+    def __init__(
+        self, program: Callable[[str, str, list[str]], Any], fallback: CommandListing, exists: Callable[[str], bool]
+    ) -> None:
         self.program = program
         self.fallback = fallback
+        self.exists = exists
 
     def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
         from . import programs
