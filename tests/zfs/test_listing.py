@@ -179,9 +179,9 @@ def test_the_pool_wide_text_read_gives_way_to_json_for_a_value_with_a_newline(sa
     tx.rollback()
 
 
-def test_reads_of_one_repository_at_the_command_line_load_no_libzfs_core(sandbox: Sandbox) -> None:
-    """``history``, ``status``, ``ls``, ``stat``, ``cat`` (also of an old commit) and
-    ``prune --dry-run`` read by ``zfs`` commands: loading the bindings would cost more
+def test_reads_of_one_repository_at_the_command_line_load_no_libzfs_core(sandbox: Sandbox, tmp_path: Path) -> None:
+    """``history``, ``status``, ``ls``, ``stat``, ``cat`` (also of an old commit),
+    ``prune --dry-run``, ``lock`` and ``verify`` read by ``zfs`` commands: loading the bindings would cost more
     than the read (~0.7 s under emulation). Whether a name exists is one ``zfs list``."""
     repo = Repository(f"{sandbox.dataset}/light", zfs=sandbox.zfs)
     with repo.begin(mountpoint=str(sandbox.mount_dir / "light"), owner=OWNER) as tx:
@@ -199,6 +199,8 @@ def test_reads_of_one_repository_at_the_command_line_load_no_libzfs_core(sandbox
         "stat": [repo.name, "a.txt"],
         "cat": [repo.name, "a.txt", "--commit", first],
         "prune": [repo.name, "--keep-last", "1", "--dry-run"],
+        "lock": [repo.name, "-o", str(tmp_path / "light.lock")],
+        "verify": ["--lock", str(tmp_path / "light.lock"), repo.name],
     }
     for command, args in reads.items():
         argv = [sys.executable, "-X", "importtime", "-m", "dsg_storage", "--json", "--allow", sandbox.dataset]

@@ -20,8 +20,8 @@ def lock(ctx: Context) -> int:
     from ..zfs.allow import AllowList
 
     args, inv = ctx.args, ctx.caller
-    repo = ctx.repository(args.repo)
-    zfs = ctx.zfs(AllowList(()))  # reads only
+    repo = ctx.repository(args.repo, reads_only=True)
+    zfs = ctx.lists(AllowList(()))  # reads only: by zfs commands, never loading libzfs_core
     if args.output and inv.sudo:
         written = write_lock(repo.name, zfs=zfs)
         with inv.output(args.output, force=args.force) as out:
@@ -52,7 +52,7 @@ def verify(ctx: Context) -> int:
     from .commands import EXIT_MISMATCH
 
     args, inv = ctx.args, ctx.caller
-    repo = ctx.repository(args.repo)
+    repo = ctx.repository(args.repo, reads_only=True)  # its history alone
     with inv.input(args.lock) as given:
         locked, signature = read_lock_checked(
             given.path,
