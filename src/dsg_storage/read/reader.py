@@ -379,12 +379,14 @@ class Reader:
                 raise InvalidArgumentError(f"{commit!r} is not a snapshot name")
             source = f"{incore}@{short}"
         if source not in self._mounts:  # checked and mounted once, then every read reuses it
-            if not self._zfs.exists(incore):
-                raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
-            real = source
-            if source != incore and not self._zfs.exists(source):
-                # an old head may keep it until a promote is done (see core.history)
-                real = find_snapshot(self._zfs, incore, source.split("@", 1)[1]) or ""
+            # A commit's snapshot that exists answers for its repository too: one lookup
+            # (a zfs process, listing by commands), not two.
+            real = source if source != incore and self._zfs.exists(source) else ""
+            if not real:
+                if not self._zfs.exists(incore):
+                    raise RepositoryNotFoundError(f"repository {repo} does not exist", dataset=repo)
+                # an old head may keep a commit until a promote is done (see core.history)
+                real = incore if source == incore else find_snapshot(self._zfs, incore, source.split("@", 1)[1]) or ""
                 if not real:
                     raise RepositoryNotFoundError(f"{repo} has no commit {source.split('@', 1)[1]}", dataset=repo)
             self._private = self._private or tempfile.mkdtemp(prefix=reader_dir_prefix())

@@ -251,8 +251,7 @@ class CommandListing:
         a commit message may hold a newline, which ``-H`` text cannot carry (``get`` would
         then run a second, JSON read of every snapshot)."""
         if self.on_snapshots is None:
-            snapshots = self.snapshots(dataset, prefix)
-            return (self.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
+            return _origin_and_snapshots(self, dataset, prefix)
         natives = ("guid", "createtxg", "creation")
         wanted = ",".join((*natives, "origin", *self.on_snapshots))
         got = self.run.json("get", "-d", "1", "-t", "filesystem,snapshot", wanted, dataset)
@@ -365,6 +364,15 @@ class CommandListing:
         return props
 
 
+def _origin_and_snapshots(
+    listing: CommandListing | ProgramListing, dataset: str, prefix: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """``origin_and_snapshots`` as two reads of ``listing``: the snapshots first (they say
+    when the dataset does not exist), then the dataset's ``origin``."""
+    snapshots = listing.snapshots(dataset, prefix)
+    return (listing.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
+
+
 class ProgramListing:
     """The boundary's lists, read by channel programs (``programs``); on a pool imported
     read-only (which refuses them) by ``fallback``. ``program(pool, source, args)`` runs
@@ -397,8 +405,7 @@ class ProgramListing:
         return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
 
     def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
-        snapshots = self.snapshots(dataset, prefix)  # first: it says when the dataset does not exist
-        return (self.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
+        return _origin_and_snapshots(self, dataset, prefix)
 
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         from . import programs
