@@ -20,6 +20,8 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from dsg_storage.errors import BundleError, DatasetBusyError, DatasetExistsError, DatasetNotFoundError, ZfsError
 from dsg_storage.transfer import sendstream
 from dsg_storage.zfs.allow import AllowList
@@ -185,8 +187,12 @@ class FakeZfs:
     def filesystems(self, under: str) -> dict[str, dict[str, str]]:
         return {k: dict(v) for k, v in self.datasets.items() if k == under or k.startswith(under + "/")}
 
-    def origin_and_snapshots(self, dataset: str) -> tuple[str, list[Snapshot]]:
-        return (self.datasets.get(dataset) or {}).get("origin", ""), self.snapshots(dataset)
+    def origin_and_snapshots(self, dataset: str, *, guarded: bool = False) -> tuple[str, list[Snapshot]]:
+        snapshots = self.snapshots(dataset)
+        if guarded:
+            guards = self._guards(dataset)
+            snapshots = [attrs.evolve(s, holds=guards[s.name][0], clones=tuple(guards[s.name][1])) for s in snapshots]
+        return (self.datasets.get(dataset) or {}).get("origin", ""), snapshots
 
     def children(self, dataset: str) -> list[str]:
         return sorted(k for k in self.datasets if k.rsplit("/", 1)[0] == dataset)
@@ -223,7 +229,7 @@ class FakeZfs:
     def together(self, *reads: Read) -> tuple[Any, ...]:
         return tuple(read.ask(self) for read in reads)
 
-    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
+    def _guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         clones: dict[str, list[str]] = {}
         for name, props in self.datasets.items():
             if "origin" in props:

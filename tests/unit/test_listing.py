@@ -329,6 +329,32 @@ def test_the_guards_of_snapshots_are_one_zfs_get_of_holds_and_clones() -> None:
         CommandListing(forged, known=names.OUR_PROPS).snapshot_guards(REPO)
 
 
+def test_snapshots_read_guarded_carry_their_holds_and_clones_from_the_same_zfs_get() -> None:
+    """``prune --dry-run``'s read: the commits and what keeps them, one process."""
+    a, b = f"{REPO}@dsg-commit-1", f"{REPO}@dsg-commit-2"
+    snap = {"guid": ("7", "NONE"), "createtxg": ("9", "NONE"), "creation": ("5", "NONE")}
+    run = Canned(
+        {
+            ("get", "-d"): {
+                REPO: _ds(REPO, {"origin": ("-", "NONE")}),
+                a: _ds(a, {**snap, "userrefs": ("1", "NONE"), "clones": (f"{WS},tank/other", "NONE")}),
+                b: _ds(b, {**snap, "userrefs": ("0", "NONE"), "clones": ("", "NONE")}),
+            }
+        }
+    )
+    listing = CommandListing(run, known=names.OUR_PROPS, on_snapshots=names.SNAPSHOT_PROPS)
+    origin, items = listing.origin_and_snapshots(REPO, PREFIX, guarded=True)
+    assert len(run.ran) == 1 and {"userrefs", "clones"} <= set(run.ran[0][-2].split(","))
+    got = {s.name: (s.holds, s.clones) for s in map(snapshot_of, items)}
+    assert origin == "" and got == {a: (1, (WS, "tank/other")), b: (0, ())}
+    forged = Canned({("get", "-d"): {REPO: _ds(REPO, {}), a: _ds(a, {**snap, "userrefs": ("-1", "NONE")})}})
+    with pytest.raises(ZfsError, match="userrefs"):
+        CommandListing(forged, known=names.OUR_PROPS).origin_and_snapshots(REPO, PREFIX, guarded=True)
+    unguarded = Canned({("get", "-d"): {REPO: _ds(REPO, {}), a: _ds(a, snap)}})
+    _, plain = CommandListing(unguarded, known=names.OUR_PROPS).origin_and_snapshots(REPO, PREFIX)
+    assert "userrefs" not in unguarded.ran[0][-2] and snapshot_of(plain[0]).holds is None
+
+
 def test_a_history_of_a_missing_dataset_is_not_found() -> None:
     with pytest.raises(DatasetNotFoundError):
         CommandListing(Canned({("get",): None}), known=names.OUR_PROPS).origin_and_snapshots("tank/none", PREFIX)

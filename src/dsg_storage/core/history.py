@@ -18,13 +18,17 @@ from .. import names
 from ..zfs.port import Catalog, Snapshot, ZfsPort
 
 
-def lineage(zfs: Catalog, repository: str, *, head: Mapping[str, str] | None = None) -> list[Snapshot]:
+def lineage(
+    zfs: Catalog, repository: str, *, head: Mapping[str, str] | None = None, guarded: bool = False
+) -> list[Snapshot]:
     """Snapshots of ``repository``, oldest first, preceded by those of an old head (or,
     after a commit that failed past its promote, of the open workspace) it is still a
     clone of, up to its origin. ``head``: the repository's properties as the caller has
-    just read them (its family's), whose ``origin`` saves a read."""
-    if head is None:
-        origin, own = zfs.origin_and_snapshots(repository)
+    just read them (its family's), whose ``origin`` saves a read. ``guarded``: the
+    repository's own snapshots come with their holds and clones, read with them (an old
+    head's do not: nothing prunes them through the repository)."""
+    if head is None or guarded:
+        origin, own = zfs.origin_and_snapshots(repository, guarded=guarded)
     else:
         origin, own = head.get("origin", ""), zfs.snapshots(repository)
     source = origin.split("@", 1)[0]

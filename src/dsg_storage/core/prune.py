@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from .. import names as _names
-from ..errors import InvalidArgumentError, InvalidNameError, RepositoryNotFoundError
+from ..errors import InvalidArgumentError, InvalidNameError, RepositoryNotFoundError, ZfsError
 from ..names import P_KEEP, P_RETENTION
 from ..zfs.port import Batch, Snapshot
 from . import status
@@ -87,16 +87,19 @@ def mark_keep(repo: Repository, commit: str, *, keep: bool = True) -> str:
 
 def _protections(repo: Repository, seen: Sequence[Snapshot]) -> dict[str, str]:
     """Snapshots that must stay, with why: holds, clones, keep marks (of the repository's
-    own snapshots among ``seen``)."""
+    own snapshots among ``seen``, read ``guarded``)."""
     protected: dict[str, str] = {}
-    for name, (holds, clones) in repo.zfs.snapshot_guards(repo.name).items():
-        if holds:
-            protected[name] = f"held ({holds} hold{'s' if holds > 1 else ''})"
-        elif clones:
-            workspaces = [c for c in clones if (_names.parse_temporary(c) or ("", "", ""))[1] == "ws"]
-            protected[name] = f"open transaction {workspaces[0]}" if workspaces else f"origin of {clones[0]}"
-    for snap in seen:
-        if snap.name.startswith(f"{repo.name}@") and snap.user_props.get(P_KEEP) == "yes":
+    own = [snap for snap in seen if snap.name.startswith(f"{repo.name}@")]
+    for snap in own:
+        if snap.holds is None or snap.clones is None:
+            raise ZfsError(f"{snap.name} was listed without its holds and clones", dataset=repo.name)
+        if snap.holds:
+            protected[snap.name] = f"held ({snap.holds} hold{'s' if snap.holds > 1 else ''})"
+        elif snap.clones:
+            workspaces = [c for c in snap.clones if (_names.parse_temporary(c) or ("", "", ""))[1] == "ws"]
+            protected[snap.name] = f"open transaction {workspaces[0]}" if workspaces else f"origin of {snap.clones[0]}"
+    for snap in own:
+        if snap.user_props.get(P_KEEP) == "yes":
             protected.setdefault(snap.name, "marked keep")
     return protected
 
@@ -131,7 +134,9 @@ def prune(
         repo.recover()
         step("recovered")
     with repo.exclusive():
-        seen = status.snapshots(repo.zfs, repo.name)  # one read for the commits and their keep marks
+        # one read for the commits, their keep marks, holds and clones (by commands: one
+        # zfs get, each walk of the snapshots costing about the same whatever it asks)
+        seen = status.snapshots(repo.zfs, repo.name, guarded=True)
         history = status.commits_named(repo.name, seen)
         decided = plan(
             [Candidate(c.snapshot, c.committed) for c in history], policy, protected=_protections(repo, seen)

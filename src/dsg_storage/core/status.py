@@ -54,11 +54,14 @@ def history(zfs: ZfsPort, name: str) -> list[Commit]:
     return commits_named(name, snapshots(zfs, name))
 
 
-def snapshots(zfs: ZfsPort, name: str) -> list[Snapshot]:
+def snapshots(zfs: ZfsPort, name: str, *, guarded: bool = False) -> list[Snapshot]:
     """The snapshots ``history`` reads (``lineage``: an old head's first), for a caller
-    that needs more of them than the commits. RepositoryNotFoundError if it is missing."""
+    that needs more of them than the commits; ``guarded``: the repository's own with their
+    holds and clones, in the same read. RepositoryNotFoundError if it is missing."""
     try:
-        return lineage(zfs, name)  # no exists() first: listing by commands, that would load libzfs_core
+        return lineage(
+            zfs, name, guarded=guarded
+        )  # no exists() first: listing by commands, that would load libzfs_core
     except ZfsError as exc:
         if isinstance(exc, DatasetNotFoundError) or not zfs.exists(name):
             raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name) from exc

@@ -272,21 +272,20 @@ class Zfs:
         ``origin``. Empty if absent."""
         return self.listing.filesystems(under, user_prefix)
 
-    def origin_and_snapshots(self, dataset: str, user_prefix: str = _names.PROP_PREFIX) -> tuple[str, list[Snapshot]]:
+    def origin_and_snapshots(
+        self, dataset: str, user_prefix: str = _names.PROP_PREFIX, *, guarded: bool = False
+    ) -> tuple[str, list[Snapshot]]:
         """``dataset``'s ``origin`` ("" unless it is a clone) and its snapshots as
         ``snapshots`` lists them, read together (listing by commands: one ``zfs get``
-        process, not two). ZfsError if it does not exist."""
-        origin, items = self.listing.origin_and_snapshots(dataset, user_prefix)
+        process, not two); with ``guarded``, each with its ``holds`` and ``clones``
+        (their ``userrefs`` and ``clones``; by commands in the same process). ZfsError if it does not
+        exist."""
+        origin, items = self.listing.origin_and_snapshots(dataset, user_prefix, guarded=guarded)
         return origin, sorted((snapshot_of(item) for item in items), key=lambda s: s.createtxg)
 
     def children(self, dataset: str) -> list[str]:
         raw = self.program(_names.pool_of(dataset), programs.CHILDREN, [dataset], sync=False) or {}
         return [raw[k] for k in sorted(raw)]
-
-    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
-        """For each snapshot of ``dataset``: (number of holds, clones made from it). One
-        read: a read-only channel program, or listing by commands one ``zfs get``."""
-        return self.listing.snapshot_guards(dataset)
 
     def family(self, dataset: str) -> dict[str, dict[str, str]]:
         """``dataset`` and its ``dataset.dsg-*`` siblings with their own user properties,

@@ -242,24 +242,33 @@ class CommandListing:
             return False
         return True
 
-    def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
+    def origin_and_snapshots(
+        self, dataset: str, prefix: str, *, guarded: bool = False
+    ) -> tuple[str, list[dict[str, Any]]]:
         """``dataset``'s ``origin`` ("" unless a clone) and its snapshots as ``snapshots``
-        lists them: with the snapshot properties known, one ``zfs get -d 1 -t
-        filesystem,snapshot`` of only what a snapshot list asks for and ``origin`` (each
-        property asked costs a lookup per snapshot; its child filesystems are left out).
-        ``history`` reads this way: one ``zfs`` process fewer. As JSON, like ``snapshots``:
-        a commit message may hold a newline, which ``-H`` text cannot carry (``get`` would
-        then run a second, JSON read of every snapshot)."""
+        lists them (with ``guarded``, each with ``userrefs`` and ``clones`` as
+        ``snapshot_guards`` reads them): with the snapshot properties known, one ``zfs get
+        -d 1 -t filesystem,snapshot`` of only what a snapshot list asks for and ``origin``
+        (each property asked costs a lookup per snapshot; its child filesystems are left
+        out). ``history`` and ``prune --dry-run`` read this way: one ``zfs`` process, where
+        each walk of the snapshots costs about the same whatever it asks. As JSON, like
+        ``snapshots``: a commit message may hold a newline, which ``-H`` text cannot carry
+        (``get`` would then run a second, JSON read of every snapshot)."""
         if self.on_snapshots is None:
-            return _origin_and_snapshots(self, dataset, prefix)
+            return _origin_and_snapshots(self, dataset, prefix, guarded=guarded)
         natives = ("guid", "createtxg", "creation")
-        wanted = ",".join((*natives, "origin", *self.on_snapshots))
+        wanted = ",".join((*natives, "origin", *(_GUARDS if guarded else ()), *self.on_snapshots))
         got = self.run.json("get", "-d", "1", "-t", "filesystem,snapshot", wanted, dataset)
         head = got.get(dataset)
         if head is None:
             raise ZfsError(f"zfs get listed snapshots of {dataset} but not {dataset} itself", dataset=dataset)
         snapshots = [
-            {"name": name, **{k: props[k][0] for k in natives if k in props}, "user": _own(props, prefix)}
+            {
+                "name": name,
+                **{k: props[k][0] for k in natives if k in props},
+                "user": _own(props, prefix),
+                **(_guards_of(name, props) if guarded else {}),
+            }
             for name, props in got.items()
             if name.startswith(dataset + "@")
         ]
@@ -268,15 +277,12 @@ class CommandListing:
 
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         """For each snapshot of ``dataset``: (number of holds, clones made from it), from
-        one ``zfs get userrefs,clones`` (``clones``: names joined by commas, ``-`` or
-        empty for none; a dataset name has no comma)."""
-        got = self.run.json("get", "-t", "snapshot", "-d", "1", "userrefs,clones", dataset)
+        one ``zfs get userrefs,clones``."""
+        got = self.run.json("get", "-t", "snapshot", "-d", "1", ",".join(_GUARDS), dataset)
         guards: dict[str, tuple[int, list[str]]] = {}
         for name, props in got.items():
-            refs, clones = props.get("userrefs", ("0", ""))[0], props.get("clones", ("", ""))[0]
-            if not refs.isdigit():
-                raise ZfsError(f"zfs get printed userrefs {refs!r} for {name}", dataset=dataset)
-            guards[name] = (int(refs), [c for c in clones.split(",") if c and c != "-"])
+            read = _guards_of(name, props)
+            guards[name] = (read["userrefs"], read["clones"])
         return guards
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
@@ -365,12 +371,33 @@ class CommandListing:
 
 
 def _origin_and_snapshots(
-    listing: CommandListing | ProgramListing, dataset: str, prefix: str
+    listing: CommandListing | ProgramListing, dataset: str, prefix: str, *, guarded: bool
 ) -> tuple[str, list[dict[str, Any]]]:
-    """``origin_and_snapshots`` as two reads of ``listing``: the snapshots first (they say
-    when the dataset does not exist), then the dataset's ``origin``."""
+    """``origin_and_snapshots`` as separate reads of ``listing``: the snapshots first
+    (they say when the dataset does not exist), then the dataset's ``origin``, then (with
+    ``guarded``) the snapshots' guards; a snapshot made in between has none (0 holds)."""
     snapshots = listing.snapshots(dataset, prefix)
-    return (listing.filesystems(dataset, prefix).get(dataset) or {}).get("origin", ""), snapshots
+    origin = (listing.filesystems(dataset, prefix).get(dataset) or {}).get("origin", "")
+    if guarded:
+        guards = listing.snapshot_guards(dataset)
+        for item in snapshots:
+            refs, clones = guards.get(item["name"], (0, []))
+            item.update(userrefs=refs, clones=clones)
+    return origin, snapshots
+
+
+#: The properties that say what keeps a snapshot: its holds and its clones.
+_GUARDS = ("userrefs", "clones")
+
+
+def _guards_of(name: str, props: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """A snapshot's ``userrefs`` (a number) and ``clones`` (a list of names) from ``zfs
+    get``'s JSON: ``clones`` is names joined by commas, ``-`` or empty for none (a dataset
+    name has no comma)."""
+    refs, clones = props.get("userrefs", ("0", ""))[0], props.get("clones", ("", ""))[0]
+    if not refs.isdigit():
+        raise ZfsError(f"zfs get printed userrefs {refs!r} for {name}", dataset=name.split("@", 1)[0])
+    return {"userrefs": int(refs), "clones": [c for c in clones.split(",") if c and c != "-"]}
 
 
 class ProgramListing:
@@ -404,8 +431,10 @@ class ProgramListing:
             return self.fallback.filesystems(under, prefix)
         return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
 
-    def origin_and_snapshots(self, dataset: str, prefix: str) -> tuple[str, list[dict[str, Any]]]:
-        return _origin_and_snapshots(self, dataset, prefix)
+    def origin_and_snapshots(
+        self, dataset: str, prefix: str, *, guarded: bool = False
+    ) -> tuple[str, list[dict[str, Any]]]:
+        return _origin_and_snapshots(self, dataset, prefix, guarded=guarded)
 
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         from . import programs
@@ -452,6 +481,8 @@ def snapshot_of(item: Mapping[str, Any]) -> Snapshot:
             createtxg=int(item["createtxg"]),
             creation=int(item["creation"]),
             user_props=dict(item.get("user") or {}),
+            holds=int(item["userrefs"]) if "userrefs" in item else None,
+            clones=tuple(item["clones"]) if "clones" in item else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise ZfsError(f"a snapshot listed without its {exc}: {dict(item)!r:.200}") from exc

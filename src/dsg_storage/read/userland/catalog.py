@@ -81,7 +81,9 @@ class PoolCatalog:
             found[name] = fields
         return found
 
-    def origin_and_snapshots(self, dataset: str) -> tuple[str, list[Snapshot]]:
+    def origin_and_snapshots(self, dataset: str, *, guarded: bool = False) -> tuple[str, list[Snapshot]]:
+        """``guarded`` is not read here (``holds`` and ``clones`` stay None): holds live in
+        a ZAP this reader does not walk, and nothing pruned reads a pool this way."""
         return (self.filesystems(dataset).get(dataset) or {}).get("origin", ""), self.snapshots(dataset)
 
     def snapshots(self, dataset: str) -> list[Snapshot]:
