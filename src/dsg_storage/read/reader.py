@@ -21,7 +21,6 @@ import contextlib
 import enum
 import os
 import stat as stat_
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, Self, TypeVar
 
@@ -389,7 +388,10 @@ class Reader:
                 real = incore if source == incore else find_snapshot(self._zfs, incore, source.split("@", 1)[1]) or ""
                 if not real:
                     raise RepositoryNotFoundError(f"{repo} has no commit {source.split('@', 1)[1]}", dataset=repo)
-            self._private = self._private or tempfile.mkdtemp(prefix=reader_dir_prefix())
+            if not self._private:
+                import tempfile  # here, not at the top: history never mounts (~90 ms under emulation)
+
+                self._private = tempfile.mkdtemp(prefix=reader_dir_prefix())
             path = os.path.join(self._private, f"m{len(self._mounts)}")
             os.mkdir(path)
             self._zfs.host.mount_readonly(real, path)
