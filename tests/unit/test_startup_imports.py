@@ -107,7 +107,7 @@ def test_history_loads_no_transaction_code(tmp_path: Path) -> None:
         "dsg_storage.zfs.zpool",
         "sqlite3",
         "logging",
-        "tempfile",  # only a read of files mounts (history: ~90 ms under emulation)
+        "tempfile",  # only a read of files mounts
     } & modules == set()
 
 

@@ -389,7 +389,7 @@ class Reader:
                 if not real:
                     raise RepositoryNotFoundError(f"{repo} has no commit {source.split('@', 1)[1]}", dataset=repo)
             if not self._private:
-                import tempfile  # here, not at the top: history never mounts (~90 ms under emulation)
+                import tempfile  # here, not at the top: history never mounts (tempfile loads shutil, random, bz2, lzma)
 
                 self._private = tempfile.mkdtemp(prefix=reader_dir_prefix())
             path = os.path.join(self._private, f"m{len(self._mounts)}")
