@@ -28,6 +28,8 @@ COMMANDS = {
     "history": ["history", scale.DEEP],
     "status": ["status", scale.DEEP],
     "prune --dry-run": ["prune", scale.DEEP, "--keep-last", "5", "--dry-run"],
+    # prune itself, through the library's boundary (channel programs), destroying nothing
+    "prune, nothing to destroy": ["prune", scale.DEEP, "--keep-last", "100000"],
 }  # and cat --commit OLDEST (the init's commit), once the repository is made
 
 

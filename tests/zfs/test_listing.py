@@ -50,6 +50,45 @@ def history_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], missi
     for listing in (commands, programs):
         with pytest.raises(ZfsError):  # the reader then says the repository does not exist
             listing.origin_and_snapshots(missing)
+        with pytest.raises(ZfsError):
+            listing.origin_and_snapshots(missing, guarded=True)
+
+
+def guarded_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], held: str, cloned: tuple[str, str]) -> None:
+    """Prune's read (the history with each snapshot's holds and clones: one ``zfs get`` by
+    commands, one program by the library) answers as the history read, both ways alike,
+    with the holds and clones ``zfs get`` reports; ``held`` is held meanwhile, and
+    ``cloned`` is (a snapshot, its one clone)."""
+    subprocess.run(["zfs", "hold", "mine", held], check=True)
+    try:
+        seen = _guards_agree(commands, programs, datasets)
+    finally:
+        subprocess.run(["zfs", "release", "mine", held], check=True)
+    assert seen[held] == (1, ()) and seen[cloned[0]] == (0, (cloned[1],))  # what the comparison covered
+
+
+def _guards_agree(
+    commands: Zfs, programs: Zfs, datasets: list[str]
+) -> dict[str, tuple[int | None, tuple[str, ...] | None]]:
+    seen: dict[str, tuple[int | None, tuple[str, ...] | None]] = {}
+    for name in datasets:
+        by_commands, by_programs = (z.origin_and_snapshots(name, guarded=True) for z in (commands, programs))
+        assert by_commands == by_programs == programs.origin_and_snapshots(name), name
+        guards = {s.name: (s.holds, s.clones) for s in by_programs[1]}
+        assert guards == {s.name: (s.holds, s.clones) for s in by_commands[1]}, name
+        get = ["zfs", "get", "-H", "-p", "-o", "name,property,value", "-t", "snapshot", "-d", "1", "userrefs,clones"]
+        listed: dict[str, dict[str, str]] = {}
+        for line in subprocess.run([*get, name], capture_output=True, text=True, check=True).stdout.splitlines():
+            snap, prop, value = line.split("\t")
+            listed.setdefault(snap, {})[prop] = value
+        for snap, (holds, clones) in guards.items():
+            expected = tuple(sorted(c for c in listed[snap]["clones"].split(",") if c not in ("", "-")))
+            assert (holds, None if clones is None else tuple(sorted(clones))) == (
+                int(listed[snap]["userrefs"]),
+                expected,
+            ), snap
+        seen.update(guards)
+    return seen
 
 
 def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
@@ -85,6 +124,13 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
             full = sorted(map(snapshot_of, everything.snapshots(name, PROP_PREFIX)), key=lambda s: s.createtxg)
             assert full == programs.snapshots(name), name
     history_reads_agree(commands, programs, [repo.name, plain.name, replica, open_tx.dataset], f"{parent}/none")
+    guarded_reads_agree(
+        commands,
+        programs,
+        [repo.name, plain.name, replica, open_tx.dataset],
+        held=f"{repo.name}@autosnap",
+        cloned=(f"{repo.name}@dsg-base-{open_tx.id}", open_tx.dataset),
+    )
     for under in (sandbox.dataset, f"{parent}/none"):
         assert same(commands.filesystems(under)) == same(programs.filesystems(under)), under
         assert same(everything.filesystems(under, PROP_PREFIX)) == same(programs.filesystems(under)), under
@@ -92,14 +138,15 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     family = programs.family(repo.name)
     assert len(family) == 3 and family[repo.name]["com.example:note"] == "a\tb\nc"
     assert on_off(family[open_tx.dataset]["zoned"]) == "on" and "origin" in family[open_tx.dataset]
-    assert programs.family(replica)[replica]["@received"] == "yes"
+    assert (
+        programs.family(replica)[replica]["@received"] == "yes" and programs.family(replica)[replica]["setuid"] == "off"
+    )
     assert (family[repo.name]["setuid"], family[repo.name]["exec"], "devices" in family[repo.name]) == (
         "off",
         "off",
         False,
     )
     assert (family[open_tx.dataset]["setuid"], family[open_tx.dataset]["exec"]) == ("off", "off")
-    assert programs.family(replica)[replica]["setuid"] == "off"  # received with it
     assert {"autosnap", "rep", f"dsg-base-{open_tx.id}"} <= {s.short_name for s in programs.snapshots(repo.name)}
 
     by_commands = commands.families(sandbox.dataset)  # recover --pool's read: ours only
