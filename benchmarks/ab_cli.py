@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Read-only commands of two source trees side by side, on one repository with a history.
+"""Commands that read a history (and prune, with nothing to destroy) of two source trees
+side by side, on one repository with a history.
 
     ./testpool/run python3 benchmarks/ab_cli.py --before OLD_CHECKOUT [--commits 1000] [--rounds 5] [--siblings N]
 
