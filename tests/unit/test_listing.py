@@ -15,15 +15,7 @@ import pytest
 from dsg_storage import names
 from dsg_storage.errors import DatasetNotFoundError, ZfsError
 from dsg_storage.zfs import programs
-from dsg_storage.zfs.listing import (
-    CommandError,
-    CommandListing,
-    PoolReadOnly,
-    ProgramListing,
-    ZfsCommand,
-    snapshot_of,
-    table,
-)
+from dsg_storage.zfs.listing import CommandError, CommandListing, ZfsCommand, snapshot_of, table
 from dsg_storage.zfs.port import Snapshot
 
 PREFIX = "dsg-storage:"
@@ -361,46 +353,6 @@ def test_snapshots_read_guarded_carry_their_holds_and_clones_from_the_same_zfs_g
     unguarded = Canned({("get", "-d"): {REPO: _ds(REPO, {}), a: _ds(a, snap)}})
     _, plain = CommandListing(unguarded, known=names.OUR_PROPS).origin_and_snapshots(REPO, PREFIX)
     assert "userrefs" not in unguarded.ran[0][-2] and snapshot_of(plain[0]).holds is None
-
-
-def test_the_librarys_guarded_read_is_one_program_of_our_snapshot_properties_by_name() -> None:
-    """``prune``'s read on the library's listing: one program, asked for the properties
-    of ours set on snapshots by name (not every property of each snapshot); its answer
-    in order, clones as a list; a missing dataset is not found; a read-only pool is read
-    by commands."""
-    a, b = f"{REPO}@dsg-commit-1", f"{REPO}@dsg-commit-2"
-    asked: list[list[str]] = []
-
-    def program(target: str, source: str, args: list[str]) -> Any:
-        asked.append(args)
-        info = {"guid": -1, "createtxg": 9, "creation": 5, "user": {}, "userrefs": 0}
-        return {
-            "exists": 1,
-            "origin": f"{REPO}.dsg-old-T@dsg-commit-0",
-            "snapshots": {
-                "00000002": {**info, "name": b, "clones": {}},
-                "00000001": {**info, "name": a, "userrefs": 2, "clones": {"00000002": "tank/z", "00000001": WS}},
-            },
-        }
-
-    listing = ProgramListing(program, CommandListing(Canned({})), lambda name: True)
-    origin, items = listing.origin_and_snapshots(REPO, PREFIX, guarded=True)
-    assert asked == [[REPO, *names.SNAPSHOT_PROPS]] and origin == f"{REPO}.dsg-old-T@dsg-commit-0"
-    got = [(s.name, s.guid, s.holds, s.clones) for s in map(snapshot_of, items)]
-    assert got == [(a, 2**64 - 1, 2, (WS, "tank/z")), (b, 2**64 - 1, 0, ())]
-    with pytest.raises(DatasetNotFoundError):
-        ProgramListing(lambda *_: {"exists": 0}, CommandListing(Canned({})), lambda name: False).origin_and_snapshots(
-            REPO, PREFIX, guarded=True
-        )
-
-    def refused(*_: Any) -> Any:
-        raise PoolReadOnly
-
-    run = Canned({("list", "-t"): {}, ("list", "-r"): {REPO: _ds(REPO, {})}, ("get",): {}})
-    assert ProgramListing(refused, CommandListing(run), lambda name: True).origin_and_snapshots(
-        REPO, PREFIX, guarded=True
-    ) == ("", [])
-    assert any("userrefs,clones" in args for args in run.ran)
 
 
 def test_a_history_of_a_missing_dataset_is_not_found() -> None:

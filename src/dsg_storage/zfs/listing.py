@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
-from ..names import CARRIED_FLAGS, SNAPSHOT_PROPS, pool_of
+from ..names import CARRIED_FLAGS, pool_of
 from .port import Snapshot
 from .programs import u64
 
@@ -434,27 +434,7 @@ class ProgramListing:
     def origin_and_snapshots(
         self, dataset: str, prefix: str, *, guarded: bool = False
     ) -> tuple[str, list[dict[str, Any]]]:
-        """As ``CommandListing.origin_and_snapshots``. ``guarded`` (a plan over the
-        history: prune's) is one program of the moment that reads only the properties of
-        ours set on snapshots by name (``names.SNAPSHOT_PROPS``), as the commands listing
-        with ``known`` does; otherwise the snapshots with every property of ours (what a
-        bundle export carries), then the origin."""
-        if not guarded:
-            return _origin_and_snapshots(self, dataset, prefix, guarded=False)
-        from . import programs
-
-        wanted = [name for name in SNAPSHOT_PROPS if name.startswith(prefix)]
-        try:
-            raw = self.program(dataset, programs.SNAPSHOTS_GUARDED, [dataset, *wanted]) or {}
-        except PoolReadOnly:
-            return _origin_and_snapshots(self.fallback, dataset, prefix, guarded=True)
-        if not raw.get("exists"):
-            raise DatasetNotFoundError(f"dataset {dataset} does not exist", dataset=dataset)
-        snapshots = [
-            {**info, "clones": [info["clones"][k] for k in sorted(info.get("clones") or {})]}
-            for _, info in sorted((raw.get("snapshots") or {}).items())
-        ]
-        return str(raw.get("origin") or ""), snapshots
+        return _origin_and_snapshots(self, dataset, prefix, guarded=guarded)
 
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         from . import programs

@@ -270,48 +270,6 @@ return out
 )
 
 
-# What a plan over a history (prune's) reads, of one moment: argv = {dataset, prop, ...}.
-# The dataset's origin and, per snapshot in order, its guid, createtxg, creation, the
-# named properties set on it (or received with it), its holds and its clones. Only the
-# named properties: zfs.list.user_properties builds every property of the snapshot and
-# of the dataset it inherits from, per snapshot (~20 ms each under emulation: SNAPSHOTS
-# took 4.3 s for 201 snapshots, loaded).
-SNAPSHOTS_GUARDED = (
-    LUA_PREAMBLE
-    + """
-local ds = argv[1]
-if not zfs.exists(ds) then return {exists = 0} end
-local out = {exists = 1, snapshots = {}}
-local origin = zfs.get_prop(ds, "origin")
-if origin ~= nil and origin ~= "" then out.origin = origin end
-local n = 0
-for snap in zfs.list.snapshots(ds) do
-    n = n + 1
-    local user = {}
-    for i = 2, #argv do
-        local value, source = zfs.get_prop(snap, argv[i])
-        if value ~= nil and (source == snap or source == "$recvd") then user[argv[i]] = value end
-    end
-    local clones, c = {}, 0
-    for clone in zfs.list.clones(snap) do
-        c = c + 1
-        clones[string.format("%08d", c)] = clone
-    end
-    out.snapshots[string.format("%08d", n)] = {
-        name = snap,
-        guid = zfs.get_prop(snap, "guid"),
-        createtxg = zfs.get_prop(snap, "createtxg"),
-        creation = zfs.get_prop(snap, "creation"),
-        user = user,
-        userrefs = zfs.get_prop(snap, "userrefs"),
-        clones = clones,
-    }
-end
-return out
-"""
-)
-
-
 # How FAMILY and FAMILIES describe one filesystem: the user properties set on it, ours
 # received with it, its origin, its mountpoint, its own zoned value (only when set on
 # it) and its names.CARRIED_FLAGS set on it or received; "@received" when our properties
