@@ -56,7 +56,7 @@ def history_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], missi
 
 def guarded_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], held: str, cloned: tuple[str, str]) -> None:
     """Prune's read (the history with each snapshot's holds and clones: one ``zfs get`` by
-    commands, one program by the library) answers as the history read, both ways alike,
+    commands, three read-only programs by the library) answers as the history read, both ways alike,
     with the holds and clones ``zfs get`` reports; ``held`` is held meanwhile, and
     ``cloned`` is (a snapshot, its one clone)."""
     subprocess.run(["zfs", "hold", "mine", held], check=True)
@@ -140,7 +140,7 @@ def test_programs_and_commands_list_the_same(sandbox: Sandbox) -> None:
     assert on_off(family[open_tx.dataset]["zoned"]) == "on" and "origin" in family[open_tx.dataset]
     assert (
         programs.family(replica)[replica]["@received"] == "yes" and programs.family(replica)[replica]["setuid"] == "off"
-    )
+    )  # setuid received with it
     assert (family[repo.name]["setuid"], family[repo.name]["exec"], "devices" in family[repo.name]) == (
         "off",
         "off",

@@ -98,9 +98,8 @@ def _protections(repo: Repository, seen: Sequence[Snapshot]) -> dict[str, str]:
         elif snap.clones:
             workspaces = [c for c in snap.clones if (_names.parse_temporary(c) or ("", "", ""))[1] == "ws"]
             protected[snap.name] = f"open transaction {workspaces[0]}" if workspaces else f"origin of {snap.clones[0]}"
-    for snap in own:
-        if snap.user_props.get(P_KEEP) == "yes":
-            protected.setdefault(snap.name, "marked keep")
+        elif snap.user_props.get(P_KEEP) == "yes":
+            protected[snap.name] = "marked keep"
     return protected
 
 

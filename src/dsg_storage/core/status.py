@@ -59,9 +59,8 @@ def snapshots(zfs: ZfsPort, name: str, *, guarded: bool = False) -> list[Snapsho
     that needs more of them than the commits; ``guarded``: the repository's own with their
     holds and clones, in the same read. RepositoryNotFoundError if it is missing."""
     try:
-        return lineage(
-            zfs, name, guarded=guarded
-        )  # no exists() first: listing by commands, that would load libzfs_core
+        # no exists() first: listing by commands, that would load libzfs_core
+        return lineage(zfs, name, guarded=guarded)
     except ZfsError as exc:
         if isinstance(exc, DatasetNotFoundError) or not zfs.exists(name):
             raise RepositoryNotFoundError(f"repository {name} does not exist", dataset=name) from exc

@@ -195,7 +195,7 @@ def _guest_main(checkout: Path, command: str, *, deps: bool) -> str:
     colors = "1" if sys.stdout.isatty() else "0"
     # cache=loose: the guest keeps what it read of the shares (names, attributes, data).
     # Without it every Python process a test starts asks the host through 9p about each
-    # module it imports (~0.4 s a process under emulation, a third of a CLI call's
+    # module it imports (~0.3 s a process under emulation, a third of a CLI call's
     # imports). The cost: a file changed on the host while the command runs may not be
     # seen; what the guest writes reaches the host by the sync before power-off.
     mount_9p = "mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose"

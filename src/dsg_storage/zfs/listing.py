@@ -375,7 +375,8 @@ def _origin_and_snapshots(
 ) -> tuple[str, list[dict[str, Any]]]:
     """``origin_and_snapshots`` as separate reads of ``listing``: the snapshots first
     (they say when the dataset does not exist), then the dataset's ``origin``, then (with
-    ``guarded``) the snapshots' guards; a snapshot made in between has none (0 holds)."""
+    ``guarded``) the snapshots' guards; a snapshot destroyed in between has none (0
+    holds: prune's destroy of it then fails and is reported as skipped, not fatal)."""
     snapshots = listing.snapshots(dataset, prefix)
     origin = (listing.filesystems(dataset, prefix).get(dataset) or {}).get("origin", "")
     if guarded:
