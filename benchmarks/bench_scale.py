@@ -3,10 +3,7 @@
 
 Run against real ZFS (inside the VM when this machine has none):
 
-    ./testpool/run sh -c 'python3 -m dsg_storage.testpool.pool destroy &&
-        python3 -m dsg_storage.testpool.pool create --size 2G &&
-        zpool set autotrim=on dsgtest &&
-        python3 benchmarks/bench_scale.py --commits 5000'        # 1,000 repositories, 5,000 commits
+    ./testpool/run --pool-size 16G python3 benchmarks/bench_scale.py   # 1,000 repositories, 10,000 commits
     ./testpool/run python3 benchmarks/bench_scale.py --quick    # 50 and 500: a smoke test
     ./testpool/run python3 benchmarks/bench_scale.py --repos 200 --commits 2000 --rounds 5
 
@@ -30,9 +27,9 @@ Everything lives under ``dsgtest/bench-scale``, destroyed first and at the end:
    snapshot of a dataset per transaction group; the longest part of the set-up, so it
    runs while part 1 is built. Snapshots of one dataset cost pool metadata faster than
    their count grows (1.2 GB at 5,000, ~4 GB for the default 10,000): the test pool's
-   1 GiB fills at ~4,000, so run bigger histories on a bigger pool with ``autotrim`` (its
-   file otherwise keeps every block ever written and fills the VM's disk), as above; the
-   test VM's disk holds 5,000, not 10,000. A pool that fills up stops the run with a
+   1 GiB fills at ~4,000, so run bigger histories on a bigger pool (``--pool-size``, as
+   above: in the VM the pool then has a disk of its own, as the image's disk holds only
+   ~5,000). A pool that fills up stops the run with a
    message, not a traceback. Timed: ``history``, ``status``, ``prune --keep-last 5
    --dry-run`` and ``cat FILE --commit OLDEST`` (the init's commit) against ``zfs list
    -t snapshot REPO`` (and by name alone, as in part 1).

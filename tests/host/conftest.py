@@ -1,4 +1,5 @@
-"""Host tests: pool images made by real ZFS in the VM, read here without ZFS.
+"""Host tests: pool images made by real ZFS in the VM, read here without ZFS; and the VM
+runner's own options, shown by a boot (test_runner.py).
 
 ``images`` builds them once (``testpool/userland_images.py`` in the VM, one boot, a few
 minutes) and caches them under ``~/.cache/dsg-storage/userland-images/<key>``, the key

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dsg_storage.testpool import cli, deps, hosttools, vm
+from dsg_storage.testpool import cli, deps, hosttools, pool, vm
 
 DEBIAN = {"ID": "debian", "VERSION_ID": "12"}
 UBUNTU = {"ID": "ubuntu", "ID_LIKE": "debian"}
@@ -269,3 +269,50 @@ def test_a_timeout_is_exit_124_naming_the_limit(
     monkeypatch.setattr(vm, "run", hung)
     assert cli.main(["run", "--vm", "--", "true"]) == cli.EXIT_TIMEOUT == 124
     assert "printed nothing for 600s (--silence-timeout)" in capsys.readouterr().err
+
+
+def test_a_pool_disk_becomes_the_directory_of_the_pools_file() -> None:
+    script = vm._guest_main(Path("/p"), "true", deps=False, pool_disk=True)
+    setup = next(line for line in script.splitlines() if "mkfs.ext4" in line)
+    assert setup == (
+        "mkfs.ext4 -q -F /dev/vdb && mkdir -p /var/lib/dsg-storage-testpool && "
+        "mount /dev/vdb /var/lib/dsg-storage-testpool && chmod 0700 /var/lib/dsg-storage-testpool || exit 125"
+    )
+    # before the command can start, and where the pool tool keeps its file
+    assert script.index(setup) < script.index("/ctl/started")
+    assert str(Path(pool.DEFAULT_FILE).parent) == vm.GUEST_POOL_DIR
+    assert "mkfs" not in vm._guest_main(Path("/p"), "true", deps=False)
+    # the disk holds a pool file of the size asked, ext4's own blocks beside it
+    assert vm.pool_disk_bytes(16 << 30) >= (16 << 30) * 1.06
+
+
+@pytest.mark.parametrize("size", ["", "12X", "1M", "-3G", "G"])
+def test_a_bad_pool_size_is_refused_before_anything_boots(
+    size: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boot(*_args: object, **_kwargs: object) -> int:
+        raise AssertionError("booted")
+
+    monkeypatch.setattr(vm, "run", boot)
+    monkeypatch.setattr(vm, "ensure_image", boot)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--vm", "--pool-size", size, "--", "true"])
+    assert exit_info.value.code == 2
+    assert "--pool-size" in capsys.readouterr().err
+
+
+def test_the_pool_size_reaches_the_pool_tool_and_the_vms_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    booted: dict[str, object] = {}
+
+    def run(line: str, **kwargs: object) -> int:
+        booted.update(kwargs, line=line)
+        return 0
+
+    monkeypatch.setattr(vm, "ensure_image", lambda: Path("/nonexistent"))
+    monkeypatch.setattr(vm, "run", run)
+    assert cli.main(["run", "--vm", "--pool-size", "8G", "--", "true"]) == 0
+    assert str(booted["line"]).startswith("python3 -m dsg_storage.testpool.pool create --size 8G >&2")
+    assert booted["machine"] == vm.Machine(pool_disk=vm.pool_disk_bytes(8 << 30))
+    assert cli.main(["run", "--vm", "--", "true"]) == 0
+    assert booted["machine"] == vm.Machine()
+    assert str(booted["line"]).startswith("python3 -m dsg_storage.testpool.pool create >&2")

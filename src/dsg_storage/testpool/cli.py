@@ -1,6 +1,7 @@
 """``dsg-storage-testpool``: run any project's command against real ZFS.
 
-    dsg-storage-testpool run [--vm | --local] [--silence-timeout S] [--timeout S] [--deps REQUIREMENTS]... [--] CMD...
+    dsg-storage-testpool run [--vm | --local] [--silence-timeout S] [--timeout S] [--pool-size SIZE]
+                             [--deps REQUIREMENTS]... [--] CMD...
     dsg-storage-testpool build | path
     dsg-storage-testpool deps REQUIREMENTS...
     dsg-storage-testpool pool create | destroy | status [...]
@@ -11,6 +12,11 @@ Directly on this machine when /dev/zfs exists and we are root; otherwise inside 
 with real ZFS, whose image is built on first use (as root) and cached in
 ``~/.cache/dsg-storage/vm`` (``$DSG_VM_CACHE``). Host tools the VM needs are installed
 when we are root on Debian/Ubuntu, otherwise named with the command that installs them.
+
+``--pool-size SIZE`` (default 1G) is the size of the pool it creates. In the VM the pool's
+file then lives on a disk of its own, a sparse file on this machine as big as the pool
+(plus ~10%), gone when the run ends: the image's own disk has only ~3 GB free. Locally,
+a dsgtest pool that already exists is used as it is, whatever its size.
 
 ``--deps FILE`` (a pip requirements file, repeatable) brings the project's Python
 dependencies into the guest, which has no network: pip on the host fetches binary wheels
@@ -55,9 +61,9 @@ def _pythonpath(*entries: Path | None) -> str:
     return os.pathsep.join(p for p in parts if p)
 
 
-def run_local(command: list[str], checkout: Path, deps_dir: Path | None) -> int:
+def run_local(command: list[str], checkout: Path, deps_dir: Path | None, pool_size: str | None = None) -> int:
     """Create the pool on this machine's ZFS and run ``command`` from ``checkout``."""
-    if pool.main(["create"]) != 0:
+    if pool.main(["create", *(["--size", pool_size] if pool_size else [])]) != 0:
         return EXIT_SETUP
     env = {**os.environ, "PYTHONPATH": _pythonpath(checkout / "src", deps_dir, vm.PACKAGE_DIR.parent)}
     return subprocess.run(command, cwd=checkout, env=env, check=False).returncode
@@ -75,10 +81,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     requirements = [Path(r).resolve() for r in args.deps]
     deps_dir = deps.ensure(requirements, vm.cache_root(), guest=not local) if requirements else None
     if local:
-        return run_local(command, checkout, deps_dir)
+        return run_local(command, checkout, deps_dir, args.pool_size)
     vm.ensure_image()
-    line = f"{POOL_CREATE} >&2 || exit {EXIT_SETUP}; exec {shlex.join(command)}"
-    return vm.run(line, checkout=checkout, deps=deps_dir, timeout=args.timeout, silence_timeout=args.silence_timeout)
+    size = f" --size {shlex.quote(args.pool_size)}" if args.pool_size else ""
+    line = f"{POOL_CREATE}{size} >&2 || exit {EXIT_SETUP}; exec {shlex.join(command)}"
+    return vm.run(
+        line,
+        checkout=checkout,
+        deps=deps_dir,
+        timeout=args.timeout,
+        silence_timeout=args.silence_timeout,
+        machine=vm.Machine(pool_disk=vm.pool_disk_bytes(pool.parse_size(args.pool_size)) if args.pool_size else None),
+    )
 
 
 def seconds(text: str) -> float | None:
@@ -92,6 +106,16 @@ def seconds(text: str) -> float | None:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (or 'none')")
     return value
+
+
+def pool_size(text: str) -> str:
+    """A pool size as ``pool create --size`` takes it, checked here so that a bad one
+    is refused before a VM boots."""
+    try:
+        pool.parse_size(text)
+    except pool.PoolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=vm.DEFAULT_TIMEOUT,
         metavar="S",
         help="overall limit: kill the VM after S seconds in all (default: none)",
+    )
+    run.add_argument(
+        "--pool-size",
+        type=pool_size,
+        metavar="SIZE",
+        help=f"the dsgtest pool's size, e.g. 8G (default {pool.DEFAULT_SIZE}; in the VM on a disk of its own)",
     )
     run.add_argument(
         "--deps", action="append", default=[], metavar="REQUIREMENTS", help="pip requirements file (repeatable)"

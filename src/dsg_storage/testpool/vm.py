@@ -188,8 +188,34 @@ def _prune_old_images(keep: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def _guest_main(checkout: Path, command: str, *, deps: bool) -> str:
-    """The script PID 1 runs: mount the checkout (and the deps), load zfs, run the command."""
+#: Where the guest keeps the dsgtest pool's backing file (pool.DEFAULT_FILE's directory).
+#: With a pool disk, that disk's filesystem is mounted here.
+GUEST_POOL_DIR = "/var/lib/dsg-storage-testpool"
+#: The pool disk's device: the second virtio drive (the image is /dev/vda).
+GUEST_POOL_DISK = "/dev/vdb"
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What the VM has. ``pool_disk`` (bytes, see ``pool_disk_bytes``) adds a disk for the
+    pool's backing file: a sparse file on the host, removed with the run's other
+    temporary files when it ends, also when the VM crashed."""
+
+    memory_mb: int = 4096
+    cpus: int = 2
+    pool_disk: int | None = None
+
+
+def pool_disk_bytes(pool_size: int) -> int:
+    """The size of a pool disk that holds a backing file of ``pool_size`` bytes: ext4's
+    metadata and reserved blocks take ~5%, and the margin covers small pools too."""
+    return pool_size + pool_size // 10 + (256 << 20)
+
+
+def _guest_main(checkout: Path, command: str, *, deps: bool, pool_disk: bool = False) -> str:
+    """The script PID 1 runs: mount the checkout (and the deps), load zfs, run the command.
+    With ``pool_disk``, the second drive gets a filesystem and becomes the directory of
+    the pool's backing file (the image's own disk has ~3 GB free)."""
     quoted = shlex.quote(str(checkout))
     # The guest console is a tty; colour only when our own output is one too.
     colors = "1" if sys.stdout.isatty() else "0"
@@ -202,10 +228,17 @@ def _guest_main(checkout: Path, command: str, *, deps: bool) -> str:
     mount_deps = f"mkdir -p {GUEST_DEPS} && {mount_9p},ro deps {GUEST_DEPS} || exit 125" if deps else ""
     # The checkout's src/ first (its own code wins), then its dependencies, then ours.
     pythonpath = ":".join([f"{checkout}/src", *([GUEST_DEPS] if deps else []), GUEST_PYLIB])
+    mount_pool_disk = (
+        f"mkfs.ext4 -q -F {GUEST_POOL_DISK} && mkdir -p {GUEST_POOL_DIR} && "
+        f"mount {GUEST_POOL_DISK} {GUEST_POOL_DIR} && chmod 0700 {GUEST_POOL_DIR} || exit 125"
+        if pool_disk
+        else ""
+    )
     return f"""#!/bin/sh
 mkdir -p {quoted}
 {mount_9p} checkout {quoted} || exit 125
 {mount_deps}
+{mount_pool_disk}
 modprobe zfs || exit 125
 echo "[testpool] phase boot: guest ready after $(cut -d' ' -f1 /proc/uptime)s of uptime" >&2
 cd {quoted} || exit 125
@@ -227,15 +260,14 @@ def run(
     deps: Path | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     silence_timeout: float | None = DEFAULT_SILENCE_TIMEOUT,
-    memory_mb: int = 4096,
-    cpus: int = 2,
+    machine: Machine = Machine(),
 ) -> int:
     """Run ``command`` (a shell string) as root inside the VM, from ``checkout``; return its exit code.
 
     ``checkout`` is shared read-write at the same path as on the host; ``deps`` (a
     directory of unpacked wheels, see ``deps.py``) read-only, on the guest's PYTHONPATH.
     A copy of this dsg_storage package is on it too, so the guest can create the pool and
-    load the pytest plugin whatever the checkout is.
+    load the pytest plugin whatever the checkout is. ``machine`` says what the VM has.
 
     The VM is killed (VMTimeout) once it printed nothing for ``silence_timeout`` seconds,
     or ran ``timeout`` seconds in all; None turns a limit off.
@@ -246,9 +278,21 @@ def run(
     if qemu is None:
         raise VMError(f"{hosttools.QEMU} is missing")
     checkout = checkout.resolve()
-    with tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name,
+        tempfile.TemporaryDirectory(prefix="dsg-vm-disk-") as disk_dir,
+    ):
         ctl = Path(ctl_name)
-        (ctl / "main.sh").write_text(_guest_main(checkout, command, deps=deps is not None))
+        (ctl / "main.sh").write_text(
+            _guest_main(checkout, command, deps=deps is not None, pool_disk=machine.pool_disk is not None)
+        )
+        drives = []
+        if machine.pool_disk is not None:
+            # Outside the control share: the guest must not see it as a file.
+            disk = Path(disk_dir) / "pool-disk.raw"
+            with open(disk, "xb") as handle:
+                handle.truncate(machine.pool_disk)  # sparse: the host pays for what the guest writes
+            drives = ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
         shutil.copytree(PACKAGE_DIR, ctl / "pylib" / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__"))
         shares = [("checkout", checkout, False), ("ctl", ctl, False)]
         if deps is not None:
@@ -260,11 +304,12 @@ def run(
         ]
         argv = [
             qemu, *BOOT_FLAGS,
-            "-m", str(memory_mb), "-smp", str(cpus),
+            "-m", str(machine.memory_mb), "-smp", str(machine.cpus),
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
             "-append", KERNEL_CMDLINE,
             # snapshot=on: the image stays pristine and several VMs can share it.
             "-drive", f"file={image / 'rootfs.ext4'},format=raw,if=virtio,snapshot=on,cache=unsafe",
+            *drives,
             *virtfs,
             "-serial", "stdio",
         ]  # fmt: skip
