@@ -316,3 +316,31 @@ def test_the_pool_size_reaches_the_pool_tool_and_the_vms_disk(monkeypatch: pytes
     assert cli.main(["run", "--vm", "--", "true"]) == 0
     assert booted["machine"] == vm.Machine()
     assert str(booted["line"]).startswith("python3 -m dsg_storage.testpool.pool create >&2")
+
+
+def test_the_pool_disk_is_a_sparse_file_beside_the_image_cache_and_gone_after_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSG_VM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(vm, "ensure_image", lambda: tmp_path / "image")
+    monkeypatch.setattr(hosttools, "ensure", lambda _tools: None)
+    monkeypatch.setattr(vm.shutil, "which", lambda _name: "/usr/bin/qemu-system-x86_64")
+    seen: dict[str, object] = {}
+
+    def boot(argv: list[str], _watchdog: vm.Watchdog) -> int:
+        drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+        disk = Path(drives[1].split(",")[0].removeprefix("file="))
+        seen.update(drives=drives, disk=disk, size=disk.stat().st_size, blocks=disk.stat().st_blocks)
+        ctl = Path(next(a for a in argv if "mount_tag=ctl" in a).split(",")[1].removeprefix("path="))
+        (ctl / "rc").write_text("0\n")
+        return 0
+
+    monkeypatch.setattr(vm, "_boot", boot)
+    machine = vm.Machine(pool_disk=vm.pool_disk_bytes(8 << 30))
+    assert vm.run("true", checkout=tmp_path, machine=machine) == 0
+    disk = seen["disk"]
+    assert isinstance(disk, Path) and disk.parent.parent == tmp_path / "cache"
+    assert seen["size"] == machine.pool_disk and seen["blocks"] == 0  # sparse: nothing written yet
+    assert not disk.parent.exists()
+    assert len(seen["drives"]) == 2 and "snapshot=on" not in seen["drives"][1]  # type: ignore[arg-type]

@@ -15,8 +15,9 @@ when we are root on Debian/Ubuntu, otherwise named with the command that install
 
 ``--pool-size SIZE`` (default 1G) is the size of the pool it creates. In the VM the pool's
 file then lives on a disk of its own, a sparse file on this machine as big as the pool
-(plus ~10%), gone when the run ends: the image's own disk has only ~3 GB free. Locally,
-a dsgtest pool that already exists is used as it is, whatever its size.
+(plus ~10%) beside the image cache, gone when the run ends: the image's own disk has only
+~3 GB free. Locally, a dsgtest pool that already exists is used as it is, whatever its
+size.
 
 ``--deps FILE`` (a pip requirements file, repeatable) brings the project's Python
 dependencies into the guest, which has no network: pip on the host fetches binary wheels

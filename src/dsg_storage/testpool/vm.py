@@ -198,8 +198,9 @@ GUEST_POOL_DISK = "/dev/vdb"
 @dataclasses.dataclass(frozen=True)
 class Machine:
     """What the VM has. ``pool_disk`` (bytes, see ``pool_disk_bytes``) adds a disk for the
-    pool's backing file: a sparse file on the host, removed with the run's other
-    temporary files when it ends, also when the VM crashed."""
+    pool's backing file: a sparse file on the host in a temporary directory under
+    ``cache_root()``, removed when the run ends, also when the VM crashed (a killed
+    runner leaves it: ``pool-disk-*`` there)."""
 
     memory_mb: int = 4096
     cpus: int = 2
@@ -280,7 +281,9 @@ def run(
     checkout = checkout.resolve()
     with (
         tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name,
-        tempfile.TemporaryDirectory(prefix="dsg-vm-disk-") as disk_dir,
+        # Beside the image, not in /tmp: a tmpfs there (Debian's default since trixie)
+        # would hold what the guest writes to the pool in memory.
+        tempfile.TemporaryDirectory(prefix="pool-disk-", dir=cache_root()) as disk_dir,
     ):
         ctl = Path(ctl_name)
         (ctl / "main.sh").write_text(
