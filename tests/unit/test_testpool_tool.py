@@ -344,3 +344,18 @@ def test_the_pool_disk_is_a_sparse_file_beside_the_image_cache_and_gone_after_th
     assert seen["size"] == machine.pool_disk and seen["blocks"] == 0  # sparse: nothing written yet
     assert not disk.parent.exists()
     assert len(seen["drives"]) == 2 and "snapshot=on" not in seen["drives"][1]  # type: ignore[arg-type]
+
+
+def test_a_terminated_runner_unwinds_and_cleans_up(tmp_path: Path) -> None:
+    child = (
+        "import os, signal, tempfile\n"
+        "from dsg_storage.testpool import cli\n"
+        "cli.exit_on_sigterm()\n"
+        f"with tempfile.TemporaryDirectory(dir={str(tmp_path)!r}):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=False)
+    assert done.returncode == 143, done.stderr
+    assert "not reached" not in done.stdout
+    assert list(tmp_path.iterdir()) == []  # the temporary directory was removed

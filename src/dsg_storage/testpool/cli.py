@@ -37,10 +37,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import deps, hosttools, pool, vm
 
@@ -160,7 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, a CI's cancel) unwind like an exception, so that the VM is
+    killed and its temporary files (a pool disk of many GB among them) are removed.
+    Returns the handler it replaced."""
+
+    def terminated(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
 def main(argv: list[str] | None = None) -> int:
+    previous = exit_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -199,8 +199,8 @@ GUEST_POOL_DISK = "/dev/vdb"
 class Machine:
     """What the VM has. ``pool_disk`` (bytes, see ``pool_disk_bytes``) adds a disk for the
     pool's backing file: a sparse file on the host in a temporary directory under
-    ``cache_root()``, removed when the run ends, also when the VM crashed (a killed
-    runner leaves it: ``pool-disk-*`` there)."""
+    ``cache_root()``, removed when the run ends: also when the VM crashed or the runner
+    got SIGTERM (``cli.exit_on_sigterm``); a SIGKILLed runner leaves ``pool-disk-*``."""
 
     memory_mb: int = 4096
     cpus: int = 2
