@@ -14,10 +14,14 @@ from typing import Any
 import pytest
 
 from dsg_storage import Repository, names
+from dsg_storage.core.prune import prune
+from dsg_storage.core.retention import RetentionPolicy
 from dsg_storage.core.view import family_in
 from dsg_storage.errors import ZfsError
 from dsg_storage.names import PROP_PREFIX
+from dsg_storage.zfs import programs
 from dsg_storage.zfs.boundary import Zfs, open_zfs
+from dsg_storage.zfs.errors import ProgramLimitError
 from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
 from dsg_storage.zfs.mounts import MS_NOEXEC, MS_NOSUID
 from dsg_storage.zfs.programs import on_off
@@ -256,3 +260,51 @@ def test_reads_of_one_repository_at_the_command_line_load_no_libzfs_core(sandbox
         assert "libzfs_core" not in done.stderr, command
     cat = dsg_json("cat", repo.name, "a.txt", "--commit", first, allow=sandbox.dataset)
     assert base64.b64decode(cat["content_base64"]) == b"old"
+
+
+class TightPrograms:
+    """libzfs_core with every read-only program held to ``memlimit`` bytes, whatever the
+    boundary asks: the kernel's own refusal of a list too big for one program, on a list
+    small enough for a test (a snapshot with our properties takes ~1 KiB of it)."""
+
+    def __init__(self, memlimit: int) -> None:
+        import libzfs_core
+
+        self.real, self.memlimit = libzfs_core, memlimit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def lzc_channel_program_nosync(self, pool: bytes, program: bytes, **kwargs: Any) -> Any:
+        return self.real.lzc_channel_program_nosync(pool, program, memlimit=self.memlimit, params=kwargs["params"])
+
+
+def test_a_list_too_big_for_one_program_is_read_by_zfs_get(sandbox: Sandbox) -> None:
+    repo = Repository(f"{sandbox.dataset}/long", zfs=sandbox.zfs)
+    for n in range(3):
+        tx = repo.begin(mountpoint=str(sandbox.mount_dir / "long"), owner=OWNER)
+        Path(tx.path, "a.txt").write_text(f"commit {n}")
+        tx.commit(f"commit {n}")
+    for n in range(12):  # another tool's snapshots, ours among their properties
+        subprocess.run(["zfs", "snapshot", "-o", f"{PROP_PREFIX}note=n{n}", f"{repo.name}@s{n}"], check=True)
+    normal = sandbox.zfs
+    tight = Zfs(sandbox.allow, lzc=TightPrograms(24 << 10))  # ~3 snapshots fit
+    # the kernel refuses the long read: what answers below is the fallback
+    with pytest.raises(ProgramLimitError, match="too big for one channel program"):
+        tight.program(names.pool_of(repo.name), programs.SNAPSHOTS, [repo.name, PROP_PREFIX], sync=False)
+
+    listed = normal.snapshots(repo.name)
+    assert len(listed) == 15 and listed[-1].user_props == {f"{PROP_PREFIX}note": "n11"}  # what is compared
+    assert tight.snapshots(repo.name) == listed
+    for guarded in (False, True):
+        origin, snaps = tight.origin_and_snapshots(repo.name, guarded=guarded)
+        assert (origin, snaps) == normal.origin_and_snapshots(repo.name, guarded=guarded)
+        assert [(s.holds, s.clones) for s in snaps] == [
+            (s.holds, s.clones) for s in normal.origin_and_snapshots(repo.name, guarded=guarded)[1]
+        ]
+    assert same(tight.filesystems(sandbox.dataset)) == same(normal.filesystems(sandbox.dataset))
+    assert same(tight.families(sandbox.dataset)) == same(normal.families(sandbox.dataset))
+    assert [c.message for c in Repository(repo.name, zfs=tight).history()] == ["commit 0", "commit 1", "commit 2"]
+    assert Repository(repo.name, zfs=tight).history() == repo.history()
+    plans = [prune(Repository(repo.name, zfs=z), RetentionPolicy(last=1), dry_run=True).plan for z in (tight, normal)]
+    assert plans[0] == plans[1] and len(plans[0].destroy) == 2

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,7 +57,7 @@ from .. import names as _names
 from ..errors import ZfsUnavailableError
 from ..zfs.allow import AllowList
 from . import programs
-from .errors import DatasetChangedError, from_errno, from_pyzfs
+from .errors import PROGRAM_LIMITS, DatasetChangedError, ProgramLimitError, from_errno, from_pyzfs
 from .host import BoundaryStep, BoundarySteps, Guard, Host, retry_busy
 from .listing import CommandListing, PoolReadOnly, ProgramListing, ZfsCommand, snapshot_of
 from .port import Foreign, Snapshot
@@ -166,6 +167,10 @@ class Zfs:
             else ProgramListing(self._read_program, CommandListing(self.command), self._lzc_exists)
         )
 
+    @functools.cached_property
+    def _read_limits(self) -> dict[str, int]:
+        return programs.largest_limits()
+
     @property
     def lzc(self) -> ModuleType:
         """libzfs_core, loaded at its first use (or the module a test gave)."""
@@ -221,13 +226,22 @@ class Zfs:
         """
         fn = self.lzc.lzc_channel_program if sync else self.lzc.lzc_channel_program_nosync
         params = [_b(a) for a in args]
+        # A read may list a long history: the kernel's largest limits. A change keeps
+        # pyzfs's defaults (what it changes is bounded by what we ask in one batch).
+        limits = {} if sync else self._read_limits
         try:
             # pyzfs hands back the program's return value itself (already unwrapped).
-            return programs.decode(fn(_b(pool), _b(source), params=params))
+            return programs.decode(fn(_b(pool), _b(source), params=params, **limits))
         except self._lzc_errors.ZFSError as exc:
             if getattr(exc, "errno", None) == errno.EROFS:
                 raise PoolReadOnly(pool) from exc
-            raise from_pyzfs(exc, subject or (args[0] if args else pool)) from exc
+            subject = subject or (args[0] if args else pool)
+            if not sync and type(exc).__name__ in PROGRAM_LIMITS:
+                raise ProgramLimitError(
+                    f"{subject}: the read is too big for one channel program ({type(exc).__name__}: {exc})",
+                    dataset=subject,
+                ) from exc
+            raise from_pyzfs(exc, subject) from exc
 
     def _read(self, read: Read) -> Any:
         """One read alone, in its own program (as ``together`` asks it with others)."""

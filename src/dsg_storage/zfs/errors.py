@@ -36,6 +36,18 @@ _BY_PYZFS_CLASS = {
 }
 
 
+class ProgramLimitError(ZfsError):
+    """A read-only channel program ran past its instruction or memory limit (pyzfs's
+    ``ZCPTimeout``, ``ZCPSpaceError``, ``ZCPMemoryError``): what it was asked to read is
+    too big for one program (~10,000 snapshots with our properties fill the default
+    10 MiB). The listings then ask ``zfs`` instead (``ProgramListing``)."""
+
+
+#: pyzfs's channel-program limit errors. A changing program's ENOSPC (``ZCPSpaceError``)
+#: may also be a full pool, so only a read-only program's is taken for its limit.
+PROGRAM_LIMITS = ("ZCPTimeout", "ZCPSpaceError", "ZCPMemoryError")
+
+
 class DatasetChangedError(ZfsError):
     """A batch required a filesystem unchanged since a snapshot, and it was not."""
 

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from .. import _log
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
 from ..names import CARRIED_FLAGS, pool_of
+from .errors import ProgramLimitError
 from .port import Snapshot
 from .programs import u64
+
+T = TypeVar("T")
+log = _log.getLogger("dsg_storage")
 
 
 class CommandError(ZfsError):
@@ -402,10 +407,12 @@ def _guards_of(name: str, props: Mapping[str, tuple[str, str]]) -> dict[str, Any
 
 
 class ProgramListing:
-    """The boundary's lists, read by channel programs (``programs``); on a pool imported
-    read-only (which refuses them) by ``fallback``. ``program(pool, source, args)`` runs
-    one read-only program and raises ``PoolReadOnly`` where the pool refuses it;
-    ``exists(name)``: ``lzc_exists``."""
+    """The boundary's lists, read by channel programs (``programs``); by ``fallback``
+    where no program can answer: on a pool imported read-only (which refuses them) and
+    for a list too big for one program (its memory limit: ~10,000 snapshots with our
+    properties; ``ProgramLimitError``), which ``zfs get`` reads whatever its length.
+    ``program(pool, source, args)`` runs one read-only program and raises
+    ``PoolReadOnly`` where the pool refuses it; ``exists(name)``: ``lzc_exists``."""
 
     def __init__(
         self, program: Callable[[str, str, list[str]], Any], fallback: CommandListing, exists: Callable[[str], bool]
@@ -414,23 +421,41 @@ class ProgramListing:
         self.fallback = fallback
         self.exists = exists
 
+    def _ask(
+        self, target: str, source: str, args: list[str], shape: Callable[[Any], T], by_commands: Callable[[], T]
+    ) -> T:
+        """``shape`` of the program's answer, or ``by_commands()`` where no program can
+        answer (then a read of a moment later than the program's attempt)."""
+        try:
+            raw = self.program(target, source, args)
+        except PoolReadOnly:
+            return by_commands()
+        except ProgramLimitError as exc:
+            log.debug("%s: read by zfs get instead", exc)
+            return by_commands()
+        return shape(raw or {})
+
     def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
         from . import programs
 
-        try:
-            raw = self.program(dataset, programs.SNAPSHOTS, [dataset, prefix]) or {}
-        except PoolReadOnly:
-            return self.fallback.snapshots(dataset, prefix)
-        return list(raw.values())
+        return self._ask(
+            dataset,
+            programs.SNAPSHOTS,
+            [dataset, prefix],
+            lambda raw: list(raw.values()),
+            lambda: self.fallback.snapshots(dataset, prefix),
+        )
 
     def filesystems(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs
 
-        try:
-            raw = self.program(under, programs.FILESYSTEMS, [under, prefix]) or {}
-        except PoolReadOnly:
-            return self.fallback.filesystems(under, prefix)
-        return {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()}
+        return self._ask(
+            under,
+            programs.FILESYSTEMS,
+            [under, prefix],
+            lambda raw: {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()},
+            lambda: self.fallback.filesystems(under, prefix),
+        )
 
     def origin_and_snapshots(
         self, dataset: str, prefix: str, *, guarded: bool = False
@@ -440,33 +465,35 @@ class ProgramListing:
     def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
         from . import programs
 
-        try:
-            raw = self.program(dataset, programs.SNAPSHOT_GUARDS, [dataset]) or {}
-        except PoolReadOnly:
-            return self.fallback.snapshot_guards(dataset)
-        return {
-            name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
-            for name, info in raw.items()
-        }
+        return self._ask(
+            dataset,
+            programs.SNAPSHOT_GUARDS,
+            [dataset],
+            lambda raw: {
+                name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
+                for name, info in raw.items()
+            },
+            lambda: self.fallback.snapshot_guards(dataset),
+        )
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs
 
-        try:
-            raw = self.program(under, programs.FAMILIES, [under, prefix]) or {}
-        except PoolReadOnly:
-            return self.fallback.families(under, prefix)
-        return {name: dict(props) for name, props in raw.items()}
+        return self._ask(
+            under, programs.FAMILIES, [under, prefix], _dicts, lambda: self.fallback.families(under, prefix)
+        )
 
     def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs
 
         parent = dataset.rsplit("/", 1)[0]
-        try:
-            raw = self.program(dataset, programs.FAMILY, [parent, dataset, prefix])
-        except PoolReadOnly:
-            return self.fallback.family(dataset, prefix)
-        return {name: dict(props) for name, props in (raw or {}).items()}
+        return self._ask(
+            dataset, programs.FAMILY, [parent, dataset, prefix], _dicts, lambda: self.fallback.family(dataset, prefix)
+        )
+
+
+def _dicts(raw: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    return {name: dict(props) for name, props in raw.items()}
 
 
 class PoolReadOnly(Exception):

@@ -8,6 +8,7 @@ guards it is a ``Batch``. pyzfs passes ``params`` as ``args["argv"]`` (a table).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -35,6 +36,29 @@ def decode(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [decode(v) for v in value]
     return value
+
+
+#: Where Linux shows the largest limits the kernel lets a channel program be given
+#: (zfs(4): ``zfs_lua_max_instrlimit``, ``zfs_lua_max_memlimit``).
+MODULE_PARAMETERS = Path("/sys/module/zfs/parameters")
+
+
+def largest_limits(parameters: Path = MODULE_PARAMETERS) -> dict[str, int]:
+    """``instrlimit``/``memlimit`` for pyzfs's ``lzc_channel_program[_nosync]``: the largest
+    this kernel allows (by default 100 million instructions, 100 MiB). The read-only
+    programs run with them: a list of snapshots with our properties takes ~1 KiB each, so
+    pyzfs's defaults (10 million, 10 MiB) end a history at ~10,000 commits. A limit that
+    cannot be read (not Linux, no module, not a positive number) is left out: pyzfs's
+    default then."""
+    found = {}
+    for key, name in (("instrlimit", "zfs_lua_max_instrlimit"), ("memlimit", "zfs_lua_max_memlimit")):
+        try:
+            text = (parameters / name).read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:
+            found[key] = int(text)
+    return found
 
 
 LUA_PREAMBLE = """
