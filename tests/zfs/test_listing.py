@@ -59,10 +59,11 @@ def history_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], missi
 
 
 def guarded_reads_agree(commands: Zfs, programs: Zfs, datasets: list[str], held: str, cloned: tuple[str, str]) -> None:
-    """Prune's read (the history with each snapshot's holds and clones: one ``zfs get`` by
-    commands, three read-only programs by the library) answers as the history read, both ways alike,
-    with the holds and clones ``zfs get`` reports; ``held`` is held meanwhile, and
-    ``cloned`` is (a snapshot, its one clone)."""
+    """Prune's read (the history with each snapshot's holds and clones: one ``zfs get`` of
+    our known properties, by the library too) answers as the history read the library
+    makes by programs, both boundaries alike, with the holds and clones a ``zfs get`` of
+    them reports; ``held`` is held meanwhile, and ``cloned`` is (a snapshot, its one
+    clone)."""
     subprocess.run(["zfs", "hold", "mine", held], check=True)
     try:
         seen = _guards_agree(commands, programs, datasets)

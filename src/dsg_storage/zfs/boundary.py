@@ -33,7 +33,10 @@ native properties            given at creation (``lzc_create``/``lzc_clone`` pro
                               even ``nosync`` ones, refuse such a pool (EROFS); and
                               the lists of read-only commands (``listing="commands"``):
                               a process costs less than loading libzfs_core
-                              (``zfs.listing``)
+                              (``zfs.listing``); a list too big for one program (its
+                              memory limit); prune's read of the commits with their
+                              holds and clones: one process costs less than three
+                              programs past ~15 snapshots
 ``zpool import``/``export``   (``zpool``) offline access: libzfs_core cannot scan
                               devices, import or export; imports are read-only,
                               with no cache file and nothing mounted
@@ -164,7 +167,12 @@ class Zfs:
                 programs=os.geteuid() == 0,  # channel programs are root's alone (zfs-program(8))
             )
             if listing == "commands"
-            else ProgramListing(self._read_program, CommandListing(self.command), self._lzc_exists)
+            else ProgramListing(
+                self._read_program,
+                CommandListing(self.command),
+                self._lzc_exists,
+                known=CommandListing(self.command, known=_names.OUR_PROPS, on_snapshots=_names.SNAPSHOT_PROPS),
+            )
         )
 
     @functools.cached_property

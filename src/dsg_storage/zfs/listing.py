@@ -260,7 +260,7 @@ class CommandListing:
         ``snapshots``: a commit message may hold a newline, which ``-H`` text cannot carry
         (``get`` would then run a second, JSON read of every snapshot)."""
         if self.on_snapshots is None:
-            return _origin_and_snapshots(self, dataset, prefix, guarded=guarded)
+            return _origin_and_snapshots(self, dataset, prefix, guards_of=self.snapshot_guards if guarded else None)
         natives = ("guid", "createtxg", "creation")
         wanted = ",".join((*natives, "origin", *(_GUARDS if guarded else ()), *self.on_snapshots))
         got = self.run.json("get", "-d", "1", "-t", "filesystem,snapshot", wanted, dataset)
@@ -376,16 +376,20 @@ class CommandListing:
 
 
 def _origin_and_snapshots(
-    listing: CommandListing | ProgramListing, dataset: str, prefix: str, *, guarded: bool
+    listing: CommandListing | ProgramListing,
+    dataset: str,
+    prefix: str,
+    *,
+    guards_of: Callable[[str], Mapping[str, tuple[int, list[str]]]] | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """``origin_and_snapshots`` as separate reads of ``listing``: the snapshots first
     (they say when the dataset does not exist), then the dataset's ``origin``, then (with
-    ``guarded``) the snapshots' guards; a snapshot destroyed in between has none (0
+    ``guards_of``) the snapshots' guards; a snapshot destroyed in between has none (0
     holds: prune's destroy of it then fails and is reported as skipped, not fatal)."""
     snapshots = listing.snapshots(dataset, prefix)
     origin = (listing.filesystems(dataset, prefix).get(dataset) or {}).get("origin", "")
-    if guarded:
-        guards = listing.snapshot_guards(dataset)
+    if guards_of is not None:
+        guards = guards_of(dataset)
         for item in snapshots:
             refs, clones = guards.get(item["name"], (0, []))
             item.update(userrefs=refs, clones=clones)
@@ -415,11 +419,18 @@ class ProgramListing:
     ``PoolReadOnly`` where the pool refuses it; ``exists(name)``: ``lzc_exists``."""
 
     def __init__(
-        self, program: Callable[[str, str, list[str]], Any], fallback: CommandListing, exists: Callable[[str], bool]
+        self,
+        program: Callable[[str, str, list[str]], Any],
+        fallback: CommandListing,
+        exists: Callable[[str], bool],
+        known: CommandListing | None = None,
     ) -> None:
         self.program = program
         self.fallback = fallback
         self.exists = exists
+        #: by our properties this version knows (``names.OUR_PROPS``): prune's read,
+        #: ``origin_and_snapshots(guarded=True)``, one ``zfs get`` (see there)
+        self.known = known or fallback
 
     def _ask(
         self, target: str, source: str, args: list[str], shape: Callable[[Any], T], by_commands: Callable[[], T]
@@ -460,21 +471,14 @@ class ProgramListing:
     def origin_and_snapshots(
         self, dataset: str, prefix: str, *, guarded: bool = False
     ) -> tuple[str, list[dict[str, Any]]]:
-        return _origin_and_snapshots(self, dataset, prefix, guarded=guarded)
-
-    def snapshot_guards(self, dataset: str) -> dict[str, tuple[int, list[str]]]:
-        from . import programs
-
-        return self._ask(
-            dataset,
-            programs.SNAPSHOT_GUARDS,
-            [dataset],
-            lambda raw: {
-                name: (int(info.get("userrefs") or 0), [info["clones"][k] for k in sorted(info.get("clones") or {})])
-                for name, info in raw.items()
-            },
-            lambda: self.fallback.snapshot_guards(dataset),
-        )
+        """Two programs (the snapshots, the origin); with ``guarded`` (prune's read, which
+        needs only the properties this version knows, and carries none anywhere) one
+        ``zfs get`` by ``self.known``: three programs took 5.7 s at 300 snapshots in the
+        VM where that process took 2.4 s (0.19 s against 0.07 s at 3 snapshots: prune is
+        not a hot path), and a program's answer is bounded by its memory limit."""
+        if guarded:
+            return self.known.origin_and_snapshots(dataset, prefix, guarded=True)
+        return _origin_and_snapshots(self, dataset, prefix)
 
     def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
         from . import programs

@@ -274,26 +274,6 @@ return {failed = 0, skipped = skipped, created = created}
 """
 )
 
-# What keeps each snapshot of argv[1] from being destroyed: its holds (userrefs) and the
-# clones made from it (anywhere in the pool). Read-only; for retention.
-SNAPSHOT_GUARDS = (
-    LUA_PREAMBLE
-    + """
-local out = {}
-for snap in zfs.list.snapshots(argv[1]) do
-    local clones = {}
-    local n = 0
-    for clone in zfs.list.clones(snap) do
-        n = n + 1
-        clones[string.format("%08d", n)] = clone
-    end
-    out[snap] = {userrefs = zfs.get_prop(snap, "userrefs"), clones = clones}
-end
-return out
-"""
-)
-
-
 # How FAMILY and FAMILIES describe one filesystem: the user properties set on it, ours
 # received with it, its origin, its mountpoint, its own zoned value (only when set on
 # it) and its names.CARRIED_FLAGS set on it or received; "@received" when our properties
