@@ -31,8 +31,10 @@ Everything lives under ``dsgtest/bench-scale``, destroyed first and at the end:
    above: in the VM the pool then has a disk of its own, as the image's disk holds only
    ~5,000). A pool that fills up stops the run with a
    message, not a traceback. Timed: ``history``, ``status``, ``prune --keep-last 5
-   --dry-run`` and ``cat FILE --commit OLDEST`` (the init's commit) against ``zfs list
-   -t snapshot REPO`` (and by name alone, as in part 1).
+   --dry-run`` and ``cat FILE --commit OLDEST`` (the init's commit), and the library's
+   ``Repository.history()`` and ``prune(..., dry_run=True)`` in this process (what a
+   sync tool that imports us pays: its bindings loaded), against ``zfs list -t snapshot
+   REPO`` (and by name alone, as in part 1).
 3. What one sync begin+commit does, counted in this process on r0000 (among its
    siblings) and on the long history: sync tasks (the boundary's ``BoundarySteps``),
    read-only channel programs (``Zfs.program`` with ``sync=False``), ``exists`` ioctls,
@@ -68,7 +70,7 @@ from typing import Any, TypeVar
 
 from bench_cli import console_script, install
 
-from dsg_storage import DsgStorageError, Repository, names
+from dsg_storage import DsgStorageError, Repository, RetentionPolicy, names, prune
 from dsg_storage.core.options import Owner, parse_mode
 from dsg_storage.core.pool import repositories_in
 from dsg_storage.core.records import RepositoryStatus
@@ -173,12 +175,13 @@ class Case:
     """One command timed in every round, held to its ``baseline`` (another case's label)."""
 
     label: str
-    argv: list[str]
+    argv: list[str]  # a command, timed from spawn to exit; or, with ``call``, nothing
     baseline: str | None = None
     also: str | None = None  # a second baseline, its ratio printed after the first
     per: int = 0  # also print the median per this many (repositories)
     prepare: Callable[[], None] | None = None  # untimed, before each run
     check: Callable[[str], str | None] | None = None  # its output -> the problem, if any
+    call: Callable[[], str] | None = None  # the library in this process instead: its output
     samples: list[float] = dataclasses.field(default_factory=list)
     error: str | None = None
 
@@ -216,6 +219,17 @@ class Runner:
         return elapsed, done.stdout.decode(errors="replace")
 
 
+def in_process(call: Callable[[], str]) -> tuple[float, str]:
+    """A library call timed in this process (bindings loaded, bytecode cached: what a
+    long-running caller such as a sync tool pays): (seconds, what it returned)."""
+    started = time.perf_counter()
+    try:
+        out = call()
+    except DsgStorageError as exc:
+        raise CommandFailed(f"{type(exc).__name__}: {exc}") from exc
+    return time.perf_counter() - started, out
+
+
 def measure(cases: Sequence[Case], run: Callable[[Sequence[str]], tuple[float, str]], rounds: int, slow: float) -> None:
     """Every case once per round, in order, rounds after rounds (drift hits all alike)."""
     for r in range(rounds):
@@ -226,7 +240,7 @@ def measure(cases: Sequence[Case], run: Callable[[Sequence[str]], tuple[float, s
             try:
                 if case.prepare:
                     case.prepare()
-                seconds, out = run(case.argv)
+                seconds, out = in_process(case.call) if case.call else run(case.argv)
                 problem = case.check(out) if case.check else None
             except CommandFailed as exc:
                 case.error = str(exc)
@@ -469,6 +483,7 @@ def many_cases(cli: list[str], repos: list[str]) -> list[Case]:
 
 def deep_cases(cli: list[str], commits: int, oldest: str) -> list[Case]:
     ours = [*cli, "--allow", DEEP_PARENT]
+    zfs = boundary(DEEP_PARENT)
     listing, names_only = "zfs list -t snapshot REPO", "zfs list -t snapshot -H -o name REPO"  # as in part 1
     return [
         Case(
@@ -487,6 +502,24 @@ def deep_cases(cli: list[str], commits: int, oldest: str) -> list[Case]:
             listing,
             names_only,
             check=lambda out: None if out == CONTENT else f"read {out!r}",
+        ),
+        Case(
+            "Repository.history() (library)",
+            [],
+            listing,
+            names_only,
+            call=lambda: "\n".join(c.snapshot for c in Repository(DEEP, zfs=zfs).history()),
+            check=expect_lines(commits + 1),
+        ),
+        Case(
+            "prune(keep last 5, dry_run=True) (library)",
+            [],
+            listing,
+            names_only,
+            call=lambda: "\n".join(
+                prune(Repository(DEEP, zfs=zfs), RetentionPolicy(last=5), dry_run=True).plan.destroy
+            ),
+            check=expect_lines(commits + 1 - 5),
         ),
         Case(listing, ["zfs", "list", "-t", "snapshot", DEEP], check=expect_lines(commits + 2)),
         Case(names_only, ["zfs", "list", "-t", "snapshot", "-H", "-o", "name", DEEP], check=expect_lines(commits + 1)),
