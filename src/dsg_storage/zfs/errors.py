@@ -39,8 +39,9 @@ _BY_PYZFS_CLASS = {
 class ProgramLimitError(ZfsError):
     """A read-only channel program ran past its instruction or memory limit (pyzfs's
     ``ZCPTimeout``, ``ZCPSpaceError``, ``ZCPMemoryError``): what it was asked to read is
-    too big for one program (~10,000 snapshots with our properties fill the default
-    10 MiB). The listings then ask ``zfs`` instead (``ProgramListing``)."""
+    too big for one program (a snapshot with our properties takes ~1 KiB: pyzfs's default
+    10 MiB ends at ~10,000, the kernel's largest, 100 MiB by default, at ~100,000). The
+    listings then ask ``zfs`` instead (``ProgramListing``)."""
 
 
 #: pyzfs's channel-program limit errors. A changing program's ENOSPC (``ZCPSpaceError``)

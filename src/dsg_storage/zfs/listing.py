@@ -413,8 +413,9 @@ def _guards_of(name: str, props: Mapping[str, tuple[str, str]]) -> dict[str, Any
 class ProgramListing:
     """The boundary's lists, read by channel programs (``programs``); by ``fallback``
     where no program can answer: on a pool imported read-only (which refuses them) and
-    for a list too big for one program (its memory limit: ~10,000 snapshots with our
-    properties; ``ProgramLimitError``), which ``zfs get`` reads whatever its length.
+    for a list too big for one program (``ProgramLimitError``: past ~100,000 snapshots
+    with our properties under the kernel's largest limits), which ``zfs get`` reads
+    whatever its length.
     ``program(pool, source, args)`` runs one read-only program and raises
     ``PoolReadOnly`` where the pool refuses it; ``exists(name)``: ``lzc_exists``."""
 

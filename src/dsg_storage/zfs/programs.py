@@ -7,8 +7,8 @@ guards it is a ``Batch``. pyzfs passes ``params`` as ``args["argv"]`` (a table).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -40,10 +40,10 @@ def decode(value: Any) -> Any:
 
 #: Where Linux shows the largest limits the kernel lets a channel program be given
 #: (zfs(4): ``zfs_lua_max_instrlimit``, ``zfs_lua_max_memlimit``).
-MODULE_PARAMETERS = Path("/sys/module/zfs/parameters")
+MODULE_PARAMETERS = "/sys/module/zfs/parameters"
 
 
-def largest_limits(parameters: Path = MODULE_PARAMETERS) -> dict[str, int]:
+def largest_limits(parameters: str | os.PathLike[str] = MODULE_PARAMETERS) -> dict[str, int]:
     """``instrlimit``/``memlimit`` for pyzfs's ``lzc_channel_program[_nosync]``: the largest
     this kernel allows (by default 100 million instructions, 100 MiB). The read-only
     programs run with them: a list of snapshots with our properties takes ~1 KiB each, so
@@ -53,7 +53,8 @@ def largest_limits(parameters: Path = MODULE_PARAMETERS) -> dict[str, int]:
     found = {}
     for key, name in (("instrlimit", "zfs_lua_max_instrlimit"), ("memlimit", "zfs_lua_max_memlimit")):
         try:
-            text = (parameters / name).read_text(encoding="ascii", errors="replace").strip()
+            with open(os.path.join(parameters, name), encoding="ascii", errors="replace") as handle:
+                text = handle.read(64).strip()
         except OSError:
             continue
         if text.isdigit() and int(text) > 0:
