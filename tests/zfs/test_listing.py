@@ -1,7 +1,8 @@
 """Both ways the boundary lists (``zfs.listing``): channel programs, and the ``zfs``
 commands the read-only commands use so as not to load libzfs_core, give the same
 answers on a real pool; so does the pool-wide read ``recover --pool`` cuts each
-repository's family from (``families``)."""
+repository's family from (``families``). And what is too big for a channel program's
+limits: a list (read by ``zfs get`` instead) and a batch (given the limits it needs)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ from dsg_storage import Repository, names
 from dsg_storage.core.prune import prune
 from dsg_storage.core.retention import RetentionPolicy
 from dsg_storage.core.view import family_in
-from dsg_storage.errors import ZfsError
+from dsg_storage.errors import NoSpaceError, ZfsError
 from dsg_storage.names import PROP_PREFIX
 from dsg_storage.zfs import programs
 from dsg_storage.zfs.boundary import Zfs, open_zfs
 from dsg_storage.zfs.errors import ProgramLimitError
 from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
 from dsg_storage.zfs.mounts import MS_NOEXEC, MS_NOSUID
-from dsg_storage.zfs.programs import on_off
+from dsg_storage.zfs.programs import DEFAULT_LIMITS, Batch, on_off
 from dsg_storage.zfs.reads import FamilyRead, ForeignRead, MountFlagsRead
 
 from .cli import dsg_json, with_src
@@ -309,3 +310,23 @@ def test_a_list_too_big_for_one_program_is_read_by_zfs_get(sandbox: Sandbox) -> 
     assert Repository(repo.name, zfs=tight).history() == repo.history()
     plans = [prune(Repository(repo.name, zfs=z), RetentionPolicy(last=1), dry_run=True).plan for z in (tight, normal)]
     assert plans[0] == plans[1] and len(plans[0].destroy) == 2
+
+
+def test_a_batch_bigger_than_pyzfs_default_memory_applies_in_one_sync_task(sandbox: Sandbox) -> None:
+    """A bundle's import sets the properties of every snapshot it carries in one batch
+    (~1.2 KiB of program memory each: ~8,700 commits filled pyzfs's default 10 MiB).
+    Here 2,600 changes of 4 KiB values (~11 MB of arguments) stand for them."""
+    target = f"{sandbox.dataset}/props"
+    sandbox.zfs.create(target, {"mountpoint": "none"})
+    values = [f"{i:06d}" + "v" * 4090 for i in range(2600)]
+    batch = Batch().set_each((target, {f"{PROP_PREFIX}note": value}) for value in values)
+    assert sum(map(len, batch.ops)) > 10 << 20  # past the default limit by its arguments alone
+    with pytest.raises(NoSpaceError, match="ZCPSpaceError"):  # what pyzfs's defaults gave
+        sandbox.zfs.program(names.pool_of(target), programs.BATCH, batch.ops, sync=True, limits=DEFAULT_LIMITS)
+    syncs = sandbox.zfs.steps.syncs
+    sandbox.zfs.apply(batch)
+    assert sandbox.zfs.steps.syncs == syncs + 1
+    got = subprocess.run(
+        ["zfs", "get", "-H", "-o", "value", f"{PROP_PREFIX}note", target], capture_output=True, text=True, check=True
+    )
+    assert got.stdout.strip() == values[-1]  # in order: the last change wins

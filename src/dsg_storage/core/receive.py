@@ -191,10 +191,7 @@ class Received:
 
 
 def _snapshot_props(batch: Batch, target: str, source: StreamSource) -> Batch:
-    for snap in source.snapshots:
-        if snap.user_props:
-            batch = batch.set(f"{target}@{snap.name}", dict(snap.user_props))
-    return batch
+    return batch.set_each((f"{target}@{snap.name}", snap.user_props) for snap in source.snapshots)
 
 
 def plan_full(

@@ -226,17 +226,27 @@ class Zfs:
     def _lzc_exists(self, name: str) -> bool:
         return bool(self._call(name, self.lzc.lzc_exists, _b(name)))
 
-    def program(self, pool: str, source: str, args: Sequence[str], *, sync: bool, subject: str | None = None) -> Any:
+    def program(
+        self,
+        pool: str,
+        source: str,
+        args: Sequence[str],
+        *,
+        sync: bool,
+        subject: str | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> Any:
         """Run a channel program (Lua) on ``pool``; returns its decoded return value.
-        Its errors name ``subject`` (default: the first argument).
+        Its errors name ``subject`` (default: the first argument). ``limits``: its
+        ``instrlimit``/``memlimit``; by default a read-only program gets the kernel's
+        largest (it may list a long history), a changing one pyzfs's defaults.
 
         Callers of a ``sync`` (changing) program check the allow-list for its targets.
         """
         fn = self.lzc.lzc_channel_program if sync else self.lzc.lzc_channel_program_nosync
         params = [_b(a) for a in args]
-        # A read may list a long history: the kernel's largest limits. A change keeps
-        # pyzfs's defaults (what it changes is bounded by what we ask in one batch).
-        limits = {} if sync else self._read_limits
+        if limits is None:
+            limits = {} if sync else self._read_limits
         try:
             # pyzfs hands back the program's return value itself (already unwrapped).
             return programs.decode(fn(_b(pool), _b(source), params=params, **limits))
@@ -406,7 +416,12 @@ class Zfs:
         if not batch.ops:
             return BatchResult({}, {})
         self.guard.check(*batch.targets)
-        result = self.program(_names.pool_of(batch.targets[0]), programs.BATCH, batch.ops, sync=True) or {}
+        # Sized to the batch: a bundle's import sets the properties of every snapshot
+        # it carries in its final batch (up to 100,000).
+        limits = programs.batch_limits(batch.ops, len(batch.targets), self._read_limits)
+        result = (
+            self.program(_names.pool_of(batch.targets[0]), programs.BATCH, batch.ops, sync=True, limits=limits) or {}
+        )
         failed = int(result.get("failed", 0))
         if failed:
             code = int(result.get("err", errno.EIO))

@@ -8,7 +8,7 @@ guards it is a ``Batch``. pyzfs passes ``params`` as ``args["argv"]`` (a table).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -60,6 +60,23 @@ def largest_limits(parameters: str | os.PathLike[str] = MODULE_PARAMETERS) -> di
         if text.isdigit() and int(text) > 0:
             found[key] = int(text)
     return found
+
+
+#: pyzfs's defaults (``ZCP_DEFAULT_INSTRLIMIT``/``MEMLIMIT``): what a change is given
+#: at least.
+DEFAULT_LIMITS = {"instrlimit": 10_000_000, "memlimit": 10 << 20}
+
+
+def batch_limits(ops: Sequence[str], changes: int, largest: Mapping[str, int]) -> dict[str, int]:
+    """The limits for ``BATCH`` run with ``ops`` (``changes`` of them): what its size needs,
+    at least pyzfs's defaults, at most ``largest`` (``largest_limits``). Measured in the
+    VM: 900 property changes (300 snapshots, 95,700 bytes of arguments) needed 352 KiB
+    and under 100,000 instructions, so a bundle of ~8,700 commits outgrew the default
+    10 MiB. Given here: ~3x the memory its arguments take as Lua strings, and 1,000
+    instructions a change (~10x)."""
+    memory = 64 * 1024 + 4 * sum(len(op) + 48 for op in ops)
+    wanted = {"instrlimit": 1000 * changes, "memlimit": memory}
+    return {key: min(max(wanted[key], default), largest.get(key, default)) for key, default in DEFAULT_LIMITS.items()}
 
 
 LUA_PREAMBLE = """
@@ -385,10 +402,19 @@ class Batch:
         return batch
 
     def set(self, dataset: str, props: Mapping[str, str]) -> Batch:
-        batch = self
-        for key, value in props.items():
-            batch = batch._add(dataset, "V", dataset, key, value)
-        return batch
+        return self.set_each([(dataset, props)])
+
+    def set_each(self, changes: Iterable[tuple[str, Mapping[str, str]]]) -> Batch:
+        """``set`` of each (dataset or snapshot, its properties), in order, as one longer
+        batch: a bundle's snapshots (up to 100,000) ``set`` one by one would copy the
+        growing batch each time (10,000 took 6.7 s natively)."""
+        ops: list[str] = []
+        targets: list[str] = []
+        for name, props in changes:
+            for key, value in props.items():
+                ops += ("V", name, key, value)
+                targets.append(name)
+        return Batch(self.ops + tuple(ops), self.targets + tuple(targets))
 
     def promote(self, filesystem: str, *, required: bool = True) -> Batch:
         """Promote ``filesystem`` if it is a clone (so a repeated batch is harmless);
