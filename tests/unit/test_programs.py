@@ -1,4 +1,5 @@
-"""How channel-program values are read (pure)."""
+"""How channel-program values are read, how a batch is built, and the limits a program is
+given (pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dsg_storage.zfs.programs import DEFAULT_LIMITS, Batch, batch_limits, largest_limits, on_off
+from dsg_storage.zfs.limits import DEFAULT_LIMITS, batch_limits, largest_limits
+from dsg_storage.zfs.programs import Batch, on_off
 
 
 @pytest.mark.parametrize(("raw", "name"), [("on", "on"), (1, "on"), ("1", "on"), ("off", "off"), (0, "off")])

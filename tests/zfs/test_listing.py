@@ -23,9 +23,10 @@ from dsg_storage.names import PROP_PREFIX
 from dsg_storage.zfs import programs
 from dsg_storage.zfs.boundary import Zfs, open_zfs
 from dsg_storage.zfs.errors import ProgramLimitError
+from dsg_storage.zfs.limits import DEFAULT_LIMITS
 from dsg_storage.zfs.listing import CommandListing, ZfsCommand, snapshot_of
 from dsg_storage.zfs.mounts import MS_NOEXEC, MS_NOSUID
-from dsg_storage.zfs.programs import DEFAULT_LIMITS, Batch, on_off
+from dsg_storage.zfs.programs import Batch, on_off
 from dsg_storage.zfs.reads import FamilyRead, ForeignRead, MountFlagsRead
 
 from .cli import dsg_json, with_src

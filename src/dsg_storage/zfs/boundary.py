@@ -60,10 +60,12 @@ from .. import names as _names
 from ..errors import ZfsUnavailableError
 from ..zfs.allow import AllowList
 from . import programs
-from .errors import PROGRAM_LIMITS, DatasetChangedError, ProgramLimitError, from_errno, from_pyzfs
+from .errors import PROGRAM_LIMITS, DatasetChangedError, PoolReadOnly, ProgramLimitError, from_errno, from_pyzfs
 from .host import BoundaryStep, BoundarySteps, Guard, Host, retry_busy
-from .listing import CommandListing, PoolReadOnly, ProgramListing, ZfsCommand, snapshot_of
+from .limits import batch_limits, largest_limits
+from .listing import CommandListing, ZfsCommand, snapshot_of
 from .port import Foreign, Snapshot
+from .program_listing import ProgramListing
 from .programs import Batch, BatchResult, u64
 from .reads import ForeignRead, MountFlagsRead, Read, together_args
 
@@ -177,7 +179,7 @@ class Zfs:
 
     @functools.cached_property
     def _read_limits(self) -> dict[str, int]:
-        return programs.largest_limits()
+        return largest_limits()
 
     @property
     def lzc(self) -> ModuleType:
@@ -418,9 +420,9 @@ class Zfs:
         self.guard.check(*batch.targets)
         # Sized to the batch: a bundle's import sets the properties of every snapshot
         # it carries in its final batch (up to 100,000).
-        limits = programs.batch_limits(batch.ops, len(batch.targets), self._read_limits)
+        sized = batch_limits(batch.ops, len(batch.targets), self._read_limits)
         result = (
-            self.program(_names.pool_of(batch.targets[0]), programs.BATCH, batch.ops, sync=True, limits=limits) or {}
+            self.program(_names.pool_of(batch.targets[0]), programs.BATCH, batch.ops, sync=True, limits=sized) or {}
         )
         failed = int(result.get("failed", 0))
         if failed:

@@ -36,6 +36,11 @@ _BY_PYZFS_CLASS = {
 }
 
 
+class PoolReadOnly(Exception):
+    """A channel program was refused because the pool is imported read-only (EROFS):
+    the boundary then reads another way (``ProgramListing``, ``Zfs.together``)."""
+
+
 class ProgramLimitError(ZfsError):
     """A read-only channel program ran past its instruction or memory limit (pyzfs's
     ``ZCPTimeout``, ``ZCPSpaceError``, ``ZCPMemoryError``): what it was asked to read is

@@ -1,7 +1,7 @@
 """Lists of datasets and snapshots with their properties, two ways: the boundary's reads.
 
-``ProgramListing`` asks channel programs (one read each, in the kernel); it is what every
-changing call uses. ``CommandListing`` runs ``zfs list``/``zfs get -j -p``: a process of
+``program_listing.ProgramListing`` asks channel programs (one read each, in the kernel);
+it is what every changing call uses. ``CommandListing`` runs ``zfs list``/``zfs get -j -p``: a process of
 the ``zfs`` command costs less than loading libzfs_core (whose import parses its C
 declarations: ~1 s under emulation, where ``zfs list REPO`` takes ~60 ms), so the
 read-only commands (``status``, ``history``, ``snapshot-ok``) list this way and
@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
-from .. import _log
 from ..errors import DatasetNotFoundError, ZfsError, ZfsUnavailableError
 from ..names import CARRIED_FLAGS, pool_of
-from .errors import ProgramLimitError
 from .port import Snapshot
 from .programs import u64
-
-T = TypeVar("T")
-log = _log.getLogger("dsg_storage")
 
 
 class CommandError(ZfsError):
@@ -260,7 +255,7 @@ class CommandListing:
         ``snapshots``: a commit message may hold a newline, which ``-H`` text cannot carry
         (``get`` would then run a second, JSON read of every snapshot)."""
         if self.on_snapshots is None:
-            return _origin_and_snapshots(self, dataset, prefix, guards_of=self.snapshot_guards if guarded else None)
+            return origin_and_snapshots_of(self, dataset, prefix, guards_of=self.snapshot_guards if guarded else None)
         natives = ("guid", "createtxg", "creation")
         wanted = ",".join((*natives, "origin", *(_GUARDS if guarded else ()), *self.on_snapshots))
         got = self.run.json("get", "-d", "1", "-t", "filesystem,snapshot", wanted, dataset)
@@ -375,8 +370,16 @@ class CommandListing:
         return props
 
 
-def _origin_and_snapshots(
-    listing: CommandListing | ProgramListing,
+class Listing(Protocol):
+    """What ``origin_and_snapshots_of`` reads: either way of listing."""
+
+    def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]: ...
+
+    def filesystems(self, under: str, prefix: str) -> dict[str, dict[str, str]]: ...
+
+
+def origin_and_snapshots_of(
+    listing: Listing,
     dataset: str,
     prefix: str,
     *,
@@ -408,101 +411,6 @@ def _guards_of(name: str, props: Mapping[str, tuple[str, str]]) -> dict[str, Any
     if not refs.isdigit():
         raise ZfsError(f"zfs get printed userrefs {refs!r} for {name}", dataset=name.split("@", 1)[0])
     return {"userrefs": int(refs), "clones": [c for c in clones.split(",") if c and c != "-"]}
-
-
-class ProgramListing:
-    """The boundary's lists, read by channel programs (``programs``); by ``fallback``
-    where no program can answer: on a pool imported read-only (which refuses them) and
-    for a list too big for one program (``ProgramLimitError``: past ~100,000 snapshots
-    with our properties under the kernel's largest limits), which ``zfs get`` reads
-    whatever its length.
-    ``program(pool, source, args)`` runs one read-only program and raises
-    ``PoolReadOnly`` where the pool refuses it; ``exists(name)``: ``lzc_exists``."""
-
-    def __init__(
-        self,
-        program: Callable[[str, str, list[str]], Any],
-        fallback: CommandListing,
-        exists: Callable[[str], bool],
-        known: CommandListing | None = None,
-    ) -> None:
-        self.program = program
-        self.fallback = fallback
-        self.exists = exists
-        #: by our properties this version knows (``names.OUR_PROPS``): prune's read,
-        #: ``origin_and_snapshots(guarded=True)``, one ``zfs get`` (see there)
-        self.known = known or fallback
-
-    def _ask(
-        self, target: str, source: str, args: list[str], shape: Callable[[Any], T], by_commands: Callable[[], T]
-    ) -> T:
-        """``shape`` of the program's answer, or ``by_commands()`` where no program can
-        answer (then a read of a moment later than the program's attempt)."""
-        try:
-            raw = self.program(target, source, args)
-        except PoolReadOnly:
-            return by_commands()
-        except ProgramLimitError as exc:
-            log.debug("%s: read by zfs get instead", exc)
-            return by_commands()
-        return shape(raw or {})
-
-    def snapshots(self, dataset: str, prefix: str) -> list[dict[str, Any]]:
-        from . import programs
-
-        return self._ask(
-            dataset,
-            programs.SNAPSHOTS,
-            [dataset, prefix],
-            lambda raw: list(raw.values()),
-            lambda: self.fallback.snapshots(dataset, prefix),
-        )
-
-    def filesystems(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
-        from . import programs
-
-        return self._ask(
-            under,
-            programs.FILESYSTEMS,
-            [under, prefix],
-            lambda raw: {name: {k: str(v) for k, v in props.items()} for name, props in raw.items()},
-            lambda: self.fallback.filesystems(under, prefix),
-        )
-
-    def origin_and_snapshots(
-        self, dataset: str, prefix: str, *, guarded: bool = False
-    ) -> tuple[str, list[dict[str, Any]]]:
-        """Two programs (the snapshots, the origin); with ``guarded`` (prune's read, which
-        needs only the properties this version knows, and carries none anywhere) one
-        ``zfs get`` by ``self.known``: three programs took 5.7 s at 300 snapshots in the
-        VM where that process took 2.4 s (0.19 s against 0.07 s at 3 snapshots: prune is
-        not a hot path), and a program's answer is bounded by its memory limit."""
-        if guarded:
-            return self.known.origin_and_snapshots(dataset, prefix, guarded=True)
-        return _origin_and_snapshots(self, dataset, prefix)
-
-    def families(self, under: str, prefix: str) -> dict[str, dict[str, str]]:
-        from . import programs
-
-        return self._ask(
-            under, programs.FAMILIES, [under, prefix], _dicts, lambda: self.fallback.families(under, prefix)
-        )
-
-    def family(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
-        from . import programs
-
-        parent = dataset.rsplit("/", 1)[0]
-        return self._ask(
-            dataset, programs.FAMILY, [parent, dataset, prefix], _dicts, lambda: self.fallback.family(dataset, prefix)
-        )
-
-
-def _dicts(raw: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
-    return {name: dict(props) for name, props in raw.items()}
-
-
-class PoolReadOnly(Exception):
-    """A channel program was refused because the pool is imported read-only."""
 
 
 def snapshot_of(item: Mapping[str, Any]) -> Snapshot:
