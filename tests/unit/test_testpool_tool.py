@@ -359,3 +359,22 @@ def test_a_terminated_runner_unwinds_and_cleans_up(tmp_path: Path) -> None:
     assert done.returncode == 143, done.stderr
     assert "not reached" not in done.stdout
     assert list(tmp_path.iterdir()) == []  # the temporary directory was removed
+
+
+def test_without_a_pool_disk_nothing_is_made_beside_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSG_VM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setattr(vm, "ensure_image", lambda: tmp_path / "image")
+    monkeypatch.setattr(hosttools, "ensure", lambda _tools: None)
+    monkeypatch.setattr(vm.shutil, "which", lambda _name: "/usr/bin/qemu-system-x86_64")
+    seen: dict[str, object] = {}
+
+    def boot(argv: list[str], _watchdog: vm.Watchdog) -> int:
+        seen.update(drives=[a for a in argv if a.startswith("file=")], cache=sorted((tmp_path / "cache").iterdir()))
+        ctl = Path(next(a for a in argv if "mount_tag=ctl" in a).split(",")[1].removeprefix("path="))
+        (ctl / "rc").write_text("0\n")
+        return 0
+
+    monkeypatch.setattr(vm, "_boot", boot)
+    assert vm.run("true", checkout=tmp_path) == 0
+    assert seen["cache"] == [] and len(seen["drives"]) == 1  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ imports the rest of dsg_storage (``testpool/run`` loads this package on its own)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -279,19 +280,17 @@ def run(
     if qemu is None:
         raise VMError(f"{hosttools.QEMU} is missing")
     checkout = checkout.resolve()
-    with (
-        tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name,
-        # Beside the image, not in /tmp: a tmpfs there (Debian's default since trixie)
-        # would hold what the guest writes to the pool in memory.
-        tempfile.TemporaryDirectory(prefix="pool-disk-", dir=cache_root()) as disk_dir,
-    ):
+    with tempfile.TemporaryDirectory(prefix="dsg-vm-ctl-") as ctl_name, contextlib.ExitStack() as stack:
         ctl = Path(ctl_name)
         (ctl / "main.sh").write_text(
             _guest_main(checkout, command, deps=deps is not None, pool_disk=machine.pool_disk is not None)
         )
         drives = []
         if machine.pool_disk is not None:
-            # Outside the control share: the guest must not see it as a file.
+            # Outside the control share (the guest must not see it as a file), and beside
+            # the image, not in /tmp: a tmpfs there (Debian's default since trixie) would
+            # hold what the guest writes to the pool in memory.
+            disk_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pool-disk-", dir=cache_root()))
             disk = Path(disk_dir) / "pool-disk.raw"
             with open(disk, "xb") as handle:
                 handle.truncate(machine.pool_disk)  # sparse: the host pays for what the guest writes
