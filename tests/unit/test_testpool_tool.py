@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -318,25 +319,40 @@ def test_the_pool_size_reaches_the_pool_tool_and_the_vms_disk(monkeypatch: pytes
     assert str(booted["line"]).startswith("python3 -m dsg_storage.testpool.pool create >&2")
 
 
-def test_the_pool_disk_is_a_sparse_file_beside_the_image_cache_and_gone_after_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def stand_in_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[list[str]], None]], None]:
+    """``vm.run`` with the image cache in ``tmp_path / "cache"`` and qemu stood in for:
+    the function returned takes ``watch``, called with qemu's argv while the "VM" runs;
+    the command then reports exit 0."""
     monkeypatch.setenv("DSG_VM_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     monkeypatch.setattr(vm, "ensure_image", lambda: tmp_path / "image")
     monkeypatch.setattr(hosttools, "ensure", lambda _tools: None)
     monkeypatch.setattr(vm.shutil, "which", lambda _name: "/usr/bin/qemu-system-x86_64")
+
+    def install(watch: Callable[[list[str]], None]) -> None:
+        def boot(argv: list[str], _watchdog: vm.Watchdog) -> int:
+            watch(argv)
+            ctl = Path(next(a for a in argv if "mount_tag=ctl" in a).split(",")[1].removeprefix("path="))
+            (ctl / "rc").write_text("0\n")
+            return 0
+
+        monkeypatch.setattr(vm, "_boot", boot)
+
+    return install
+
+
+def test_the_pool_disk_is_a_sparse_file_beside_the_image_cache_and_gone_after_the_run(
+    tmp_path: Path, stand_in_qemu: Callable[[Callable[[list[str]], None]], None]
+) -> None:
     seen: dict[str, object] = {}
 
-    def boot(argv: list[str], _watchdog: vm.Watchdog) -> int:
+    def watch(argv: list[str]) -> None:
         drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
         disk = Path(drives[1].split(",")[0].removeprefix("file="))
         seen.update(drives=drives, disk=disk, size=disk.stat().st_size, blocks=disk.stat().st_blocks)
-        ctl = Path(next(a for a in argv if "mount_tag=ctl" in a).split(",")[1].removeprefix("path="))
-        (ctl / "rc").write_text("0\n")
-        return 0
 
-    monkeypatch.setattr(vm, "_boot", boot)
+    stand_in_qemu(watch)
     machine = vm.Machine(pool_disk=vm.pool_disk_bytes(8 << 30))
     assert vm.run("true", checkout=tmp_path, machine=machine) == 0
     disk = seen["disk"]
@@ -361,20 +377,14 @@ def test_a_terminated_runner_unwinds_and_cleans_up(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the temporary directory was removed
 
 
-def test_without_a_pool_disk_nothing_is_made_beside_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DSG_VM_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache").mkdir()
-    monkeypatch.setattr(vm, "ensure_image", lambda: tmp_path / "image")
-    monkeypatch.setattr(hosttools, "ensure", lambda _tools: None)
-    monkeypatch.setattr(vm.shutil, "which", lambda _name: "/usr/bin/qemu-system-x86_64")
+def test_without_a_pool_disk_nothing_is_made_beside_the_cache(
+    tmp_path: Path, stand_in_qemu: Callable[[Callable[[list[str]], None]], None]
+) -> None:
     seen: dict[str, object] = {}
-
-    def boot(argv: list[str], _watchdog: vm.Watchdog) -> int:
-        seen.update(drives=[a for a in argv if a.startswith("file=")], cache=sorted((tmp_path / "cache").iterdir()))
-        ctl = Path(next(a for a in argv if "mount_tag=ctl" in a).split(",")[1].removeprefix("path="))
-        (ctl / "rc").write_text("0\n")
-        return 0
-
-    monkeypatch.setattr(vm, "_boot", boot)
+    stand_in_qemu(
+        lambda argv: seen.update(
+            drives=[a for a in argv if a.startswith("file=")], cache=sorted((tmp_path / "cache").iterdir())
+        )
+    )
     assert vm.run("true", checkout=tmp_path) == 0
     assert seen["cache"] == [] and len(seen["drives"]) == 1  # type: ignore[arg-type]
